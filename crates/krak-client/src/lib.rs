@@ -1,0 +1,274 @@
+//! A blocking client for one krak memory server connection.
+//!
+//! One [`Connection`] is one TCP stream. Calls are synchronous, but requests may also be
+//! pipelined: `send_*` queues a request and returns its id, `recv_*` reads the matching
+//! answer. The server answers in request order on a connection, so the client checks that
+//! each answer carries the id it expects. Every page read back is checked against its
+//! CRC-32C before the caller sees it.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use krak_proto::{
+    decode_response, encode_alloc_slab, encode_free_slab, encode_hello, encode_read_pages, encode_stats,
+    encode_write_pages, page_crc, DecodeError, ErrorCode, Header, Op, PageRef, Response, ServerHello, ServerStats,
+    SlabId, HEADER_LEN, MAX_BATCH_PAGES, PAGE_SIZE, PROTOCOL_VERSION, RESPONSE_BIT,
+};
+
+/// Why a call to a memory server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting to {addr}: {source}")]
+    Connect { addr: SocketAddr, source: io::Error },
+    #[error("memory server {addr}: no answer within {timeout_ms} ms")]
+    Timeout { addr: SocketAddr, timeout_ms: u64 },
+    #[error("memory server {addr}: {source}")]
+    Io { addr: SocketAddr, source: io::Error },
+    #[error("memory server {addr} sent a bad frame: {source}")]
+    Decode { addr: SocketAddr, source: DecodeError },
+    #[error("memory server {addr} refused {op}: {message} (code {code})")]
+    Refused { addr: SocketAddr, op: &'static str, code: u16, message: String },
+    #[error("memory server {addr} answered out of order or with the wrong kind: {detail}")]
+    Protocol { addr: SocketAddr, detail: String },
+    #[error("memory server {addr}: page {page} of slab {slab:#x} failed its checksum")]
+    Corrupt { addr: SocketAddr, slab: u64, page: u32 },
+}
+
+impl ClientError {
+    /// The server's error code, when the server refused the request.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Refused { code, .. } => ErrorCode::from_u16(*code),
+            _ => None,
+        }
+    }
+
+    /// True when the server is full: asking elsewhere may succeed.
+    pub fn is_no_capacity(&self) -> bool {
+        self.code() == Some(ErrorCode::NoCapacity)
+    }
+}
+
+/// Tuning of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectOptions {
+    /// Identifies the client across reconnects, so a server keeps its slabs for a while.
+    pub client_id: u64,
+    /// Bound on connecting and on waiting for any one answer.
+    pub timeout_ms: u64,
+}
+
+/// One connection to a memory server, after a successful hello.
+#[derive(Debug)]
+pub struct Connection {
+    addr: SocketAddr,
+    stream: TcpStream,
+    hello: ServerHello,
+    next_id: u64,
+    /// Ids sent and not yet answered, oldest first.
+    in_flight: std::collections::VecDeque<(u64, Op)>,
+    timeout_ms: u64,
+    send_buf: Vec<u8>,
+    recv_buf: Vec<u8>,
+}
+
+impl Connection {
+    /// Connects, says hello and checks the server speaks our protocol.
+    pub fn connect(addr: SocketAddr, opts: ConnectOptions) -> Result<Connection, ClientError> {
+        let timeout = Duration::from_millis(opts.timeout_ms.max(1));
+        let stream =
+            TcpStream::connect_timeout(&addr, timeout).map_err(|source| ClientError::Connect { addr, source })?;
+        let io_err = |source| ClientError::Io { addr, source };
+        stream.set_nodelay(true).map_err(io_err)?;
+        stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
+        stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
+        let placeholder = ServerHello { version: 0, page_size: 0, slab_size_bytes: 0, capacity_bytes: 0, server_id: 0 };
+        let mut conn = Connection {
+            addr,
+            stream,
+            hello: placeholder,
+            next_id: 1,
+            in_flight: Default::default(),
+            timeout_ms: opts.timeout_ms,
+            send_buf: Vec::with_capacity(64 << 10),
+            recv_buf: Vec::with_capacity(64 << 10),
+        };
+        let id = conn.send_with(Op::Hello, |buf, id| encode_hello(buf, id, PROTOCOL_VERSION, opts.client_id))?;
+        match conn.recv(id)? {
+            Response::Hello(h) => {
+                if h.page_size as usize != PAGE_SIZE || h.slab_size_bytes == 0 || h.slab_size_bytes % PAGE_SIZE as u64 != 0
+                {
+                    return Err(ClientError::Protocol {
+                        addr,
+                        detail: format!("page size {} / slab size {} unusable", h.page_size, h.slab_size_bytes),
+                    });
+                }
+                conn.hello = h;
+            }
+            other => return Err(unexpected(addr, Op::Hello, &other)),
+        }
+        Ok(conn)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// What the server said about itself in the hello.
+    pub fn hello(&self) -> &ServerHello {
+        &self.hello
+    }
+
+    /// Pages in one slab of this server.
+    pub fn slab_pages(&self) -> u32 {
+        (self.hello.slab_size_bytes / PAGE_SIZE as u64) as u32
+    }
+
+    /// Number of requests sent and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    pub fn alloc_slab(&mut self) -> Result<SlabId, ClientError> {
+        let addr = self.addr;
+        let id = self.send_with(Op::AllocSlab, encode_alloc_slab)?;
+        match self.recv(id)? {
+            Response::SlabAllocated { slab } => Ok(slab),
+            other => Err(unexpected(addr, Op::AllocSlab, &other)),
+        }
+    }
+
+    pub fn free_slab(&mut self, slab: SlabId) -> Result<(), ClientError> {
+        let addr = self.addr;
+        let id = self.send_with(Op::FreeSlab, |buf, id| encode_free_slab(buf, id, slab))?;
+        match self.recv(id)? {
+            Response::SlabFreed => Ok(()),
+            other => Err(unexpected(addr, Op::FreeSlab, &other)),
+        }
+    }
+
+    pub fn stats(&mut self) -> Result<ServerStats, ClientError> {
+        let addr = self.addr;
+        let id = self.send_with(Op::Stats, encode_stats)?;
+        match self.recv(id)? {
+            Response::Stats(s) => Ok(s),
+            other => Err(unexpected(addr, Op::Stats, &other)),
+        }
+    }
+
+    /// Reads `pages` into `out` (one `PAGE_SIZE` chunk per page, in order), checking CRCs.
+    pub fn read_pages(&mut self, pages: &[PageRef], out: &mut [u8]) -> Result<(), ClientError> {
+        let id = self.send_read_pages(pages)?;
+        self.recv_pages(id, pages, out)
+    }
+
+    /// Writes a batch of pages; returns once the server has stored all of them.
+    pub fn write_pages(&mut self, pages: &[(PageRef, &[u8])]) -> Result<(), ClientError> {
+        let id = self.send_write_pages(pages)?;
+        self.recv_written(id)
+    }
+
+    /// Queues a read of up to `MAX_BATCH_PAGES` pages; answer with [`Connection::recv_pages`].
+    pub fn send_read_pages(&mut self, pages: &[PageRef]) -> Result<u64, ClientError> {
+        assert!(pages.len() <= MAX_BATCH_PAGES, "caller must split batches");
+        self.send_with(Op::ReadPages, |buf, id| encode_read_pages(buf, id, pages))
+    }
+
+    /// Queues a write of up to `MAX_BATCH_PAGES` pages; answer with [`Connection::recv_written`].
+    pub fn send_write_pages(&mut self, pages: &[(PageRef, &[u8])]) -> Result<u64, ClientError> {
+        assert!(pages.len() <= MAX_BATCH_PAGES, "caller must split batches");
+        self.send_with(Op::WritePages, |buf, id| encode_write_pages(buf, id, pages.iter().copied()))
+    }
+
+    /// Receives the answer to a read sent with [`Connection::send_read_pages`].
+    pub fn recv_pages(&mut self, id: u64, pages: &[PageRef], out: &mut [u8]) -> Result<(), ClientError> {
+        assert_eq!(out.len(), pages.len() * PAGE_SIZE, "one output page per requested page");
+        let addr = self.addr;
+        match self.recv(id)? {
+            Response::Pages(entries) => {
+                if entries.len() != pages.len() {
+                    let detail = format!("asked for {} pages, got {}", pages.len(), entries.len());
+                    return Err(ClientError::Protocol { addr, detail });
+                }
+                for ((entry, at), dst) in entries.iter().zip(pages).zip(out.chunks_exact_mut(PAGE_SIZE)) {
+                    if page_crc(entry.data) != entry.crc {
+                        return Err(ClientError::Corrupt { addr, slab: at.slab.0, page: at.page });
+                    }
+                    dst.copy_from_slice(entry.data);
+                }
+                Ok(())
+            }
+            other => Err(unexpected(addr, Op::ReadPages, &other)),
+        }
+    }
+
+    /// Receives the answer to a write sent with [`Connection::send_write_pages`].
+    pub fn recv_written(&mut self, id: u64) -> Result<(), ClientError> {
+        let addr = self.addr;
+        match self.recv(id)? {
+            Response::Written { .. } => Ok(()),
+            other => Err(unexpected(addr, Op::WritePages, &other)),
+        }
+    }
+
+    fn send_with(&mut self, op: Op, encode: impl FnOnce(&mut Vec<u8>, u64)) -> Result<u64, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_buf.clear();
+        encode(&mut self.send_buf, id);
+        self.stream.write_all(&self.send_buf).map_err(|e| self.io_error(e))?;
+        self.in_flight.push_back((id, op));
+        Ok(id)
+    }
+
+    /// Reads the next answer, which must be the one to request `id`.
+    fn recv(&mut self, id: u64) -> Result<Response<'_>, ClientError> {
+        let addr = self.addr;
+        let Some((expected, op)) = self.in_flight.pop_front() else {
+            return Err(ClientError::Protocol { addr, detail: format!("no request in flight for id {id}") });
+        };
+        if expected != id {
+            let detail = format!("waiting for id {id} but the oldest request is {expected}");
+            return Err(ClientError::Protocol { addr, detail });
+        }
+        let mut head = [0u8; HEADER_LEN];
+        self.stream.read_exact(&mut head).map_err(|e| self.io_error(e))?;
+        let header = Header::decode(&head).map_err(|source| ClientError::Decode { addr, source })?;
+        self.recv_buf.resize(header.body_len as usize, 0);
+        self.stream.read_exact(&mut self.recv_buf).map_err(|e| {
+            if is_timeout(&e) {
+                ClientError::Timeout { addr, timeout_ms: self.timeout_ms }
+            } else {
+                ClientError::Io { addr, source: e }
+            }
+        })?;
+        if header.request_id != id || header.kind != (op as u16 | RESPONSE_BIT) {
+            let detail = format!("expected {} #{id}, got kind {:#06x} #{}", op.name(), header.kind, header.request_id);
+            return Err(ClientError::Protocol { addr, detail });
+        }
+        let response =
+            decode_response(&header, &self.recv_buf).map_err(|source| ClientError::Decode { addr, source })?;
+        if let Response::Error { code, message } = response {
+            return Err(ClientError::Refused { addr, op: op.name(), code, message: message.to_string() });
+        }
+        Ok(response)
+    }
+
+    fn io_error(&self, e: io::Error) -> ClientError {
+        if is_timeout(&e) {
+            ClientError::Timeout { addr: self.addr, timeout_ms: self.timeout_ms }
+        } else {
+            ClientError::Io { addr: self.addr, source: e }
+        }
+    }
+
+}
+
+fn unexpected(addr: SocketAddr, op: Op, got: &Response<'_>) -> ClientError {
+    ClientError::Protocol { addr, detail: format!("{} answered with {got:?}", op.name()) }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}

@@ -1,0 +1,387 @@
+//! Encoders (into a caller's buffer) and decoders (borrowing from a frame body).
+
+use crate::frame::{DecodeError, Header, HEADER_LEN, MAX_BODY_BYTES};
+use crate::message::*;
+use crate::{page_crc, MAX_BATCH_PAGES, MAX_ERROR_MESSAGE_BYTES, PAGE_SIZE};
+
+/// Appends one frame to a buffer; the body length is patched in by [`FrameBuilder::finish`].
+#[derive(Debug)]
+pub struct FrameBuilder<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
+    header: Header,
+}
+
+impl<'a> FrameBuilder<'a> {
+    pub fn begin(out: &'a mut Vec<u8>, kind: u16, status: u16, request_id: u64) -> Self {
+        let start = out.len();
+        let header = Header { kind, status, request_id, body_len: 0 };
+        out.extend_from_slice(&header.encode());
+        FrameBuilder { out, start, header }
+    }
+
+    pub fn put_u32(&mut self, v: u32) -> &mut Self {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    pub fn put_u64(&mut self, v: u64) -> &mut Self {
+        self.out.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    pub fn put_bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.out.extend_from_slice(b);
+        self
+    }
+
+    /// Appends `len` zero bytes and returns them, so a page can be copied straight in.
+    pub fn reserve(&mut self, len: usize) -> &mut [u8] {
+        let at = self.out.len();
+        self.out.resize(at + len, 0);
+        &mut self.out[at..]
+    }
+
+    /// Patches the body length into the header. Panics only on a bug of the encoder's
+    /// caller (a body over the protocol limit), never on peer input.
+    pub fn finish(self) {
+        let body_len = self.out.len() - self.start - HEADER_LEN;
+        assert!(body_len <= MAX_BODY_BYTES, "encoder built a {body_len}-byte body");
+        let header = Header { body_len: body_len as u32, ..self.header };
+        self.out[self.start..self.start + HEADER_LEN].copy_from_slice(&header.encode());
+    }
+}
+
+// ---- request encoders (client side) ----
+
+pub fn encode_hello(out: &mut Vec<u8>, request_id: u64, version: u32, client_id: u64) {
+    let mut f = FrameBuilder::begin(out, Op::Hello as u16, 0, request_id);
+    f.put_u32(version).put_u64(client_id);
+    f.finish();
+}
+
+pub fn encode_alloc_slab(out: &mut Vec<u8>, request_id: u64) {
+    FrameBuilder::begin(out, Op::AllocSlab as u16, 0, request_id).finish();
+}
+
+pub fn encode_free_slab(out: &mut Vec<u8>, request_id: u64, slab: SlabId) {
+    let mut f = FrameBuilder::begin(out, Op::FreeSlab as u16, 0, request_id);
+    f.put_u64(slab.0);
+    f.finish();
+}
+
+pub fn encode_stats(out: &mut Vec<u8>, request_id: u64) {
+    FrameBuilder::begin(out, Op::Stats as u16, 0, request_id).finish();
+}
+
+/// Encodes a read of up to [`MAX_BATCH_PAGES`] pages.
+pub fn encode_read_pages(out: &mut Vec<u8>, request_id: u64, pages: &[PageRef]) {
+    assert!(pages.len() <= MAX_BATCH_PAGES, "read batch of {} pages", pages.len());
+    let mut f = FrameBuilder::begin(out, Op::ReadPages as u16, 0, request_id);
+    f.put_u32(pages.len() as u32);
+    for p in pages {
+        f.put_u64(p.slab.0).put_u32(p.page);
+    }
+    f.finish();
+}
+
+/// Encodes a write of up to [`MAX_BATCH_PAGES`] pages, computing each page's CRC-32C.
+pub fn encode_write_pages<'p>(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    pages: impl ExactSizeIterator<Item = (PageRef, &'p [u8])>,
+) {
+    assert!(pages.len() <= MAX_BATCH_PAGES, "write batch of {} pages", pages.len());
+    let mut f = FrameBuilder::begin(out, Op::WritePages as u16, 0, request_id);
+    f.put_u32(pages.len() as u32);
+    for (at, data) in pages {
+        assert_eq!(data.len(), PAGE_SIZE, "a page is {PAGE_SIZE} bytes");
+        f.put_u64(at.slab.0).put_u32(at.page).put_u32(page_crc(data)).put_bytes(data);
+    }
+    f.finish();
+}
+
+// ---- response encoders (server side) ----
+
+pub fn encode_hello_ok(out: &mut Vec<u8>, request_id: u64, hello: &ServerHello) {
+    let mut f = FrameBuilder::begin(out, Op::Hello as u16 | RESPONSE_BIT, 0, request_id);
+    f.put_u32(hello.version)
+        .put_u32(hello.page_size)
+        .put_u64(hello.slab_size_bytes)
+        .put_u64(hello.capacity_bytes)
+        .put_u64(hello.server_id);
+    f.finish();
+}
+
+pub fn encode_slab_allocated(out: &mut Vec<u8>, request_id: u64, slab: SlabId) {
+    let mut f = FrameBuilder::begin(out, Op::AllocSlab as u16 | RESPONSE_BIT, 0, request_id);
+    f.put_u64(slab.0);
+    f.finish();
+}
+
+pub fn encode_slab_freed(out: &mut Vec<u8>, request_id: u64) {
+    FrameBuilder::begin(out, Op::FreeSlab as u16 | RESPONSE_BIT, 0, request_id).finish();
+}
+
+pub fn encode_written(out: &mut Vec<u8>, request_id: u64, count: u32) {
+    let mut f = FrameBuilder::begin(out, Op::WritePages as u16 | RESPONSE_BIT, 0, request_id);
+    f.put_u32(count);
+    f.finish();
+}
+
+pub fn encode_stats_response(out: &mut Vec<u8>, request_id: u64, stats: &ServerStats) {
+    let mut f = FrameBuilder::begin(out, Op::Stats as u16 | RESPONSE_BIT, 0, request_id);
+    for v in stats.to_array() {
+        f.put_u64(v);
+    }
+    f.finish();
+}
+
+/// Starts a read response of `count` pages; the caller appends `crc` + page for each.
+pub fn begin_pages_response(out: &mut Vec<u8>, request_id: u64, count: u32) -> FrameBuilder<'_> {
+    let mut f = FrameBuilder::begin(out, Op::ReadPages as u16 | RESPONSE_BIT, 0, request_id);
+    f.put_u32(count);
+    f
+}
+
+/// Encodes an error answer to a request of `kind`; the message is cut to the protocol limit.
+pub fn encode_error(out: &mut Vec<u8>, request_id: u64, kind: u16, code: ErrorCode, message: &str) {
+    let mut end = message.len().min(MAX_ERROR_MESSAGE_BYTES);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut f = FrameBuilder::begin(out, kind | RESPONSE_BIT, code as u16, request_id);
+    f.put_bytes(&message.as_bytes()[..end]);
+    f.finish();
+}
+
+// ---- decoders ----
+
+fn malformed(kind: &'static str, reason: impl Into<String>) -> DecodeError {
+    DecodeError::Malformed { kind, reason: reason.into() }
+}
+
+fn expect_len(kind: &'static str, body: &[u8], len: usize) -> Result<(), DecodeError> {
+    if body.len() != len {
+        return Err(malformed(kind, format!("body is {} bytes, expected {len}", body.len())));
+    }
+    Ok(())
+}
+
+/// Splits `count: u32` + `count` fixed-size entries, checking the count against the limit
+/// and the body length against the count.
+fn counted<'a>(kind: &'static str, body: &'a [u8], entry_len: usize) -> Result<&'a [u8], DecodeError> {
+    if body.len() < 4 {
+        return Err(malformed(kind, "missing page count"));
+    }
+    let count = read_u32(body, 0);
+    if count as usize > MAX_BATCH_PAGES {
+        return Err(DecodeError::BatchTooLarge(count));
+    }
+    let entries = &body[4..];
+    if entries.len() != count as usize * entry_len {
+        return Err(malformed(
+            kind,
+            format!("{count} entries need {} bytes, got {}", count as usize * entry_len, entries.len()),
+        ));
+    }
+    Ok(entries)
+}
+
+/// Decodes a request body. `header` must have come from [`Header::decode`].
+pub fn decode_request<'a>(header: &Header, body: &'a [u8]) -> Result<Request<'a>, DecodeError> {
+    if header.kind & RESPONSE_BIT != 0 {
+        return Err(DecodeError::UnknownKind(header.kind));
+    }
+    let op = Op::from_kind(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
+    let name = op.name();
+    if header.status != 0 {
+        return Err(malformed(name, "requests carry status 0"));
+    }
+    Ok(match op {
+        Op::Hello => {
+            expect_len(name, body, 12)?;
+            Request::Hello { version: read_u32(body, 0), client_id: read_u64(body, 4) }
+        }
+        Op::AllocSlab => {
+            expect_len(name, body, 0)?;
+            Request::AllocSlab
+        }
+        Op::FreeSlab => {
+            expect_len(name, body, 8)?;
+            Request::FreeSlab { slab: SlabId(read_u64(body, 0)) }
+        }
+        Op::ReadPages => Request::ReadPages(ReadEntries { bytes: counted(name, body, READ_ENTRY_LEN)? }),
+        Op::WritePages => Request::WritePages(WriteEntries { bytes: counted(name, body, WRITE_ENTRY_LEN)? }),
+        Op::Stats => {
+            expect_len(name, body, 0)?;
+            Request::Stats
+        }
+    })
+}
+
+/// Decodes a response body. `header` must have come from [`Header::decode`].
+pub fn decode_response<'a>(header: &Header, body: &'a [u8]) -> Result<Response<'a>, DecodeError> {
+    if header.kind & RESPONSE_BIT == 0 {
+        return Err(DecodeError::UnknownKind(header.kind));
+    }
+    let op = Op::from_kind(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
+    let name = op.name();
+    if header.status != 0 {
+        if body.len() > MAX_ERROR_MESSAGE_BYTES {
+            return Err(malformed(name, "error message too long"));
+        }
+        let message = std::str::from_utf8(body).map_err(|_| malformed(name, "error message is not UTF-8"))?;
+        return Ok(Response::Error { code: header.status, message });
+    }
+    Ok(match op {
+        Op::Hello => {
+            expect_len(name, body, 32)?;
+            Response::Hello(ServerHello {
+                version: read_u32(body, 0),
+                page_size: read_u32(body, 4),
+                slab_size_bytes: read_u64(body, 8),
+                capacity_bytes: read_u64(body, 16),
+                server_id: read_u64(body, 24),
+            })
+        }
+        Op::AllocSlab => {
+            expect_len(name, body, 8)?;
+            Response::SlabAllocated { slab: SlabId(read_u64(body, 0)) }
+        }
+        Op::FreeSlab => {
+            expect_len(name, body, 0)?;
+            Response::SlabFreed
+        }
+        Op::ReadPages => Response::Pages(PageEntries { bytes: counted(name, body, PAGE_ENTRY_LEN)? }),
+        Op::WritePages => {
+            expect_len(name, body, 4)?;
+            Response::Written { count: read_u32(body, 0) }
+        }
+        Op::Stats => {
+            expect_len(name, body, ServerStats::FIELDS * 8)?;
+            let mut a = [0u64; ServerStats::FIELDS];
+            for (i, v) in a.iter_mut().enumerate() {
+                *v = read_u64(body, i * 8);
+            }
+            Response::Stats(ServerStats::from_array(a))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(frame: &[u8]) -> (Header, &[u8]) {
+        let mut h = [0u8; HEADER_LEN];
+        h.copy_from_slice(&frame[..HEADER_LEN]);
+        let header = Header::decode(&h).unwrap();
+        assert_eq!(header.body_len as usize, frame.len() - HEADER_LEN);
+        (header, &frame[HEADER_LEN..])
+    }
+
+    #[test]
+    fn write_request_round_trips_with_crcs() {
+        let a = vec![1u8; PAGE_SIZE];
+        let b: Vec<u8> = (0..PAGE_SIZE).map(|i| i as u8).collect();
+        let refs = [PageRef { slab: SlabId(9), page: 3 }, PageRef { slab: SlabId(10), page: 0 }];
+        let mut out = Vec::new();
+        encode_write_pages(&mut out, 42, refs.iter().copied().zip([a.as_slice(), b.as_slice()]));
+        let (h, body) = split(&out);
+        assert_eq!(h.request_id, 42);
+        let Request::WritePages(entries) = decode_request(&h, body).unwrap() else { panic!("wrong kind") };
+        let got: Vec<_> = entries.iter().collect();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].at, refs[0]);
+        assert_eq!(got[1].data, b.as_slice());
+        assert_eq!(got[1].crc, page_crc(&b));
+    }
+
+    #[test]
+    fn read_request_and_response_round_trip() {
+        let refs = [PageRef { slab: SlabId(1), page: 7 }];
+        let mut out = Vec::new();
+        encode_read_pages(&mut out, 5, &refs);
+        let (h, body) = split(&out);
+        let Request::ReadPages(entries) = decode_request(&h, body).unwrap() else { panic!("wrong kind") };
+        assert_eq!(entries.iter().collect::<Vec<_>>(), refs);
+
+        let page = vec![0xabu8; PAGE_SIZE];
+        let mut out = Vec::new();
+        let mut f = begin_pages_response(&mut out, 5, 1);
+        f.put_u32(page_crc(&page)).put_bytes(&page);
+        f.finish();
+        let (h, body) = split(&out);
+        let Response::Pages(pages) = decode_response(&h, body).unwrap() else { panic!("wrong kind") };
+        let p = pages.iter().next().unwrap();
+        assert_eq!((p.crc, p.data), (page_crc(&page), page.as_slice()));
+    }
+
+    #[test]
+    fn small_messages_round_trip() {
+        let mut out = Vec::new();
+        let hello = ServerHello {
+            version: 1,
+            page_size: 4096,
+            slab_size_bytes: 1 << 26,
+            capacity_bytes: 1 << 30,
+            server_id: 77,
+        };
+        encode_hello_ok(&mut out, 1, &hello);
+        let (h, body) = split(&out);
+        assert_eq!(decode_response(&h, body).unwrap(), Response::Hello(hello));
+
+        let mut out = Vec::new();
+        let stats = ServerStats {
+            capacity_bytes: 1,
+            lent_bytes: 2,
+            slab_size_bytes: 3,
+            slabs: 4,
+            clients: 5,
+            connections: 6,
+            pages_read: 7,
+            pages_written: 8,
+            errors: 9,
+        };
+        encode_stats_response(&mut out, 2, &stats);
+        let (h, body) = split(&out);
+        assert_eq!(decode_response(&h, body).unwrap(), Response::Stats(stats));
+
+        let mut out = Vec::new();
+        encode_hello(&mut out, 3, 1, 99);
+        let (h, body) = split(&out);
+        assert_eq!(decode_request(&h, body).unwrap(), Request::Hello { version: 1, client_id: 99 });
+    }
+
+    #[test]
+    fn error_messages_are_cut_on_a_char_boundary() {
+        let long = "é".repeat(MAX_ERROR_MESSAGE_BYTES);
+        let mut out = Vec::new();
+        encode_error(&mut out, 1, Op::AllocSlab as u16, ErrorCode::NoCapacity, &long);
+        let (h, body) = split(&out);
+        let Response::Error { code, message } = decode_response(&h, body).unwrap() else { panic!("wrong kind") };
+        assert_eq!(code, ErrorCode::NoCapacity as u16);
+        assert!(message.len() <= MAX_ERROR_MESSAGE_BYTES && message.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors_not_panics() {
+        let h = |kind, len| Header { kind, status: 0, request_id: 1, body_len: len };
+        // count says 2 entries but only one is there
+        let mut body = 2u32.to_le_bytes().to_vec();
+        body.extend_from_slice(&[0u8; READ_ENTRY_LEN]);
+        assert!(matches!(decode_request(&h(4, body.len() as u32), &body), Err(DecodeError::Malformed { .. })));
+        // count over the batch limit
+        let body = (MAX_BATCH_PAGES as u32 + 1).to_le_bytes();
+        assert!(matches!(decode_request(&h(5, 4), &body), Err(DecodeError::BatchTooLarge(_))));
+        // unknown kinds, responses sent as requests
+        assert!(matches!(decode_request(&h(99, 0), &[]), Err(DecodeError::UnknownKind(99))));
+        assert!(matches!(decode_request(&h(0x8001, 0), &[]), Err(DecodeError::UnknownKind(_))));
+        // short hello
+        assert!(decode_request(&h(1, 3), &[1, 2, 3]).is_err());
+        // non-UTF-8 error message
+        let bad = Header { kind: 0x8002, status: 6, request_id: 1, body_len: 2 };
+        assert!(decode_response(&bad, &[0xff, 0xfe]).is_err());
+    }
+}

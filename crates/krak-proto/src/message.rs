@@ -1,0 +1,278 @@
+//! Message kinds, error codes and the decoded (borrowing) forms of each message.
+
+use crate::PAGE_SIZE;
+
+/// Set in the kind of every response: response kind = request kind | `RESPONSE_BIT`.
+pub const RESPONSE_BIT: u16 = 0x8000;
+
+/// Request kinds. Responses use the same value with [`RESPONSE_BIT`] set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum Op {
+    Hello = 1,
+    AllocSlab = 2,
+    FreeSlab = 3,
+    ReadPages = 4,
+    WritePages = 5,
+    Stats = 6,
+}
+
+impl Op {
+    pub fn from_kind(kind: u16) -> Option<Op> {
+        Some(match kind & !RESPONSE_BIT {
+            1 => Op::Hello,
+            2 => Op::AllocSlab,
+            3 => Op::FreeSlab,
+            4 => Op::ReadPages,
+            5 => Op::WritePages,
+            6 => Op::Stats,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Hello => "hello",
+            Op::AllocSlab => "alloc_slab",
+            Op::FreeSlab => "free_slab",
+            Op::ReadPages => "read_pages",
+            Op::WritePages => "write_pages",
+            Op::Stats => "stats",
+        }
+    }
+}
+
+/// Error codes carried in the header `status` of an error response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The body does not parse as the message its kind names.
+    Malformed = 1,
+    /// The hello named a protocol version this server does not speak.
+    UnsupportedVersion = 2,
+    /// The header declared a body longer than `MAX_BODY_BYTES`.
+    FrameTooLarge = 3,
+    /// The kind is not a known request.
+    UnknownOp = 4,
+    /// A request other than hello arrived before the hello.
+    HelloRequired = 5,
+    /// Lending another slab would exceed the server's capacity.
+    NoCapacity = 6,
+    /// The slab does not exist or belongs to another client.
+    UnknownSlab = 7,
+    /// The page index lies outside the slab.
+    PageOutOfRange = 8,
+    /// A written page does not match the CRC-32C sent with it.
+    ChecksumMismatch = 9,
+    /// The server already serves its maximum number of connections.
+    TooManyConnections = 10,
+    /// The server failed for a reason of its own.
+    Internal = 11,
+    /// A batch carried more than `MAX_BATCH_PAGES` pages.
+    BatchTooLarge = 12,
+}
+
+impl ErrorCode {
+    pub fn from_u16(code: u16) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        Some(match code {
+            1 => Malformed,
+            2 => UnsupportedVersion,
+            3 => FrameTooLarge,
+            4 => UnknownOp,
+            5 => HelloRequired,
+            6 => NoCapacity,
+            7 => UnknownSlab,
+            8 => PageOutOfRange,
+            9 => ChecksumMismatch,
+            10 => TooManyConnections,
+            11 => Internal,
+            12 => BatchTooLarge,
+            _ => return None,
+        })
+    }
+}
+
+/// Opaque slab handle chosen by the server; random so that it cannot be guessed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlabId(pub u64);
+
+/// One page of one slab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PageRef {
+    pub slab: SlabId,
+    /// Page index inside the slab.
+    pub page: u32,
+}
+
+/// Length of one entry of a read request: slab id + page index.
+pub(crate) const READ_ENTRY_LEN: usize = 12;
+/// Length of one entry of a write request: slab id + page index + crc + page.
+pub(crate) const WRITE_ENTRY_LEN: usize = 16 + PAGE_SIZE;
+/// Length of one entry of a read response: crc + page.
+pub(crate) const PAGE_ENTRY_LEN: usize = 4 + PAGE_SIZE;
+
+/// What a server says about itself in answer to a hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerHello {
+    pub version: u32,
+    pub page_size: u32,
+    pub slab_size_bytes: u64,
+    pub capacity_bytes: u64,
+    /// Random per server process: tells a restarted server from the one that lent the slabs.
+    pub server_id: u64,
+}
+
+/// Counters a server reports in answer to a stats request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServerStats {
+    pub capacity_bytes: u64,
+    pub lent_bytes: u64,
+    pub slab_size_bytes: u64,
+    pub slabs: u64,
+    pub clients: u64,
+    pub connections: u64,
+    pub pages_read: u64,
+    pub pages_written: u64,
+    pub errors: u64,
+}
+
+impl ServerStats {
+    pub(crate) const FIELDS: usize = 9;
+
+    pub(crate) fn to_array(self) -> [u64; Self::FIELDS] {
+        [
+            self.capacity_bytes,
+            self.lent_bytes,
+            self.slab_size_bytes,
+            self.slabs,
+            self.clients,
+            self.connections,
+            self.pages_read,
+            self.pages_written,
+            self.errors,
+        ]
+    }
+
+    pub(crate) fn from_array(a: [u64; Self::FIELDS]) -> ServerStats {
+        ServerStats {
+            capacity_bytes: a[0],
+            lent_bytes: a[1],
+            slab_size_bytes: a[2],
+            slabs: a[3],
+            clients: a[4],
+            connections: a[5],
+            pages_read: a[6],
+            pages_written: a[7],
+            errors: a[8],
+        }
+    }
+}
+
+/// A decoded request, borrowing page data from the frame body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request<'a> {
+    Hello { version: u32, client_id: u64 },
+    AllocSlab,
+    FreeSlab { slab: SlabId },
+    ReadPages(ReadEntries<'a>),
+    WritePages(WriteEntries<'a>),
+    Stats,
+}
+
+/// A decoded response, borrowing page data from the frame body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Response<'a> {
+    Hello(ServerHello),
+    SlabAllocated { slab: SlabId },
+    SlabFreed,
+    Pages(PageEntries<'a>),
+    Written { count: u32 },
+    Stats(ServerStats),
+    Error { code: u16, message: &'a str },
+}
+
+pub(crate) fn read_u64(b: &[u8], i: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[i..i + 8]);
+    u64::from_le_bytes(a)
+}
+
+pub(crate) fn read_u32(b: &[u8], i: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[i..i + 4]);
+    u32::from_le_bytes(a)
+}
+
+/// The entries of a read request; lengths were checked when decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadEntries<'a> {
+    pub(crate) bytes: &'a [u8],
+}
+
+impl<'a> ReadEntries<'a> {
+    pub fn len(&self) -> usize {
+        self.bytes.len() / READ_ENTRY_LEN
+    }
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = PageRef> + 'a {
+        self.bytes.chunks_exact(READ_ENTRY_LEN).map(|e| PageRef { slab: SlabId(read_u64(e, 0)), page: read_u32(e, 8) })
+    }
+}
+
+/// One page of a write request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteEntry<'a> {
+    pub at: PageRef,
+    pub crc: u32,
+    pub data: &'a [u8],
+}
+
+/// The entries of a write request; lengths were checked when decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteEntries<'a> {
+    pub(crate) bytes: &'a [u8],
+}
+
+impl<'a> WriteEntries<'a> {
+    pub fn len(&self) -> usize {
+        self.bytes.len() / WRITE_ENTRY_LEN
+    }
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = WriteEntry<'a>> + 'a {
+        self.bytes.chunks_exact(WRITE_ENTRY_LEN).map(|e| WriteEntry {
+            at: PageRef { slab: SlabId(read_u64(e, 0)), page: read_u32(e, 8) },
+            crc: read_u32(e, 12),
+            data: &e[16..],
+        })
+    }
+}
+
+/// One page of a read response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageEntry<'a> {
+    pub crc: u32,
+    pub data: &'a [u8],
+}
+
+/// The pages of a read response, in request order; lengths were checked when decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageEntries<'a> {
+    pub(crate) bytes: &'a [u8],
+}
+
+impl<'a> PageEntries<'a> {
+    pub fn len(&self) -> usize {
+        self.bytes.len() / PAGE_ENTRY_LEN
+    }
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = PageEntry<'a>> + 'a {
+        self.bytes.chunks_exact(PAGE_ENTRY_LEN).map(|e| PageEntry { crc: read_u32(e, 0), data: &e[4..] })
+    }
+}

@@ -1,0 +1,26 @@
+//! The `krak` command: every role of a krak rack in one binary.
+
+use clap::{Parser, Subcommand};
+
+/// krak lets a workload use the RAM of other servers in the rack as if it were its own.
+#[derive(Debug, Parser)]
+#[command(name = "krak", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KRAK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {}
+}
