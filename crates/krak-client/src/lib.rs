@@ -97,7 +97,9 @@ impl Connection {
         let id = conn.send_with(Op::Hello, |buf, id| encode_hello(buf, id, PROTOCOL_VERSION, opts.client_id))?;
         match conn.recv(id)? {
             Response::Hello(h) => {
-                if h.page_size as usize != PAGE_SIZE || h.slab_size_bytes == 0 || h.slab_size_bytes % PAGE_SIZE as u64 != 0
+                if h.page_size as usize != PAGE_SIZE
+                    || h.slab_size_bytes == 0
+                    || h.slab_size_bytes % PAGE_SIZE as u64 != 0
                 {
                     return Err(ClientError::Protocol {
                         addr,
@@ -262,7 +264,6 @@ impl Connection {
             ClientError::Io { addr: self.addr, source: e }
         }
     }
-
 }
 
 fn unexpected(addr: SocketAddr, op: Op, got: &Response<'_>) -> ClientError {
