@@ -1,0 +1,113 @@
+//! What a memory server is told at start, and the checks that make it usable.
+
+use std::net::SocketAddr;
+
+use krak_proto::units::ByteSize;
+use krak_proto::PAGE_SIZE;
+
+use crate::ServerError;
+
+/// Default slab: large enough that a pager needs few allocations, small enough to share.
+pub const DEFAULT_SLAB_SIZE_BYTES: u64 = 64 << 20;
+/// How long a vanished client's slabs survive, so a pager can reconnect after a blip.
+pub const DEFAULT_GRACE_MS: u64 = 10_000;
+/// Bound on threads: one per connection.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Bound on reading one frame once its first byte arrived, and on writing an answer.
+pub const DEFAULT_IO_TIMEOUT_MS: u64 = 30_000;
+
+/// Everything a [`crate::MemServer`] needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 lets the OS choose (see `MemServer::local_addr`).
+    pub listen: SocketAddr,
+    /// Most memory lent at once, over all clients.
+    pub capacity_bytes: u64,
+    /// Size of every slab; a multiple of the page size and at most the capacity.
+    pub slab_size_bytes: u64,
+    /// Slabs of a client with no connection left are freed after this long.
+    pub grace_ms: u64,
+    /// Most connections served at once; more are refused with `TooManyConnections`.
+    pub max_connections: usize,
+    /// Bound on reading a frame once its first byte arrived, and on writing an answer.
+    /// Idle connections (between frames) may wait forever.
+    pub io_timeout_ms: u64,
+    /// Lock slab memory into RAM (`mlock`) so it is never swapped; a failure only warns.
+    pub mlock: bool,
+}
+
+impl ServerConfig {
+    /// A config with every optional field at its default.
+    pub fn new(listen: SocketAddr, capacity_bytes: u64) -> ServerConfig {
+        ServerConfig {
+            listen,
+            capacity_bytes,
+            slab_size_bytes: DEFAULT_SLAB_SIZE_BYTES,
+            grace_ms: DEFAULT_GRACE_MS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            io_timeout_ms: DEFAULT_IO_TIMEOUT_MS,
+            mlock: false,
+        }
+    }
+
+    /// Pages in one slab; only meaningful after [`ServerConfig::validate`].
+    pub fn slab_pages(&self) -> u32 {
+        (self.slab_size_bytes / PAGE_SIZE as u64) as u32
+    }
+
+    /// Refuses configs the server could not honour, with a message naming the field.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        let bad = |msg: String| Err(ServerError::Config(msg));
+        let page = PAGE_SIZE as u64;
+        if self.slab_size_bytes == 0 || !self.slab_size_bytes.is_multiple_of(page) {
+            return bad(format!("slab size {} must be a non-zero multiple of {page} bytes", self.slab_size_bytes));
+        }
+        // Page indexes are u32 on the wire, and a slab must be addressable as one mapping.
+        if self.slab_size_bytes / page > u64::from(u32::MAX) || self.slab_size_bytes > isize::MAX as u64 {
+            return bad(format!("slab size {} is too large", ByteSize(self.slab_size_bytes)));
+        }
+        if self.capacity_bytes < self.slab_size_bytes {
+            return bad(format!(
+                "capacity {} is smaller than one slab of {}",
+                ByteSize(self.capacity_bytes),
+                ByteSize(self.slab_size_bytes)
+            ));
+        }
+        if self.max_connections == 0 {
+            return bad("max connections must be at least 1".into());
+        }
+        if self.io_timeout_ms == 0 {
+            return bad("io timeout must be at least 1 ms".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(capacity: u64, slab: u64) -> ServerConfig {
+        ServerConfig { slab_size_bytes: slab, ..ServerConfig::new("127.0.0.1:0".parse().unwrap(), capacity) }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = ServerConfig::new("127.0.0.1:0".parse().unwrap(), 1 << 30);
+        c.validate().unwrap();
+        assert_eq!(c.slab_pages(), 16384);
+        assert_eq!((c.grace_ms, c.max_connections, c.mlock), (10_000, 256, false));
+    }
+
+    #[test]
+    fn refuses_unusable_sizes() {
+        let msg = |c: ServerConfig| c.validate().unwrap_err().to_string();
+        assert!(msg(config(1 << 30, 4095)).contains("multiple of 4096"));
+        assert!(msg(config(1 << 30, 0)).contains("multiple of 4096"));
+        assert!(msg(config(32 << 20, 64 << 20)).contains("capacity 32MiB is smaller than one slab of 64MiB"));
+        assert!(msg(config(u64::MAX, 1 << 60)).contains("too large"));
+        config(64 << 20, 64 << 20).validate().unwrap();
+        let c = ServerConfig { max_connections: 0, ..config(1 << 30, 1 << 20) };
+        assert!(msg(c).contains("max connections"));
+    }
+}

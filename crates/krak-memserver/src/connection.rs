@@ -1,0 +1,227 @@
+//! One client connection: read a frame, answer it, in order, until the peer goes away or
+//! breaks the protocol. Buffers are reused across frames; answers to pipelined requests
+//! that are already buffered are batched into one write.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use krak_proto::{encode_error, DecodeError, ErrorCode, Header, HEADER_LEN, MAX_BODY_BYTES};
+
+use crate::requests::{self, decode_error_code, Next, Session};
+use crate::server::Shared;
+
+/// Read buffer: large enough to hold many small pipelined requests at once.
+const READ_BUF_BYTES: usize = 256 << 10;
+/// Answers are held back while further requests are already buffered, up to this much.
+const FLUSH_BYTES: usize = 1 << 20;
+/// After an error answer, how long (and how much) we drain the peer before closing, so the
+/// answer is not destroyed by a reset caused by unread data.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 4 << 20;
+/// Bound on a refused connection sending its first frame.
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How a connection ended without an I/O error.
+enum End {
+    /// The peer closed between frames.
+    Closed,
+    /// The peer broke the protocol; an error answer is queued.
+    Violation,
+}
+
+/// Serves one accepted connection until it ends; never panics on peer input.
+pub(crate) fn serve(stream: TcpStream, shared: &Shared, peer: SocketAddr) {
+    tracing::debug!("{peer}: connected");
+    let mut session = Session { peer, client_id: None };
+    let io_timeout = Duration::from_millis(shared.config.io_timeout_ms);
+    let mut conn = Conn::new(&stream, io_timeout);
+    let result = conn.setup().and_then(|()| conn.serve_frames(shared, &mut session));
+    match result {
+        Ok(End::Closed) => tracing::debug!("{peer}: closed"),
+        Ok(End::Violation) => {
+            if conn.flush().is_ok() {
+                linger_close(&stream);
+            }
+        }
+        Err(e) if shared.stopping() => tracing::debug!("{peer}: closed by shutdown ({e})"),
+        Err(e) => match e.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+                tracing::warn!("{peer}: no progress for {} ms inside a frame; closing", io_timeout.as_millis());
+            }
+            io::ErrorKind::UnexpectedEof => tracing::warn!("{peer}: closed in the middle of a frame"),
+            _ => tracing::debug!("{peer}: {e}"),
+        },
+    }
+    if let Some(client_id) = session.client_id {
+        shared.registry.disconnect(client_id, Instant::now());
+    }
+}
+
+/// Answers the first frame of a connection the server has no room for, then closes it.
+pub(crate) fn refuse(stream: TcpStream, shared: &Shared, peer: SocketAddr) {
+    shared.counters.add_error();
+    let timeout = REFUSE_TIMEOUT.min(Duration::from_millis(shared.config.io_timeout_ms));
+    let mut conn = Conn::new(&stream, timeout);
+    let result = conn.setup().and_then(|()| {
+        conn.set_idle(false)?;
+        let mut head = [0u8; HEADER_LEN];
+        conn.reader.read_exact(&mut head)?;
+        if let Ok(h) = Header::decode(&head) {
+            // Consume the body so closing does not reset the connection under our answer.
+            io::copy(&mut (&mut conn.reader).take(u64::from(h.body_len)), &mut io::sink())?;
+        }
+        let (id, kind) = raw_id_and_kind(&head);
+        let msg = format!("server already serves its maximum of {} connections", shared.config.max_connections);
+        encode_error(&mut conn.out, id, kind, ErrorCode::TooManyConnections, &msg);
+        conn.flush()
+    });
+    match result {
+        Ok(()) => linger_close(&stream),
+        Err(e) => tracing::debug!("{peer}: refused connection failed: {e}"),
+    }
+}
+
+struct Conn<'s> {
+    stream: &'s TcpStream,
+    reader: BufReader<&'s TcpStream>,
+    io_timeout: Duration,
+    /// Whether the read timeout is off (waiting between frames) rather than `io_timeout`.
+    idle: Option<bool>,
+    body: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl<'s> Conn<'s> {
+    fn new(stream: &'s TcpStream, io_timeout: Duration) -> Conn<'s> {
+        Conn {
+            stream,
+            reader: BufReader::with_capacity(READ_BUF_BYTES, stream),
+            io_timeout,
+            idle: None,
+            body: Vec::new(),
+            out: Vec::with_capacity(64 << 10),
+        }
+    }
+
+    fn setup(&self) -> io::Result<()> {
+        self.stream.set_nodelay(true)?;
+        self.stream.set_write_timeout(Some(self.io_timeout))
+    }
+
+    fn serve_frames(&mut self, shared: &Shared, session: &mut Session) -> io::Result<End> {
+        loop {
+            let header = match self.read_header()? {
+                None => return Ok(End::Closed),
+                Some(Ok(h)) => h,
+                Some(Err((e, head))) => {
+                    // Without a valid header we cannot find the next frame: answer, then close.
+                    tracing::warn!("{}: closing after a bad frame header: {e}", session.peer);
+                    let (id, kind) = raw_id_and_kind(&head);
+                    shared.counters.add_error();
+                    encode_error(&mut self.out, id, kind, decode_error_code(&e), &e.to_string());
+                    return Ok(End::Violation);
+                }
+            };
+            self.read_body(header.body_len as usize)?;
+            if requests::answer(shared, session, &header, &self.body, &mut self.out) == Next::Close {
+                return Ok(End::Violation);
+            }
+            if self.out.len() >= FLUSH_BYTES || !self.next_frame_buffered() {
+                self.flush()?;
+            }
+        }
+    }
+
+    /// The next header, `None` on a clean close between frames, or a header that failed
+    /// to decode (with its raw bytes). Waits forever for a frame's first byte, then at
+    /// most `io_timeout` for each read of the rest.
+    #[allow(clippy::type_complexity)]
+    fn read_header(&mut self) -> io::Result<Option<Result<Header, (DecodeError, [u8; HEADER_LEN])>>> {
+        if self.reader.buffer().is_empty() {
+            self.flush()?;
+            self.set_idle(true)?;
+            loop {
+                match self.reader.fill_buf() {
+                    Ok([]) => return Ok(None),
+                    Ok(_) => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.set_idle(false)?;
+        let mut head = [0u8; HEADER_LEN];
+        self.reader.read_exact(&mut head)?;
+        Ok(Some(Header::decode(&head).map_err(|e| (e, head))))
+    }
+
+    fn read_body(&mut self, len: usize) -> io::Result<()> {
+        debug_assert!(len <= MAX_BODY_BYTES, "Header::decode bounds the body");
+        self.body.clear();
+        self.body.reserve(len);
+        let got = (&mut self.reader).take(len as u64).read_to_end(&mut self.body)?;
+        if got < len {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+
+    /// True when the whole next frame is already in the read buffer, so answering it
+    /// needs no wait and our pending answers can go out together with its answer.
+    fn next_frame_buffered(&self) -> bool {
+        let buf = self.reader.buffer();
+        if buf.len() < HEADER_LEN {
+            return false;
+        }
+        let body_len = u32::from_le_bytes([buf[16], buf[17], buf[18], buf[19]]) as usize;
+        buf.len() - HEADER_LEN >= body_len
+    }
+
+    fn set_idle(&mut self, idle: bool) -> io::Result<()> {
+        if self.idle != Some(idle) {
+            self.stream.set_read_timeout(if idle { None } else { Some(self.io_timeout) })?;
+            self.idle = Some(idle);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            let result = (&mut &*self.stream).write_all(&self.out);
+            self.out.clear();
+            result?;
+        }
+        // Keep one large buffer, not the largest answer ever sent, alive per connection.
+        if self.out.capacity() > 2 * FLUSH_BYTES {
+            self.out.shrink_to(FLUSH_BYTES);
+        }
+        Ok(())
+    }
+}
+
+/// Request id and kind from a header that may not have decoded, to address an error answer.
+fn raw_id_and_kind(head: &[u8; HEADER_LEN]) -> (u64, u16) {
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&head[8..16]);
+    (u64::from_le_bytes(id), u16::from_le_bytes([head[4], head[5]]))
+}
+
+/// Closes after an error answer: half-close, then read (and drop) what the peer still
+/// sends, bounded in time and bytes, so unread data does not reset the connection.
+fn linger_close(stream: &TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let deadline = Instant::now() + LINGER;
+    let mut buf = [0u8; 16 << 10];
+    let mut drained = 0usize;
+    while drained < LINGER_BYTES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match (&mut &*stream).read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! krak memory server: lends slabs of this machine's RAM to pagers over TCP.
+//!
+//! One thread per connection (bounded), blocking sockets, no async runtime. Clients
+//! pipeline requests; each connection answers them in order. Slabs are anonymous
+//! mappings owned by the client id that allocated them; when all of a client's
+//! connections are gone for longer than the grace period, its slabs are freed.
+//! The wire protocol is `krak-proto`, described in `docs/protocol.md`.
+//!
+//! ```no_run
+//! let config = krak_memserver::ServerConfig::new("127.0.0.1:0".parse().unwrap(), 1 << 30);
+//! let server = krak_memserver::spawn(config).unwrap();
+//! println!("serving on {}", server.addr());
+//! server.shutdown().unwrap();
+//! ```
+
+mod config;
+mod connection;
+mod registry;
+mod requests;
+mod server;
+mod slab;
+
+use std::net::SocketAddr;
+
+pub use config::{
+    ServerConfig, DEFAULT_GRACE_MS, DEFAULT_IO_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_SLAB_SIZE_BYTES,
+};
+pub use krak_proto::ServerStats;
+pub use server::{spawn, MemServer, ServerHandle, Stopper};
+
+/// Why a server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid memory server configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{what}: {source}")]
+    Io { what: &'static str, source: std::io::Error },
+}

@@ -1,0 +1,402 @@
+//! Who holds which slab: the slab map, ownership checks, capacity accounting, and the
+//! grace period that frees the slabs of clients that went away.
+//!
+//! Lock order: `clients` before `slabs` before any one slab. Page I/O holds `slabs` for
+//! reading during a whole batch, so a batch is validated and applied against one view of
+//! the map, and frees (which write-lock the map) wait for batches in flight.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use krak_proto::units::ByteSize;
+use krak_proto::{page_crc, ErrorCode, PageRef, ReadEntries, SlabId, WriteEntries};
+use parking_lot::{Mutex, RwLock};
+
+use crate::slab::Slab;
+
+/// Why a slab or page request was refused; each maps to one wire error code.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RegistryError {
+    #[error("capacity {} exhausted: {} lent in {slabs} slabs of {}",
+        ByteSize(*capacity_bytes), ByteSize(*lent_bytes), ByteSize(*slab_size_bytes))]
+    NoCapacity { capacity_bytes: u64, lent_bytes: u64, slabs: u64, slab_size_bytes: u64 },
+    // Same answer for "never existed" and "someone else's", so ids cannot be probed.
+    #[error("unknown slab {0:#x}")]
+    UnknownSlab(u64),
+    #[error("page {page} is outside slab {slab:#x} of {pages} pages")]
+    PageOutOfRange { slab: u64, page: u32, pages: u32 },
+    #[error("page {page} of slab {slab:#x} does not match its CRC-32C; nothing in the batch was stored")]
+    ChecksumMismatch { slab: u64, page: u32 },
+    #[error("could not map a slab: {0}")]
+    Map(std::io::Error),
+}
+
+impl RegistryError {
+    pub(crate) fn code(&self) -> ErrorCode {
+        match self {
+            RegistryError::NoCapacity { .. } => ErrorCode::NoCapacity,
+            RegistryError::UnknownSlab(_) => ErrorCode::UnknownSlab,
+            RegistryError::PageOutOfRange { .. } => ErrorCode::PageOutOfRange,
+            RegistryError::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
+            RegistryError::Map(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Lent {
+    owner: u64,
+    /// Copy of the slab's page count, readable without locking the slab.
+    pages: u32,
+    slab: RwLock<Slab>,
+}
+
+#[derive(Debug, Default)]
+struct Client {
+    connections: usize,
+    /// When the last connection closed; `None` while connected.
+    gone_since: Option<Instant>,
+}
+
+/// What the reaper freed for one client.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Reaped {
+    pub client_id: u64,
+    pub slabs: usize,
+}
+
+/// The slab map of one server.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    capacity_bytes: u64,
+    slab_size_bytes: u64,
+    mlock: bool,
+    /// Bytes lent or being mapped; reserved before mapping so capacity is never exceeded.
+    lent_bytes: AtomicU64,
+    slabs: RwLock<HashMap<SlabId, Lent>>,
+    clients: Mutex<HashMap<u64, Client>>,
+}
+
+impl Registry {
+    pub(crate) fn new(capacity_bytes: u64, slab_size_bytes: u64, mlock: bool) -> Registry {
+        Registry {
+            capacity_bytes,
+            slab_size_bytes,
+            mlock,
+            lent_bytes: AtomicU64::new(0),
+            slabs: RwLock::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn lent_bytes(&self) -> u64 {
+        self.lent_bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn slab_count(&self) -> u64 {
+        self.slabs.read().len() as u64
+    }
+
+    /// Distinct clients that are connected or hold slabs.
+    pub(crate) fn client_count(&self) -> u64 {
+        let clients = self.clients.lock();
+        let slabs = self.slabs.read();
+        let mut ids: HashSet<u64> = slabs.values().map(|l| l.owner).collect();
+        ids.extend(clients.iter().filter(|(_, c)| c.connections > 0).map(|(id, _)| *id));
+        ids.len() as u64
+    }
+
+    /// A connection of `client_id` said hello: its slabs are safe from the reaper.
+    pub(crate) fn connect(&self, client_id: u64) {
+        let mut clients = self.clients.lock();
+        let c = clients.entry(client_id).or_default();
+        c.connections += 1;
+        c.gone_since = None;
+    }
+
+    /// A connection of `client_id` closed; the last one starts the grace period.
+    pub(crate) fn disconnect(&self, client_id: u64, now: Instant) {
+        let mut clients = self.clients.lock();
+        if let Some(c) = clients.get_mut(&client_id) {
+            c.connections = c.connections.saturating_sub(1);
+            if c.connections == 0 {
+                c.gone_since = Some(now);
+            }
+        }
+    }
+
+    /// Lends a new slab to `owner`, or refuses at once when capacity is exhausted.
+    pub(crate) fn alloc(&self, owner: u64) -> Result<SlabId, RegistryError> {
+        let size = self.slab_size_bytes;
+        let reserved = self.lent_bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |lent| {
+            lent.checked_add(size).filter(|&after| after <= self.capacity_bytes)
+        });
+        if let Err(lent_bytes) = reserved {
+            return Err(RegistryError::NoCapacity {
+                capacity_bytes: self.capacity_bytes,
+                lent_bytes,
+                slabs: lent_bytes / size,
+                slab_size_bytes: size,
+            });
+        }
+        // Mapping (and mlock) happens outside the map lock: it may take a while.
+        let slab = match Slab::map(size as usize, self.mlock) {
+            Ok(slab) => slab,
+            Err(e) => {
+                self.lent_bytes.fetch_sub(size, Ordering::AcqRel);
+                return Err(RegistryError::Map(e));
+            }
+        };
+        let mut slabs = self.slabs.write();
+        let id = loop {
+            // Random and non-zero: a client cannot guess another's slab.
+            let id = SlabId(rand::random::<u64>());
+            if id.0 != 0 && !slabs.contains_key(&id) {
+                break id;
+            }
+        };
+        slabs.insert(id, Lent { owner, pages: slab.pages(), slab: RwLock::new(slab) });
+        Ok(id)
+    }
+
+    /// Frees a slab of `owner`; its memory is unmapped before returning.
+    pub(crate) fn free(&self, owner: u64, slab: SlabId) -> Result<(), RegistryError> {
+        let removed = {
+            let mut slabs = self.slabs.write();
+            match slabs.get(&slab) {
+                Some(l) if l.owner == owner => slabs.remove(&slab),
+                _ => return Err(RegistryError::UnknownSlab(slab.0)),
+            }
+        };
+        self.lent_bytes.fetch_sub(self.slab_size_bytes, Ordering::AcqRel);
+        drop(removed); // munmap outside the map lock
+        Ok(())
+    }
+
+    /// Stores a batch of pages for `owner`: all of it, or (on any error) none of it.
+    pub(crate) fn write_pages(&self, owner: u64, entries: WriteEntries<'_>) -> Result<(), RegistryError> {
+        let slabs = self.slabs.read();
+        for e in entries.iter() {
+            check(&slabs, owner, e.at)?;
+            if page_crc(e.data) != e.crc {
+                return Err(RegistryError::ChecksumMismatch { slab: e.at.slab.0, page: e.at.page });
+            }
+        }
+        // Keep one slab locked across a run of pages of that slab: batches are usually sequential.
+        let mut current: Option<(SlabId, parking_lot::RwLockWriteGuard<'_, Slab>)> = None;
+        for e in entries.iter() {
+            if current.as_ref().map(|(id, _)| *id) != Some(e.at.slab) {
+                drop(current.take()); // unlock before locking the next slab: no lock-order cycles
+                let lent = slabs.get(&e.at.slab).ok_or(RegistryError::UnknownSlab(e.at.slab.0))?;
+                current = Some((e.at.slab, lent.slab.write()));
+            }
+            if let Some((_, slab)) = current.as_mut() {
+                slab.store(e.at.page, e.crc, e.data);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a batch of pages of `owner`, handing each page's stored CRC and contents to
+    /// `emit` in request order. `emit` is called only once the whole batch was validated.
+    pub(crate) fn read_pages(
+        &self,
+        owner: u64,
+        entries: ReadEntries<'_>,
+        mut emit: impl FnMut(u32, &[u8]),
+    ) -> Result<(), RegistryError> {
+        let slabs = self.slabs.read();
+        for at in entries.iter() {
+            check(&slabs, owner, at)?;
+        }
+        let mut current: Option<(SlabId, parking_lot::RwLockReadGuard<'_, Slab>)> = None;
+        for at in entries.iter() {
+            if current.as_ref().map(|(id, _)| *id) != Some(at.slab) {
+                drop(current.take());
+                let lent = slabs.get(&at.slab).ok_or(RegistryError::UnknownSlab(at.slab.0))?;
+                current = Some((at.slab, lent.slab.read()));
+            }
+            if let Some((_, slab)) = current.as_ref() {
+                let (crc, data) = slab.page(at.page).ok_or(RegistryError::UnknownSlab(at.slab.0))?;
+                emit(crc, data);
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees the slabs of every client gone for at least `grace`, and forgets the client.
+    pub(crate) fn reap(&self, now: Instant, grace: Duration) -> Vec<Reaped> {
+        // Hold `clients` throughout: a client reconnecting now waits, then finds its slabs
+        // either all there or all gone, never half.
+        let mut clients = self.clients.lock();
+        let expired: HashSet<u64> = clients
+            .iter()
+            .filter(|(_, c)| {
+                c.connections == 0 && c.gone_since.is_some_and(|t| now.saturating_duration_since(t) >= grace)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if expired.is_empty() {
+            return Vec::new();
+        }
+        clients.retain(|id, _| !expired.contains(id));
+        let mut freed = Vec::new();
+        {
+            let mut slabs = self.slabs.write();
+            let doomed: Vec<SlabId> =
+                slabs.iter().filter(|(_, l)| expired.contains(&l.owner)).map(|(id, _)| *id).collect();
+            for id in doomed {
+                if let Some(lent) = slabs.remove(&id) {
+                    freed.push(lent);
+                }
+            }
+        }
+        drop(clients);
+        self.lent_bytes.fetch_sub(freed.len() as u64 * self.slab_size_bytes, Ordering::AcqRel);
+        let mut report: Vec<Reaped> = expired.into_iter().map(|client_id| Reaped { client_id, slabs: 0 }).collect();
+        for lent in &freed {
+            if let Some(r) = report.iter_mut().find(|r| r.client_id == lent.owner) {
+                r.slabs += 1;
+            }
+        }
+        drop(freed); // munmap outside every lock
+        report
+    }
+}
+
+/// The slab must exist, belong to `owner`, and hold the page.
+fn check(slabs: &HashMap<SlabId, Lent>, owner: u64, at: PageRef) -> Result<(), RegistryError> {
+    match slabs.get(&at.slab) {
+        Some(l) if l.owner == owner => {
+            if at.page >= l.pages {
+                return Err(RegistryError::PageOutOfRange { slab: at.slab.0, page: at.page, pages: l.pages });
+            }
+            Ok(())
+        }
+        _ => Err(RegistryError::UnknownSlab(at.slab.0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use krak_proto::{decode_request, encode_read_pages, encode_write_pages, Header, Request, HEADER_LEN, PAGE_SIZE};
+
+    const SLAB: u64 = 16 * PAGE_SIZE as u64;
+
+    /// Runs `f` on the entries of an encoded write request.
+    fn with_writes<R>(pages: &[(PageRef, &[u8])], corrupt: Option<usize>, f: impl FnOnce(WriteEntries<'_>) -> R) -> R {
+        let mut frame = Vec::new();
+        encode_write_pages(&mut frame, 1, pages.iter().copied());
+        if let Some(i) = corrupt {
+            // flip a data byte of entry i: 4-byte count, 16-byte entry header
+            frame[HEADER_LEN + 4 + i * (16 + PAGE_SIZE) + 16] ^= 1;
+        }
+        let head: [u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().unwrap();
+        let h = Header::decode(&head).unwrap();
+        let Ok(Request::WritePages(e)) = decode_request(&h, &frame[HEADER_LEN..]) else { panic!("not a write") };
+        f(e)
+    }
+
+    fn read(reg: &Registry, owner: u64, pages: &[PageRef]) -> Result<Vec<(u32, Vec<u8>)>, RegistryError> {
+        let mut frame = Vec::new();
+        encode_read_pages(&mut frame, 1, pages);
+        let head: [u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().unwrap();
+        let h = Header::decode(&head).unwrap();
+        let Ok(Request::ReadPages(e)) = decode_request(&h, &frame[HEADER_LEN..]) else { panic!("not a read") };
+        let mut got = Vec::new();
+        reg.read_pages(owner, e, |crc, data| got.push((crc, data.to_vec())))?;
+        Ok(got)
+    }
+
+    #[test]
+    fn capacity_is_enforced_and_freed_capacity_reused() {
+        let reg = Registry::new(2 * SLAB, SLAB, false);
+        let a = reg.alloc(1).unwrap();
+        let b = reg.alloc(1).unwrap();
+        assert_ne!(a, b);
+        assert_eq!((reg.lent_bytes(), reg.slab_count()), (2 * SLAB, 2));
+        let err = reg.alloc(2).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::NoCapacity);
+        assert_eq!(err.to_string(), "capacity 128KiB exhausted: 128KiB lent in 2 slabs of 64KiB");
+        reg.free(1, a).unwrap();
+        assert_eq!(reg.lent_bytes(), SLAB);
+        reg.alloc(2).unwrap();
+        assert_eq!(reg.lent_bytes(), 2 * SLAB);
+    }
+
+    #[test]
+    fn foreign_slabs_look_like_missing_ones() {
+        let reg = Registry::new(4 * SLAB, SLAB, false);
+        let a = reg.alloc(1).unwrap();
+        let page = vec![5u8; PAGE_SIZE];
+        let at = PageRef { slab: a, page: 0 };
+        assert_eq!(reg.free(2, a).unwrap_err().to_string(), format!("unknown slab {:#x}", a.0));
+        assert_eq!(reg.free(2, SlabId(12345)).unwrap_err().code(), ErrorCode::UnknownSlab);
+        assert_eq!(read(&reg, 2, &[at]).unwrap_err().code(), ErrorCode::UnknownSlab);
+        let err = with_writes(&[(at, &page)], None, |e| reg.write_pages(2, e)).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::UnknownSlab);
+        // The owner still sees zeros: the foreign write stored nothing.
+        assert_eq!(read(&reg, 1, &[at]).unwrap()[0].1, vec![0u8; PAGE_SIZE]);
+        reg.free(1, a).unwrap();
+        assert_eq!(reg.free(1, a).unwrap_err().code(), ErrorCode::UnknownSlab, "double free");
+    }
+
+    #[test]
+    fn batches_are_validated_whole_before_any_page_is_stored() {
+        let reg = Registry::new(4 * SLAB, SLAB, false);
+        let a = reg.alloc(1).unwrap();
+        let p0 = vec![1u8; PAGE_SIZE];
+        let p1 = vec![2u8; PAGE_SIZE];
+        let at0 = PageRef { slab: a, page: 0 };
+        let at1 = PageRef { slab: a, page: 1 };
+        let err = with_writes(&[(at0, &p0), (at1, &p1)], Some(1), |e| reg.write_pages(1, e)).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::ChecksumMismatch);
+        let out = PageRef { slab: a, page: 16 };
+        let err = with_writes(&[(at0, &p0), (out, &p1)], None, |e| reg.write_pages(1, e)).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::PageOutOfRange);
+        assert!(err.to_string().contains("page 16 is outside slab"));
+        let got = read(&reg, 1, &[at0, at1]).unwrap();
+        assert!(got.iter().all(|(crc, d)| *crc == page_crc(d) && d.iter().all(|&b| b == 0)), "nothing stored");
+
+        with_writes(&[(at1, &p1), (at0, &p0)], None, |e| reg.write_pages(1, e)).unwrap();
+        let got = read(&reg, 1, &[at0, at1, at0]).unwrap();
+        assert_eq!(got.iter().map(|(_, d)| d[0]).collect::<Vec<_>>(), [1, 2, 1], "request order");
+        assert_eq!(got[1].0, page_crc(&p1));
+        assert_eq!(read(&reg, 1, &[at0, out]).unwrap_err().code(), ErrorCode::PageOutOfRange);
+    }
+
+    #[test]
+    fn reaper_frees_only_clients_gone_past_grace() {
+        let reg = Registry::new(8 * SLAB, SLAB, false);
+        let t0 = Instant::now();
+        let grace = Duration::from_millis(500);
+        reg.connect(1);
+        reg.connect(2);
+        reg.connect(2);
+        reg.alloc(1).unwrap();
+        reg.alloc(1).unwrap();
+        reg.alloc(2).unwrap();
+        assert_eq!(reg.client_count(), 2);
+        reg.disconnect(1, t0);
+        reg.disconnect(2, t0); // client 2 keeps one connection
+        assert!(reg.reap(t0 + Duration::from_millis(499), grace).is_empty());
+        assert_eq!(reg.reap(t0 + grace, grace), [Reaped { client_id: 1, slabs: 2 }]);
+        assert_eq!((reg.lent_bytes(), reg.slab_count(), reg.client_count()), (SLAB, 1, 1));
+        assert!(reg.reap(t0 + 10 * grace, grace).is_empty(), "client 2 is connected");
+    }
+
+    #[test]
+    fn reconnecting_within_grace_keeps_slabs() {
+        let reg = Registry::new(8 * SLAB, SLAB, false);
+        let t0 = Instant::now();
+        let grace = Duration::from_millis(500);
+        reg.connect(7);
+        reg.alloc(7).unwrap();
+        reg.disconnect(7, t0);
+        reg.connect(7);
+        assert!(reg.reap(t0 + 10 * grace, grace).is_empty());
+        assert_eq!(reg.slab_count(), 1);
+    }
+}

@@ -1,0 +1,235 @@
+//! Turning one decoded request into its answer. No I/O: the caller reads frames and
+//! writes `out`, so every rule here is testable without sockets.
+
+use std::net::SocketAddr;
+
+use krak_proto::{
+    begin_pages_response, decode_request, encode_error, encode_hello_ok, encode_slab_allocated, encode_slab_freed,
+    encode_stats_response, encode_written, DecodeError, ErrorCode, Header, Request, ServerHello, PAGE_SIZE,
+    PROTOCOL_VERSION,
+};
+
+use crate::registry::RegistryError;
+use crate::server::Shared;
+
+/// Whether a connection goes on after an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    Continue,
+    /// The peer broke the protocol: the answer explains why, then the connection closes.
+    Close,
+}
+
+/// Protocol state of one connection.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) peer: SocketAddr,
+    /// Set by the hello; every later request acts on this client's slabs.
+    pub(crate) client_id: Option<u64>,
+}
+
+/// The error code that answers a frame that failed to decode.
+pub(crate) fn decode_error_code(e: &DecodeError) -> ErrorCode {
+    match e {
+        DecodeError::FrameTooLarge(_) => ErrorCode::FrameTooLarge,
+        DecodeError::UnknownKind(_) => ErrorCode::UnknownOp,
+        DecodeError::BatchTooLarge(_) => ErrorCode::BatchTooLarge,
+        DecodeError::BadMagic(_) | DecodeError::ReservedNotZero(_) | DecodeError::Malformed { .. } => {
+            ErrorCode::Malformed
+        }
+    }
+}
+
+/// Appends the answer to one request (a frame whose header decoded) to `out`.
+pub(crate) fn answer(shared: &Shared, session: &mut Session, header: &Header, body: &[u8], out: &mut Vec<u8>) -> Next {
+    let id = header.request_id;
+    let kind = header.kind;
+    let request = match decode_request(header, body) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("{}: closing after an undecodable frame: {e}", session.peer);
+            return refuse(shared, out, id, kind, decode_error_code(&e), &e.to_string(), Next::Close);
+        }
+    };
+    let Some(client_id) = session.client_id else {
+        return hello(shared, session, id, kind, request, out);
+    };
+    let registry = &shared.registry;
+    let result = match request {
+        Request::Hello { .. } => {
+            tracing::warn!("{}: second hello on one connection", session.peer);
+            let msg = "hello already done on this connection";
+            return refuse(shared, out, id, kind, ErrorCode::Malformed, msg, Next::Close);
+        }
+        Request::AllocSlab => registry.alloc(client_id).map(|slab| {
+            tracing::debug!("client {client_id:#x} allocated slab {:#x}", slab.0);
+            encode_slab_allocated(out, id, slab);
+        }),
+        Request::FreeSlab { slab } => registry.free(client_id, slab).map(|()| {
+            tracing::debug!("client {client_id:#x} freed slab {:#x}", slab.0);
+            encode_slab_freed(out, id);
+        }),
+        Request::WritePages(entries) => registry.write_pages(client_id, entries).map(|()| {
+            shared.counters.add_pages_written(entries.len());
+            encode_written(out, id, entries.len() as u32);
+        }),
+        Request::ReadPages(entries) => {
+            let start = out.len();
+            out.reserve(entries.len() * (4 + PAGE_SIZE) + 64);
+            let mut frame = begin_pages_response(out, id, entries.len() as u32);
+            let read = registry.read_pages(client_id, entries, |crc, data| {
+                frame.put_u32(crc).put_bytes(data);
+            });
+            match read {
+                Ok(()) => {
+                    frame.finish();
+                    shared.counters.add_pages_read(entries.len());
+                    Ok(())
+                }
+                Err(e) => {
+                    // Nothing was emitted, but drop the frame header already started.
+                    out.truncate(start);
+                    Err(e)
+                }
+            }
+        }
+        Request::Stats => {
+            encode_stats_response(out, id, &shared.stats());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => Next::Continue,
+        Err(e) => {
+            if let RegistryError::Map(_) = e {
+                tracing::error!("client {client_id:#x}: {e}");
+            } else {
+                tracing::debug!("client {client_id:#x} refused: {e}");
+            }
+            refuse(shared, out, id, kind, e.code(), &e.to_string(), Next::Continue)
+        }
+    }
+}
+
+/// The first request of a connection: it must be a hello in our version.
+fn hello(shared: &Shared, session: &mut Session, id: u64, kind: u16, request: Request<'_>, out: &mut Vec<u8>) -> Next {
+    let Request::Hello { version, client_id } = request else {
+        tracing::warn!("{}: request before hello", session.peer);
+        return refuse(shared, out, id, kind, ErrorCode::HelloRequired, "the first request must be hello", Next::Close);
+    };
+    if version != PROTOCOL_VERSION {
+        tracing::warn!("{}: hello with protocol version {version}", session.peer);
+        let msg = format!("protocol version {version} not supported; this server speaks {PROTOCOL_VERSION}");
+        return refuse(shared, out, id, kind, ErrorCode::UnsupportedVersion, &msg, Next::Close);
+    }
+    shared.registry.connect(client_id);
+    session.client_id = Some(client_id);
+    tracing::debug!("{}: hello from client {client_id:#x}", session.peer);
+    let config = &shared.config;
+    let hello = ServerHello {
+        version: PROTOCOL_VERSION,
+        page_size: PAGE_SIZE as u32,
+        slab_size_bytes: config.slab_size_bytes,
+        capacity_bytes: config.capacity_bytes,
+        server_id: shared.server_id,
+    };
+    encode_hello_ok(out, id, &hello);
+    Next::Continue
+}
+
+fn refuse(shared: &Shared, out: &mut Vec<u8>, id: u64, kind: u16, code: ErrorCode, msg: &str, next: Next) -> Next {
+    shared.counters.add_error();
+    encode_error(out, id, kind, code, msg);
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ServerConfig;
+    use krak_proto::{
+        decode_response, encode_alloc_slab, encode_hello, encode_read_pages, encode_stats, Response, HEADER_LEN,
+    };
+
+    fn shared() -> Shared {
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), 1 << 20);
+        config.slab_size_bytes = 1 << 19;
+        Shared::new(config, "127.0.0.1:1".parse().unwrap())
+    }
+
+    /// Feeds one encoded request through `answer` and decodes what came out.
+    fn ask(shared: &Shared, session: &mut Session, encode: impl FnOnce(&mut Vec<u8>)) -> (Next, u16, Vec<u8>) {
+        let mut frame = Vec::new();
+        encode(&mut frame);
+        let h = Header::decode(frame[..HEADER_LEN].try_into().unwrap()).unwrap();
+        let mut out = Vec::new();
+        let next = answer(shared, session, &h, &frame[HEADER_LEN..], &mut out);
+        let rh = Header::decode(out[..HEADER_LEN].try_into().unwrap()).unwrap();
+        assert_eq!(rh.request_id, h.request_id, "answers carry the request id");
+        assert_eq!(rh.body_len as usize, out.len() - HEADER_LEN, "exactly one frame");
+        (next, rh.status, out)
+    }
+
+    fn session() -> Session {
+        Session { peer: "127.0.0.1:2".parse().unwrap(), client_id: None }
+    }
+
+    #[test]
+    fn the_first_request_must_be_a_hello_in_our_version() {
+        let s = shared();
+        let (next, status, _) = ask(&s, &mut session(), |b| encode_alloc_slab(b, 1));
+        assert_eq!((next, status), (Next::Close, ErrorCode::HelloRequired as u16));
+        let (next, status, _) = ask(&s, &mut session(), |b| encode_hello(b, 1, 99, 5));
+        assert_eq!((next, status), (Next::Close, ErrorCode::UnsupportedVersion as u16));
+
+        let mut sess = session();
+        let (next, status, out) = ask(&s, &mut sess, |b| encode_hello(b, 3, PROTOCOL_VERSION, 5));
+        assert_eq!((next, status, sess.client_id), (Next::Continue, 0, Some(5)));
+        let h = Header::decode(out[..HEADER_LEN].try_into().unwrap()).unwrap();
+        let Ok(Response::Hello(hello)) = decode_response(&h, &out[HEADER_LEN..]) else { panic!("not a hello") };
+        assert_eq!((hello.page_size, hello.slab_size_bytes, hello.capacity_bytes), (4096, 1 << 19, 1 << 20));
+        assert_eq!(hello.server_id, s.server_id);
+        let (next, status, _) = ask(&s, &mut sess, |b| encode_hello(b, 4, PROTOCOL_VERSION, 5));
+        assert_eq!((next, status), (Next::Close, ErrorCode::Malformed as u16));
+        assert_eq!(s.stats().errors, 3);
+    }
+
+    #[test]
+    fn refusals_keep_the_connection_and_count_as_errors() {
+        let s = shared();
+        let mut sess = session();
+        ask(&s, &mut sess, |b| encode_hello(b, 1, PROTOCOL_VERSION, 5));
+        for id in 2..4 {
+            assert_eq!(ask(&s, &mut sess, |b| encode_alloc_slab(b, id)).1, 0);
+        }
+        let (next, status, out) = ask(&s, &mut sess, |b| encode_alloc_slab(b, 4));
+        assert_eq!((next, status), (Next::Continue, ErrorCode::NoCapacity as u16));
+        let msg = std::str::from_utf8(&out[HEADER_LEN..]).unwrap();
+        assert_eq!(msg, "capacity 1MiB exhausted: 1MiB lent in 2 slabs of 512KiB");
+        let at = krak_proto::PageRef { slab: krak_proto::SlabId(1), page: 0 };
+        let (next, status, _) = ask(&s, &mut sess, |b| encode_read_pages(b, 5, &[at]));
+        assert_eq!((next, status), (Next::Continue, ErrorCode::UnknownSlab as u16));
+        let (_, _, out) = ask(&s, &mut sess, |b| encode_stats(b, 6));
+        let h = Header::decode(out[..HEADER_LEN].try_into().unwrap()).unwrap();
+        let Ok(Response::Stats(st)) = decode_response(&h, &out[HEADER_LEN..]) else { panic!("not stats") };
+        assert_eq!((st.slabs, st.lent_bytes, st.clients, st.errors), (2, 1 << 20, 1, 2));
+    }
+
+    #[test]
+    fn undecodable_bodies_close_the_connection() {
+        let s = shared();
+        let mut sess = session();
+        ask(&s, &mut sess, |b| encode_hello(b, 1, PROTOCOL_VERSION, 5));
+        let (next, status, _) = ask(&s, &mut sess, |b| {
+            encode_alloc_slab(b, 9);
+            b.extend_from_slice(&[1, 2, 3]); // alloc carries no body
+            b[16] = 3;
+        });
+        assert_eq!((next, status), (Next::Close, ErrorCode::Malformed as u16));
+        let (next, status, _) = ask(&s, &mut sess, |b| {
+            encode_alloc_slab(b, 9);
+            b[4] = 77; // unknown kind
+        });
+        assert_eq!((next, status), (Next::Close, ErrorCode::UnknownOp as u16));
+    }
+}
