@@ -1,5 +1,7 @@
 //! The `krak` command: every role of a krak rack in one binary.
 
+mod cmd_memserver;
+
 use clap::{Parser, Subcommand};
 
 /// krak lets a workload use the RAM of other servers in the rack as if it were its own.
@@ -11,7 +13,9 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    Memserver(cmd_memserver::MemserverArgs),
+}
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -22,5 +26,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Memserver(args) => cmd_memserver::run(args),
+    }
 }

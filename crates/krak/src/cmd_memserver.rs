@@ -1,0 +1,76 @@
+//! `krak memserver`: lend this machine's spare RAM to pagers in the rack.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use krak_memserver::{MemServer, ServerConfig};
+use krak_proto::units::ByteSize;
+
+/// Serve slabs of this machine's memory to krak pagers over TCP.
+///
+/// Memory is lent in slabs of --slab-size; a slab costs RAM only once pages are written
+/// to it. Slabs belong to the client that allocated them; when all of a client's
+/// connections are gone for --grace-ms, its slabs are freed.
+///
+/// On start one line is printed to stdout:
+/// `krak memserver listening on ADDR capacity SIZE slab SIZE`
+/// (with the actual port when --listen asked for port 0). SIGINT/SIGTERM stop the server.
+/// Logs go to stderr: KRAK_LOG=info shows the slabs freed after a grace period,
+/// KRAK_LOG=debug every allocation, free and connection.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Example:\n  krak memserver --listen 0.0.0.0:7070 --capacity 16GiB\n  \
+                        krak memserver --listen 127.0.0.1:0 --capacity 1GiB --slab-size 16MiB")]
+pub struct MemserverArgs {
+    /// Address to listen on, e.g. 0.0.0.0:7070; port 0 picks a free port (printed on start).
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Most memory lent at once over all clients, e.g. 16GiB or 512MiB.
+    #[arg(long, value_name = "SIZE")]
+    capacity: ByteSize,
+    /// Size of each slab: a multiple of 4KiB, at most the capacity.
+    #[arg(long, value_name = "SIZE", default_value_t = ByteSize(krak_memserver::DEFAULT_SLAB_SIZE_BYTES))]
+    slab_size: ByteSize,
+    /// Free a client's slabs this many milliseconds after its last connection closed.
+    #[arg(long, value_name = "MS", default_value_t = krak_memserver::DEFAULT_GRACE_MS)]
+    grace_ms: u64,
+    /// Most connections served at once; more are refused with TooManyConnections.
+    #[arg(long, value_name = "N", default_value_t = krak_memserver::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Give up on a peer that stalls this long in the middle of a frame.
+    #[arg(long, value_name = "MS", default_value_t = krak_memserver::DEFAULT_IO_TIMEOUT_MS)]
+    io_timeout_ms: u64,
+    /// Lock slab memory into RAM (mlock) so it is never swapped out; failures only warn.
+    #[arg(long)]
+    mlock: bool,
+}
+
+pub fn run(args: MemserverArgs) -> anyhow::Result<()> {
+    let config = ServerConfig {
+        listen: args.listen,
+        capacity_bytes: args.capacity.0,
+        slab_size_bytes: args.slab_size.0,
+        grace_ms: args.grace_ms,
+        max_connections: args.max_connections,
+        io_timeout_ms: args.io_timeout_ms,
+        mlock: args.mlock,
+    };
+    let server = MemServer::bind(config).context("starting the memory server")?;
+    let stopper = server.stopper();
+    if let Err(e) = ctrlc::set_handler(move || stopper.stop()) {
+        tracing::warn!("cannot handle SIGINT/SIGTERM ({e}); stop the server with SIGKILL");
+    }
+    // Scripts and tests parse the address from this exact line.
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "krak memserver listening on {} capacity {} slab {}",
+        server.local_addr(),
+        args.capacity,
+        args.slab_size
+    )?;
+    out.flush()?;
+    drop(out);
+    server.run().context("serving")?;
+    Ok(())
+}
