@@ -13,7 +13,7 @@ mod sys;
 mod uffd;
 
 pub use mapping::AnonMapping;
-pub use uffd::{CopyError, Event, OpenMode, Uffd, UffdError};
+pub use uffd::{signal_thread, CopyError, Event, OpenMode, Uffd, UffdError};
 
 /// The base page size the pager works in.
 pub const PAGE_SIZE: usize = 4096;

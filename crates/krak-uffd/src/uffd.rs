@@ -48,7 +48,7 @@ pub enum OpenMode {
 #[derive(Debug)]
 pub enum Event {
     /// A thread touched a missing page, or wrote a write-protected one (`wp`).
-    Pagefault { addr: usize, write: bool, wp: bool },
+    Pagefault { addr: usize, write: bool, wp: bool, thread_id: Option<u32> },
     /// The process forked; the child's mappings are served through `uffd`.
     Fork { uffd: OwnedFd },
     /// `mremap` moved `[from, from+len)` to `to`.
@@ -80,7 +80,8 @@ impl Uffd {
             },
         };
         let wanted = UFFD_FEATURE_PAGEFAULT_FLAG_WP;
-        let mut api = UffdioApi { api: UFFD_API, features: wanted, ioctls: 0 };
+        // The faulting thread's id lets the pager send it SIGBUS when a page cannot be had.
+        let mut api = UffdioApi { api: UFFD_API, features: wanted | UFFD_FEATURE_THREAD_ID, ioctls: 0 };
         // SAFETY: fd is a fresh userfaultfd; `api` is a live, correctly laid out uffdio_api
         // that the kernel reads and writes for the duration of the call only.
         let rc = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API as _, &mut api as *mut UffdioApi) };
@@ -152,13 +153,14 @@ impl Uffd {
     }
 
     /// Sets (`protect`) or clears write protection on present pages of the range. Clearing
-    /// wakes the threads blocked on a write-protect fault there unless `wake` is false.
+    /// wakes the threads blocked on a write-protect fault there unless `wake` is false;
+    /// setting never wakes anyone.
     pub fn write_protect(&self, start: usize, len: usize, protect: bool, wake: bool) -> Result<(), UffdError> {
         let mut mode = 0;
         if protect {
+            // The kernel refuses WP together with DONTWAKE: protecting never wakes anyone.
             mode |= UFFDIO_WRITEPROTECT_MODE_WP;
-        }
-        if !wake {
+        } else if !wake {
             mode |= UFFDIO_WRITEPROTECT_MODE_DONTWAKE;
         }
         let mut wp = UffdioWriteprotect { range: UffdioRange { start: start as u64, len: len as u64 }, mode };
@@ -202,6 +204,7 @@ impl Uffd {
                 addr: a1 as usize,
                 write: a0 & UFFD_PAGEFAULT_FLAG_WRITE != 0,
                 wp: a0 & UFFD_PAGEFAULT_FLAG_WP != 0,
+                thread_id: (self.features & UFFD_FEATURE_THREAD_ID != 0).then_some(a2 as u32),
             },
             UFFD_EVENT_FORK => {
                 // SAFETY: for a fork event the kernel installed a new fd in our table and
@@ -219,6 +222,18 @@ impl Uffd {
                 )))
             }
         }))
+    }
+
+    /// Waits up to `timeout_ms` for an event; true when one is ready to read.
+    pub fn wait_readable(&self, timeout_ms: i32) -> Result<bool, UffdError> {
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one live pollfd and a count of 1.
+        let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            return if err.raw_os_error() == Some(libc::EINTR) { Ok(false) } else { Err(UffdError::Read(err)) };
+        }
+        Ok(rc > 0 && pfd.revents & libc::POLLIN != 0)
     }
 
     fn check(&self, rc: libc::c_int, op: &'static str, start: usize, len: usize) -> Result<(), UffdError> {
@@ -255,4 +270,15 @@ fn device_userfaultfd(flags: libc::c_int) -> io::Result<OwnedFd> {
     }
     // SAFETY: the ioctl returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `signal` to one thread of this process: how a fault that cannot be served is
+/// failed (SIGBUS) rather than answered with a wrong page.
+pub fn signal_thread(thread_id: u32, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: tgkill takes plain integers; the target is a thread of our own process.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), thread_id as libc::pid_t, signal) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

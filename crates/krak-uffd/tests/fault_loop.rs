@@ -29,7 +29,7 @@ fn missing_and_write_protect_faults_are_served_with_the_right_contents() {
                 // SAFETY: one live pollfd, count 1.
                 unsafe { libc::poll(&mut pfd, 1, 10) };
                 while let Some(ev) = uffd.read_event().unwrap() {
-                    let Event::Pagefault { addr, write, wp } = ev else { panic!("unexpected event {ev:?}") };
+                    let Event::Pagefault { addr, write, wp, .. } = ev else { panic!("unexpected event {ev:?}") };
                     let page_addr = addr & !(PAGE_SIZE - 1);
                     if wp {
                         wp_faults.fetch_add(1, Ordering::Relaxed);

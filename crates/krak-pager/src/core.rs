@@ -1,0 +1,197 @@
+//! The state every fault handler shares: each page's state, the resident count against the
+//! budget, the policies, and the write-back buffer. One mutex guards it all; it is never
+//! held across network I/O, only across a few page-sized ioctls.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use krak_uffd::{AnonMapping, CopyError, Uffd, PAGE_SIZE};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::eviction::EvictionPolicy;
+use crate::prefetch::PrefetchPolicy;
+use crate::remote::RemoteLayout;
+use crate::stats::Counters;
+use crate::PagerError;
+
+/// Not resident. Its contents are zero unless [`REMOTE`] is set.
+pub const ABSENT: u8 = 0;
+/// A handler is fetching it; its frame is already counted against the budget.
+pub const FETCHING: u8 = 1;
+/// Resident and write-protected: identical to its remote copy (or zero).
+pub const CLEAN: u8 = 2;
+/// Resident and writable: must be written back before it is dropped.
+pub const DIRTY: u8 = 3;
+/// Evicted dirty: not mapped, its bytes wait in the write-back buffer.
+pub const STAGED: u8 = 4;
+/// Flag: a memory server holds (or is about to hold) this page.
+pub const REMOTE: u8 = 0x80;
+pub const STATE_MASK: u8 = 0x7f;
+
+/// How long an evictor waits for the write-back thread before it looks again.
+const SPACE_WAIT_MS: u64 = 20;
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub handler_threads: usize,
+    pub max_prefetch_pages: usize,
+    pub writeback_batch_pages: usize,
+    pub writeback_buffer_pages: usize,
+}
+
+pub(crate) struct Core {
+    pub states: Vec<u8>,
+    /// Pages FETCHING, CLEAN or DIRTY: what the budget bounds.
+    pub resident: usize,
+    pub budget_pages: usize,
+    /// While a shrink evicts down to `budget_pages`, the budget it started from: the bound
+    /// still in force for anyone watching until the shrink is done.
+    pub shrinking_from: Option<usize>,
+    pub eviction: Box<dyn EvictionPolicy>,
+    pub prefetch: Box<dyn PrefetchPolicy>,
+    /// Latest bytes of each STAGED page.
+    pub staged: HashMap<usize, Arc<[u8]>>,
+    /// Evicted pages not yet taken by the write-back thread, oldest first.
+    pub wb_queue: VecDeque<(usize, Arc<[u8]>)>,
+    /// Pages queued or being written: bounded by `writeback_buffer_pages`.
+    pub wb_pending: usize,
+    /// Set while write-back keeps failing; faults that need space then fail instead of waiting.
+    pub failure: Option<String>,
+}
+
+pub(crate) struct Shared {
+    pub core: Mutex<Core>,
+    /// Wakes the write-back thread.
+    pub wb_wake: Condvar,
+    /// Wakes evictors waiting for write-back space or for fetches to land.
+    pub space: Condvar,
+    pub uffd: Uffd,
+    pub map: AnonMapping,
+    pub layout: RemoteLayout,
+    pub counters: Counters,
+    pub limits: Limits,
+    pub stop: AtomicBool,
+    pub peak_resident: AtomicUsize,
+}
+
+pub(crate) static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+
+impl Shared {
+    pub fn region_pages(&self) -> usize {
+        self.map.len() / PAGE_SIZE
+    }
+
+    pub fn addr(&self, page: usize) -> usize {
+        self.map.as_ptr() as usize + page * PAGE_SIZE
+    }
+
+    /// Most pages one fault may fetch ahead, so that the reservations of all handlers
+    /// together never take more than half the budget.
+    pub fn prefetch_cap(&self, core: &Core) -> usize {
+        let share = core.budget_pages / (2 * self.limits.handler_threads);
+        share.saturating_sub(1).min(self.limits.max_prefetch_pages)
+    }
+
+    /// Evicts until `n` more pages fit in the budget.
+    pub fn make_room(&self, core: &mut MutexGuard<'_, Core>, n: usize) -> Result<(), PagerError> {
+        while core.resident + n > core.budget_pages {
+            if core.wb_pending >= self.limits.writeback_buffer_pages {
+                if let Some(why) = &core.failure {
+                    return Err(PagerError::WritebackFailed(why.clone()));
+                }
+                self.space.wait_for(core, Duration::from_millis(SPACE_WAIT_MS));
+                continue;
+            }
+            match core.eviction.pick_victim() {
+                Some(victim) => self.evict(core, victim)?,
+                // Everything resident is being fetched by other handlers: wait for one to land.
+                None => {
+                    self.space.wait_for(core, Duration::from_millis(SPACE_WAIT_MS));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn evict(&self, core: &mut Core, page: usize) -> Result<(), PagerError> {
+        let state = core.states[page];
+        let addr = self.addr(page);
+        match state & STATE_MASK {
+            CLEAN => {
+                self.map.discard(page * PAGE_SIZE, PAGE_SIZE).map_err(PagerError::Mapping)?;
+                core.states[page] = ABSENT | (state & REMOTE);
+                Counters::add(&self.counters.evictions_clean, 1);
+            }
+            DIRTY => {
+                // Write-protect first: a writer now blocks on a fault we serve after the copy.
+                self.uffd.write_protect(addr, PAGE_SIZE, true, false).map_err(PagerError::Uffd)?;
+                let mut bytes = vec![0u8; PAGE_SIZE];
+                // SAFETY: the page is DIRTY, hence present, and now write-protected; we hold the
+                // core lock, the only place protection is lifted, so nobody writes it meanwhile.
+                unsafe { self.map.copy_out(page * PAGE_SIZE, &mut bytes) };
+                self.map.discard(page * PAGE_SIZE, PAGE_SIZE).map_err(PagerError::Mapping)?;
+                let bytes: Arc<[u8]> = bytes.into();
+                core.states[page] = STAGED | REMOTE;
+                core.staged.insert(page, bytes.clone());
+                core.wb_queue.push_back((page, bytes));
+                core.wb_pending += 1;
+                self.wb_wake.notify_one();
+                Counters::add(&self.counters.evictions_dirty, 1);
+            }
+            other => {
+                // The policy only ever holds resident pages; anything else is a pager bug.
+                debug_assert!(false, "policy named page {page} in state {other}");
+                tracing::error!("eviction policy named page {page} in state {other}; skipped");
+                return Ok(());
+            }
+        }
+        core.resident -= 1;
+        Ok(())
+    }
+
+    /// Installs `bytes` (whole pages) at `first_page` and records them resident. The caller
+    /// reserved their frames and holds the core lock.
+    pub fn install(
+        &self,
+        core: &mut Core,
+        first_page: usize,
+        bytes: &[u8],
+        dirty: bool,
+        remote: bool,
+    ) -> Result<(), PagerError> {
+        let addr = self.addr(first_page);
+        let mut done = 0;
+        let mut again = 0;
+        let mut already_present = Vec::new();
+        while done < bytes.len() {
+            match self.uffd.copy(addr + done, &bytes[done..], !dirty, true) {
+                Ok(n) => done += n,
+                Err(CopyError::Again { copied }) if again < 8 => {
+                    done += copied;
+                    again += 1;
+                }
+                Err(CopyError::Exists) => {
+                    // Someone mapped it behind our back: wake waiters, and keep it as dirty so
+                    // that whatever is there is never dropped unwritten.
+                    tracing::warn!("page at {:#x} already present while being installed", addr + done);
+                    self.uffd.wake(addr + done, PAGE_SIZE).map_err(PagerError::Uffd)?;
+                    already_present.push(first_page + done / PAGE_SIZE);
+                    done += PAGE_SIZE;
+                    continue;
+                }
+                Err(CopyError::Again { .. }) => return Err(PagerError::Install("mapping kept changing".into())),
+                Err(CopyError::Other(e)) => return Err(PagerError::Uffd(e)),
+            }
+        }
+        let remote_flag = if remote { REMOTE } else { 0 };
+        for page in first_page..first_page + bytes.len() / PAGE_SIZE {
+            let dirty = dirty || already_present.contains(&page);
+            core.states[page] = if dirty { DIRTY } else { CLEAN } | remote_flag;
+            core.eviction.inserted(page);
+        }
+        self.peak_resident.fetch_max(core.resident, Ordering::Relaxed);
+        Ok(())
+    }
+}

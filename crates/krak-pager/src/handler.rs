@@ -1,0 +1,260 @@
+//! The fault loop: each handler thread reads fault events and resolves them.
+//!
+//! A missing page is served from (in order of cost) the zero page, the write-back buffer,
+//! or its memory server, with prefetched neighbours fetched in a second pipelined request
+//! so that the faulting thread is woken as soon as its own page arrives.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use krak_uffd::{Event, PAGE_SIZE};
+
+use crate::core::*;
+use crate::remote::Links;
+use crate::stats::Counters;
+use crate::PagerError;
+
+/// How long a handler sleeps in poll before it checks for shutdown.
+const POLL_TIMEOUT_MS: i32 = 50;
+
+pub(crate) struct Handler {
+    shared: Arc<Shared>,
+    links: Links,
+    page_buf: Vec<u8>,
+    prefetch_buf: Vec<u8>,
+    candidates: Vec<usize>,
+    /// Prefetched pages of the fault being served, grouped by server.
+    groups: Vec<Vec<usize>>,
+}
+
+impl Handler {
+    pub fn new(shared: Arc<Shared>) -> Handler {
+        let servers = shared.layout.servers.len();
+        Handler {
+            links: Links::new(servers),
+            page_buf: vec![0; PAGE_SIZE],
+            prefetch_buf: Vec::new(),
+            candidates: Vec::new(),
+            groups: vec![Vec::new(); servers],
+            shared,
+        }
+    }
+
+    pub fn run(mut self) {
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            match self.shared.uffd.wait_readable(POLL_TIMEOUT_MS) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::error!("fault handler stops: {e}");
+                    return;
+                }
+            }
+            loop {
+                match self.shared.uffd.read_event() {
+                    Ok(Some(Event::Pagefault { addr, write, wp, thread_id })) => {
+                        self.on_fault(addr, write, wp, thread_id)
+                    }
+                    Ok(Some(other)) => tracing::warn!("ignoring userfaultfd event {other:?}"),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!("fault handler stops: {e}");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_fault(&mut self, addr: usize, write: bool, wp: bool, thread_id: Option<u32>) {
+        let base = self.shared.map.as_ptr() as usize;
+        if addr < base || addr >= base + self.shared.map.len() {
+            tracing::error!("fault at {addr:#x} outside the region");
+            return;
+        }
+        let page = (addr - base) / PAGE_SIZE;
+        if let Err(e) = self.serve(page, write || wp, wp) {
+            let counters = &self.shared.counters;
+            Counters::add(&counters.failed_faults, 1);
+            tracing::error!("cannot serve page {page} of the region: {e}; failing the access with SIGBUS");
+            if let Some(tid) = thread_id {
+                if let Err(err) = krak_uffd::signal_thread(tid, libc::SIGBUS) {
+                    tracing::error!("could not signal thread {tid}: {err}");
+                }
+            }
+            let _ = self.shared.uffd.wake(self.shared.addr(page), PAGE_SIZE);
+        }
+    }
+
+    fn serve(&mut self, page: usize, write: bool, wp: bool) -> Result<(), PagerError> {
+        let shared = self.shared.clone();
+        let addr = shared.addr(page);
+        let started = Instant::now();
+        let mut core = shared.core.lock();
+        let state = core.states[page];
+        match state & STATE_MASK {
+            CLEAN if write => {
+                // First write to a clean page: from now on it must be written back.
+                core.states[page] = DIRTY | (state & REMOTE);
+                core.eviction.touched(page);
+                Counters::add(&shared.counters.write_protect_faults, 1);
+                shared.uffd.write_protect(addr, PAGE_SIZE, false, true).map_err(PagerError::Uffd)
+            }
+            CLEAN | DIRTY => {
+                // Served meanwhile by another handler; a stale write-protect fault on a dirty
+                // page only needs its protection (already off) and a wake.
+                if wp && state & STATE_MASK == DIRTY {
+                    shared.uffd.write_protect(addr, PAGE_SIZE, false, true).map_err(PagerError::Uffd)
+                } else {
+                    shared.uffd.wake(addr, PAGE_SIZE).map_err(PagerError::Uffd)
+                }
+            }
+            // Another handler is fetching it; its UFFDIO_COPY wakes every waiter.
+            FETCHING => Ok(()),
+            STAGED => {
+                Counters::add(&shared.counters.missing_faults, 1);
+                // Claim the bytes and the frame before making room: making room may wait, and
+                // meanwhile neither the write-back nor another handler may touch this page.
+                let bytes = core.staged.remove(&page).expect("a STAGED page has staged bytes");
+                core.states[page] = FETCHING | REMOTE;
+                core.resident += 1;
+                if let Err(e) = shared.make_room(&mut core, 0) {
+                    core.states[page] = STAGED | REMOTE;
+                    core.staged.insert(page, bytes);
+                    core.resident -= 1;
+                    return Err(e);
+                }
+                // Dirty, since its write-back may not have landed yet.
+                shared.install(&mut core, page, &bytes, true, true)?;
+                Counters::add(&shared.counters.staged_hits, 1);
+                Ok(())
+            }
+            _ if state & REMOTE == 0 => {
+                Counters::add(&shared.counters.missing_faults, 1);
+                core.states[page] = FETCHING;
+                core.resident += 1;
+                if let Err(e) = shared.make_room(&mut core, 0) {
+                    core.states[page] = ABSENT;
+                    core.resident -= 1;
+                    return Err(e);
+                }
+                shared.install(&mut core, page, &ZERO_PAGE, write, false)?;
+                Counters::add(&shared.counters.zero_fills, 1);
+                Ok(())
+            }
+            _ => {
+                Counters::add(&shared.counters.missing_faults, 1);
+                core.states[page] = FETCHING | REMOTE;
+                core.resident += 1;
+                self.candidates.clear();
+                let cap = shared.prefetch_cap(&core);
+                if cap > 0 {
+                    let region_pages = shared.region_pages();
+                    core.prefetch.on_fault(page, region_pages, cap, &mut self.candidates);
+                }
+                for g in self.groups.iter_mut() {
+                    g.clear();
+                }
+                let mut extra = 0;
+                for &q in &self.candidates {
+                    if core.states[q] == ABSENT | REMOTE {
+                        core.states[q] = FETCHING | REMOTE;
+                        self.groups[shared.layout.locate(q).0].push(q);
+                        extra += 1;
+                    }
+                }
+                core.resident += extra;
+                if let Err(e) = shared.make_room(&mut core, 0) {
+                    self.abandon(&mut core, &[page]);
+                    let groups = std::mem::take(&mut self.groups);
+                    for g in &groups {
+                        self.abandon(&mut core, g);
+                    }
+                    self.groups = groups;
+                    return Err(e);
+                }
+                drop(core);
+                self.fetch(page, write, extra, started)
+            }
+        }
+    }
+
+    /// Fetches the faulting page, installs it, then the prefetched ones.
+    fn fetch(&mut self, page: usize, write: bool, extra: usize, started: Instant) -> Result<(), PagerError> {
+        let shared = self.shared.clone();
+        let layout = &shared.layout;
+        let (server, _) = layout.locate(page);
+        let first = self.links.start_read(layout, server, &[page]);
+        let mut prefetch_sent = Vec::new();
+        for (s, group) in self.groups.iter().enumerate() {
+            if !group.is_empty() {
+                prefetch_sent.push((s, self.links.start_read(layout, s, group)));
+            }
+        }
+        Counters::add(&shared.counters.remote_read_requests, 1 + prefetch_sent.len() as u64);
+        let got = self.links.finish_read(layout, server, first, &[page], &mut self.page_buf);
+        let mut core = shared.core.lock();
+        let served = match got {
+            Ok(()) => shared.install(&mut core, page, &self.page_buf, write, true),
+            Err(e) => Err(PagerError::Remote(e)),
+        };
+        if served.is_err() {
+            self.abandon(&mut core, &[page]);
+        } else {
+            Counters::add(&shared.counters.remote_reads, 1);
+            shared.counters.record_fault_ns(started.elapsed().as_nanos() as u64);
+        }
+        shared.space.notify_all();
+        drop(core);
+
+        self.prefetch_buf.resize(extra * PAGE_SIZE, 0);
+        let groups = std::mem::take(&mut self.groups);
+        for (s, sent) in prefetch_sent {
+            let group = &groups[s];
+            let buf = &mut self.prefetch_buf[..group.len() * PAGE_SIZE];
+            let got = self.links.finish_read(layout, s, sent, group, buf);
+            let mut core = shared.core.lock();
+            let installed = got.map_err(PagerError::Remote).and_then(|()| {
+                let mut i = 0;
+                while i < group.len() {
+                    // Install each run of consecutive pages with a single copy.
+                    let mut j = i + 1;
+                    while j < group.len() && group[j] == group[j - 1] + 1 {
+                        j += 1;
+                    }
+                    shared.install(&mut core, group[i], &buf[i * PAGE_SIZE..j * PAGE_SIZE], false, true)?;
+                    i = j;
+                }
+                Ok(())
+            });
+            match installed {
+                Ok(()) => {
+                    Counters::add(&shared.counters.remote_reads, group.len() as u64);
+                    Counters::add(&shared.counters.prefetched, group.len() as u64);
+                }
+                Err(e) => {
+                    tracing::warn!("prefetch of {} pages failed: {e}", group.len());
+                    let still_fetching: Vec<usize> =
+                        group.iter().copied().filter(|q| core.states[*q] & STATE_MASK == FETCHING).collect();
+                    self.abandon(&mut core, &still_fetching);
+                }
+            }
+            shared.space.notify_all();
+        }
+        self.groups = groups;
+        Counters::add(&shared.counters.retries, std::mem::take(&mut self.links.retries));
+        served
+    }
+
+    /// Gives back the frames of pages whose fetch failed; their waiters retry and fault again.
+    fn abandon(&self, core: &mut Core, pages: &[usize]) {
+        for &q in pages {
+            if core.states[q] & STATE_MASK == FETCHING {
+                core.states[q] = ABSENT | REMOTE;
+                core.resident -= 1;
+                let _ = self.shared.uffd.wake(self.shared.addr(q), PAGE_SIZE);
+            }
+        }
+    }
+}

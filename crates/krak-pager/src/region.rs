@@ -1,0 +1,293 @@
+//! [`FarMemory`]: the region, its threads and its life cycle.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use krak_client::{ConnectOptions, Connection};
+use krak_uffd::{AnonMapping, Uffd, PAGE_SIZE};
+use parking_lot::{Condvar, Mutex};
+
+use crate::core::*;
+use crate::eviction::{Clock, EvictionPolicy};
+use crate::handler::Handler;
+use crate::prefetch::{PrefetchPolicy, StrideDetector};
+use crate::remote::RemoteLayout;
+use crate::stats::{Counters, PagerStats};
+use crate::{PagerError, UffdMode};
+
+/// One look at how much of a region is local.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ResidencySample {
+    /// Pages of the region mapped, per the kernel's page tables.
+    pub kernel_resident_bytes: u64,
+    /// Pages the pager counts as resident or being fetched.
+    pub counted_resident_bytes: u64,
+    pub budget_bytes: u64,
+}
+
+/// The smallest local budget a region runs with, in pages.
+pub const MIN_BUDGET_PAGES: usize = 16;
+
+/// What a region is made of. `Default` gives sane values for everything but the sizes and
+/// the servers.
+#[derive(Debug, Clone)]
+pub struct PagerConfig {
+    /// Size of the region; rounded up to whole pages.
+    pub region_bytes: u64,
+    /// Most bytes of the region resident locally at any moment.
+    pub local_budget_bytes: u64,
+    /// Memory servers that back the region; its slabs are spread over all of them.
+    pub servers: Vec<SocketAddr>,
+    /// Threads serving faults (more allow more fetches in flight).
+    pub handler_threads: usize,
+    /// Most pages fetched ahead of one fault.
+    pub max_prefetch_pages: usize,
+    /// Most pages in one write-back batch.
+    pub writeback_batch_pages: usize,
+    /// Most evicted dirty pages waiting to be written back (local memory outside the budget).
+    pub writeback_buffer_pages: usize,
+    /// Bound on connecting to a server and on any one answer.
+    pub io_timeout_ms: u64,
+    /// Identity towards the servers; random when `None`.
+    pub client_id: Option<u64>,
+    /// Use FIFO instead of CLOCK eviction.
+    pub fifo_eviction: bool,
+    /// Disable prefetching.
+    pub no_prefetch: bool,
+}
+
+impl Default for PagerConfig {
+    fn default() -> Self {
+        PagerConfig {
+            region_bytes: 0,
+            local_budget_bytes: 0,
+            servers: Vec::new(),
+            handler_threads: 3,
+            max_prefetch_pages: 64,
+            writeback_batch_pages: 64,
+            writeback_buffer_pages: 1024,
+            io_timeout_ms: 5_000,
+            client_id: None,
+            fifo_eviction: false,
+            no_prefetch: false,
+        }
+    }
+}
+
+/// A far-memory region. Its memory is reached through [`FarMemory::as_ptr`]; dropping it
+/// stops its threads and gives back every local and remote byte. The owner must make sure
+/// no thread touches the region once it is dropped.
+pub struct FarMemory {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    admin: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for FarMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FarMemory").field("ptr", &self.as_ptr()).field("len", &self.len()).finish()
+    }
+}
+
+impl FarMemory {
+    pub fn new(config: PagerConfig) -> Result<FarMemory, PagerError> {
+        if config.servers.is_empty() {
+            return Err(PagerError::NoServers);
+        }
+        if config.region_bytes == 0 {
+            return Err(PagerError::Config("region_bytes must be above 0".into()));
+        }
+        if config.handler_threads == 0 || config.writeback_batch_pages == 0 || config.writeback_buffer_pages == 0 {
+            return Err(PagerError::Config("thread and buffer counts must be above 0".into()));
+        }
+        let region_pages = config.region_bytes.div_ceil(PAGE_SIZE as u64) as usize;
+        if region_pages > u32::MAX as usize {
+            return Err(PagerError::Config(format!("a region holds at most {} pages", u32::MAX)));
+        }
+        let map = AnonMapping::new(region_pages * PAGE_SIZE).map_err(PagerError::Mapping)?;
+        let uffd = Uffd::open()?;
+        uffd.register(map.as_ptr() as usize, map.len())?;
+
+        let connect = ConnectOptions {
+            client_id: config.client_id.unwrap_or_else(rand::random),
+            timeout_ms: config.io_timeout_ms,
+        };
+        let (layout, admin) = RemoteLayout::allocate(&config.servers, region_pages, connect)?;
+
+        let eviction: Box<dyn EvictionPolicy> =
+            if config.fifo_eviction { Box::<crate::Fifo>::default() } else { Box::new(Clock::new(region_pages)) };
+        let prefetch: Box<dyn PrefetchPolicy> =
+            if config.no_prefetch { Box::new(crate::NoPrefetch) } else { Box::<StrideDetector>::default() };
+        let core = Core {
+            states: vec![ABSENT; region_pages],
+            resident: 0,
+            budget_pages: budget_pages(config.local_budget_bytes),
+            shrinking_from: None,
+            eviction,
+            prefetch,
+            staged: HashMap::new(),
+            wb_queue: VecDeque::new(),
+            wb_pending: 0,
+            failure: None,
+        };
+        let shared = Arc::new(Shared {
+            core: Mutex::new(core),
+            wb_wake: Condvar::new(),
+            space: Condvar::new(),
+            uffd,
+            map,
+            layout,
+            counters: Counters::new(),
+            limits: Limits {
+                handler_threads: config.handler_threads,
+                max_prefetch_pages: config.max_prefetch_pages,
+                writeback_batch_pages: config.writeback_batch_pages,
+                writeback_buffer_pages: config.writeback_buffer_pages,
+            },
+            stop: AtomicBool::new(false),
+            peak_resident: AtomicUsize::new(0),
+        });
+        let mut region = FarMemory { shared: shared.clone(), threads: Vec::new(), admin: Mutex::new(admin) };
+        for i in 0..config.handler_threads {
+            let handler = Handler::new(shared.clone());
+            let t = std::thread::Builder::new().name(format!("krak-fault-{i}")).spawn(move || handler.run());
+            region.threads.push(t.map_err(PagerError::Thread)?);
+        }
+        let s = shared.clone();
+        let t = std::thread::Builder::new().name("krak-writeback".into()).spawn(move || crate::writeback::run(s));
+        region.threads.push(t.map_err(PagerError::Thread)?);
+        Ok(region)
+    }
+
+    /// Start of the region. Pages are faulted in on first touch.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.shared.map.as_ptr()
+    }
+
+    /// Length of the region in bytes.
+    pub fn len(&self) -> usize {
+        self.shared.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How the userfaultfd was opened (privileged, user-mode-only or device).
+    pub fn uffd_mode(&self) -> UffdMode {
+        self.shared.uffd.mode()
+    }
+
+    /// Changes the local budget while the region is in use; shrinking evicts at once.
+    pub fn set_local_budget(&self, bytes: u64) -> Result<(), PagerError> {
+        let mut core = self.shared.core.lock();
+        let new = budget_pages(bytes);
+        if new < core.budget_pages {
+            let old = core.shrinking_from.unwrap_or(core.budget_pages);
+            core.shrinking_from = Some(old);
+        }
+        core.budget_pages = new;
+        let evicted = self.shared.make_room(&mut core, 0);
+        core.shrinking_from = None;
+        evicted
+    }
+
+    /// The budget in force: during a shrink, the old one until eviction reached the new.
+    pub fn local_budget_bytes(&self) -> u64 {
+        let core = self.shared.core.lock();
+        (core.shrinking_from.unwrap_or(core.budget_pages) * PAGE_SIZE) as u64
+    }
+
+    /// Bytes of the region resident (or being fetched), as the pager counts them.
+    pub fn resident_bytes(&self) -> u64 {
+        (self.shared.core.lock().resident * PAGE_SIZE) as u64
+    }
+
+    /// Largest resident set the pager has counted.
+    pub fn peak_resident_bytes(&self) -> u64 {
+        (self.shared.peak_resident.load(Ordering::Relaxed) * PAGE_SIZE) as u64
+    }
+
+    /// The region's resident set as the kernel sees it (mincore(2)), next to the budget in
+    /// force. Taken under the pager's lock, where every install and eviction happens, so the
+    /// page-table walk sees one consistent moment.
+    pub fn sample_residency(&self) -> std::io::Result<ResidencySample> {
+        let mut scratch = Vec::new();
+        let core = self.shared.core.lock();
+        let kernel = self.shared.map.resident_pages(&mut scratch)?;
+        Ok(ResidencySample {
+            kernel_resident_bytes: (kernel * PAGE_SIZE) as u64,
+            counted_resident_bytes: (core.resident * PAGE_SIZE) as u64,
+            budget_bytes: (core.shrinking_from.unwrap_or(core.budget_pages) * PAGE_SIZE) as u64,
+        })
+    }
+
+    pub fn stats(&self) -> PagerStats {
+        let hits = self.shared.core.lock().prefetch.hits();
+        self.shared.counters.snapshot(hits)
+    }
+
+    /// Clears the fault-latency histogram (e.g. after a warm-up phase).
+    pub fn reset_fault_latency(&self) {
+        self.shared.counters.reset_latency();
+    }
+
+    /// Remote bytes reserved for this region on each server.
+    pub fn placement(&self) -> Vec<(SocketAddr, u64)> {
+        self.shared.layout.bytes_per_server()
+    }
+
+    /// Pages whose only current copy is remote (or on its way there), per server.
+    pub fn remote_pages_per_server(&self) -> Vec<(SocketAddr, u64)> {
+        let layout = &self.shared.layout;
+        let mut out: Vec<(SocketAddr, u64)> = layout.servers.iter().map(|a| (*a, 0)).collect();
+        let core = self.shared.core.lock();
+        for (page, state) in core.states.iter().enumerate() {
+            if *state & REMOTE != 0 && matches!(*state & STATE_MASK, ABSENT | STAGED) {
+                out[layout.locate(page).0].1 += 1;
+            }
+        }
+        out
+    }
+
+    /// Replaces the eviction policy; it starts out knowing every resident page.
+    pub fn set_eviction_policy(&self, mut policy: Box<dyn EvictionPolicy>) {
+        let mut core = self.shared.core.lock();
+        while let Some(page) = core.eviction.pick_victim() {
+            policy.inserted(page);
+        }
+        core.eviction = policy;
+    }
+
+    pub fn set_prefetch_policy(&self, policy: Box<dyn PrefetchPolicy>) {
+        self.shared.core.lock().prefetch = policy;
+    }
+
+    pub fn eviction_policy_name(&self) -> &'static str {
+        self.shared.core.lock().eviction.name()
+    }
+}
+
+fn budget_pages(bytes: u64) -> usize {
+    ((bytes / PAGE_SIZE as u64) as usize).max(MIN_BUDGET_PAGES)
+}
+
+impl Drop for FarMemory {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.wb_wake.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let _ = self.shared.uffd.unregister(self.shared.map.as_ptr() as usize, self.shared.map.len());
+        let mut admin = self.admin.lock();
+        for (server, slab) in self.shared.layout.chunks.iter() {
+            if let Err(e) = admin[*server].free_slab(*slab) {
+                tracing::warn!("freeing slab {:#x}: {e}; the server frees it after its grace period", slab.0);
+            }
+        }
+    }
+}

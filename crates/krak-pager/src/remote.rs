@@ -1,0 +1,206 @@
+//! Where each page of a region lives remotely, and the connections that move it there.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use krak_client::{ClientError, ConnectOptions, Connection};
+use krak_proto::{PageRef, SlabId, MAX_BATCH_PAGES, PAGE_SIZE};
+
+use crate::PagerError;
+
+/// Attempts per request before the pager gives up on a page (each with a fresh connection).
+const MAX_ATTEMPTS: u32 = 3;
+const RETRY_PAUSE_MS: u64 = 50;
+
+/// The region is cut into chunks of one slab each; chunk `c` starts on server `c % n`, so
+/// a region's pages are spread over every server it was given.
+#[derive(Debug)]
+pub(crate) struct RemoteLayout {
+    pub servers: Vec<SocketAddr>,
+    pub connect: ConnectOptions,
+    pub chunk_pages: usize,
+    /// Server index and slab of each chunk.
+    pub chunks: Vec<(usize, SlabId)>,
+}
+
+impl RemoteLayout {
+    /// Allocates slabs for a whole region up front, so that a full rack is reported when the
+    /// region is made, not when a page is evicted.
+    pub fn allocate(
+        servers: &[SocketAddr],
+        region_pages: usize,
+        connect: ConnectOptions,
+    ) -> Result<(RemoteLayout, Vec<Connection>), PagerError> {
+        let mut admin = Vec::with_capacity(servers.len());
+        for addr in servers {
+            admin.push(Connection::connect(*addr, connect).map_err(PagerError::Remote)?);
+        }
+        let chunk_pages = admin.iter().map(|c| c.slab_pages() as usize).min().ok_or(PagerError::NoServers)?;
+        let n_chunks = region_pages.div_ceil(chunk_pages);
+        let mut layout = RemoteLayout { servers: servers.to_vec(), connect, chunk_pages, chunks: Vec::new() };
+        for c in 0..n_chunks {
+            match allocate_chunk(&mut admin, c % servers.len()) {
+                Ok(placed) => layout.chunks.push(placed),
+                Err(e) => {
+                    layout.free_all(&mut admin);
+                    return Err(match e {
+                        e if e.is_no_capacity() => PagerError::RackFull {
+                            needed_bytes: (n_chunks * chunk_pages * PAGE_SIZE) as u64,
+                            got_bytes: (c * chunk_pages * PAGE_SIZE) as u64,
+                            servers: servers.len(),
+                        },
+                        e => PagerError::Remote(e),
+                    });
+                }
+            }
+        }
+        Ok((layout, admin))
+    }
+
+    pub fn locate(&self, page: usize) -> (usize, PageRef) {
+        let (server, slab) = self.chunks[page / self.chunk_pages];
+        (server, PageRef { slab, page: (page % self.chunk_pages) as u32 })
+    }
+
+    /// Bytes of slabs this region holds on each server.
+    pub fn bytes_per_server(&self) -> Vec<(SocketAddr, u64)> {
+        let mut out: Vec<(SocketAddr, u64)> = self.servers.iter().map(|a| (*a, 0)).collect();
+        for (server, _) in &self.chunks {
+            out[*server].1 += (self.chunk_pages * PAGE_SIZE) as u64;
+        }
+        out
+    }
+
+    pub fn free_all(&mut self, admin: &mut [Connection]) {
+        for (server, slab) in self.chunks.drain(..) {
+            if let Err(e) = admin[server].free_slab(slab) {
+                // The server frees it anyway when our grace period runs out.
+                tracing::warn!("freeing slab {:#x}: {e}", slab.0);
+            }
+        }
+    }
+}
+
+fn allocate_chunk(admin: &mut [Connection], preferred: usize) -> Result<(usize, SlabId), ClientError> {
+    let mut last = None;
+    for k in 0..admin.len() {
+        let server = (preferred + k) % admin.len();
+        match admin[server].alloc_slab() {
+            Ok(slab) => return Ok((server, slab)),
+            Err(e) if e.is_no_capacity() => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("at least one server was asked"))
+}
+
+/// One thread's connections to every server, opened on first use and reopened on error.
+#[derive(Debug)]
+pub(crate) struct Links {
+    conns: Vec<Option<Connection>>,
+    refs: Vec<PageRef>,
+    pub retries: u64,
+}
+
+impl Links {
+    pub fn new(servers: usize) -> Links {
+        Links { conns: (0..servers).map(|_| None).collect(), refs: Vec::new(), retries: 0 }
+    }
+
+    fn conn(&mut self, layout: &RemoteLayout, server: usize) -> Result<&mut Connection, ClientError> {
+        if self.conns[server].is_none() {
+            self.conns[server] = Some(Connection::connect(layout.servers[server], layout.connect)?);
+        }
+        Ok(self.conns[server].as_mut().expect("just connected"))
+    }
+
+    /// Sends a read of `pages` (all on one server, at most a batch) without waiting; returns
+    /// the request id for [`Links::finish_read`].
+    pub fn start_read(&mut self, layout: &RemoteLayout, server: usize, pages: &[usize]) -> Result<u64, ClientError> {
+        self.refs.clear();
+        self.refs.extend(pages.iter().map(|p| layout.locate(*p).1));
+        let refs = std::mem::take(&mut self.refs);
+        let sent = self.conn(layout, server).and_then(|c| c.send_read_pages(&refs));
+        self.refs = refs;
+        if sent.is_err() {
+            self.conns[server] = None;
+        }
+        sent
+    }
+
+    /// Receives a read started with [`Links::start_read`]; on error the read is retried
+    /// synchronously on a fresh connection, a bounded number of times.
+    pub fn finish_read(
+        &mut self,
+        layout: &RemoteLayout,
+        server: usize,
+        started: Result<u64, ClientError>,
+        pages: &[usize],
+        out: &mut [u8],
+    ) -> Result<(), ClientError> {
+        self.refs.clear();
+        self.refs.extend(pages.iter().map(|p| layout.locate(*p).1));
+        let refs = std::mem::take(&mut self.refs);
+        let mut result = started.and_then(|id| self.conn(layout, server)?.recv_pages(id, &refs, out));
+        let mut attempt = 1;
+        while let Err(e) = &result {
+            if attempt >= MAX_ATTEMPTS || matches!(e, ClientError::Refused { .. }) {
+                break;
+            }
+            tracing::warn!("read from {} failed ({e}); retrying", layout.servers[server]);
+            self.conns[server] = None;
+            self.retries += 1;
+            attempt += 1;
+            std::thread::sleep(Duration::from_millis(RETRY_PAUSE_MS));
+            result = self.conn(layout, server).and_then(|c| c.read_pages(&refs, out));
+        }
+        self.refs = refs;
+        if result.is_err() {
+            self.conns[server] = None;
+        }
+        result
+    }
+
+    /// Writes pages, pipelining one request per server and batch, retrying each failed
+    /// batch a bounded number of times.
+    pub fn write(&mut self, layout: &RemoteLayout, pages: &[(usize, &[u8])]) -> Result<(), ClientError> {
+        let mut groups: Vec<Vec<(PageRef, &[u8])>> = vec![Vec::new(); layout.servers.len()];
+        for (p, data) in pages {
+            let (server, at) = layout.locate(*p);
+            groups[server].push((at, data));
+        }
+        let mut sent: Vec<(usize, usize, Result<u64, ClientError>)> = Vec::new();
+        for (server, group) in groups.iter().enumerate() {
+            for (b, batch) in group.chunks(MAX_BATCH_PAGES).enumerate() {
+                let r = self.conn(layout, server).and_then(|c| c.send_write_pages(batch));
+                sent.push((server, b, r));
+            }
+        }
+        let mut result = Ok(());
+        for (server, b, started) in sent {
+            let batch = &groups[server][b * MAX_BATCH_PAGES..((b + 1) * MAX_BATCH_PAGES).min(groups[server].len())];
+            let mut r = started.and_then(|id| match self.conns[server].as_mut() {
+                Some(c) => c.recv_written(id),
+                None => Err(ClientError::Protocol { addr: layout.servers[server], detail: "connection lost".into() }),
+            });
+            let mut attempt = 1;
+            while let Err(e) = &r {
+                if attempt >= MAX_ATTEMPTS || matches!(e, ClientError::Refused { .. }) {
+                    break;
+                }
+                tracing::warn!("write to {} failed ({e}); retrying", layout.servers[server]);
+                // A fresh connection also drops any answers still owed on the old one.
+                self.conns[server] = None;
+                self.retries += 1;
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(RETRY_PAUSE_MS));
+                r = self.conn(layout, server).and_then(|c| c.write_pages(batch));
+            }
+            if let Err(e) = r {
+                self.conns[server] = None;
+                result = Err(e);
+            }
+        }
+        result
+    }
+}

@@ -1,0 +1,120 @@
+//! Counters and the fault-latency histogram of a region.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use parking_lot::Mutex;
+
+/// Live counters, updated by the fault handlers and the write-back thread.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    pub missing_faults: AtomicU64,
+    pub write_protect_faults: AtomicU64,
+    pub zero_fills: AtomicU64,
+    pub remote_reads: AtomicU64,
+    pub remote_read_requests: AtomicU64,
+    pub remote_writes: AtomicU64,
+    pub evictions_clean: AtomicU64,
+    pub evictions_dirty: AtomicU64,
+    pub staged_hits: AtomicU64,
+    pub prefetched: AtomicU64,
+    pub retries: AtomicU64,
+    pub failed_faults: AtomicU64,
+    latency_ns: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Counters {
+    pub fn new() -> Counters {
+        let z = || AtomicU64::new(0);
+        Counters {
+            missing_faults: z(),
+            write_protect_faults: z(),
+            zero_fills: z(),
+            remote_reads: z(),
+            remote_read_requests: z(),
+            remote_writes: z(),
+            evictions_clean: z(),
+            evictions_dirty: z(),
+            staged_hits: z(),
+            prefetched: z(),
+            retries: z(),
+            failed_faults: z(),
+            latency_ns: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static histogram bounds"),
+            ),
+        }
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn record_fault_ns(&self, ns: u64) {
+        self.latency_ns.lock().saturating_record(ns.max(1));
+    }
+
+    pub fn reset_latency(&self) {
+        self.latency_ns.lock().reset();
+    }
+
+    pub fn snapshot(&self, prefetch_hits: u64) -> PagerStats {
+        let h = self.latency_ns.lock();
+        let us = |q: f64| if h.is_empty() { 0.0 } else { h.value_at_quantile(q) as f64 / 1000.0 };
+        let g = |c: &AtomicU64| c.load(Relaxed);
+        PagerStats {
+            missing_faults: g(&self.missing_faults),
+            write_protect_faults: g(&self.write_protect_faults),
+            zero_fills: g(&self.zero_fills),
+            remote_reads: g(&self.remote_reads),
+            remote_read_requests: g(&self.remote_read_requests),
+            remote_writes: g(&self.remote_writes),
+            evictions_clean: g(&self.evictions_clean),
+            evictions_dirty: g(&self.evictions_dirty),
+            staged_hits: g(&self.staged_hits),
+            prefetched: g(&self.prefetched),
+            prefetch_hits,
+            retries: g(&self.retries),
+            failed_faults: g(&self.failed_faults),
+            faults_timed: h.len(),
+            fault_p50_us: us(0.5),
+            fault_p99_us: us(0.99),
+            fault_max_us: h.max() as f64 / 1000.0,
+        }
+    }
+}
+
+/// A point-in-time copy of a region's counters.
+///
+/// Fault latency is the pager's service time for a missing-page fault: from reading the
+/// fault event to installing the page (and so waking the faulting thread).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct PagerStats {
+    /// Faults on pages that were not resident.
+    pub missing_faults: u64,
+    /// First writes to clean resident pages (dirty tracking).
+    pub write_protect_faults: u64,
+    /// Pages never written before, served as zeros without a network trip.
+    pub zero_fills: u64,
+    /// Pages read from memory servers (including prefetched ones).
+    pub remote_reads: u64,
+    pub remote_read_requests: u64,
+    /// Pages written back to memory servers.
+    pub remote_writes: u64,
+    /// Clean pages dropped without write-back.
+    pub evictions_clean: u64,
+    /// Dirty pages evicted through the write-back buffer.
+    pub evictions_dirty: u64,
+    /// Faults served from the write-back buffer before the write completed.
+    pub staged_hits: u64,
+    /// Pages fetched ahead of a fault.
+    pub prefetched: u64,
+    /// Prefetched pages consumed by a stream without faulting.
+    pub prefetch_hits: u64,
+    /// Requests retried after a network error.
+    pub retries: u64,
+    /// Faults that could not be served (the thread got SIGBUS).
+    pub failed_faults: u64,
+    pub faults_timed: u64,
+    pub fault_p50_us: f64,
+    pub fault_p99_us: f64,
+    pub fault_max_us: f64,
+}

@@ -1,0 +1,66 @@
+//! The write-back thread: sends evicted dirty pages to their memory servers in batches, off
+//! the fault path, and only then lets their pages count as remote.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::core::*;
+use crate::remote::Links;
+use crate::stats::Counters;
+
+/// Pause after a batch failed every retry, before the whole batch is tried again.
+const FAILURE_PAUSE_MS: u64 = 500;
+
+pub(crate) fn run(shared: Arc<Shared>) {
+    let mut links = Links::new(shared.layout.servers.len());
+    let mut batch: Vec<(usize, Arc<[u8]>)> = Vec::with_capacity(shared.limits.writeback_batch_pages);
+    loop {
+        {
+            let mut core = shared.core.lock();
+            while core.wb_queue.is_empty() {
+                if shared.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                shared.wb_wake.wait_for(&mut core, Duration::from_millis(100));
+            }
+            let n = core.wb_queue.len().min(shared.limits.writeback_batch_pages);
+            batch.extend(core.wb_queue.drain(..n));
+        }
+        let pages: Vec<(usize, &[u8])> = batch.iter().map(|(p, b)| (*p, &b[..])).collect();
+        let result = links.write(&shared.layout, &pages);
+        let written = pages.len();
+        drop(pages);
+        let mut core = shared.core.lock();
+        Counters::add(&shared.counters.retries, std::mem::take(&mut links.retries));
+        match result {
+            Ok(()) => {
+                for (page, bytes) in batch.drain(..) {
+                    // Only the newest staged copy turns the page remote; an older write that
+                    // completes after the page was faulted back in changes nothing.
+                    if core.staged.get(&page).is_some_and(|s| Arc::ptr_eq(s, &bytes)) {
+                        core.staged.remove(&page);
+                        core.states[page] = ABSENT | REMOTE;
+                    }
+                    core.wb_pending -= 1;
+                }
+                Counters::add(&shared.counters.remote_writes, written as u64);
+                core.failure = None;
+                shared.space.notify_all();
+            }
+            Err(e) => {
+                tracing::error!("write-back of {} pages failed: {e}; pages stay buffered and will be retried", written);
+                core.failure = Some(e.to_string());
+                for entry in batch.drain(..).rev() {
+                    core.wb_queue.push_front(entry);
+                }
+                shared.space.notify_all();
+                drop(core);
+                if shared.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(FAILURE_PAUSE_MS));
+            }
+        }
+    }
+}
