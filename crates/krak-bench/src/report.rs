@@ -55,6 +55,15 @@ pub struct ResultRow {
     pub major_faults: u64,
     /// Worker's swapped-out memory at the end of the timed phase.
     pub vm_swap_bytes: u64,
+    /// Faults served in the timed phase (pager faults, or kernel major faults for swap).
+    #[serde(default)]
+    pub faults: u64,
+    /// Median latency of the faulting operations, as the application saw it.
+    #[serde(default)]
+    pub fault_p50_us: Option<f64>,
+    /// 99th percentile of the same.
+    #[serde(default)]
+    pub fault_p99_us: Option<f64>,
 }
 
 impl ResultRow {
@@ -79,6 +88,9 @@ impl ResultRow {
             final_check_ms: r.final_check_ms,
             major_faults: r.major_faults,
             vm_swap_bytes: r.vm_swap_bytes,
+            faults: r.faults,
+            fault_p50_us: r.fault_p50_us,
+            fault_p99_us: r.fault_p99_us,
         }
     }
 }

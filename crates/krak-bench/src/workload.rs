@@ -54,6 +54,11 @@ pub trait Region {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Faults the backend has served so far (for the pager: missing-page faults), when it
+    /// counts them; otherwise kernel major faults stand in.
+    fn faults_served(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The access patterns `krak bench` runs.
@@ -145,6 +150,27 @@ pub struct RunResult {
     /// Size of the region.
     #[serde(default)]
     pub region_bytes: u64,
+    /// Faults served during the timed phase (pager faults, or kernel major faults).
+    #[serde(default)]
+    pub faults: u64,
+    /// Latency of the operations that faulted, as the application saw it: the slowest
+    /// `faults` operations of the timed phase, at their median.
+    #[serde(default)]
+    pub fault_p50_us: Option<f64>,
+    /// The same at the 99th percentile.
+    #[serde(default)]
+    pub fault_p99_us: Option<f64>,
+}
+
+/// Percentiles of the faulting operations: with `faults` of `ops` operations faulting,
+/// they are the slowest ones, so their quantile q sits at `1 - (1 - q) * faults / ops`.
+fn fault_quantiles(hist: &Histogram<u64>, ops: u64, faults: u64) -> (Option<f64>, Option<f64>) {
+    if faults == 0 || ops == 0 {
+        return (None, None);
+    }
+    let share = (faults as f64 / ops as f64).min(1.0);
+    let at = |q: f64| Some(hist.value_at_quantile(1.0 - (1.0 - q) * share) as f64 / 1000.0);
+    (at(0.5), at(0.99))
 }
 
 /// splitmix64 finaliser: a cheap, well-mixed 64-bit hash.
@@ -270,7 +296,7 @@ impl Runner {
 
     /// Runs `workload` until either limit is reached. Per-operation latency is measured
     /// with one `Instant::now()` per operation (about 20 ns of overhead, included).
-    pub fn run(&mut self, workload: Workload, limits: RunLimits) -> Result<RunResult, BenchError> {
+    pub fn run(&mut self, workload: Workload, limits: RunLimits) -> Result<(RunResult, Histogram<u64>), BenchError> {
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
             .map_err(|e| BenchError::Invalid(format!("histogram: {e}")))?;
         let mut rng = Rng::new(self.seed ^ 0x5EED_0F0F);
@@ -314,7 +340,7 @@ impl Runner {
         }
         let elapsed_ns = prev.duration_since(start).as_nanos().max(1) as u64;
         let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-        Ok(RunResult {
+        let result = RunResult {
             workload,
             ops,
             elapsed_ns,
@@ -330,7 +356,11 @@ impl Runner {
             major_faults: 0,
             vm_swap_bytes: 0,
             region_bytes: self.pages * PAGE_SIZE_BYTES as u64,
-        })
+            faults: 0,
+            fault_p50_us: None,
+            fault_p99_us: None,
+        };
+        Ok((result, hist))
     }
 
     /// Reads and checks every word of every page; returns `(verified, mismatches)`.
@@ -365,8 +395,12 @@ pub fn run_workload(
     runner.fill();
     let fill_ms = fill_start.elapsed().as_millis() as u64;
     let faults_before = crate::sys::major_faults();
-    let mut result = runner.run(workload, limits)?;
+    let served = || region.faults_served().unwrap_or_else(crate::sys::major_faults);
+    let served_before = served();
+    let (mut result, hist) = runner.run(workload, limits)?;
     result.major_faults = crate::sys::major_faults().saturating_sub(faults_before);
+    result.faults = served().saturating_sub(served_before);
+    (result.fault_p50_us, result.fault_p99_us) = fault_quantiles(&hist, result.ops, result.faults);
     result.vm_swap_bytes = crate::sys::vm_swap_bytes().unwrap_or(0);
     result.fill_ms = fill_ms;
     if final_check {

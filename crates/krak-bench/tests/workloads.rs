@@ -41,7 +41,7 @@ fn a_corrupted_page_is_detected_by_reads() {
     corrupt_page(&region, 3, 0);
     corrupt_page(&region, 100, 0xAB);
     let pages = runner.pages();
-    let r = runner.run(Workload::SeqRead, RunLimits { max_ops: Some(pages), duration_ms: 60_000 }).unwrap();
+    let r = runner.run(Workload::SeqRead, RunLimits { max_ops: Some(pages), duration_ms: 60_000 }).unwrap().0;
     assert_eq!(r.ops, pages);
     assert_eq!(r.mismatches, 2, "one read per page, two bad pages");
     let (verified, mismatches) = runner.final_check();
@@ -59,7 +59,7 @@ fn a_lost_write_is_detected_by_the_final_check() {
     let len = region.len();
     // SAFETY: the mapping is live for `len` bytes and not written during this borrow.
     let snapshot = unsafe { std::slice::from_raw_parts(region.as_mut_ptr(), len) }.to_vec();
-    let r = runner.run(Workload::RandRw, limits()).unwrap();
+    let r = runner.run(Workload::RandRw, limits()).unwrap().0;
     assert_eq!(r.mismatches, 0);
     assert_eq!(runner.final_check().1, 0);
     let stale_pages = (0..len / PAGE_SIZE_BYTES)

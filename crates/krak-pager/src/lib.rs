@@ -13,6 +13,7 @@
 mod core;
 pub mod eviction;
 mod handler;
+pub mod limits;
 pub mod prefetch;
 mod region;
 mod remote;

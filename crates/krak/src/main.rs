@@ -1,6 +1,9 @@
 //! The `krak` command: every role of a krak rack in one binary.
 
+mod cmd_bench;
 mod cmd_memserver;
+mod demo;
+mod rack;
 
 use clap::{Parser, Subcommand};
 
@@ -15,6 +18,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Memserver(cmd_memserver::MemserverArgs),
+    Demo(demo::DemoArgs),
+    Bench(cmd_bench::BenchArgs),
+    #[command(hide = true)]
+    BenchWorker(krak_bench::WorkerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,5 +35,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Memserver(args) => cmd_memserver::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => cmd_bench::run(args),
+        Command::BenchWorker(args) => cmd_bench::worker(args),
     }
 }

@@ -1,0 +1,70 @@
+//! The physical floor of a far-memory fault on this machine: a userfaultfd fault served from
+//! local memory by a handler thread, exactly as the pager serves one, minus the network.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use krak_uffd::{AnonMapping, CopyError, Event, Uffd, PAGE_SIZE};
+
+use crate::PagerError;
+
+/// Latency percentiles of a measurement, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct FaultLatency {
+    pub samples: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+/// Touches `pages` fresh pages of a registered mapping, one at a time, each fault served by
+/// a handler thread with `UFFDIO_COPY` from local memory; times each touch.
+pub fn measure_local_fault(pages: usize) -> Result<FaultLatency, PagerError> {
+    let uffd = Arc::new(Uffd::open()?);
+    let map = AnonMapping::new(pages.max(1) * PAGE_SIZE).map_err(PagerError::Mapping)?;
+    let base = map.as_ptr() as usize;
+    uffd.register(base, map.len())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler = {
+        let (uffd, stop) = (uffd.clone(), stop.clone());
+        std::thread::spawn(move || -> Result<(), PagerError> {
+            let page = vec![0x5au8; PAGE_SIZE];
+            while !stop.load(Ordering::Relaxed) {
+                if !uffd.wait_readable(50)? {
+                    continue;
+                }
+                while let Some(event) = uffd.read_event()? {
+                    if let Event::Pagefault { addr, .. } = event {
+                        let at = addr & !(PAGE_SIZE - 1);
+                        match uffd.copy(at, &page, false, true) {
+                            Ok(_) => {}
+                            Err(CopyError::Exists) => uffd.wake(at, PAGE_SIZE)?,
+                            Err(CopyError::Again { .. }) => {}
+                            Err(CopyError::Other(e)) => return Err(e.into()),
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    };
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("static bounds");
+    let mut sum = 0u64;
+    for p in 0..pages {
+        let t = Instant::now();
+        // SAFETY: page `p` lies inside the mapping, which lives until after the loop; the
+        // handler thread installs it on this first touch.
+        sum += unsafe { ((base + p * PAGE_SIZE) as *const u8).read_volatile() } as u64;
+        hist.saturating_record(t.elapsed().as_nanos().max(1) as u64);
+    }
+    stop.store(true, Ordering::Relaxed);
+    handler.join().map_err(|_| PagerError::Install("fault handler thread panicked".into()))??;
+    if sum != 0x5a * pages as u64 {
+        return Err(PagerError::Install("local fault measurement read the wrong bytes".into()));
+    }
+    Ok(FaultLatency {
+        samples: hist.len(),
+        p50_us: hist.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_us: hist.value_at_quantile(0.99) as f64 / 1000.0,
+    })
+}

@@ -1,0 +1,181 @@
+//! `krak bench`: krak side by side with local RAM and kernel swap, in one run.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use krak_bench::plan::BenchBackend;
+use krak_bench::{BenchPlan, KrakTarget, Region, WorkerArgs, Workload};
+use krak_pager::{FarMemory, PagerConfig};
+use krak_proto::units::ByteSize;
+
+use crate::rack::LocalRack;
+
+/// Measure krak against plain RAM and Linux kernel swap, side by side, in one run.
+///
+/// Runs the access patterns rand_read (random 4 KiB reads), rand_rw (random reads and
+/// writes) and seq_read (sequential scan) over one region, with the local memory limited to
+/// 25% and 50% of it, on: local (plain RAM, no limit), krak (the pager, memory servers on
+/// loopback), swap-disk and swap-zram (kernel swap to a swap file / to zram under a memory
+/// cgroup with the same limit; root only, skipped with the reason otherwise). Every read is
+/// checked against what was written. Also measures the physical limits in the same run:
+/// the 4 KiB loopback TCP round trip and a userfaultfd fault served from local memory.
+///
+/// Swap and cgroups are set up only for the run and removed afterwards, also on Ctrl-C.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  krak bench --quick\n  krak bench --json bench.json --markdown\n  \
+                        krak bench --backends local,krak --workloads rand_read")]
+pub struct BenchArgs {
+    /// Small and short (256 MiB, 1.5 s per run): under 2 minutes in all.
+    #[arg(long)]
+    quick: bool,
+    /// Region size (default 1GiB, or 256MiB with --quick).
+    #[arg(long, value_name = "SIZE")]
+    region: Option<ByteSize>,
+    /// Timed phase of each run in milliseconds.
+    #[arg(long, value_name = "MS")]
+    duration_ms: Option<u64>,
+    /// Only these backends (local, krak, swap-disk, swap-zram).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    backends: Vec<String>,
+    /// Only these workloads (rand_read, rand_rw, seq_read).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    workloads: Vec<Workload>,
+    /// Memory servers of the embedded rack.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    servers: usize,
+    /// Write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Also print the table as Markdown (for BENCHMARKS.md).
+    #[arg(long)]
+    markdown: bool,
+}
+
+/// The far-memory region a bench worker runs on.
+struct PagedRegion(FarMemory);
+
+impl Region for PagedRegion {
+    fn as_mut_ptr(&self) -> *mut u8 {
+        self.0.as_ptr()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn faults_served(&self) -> Option<u64> {
+        Some(self.0.stats().missing_faults)
+    }
+}
+
+/// The hidden `krak bench-worker`: one run in a fresh process.
+pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    krak_bench::worker_main(args, |args| {
+        let servers = args
+            .servers
+            .iter()
+            .map(|s| s.parse().with_context(|| format!("bad server address {s:?}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let region = FarMemory::new(PagerConfig {
+            region_bytes: args.region_bytes,
+            local_budget_bytes: args.local_bytes.context("--local-bytes is required for krak")?,
+            servers,
+            ..Default::default()
+        })?;
+        Ok(Box::new(PagedRegion(region)))
+    })
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let mut plan = if args.quick { BenchPlan::quick() } else { BenchPlan::full() };
+    if let Some(r) = args.region {
+        plan.region_bytes = r.0;
+    }
+    if let Some(d) = args.duration_ms {
+        plan.duration_ms = d;
+    }
+    if !args.workloads.is_empty() {
+        plan.workloads = args.workloads.clone();
+    }
+    if !args.backends.is_empty() {
+        plan.backends = args
+            .backends
+            .iter()
+            .map(|b| {
+                BenchBackend::ALL
+                    .into_iter()
+                    .find(|x| x.name() == b)
+                    .with_context(|| format!("unknown backend {b:?} (local, krak, swap-disk, swap-zram)"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+    }
+    eprintln!(
+        "krak bench: {} region, {} ms per run, {} runs",
+        ByteSize(plan.region_bytes),
+        plan.duration_ms,
+        plan.run_count()
+    );
+    let rack = if plan.backends.contains(&BenchBackend::Krak) {
+        let slab = ByteSize(16 << 20);
+        let capacity = ByteSize(plan.region_bytes.div_ceil(slab.0) * slab.0);
+        Some(LocalRack::start(args.servers, capacity, slab)?)
+    } else {
+        None
+    };
+    let target = rack.as_ref().map(|r| KrakTarget { servers: r.addrs().iter().map(|a| a.to_string()).collect() });
+    let exe = std::env::current_exe().context("finding the krak binary")?;
+    let mut report = krak_bench::plan::run_bench(&plan, &exe, target.as_ref(), |line| eprintln!("{line}"))?;
+    drop(rack);
+    if plan.measure_limits {
+        eprintln!("measuring a userfaultfd fault served from local memory");
+        match krak_pager::limits::measure_local_fault(20_000) {
+            Ok(l) => {
+                if let Some(limits) = report.limits.as_mut() {
+                    limits.uffd_fault_p50_us = Some(l.p50_us);
+                    limits.uffd_fault_p99_us = Some(l.p99_us);
+                }
+            }
+            Err(e) => eprintln!("  userfaultfd limit: {e}"),
+        }
+    }
+    println!("{}", report.human_table());
+    print_goals(&report);
+    if args.markdown {
+        println!("{}", report.markdown_table());
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, report.to_json()).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    if report.has_mismatches() {
+        anyhow::bail!("some runs read back wrong data");
+    }
+    Ok(())
+}
+
+/// The targets of the fabric, computed from this run's own numbers.
+fn print_goals(report: &krak_bench::BenchReport) {
+    let find = |w: Workload, b: BenchBackend, f: f64| {
+        report.results.iter().find(|r| r.workload == w && r.backend == b && (r.local_fraction - f).abs() < 1e-6)
+    };
+    println!("goals (from this run):");
+    if let (Some(limits), Some(k)) = (&report.limits, find(Workload::RandRead, BenchBackend::Krak, 0.25)) {
+        if let (Some(uffd), Some(p50), Some(p99)) = (limits.uffd_fault_p50_us, k.fault_p50_us, k.fault_p99_us) {
+            let floor = limits.tcp_rtt_4k_p50_us + uffd;
+            println!(
+                "  remote fault p50 {p50:.1} us = {:.2}x (TCP 4K RTT {:.1} + uffd fault {uffd:.1} = {floor:.1} us; goal <= 1.5x); p99 {p99:.1} us = {:.2}x (goal <= 3x)",
+                p50 / floor,
+                limits.tcp_rtt_4k_p50_us,
+                p99 / floor
+            );
+        }
+    }
+    if let (Some(k), Some(d)) =
+        (find(Workload::RandRead, BenchBackend::Krak, 0.25), find(Workload::RandRead, BenchBackend::SwapDisk, 0.25))
+    {
+        println!("  rand_read at 25%: krak / swap-disk = {:.2}x (goal >= 1x, aim 2x)", k.ops_per_s / d.ops_per_s);
+    }
+    if let (Some(s), Some(r)) =
+        (find(Workload::SeqRead, BenchBackend::Krak, 0.25), find(Workload::RandRead, BenchBackend::Krak, 0.25))
+    {
+        println!("  krak at 25%: seq_read / rand_read = {:.2}x (goal >= 4x)", s.ops_per_s / r.ops_per_s);
+    }
+}
