@@ -12,6 +12,8 @@ use crate::requests::{self, decode_error_code, Next, Session};
 use crate::server::Shared;
 
 /// Read buffer: large enough to hold many small pipelined requests at once.
+/// How long a connection busy-waits for the next request before sleeping in a read.
+const SPIN: Duration = Duration::from_micros(50);
 const READ_BUF_BYTES: usize = 256 << 10;
 /// Answers are held back while further requests are already buffered, up to this much.
 const FLUSH_BYTES: usize = 1 << 20;
@@ -140,6 +142,8 @@ impl<'s> Conn<'s> {
     fn read_header(&mut self) -> io::Result<Option<Result<Header, (DecodeError, [u8; HEADER_LEN])>>> {
         if self.reader.buffer().is_empty() {
             self.flush()?;
+            // A pager's next request usually follows within microseconds: catch it awake.
+            krak_client::spin_until_readable(self.stream, SPIN)?;
             self.set_idle(true)?;
             loop {
                 match self.reader.fill_buf() {

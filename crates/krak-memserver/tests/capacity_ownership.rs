@@ -65,7 +65,7 @@ fn connections_past_the_limit_are_told_so_and_the_slot_frees_up() {
     let _second = connect(server.addr(), 31);
     let err = krak_client::Connection::connect(
         server.addr(),
-        krak_client::ConnectOptions { client_id: 32, timeout_ms: 5_000 },
+        krak_client::ConnectOptions { client_id: 32, timeout_ms: 5_000, spin_us: 0 },
     )
     .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::TooManyConnections), "{err}");

@@ -30,6 +30,8 @@ pub const STAGED: u8 = 4;
 pub const REMOTE: u8 = 0x80;
 pub const STATE_MASK: u8 = 0x7f;
 
+/// Pages evicted together when room is needed (at most an eighth of the budget).
+const EVICT_BATCH_PAGES: usize = 32;
 /// How long an evictor waits for the write-back thread before it looks again.
 const SPACE_WAIT_MS: u64 = 20;
 
@@ -39,6 +41,7 @@ pub(crate) struct Limits {
     pub max_prefetch_pages: usize,
     pub writeback_batch_pages: usize,
     pub writeback_buffer_pages: usize,
+    pub spin_us: u64,
 }
 
 pub(crate) struct Core {
@@ -94,60 +97,65 @@ impl Shared {
         share.saturating_sub(1).min(self.limits.max_prefetch_pages)
     }
 
-    /// Evicts until `n` more pages fit in the budget.
+    /// Evicts until `n` more pages fit in the budget. Evicts at least a small batch at a
+    /// time, so that the clean victims of a batch share one TLB flush.
     pub fn make_room(&self, core: &mut MutexGuard<'_, Core>, n: usize) -> Result<(), PagerError> {
         while core.resident + n > core.budget_pages {
-            if core.wb_pending >= self.limits.writeback_buffer_pages {
+            let needed = core.resident + n - core.budget_pages;
+            let batch = needed.max(EVICT_BATCH_PAGES.min(core.budget_pages / 8));
+            let mut clean = Vec::with_capacity(batch);
+            let mut evicted = 0;
+            while evicted < batch && core.wb_pending < self.limits.writeback_buffer_pages {
+                let Some(victim) = core.eviction.pick_victim() else { break };
+                let state = core.states[victim];
+                match state & STATE_MASK {
+                    CLEAN => {
+                        core.states[victim] = ABSENT | (state & REMOTE);
+                        clean.push(victim);
+                    }
+                    DIRTY => self.evict_dirty(core, victim)?,
+                    other => {
+                        // The policy only ever holds resident pages; anything else is a bug.
+                        debug_assert!(false, "policy named page {victim} in state {other}");
+                        tracing::error!("eviction policy named page {victim} in state {other}; skipped");
+                        continue;
+                    }
+                }
+                evicted += 1;
+            }
+            if !clean.is_empty() {
+                self.map.discard_pages(&clean).map_err(PagerError::Mapping)?;
+                Counters::add(&self.counters.evictions_clean, clean.len() as u64);
+            }
+            core.resident -= evicted;
+            if evicted == 0 {
                 if let Some(why) = &core.failure {
                     return Err(PagerError::WritebackFailed(why.clone()));
                 }
+                // The write-back buffer is full, or everything resident is being fetched by
+                // other handlers: wait for either to make progress.
                 self.space.wait_for(core, Duration::from_millis(SPACE_WAIT_MS));
-                continue;
-            }
-            match core.eviction.pick_victim() {
-                Some(victim) => self.evict(core, victim)?,
-                // Everything resident is being fetched by other handlers: wait for one to land.
-                None => {
-                    self.space.wait_for(core, Duration::from_millis(SPACE_WAIT_MS));
-                }
             }
         }
         Ok(())
     }
 
-    fn evict(&self, core: &mut Core, page: usize) -> Result<(), PagerError> {
-        let state = core.states[page];
+    fn evict_dirty(&self, core: &mut Core, page: usize) -> Result<(), PagerError> {
         let addr = self.addr(page);
-        match state & STATE_MASK {
-            CLEAN => {
-                self.map.discard(page * PAGE_SIZE, PAGE_SIZE).map_err(PagerError::Mapping)?;
-                core.states[page] = ABSENT | (state & REMOTE);
-                Counters::add(&self.counters.evictions_clean, 1);
-            }
-            DIRTY => {
-                // Write-protect first: a writer now blocks on a fault we serve after the copy.
-                self.uffd.write_protect(addr, PAGE_SIZE, true, false).map_err(PagerError::Uffd)?;
-                let mut bytes = vec![0u8; PAGE_SIZE];
-                // SAFETY: the page is DIRTY, hence present, and now write-protected; we hold the
-                // core lock, the only place protection is lifted, so nobody writes it meanwhile.
-                unsafe { self.map.copy_out(page * PAGE_SIZE, &mut bytes) };
-                self.map.discard(page * PAGE_SIZE, PAGE_SIZE).map_err(PagerError::Mapping)?;
-                let bytes: Arc<[u8]> = bytes.into();
-                core.states[page] = STAGED | REMOTE;
-                core.staged.insert(page, bytes.clone());
-                core.wb_queue.push_back((page, bytes));
-                core.wb_pending += 1;
-                self.wb_wake.notify_one();
-                Counters::add(&self.counters.evictions_dirty, 1);
-            }
-            other => {
-                // The policy only ever holds resident pages; anything else is a pager bug.
-                debug_assert!(false, "policy named page {page} in state {other}");
-                tracing::error!("eviction policy named page {page} in state {other}; skipped");
-                return Ok(());
-            }
-        }
-        core.resident -= 1;
+        // Write-protect first: a writer now blocks on a fault we serve after the copy.
+        self.uffd.write_protect(addr, PAGE_SIZE, true, false).map_err(PagerError::Uffd)?;
+        let mut bytes = vec![0u8; PAGE_SIZE];
+        // SAFETY: the page is DIRTY, hence present, and now write-protected; we hold the
+        // core lock, the only place protection is lifted, so nobody writes it meanwhile.
+        unsafe { self.map.copy_out(page * PAGE_SIZE, &mut bytes) };
+        self.map.discard(page * PAGE_SIZE, PAGE_SIZE).map_err(PagerError::Mapping)?;
+        let bytes: Arc<[u8]> = bytes.into();
+        core.states[page] = STAGED | REMOTE;
+        core.staged.insert(page, bytes.clone());
+        core.wb_queue.push_back((page, bytes));
+        core.wb_pending += 1;
+        self.wb_wake.notify_one();
+        Counters::add(&self.counters.evictions_dirty, 1);
         Ok(())
     }
 

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use krak_uffd::{Event, PAGE_SIZE};
 
@@ -51,12 +51,18 @@ impl Handler {
                     return;
                 }
             }
+            // After a fault, the same application thread often faults again within
+            // microseconds: look for it for a while before sleeping in poll again.
+            let spin = Duration::from_micros(self.shared.limits.spin_us);
+            let mut idle_since = Instant::now();
             loop {
                 match self.shared.uffd.read_event() {
                     Ok(Some(Event::Pagefault { addr, write, wp, thread_id })) => {
-                        self.on_fault(addr, write, wp, thread_id)
+                        self.on_fault(addr, write, wp, thread_id);
+                        idle_since = Instant::now();
                     }
                     Ok(Some(other)) => tracing::warn!("ignoring userfaultfd event {other:?}"),
+                    Ok(None) if idle_since.elapsed() < spin => std::thread::yield_now(),
                     Ok(None) => break,
                     Err(e) => {
                         tracing::error!("fault handler stops: {e}");

@@ -28,6 +28,10 @@ pub struct ResidencySample {
     pub budget_bytes: u64,
 }
 
+/// Default busy-wait of the fault path; see [`PagerConfig::spin_us`]. On a 2-vCPU virtual
+/// machine a loopback round trip falls from ~70 us to ~12 us when both ends spin this long.
+pub const DEFAULT_SPIN_US: u64 = 50;
+
 /// The smallest local budget a region runs with, in pages.
 pub const MIN_BUDGET_PAGES: usize = 16;
 
@@ -57,6 +61,9 @@ pub struct PagerConfig {
     pub fifo_eviction: bool,
     /// Disable prefetching.
     pub no_prefetch: bool,
+    /// How long fault handlers busy-wait for the next fault or a server's answer before
+    /// sleeping (0: always sleep). Trades CPU for latency.
+    pub spin_us: u64,
 }
 
 impl Default for PagerConfig {
@@ -65,7 +72,7 @@ impl Default for PagerConfig {
             region_bytes: 0,
             local_budget_bytes: 0,
             servers: Vec::new(),
-            handler_threads: 3,
+            handler_threads: 2,
             max_prefetch_pages: 64,
             writeback_batch_pages: 64,
             writeback_buffer_pages: 1024,
@@ -73,6 +80,7 @@ impl Default for PagerConfig {
             client_id: None,
             fifo_eviction: false,
             no_prefetch: false,
+            spin_us: DEFAULT_SPIN_US,
         }
     }
 }
@@ -114,6 +122,7 @@ impl FarMemory {
         let connect = ConnectOptions {
             client_id: config.client_id.unwrap_or_else(rand::random),
             timeout_ms: config.io_timeout_ms,
+            spin_us: config.spin_us,
         };
         let (layout, admin) = RemoteLayout::allocate(&config.servers, region_pages, connect)?;
 
@@ -146,6 +155,7 @@ impl FarMemory {
                 max_prefetch_pages: config.max_prefetch_pages,
                 writeback_batch_pages: config.writeback_batch_pages,
                 writeback_buffer_pages: config.writeback_buffer_pages,
+                spin_us: config.spin_us,
             },
             stop: AtomicBool::new(false),
             peak_resident: AtomicUsize::new(0),

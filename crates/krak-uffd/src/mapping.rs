@@ -1,6 +1,7 @@
 //! Anonymous private memory that a userfaultfd serves.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::ptr::NonNull;
 
 use crate::PAGE_SIZE;
@@ -11,6 +12,8 @@ use crate::PAGE_SIZE;
 pub struct AnonMapping {
     ptr: NonNull<u8>,
     len: usize,
+    /// Our own pidfd, for `process_madvise`; opened on first use.
+    pidfd: std::sync::OnceLock<Option<std::os::fd::OwnedFd>>,
 }
 
 // SAFETY: the mapping is plain memory owned by this value; which thread touches which page
@@ -42,7 +45,11 @@ impl AnonMapping {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let mapping = AnonMapping { ptr: NonNull::new(ptr.cast()).expect("mmap never returns null on success"), len };
+        let mapping = AnonMapping {
+            ptr: NonNull::new(ptr.cast()).expect("mmap never returns null on success"),
+            len,
+            pidfd: std::sync::OnceLock::new(),
+        };
         // SAFETY: the range is exactly the mapping we just created.
         let rc = unsafe { libc::madvise(ptr, len, libc::MADV_NOHUGEPAGE) };
         if rc != 0 {
@@ -73,6 +80,54 @@ impl AnonMapping {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// Drops the pages at the given page indices with one `process_madvise(MADV_DONTNEED)`
+    /// per 1024 pages, so the kernel flushes the TLB once per call rather than once per
+    /// page (a flush is an inter-processor interrupt, costly on a virtual machine).
+    pub fn discard_pages(&self, pages: &[usize]) -> io::Result<()> {
+        const IOV_MAX: usize = 1024;
+        let pidfd = self.pidfd()?;
+        for chunk in pages.chunks(IOV_MAX) {
+            let mut iov = Vec::with_capacity(chunk.len());
+            for &p in chunk {
+                self.check_range(p * PAGE_SIZE, PAGE_SIZE)?;
+                // SAFETY: p is a page of our mapping (checked above); the pointer is only
+                // passed to the kernel as an address.
+                let base = unsafe { self.ptr.as_ptr().add(p * PAGE_SIZE) };
+                iov.push(libc::iovec { iov_base: base.cast(), iov_len: PAGE_SIZE });
+            }
+            let want = chunk.len() * PAGE_SIZE;
+            // SAFETY: `iov` holds `iov.len()` valid iovecs naming pages of our own mapping,
+            // whose contents the caller has saved or knows to be clean; pidfd is our own.
+            let done = unsafe {
+                libc::syscall(libc::SYS_process_madvise, pidfd, iov.as_ptr(), iov.len(), libc::MADV_DONTNEED, 0)
+            };
+            if done < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if done as usize != want {
+                // Partial advice: finish page by page.
+                for &p in chunk {
+                    self.discard(p * PAGE_SIZE, PAGE_SIZE)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn pidfd(&self) -> io::Result<libc::c_int> {
+        let fd = self.pidfd.get_or_init(|| {
+            // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+            if fd < 0 {
+                None
+            } else {
+                // SAFETY: the fd was just returned to us and nothing else owns it.
+                Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) })
+            }
+        });
+        fd.as_ref().map(|f| f.as_raw_fd()).ok_or_else(io::Error::last_os_error)
     }
 
     /// Copies resident bytes at `offset` into `dst`.

@@ -44,7 +44,7 @@ fn the_process_serves_pages_and_stops_on_sigterm() {
     let (mut server, addr, line) = start(&["--grace-ms", "1000"]);
     assert_eq!(line, format!("krak memserver listening on {addr} capacity 64MiB slab 1MiB\n"));
 
-    let mut c = Connection::connect(addr, ConnectOptions { client_id: 7, timeout_ms: 5_000 }).unwrap();
+    let mut c = Connection::connect(addr, ConnectOptions { client_id: 7, timeout_ms: 5_000, spin_us: 0 }).unwrap();
     assert_eq!((c.hello().slab_size_bytes, c.hello().capacity_bytes), (1 << 20, 64 << 20));
     let slab = c.alloc_slab().unwrap();
     let mut rng = rand::thread_rng();

@@ -22,7 +22,7 @@ pub fn start(config: ServerConfig) -> ServerHandle {
 }
 
 pub fn connect(addr: SocketAddr, client_id: u64) -> Connection {
-    Connection::connect(addr, ConnectOptions { client_id, timeout_ms: 5_000 }).expect("client connects")
+    Connection::connect(addr, ConnectOptions { client_id, timeout_ms: 5_000, spin_us: 0 }).expect("client connects")
 }
 
 /// `n` pages of seeded random bytes.
