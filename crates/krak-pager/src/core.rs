@@ -30,8 +30,8 @@ pub const STAGED: u8 = 4;
 pub const REMOTE: u8 = 0x80;
 pub const STATE_MASK: u8 = 0x7f;
 
-/// Pages evicted together when room is needed (at most an eighth of the budget).
-const EVICT_BATCH_PAGES: usize = 32;
+/// Most free frames the reclaimer keeps ahead of need.
+const MAX_WATERMARK_PAGES: usize = 256;
 /// How long an evictor waits for the write-back thread before it looks again.
 const SPACE_WAIT_MS: u64 = 20;
 
@@ -70,6 +70,8 @@ pub(crate) struct Shared {
     pub wb_wake: Condvar,
     /// Wakes evictors waiting for write-back space or for fetches to land.
     pub space: Condvar,
+    /// Wakes the reclaimer when free frames run low.
+    pub reclaim_wake: Condvar,
     pub uffd: Uffd,
     pub map: AnonMapping,
     pub layout: RemoteLayout,
@@ -97,38 +99,13 @@ impl Shared {
         share.saturating_sub(1).min(self.limits.max_prefetch_pages)
     }
 
-    /// Evicts until `n` more pages fit in the budget. Evicts at least a small batch at a
-    /// time, so that the clean victims of a batch share one TLB flush.
+    /// Evicts until `n` more pages fit in the budget. The reclaimer thread normally keeps
+    /// enough free frames that this finds nothing to do; when it cannot keep up, the fault
+    /// path evicts just what it needs.
     pub fn make_room(&self, core: &mut MutexGuard<'_, Core>, n: usize) -> Result<(), PagerError> {
         while core.resident + n > core.budget_pages {
             let needed = core.resident + n - core.budget_pages;
-            let batch = needed.max(EVICT_BATCH_PAGES.min(core.budget_pages / 8));
-            let mut clean = Vec::with_capacity(batch);
-            let mut evicted = 0;
-            while evicted < batch && core.wb_pending < self.limits.writeback_buffer_pages {
-                let Some(victim) = core.eviction.pick_victim() else { break };
-                let state = core.states[victim];
-                match state & STATE_MASK {
-                    CLEAN => {
-                        core.states[victim] = ABSENT | (state & REMOTE);
-                        clean.push(victim);
-                    }
-                    DIRTY => self.evict_dirty(core, victim)?,
-                    other => {
-                        // The policy only ever holds resident pages; anything else is a bug.
-                        debug_assert!(false, "policy named page {victim} in state {other}");
-                        tracing::error!("eviction policy named page {victim} in state {other}; skipped");
-                        continue;
-                    }
-                }
-                evicted += 1;
-            }
-            if !clean.is_empty() {
-                self.map.discard_pages(&clean).map_err(PagerError::Mapping)?;
-                Counters::add(&self.counters.evictions_clean, clean.len() as u64);
-            }
-            core.resident -= evicted;
-            if evicted == 0 {
+            if self.evict_batch(core, needed)? == 0 {
                 if let Some(why) = &core.failure {
                     return Err(PagerError::WritebackFailed(why.clone()));
                 }
@@ -137,7 +114,45 @@ impl Shared {
                 self.space.wait_for(core, Duration::from_millis(SPACE_WAIT_MS));
             }
         }
+        if core.resident + self.low_watermark(core) > core.budget_pages {
+            self.reclaim_wake.notify_one();
+        }
         Ok(())
+    }
+
+    /// Free frames below which the reclaimer starts evicting ahead of need.
+    pub fn low_watermark(&self, core: &Core) -> usize {
+        (core.budget_pages / 64).clamp(1, MAX_WATERMARK_PAGES)
+    }
+
+    /// Evicts up to `count` pages; the clean ones share one TLB flush. Returns how many.
+    pub fn evict_batch(&self, core: &mut Core, count: usize) -> Result<usize, PagerError> {
+        let mut clean = Vec::with_capacity(count);
+        let mut evicted = 0;
+        while evicted < count && core.wb_pending < self.limits.writeback_buffer_pages {
+            let Some(victim) = core.eviction.pick_victim() else { break };
+            let state = core.states[victim];
+            match state & STATE_MASK {
+                CLEAN => {
+                    core.states[victim] = ABSENT | (state & REMOTE);
+                    clean.push(victim);
+                }
+                DIRTY => self.evict_dirty(core, victim)?,
+                other => {
+                    // The policy only ever holds resident pages; anything else is a bug.
+                    debug_assert!(false, "policy named page {victim} in state {other}");
+                    tracing::error!("eviction policy named page {victim} in state {other}; skipped");
+                    continue;
+                }
+            }
+            evicted += 1;
+        }
+        if !clean.is_empty() {
+            self.map.discard_pages(&clean).map_err(PagerError::Mapping)?;
+            Counters::add(&self.counters.evictions_clean, clean.len() as u64);
+        }
+        core.resident -= evicted;
+        Ok(evicted)
     }
 
     fn evict_dirty(&self, core: &mut Core, page: usize) -> Result<(), PagerError> {

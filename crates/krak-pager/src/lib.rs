@@ -15,6 +15,7 @@ pub mod eviction;
 mod handler;
 pub mod limits;
 pub mod prefetch;
+mod reclaim;
 mod region;
 mod remote;
 mod stats;

@@ -146,6 +146,7 @@ impl FarMemory {
             core: Mutex::new(core),
             wb_wake: Condvar::new(),
             space: Condvar::new(),
+            reclaim_wake: Condvar::new(),
             uffd,
             map,
             layout,
@@ -168,6 +169,9 @@ impl FarMemory {
         }
         let s = shared.clone();
         let t = std::thread::Builder::new().name("krak-writeback".into()).spawn(move || crate::writeback::run(s));
+        region.threads.push(t.map_err(PagerError::Thread)?);
+        let s = shared.clone();
+        let t = std::thread::Builder::new().name("krak-reclaim".into()).spawn(move || crate::reclaim::run(s));
         region.threads.push(t.map_err(PagerError::Thread)?);
         Ok(region)
     }
@@ -289,6 +293,7 @@ impl Drop for FarMemory {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         self.shared.wb_wake.notify_all();
+        self.shared.reclaim_wake.notify_all();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
