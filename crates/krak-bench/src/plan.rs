@@ -55,6 +55,8 @@ impl fmt::Display for BenchBackend {
 pub struct KrakTarget {
     /// Memory servers, `host:port`.
     pub servers: Vec<String>,
+    /// Pager options passed to each krak worker (`key=value`).
+    pub options: Vec<String>,
 }
 
 /// What one bench runs.
@@ -190,6 +192,7 @@ pub fn run_bench(
                         let mut args = plan.worker_args(Backend::Krak, w);
                         args.local_bytes = Some(plan.local_bytes(f));
                         args.servers = target.servers.clone();
+                        args.krak_options = target.options.clone();
                         run(&mut report, backend, f, args);
                     }
                 }

@@ -76,6 +76,10 @@ pub struct WorkerArgs {
     /// Skip the untimed whole-region check after the timed phase.
     #[arg(long)]
     pub skip_final_check: bool,
+    /// Options for the krak backend's pager, passed through as `key=value` (e.g.
+    /// `fault_mode=sigbus`); the `krak` binary interprets them.
+    #[arg(long, value_delimiter = ',')]
+    pub krak_options: Vec<String>,
 }
 
 impl WorkerArgs {
@@ -92,6 +96,7 @@ impl WorkerArgs {
             local_bytes: None,
             servers: Vec::new(),
             skip_final_check: false,
+            krak_options: Vec::new(),
         }
     }
 
@@ -123,6 +128,9 @@ impl WorkerArgs {
         }
         if self.skip_final_check {
             a.push("--skip-final-check".into());
+        }
+        if !self.krak_options.is_empty() {
+            a.extend(["--krak-options".into(), self.krak_options.join(",")]);
         }
         a
     }

@@ -215,6 +215,8 @@ impl Shared {
             core.eviction.inserted(page);
         }
         self.peak_resident.fetch_max(core.resident, Ordering::Relaxed);
+        // Self-serving threads waiting for this page to land wait on `space`.
+        self.space.notify_all();
         Ok(())
     }
 }

@@ -15,11 +15,14 @@ use crate::remote::Links;
 use crate::stats::Counters;
 use crate::PagerError;
 
+/// Bound on a self-serving thread's wait for another thread's fetch of the same page.
+const FETCH_WAIT_MS: u64 = 30_000;
 /// How long a handler sleeps in poll before it checks for shutdown.
 const POLL_TIMEOUT_MS: i32 = 50;
 
-pub(crate) struct Handler {
-    shared: Arc<Shared>,
+/// A handler's own connections and buffers. A self-serving thread keeps one per region in
+/// thread-local storage, so that its connections outlive each fault.
+pub(crate) struct Parts {
     links: Links,
     page_buf: Vec<u8>,
     prefetch_buf: Vec<u8>,
@@ -28,17 +31,35 @@ pub(crate) struct Handler {
     groups: Vec<Vec<usize>>,
 }
 
-impl Handler {
-    pub fn new(shared: Arc<Shared>) -> Handler {
-        let servers = shared.layout.servers.len();
-        Handler {
+impl Parts {
+    pub fn new(servers: usize) -> Parts {
+        Parts {
             links: Links::new(servers),
             page_buf: vec![0; PAGE_SIZE],
             prefetch_buf: Vec::new(),
             candidates: Vec::new(),
             groups: vec![Vec::new(); servers],
-            shared,
         }
+    }
+}
+
+/// Serves faults of one region: run as a handler thread reading userfaultfd events, or
+/// called on the faulting thread itself from the SIGBUS handler (`self_serving`).
+pub(crate) struct Handler {
+    shared: Arc<Shared>,
+    /// The faulting thread serves its own faults, so nobody else will wake it: when another
+    /// thread is fetching the page, wait here until it lands.
+    self_serving: bool,
+    p: Parts,
+}
+
+impl Handler {
+    pub fn new(shared: Arc<Shared>, self_serving: bool, parts: Parts) -> Handler {
+        Handler { shared, self_serving, p: parts }
+    }
+
+    pub fn into_parts(self) -> Parts {
+        self.p
     }
 
     pub fn run(mut self) {
@@ -93,7 +114,7 @@ impl Handler {
         }
     }
 
-    fn serve(&mut self, page: usize, write: bool, wp: bool) -> Result<(), PagerError> {
+    pub fn serve(&mut self, page: usize, write: bool, wp: bool) -> Result<(), PagerError> {
         let shared = self.shared.clone();
         let addr = shared.addr(page);
         let started = Instant::now();
@@ -117,7 +138,16 @@ impl Handler {
                 }
             }
             // Another handler is fetching it; its UFFDIO_COPY wakes every waiter.
-            FETCHING => Ok(()),
+            FETCHING if !self.self_serving => Ok(()),
+            FETCHING => {
+                // Nobody wakes a self-serving thread: wait for the fetch to land (or fail, in
+                // which case the retried access faults again and fetches it here).
+                let deadline = Instant::now() + Duration::from_millis(FETCH_WAIT_MS);
+                while core.states[page] & STATE_MASK == FETCHING && Instant::now() < deadline {
+                    shared.space.wait_until(&mut core, deadline);
+                }
+                Ok(())
+            }
             STAGED => {
                 Counters::add(&shared.counters.missing_faults, 1);
                 // Claim the bytes and the frame before making room: making room may wait, and
@@ -153,31 +183,31 @@ impl Handler {
                 Counters::add(&shared.counters.missing_faults, 1);
                 core.states[page] = FETCHING | REMOTE;
                 core.resident += 1;
-                self.candidates.clear();
+                self.p.candidates.clear();
                 let cap = shared.prefetch_cap(&core);
                 if cap > 0 {
                     let region_pages = shared.region_pages();
-                    core.prefetch.on_fault(page, region_pages, cap, &mut self.candidates);
+                    core.prefetch.on_fault(page, region_pages, cap, &mut self.p.candidates);
                 }
-                for g in self.groups.iter_mut() {
+                for g in self.p.groups.iter_mut() {
                     g.clear();
                 }
                 let mut extra = 0;
-                for &q in &self.candidates {
+                for &q in &self.p.candidates {
                     if core.states[q] == ABSENT | REMOTE {
                         core.states[q] = FETCHING | REMOTE;
-                        self.groups[shared.layout.locate(q).0].push(q);
+                        self.p.groups[shared.layout.locate(q).0].push(q);
                         extra += 1;
                     }
                 }
                 core.resident += extra;
                 if let Err(e) = shared.make_room(&mut core, 0) {
                     self.abandon(&mut core, &[page]);
-                    let groups = std::mem::take(&mut self.groups);
+                    let groups = std::mem::take(&mut self.p.groups);
                     for g in &groups {
                         self.abandon(&mut core, g);
                     }
-                    self.groups = groups;
+                    self.p.groups = groups;
                     return Err(e);
                 }
                 drop(core);
@@ -191,18 +221,18 @@ impl Handler {
         let shared = self.shared.clone();
         let layout = &shared.layout;
         let (server, _) = layout.locate(page);
-        let first = self.links.start_read(layout, server, &[page]);
+        let first = self.p.links.start_read(layout, server, &[page]);
         let mut prefetch_sent = Vec::new();
-        for (s, group) in self.groups.iter().enumerate() {
+        for (s, group) in self.p.groups.iter().enumerate() {
             if !group.is_empty() {
-                prefetch_sent.push((s, self.links.start_read(layout, s, group)));
+                prefetch_sent.push((s, self.p.links.start_read(layout, s, group)));
             }
         }
         Counters::add(&shared.counters.remote_read_requests, 1 + prefetch_sent.len() as u64);
-        let got = self.links.finish_read(layout, server, first, &[page], &mut self.page_buf);
+        let got = self.p.links.finish_read(layout, server, first, &[page], &mut self.p.page_buf);
         let mut core = shared.core.lock();
         let served = match got {
-            Ok(()) => shared.install(&mut core, page, &self.page_buf, write, true),
+            Ok(()) => shared.install(&mut core, page, &self.p.page_buf, write, true),
             Err(e) => Err(PagerError::Remote(e)),
         };
         if served.is_err() {
@@ -214,12 +244,12 @@ impl Handler {
         shared.space.notify_all();
         drop(core);
 
-        self.prefetch_buf.resize(extra * PAGE_SIZE, 0);
-        let groups = std::mem::take(&mut self.groups);
+        self.p.prefetch_buf.resize(extra * PAGE_SIZE, 0);
+        let groups = std::mem::take(&mut self.p.groups);
         for (s, sent) in prefetch_sent {
             let group = &groups[s];
-            let buf = &mut self.prefetch_buf[..group.len() * PAGE_SIZE];
-            let got = self.links.finish_read(layout, s, sent, group, buf);
+            let buf = &mut self.p.prefetch_buf[..group.len() * PAGE_SIZE];
+            let got = self.p.links.finish_read(layout, s, sent, group, buf);
             let mut core = shared.core.lock();
             let installed = got.map_err(PagerError::Remote).and_then(|()| {
                 let mut i = 0;
@@ -248,8 +278,8 @@ impl Handler {
             }
             shared.space.notify_all();
         }
-        self.groups = groups;
-        Counters::add(&shared.counters.retries, std::mem::take(&mut self.links.retries));
+        self.p.groups = groups;
+        Counters::add(&shared.counters.retries, std::mem::take(&mut self.p.links.retries));
         served
     }
 
@@ -262,5 +292,6 @@ impl Handler {
                 let _ = self.shared.uffd.wake(self.shared.addr(q), PAGE_SIZE);
             }
         }
+        self.shared.space.notify_all();
     }
 }

@@ -18,12 +18,13 @@ pub mod prefetch;
 mod reclaim;
 mod region;
 mod remote;
+mod self_serving;
 mod stats;
 mod writeback;
 
 pub use eviction::{Clock, EvictionPolicy, Fifo};
 pub use prefetch::{NoPrefetch, PrefetchPolicy, StrideDetector};
-pub use region::{FarMemory, PagerConfig, ResidencySample, MIN_BUDGET_PAGES};
+pub use region::{FarMemory, FaultMode, PagerConfig, ResidencySample, MIN_BUDGET_PAGES};
 pub use stats::PagerStats;
 
 pub use krak_uffd::OpenMode as UffdMode;

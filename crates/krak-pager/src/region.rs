@@ -12,11 +12,24 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::core::*;
 use crate::eviction::{Clock, EvictionPolicy};
-use crate::handler::Handler;
+use crate::handler::{Handler, Parts};
 use crate::prefetch::{PrefetchPolicy, StrideDetector};
 use crate::remote::RemoteLayout;
 use crate::stats::{Counters, PagerStats};
 use crate::{PagerError, UffdMode};
+
+/// Who serves a region's faults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FaultMode {
+    /// Handler threads read userfaultfd events and wake the faulting thread once its page is
+    /// in. Works for every access, including the kernel's own (a syscall reading the region).
+    #[default]
+    Threads,
+    /// The faulting thread gets SIGBUS and fetches its page itself: no sleep and no wake-up
+    /// on the fault path. A syscall that touches a missing page of the region fails with
+    /// EFAULT instead of waiting, so use it for memory the program touches itself.
+    Sigbus,
+}
 
 /// One look at how much of a region is local.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -61,6 +74,8 @@ pub struct PagerConfig {
     pub fifo_eviction: bool,
     /// Disable prefetching.
     pub no_prefetch: bool,
+    /// Who serves a fault: handler threads, or the faulting thread itself.
+    pub fault_mode: FaultMode,
     /// How long fault handlers busy-wait for the next fault or a server's answer before
     /// sleeping (0: always sleep). Trades CPU for latency.
     pub spin_us: u64,
@@ -81,6 +96,7 @@ impl Default for PagerConfig {
             fifo_eviction: false,
             no_prefetch: false,
             spin_us: DEFAULT_SPIN_US,
+            fault_mode: FaultMode::default(),
         }
     }
 }
@@ -92,6 +108,8 @@ pub struct FarMemory {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     admin: Mutex<Vec<Connection>>,
+    /// Set when the region's faults are served by the faulting threads.
+    self_serving_id: Option<u64>,
 }
 
 impl std::fmt::Debug for FarMemory {
@@ -116,7 +134,7 @@ impl FarMemory {
             return Err(PagerError::Config(format!("a region holds at most {} pages", u32::MAX)));
         }
         let map = AnonMapping::new(region_pages * PAGE_SIZE).map_err(PagerError::Mapping)?;
-        let uffd = Uffd::open()?;
+        let uffd = Uffd::open_with(config.fault_mode == FaultMode::Sigbus)?;
         uffd.register(map.as_ptr() as usize, map.len())?;
 
         let connect = ConnectOptions {
@@ -161,9 +179,14 @@ impl FarMemory {
             stop: AtomicBool::new(false),
             peak_resident: AtomicUsize::new(0),
         });
-        let mut region = FarMemory { shared: shared.clone(), threads: Vec::new(), admin: Mutex::new(admin) };
-        for i in 0..config.handler_threads {
-            let handler = Handler::new(shared.clone());
+        let mut region =
+            FarMemory { shared: shared.clone(), threads: Vec::new(), admin: Mutex::new(admin), self_serving_id: None };
+        if config.fault_mode == FaultMode::Sigbus {
+            region.self_serving_id = Some(crate::self_serving::register(&shared)?);
+        }
+        let handler_threads = if config.fault_mode == FaultMode::Sigbus { 0 } else { config.handler_threads };
+        for i in 0..handler_threads {
+            let handler = Handler::new(shared.clone(), false, Parts::new(config.servers.len()));
             let t = std::thread::Builder::new().name(format!("krak-fault-{i}")).spawn(move || handler.run());
             region.threads.push(t.map_err(PagerError::Thread)?);
         }
@@ -291,6 +314,9 @@ fn budget_pages(bytes: u64) -> usize {
 
 impl Drop for FarMemory {
     fn drop(&mut self) {
+        if let Some(id) = self.self_serving_id {
+            crate::self_serving::unregister(id);
+        }
         self.shared.stop.store(true, Ordering::Relaxed);
         self.shared.wb_wake.notify_all();
         self.shared.reclaim_wake.notify_all();

@@ -6,15 +6,19 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use krak_pager::PAGE_SIZE;
+use krak_pager::{FaultMode, PAGE_SIZE};
 use rand::{Rng, SeedableRng};
 
 const REGION_BYTES: u64 = 32 << 20;
 
 fn random_workload(budget_fraction: f64, ops: usize) {
+    random_workload_in(FaultMode::Threads, budget_fraction, ops)
+}
+
+fn random_workload_in(mode: FaultMode, budget_fraction: f64, ops: usize) {
     let servers = servers(3, 64 << 20);
     let budget = (REGION_BYTES as f64 * budget_fraction) as u64;
-    let region = Arc::new(region(&servers, REGION_BYTES, budget));
+    let region = Arc::new(region_in(mode, &servers, REGION_BYTES, budget));
     let sampler = ResidentSampler::start(region.clone());
     let words = REGION_BYTES as usize / 8;
     let mut shadow = vec![0u64; words];
@@ -60,9 +64,24 @@ fn random_rw_at_50_percent_budget() {
 }
 
 #[test]
+fn self_serving_random_rw_at_1_and_10_percent_budget() {
+    random_workload_in(FaultMode::Sigbus, 0.01, 20_000);
+    random_workload_in(FaultMode::Sigbus, 0.10, 40_000);
+}
+
+#[test]
 fn four_threads_fault_at_once() {
+    four_threads_in(FaultMode::Threads);
+}
+
+#[test]
+fn four_self_serving_threads_fault_at_once() {
+    four_threads_in(FaultMode::Sigbus);
+}
+
+fn four_threads_in(mode: FaultMode) {
     let servers = servers(3, 64 << 20);
-    let region = Arc::new(region(&servers, REGION_BYTES, REGION_BYTES / 10));
+    let region = Arc::new(region_in(mode, &servers, REGION_BYTES, REGION_BYTES / 10));
     let sampler = ResidentSampler::start(region.clone());
     let pages = REGION_BYTES as usize / PAGE_SIZE;
     let threads: Vec<_> = (0..4u64)
@@ -102,8 +121,17 @@ fn four_threads_fault_at_once() {
 
 #[test]
 fn budget_shrinks_and_grows_mid_run() {
+    budget_changes_in(FaultMode::Threads);
+}
+
+#[test]
+fn budget_shrinks_and_grows_mid_run_self_serving() {
+    budget_changes_in(FaultMode::Sigbus);
+}
+
+fn budget_changes_in(mode: FaultMode) {
     let servers = servers(2, 64 << 20);
-    let region = Arc::new(region(&servers, REGION_BYTES, REGION_BYTES / 2));
+    let region = Arc::new(region_in(mode, &servers, REGION_BYTES, REGION_BYTES / 2));
     let sampler = ResidentSampler::start(region.clone());
     let words = REGION_BYTES as usize / 8;
     let mut shadow = vec![0u64; words];

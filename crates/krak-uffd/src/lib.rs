@@ -9,6 +9,7 @@
 //! operations that stay `unsafe` say which invariant their caller must keep.
 
 mod mapping;
+pub mod sigbus;
 mod sys;
 mod uffd;
 

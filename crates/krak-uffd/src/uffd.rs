@@ -71,6 +71,14 @@ impl Uffd {
     /// Opens a non-blocking userfaultfd with write-protect faults, trying in turn the
     /// syscall, the syscall in user-mode-only, and `/dev/userfaultfd`.
     pub fn open() -> Result<Uffd, UffdError> {
+        Uffd::open_with(false)
+    }
+
+    /// Like [`Uffd::open`]; with `sigbus`, faults in registered ranges raise SIGBUS in the
+    /// faulting thread instead of queueing an event (`UFFD_FEATURE_SIGBUS`), so that the
+    /// thread can resolve its own fault without sleeping. Kernel accesses to such a range
+    /// (a syscall reading or writing it) then fail with EFAULT instead of waiting.
+    pub fn open_with(sigbus: bool) -> Result<Uffd, UffdError> {
         let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
         let (fd, mode) = match syscall_userfaultfd(flags) {
             Ok(fd) => (fd, OpenMode::Syscall),
@@ -79,7 +87,7 @@ impl Uffd {
                 Err(_) => (device_userfaultfd(flags).map_err(|_| UffdError::Open(first))?, OpenMode::Device),
             },
         };
-        let wanted = UFFD_FEATURE_PAGEFAULT_FLAG_WP;
+        let wanted = UFFD_FEATURE_PAGEFAULT_FLAG_WP | if sigbus { UFFD_FEATURE_SIGBUS } else { 0 };
         // The faulting thread's id lets the pager send it SIGBUS when a page cannot be had.
         let mut api = UffdioApi { api: UFFD_API, features: wanted | UFFD_FEATURE_THREAD_ID, ioctls: 0 };
         // SAFETY: fd is a fresh userfaultfd; `api` is a live, correctly laid out uffdio_api

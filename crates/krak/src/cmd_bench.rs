@@ -8,6 +8,7 @@ use krak_bench::{BenchPlan, KrakTarget, Region, WorkerArgs, Workload};
 use krak_pager::{FarMemory, PagerConfig};
 use krak_proto::units::ByteSize;
 
+use crate::pager_opts::{self, FaultModeArg};
 use crate::rack::LocalRack;
 
 /// Measure krak against plain RAM and Linux kernel swap, side by side, in one run.
@@ -40,6 +41,9 @@ pub struct BenchArgs {
     /// Only these workloads (rand_read, rand_rw, seq_read).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     workloads: Vec<Workload>,
+    /// Who serves the pager's faults in the krak runs.
+    #[arg(long, value_enum, default_value_t = FaultModeArg::Sigbus)]
+    fault_mode: FaultModeArg,
     /// Memory servers of the embedded rack.
     #[arg(long, value_name = "N", default_value_t = 3)]
     servers: usize,
@@ -74,12 +78,14 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             .iter()
             .map(|s| s.parse().with_context(|| format!("bad server address {s:?}")))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let region = FarMemory::new(PagerConfig {
+        let mut config = PagerConfig {
             region_bytes: args.region_bytes,
             local_budget_bytes: args.local_bytes.context("--local-bytes is required for krak")?,
             servers,
             ..Default::default()
-        })?;
+        };
+        pager_opts::apply(&args.krak_options, &mut config)?;
+        let region = FarMemory::new(config)?;
         Ok(Box::new(PagedRegion(region)))
     })
 }
@@ -108,10 +114,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?;
     }
     eprintln!(
-        "krak bench: {} region, {} ms per run, {} runs",
+        "krak bench: {} region, {} ms per run, {} runs, krak faults served by {}",
         ByteSize(plan.region_bytes),
         plan.duration_ms,
-        plan.run_count()
+        plan.run_count(),
+        args.fault_mode.name()
     );
     let rack = if plan.backends.contains(&BenchBackend::Krak) {
         let slab = ByteSize(16 << 20);
@@ -120,7 +127,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let target = rack.as_ref().map(|r| KrakTarget { servers: r.addrs().iter().map(|a| a.to_string()).collect() });
+    let target = rack.as_ref().map(|r| KrakTarget {
+        servers: r.addrs().iter().map(|a| a.to_string()).collect(),
+        options: vec![format!("fault_mode={}", args.fault_mode.name())],
+    });
     let exe = std::env::current_exe().context("finding the krak binary")?;
     let mut report = krak_bench::plan::run_bench(&plan, &exe, target.as_ref(), |line| eprintln!("{line}"))?;
     drop(rack);

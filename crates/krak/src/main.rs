@@ -3,6 +3,7 @@
 mod cmd_bench;
 mod cmd_memserver;
 mod demo;
+mod pager_opts;
 mod rack;
 
 use clap::{Parser, Subcommand};

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use krak_memserver::{spawn, ServerConfig, ServerHandle};
-use krak_pager::{FarMemory, PagerConfig, PAGE_SIZE};
+use krak_pager::{FarMemory, FaultMode, PagerConfig, PAGE_SIZE};
 
 pub const SLAB_BYTES: u64 = 1 << 20;
 
@@ -31,10 +31,15 @@ pub fn addrs(servers: &[ServerHandle]) -> Vec<SocketAddr> {
 }
 
 pub fn region(servers: &[ServerHandle], region_bytes: u64, budget_bytes: u64) -> FarMemory {
+    region_in(FaultMode::Threads, servers, region_bytes, budget_bytes)
+}
+
+pub fn region_in(mode: FaultMode, servers: &[ServerHandle], region_bytes: u64, budget_bytes: u64) -> FarMemory {
     FarMemory::new(PagerConfig {
         region_bytes,
         local_budget_bytes: budget_bytes,
         servers: addrs(servers),
+        fault_mode: mode,
         ..Default::default()
     })
     .expect("region")

@@ -12,6 +12,7 @@ use krak_pager::{FarMemory, PagerConfig, PAGE_SIZE};
 use krak_proto::units::ByteSize;
 use serde::Serialize;
 
+use crate::pager_opts::FaultModeArg;
 use crate::rack::LocalRack;
 use workload::{PhaseResult, Target, VerifiedPages};
 
@@ -53,6 +54,9 @@ pub struct DemoArgs {
     /// Skip the comparison run on plain local RAM.
     #[arg(long)]
     no_baseline: bool,
+    /// Who serves the pager's faults.
+    #[arg(long, value_enum, default_value_t = FaultModeArg::Sigbus)]
+    fault_mode: FaultModeArg,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     json: bool,
@@ -86,6 +90,7 @@ struct DemoReport {
     verify_s: f64,
     total_s: f64,
     uffd_mode: String,
+    fault_mode: &'static str,
     pager: krak_pager::PagerStats,
 }
 
@@ -114,6 +119,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             region_bytes: args.region.0,
             local_budget_bytes: args.local.0,
             servers: rack.addrs(),
+            fault_mode: args.fault_mode.mode(),
             ..Default::default()
         })
         .context("making the far-memory region")?,
@@ -192,6 +198,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         verify_s,
         total_s: started.elapsed().as_secs_f64(),
         uffd_mode,
+        fault_mode: args.fault_mode.name(),
         pager: stats,
     };
     if args.json {

@@ -1,0 +1,88 @@
+//! Self-serving faults: with `FaultMode::Sigbus` a fault raises SIGBUS in the faulting
+//! thread, which fetches and installs its own page and returns, so that no thread sleeps or
+//! is woken on the fault path (on a virtual machine each wake-up costs tens of microseconds).
+//!
+//! A process-wide registry maps addresses to regions; each thread keeps its own connections
+//! to the servers of each region it has faulted on.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use krak_uffd::sigbus::{self, Verdict};
+use krak_uffd::PAGE_SIZE;
+use parking_lot::RwLock;
+
+use crate::core::Shared;
+use crate::handler::{Handler, Parts};
+use crate::stats::Counters;
+use crate::PagerError;
+
+struct Entry {
+    id: u64,
+    start: usize,
+    end: usize,
+    shared: Weak<Shared>,
+}
+
+static REGIONS: RwLock<Vec<Entry>> = RwLock::new(Vec::new());
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's connections and buffers, per region id.
+    static PARTS: RefCell<Vec<(u64, Parts)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Routes faults of `shared`'s region to the threads that take them; returns its id.
+pub(crate) fn register(shared: &Arc<Shared>) -> Result<u64, PagerError> {
+    sigbus::install(on_fault).map_err(PagerError::Mapping)?;
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let start = shared.map.as_ptr() as usize;
+    REGIONS.write().push(Entry { id, start, end: start + shared.map.len(), shared: Arc::downgrade(shared) });
+    Ok(id)
+}
+
+pub(crate) fn unregister(id: u64) {
+    REGIONS.write().retain(|e| e.id != id);
+}
+
+fn on_fault(addr: usize, write: bool) -> Verdict {
+    let found = {
+        let regions = REGIONS.read();
+        regions.iter().find(|e| addr >= e.start && addr < e.end).and_then(|e| Some((e.id, e.shared.upgrade()?)))
+    };
+    let Some((id, shared)) = found else { return Verdict::NotOurs };
+    let page = (addr - shared.map.as_ptr() as usize) / PAGE_SIZE;
+    let served = PARTS.with(|cell| {
+        // A fault while this thread is already serving one would be a pager bug: refuse it
+        // rather than alias the connections.
+        let Ok(mut all) = cell.try_borrow_mut() else {
+            return Err(PagerError::Install("fault inside the fault handler".into()));
+        };
+        // Drop the connections of regions that are gone.
+        {
+            let live = REGIONS.read();
+            all.retain(|(rid, _)| live.iter().any(|e| e.id == *rid));
+        }
+        let i = match all.iter().position(|(rid, _)| *rid == id) {
+            Some(i) => i,
+            None => {
+                all.push((id, Parts::new(shared.layout.servers.len())));
+                all.len() - 1
+            }
+        };
+        let (_, parts) = all.swap_remove(i);
+        let mut handler = Handler::new(shared.clone(), true, parts);
+        let result = handler.serve(page, write, write);
+        all.push((id, handler.into_parts()));
+        result
+    });
+    match served {
+        Ok(()) => Verdict::Resolved,
+        Err(e) => {
+            Counters::add(&shared.counters.failed_faults, 1);
+            tracing::error!("cannot serve page {page} of the region: {e}; the access fails with SIGBUS");
+            Verdict::NotOurs
+        }
+    }
+}
