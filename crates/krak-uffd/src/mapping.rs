@@ -87,7 +87,12 @@ impl AnonMapping {
     /// page (a flush is an inter-processor interrupt, costly on a virtual machine).
     pub fn discard_pages(&self, pages: &[usize]) -> io::Result<()> {
         const IOV_MAX: usize = 1024;
-        let pidfd = self.pidfd()?;
+        let Ok(pidfd) = self.pidfd() else {
+            for &p in pages {
+                self.discard(p * PAGE_SIZE, PAGE_SIZE)?;
+            }
+            return Ok(());
+        };
         for chunk in pages.chunks(IOV_MAX) {
             let mut iov = Vec::with_capacity(chunk.len());
             for &p in chunk {
@@ -103,11 +108,9 @@ impl AnonMapping {
             let done = unsafe {
                 libc::syscall(libc::SYS_process_madvise, pidfd, iov.as_ptr(), iov.len(), libc::MADV_DONTNEED, 0)
             };
-            if done < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if done as usize != want {
-                // Partial advice: finish page by page.
+            if done < 0 || done as usize != want {
+                // Older kernels refuse MADV_DONTNEED through process_madvise, and the call may
+                // stop early: finish page by page, which is always allowed.
                 for &p in chunk {
                     self.discard(p * PAGE_SIZE, PAGE_SIZE)?;
                 }

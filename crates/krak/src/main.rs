@@ -25,7 +25,7 @@ enum Command {
     BenchWorker(krak_bench::WorkerArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KRAK_LOG")
@@ -34,10 +34,18 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Memserver(args) => cmd_memserver::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => cmd_bench::run(args),
         Command::BenchWorker(args) => cmd_bench::worker(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The cause chain on one line: what a user needs, without a backtrace.
+            eprintln!("krak: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
