@@ -25,6 +25,10 @@ pub struct Limits {
     pub uffd_fault_p99_us: Option<f64>,
     /// Median cost of copying 4 KiB in memory.
     pub memcpy_4k_p50_us: Option<f64>,
+    /// Median loopback 4 KiB round trip when both ends busy-wait instead of sleeping (set
+    /// by the pager): the network floor without scheduler wake-ups.
+    #[serde(default)]
+    pub tcp_rtt_4k_spinning_p50_us: Option<f64>,
 }
 
 /// Latency percentiles of a measurement.
@@ -115,5 +119,6 @@ pub fn measure() -> Result<Limits, BenchError> {
         uffd_fault_p50_us: None,
         uffd_fault_p99_us: None,
         memcpy_4k_p50_us: Some(copy.p50_us),
+        tcp_rtt_4k_spinning_p50_us: None,
     })
 }

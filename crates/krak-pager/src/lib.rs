@@ -24,7 +24,7 @@ mod writeback;
 
 pub use eviction::{Clock, EvictionPolicy, Fifo};
 pub use prefetch::{NoPrefetch, PrefetchPolicy, StrideDetector};
-pub use region::{FarMemory, FaultMode, PagerConfig, ResidencySample, MIN_BUDGET_PAGES};
+pub use region::{FarMemory, FaultMode, PagerConfig, ResidencySample, DEFAULT_SPIN_US, MIN_BUDGET_PAGES};
 pub use stats::PagerStats;
 
 pub use krak_uffd::OpenMode as UffdMode;

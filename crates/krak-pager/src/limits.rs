@@ -68,3 +68,48 @@ pub fn measure_local_fault(pages: usize) -> Result<FaultLatency, PagerError> {
         p99_us: hist.value_at_quantile(0.99) as f64 / 1000.0,
     })
 }
+
+/// A 4 KiB loopback TCP ping-pong where both ends busy-wait for data as the pager and the
+/// memory server do (`spin_us`): the network floor without any sleep or wake-up.
+pub fn tcp_rtt_4k_spinning(round_trips: u32, spin_us: u64) -> std::io::Result<FaultLatency> {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    let spin = Duration::from_micros(spin_us);
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut buf = vec![0u8; PAGE_SIZE];
+        loop {
+            krak_client::spin_until_readable(&s, spin)?;
+            if s.read_exact(&mut buf).is_err() {
+                return Ok(());
+            }
+            s.write_all(&buf)?;
+        }
+    });
+    let mut c = TcpStream::connect(addr)?;
+    c.set_nodelay(true)?;
+    let mut buf = vec![7u8; PAGE_SIZE];
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("static bounds");
+    let warmup = round_trips / 10;
+    for i in 0..round_trips + warmup {
+        let t = Instant::now();
+        c.write_all(&buf)?;
+        krak_client::spin_until_readable(&c, spin)?;
+        c.read_exact(&mut buf)?;
+        if i >= warmup {
+            hist.saturating_record(t.elapsed().as_nanos().max(1) as u64);
+        }
+    }
+    drop(c);
+    echo.join().map_err(|_| std::io::Error::other("echo thread panicked"))??;
+    Ok(FaultLatency {
+        samples: hist.len(),
+        p50_us: hist.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_us: hist.value_at_quantile(0.99) as f64 / 1000.0,
+    })
+}
