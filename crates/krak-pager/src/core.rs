@@ -105,7 +105,7 @@ impl Shared {
     pub fn make_room(&self, core: &mut MutexGuard<'_, Core>, n: usize) -> Result<(), PagerError> {
         while core.resident + n > core.budget_pages {
             let needed = core.resident + n - core.budget_pages;
-            if self.evict_batch(core, needed)? == 0 {
+            if self.evict_batch(core, needed, false)? == 0 {
                 if let Some(why) = &core.failure {
                     return Err(PagerError::WritebackFailed(why.clone()));
                 }
@@ -126,10 +126,13 @@ impl Shared {
     }
 
     /// Evicts up to `count` pages; the clean ones share one TLB flush. Returns how many.
-    pub fn evict_batch(&self, core: &mut Core, count: usize) -> Result<usize, PagerError> {
+    /// With `one_dirty`, stops after the first dirty page, whose eviction costs two flushes,
+    /// so that a background caller never holds the lock long.
+    pub fn evict_batch(&self, core: &mut Core, count: usize, one_dirty: bool) -> Result<usize, PagerError> {
         let mut clean = Vec::with_capacity(count);
         let mut evicted = 0;
-        while evicted < count && core.wb_pending < self.limits.writeback_buffer_pages {
+        let mut dirty = 0;
+        while evicted < count && core.wb_pending < self.limits.writeback_buffer_pages && !(one_dirty && dirty > 0) {
             let Some(victim) = core.eviction.pick_victim() else { break };
             let state = core.states[victim];
             match state & STATE_MASK {
@@ -137,7 +140,10 @@ impl Shared {
                     core.states[victim] = ABSENT | (state & REMOTE);
                     clean.push(victim);
                 }
-                DIRTY => self.evict_dirty(core, victim)?,
+                DIRTY => {
+                    self.evict_dirty(core, victim)?;
+                    dirty += 1;
+                }
                 other => {
                     // The policy only ever holds resident pages; anything else is a bug.
                     debug_assert!(false, "policy named page {victim} in state {other}");

@@ -121,7 +121,9 @@ impl Handler {
         let mut core = shared.core.lock();
         let state = core.states[page];
         match state & STATE_MASK {
-            CLEAN if write => {
+            // A fault on a present, clean page can only be a write, whatever the fault said
+            // (a self-serving thread may not know which it was).
+            CLEAN if write || self.self_serving => {
                 // First write to a clean page: from now on it must be written back.
                 core.states[page] = DIRTY | (state & REMOTE);
                 core.eviction.touched(page);

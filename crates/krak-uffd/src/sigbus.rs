@@ -24,7 +24,8 @@ static CALLBACK: AtomicUsize = AtomicUsize::new(0);
 static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr::null_mut());
 static INSTALL: Once = Once::new();
 
-/// Installs the process-wide SIGBUS handler once; later calls only check it is ours.
+/// Installs the process-wide SIGBUS handler once; later calls do nothing. It stays for the
+/// rest of the process and passes on every SIGBUS that no region claims.
 pub fn install(callback: FaultCallback) -> std::io::Result<()> {
     let mut result = Ok(());
     INSTALL.call_once(|| {
@@ -115,6 +116,6 @@ fn fault_was_write(context: *mut libc::c_void) -> bool {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn fault_was_write(_context: *mut libc::c_void) -> bool {
-    // Unknown: treat as a read; a write then takes one more (write-protect) fault.
+    // Unknown here: the pager treats a fault on a present clean page as a write anyway.
     false
 }
