@@ -1,0 +1,79 @@
+//! The controller's metadata store, as a consumer-side trait.
+//!
+//! The controller keeps servers, regions and the slab map (with epochs) in a [`MetaStore`]:
+//! a small transactional key-value store with revisions and leases, the subset of etcd's
+//! model the controller needs. This crate depends on no backend, so the controller can be
+//! built and tested against any of them; backends live in their own crates
+//! (`krak-meta-file`: an embedded file store, the default; `krak-meta-etcd`: a real etcd
+//! cluster, for a highly available rack).
+
+mod election;
+
+pub use election::{Leadership, LEADER_KEY};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// The store cannot be reached or did not answer in time; retrying may help.
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
+    /// The lease expired or was revoked.
+    #[error("lease {0:#x} is gone")]
+    LeaseGone(u64),
+    /// The store's data could not be read back (corrupt file, unexpected answer).
+    #[error("metadata store corrupt or unreadable: {0}")]
+    Corrupt(String),
+    /// A request the store refuses (key too long, value too large, ...).
+    #[error("invalid request to the metadata store: {0}")]
+    Invalid(String),
+}
+
+/// A key with its value and the store revision of its last change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// Store revision at which this key was last written (never 0 for a present key).
+    pub mod_revision: u64,
+}
+
+/// A lease: keys attached to it vanish when it expires or is revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseId(pub u64);
+
+/// A condition of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// The key's `mod_revision` equals this value; 0 means "the key is absent".
+    ModRevision { key: String, equals: u64 },
+}
+
+/// A write of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put { key: String, value: Vec<u8>, lease: Option<LeaseId> },
+    Delete { key: String },
+}
+
+/// Most bytes in one value; larger ones are refused with [`MetaError::Invalid`].
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+
+/// The store the controller keeps its state in. Implementations are thread-safe, bound
+/// every wait by a timeout, and never panic on what they read back.
+pub trait MetaStore: Send + Sync {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, MetaError>;
+    /// Every key that starts with `prefix`, in key order.
+    fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, MetaError>;
+    /// Writes `value` under `key`; returns the new store revision.
+    fn put(&self, key: &str, value: &[u8]) -> Result<u64, MetaError>;
+    /// Removes `key`; true when it existed.
+    fn delete(&self, key: &str) -> Result<bool, MetaError>;
+    /// Applies every op atomically if every condition holds; returns whether it did.
+    fn txn(&self, conditions: &[Condition], ops: &[Op]) -> Result<bool, MetaError>;
+    /// A lease that expires `ttl_ms` after its last keep-alive.
+    fn grant_lease(&self, ttl_ms: u64) -> Result<LeaseId, MetaError>;
+    /// Renews a lease; [`MetaError::LeaseGone`] when it already expired.
+    fn keep_alive(&self, lease: LeaseId) -> Result<(), MetaError>;
+    /// Ends a lease now, deleting its keys.
+    fn revoke(&self, lease: LeaseId) -> Result<(), MetaError>;
+}
