@@ -141,20 +141,36 @@ impl Links {
         self.refs.clear();
         self.refs.extend(pages.iter().map(|p| layout.locate(*p).1));
         let refs = std::mem::take(&mut self.refs);
-        let mut result = started.and_then(|id| self.conn(layout, server)?.recv_pages(id, &refs, out));
+        let first = started.and_then(|id| self.conn(layout, server)?.recv_pages(id, &refs, out));
+        let result = self.retry(layout, server, "read from", first, |c| c.read_pages(&refs, out));
+        self.refs = refs;
+        result
+    }
+
+    /// Retries a failed request on a fresh connection, a bounded number of times; a refusal
+    /// by the server is final. On final failure the connection is dropped.
+    fn retry<T>(
+        &mut self,
+        layout: &RemoteLayout,
+        server: usize,
+        what: &str,
+        first: Result<T, ClientError>,
+        mut again: impl FnMut(&mut Connection) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let mut result = first;
         let mut attempt = 1;
         while let Err(e) = &result {
             if attempt >= MAX_ATTEMPTS || matches!(e, ClientError::Refused { .. }) {
                 break;
             }
-            tracing::warn!("read from {} failed ({e}); retrying", layout.servers[server]);
+            tracing::warn!("{what} {} failed ({e}); retrying", layout.servers[server]);
+            // A fresh connection also drops any answers still owed on the old one.
             self.conns[server] = None;
             self.retries += 1;
             attempt += 1;
             std::thread::sleep(Duration::from_millis(RETRY_PAUSE_MS));
-            result = self.conn(layout, server).and_then(|c| c.read_pages(&refs, out));
+            result = self.conn(layout, server).and_then(&mut again);
         }
-        self.refs = refs;
         if result.is_err() {
             self.conns[server] = None;
         }
@@ -179,25 +195,11 @@ impl Links {
         let mut result = Ok(());
         for (server, b, started) in sent {
             let batch = &groups[server][b * MAX_BATCH_PAGES..((b + 1) * MAX_BATCH_PAGES).min(groups[server].len())];
-            let mut r = started.and_then(|id| match self.conns[server].as_mut() {
+            let first = started.and_then(|id| match self.conns[server].as_mut() {
                 Some(c) => c.recv_written(id),
                 None => Err(ClientError::Protocol { addr: layout.servers[server], detail: "connection lost".into() }),
             });
-            let mut attempt = 1;
-            while let Err(e) = &r {
-                if attempt >= MAX_ATTEMPTS || matches!(e, ClientError::Refused { .. }) {
-                    break;
-                }
-                tracing::warn!("write to {} failed ({e}); retrying", layout.servers[server]);
-                // A fresh connection also drops any answers still owed on the old one.
-                self.conns[server] = None;
-                self.retries += 1;
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(RETRY_PAUSE_MS));
-                r = self.conn(layout, server).and_then(|c| c.write_pages(batch));
-            }
-            if let Err(e) = r {
-                self.conns[server] = None;
+            if let Err(e) = self.retry(layout, server, "write to", first, |c| c.write_pages(batch)) {
                 result = Err(e);
             }
         }
