@@ -62,6 +62,20 @@ pub(crate) struct Core {
     pub wb_pending: usize,
     /// Set while write-back keeps failing; faults that need space then fail instead of waiting.
     pub failure: Option<String>,
+    /// Chunk moves waiting for (or being run by) the write-back thread, oldest first.
+    pub moves: VecDeque<ChunkMove>,
+    /// Outcome of finished moves by id: pages copied, or why it failed.
+    pub moves_finished: HashMap<u64, Result<u64, String>>,
+}
+
+/// A chunk being copied to its new home by the write-back thread (see `migrate.rs`).
+#[derive(Debug)]
+pub(crate) struct ChunkMove {
+    pub id: u64,
+    pub chunk: usize,
+    /// Next page of the chunk (region page index) to copy.
+    pub next_page: usize,
+    pub pages_copied: u64,
 }
 
 pub(crate) struct Shared {
@@ -72,6 +86,8 @@ pub(crate) struct Shared {
     pub space: Condvar,
     /// Wakes the reclaimer when free frames run low.
     pub reclaim_wake: Condvar,
+    /// Wakes callers waiting for a chunk move to finish.
+    pub moved: Condvar,
     pub uffd: Uffd,
     pub map: AnonMapping,
     pub layout: RemoteLayout,

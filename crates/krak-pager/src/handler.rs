@@ -191,6 +191,8 @@ impl Handler {
                     let region_pages = shared.region_pages();
                     core.prefetch.on_fault(page, region_pages, cap, &mut self.p.candidates);
                 }
+                // Servers join the layout when chunks move to them.
+                self.p.groups.resize_with(shared.layout.server_count(), Vec::new);
                 for g in self.p.groups.iter_mut() {
                     g.clear();
                 }

@@ -14,6 +14,7 @@ mod core;
 pub mod eviction;
 mod handler;
 pub mod limits;
+mod migrate;
 pub mod prefetch;
 mod reclaim;
 mod region;
@@ -23,6 +24,7 @@ mod stats;
 mod writeback;
 
 pub use eviction::{Clock, EvictionPolicy, Fifo};
+pub use migrate::DrainReport;
 pub use prefetch::{NoPrefetch, PrefetchPolicy, StrideDetector};
 pub use region::{FarMemory, FaultMode, PagerConfig, ResidencySample, DEFAULT_SPIN_US, MIN_BUDGET_PAGES};
 pub use stats::PagerStats;
@@ -49,6 +51,8 @@ pub enum PagerError {
     Install(String),
     #[error("write-back to the memory servers keeps failing: {0}")]
     WritebackFailed(String),
+    #[error("moving a chunk: {0}")]
+    Move(String),
     #[error("starting a pager thread: {0}")]
     Thread(std::io::Error),
 }

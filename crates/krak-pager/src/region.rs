@@ -105,9 +105,10 @@ impl Default for PagerConfig {
 /// stops its threads and gives back every local and remote byte. The owner must make sure
 /// no thread touches the region once it is dropped.
 pub struct FarMemory {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
-    admin: Mutex<Vec<Connection>>,
+    /// One connection per server for slab allocation and release, indexed like the layout.
+    pub(crate) admin: Mutex<Vec<Option<Connection>>>,
     /// Set when the region's faults are served by the faulting threads.
     self_serving_id: Option<u64>,
 }
@@ -159,12 +160,15 @@ impl FarMemory {
             wb_queue: VecDeque::new(),
             wb_pending: 0,
             failure: None,
+            moves: VecDeque::new(),
+            moves_finished: HashMap::new(),
         };
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
             wb_wake: Condvar::new(),
             space: Condvar::new(),
             reclaim_wake: Condvar::new(),
+            moved: Condvar::new(),
             uffd,
             map,
             layout,
@@ -179,8 +183,12 @@ impl FarMemory {
             stop: AtomicBool::new(false),
             peak_resident: AtomicUsize::new(0),
         });
-        let mut region =
-            FarMemory { shared: shared.clone(), threads: Vec::new(), admin: Mutex::new(admin), self_serving_id: None };
+        let mut region = FarMemory {
+            shared: shared.clone(),
+            threads: Vec::new(),
+            admin: Mutex::new(admin.into_iter().map(Some).collect()),
+            self_serving_id: None,
+        };
         if config.fault_mode == FaultMode::Sigbus {
             region.self_serving_id = Some(crate::self_serving::register(&shared)?);
         }
@@ -280,7 +288,7 @@ impl FarMemory {
     /// Pages whose only current copy is remote (or on its way there), per server.
     pub fn remote_pages_per_server(&self) -> Vec<(SocketAddr, u64)> {
         let layout = &self.shared.layout;
-        let mut out: Vec<(SocketAddr, u64)> = layout.servers.iter().map(|a| (*a, 0)).collect();
+        let mut out: Vec<(SocketAddr, u64)> = layout.servers().into_iter().map(|a| (a, 0)).collect();
         let core = self.shared.core.lock();
         for (page, state) in core.states.iter().enumerate() {
             if *state & REMOTE != 0 && matches!(*state & STATE_MASK, ABSENT | STAGED) {
@@ -325,9 +333,9 @@ impl Drop for FarMemory {
         }
         let _ = self.shared.uffd.unregister(self.shared.map.as_ptr() as usize, self.shared.map.len());
         let mut admin = self.admin.lock();
-        for (server, slab) in self.shared.layout.chunks.iter() {
-            if let Err(e) = admin[*server].free_slab(*slab) {
-                tracing::warn!("freeing slab {:#x}: {e}; the server frees it after its grace period", slab.0);
+        for home in self.shared.layout.chunks() {
+            if let Ok(conn) = crate::migrate::admin_conn(&mut admin, &self.shared.layout, home.server) {
+                crate::remote::free_quietly(conn, home.slab);
             }
         }
     }

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use parking_lot::RwLock;
+
 use krak_client::{ClientError, ConnectOptions, Connection};
 use krak_proto::{PageRef, SlabId, MAX_BATCH_PAGES, PAGE_SIZE};
 
@@ -12,15 +14,24 @@ use crate::PagerError;
 const MAX_ATTEMPTS: u32 = 3;
 const RETRY_PAUSE_MS: u64 = 50;
 
+/// Where a chunk's pages live: one slab on one server, and, while the chunk moves, the
+/// slab on the server it moves to (which every write-back then also reaches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChunkHome {
+    pub server: usize,
+    pub slab: SlabId,
+    pub moving_to: Option<(usize, SlabId)>,
+}
+
 /// The region is cut into chunks of one slab each; chunk `c` starts on server `c % n`, so
-/// a region's pages are spread over every server it was given.
+/// a region's pages are spread over every server it was given. Chunks can move to other
+/// servers while the region is in use (see `migrate.rs`), so both tables are behind locks.
 #[derive(Debug)]
 pub(crate) struct RemoteLayout {
-    pub servers: Vec<SocketAddr>,
     pub connect: ConnectOptions,
     pub chunk_pages: usize,
-    /// Server index and slab of each chunk.
-    pub chunks: Vec<(usize, SlabId)>,
+    servers: RwLock<Vec<SocketAddr>>,
+    chunks: RwLock<Vec<ChunkHome>>,
 }
 
 impl RemoteLayout {
@@ -37,12 +48,14 @@ impl RemoteLayout {
         }
         let chunk_pages = admin.iter().map(|c| c.slab_pages() as usize).min().ok_or(PagerError::NoServers)?;
         let n_chunks = region_pages.div_ceil(chunk_pages);
-        let mut layout = RemoteLayout { servers: servers.to_vec(), connect, chunk_pages, chunks: Vec::new() };
+        let mut chunks = Vec::with_capacity(n_chunks);
         for c in 0..n_chunks {
             match allocate_chunk(&mut admin, c % servers.len()) {
-                Ok(placed) => layout.chunks.push(placed),
+                Ok((server, slab)) => chunks.push(ChunkHome { server, slab, moving_to: None }),
                 Err(e) => {
-                    layout.free_all(&mut admin);
+                    for home in chunks {
+                        free_quietly(&mut admin[home.server], home.slab);
+                    }
                     return Err(match e {
                         e if e.is_no_capacity() => PagerError::RackFull {
                             needed_bytes: (n_chunks * chunk_pages * PAGE_SIZE) as u64,
@@ -54,30 +67,82 @@ impl RemoteLayout {
                 }
             }
         }
+        let layout =
+            RemoteLayout { connect, chunk_pages, servers: RwLock::new(servers.to_vec()), chunks: RwLock::new(chunks) };
         Ok((layout, admin))
     }
 
+    /// Where to read `page` from.
     pub fn locate(&self, page: usize) -> (usize, PageRef) {
-        let (server, slab) = self.chunks[page / self.chunk_pages];
-        (server, PageRef { slab, page: (page % self.chunk_pages) as u32 })
+        let home = self.chunks.read()[page / self.chunk_pages];
+        (home.server, PageRef { slab: home.slab, page: (page % self.chunk_pages) as u32 })
+    }
+
+    /// Where a write of `page` must go: its home, and the chunk's new home while it moves.
+    pub fn write_targets(&self, page: usize) -> [Option<(usize, PageRef)>; 2] {
+        let home = self.chunks.read()[page / self.chunk_pages];
+        let at = (page % self.chunk_pages) as u32;
+        [
+            Some((home.server, PageRef { slab: home.slab, page: at })),
+            home.moving_to.map(|(server, slab)| (server, PageRef { slab, page: at })),
+        ]
+    }
+
+    pub fn server_addr(&self, server: usize) -> SocketAddr {
+        self.servers.read()[server]
+    }
+
+    pub fn servers(&self) -> Vec<SocketAddr> {
+        self.servers.read().clone()
+    }
+
+    pub fn server_count(&self) -> usize {
+        self.servers.read().len()
+    }
+
+    /// The index of `addr`, added to the table if new.
+    pub fn server_index(&self, addr: SocketAddr) -> usize {
+        let mut servers = self.servers.write();
+        match servers.iter().position(|a| *a == addr) {
+            Some(i) => i,
+            None => {
+                servers.push(addr);
+                servers.len() - 1
+            }
+        }
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.read().len()
+    }
+
+    pub fn chunk(&self, chunk: usize) -> ChunkHome {
+        self.chunks.read()[chunk]
+    }
+
+    pub fn set_chunk(&self, chunk: usize, home: ChunkHome) {
+        self.chunks.write()[chunk] = home;
+    }
+
+    pub fn chunks(&self) -> Vec<ChunkHome> {
+        self.chunks.read().clone()
     }
 
     /// Bytes of slabs this region holds on each server.
     pub fn bytes_per_server(&self) -> Vec<(SocketAddr, u64)> {
-        let mut out: Vec<(SocketAddr, u64)> = self.servers.iter().map(|a| (*a, 0)).collect();
-        for (server, _) in &self.chunks {
-            out[*server].1 += (self.chunk_pages * PAGE_SIZE) as u64;
+        let mut out: Vec<(SocketAddr, u64)> = self.servers().into_iter().map(|a| (a, 0)).collect();
+        for home in self.chunks.read().iter() {
+            out[home.server].1 += (self.chunk_pages * PAGE_SIZE) as u64;
         }
         out
     }
+}
 
-    pub fn free_all(&mut self, admin: &mut [Connection]) {
-        for (server, slab) in self.chunks.drain(..) {
-            if let Err(e) = admin[server].free_slab(slab) {
-                // The server frees it anyway when our grace period runs out.
-                tracing::warn!("freeing slab {:#x}: {e}", slab.0);
-            }
-        }
+/// Frees a slab, only logging a failure: the server frees it anyway when our grace period
+/// runs out.
+pub(crate) fn free_quietly(conn: &mut Connection, slab: SlabId) {
+    if let Err(e) = conn.free_slab(slab) {
+        tracing::warn!("freeing slab {:#x}: {e}", slab.0);
     }
 }
 
@@ -108,8 +173,11 @@ impl Links {
     }
 
     fn conn(&mut self, layout: &RemoteLayout, server: usize) -> Result<&mut Connection, ClientError> {
+        if self.conns.len() <= server {
+            self.conns.resize_with(server + 1, || None);
+        }
         if self.conns[server].is_none() {
-            self.conns[server] = Some(Connection::connect(layout.servers[server], layout.connect)?);
+            self.conns[server] = Some(Connection::connect(layout.server_addr(server), layout.connect)?);
         }
         Ok(self.conns[server].as_mut().expect("just connected"))
     }
@@ -163,7 +231,7 @@ impl Links {
             if attempt >= MAX_ATTEMPTS || matches!(e, ClientError::Refused { .. }) {
                 break;
             }
-            tracing::warn!("{what} {} failed ({e}); retrying", layout.servers[server]);
+            tracing::warn!("{what} {} failed ({e}); retrying", layout.server_addr(server));
             // A fresh connection also drops any answers still owed on the old one.
             self.conns[server] = None;
             self.retries += 1;
@@ -177,14 +245,32 @@ impl Links {
         result
     }
 
-    /// Writes pages, pipelining one request per server and batch, retrying each failed
-    /// batch a bounded number of times.
+    /// Writes pages to every place they must go (see [`RemoteLayout::write_targets`]),
+    /// pipelining one request per server and batch, retrying each failed batch a bounded
+    /// number of times.
     pub fn write(&mut self, layout: &RemoteLayout, pages: &[(usize, &[u8])]) -> Result<(), ClientError> {
-        let mut groups: Vec<Vec<(PageRef, &[u8])>> = vec![Vec::new(); layout.servers.len()];
+        let mut groups: Vec<Vec<(PageRef, &[u8])>> = vec![Vec::new(); layout.server_count()];
         for (p, data) in pages {
-            let (server, at) = layout.locate(*p);
-            groups[server].push((at, data));
+            for (server, at) in layout.write_targets(*p).into_iter().flatten() {
+                groups[server].push((at, data));
+            }
         }
+        self.write_groups(layout, &groups)
+    }
+
+    /// Writes pages to one server, at the given places.
+    pub fn write_to(
+        &mut self,
+        layout: &RemoteLayout,
+        server: usize,
+        pages: &[(PageRef, &[u8])],
+    ) -> Result<(), ClientError> {
+        let mut groups: Vec<Vec<(PageRef, &[u8])>> = vec![Vec::new(); server + 1];
+        groups[server].extend_from_slice(pages);
+        self.write_groups(layout, &groups)
+    }
+
+    fn write_groups(&mut self, layout: &RemoteLayout, groups: &[Vec<(PageRef, &[u8])>]) -> Result<(), ClientError> {
         let mut sent: Vec<(usize, usize, Result<u64, ClientError>)> = Vec::new();
         for (server, group) in groups.iter().enumerate() {
             for (b, batch) in group.chunks(MAX_BATCH_PAGES).enumerate() {
@@ -197,7 +283,9 @@ impl Links {
             let batch = &groups[server][b * MAX_BATCH_PAGES..((b + 1) * MAX_BATCH_PAGES).min(groups[server].len())];
             let first = started.and_then(|id| match self.conns[server].as_mut() {
                 Some(c) => c.recv_written(id),
-                None => Err(ClientError::Protocol { addr: layout.servers[server], detail: "connection lost".into() }),
+                None => {
+                    Err(ClientError::Protocol { addr: layout.server_addr(server), detail: "connection lost".into() })
+                }
             });
             if let Err(e) = self.retry(layout, server, "write to", first, |c| c.write_pages(batch)) {
                 result = Err(e);

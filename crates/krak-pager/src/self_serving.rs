@@ -67,7 +67,7 @@ fn on_fault(addr: usize, write: bool) -> Verdict {
         let i = match all.iter().position(|(rid, _)| *rid == id) {
             Some(i) => i,
             None => {
-                all.push((id, Parts::new(shared.layout.servers.len())));
+                all.push((id, Parts::new(shared.layout.server_count())));
                 all.len() - 1
             }
         };

@@ -19,6 +19,8 @@ pub(crate) struct Counters {
     pub prefetched: AtomicU64,
     pub retries: AtomicU64,
     pub failed_faults: AtomicU64,
+    pub moved_pages: AtomicU64,
+    pub chunks_moved: AtomicU64,
     latency_ns: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
@@ -38,6 +40,8 @@ impl Counters {
             prefetched: z(),
             retries: z(),
             failed_faults: z(),
+            moved_pages: z(),
+            chunks_moved: z(),
             latency_ns: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static histogram bounds"),
             ),
@@ -74,6 +78,8 @@ impl Counters {
             prefetch_hits,
             retries: g(&self.retries),
             failed_faults: g(&self.failed_faults),
+            moved_pages: g(&self.moved_pages),
+            chunks_moved: g(&self.chunks_moved),
             faults_timed: h.len(),
             fault_p50_us: us(0.5),
             fault_p99_us: us(0.99),
@@ -113,6 +119,10 @@ pub struct PagerStats {
     pub retries: u64,
     /// Faults that could not be served (the thread got SIGBUS).
     pub failed_faults: u64,
+    /// Pages copied to a chunk's new server by live moves.
+    pub moved_pages: u64,
+    /// Chunks moved to another server while the region was in use.
+    pub chunks_moved: u64,
     pub faults_timed: u64,
     pub fault_p50_us: f64,
     pub fault_p99_us: f64,

@@ -13,7 +13,7 @@ use crate::stats::Counters;
 const FAILURE_PAUSE_MS: u64 = 500;
 
 pub(crate) fn run(shared: Arc<Shared>) {
-    let mut links = Links::new(shared.layout.servers.len());
+    let mut links = Links::new(shared.layout.server_count());
     let mut batch: Vec<(usize, Arc<[u8]>)> = Vec::with_capacity(shared.limits.writeback_batch_pages);
     loop {
         {
@@ -22,7 +22,16 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 if shared.stop.load(Ordering::Relaxed) {
                     return;
                 }
+                if !core.moves.is_empty() {
+                    break;
+                }
                 shared.wb_wake.wait_for(&mut core, Duration::from_millis(100));
+            }
+            if core.wb_queue.is_empty() {
+                // Idle from write-back: copy the next piece of a moving chunk. Doing it on this
+                // thread orders every write to the new home after the writes before it.
+                crate::migrate::step(&shared, &mut links, core);
+                continue;
             }
             let n = core.wb_queue.len().min(shared.limits.writeback_batch_pages);
             batch.extend(core.wb_queue.drain(..n));

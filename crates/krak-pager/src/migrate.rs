@@ -1,0 +1,221 @@
+//! Live chunk moves: a chunk's slab moves to another server while the region is in use, and
+//! no fault waits for it.
+//!
+//! While a chunk moves, every write-back of its pages goes to both the old and the new slab,
+//! and faults keep reading the old one. The write-back thread copies the chunk's remote
+//! pages to the new slab in steps between write-back batches; since it is the only thread
+//! that writes to memory servers, every copy lands after the writes queued before it and
+//! before the writes queued after it. Once all pages are copied it switches the chunk's home
+//! at a moment when none of the chunk's pages is being fetched, so no fetch straddles the
+//! switch; the caller then frees the old slab.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use krak_client::{ClientError, Connection};
+use krak_proto::PageRef;
+use krak_uffd::PAGE_SIZE;
+use parking_lot::MutexGuard;
+
+use crate::core::{ChunkMove, Core, Shared, FETCHING, REMOTE, STATE_MASK};
+use crate::remote::{free_quietly, ChunkHome, Links, RemoteLayout};
+use crate::stats::Counters;
+use crate::{FarMemory, PagerError};
+
+/// Pages copied per step: one read and one write request.
+const STEP_PAGES: usize = 64;
+/// Most time one move may take before its caller gives up waiting.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(600);
+
+static NEXT_MOVE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What a drain did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct DrainReport {
+    pub chunks_moved: u64,
+    pub pages_copied: u64,
+    pub bytes_copied: u64,
+    pub elapsed_ms: u64,
+}
+
+/// The admin connection to `server`, opened on first use.
+pub(crate) fn admin_conn<'a>(
+    admin: &'a mut Vec<Option<Connection>>,
+    layout: &RemoteLayout,
+    server: usize,
+) -> Result<&'a mut Connection, ClientError> {
+    if admin.len() <= server {
+        admin.resize_with(server + 1, || None);
+    }
+    if admin[server].is_none() {
+        admin[server] = Some(Connection::connect(layout.server_addr(server), layout.connect)?);
+    }
+    Ok(admin[server].as_mut().expect("just connected"))
+}
+
+/// One step of the oldest move, run by the write-back thread with the core lock held.
+pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: MutexGuard<'_, Core>) {
+    let Some(mv) = core.moves.front() else { return };
+    let (id, chunk, from) = (mv.id, mv.chunk, mv.next_page);
+    let home = shared.layout.chunk(chunk);
+    let Some((to, to_slab)) = home.moving_to else {
+        finish(shared, &mut core, id, Err("chunk is not moving".into()));
+        return;
+    };
+    let chunk_pages = shared.layout.chunk_pages;
+    let (start, end) = (chunk * chunk_pages, ((chunk + 1) * chunk_pages).min(shared.region_pages()));
+    let mut pages = Vec::with_capacity(STEP_PAGES);
+    let mut next = from;
+    while next < end && pages.len() < STEP_PAGES {
+        if core.states[next] & REMOTE != 0 {
+            pages.push(next);
+        }
+        next += 1;
+    }
+    if let Some(mv) = core.moves.front_mut() {
+        mv.next_page = next;
+    }
+    if pages.is_empty() {
+        if core.states[start..end].iter().any(|s| s & STATE_MASK == FETCHING) {
+            // A fetch from the old home is in flight: switch once it has landed.
+            drop(core);
+            std::thread::sleep(Duration::from_millis(1));
+            return;
+        }
+        shared.layout.set_chunk(chunk, ChunkHome { server: to, slab: to_slab, moving_to: None });
+        let copied = core.moves.front().map_or(0, |m| m.pages_copied);
+        Counters::add(&shared.counters.chunks_moved, 1);
+        finish(shared, &mut core, id, Ok(copied));
+        return;
+    }
+    drop(core);
+    let mut buf = vec![0u8; pages.len() * PAGE_SIZE];
+    let started = links.start_read(&shared.layout, home.server, &pages);
+    let copied = links.finish_read(&shared.layout, home.server, started, &pages, &mut buf).and_then(|()| {
+        let writes: Vec<(PageRef, &[u8])> = pages
+            .iter()
+            .zip(buf.chunks_exact(PAGE_SIZE))
+            .map(|(p, data)| (PageRef { slab: to_slab, page: (p % chunk_pages) as u32 }, data))
+            .collect();
+        links.write_to(&shared.layout, to, &writes)
+    });
+    let mut core = shared.core.lock();
+    match copied {
+        Ok(()) => {
+            if let Some(mv) = core.moves.front_mut() {
+                mv.pages_copied += pages.len() as u64;
+            }
+            Counters::add(&shared.counters.moved_pages, pages.len() as u64);
+        }
+        Err(e) => {
+            // The chunk stays where it was; the old home received every write meanwhile.
+            shared.layout.set_chunk(chunk, ChunkHome { moving_to: None, ..home });
+            finish(shared, &mut core, id, Err(e.to_string()));
+        }
+    }
+}
+
+fn finish(shared: &Shared, core: &mut Core, id: u64, result: Result<u64, String>) {
+    core.moves.retain(|m| m.id != id);
+    core.moves_finished.insert(id, result);
+    shared.moved.notify_all();
+}
+
+impl FarMemory {
+    /// Moves chunk `chunk` of the region to the memory server at `to` while the region is
+    /// in use; returns the pages copied. Faults keep being served from the old server until
+    /// the switch, and nothing waits on the copy.
+    pub fn move_chunk(&self, chunk: usize, to: SocketAddr) -> Result<u64, PagerError> {
+        let shared = &self.shared;
+        let layout = &shared.layout;
+        if chunk >= layout.chunk_count() {
+            return Err(PagerError::Config(format!("no chunk {chunk}: the region has {}", layout.chunk_count())));
+        }
+        let to_idx = layout.server_index(to);
+        let home = layout.chunk(chunk);
+        if home.server == to_idx {
+            return Ok(0);
+        }
+        let new_slab = {
+            let mut admin = self.admin.lock();
+            let conn = admin_conn(&mut admin, layout, to_idx)?;
+            if (conn.slab_pages() as usize) < layout.chunk_pages {
+                return Err(PagerError::Config(format!("{to} lends slabs smaller than this region's chunks")));
+            }
+            conn.alloc_slab()?
+        };
+        let id = NEXT_MOVE_ID.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut core = shared.core.lock();
+            let home = layout.chunk(chunk);
+            if home.moving_to.is_some() {
+                drop(core);
+                free_quietly(admin_conn(&mut self.admin.lock(), layout, to_idx)?, new_slab);
+                return Err(PagerError::Move(format!("chunk {chunk} is already moving")));
+            }
+            layout.set_chunk(chunk, ChunkHome { moving_to: Some((to_idx, new_slab)), ..home });
+            core.moves.push_back(ChunkMove { id, chunk, next_page: chunk * layout.chunk_pages, pages_copied: 0 });
+            shared.wb_wake.notify_one();
+        }
+        let deadline = Instant::now() + MOVE_TIMEOUT;
+        let result = {
+            let mut core = shared.core.lock();
+            loop {
+                if let Some(r) = core.moves_finished.remove(&id) {
+                    break r;
+                }
+                if Instant::now() > deadline || shared.stop.load(Ordering::Relaxed) {
+                    break Err(format!("chunk {chunk} did not finish moving in {} s", MOVE_TIMEOUT.as_secs()));
+                }
+                shared.moved.wait_for(&mut core, Duration::from_millis(100));
+            }
+        };
+        let mut admin = self.admin.lock();
+        match result {
+            Ok(pages) => {
+                free_quietly(admin_conn(&mut admin, layout, home.server)?, home.slab);
+                Ok(pages)
+            }
+            Err(why) => {
+                if layout.chunk(chunk).server != to_idx {
+                    free_quietly(admin_conn(&mut admin, layout, to_idx)?, new_slab);
+                }
+                Err(PagerError::Move(why))
+            }
+        }
+    }
+
+    /// Moves every chunk of the region off the server at `from`, each to the server of
+    /// `targets` that holds the fewest of the region's chunks.
+    pub fn drain_server(&self, from: SocketAddr, targets: &[SocketAddr]) -> Result<DrainReport, PagerError> {
+        let started = Instant::now();
+        let layout = &self.shared.layout;
+        let targets: Vec<SocketAddr> = targets.iter().copied().filter(|t| *t != from).collect();
+        if targets.is_empty() {
+            return Err(PagerError::Config(format!("no server to drain {from} to")));
+        }
+        let from_idx = layout.server_index(from);
+        let mut report = DrainReport::default();
+        loop {
+            let homes = layout.chunks();
+            let Some(chunk) = homes.iter().position(|h| h.server == from_idx) else { break };
+            let load = |t: &SocketAddr| {
+                let i = layout.server_index(*t);
+                homes.iter().filter(|h| h.server == i).count()
+            };
+            let to = *targets.iter().min_by_key(|t| load(t)).expect("targets is not empty");
+            report.pages_copied += self.move_chunk(chunk, to)?;
+            report.chunks_moved += 1;
+        }
+        report.bytes_copied = report.pages_copied * PAGE_SIZE as u64;
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+        Ok(report)
+    }
+
+    /// The memory server holding each chunk of the region, in chunk order.
+    pub fn chunk_servers(&self) -> Vec<SocketAddr> {
+        let layout = &self.shared.layout;
+        layout.chunks().iter().map(|h| layout.server_addr(h.server)).collect()
+    }
+}
