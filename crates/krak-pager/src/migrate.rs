@@ -23,8 +23,8 @@ use crate::remote::{free_quietly, ChunkHome, Links, RemoteLayout};
 use crate::stats::Counters;
 use crate::{FarMemory, PagerError};
 
-/// Pages copied per step: one read and one write request.
-const STEP_PAGES: usize = 64;
+/// Pages copied per step: one read and one write request of a full batch.
+const STEP_PAGES: usize = krak_proto::MAX_BATCH_PAGES;
 /// Most time one move may take before its caller gives up waiting.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(600);
 

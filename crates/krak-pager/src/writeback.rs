@@ -15,6 +15,9 @@ const FAILURE_PAUSE_MS: u64 = 500;
 pub(crate) fn run(shared: Arc<Shared>) {
     let mut links = Links::new(shared.layout.server_count());
     let mut batch: Vec<(usize, Arc<[u8]>)> = Vec::with_capacity(shared.limits.writeback_batch_pages);
+    // Under a write-heavy load the queue is never empty: alternate batches and move steps so
+    // that neither starves.
+    let mut moved_last = false;
     loop {
         {
             let mut core = shared.core.lock();
@@ -27,12 +30,14 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 }
                 shared.wb_wake.wait_for(&mut core, Duration::from_millis(100));
             }
-            if core.wb_queue.is_empty() {
-                // Idle from write-back: copy the next piece of a moving chunk. Doing it on this
-                // thread orders every write to the new home after the writes before it.
+            if !core.moves.is_empty() && (core.wb_queue.is_empty() || !moved_last) {
+                // Copy the next piece of a moving chunk. Doing it on this thread orders every
+                // write to the new home after the writes queued before it.
+                moved_last = true;
                 crate::migrate::step(&shared, &mut links, core);
                 continue;
             }
+            moved_last = false;
             let n = core.wb_queue.len().min(shared.limits.writeback_batch_pages);
             batch.extend(core.wb_queue.drain(..n));
         }
