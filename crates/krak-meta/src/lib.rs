@@ -7,6 +7,7 @@
 //! (`krak-meta-file`: an embedded file store, the default; `krak-meta-etcd`: a real etcd
 //! cluster, for a highly available rack).
 
+pub mod conformance;
 mod election;
 
 pub use election::{Leadership, LEADER_KEY};
@@ -57,6 +58,68 @@ pub enum Op {
 
 /// Most bytes in one value; larger ones are refused with [`MetaError::Invalid`].
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
+
+/// Most bytes in one key; longer keys (and the empty key) are refused with
+/// [`MetaError::Invalid`].
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Most ops in one transaction (etcd's default `--max-txn-ops`); more are refused with
+/// [`MetaError::Invalid`]. A transaction may not write the same key twice either.
+pub const MAX_TXN_OPS: usize = 128;
+
+/// Checks a key against the bounds every backend enforces: not empty, at most
+/// [`MAX_KEY_BYTES`], no NUL byte.
+pub fn validate_key(key: &str) -> Result<(), MetaError> {
+    if key.is_empty() {
+        return Err(MetaError::Invalid("empty key".into()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(MetaError::Invalid(format!("key of {} bytes, more than {MAX_KEY_BYTES}", key.len())));
+    }
+    if key.contains('\0') {
+        return Err(MetaError::Invalid("key contains a NUL byte".into()));
+    }
+    Ok(())
+}
+
+/// Checks a value against [`MAX_VALUE_BYTES`].
+pub fn validate_value(value: &[u8]) -> Result<(), MetaError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(MetaError::Invalid(format!("value of {} bytes, more than {MAX_VALUE_BYTES}", value.len())));
+    }
+    Ok(())
+}
+
+/// Checks a transaction against the bounds every backend enforces: valid keys and values,
+/// at most [`MAX_TXN_OPS`] ops and as many conditions, no key written twice.
+pub fn validate_txn(conditions: &[Condition], ops: &[Op]) -> Result<(), MetaError> {
+    if ops.len() > MAX_TXN_OPS || conditions.len() > MAX_TXN_OPS {
+        return Err(MetaError::Invalid(format!(
+            "transaction of {} conditions and {} ops, more than {MAX_TXN_OPS}",
+            conditions.len(),
+            ops.len()
+        )));
+    }
+    for c in conditions {
+        let Condition::ModRevision { key, .. } = c;
+        validate_key(key)?;
+    }
+    let mut seen = std::collections::HashSet::with_capacity(ops.len());
+    for op in ops {
+        let key = match op {
+            Op::Put { key, value, .. } => {
+                validate_value(value)?;
+                key
+            }
+            Op::Delete { key } => key,
+        };
+        validate_key(key)?;
+        if !seen.insert(key.as_str()) {
+            return Err(MetaError::Invalid(format!("transaction writes key {key:?} twice")));
+        }
+    }
+    Ok(())
+}
 
 /// The store the controller keeps its state in. Implementations are thread-safe, bound
 /// every wait by a timeout, and never panic on what they read back.
