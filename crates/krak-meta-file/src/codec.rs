@@ -1,0 +1,305 @@
+//! On-disk encodings: write-ahead log records and snapshots. Little-endian throughout.
+//!
+//! A log record is `len: u32 | crc: u32 | payload[len]`, `crc` being the CRC-32C of the four
+//! `len` bytes followed by the payload. The payload of a committed write is
+//! `kind = 1: u8 | revision: u64 | n: u32 | op * n`, an op being
+//! `1: u8 | key_len: u32 | key | value_len: u32 | value | lease: u64 (0 = none)` (put) or
+//! `2: u8 | key_len: u32 | key` (delete).
+//!
+//! A snapshot is `MAGIC | revision: u64 | count: u64 | entry * count | crc: u32`, an entry
+//! being `key_len: u32 | key | value_len: u32 | value | mod_revision: u64`, `crc` the CRC-32C
+//! of everything before it.
+
+use krak_meta::{MetaError, Op, MAX_KEY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES};
+
+pub const SNAPSHOT_MAGIC: &[u8; 16] = b"krak-meta-snap1\n";
+pub const RECORD_HEADER: usize = 8;
+const KIND_TXN: u8 = 1;
+const OP_PUT: u8 = 1;
+const OP_DELETE: u8 = 2;
+
+/// Largest payload a valid record can have: a full transaction of the largest ops.
+pub const MAX_RECORD_PAYLOAD: usize = 1 + 8 + 4 + MAX_TXN_OPS * (1 + 4 + MAX_KEY_BYTES + 4 + MAX_VALUE_BYTES + 8);
+
+/// One committed write as the log holds it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Record {
+    pub revision: u64,
+    pub ops: Vec<Op>,
+}
+
+/// The full record (header and payload) of a write at `revision`.
+pub fn encode_record(revision: u64, ops: &[Op]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(
+        RECORD_HEADER
+            + 13
+            + ops
+                .iter()
+                .map(|op| match op {
+                    Op::Put { key, value, .. } => 17 + key.len() + value.len(),
+                    Op::Delete { key } => 5 + key.len(),
+                })
+                .sum::<usize>(),
+    );
+    p.extend_from_slice(&[0; RECORD_HEADER]);
+    p.push(KIND_TXN);
+    p.extend_from_slice(&revision.to_le_bytes());
+    p.extend_from_slice(&(ops.len() as u32).to_le_bytes());
+    for op in ops {
+        match op {
+            Op::Put { key, value, lease } => {
+                p.push(OP_PUT);
+                put_bytes(&mut p, key.as_bytes());
+                put_bytes(&mut p, value);
+                p.extend_from_slice(&lease.map_or(0, |l| l.0).to_le_bytes());
+            }
+            Op::Delete { key } => {
+                p.push(OP_DELETE);
+                put_bytes(&mut p, key.as_bytes());
+            }
+        }
+    }
+    let len = (p.len() - RECORD_HEADER) as u32;
+    p[0..4].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&len.to_le_bytes()), &p[RECORD_HEADER..]);
+    p[4..8].copy_from_slice(&crc.to_le_bytes());
+    p
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// The header of a record: payload length and CRC.
+pub fn decode_header(h: &[u8; RECORD_HEADER]) -> (usize, u32) {
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    (len, crc)
+}
+
+/// Whether `payload` matches the CRC of its header.
+pub fn crc_matches(len: usize, crc: u32, payload: &[u8]) -> bool {
+    crc32c::crc32c_append(crc32c::crc32c(&(len as u32).to_le_bytes()), payload) == crc
+}
+
+/// A reader over a byte slice that fails instead of panicking.
+pub struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf, pos: 0 }
+    }
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.remaining() < n {
+            return Err(format!("{n} bytes wanted at offset {}, {} left", self.pos, self.remaining()));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    pub fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    pub fn u32(&mut self) -> Result<u32, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    pub fn u64(&mut self) -> Result<u64, String> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    /// A length-prefixed byte string of at most `max` bytes.
+    pub fn bytes(&mut self, max: usize) -> Result<&'a [u8], String> {
+        let n = self.u32()? as usize;
+        if n > max {
+            return Err(format!("length {n} at offset {} exceeds {max}", self.pos));
+        }
+        self.take(n)
+    }
+    pub fn key(&mut self) -> Result<String, String> {
+        let b = self.bytes(MAX_KEY_BYTES)?;
+        String::from_utf8(b.to_vec()).map_err(|_| format!("key before offset {} is not UTF-8", self.pos))
+    }
+}
+
+/// Decodes a record's payload (its CRC already checked).
+pub fn decode_payload(payload: &[u8]) -> Result<Record, String> {
+    let mut c = Cursor::new(payload);
+    let kind = c.u8()?;
+    if kind != KIND_TXN {
+        return Err(format!("unknown record kind {kind}"));
+    }
+    let revision = c.u64()?;
+    let n = c.u32()? as usize;
+    if n > MAX_TXN_OPS {
+        return Err(format!("record of {n} ops, more than {MAX_TXN_OPS}"));
+    }
+    let mut ops = Vec::with_capacity(n);
+    for _ in 0..n {
+        match c.u8()? {
+            OP_PUT => {
+                let key = c.key()?;
+                let value = c.bytes(MAX_VALUE_BYTES)?.to_vec();
+                let lease = c.u64()?;
+                ops.push(Op::Put { key, value, lease: (lease != 0).then_some(krak_meta::LeaseId(lease)) });
+            }
+            OP_DELETE => ops.push(Op::Delete { key: c.key()? }),
+            t => return Err(format!("unknown op tag {t}")),
+        }
+    }
+    if c.remaining() != 0 {
+        return Err(format!("{} trailing bytes after the ops", c.remaining()));
+    }
+    Ok(Record { revision, ops })
+}
+
+/// One entry of a snapshot.
+pub struct SnapEntry<'a> {
+    pub key: &'a str,
+    pub value: &'a [u8],
+    pub mod_revision: u64,
+}
+
+/// Encodes a snapshot into `out`, returning the number of bytes.
+pub fn write_snapshot<'a, W: std::io::Write>(
+    out: &mut W,
+    revision: u64,
+    count: u64,
+    entries: impl Iterator<Item = SnapEntry<'a>>,
+) -> std::io::Result<u64> {
+    let mut crc = 0u32;
+    let mut n = 0u64;
+    let mut w = |b: &[u8]| -> std::io::Result<()> {
+        crc = crc32c::crc32c_append(crc, b);
+        n += b.len() as u64;
+        out.write_all(b)
+    };
+    w(SNAPSHOT_MAGIC)?;
+    w(&revision.to_le_bytes())?;
+    w(&count.to_le_bytes())?;
+    let mut written = 0u64;
+    for e in entries {
+        w(&(e.key.len() as u32).to_le_bytes())?;
+        w(e.key.as_bytes())?;
+        w(&(e.value.len() as u32).to_le_bytes())?;
+        w(e.value)?;
+        w(&e.mod_revision.to_le_bytes())?;
+        written += 1;
+    }
+    if written != count {
+        return Err(std::io::Error::other(format!("snapshot of {written} entries, {count} announced")));
+    }
+    let c = crc;
+    out.write_all(&c.to_le_bytes())?;
+    Ok(n + 4)
+}
+
+/// A decoded snapshot: revision and entries `(key, value, mod_revision)` in key order.
+pub type Snapshot = (u64, Vec<(String, Vec<u8>, u64)>);
+
+/// Decodes a whole snapshot file; any inconsistency is [`MetaError::Corrupt`] (a snapshot
+/// is fsynced before it is renamed into place, so it is never torn).
+pub fn read_snapshot(buf: &[u8]) -> Result<Snapshot, MetaError> {
+    let corrupt = |m: String| MetaError::Corrupt(format!("snapshot: {m}"));
+    if buf.len() < SNAPSHOT_MAGIC.len() + 20 || &buf[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC {
+        return Err(corrupt("bad magic or too short".into()));
+    }
+    let (body, tail) = buf.split_at(buf.len() - 4);
+    let want = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+    if crc32c::crc32c(body) != want {
+        return Err(corrupt("CRC mismatch".into()));
+    }
+    let mut c = Cursor::new(&body[SNAPSHOT_MAGIC.len()..]);
+    let revision = c.u64().map_err(corrupt)?;
+    let count = c.u64().map_err(corrupt)?;
+    // Each entry takes at least 17 bytes: bounds the allocation by the file size.
+    if count > (c.remaining() / 17) as u64 {
+        return Err(corrupt(format!("{count} entries announced in {} bytes", c.remaining())));
+    }
+    let mut entries = Vec::with_capacity(count as usize);
+    let mut prev: Option<String> = None;
+    for _ in 0..count {
+        let key = c.key().map_err(corrupt)?;
+        let value = c.bytes(MAX_VALUE_BYTES).map_err(corrupt)?.to_vec();
+        let rev = c.u64().map_err(corrupt)?;
+        if rev == 0 || rev > revision {
+            return Err(corrupt(format!("key {key:?} at revision {rev}, snapshot at {revision}")));
+        }
+        if prev.as_ref().is_some_and(|p| *p >= key) {
+            return Err(corrupt(format!("key {key:?} out of order")));
+        }
+        prev = Some(key.clone());
+        entries.push((key, value, rev));
+    }
+    if c.remaining() != 0 {
+        return Err(corrupt(format!("{} trailing bytes", c.remaining())));
+    }
+    Ok((revision, entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use krak_meta::LeaseId;
+
+    #[test]
+    fn record_round_trip_and_crc() {
+        let ops = vec![
+            Op::Put { key: "/a".into(), value: b"xyz".to_vec(), lease: None },
+            Op::Put { key: "/b".into(), value: vec![], lease: Some(LeaseId(7)) },
+            Op::Delete { key: "/c".into() },
+        ];
+        let rec = encode_record(42, &ops);
+        let mut h = [0u8; RECORD_HEADER];
+        h.copy_from_slice(&rec[..RECORD_HEADER]);
+        let (len, crc) = decode_header(&h);
+        assert_eq!(len, rec.len() - RECORD_HEADER);
+        assert!(crc_matches(len, crc, &rec[RECORD_HEADER..]));
+        assert_eq!(decode_payload(&rec[RECORD_HEADER..]).unwrap(), Record { revision: 42, ops });
+        // Any flipped bit is caught by the CRC.
+        for i in RECORD_HEADER..rec.len() {
+            let mut bad = rec.clone();
+            bad[i] ^= 0x10;
+            assert!(!crc_matches(len, crc, &bad[RECORD_HEADER..]), "flip at {i} not caught");
+        }
+        // Truncated or garbage payloads fail to decode without panicking.
+        for cut in 0..rec.len() - RECORD_HEADER {
+            assert!(decode_payload(&rec[RECORD_HEADER..RECORD_HEADER + cut]).is_err());
+        }
+        assert!(decode_payload(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255]).is_err());
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_damage() {
+        let entries = [("/a".to_string(), b"1".to_vec(), 3u64), ("/b".to_string(), vec![0u8; 100], 9)];
+        let mut buf = Vec::new();
+        let n = write_snapshot(
+            &mut buf,
+            10,
+            2,
+            entries.iter().map(|(k, v, r)| SnapEntry { key: k, value: v, mod_revision: *r }),
+        )
+        .unwrap();
+        assert_eq!(n as usize, buf.len());
+        let (rev, got) = read_snapshot(&buf).unwrap();
+        assert_eq!(rev, 10);
+        assert_eq!(got, entries.to_vec());
+        for i in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 1;
+            assert!(matches!(read_snapshot(&bad), Err(MetaError::Corrupt(_))), "flip at {i}");
+        }
+        for cut in 0..buf.len() {
+            assert!(read_snapshot(&buf[..cut]).is_err());
+        }
+    }
+}

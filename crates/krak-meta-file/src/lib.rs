@@ -1,0 +1,645 @@
+//! An embedded, durable, single-process [`MetaStore`]: the default store of
+//! `krak controller --store PATH`.
+//!
+//! `PATH` is a directory holding three files:
+//!
+//! - `wal`: the write-ahead log. Every committed write (`put`, `delete` of a present key, a
+//!   `txn` that applies and changes something) is one record, written with one `write` and
+//!   made durable with `fdatasync` *before* the call returns and before the write becomes
+//!   visible to readers. A process killed at any point (SIGKILL, power loss) therefore loses
+//!   nothing that a call returned success for. Records carry a CRC-32C; on open, a damaged
+//!   *last* record (a write cut short by the crash) is cut off and reported in
+//!   [`Recovery::torn_tail_bytes`]; damage anywhere else is [`MetaError::Corrupt`].
+//! - `snapshot`: every key (without leases) at one revision. When the log outgrows both
+//!   [`FileStoreOptions::compact_wal_bytes`] and the snapshot, the store writes
+//!   `snapshot.tmp`, fsyncs it, renames it over `snapshot`, fsyncs the directory and empties
+//!   the log, so the files stay within about twice the live data. Log records at or below
+//!   the snapshot's revision are skipped on replay, so a crash between the rename and the
+//!   truncation is harmless.
+//! - `LOCK`: held with `flock` while the store is open; a second opener gets
+//!   [`MetaError::Unavailable`].
+//!
+//! Leases live in memory only, on the monotonic clock. Keys written with a lease are logged
+//! like others, but **on reopen every key attached to a lease is gone** (its lease died
+//! with the process, as if it had expired); their deletion is made permanent by a
+//! compaction at open. Lease expiry itself is not logged.
+//!
+//! Writes are serialized by one mutex and each costs one `fdatasync`; reads are served from
+//! memory under the same mutex. Bounds: [`krak_meta::MAX_KEY_BYTES`],
+//! [`krak_meta::MAX_VALUE_BYTES`], [`krak_meta::MAX_TXN_OPS`], [`MAX_LEASES`] live leases,
+//! lease TTLs from 1 ms to [`MAX_TTL_MS`]. After an I/O error while writing the log the
+//! store refuses further writes ([`MetaError::Unavailable`]) until it is reopened: after a
+//! failed fsync the page cache can no longer be trusted.
+
+mod codec;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use codec::{SnapEntry, RECORD_HEADER};
+use krak_meta::{validate_key, validate_txn, validate_value, Condition, KeyValue, LeaseId, MetaError, MetaStore, Op};
+
+/// Most live leases at once; more grants are refused with [`MetaError::Invalid`].
+pub const MAX_LEASES: usize = 65_536;
+/// Longest lease TTL accepted: 7 days.
+pub const MAX_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
+
+const WAL: &str = "wal";
+const SNAPSHOT: &str = "snapshot";
+const SNAPSHOT_TMP: &str = "snapshot.tmp";
+const LOCK: &str = "LOCK";
+
+/// Tuning of a [`FileStore`].
+#[derive(Debug, Clone)]
+pub struct FileStoreOptions {
+    /// The log is compacted into a new snapshot once it is larger than this and larger than
+    /// the current snapshot. Default 4 MiB.
+    pub compact_wal_bytes: u64,
+}
+
+impl Default for FileStoreOptions {
+    fn default() -> Self {
+        FileStoreOptions { compact_wal_bytes: 4 << 20 }
+    }
+}
+
+/// What opening the store found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Revision of the snapshot read (0: none).
+    pub snapshot_revision: u64,
+    /// Keys in that snapshot.
+    pub snapshot_keys: usize,
+    /// Log records applied on top of the snapshot.
+    pub wal_records: u64,
+    /// Log records skipped because the snapshot already held them.
+    pub wal_records_skipped: u64,
+    /// Bytes of a damaged last record cut off the log (a write interrupted by a crash).
+    pub torn_tail_bytes: u64,
+    /// Keys dropped because they were attached to a lease.
+    pub dropped_leased_keys: usize,
+    /// The store's revision once open.
+    pub revision: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    value: Vec<u8>,
+    mod_revision: u64,
+    /// 0: no lease.
+    lease: u64,
+}
+
+#[derive(Debug)]
+struct Lease {
+    ttl: Duration,
+    deadline: Instant,
+    keys: BTreeSet<String>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    map: BTreeMap<String, Entry>,
+    revision: u64,
+    leases: HashMap<u64, Lease>,
+    next_lease: u64,
+    /// No lease expires before this instant (a lower bound; `None`: no lease).
+    next_expiry: Option<Instant>,
+    wal: File,
+    wal_bytes: u64,
+    snapshot_bytes: u64,
+    /// Set after an I/O error on the log: writes are refused until reopen.
+    failed: Option<String>,
+    compactions: u64,
+}
+
+/// The embedded file store. See the crate documentation for the format and guarantees.
+#[derive(Debug)]
+pub struct FileStore {
+    inner: Mutex<Inner>,
+    dir: PathBuf,
+    opts: FileStoreOptions,
+    recovery: Recovery,
+    /// Holds the `flock` for the store's lifetime.
+    _lock: File,
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> MetaError {
+    MetaError::Unavailable(format!("{what} {}: {e}", path.display()))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), MetaError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err("fsync of directory", dir, e))
+}
+
+impl FileStore {
+    /// Opens (creating if needed) the store in directory `dir` with default options.
+    pub fn open(dir: impl AsRef<Path>) -> Result<FileStore, MetaError> {
+        Self::open_with(dir, FileStoreOptions::default())
+    }
+
+    /// Opens (creating if needed) the store in directory `dir`: reads the snapshot, replays
+    /// the log (cutting off a torn last record), drops leased keys and compacts.
+    pub fn open_with(dir: impl AsRef<Path>, opts: FileStoreOptions) -> Result<FileStore, MetaError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| io_err("create directory", &dir, e))?;
+        let lock_path = dir.join(LOCK);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err("open", &lock_path, e))?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(MetaError::Unavailable(format!("store {} is locked by another process ({e})", dir.display())));
+        }
+        let _ = std::fs::remove_file(dir.join(SNAPSHOT_TMP));
+
+        let mut recovery = Recovery::default();
+        let mut map = BTreeMap::new();
+        let mut revision = 0;
+        let snap_path = dir.join(SNAPSHOT);
+        let mut snapshot_bytes = 0;
+        match std::fs::read(&snap_path) {
+            Ok(buf) => {
+                snapshot_bytes = buf.len() as u64;
+                let (rev, entries) = codec::read_snapshot(&buf)?;
+                recovery.snapshot_revision = rev;
+                recovery.snapshot_keys = entries.len();
+                revision = rev;
+                for (k, value, mod_revision) in entries {
+                    map.insert(k, Entry { value, mod_revision, lease: 0 });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("read", &snap_path, e)),
+        }
+
+        let wal_path = dir.join(WAL);
+        let mut wal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&wal_path)
+            .map_err(|e| io_err("open", &wal_path, e))?;
+        let wal_len = wal.metadata().map_err(|e| io_err("stat", &wal_path, e))?.len();
+        let good = replay(&mut wal, wal_len, &mut map, &mut revision, &mut recovery)?;
+        if good < wal_len {
+            recovery.torn_tail_bytes = wal_len - good;
+            wal.set_len(good)
+                .and_then(|_| wal.sync_all())
+                .map_err(|e| io_err("truncate torn tail of", &wal_path, e))?;
+        }
+        sync_dir(&dir)?;
+
+        let before = map.len();
+        map.retain(|_, e| e.lease == 0);
+        recovery.dropped_leased_keys = before - map.len();
+        recovery.revision = revision;
+
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ (u64::from(std::process::id()) << 40);
+        let inner = Inner {
+            map,
+            revision,
+            leases: HashMap::new(),
+            next_lease: (seed & (u64::MAX >> 2)) | 1,
+            next_expiry: None,
+            wal,
+            wal_bytes: good,
+            snapshot_bytes,
+            failed: None,
+            compactions: 0,
+        };
+        let store = FileStore { inner: Mutex::new(inner), dir, opts, recovery, _lock: lock };
+        if good > 0 {
+            let mut g = store.lock();
+            store.compact_locked(&mut g)?;
+        }
+        Ok(store)
+    }
+
+    /// What opening found: snapshot, replayed records, torn tail, dropped leased keys.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// The directory of the store.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The current store revision (of the last write).
+    pub fn revision(&self) -> u64 {
+        self.lock().revision
+    }
+
+    /// Current size of the log in bytes.
+    pub fn wal_bytes(&self) -> u64 {
+        self.lock().wal_bytes
+    }
+
+    /// Compactions done since open (the one at open included).
+    pub fn compactions(&self) -> u64 {
+        self.lock().compactions
+    }
+
+    /// Writes a snapshot now and empties the log.
+    pub fn compact(&self) -> Result<(), MetaError> {
+        let mut g = self.lock();
+        g.usable()?;
+        self.compact_locked(&mut g)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing panics while holding the lock; recover the guard if something did.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn compact_locked(&self, g: &mut Inner) -> Result<(), MetaError> {
+        let tmp = self.dir.join(SNAPSHOT_TMP);
+        let count = g.map.values().filter(|e| e.lease == 0).count() as u64;
+        let written = (|| -> std::io::Result<u64> {
+            let f = File::create(&tmp)?;
+            let mut w = BufWriter::with_capacity(1 << 20, f);
+            let entries = g.map.iter().filter(|(_, e)| e.lease == 0).map(|(k, e)| SnapEntry {
+                key: k,
+                value: &e.value,
+                mod_revision: e.mod_revision,
+            });
+            let n = codec::write_snapshot(&mut w, g.revision, count, entries)?;
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+            Ok(n)
+        })();
+        let n = match written {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io_err("write snapshot", &tmp, e));
+            }
+        };
+        let snap = self.dir.join(SNAPSHOT);
+        std::fs::rename(&tmp, &snap).map_err(|e| io_err("rename snapshot to", &snap, e))?;
+        // From here the snapshot holds every logged write: the log may be emptied.
+        let r = sync_dir(&self.dir).and_then(|_| {
+            g.wal.set_len(0).and_then(|_| g.wal.sync_all()).map_err(|e| io_err("truncate", &self.dir.join(WAL), e))
+        });
+        if let Err(e) = r {
+            g.failed = Some(e.to_string());
+            return Err(e);
+        }
+        g.wal_bytes = 0;
+        g.snapshot_bytes = n;
+        g.compactions += 1;
+        Ok(())
+    }
+
+    /// Appends one record and makes it durable; on failure the store stops writing.
+    fn append(&self, g: &mut Inner, record: &[u8]) -> Result<(), MetaError> {
+        let r = g.wal.write_all(record).and_then(|_| g.wal.sync_data());
+        if let Err(e) = r {
+            // Try to cut off a partial record so the log stays replayable; either way the
+            // page cache is suspect after a failed write or fsync: refuse further writes.
+            let _ = g.wal.set_len(g.wal_bytes);
+            let msg = format!("write to {}: {e}; reopen the store", self.dir.join(WAL).display());
+            g.failed = Some(msg.clone());
+            return Err(MetaError::Unavailable(msg));
+        }
+        g.wal_bytes += record.len() as u64;
+        Ok(())
+    }
+
+    fn maybe_compact(&self, g: &mut Inner) {
+        if g.wal_bytes > self.opts.compact_wal_bytes && g.wal_bytes > g.snapshot_bytes {
+            // The write that triggered this is already durable in the log; a failed
+            // compaction only means the log grows until the next attempt.
+            if self.compact_locked(g).is_err() && g.failed.is_none() {
+                g.snapshot_bytes = g.wal_bytes.saturating_mul(2);
+            }
+        }
+    }
+
+    /// Applies `ops` at a new revision after logging them; the caller checked conditions
+    /// and leases. Returns the new revision, or the current one when nothing changes.
+    fn commit(&self, g: &mut Inner, ops: &[Op]) -> Result<u64, MetaError> {
+        let changes = ops.iter().any(|op| match op {
+            Op::Put { .. } => true,
+            Op::Delete { key } => g.map.contains_key(key),
+        });
+        if !changes {
+            return Ok(g.revision);
+        }
+        let rev = g.revision + 1;
+        let record = codec::encode_record(rev, ops);
+        self.append(g, &record)?;
+        for op in ops {
+            g.apply(op, rev);
+        }
+        g.revision = rev;
+        self.maybe_compact(g);
+        Ok(rev)
+    }
+}
+
+/// Replays the log from the start; returns the length of its valid prefix.
+fn replay(
+    wal: &mut File,
+    len: u64,
+    map: &mut BTreeMap<String, Entry>,
+    revision: &mut u64,
+    rec: &mut Recovery,
+) -> Result<u64, MetaError> {
+    let mut r = BufReader::with_capacity(1 << 20, &mut *wal);
+    let mut pos = 0u64;
+    let mut payload = Vec::new();
+    let snapshot_rev = *revision;
+    let mut last_rev = 0u64;
+    loop {
+        if pos == len {
+            return Ok(pos);
+        }
+        let mut h = [0u8; RECORD_HEADER];
+        if len - pos < RECORD_HEADER as u64 {
+            return Ok(pos); // torn header
+        }
+        r.read_exact(&mut h).map_err(|e| MetaError::Unavailable(format!("read log: {e}")))?;
+        let (plen, crc) = codec::decode_header(&h);
+        let bad = |why: &str, r: &mut BufReader<&mut File>, read: u64| -> Result<u64, MetaError> {
+            // A crash leaves at most one damaged record, at the very end (possibly padded
+            // with zeros). Anything else is corruption we must not silently cut off.
+            // One record at most: a longer damaged stretch is not a torn write.
+            let end = pos + RECORD_HEADER as u64 + plen as u64;
+            let one_record = len - pos <= (RECORD_HEADER + codec::MAX_RECORD_PAYLOAD) as u64;
+            if (one_record && end >= len) || rest_is_zero(r, pos + read, len, &h, read == RECORD_HEADER as u64)? {
+                Ok(pos)
+            } else {
+                Err(MetaError::Corrupt(format!("log record at offset {pos}: {why}, followed by more data")))
+            }
+        };
+        if plen == 0 || plen > codec::MAX_RECORD_PAYLOAD {
+            return bad("impossible length", &mut r, RECORD_HEADER as u64);
+        }
+        if pos + RECORD_HEADER as u64 + plen as u64 > len {
+            return Ok(pos); // cut short
+        }
+        payload.resize(plen, 0);
+        r.read_exact(&mut payload).map_err(|e| MetaError::Unavailable(format!("read log: {e}")))?;
+        let read = (RECORD_HEADER + plen) as u64;
+        if !codec::crc_matches(plen, crc, &payload) {
+            return bad("CRC mismatch", &mut r, read);
+        }
+        let record = match codec::decode_payload(&payload) {
+            Ok(rec) => rec,
+            Err(e) => return bad(&e, &mut r, read),
+        };
+        if record.revision <= last_rev {
+            return Err(MetaError::Corrupt(format!(
+                "log record at offset {pos}: revision {} after {last_rev}",
+                record.revision
+            )));
+        }
+        last_rev = record.revision;
+        if record.revision <= snapshot_rev {
+            rec.wal_records_skipped += 1;
+        } else {
+            for op in &record.ops {
+                apply_to_map(map, op, record.revision);
+            }
+            *revision = record.revision;
+            rec.wal_records += 1;
+        }
+        pos += read;
+    }
+}
+
+/// Whether every byte from `from` to `len` is zero (a crash after the file grew but before
+/// its data reached the disk). `header_only`: only the header at `from - 8` was consumed,
+/// and it must be zero too.
+fn rest_is_zero(
+    r: &mut BufReader<&mut File>,
+    from: u64,
+    len: u64,
+    header: &[u8; RECORD_HEADER],
+    header_only: bool,
+) -> Result<bool, MetaError> {
+    if header_only && header.iter().any(|&b| b != 0) {
+        return Ok(false);
+    }
+    let mut left = len.saturating_sub(from);
+    let mut buf = vec![0u8; 64 << 10];
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        r.read_exact(&mut buf[..n]).map_err(|e| MetaError::Unavailable(format!("read log: {e}")))?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        left -= n as u64;
+    }
+    Ok(true)
+}
+
+fn apply_to_map(map: &mut BTreeMap<String, Entry>, op: &Op, rev: u64) {
+    match op {
+        Op::Put { key, value, lease } => {
+            map.insert(key.clone(), Entry { value: value.clone(), mod_revision: rev, lease: lease.map_or(0, |l| l.0) });
+        }
+        Op::Delete { key } => {
+            map.remove(key);
+        }
+    }
+}
+
+impl Inner {
+    fn usable(&self) -> Result<(), MetaError> {
+        match &self.failed {
+            Some(m) => Err(MetaError::Unavailable(m.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn mod_revision(&self, key: &str) -> u64 {
+        self.map.get(key).map_or(0, |e| e.mod_revision)
+    }
+
+    /// Applies one op in memory, keeping the leases' key sets right.
+    fn apply(&mut self, op: &Op, rev: u64) {
+        let key = match op {
+            Op::Put { key, .. } | Op::Delete { key } => key,
+        };
+        if let Some(old) = self.map.get(key) {
+            if old.lease != 0 {
+                if let Some(l) = self.leases.get_mut(&old.lease) {
+                    l.keys.remove(key);
+                }
+            }
+        }
+        if let Op::Put { lease: Some(l), .. } = op {
+            if let Some(l) = self.leases.get_mut(&l.0) {
+                l.keys.insert(key.clone());
+            }
+        }
+        apply_to_map(&mut self.map, op, rev);
+    }
+
+    /// Ends every lease whose deadline passed, deleting its keys (in memory only: leased
+    /// keys never survive a reopen anyway).
+    fn expire(&mut self, now: Instant) {
+        match self.next_expiry {
+            Some(t) if now >= t => {}
+            _ => return,
+        }
+        let dead: Vec<u64> = self.leases.iter().filter(|(_, l)| l.deadline <= now).map(|(&id, _)| id).collect();
+        for id in dead {
+            self.end_lease(id);
+        }
+        self.next_expiry = self.leases.values().map(|l| l.deadline).min();
+    }
+
+    fn end_lease(&mut self, id: u64) -> bool {
+        let Some(lease) = self.leases.remove(&id) else {
+            return false;
+        };
+        let mut deleted = false;
+        for k in lease.keys {
+            if self.map.get(&k).is_some_and(|e| e.lease == id) {
+                self.map.remove(&k);
+                deleted = true;
+            }
+        }
+        if deleted {
+            self.revision += 1;
+        }
+        true
+    }
+
+    fn check_leases(&self, ops: &[Op]) -> Result<(), MetaError> {
+        for op in ops {
+            if let Op::Put { lease: Some(l), .. } = op {
+                if !self.leases.contains_key(&l.0) {
+                    return Err(MetaError::LeaseGone(l.0));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn kv(key: &str, e: &Entry) -> KeyValue {
+    KeyValue { key: key.to_string(), value: e.value.clone(), mod_revision: e.mod_revision }
+}
+
+impl MetaStore for FileStore {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, MetaError> {
+        let mut g = self.lock();
+        g.expire(Instant::now());
+        Ok(g.map.get(key).map(|e| kv(key, e)))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, MetaError> {
+        let mut g = self.lock();
+        g.expire(Instant::now());
+        Ok(g.map
+            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, e)| kv(k, e))
+            .collect())
+    }
+
+    fn put(&self, key: &str, value: &[u8]) -> Result<u64, MetaError> {
+        validate_key(key)?;
+        validate_value(value)?;
+        let mut g = self.lock();
+        g.usable()?;
+        g.expire(Instant::now());
+        self.commit(&mut g, &[Op::Put { key: key.to_string(), value: value.to_vec(), lease: None }])
+    }
+
+    fn delete(&self, key: &str) -> Result<bool, MetaError> {
+        validate_key(key)?;
+        let mut g = self.lock();
+        g.usable()?;
+        g.expire(Instant::now());
+        if !g.map.contains_key(key) {
+            return Ok(false);
+        }
+        self.commit(&mut g, &[Op::Delete { key: key.to_string() }])?;
+        Ok(true)
+    }
+
+    fn txn(&self, conditions: &[Condition], ops: &[Op]) -> Result<bool, MetaError> {
+        validate_txn(conditions, ops)?;
+        let mut g = self.lock();
+        g.usable()?;
+        g.expire(Instant::now());
+        for c in conditions {
+            let Condition::ModRevision { key, equals } = c;
+            if g.mod_revision(key) != *equals {
+                return Ok(false);
+            }
+        }
+        g.check_leases(ops)?;
+        self.commit(&mut g, ops)?;
+        Ok(true)
+    }
+
+    fn grant_lease(&self, ttl_ms: u64) -> Result<LeaseId, MetaError> {
+        if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
+            return Err(MetaError::Invalid(format!("lease TTL of {ttl_ms} ms, not in 1..={MAX_TTL_MS}")));
+        }
+        let mut g = self.lock();
+        let now = Instant::now();
+        g.expire(now);
+        if g.leases.len() >= MAX_LEASES {
+            return Err(MetaError::Invalid(format!("{MAX_LEASES} leases are live already")));
+        }
+        let id = loop {
+            let id = g.next_lease;
+            g.next_lease = (g.next_lease + 1) & (u64::MAX >> 1);
+            if id != 0 && !g.leases.contains_key(&id) {
+                break id;
+            }
+        };
+        let ttl = Duration::from_millis(ttl_ms);
+        let deadline = now + ttl;
+        g.leases.insert(id, Lease { ttl, deadline, keys: BTreeSet::new() });
+        g.next_expiry = Some(g.next_expiry.map_or(deadline, |t| t.min(deadline)));
+        Ok(LeaseId(id))
+    }
+
+    fn keep_alive(&self, lease: LeaseId) -> Result<(), MetaError> {
+        let mut g = self.lock();
+        let now = Instant::now();
+        g.expire(now);
+        match g.leases.get_mut(&lease.0) {
+            Some(l) => {
+                l.deadline = now + l.ttl;
+                Ok(())
+            }
+            None => Err(MetaError::LeaseGone(lease.0)),
+        }
+    }
+
+    fn revoke(&self, lease: LeaseId) -> Result<(), MetaError> {
+        let mut g = self.lock();
+        g.expire(Instant::now());
+        if g.end_lease(lease.0) {
+            Ok(())
+        } else {
+            Err(MetaError::LeaseGone(lease.0))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
