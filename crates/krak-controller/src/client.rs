@@ -1,0 +1,175 @@
+//! A small blocking HTTP/1.1 client of the controller's API: one connection per request,
+//! every wait bounded, answers bounded in size. For memory servers, pagers and the CLI.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Largest answer read (a full map of a large region fits).
+pub const MAX_RESPONSE_BYTES: u64 = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad controller URL {0:?} (want http://HOST:PORT)")]
+    Url(String),
+    #[error("controller {addr}: {source}")]
+    Io { addr: String, source: std::io::Error },
+    #[error("controller answered something that is not HTTP: {0}")]
+    Protocol(String),
+    #[error("controller answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("controller answered JSON this client cannot read: {0}")]
+    Json(String),
+}
+
+/// A client of one controller.
+#[derive(Debug, Clone)]
+pub struct Client {
+    host: String,
+    /// Connect, read and write timeout; a long-poll adds its wait to the read timeout.
+    pub timeout: Duration,
+}
+
+impl Client {
+    /// `url` is `http://HOST:PORT` (a trailing `/` is fine) or `HOST:PORT`.
+    pub fn new(url: &str) -> Result<Client, ClientError> {
+        let host = url.strip_prefix("http://").unwrap_or(url).trim_end_matches('/');
+        if host.is_empty() || host.contains('/') || !host.contains(':') {
+            return Err(ClientError::Url(url.to_string()));
+        }
+        Ok(Client { host: host.to_string(), timeout: Duration::from_secs(5) })
+    }
+
+    /// Sends a request; returns the status and body whatever the status.
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        extra_wait: Duration,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let io = |source| ClientError::Io { addr: self.host.clone(), source };
+        let addr: SocketAddr =
+            self.host.to_socket_addrs().map_err(io)?.next().ok_or_else(|| ClientError::Url(self.host.clone()))?;
+        let mut stream = TcpStream::connect_timeout(&addr, self.timeout).map_err(io)?;
+        stream.set_read_timeout(Some(self.timeout + extra_wait)).map_err(io)?;
+        stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
+        let body = body.unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).map_err(io)?;
+        stream.write_all(body).map_err(io)?;
+        let mut answer = Vec::new();
+        stream.take(MAX_RESPONSE_BYTES).read_to_end(&mut answer).map_err(io)?;
+        parse_response(&answer)
+    }
+
+    /// Sends `body` as JSON and decodes a 2xx answer.
+    pub fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        self.call_waiting(method, path, body, Duration::ZERO)
+    }
+
+    /// Like [`Client::call`], for a request the server may hold for up to `wait`.
+    pub fn call_waiting<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+        wait: Duration,
+    ) -> Result<T, ClientError> {
+        let body = body.map(serde_json::to_vec).transpose().map_err(|e| ClientError::Json(e.to_string()))?;
+        let (status, answer) = self.raw(method, path, body.as_deref(), wait)?;
+        if !(200..300).contains(&status) {
+            let message = serde_json::from_slice::<crate::messages::ErrorBody>(&answer)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&answer).into_owned());
+            return Err(ClientError::Status { status, message });
+        }
+        serde_json::from_slice(&answer).map_err(|e| ClientError::Json(e.to_string()))
+    }
+}
+
+/// Status and body of a `Connection: close` answer (`Content-Length` or read to the end;
+/// chunked encoding is decoded).
+fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), ClientError> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| ClientError::Protocol("no end of headers".into()))?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| ClientError::Protocol("headers not UTF-8".into()))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ClientError::Protocol(format!("bad status line {status_line:?}")))?;
+    let mut length = None;
+    let mut chunked = false;
+    for line in lines {
+        let Some((k, v)) = line.split_once(':') else { continue };
+        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+        if k == "content-length" {
+            length = v.parse::<usize>().ok();
+        } else if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
+            chunked = true;
+        }
+    }
+    let body = &raw[end + 4..];
+    if chunked {
+        return dechunk(body).map(|b| (status, b));
+    }
+    let body = match length {
+        Some(n) if n <= body.len() => &body[..n],
+        Some(_) => return Err(ClientError::Protocol("answer shorter than its Content-Length".into())),
+        None => body,
+    };
+    Ok((status, body.to_vec()))
+}
+
+fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, ClientError> {
+    let bad = || ClientError::Protocol("bad chunked encoding".into());
+    let mut out = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n").ok_or_else(bad)?;
+        let size_text = std::str::from_utf8(&body[..line_end]).map_err(|_| bad())?;
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).map_err(|_| bad())?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if body.len() < size + 2 {
+            return Err(bad());
+        }
+        out.extend_from_slice(&body[..size]);
+        body = &body[size + 2..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_plain_and_chunked_answers() {
+        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+        assert_eq!(parse_response(plain).unwrap(), (200, b"{}".to_vec()));
+        let chunked = b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        assert_eq!(parse_response(chunked).unwrap(), (404, b"abcde".to_vec()));
+        assert!(parse_response(b"garbage").is_err());
+        assert!(parse_response(b"HTTP/1.1 2x\r\n\r\n").is_err());
+        assert!(Client::new("http://127.0.0.1:80/").is_ok());
+        assert!(Client::new("http://nohost").is_err());
+    }
+}

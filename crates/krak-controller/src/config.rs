@@ -1,0 +1,88 @@
+//! The controller's settings and limits.
+
+use std::net::SocketAddr;
+
+/// Default chunk (slab) size of a region: the memory server's default slab size.
+pub const DEFAULT_CHUNK_BYTES: u64 = 64 << 20;
+
+/// Bounds on what clients may ask for.
+pub const MAX_SERVERS: usize = 65_536;
+pub const MAX_REGIONS: usize = 65_536;
+/// Most chunks of one region (a 64 TiB region at 64 MiB per chunk).
+pub const MAX_CHUNKS_PER_REGION: u64 = 1 << 20;
+/// Most chunks in one place or commit request.
+pub const MAX_CHUNKS_PER_REQUEST: usize = 4096;
+/// Most servers in a place request's `exclude`.
+pub const MAX_EXCLUDE: usize = 256;
+/// Longest address, domain or owner string.
+pub const MAX_NAME_BYTES: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub listen: SocketAddr,
+    /// A server not heard from for this long is suspect: placement avoids it.
+    pub suspect_after_ms: u64,
+    /// A server not heard from for this long is dead.
+    pub dead_after_ms: u64,
+    /// What registration tells servers about heartbeat frequency.
+    pub heartbeat_interval_ms: u64,
+    /// How often liveness is checked.
+    pub tick_ms: u64,
+    /// Threads answering HTTP requests.
+    pub http_workers: usize,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Longest wait of a `map?since_epoch=` long-poll.
+    pub long_poll_max_ms: u64,
+    /// Most long-polls waiting at once; more are answered at once (so they never take every
+    /// worker).
+    pub max_long_polls: usize,
+    /// Policy when the store names none.
+    pub default_policy: String,
+    /// Chunk size of a region whose creation names none.
+    pub default_chunk_bytes: u64,
+}
+
+impl ControllerConfig {
+    pub fn new(listen: SocketAddr) -> ControllerConfig {
+        ControllerConfig {
+            listen,
+            suspect_after_ms: 3_000,
+            dead_after_ms: 10_000,
+            heartbeat_interval_ms: 1_000,
+            tick_ms: 100,
+            http_workers: 8,
+            max_body_bytes: 1 << 20,
+            long_poll_max_ms: 10_000,
+            max_long_polls: 4,
+            default_policy: "spread".to_string(),
+            default_chunk_bytes: DEFAULT_CHUNK_BYTES,
+        }
+    }
+
+    /// Checks the settings; the message says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.dead_after_ms == 0 || self.suspect_after_ms == 0 || self.tick_ms == 0 {
+            return Err("suspect_after_ms, dead_after_ms and tick_ms must be positive".into());
+        }
+        if self.suspect_after_ms > self.dead_after_ms {
+            return Err("suspect_after_ms must not exceed dead_after_ms".into());
+        }
+        if self.http_workers == 0 || self.http_workers > 256 {
+            return Err("http_workers must be 1..=256".into());
+        }
+        if self.max_long_polls >= self.http_workers {
+            return Err("max_long_polls must leave at least one HTTP worker free".into());
+        }
+        if self.max_body_bytes < 1024 {
+            return Err("max_body_bytes must be at least 1024".into());
+        }
+        if crate::placement::by_name(&self.default_policy).is_none() {
+            return Err(format!("unknown placement policy {:?}", self.default_policy));
+        }
+        if self.default_chunk_bytes == 0 || !self.default_chunk_bytes.is_multiple_of(4096) {
+            return Err("default_chunk_bytes must be a positive multiple of 4096".into());
+        }
+        Ok(())
+    }
+}

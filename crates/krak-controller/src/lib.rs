@@ -1,0 +1,58 @@
+//! krak rack controller: membership of memory servers, slab placement behind switchable
+//! policies, the slab map with epochs, an HTTP/JSON API (`docs/api.md`) and Prometheus
+//! metrics, with all state in a [`krak_meta::MetaStore`] so a restarted controller loses
+//! nothing.
+//!
+//! Std threads and blocking I/O: a fixed pool of HTTP workers, one liveness thread, one
+//! mutex over the rack state. Placement decisions read incrementally kept aggregates
+//! ([`RackView`]), never the whole slab map.
+//!
+//! ```no_run
+//! # fn store() -> std::sync::Arc<dyn krak_meta::MetaStore> { unimplemented!() }
+//! use krak_controller::{Controller, ControllerConfig};
+//! let config = ControllerConfig::new("127.0.0.1:7080".parse().unwrap());
+//! let controller = Controller::start(config, store()).unwrap();
+//! println!("controller on {}", controller.url());
+//! controller.shutdown();
+//! ```
+
+mod api;
+pub mod client;
+pub mod config;
+mod controller;
+mod http;
+pub mod membership;
+pub mod messages;
+pub mod metrics;
+pub mod model;
+pub mod persist;
+pub mod placement;
+pub mod rack;
+pub mod view;
+
+use std::net::SocketAddr;
+
+pub use client::{Client, ClientError};
+pub use config::ControllerConfig;
+pub use controller::{Controller, ControllerHandle};
+pub use model::{Placement, RegionId, RegionRecord, ServerId, ServerRecord, ServerState};
+pub use placement::{Move, PlacementError, PlacementPolicy};
+pub use rack::{Rack, RackError};
+pub use view::RackView;
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("invalid controller configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("metadata store: {0}")]
+    Store(#[from] krak_meta::MetaError),
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+#[cfg(test)]
+#[path = "../tests/common/memstore.rs"]
+pub(crate) mod memstore;

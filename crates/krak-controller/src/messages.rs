@@ -1,0 +1,213 @@
+//! The JSON bodies of the HTTP API (see `docs/api.md`), shared by the server and the client.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{RegionId, RegionRecord, ServerId, ServerRecord, ServerState};
+use crate::placement::Move;
+
+/// `POST /v1/servers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub addr: String,
+    pub capacity_bytes: u64,
+    pub slab_size_bytes: u64,
+    #[serde(default)]
+    pub domain: String,
+    #[serde(default)]
+    pub headroom_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterReply {
+    pub id: ServerId,
+    pub state: ServerState,
+    /// Heartbeat at least this often.
+    pub heartbeat_interval_ms: u64,
+    pub dead_after_ms: u64,
+}
+
+/// `POST /v1/servers/{id}/heartbeat`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub lent_bytes: u64,
+    pub free_bytes: u64,
+    pub slabs: u64,
+    #[serde(default)]
+    pub host_free_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub state: ServerState,
+    /// Bytes the server should give back (its host fell below its headroom); the controller
+    /// moves slabs away when the mover exists, the server must not drop them itself.
+    pub shed_bytes: u64,
+    pub map_epoch: u64,
+}
+
+/// `POST /v1/regions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRegionRequest {
+    #[serde(default)]
+    pub owner: String,
+    pub size_bytes: u64,
+    #[serde(default)]
+    pub local_budget_bytes: u64,
+    /// Defaults to the controller's default chunk size (the memory servers' slab size).
+    #[serde(default)]
+    pub chunk_bytes: Option<u64>,
+}
+
+/// `POST /v1/regions/{id}/place`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceRequest {
+    pub chunks: Vec<u64>,
+    #[serde(default)]
+    pub exclude: Vec<ServerId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkServer {
+    pub chunk: u64,
+    pub server: ServerId,
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaceReply {
+    pub policy: String,
+    pub placements: Vec<ChunkServer>,
+}
+
+/// `POST /v1/regions/{id}/commit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitRequest {
+    pub chunks: Vec<CommitChunk>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitChunk {
+    pub chunk: u64,
+    pub server: ServerId,
+    pub slab: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitReply {
+    pub epoch: u64,
+}
+
+/// One placed chunk in a map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapEntry {
+    pub chunk: u64,
+    pub server: ServerId,
+    pub slab: u64,
+    pub epoch: u64,
+}
+
+/// A server a map refers to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapServer {
+    pub id: ServerId,
+    pub addr: String,
+    pub state: ServerState,
+}
+
+/// `GET /v1/regions/{id}/map[?since_epoch=N]`: the entries changed after `since_epoch`
+/// (all of them without it), and every server the region has slabs on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapReply {
+    pub region: RegionRecord,
+    /// The region's epoch: the last map epoch at which one of its chunks or one of its
+    /// servers' states changed.
+    pub epoch: u64,
+    pub since_epoch: u64,
+    pub entries: Vec<MapEntry>,
+    pub servers: Vec<MapServer>,
+}
+
+/// `GET /v1/policy`, `PUT /v1/policy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBody {
+    pub name: String,
+    #[serde(default)]
+    pub available: Vec<String>,
+}
+
+/// Bytes of a region on one server, for status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteBytes {
+    pub server: ServerId,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionStatus {
+    #[serde(flatten)]
+    pub record: RegionRecord,
+    pub epoch: u64,
+    pub placed_chunks: u64,
+    pub remote_bytes: Vec<RemoteBytes>,
+}
+
+/// A server in status: its record plus what the map places on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    #[serde(flatten)]
+    pub record: ServerRecord,
+    /// Slabs the map places on it.
+    pub mapped_slabs: u64,
+    /// True when the map places nothing on it (with `pack`, it could sleep).
+    pub empty: bool,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub policy: String,
+    pub map_epoch: u64,
+    pub servers: Vec<ServerStatus>,
+    pub regions: Vec<RegionStatus>,
+    /// Moves being carried out (none until the mover of issue 3's rebalancing exists).
+    pub moves_in_flight: Vec<Move>,
+    /// Moves the current policy proposes (consolidation).
+    pub proposed_moves: Vec<Move>,
+    /// Servers with a drain requested.
+    pub drains: Vec<ServerId>,
+}
+
+/// `GET /v1/servers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServersReply {
+    pub servers: Vec<ServerStatus>,
+}
+
+/// `POST /v1/regions` reply, `DELETE /v1/regions/{id}` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionReply {
+    pub region: RegionRecord,
+}
+
+/// Every error body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// Region id in paths.
+pub fn parse_region(s: &str) -> Option<RegionId> {
+    s.parse().ok().map(RegionId)
+}
+
+/// Server id in paths.
+pub fn parse_server(s: &str) -> Option<ServerId> {
+    s.parse().ok().map(ServerId)
+}

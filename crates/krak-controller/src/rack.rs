@@ -1,0 +1,382 @@
+//! [`Rack`]: the controller's state (servers, regions, the slab map, epochs, the policy),
+//! and the region operations. Every change is written to the store first and applied in
+//! memory only once the store took it, so memory never runs ahead of what a restart finds.
+//! Membership (servers) is in `membership.rs`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use krak_meta::{MetaError, MetaStore};
+
+use crate::config::{
+    ControllerConfig, MAX_CHUNKS_PER_REGION, MAX_CHUNKS_PER_REQUEST, MAX_EXCLUDE, MAX_NAME_BYTES, MAX_REGIONS,
+};
+use crate::messages::{
+    ChunkServer, CommitChunk, CreateRegionRequest, MapEntry, MapReply, MapServer, RegionStatus, RemoteBytes,
+    ServerStatus, StatusReply,
+};
+use crate::model::{
+    now_unix_ms, ChunkMap, Counters, Placement, PolicyRecord, RegionId, RegionRecord, ServerId, ServerRecord,
+    ServerState,
+};
+use crate::persist::{self, LoadError};
+use crate::placement::{self, Move, PlacementError, PlacementPolicy};
+use crate::view::RackView;
+
+/// Most moves status lists.
+const MAX_LISTED_MOVES: usize = 256;
+
+/// Why an operation was refused; each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum RackError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
+    #[error("metadata store: {0}")]
+    Store(#[from] MetaError),
+}
+
+/// A region with its map.
+#[derive(Debug)]
+pub(crate) struct RegionEntry {
+    pub(crate) record: RegionRecord,
+    pub(crate) map: ChunkMap,
+    /// Last map epoch at which a chunk of it or the state of one of its servers changed.
+    pub(crate) epoch: u64,
+}
+
+pub struct Rack {
+    pub(crate) store: Arc<dyn MetaStore>,
+    pub(crate) config: ControllerConfig,
+    pub(crate) servers: BTreeMap<ServerId, ServerRecord>,
+    pub(crate) by_addr: HashMap<String, ServerId>,
+    /// When each server was last heard from (monotonic; a restart gives every server a fresh
+    /// grace period).
+    pub(crate) last_seen: HashMap<ServerId, Instant>,
+    pub(crate) regions: BTreeMap<RegionId, RegionEntry>,
+    pub(crate) view: RackView,
+    pub(crate) policy: Box<dyn PlacementPolicy>,
+    pub(crate) counters: Counters,
+}
+
+impl std::fmt::Debug for Rack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rack")
+            .field("servers", &self.servers.len())
+            .field("regions", &self.regions.len())
+            .field("policy", &self.policy.name())
+            .field("counters", &self.counters)
+            .finish()
+    }
+}
+
+pub(crate) fn validate_name(what: &str, s: &str) -> Result<(), RackError> {
+    if s.len() > MAX_NAME_BYTES || s.chars().any(char::is_control) {
+        return Err(RackError::BadRequest(format!("{what} must be at most {MAX_NAME_BYTES} printable bytes")));
+    }
+    Ok(())
+}
+
+impl Rack {
+    /// The rack as stored in `store` (empty if nothing is).
+    pub fn load(store: Arc<dyn MetaStore>, config: ControllerConfig) -> Result<Rack, LoadError> {
+        let loaded = persist::load(&*store)?;
+        let policy_name = loaded.policy.unwrap_or_else(|| config.default_policy.clone());
+        let policy = placement::by_name(&policy_name)
+            .ok_or_else(|| LoadError::Corrupt { key: persist::POLICY_KEY.into(), reason: "unknown policy".into() })?;
+        let mut counters = loaded.counters;
+        counters.next_server_id = counters.next_server_id.max(1);
+        counters.next_region_id = counters.next_region_id.max(1);
+        let mut rack = Rack {
+            store,
+            config,
+            servers: BTreeMap::new(),
+            by_addr: HashMap::new(),
+            last_seen: HashMap::new(),
+            regions: BTreeMap::new(),
+            view: RackView::default(),
+            policy,
+            counters,
+        };
+        let now = Instant::now();
+        for s in loaded.servers {
+            rack.view.upsert_server(s.id, &s.domain, s.state, s.capacity_bytes, s.free_bytes, s.slab_size_bytes);
+            rack.by_addr.insert(s.addr.clone(), s.id);
+            rack.last_seen.insert(s.id, now);
+            rack.servers.insert(s.id, s);
+        }
+        for (record, chunks) in loaded.regions {
+            rack.view.add_region(record.id, record.chunk_bytes);
+            let mut map = ChunkMap::default();
+            let mut epoch = 0;
+            for (chunk, p) in chunks {
+                if chunk >= record.chunks() || !rack.servers.contains_key(&p.server) {
+                    return Err(LoadError::Corrupt {
+                        key: persist::slab_key(record.id, chunk),
+                        reason: "chunk out of range or unknown server".into(),
+                    });
+                }
+                epoch = epoch.max(p.epoch);
+                map.set(chunk, p);
+                // the servers' free bytes were saved after these slabs were counted
+                let free = rack.view.server(p.server).map_or(0, |s| s.free_bytes);
+                rack.view.add_slab(record.id, p.server);
+                rack.view.set_free(p.server, free);
+            }
+            // region epochs are not stored: after a restart each is the global epoch, which is
+            // at least any epoch a pager saw, so no long-poll waits on a number gone backwards
+            let epoch = epoch.max(rack.counters.map_epoch);
+            rack.regions.insert(record.id, RegionEntry { record, map, epoch });
+        }
+        Ok(rack)
+    }
+
+    pub fn policy_name(&self) -> &'static str {
+        self.policy.name()
+    }
+
+    pub fn map_epoch(&self) -> u64 {
+        self.counters.map_epoch
+    }
+
+    pub fn view(&self) -> &RackView {
+        &self.view
+    }
+
+    /// Switches the placement policy (stored).
+    pub fn set_policy(&mut self, name: &str) -> Result<(), RackError> {
+        let policy = placement::by_name(name).ok_or_else(|| {
+            RackError::BadRequest(format!("unknown policy {name:?}; known: {}", placement::POLICY_NAMES.join(", ")))
+        })?;
+        let op = persist::put(persist::POLICY_KEY.into(), &PolicyRecord { name: policy.name().into() });
+        persist::write(&*self.store, vec![op], &self.counters)?;
+        self.policy = policy;
+        Ok(())
+    }
+
+    pub fn create_region(&mut self, req: &CreateRegionRequest) -> Result<RegionRecord, RackError> {
+        validate_name("owner", &req.owner)?;
+        let chunk_bytes = req.chunk_bytes.unwrap_or(self.config.default_chunk_bytes);
+        if chunk_bytes == 0 || !chunk_bytes.is_multiple_of(4096) {
+            return Err(RackError::BadRequest("chunk_bytes must be a positive multiple of 4096".into()));
+        }
+        if req.size_bytes == 0 || req.size_bytes.div_ceil(chunk_bytes) > MAX_CHUNKS_PER_REGION {
+            return Err(RackError::BadRequest(format!(
+                "size_bytes must be positive and at most {MAX_CHUNKS_PER_REGION} chunks"
+            )));
+        }
+        if self.regions.len() >= MAX_REGIONS {
+            return Err(RackError::Conflict(format!("the rack already has {MAX_REGIONS} regions")));
+        }
+        let record = RegionRecord {
+            id: RegionId(self.counters.next_region_id),
+            owner: req.owner.clone(),
+            size_bytes: req.size_bytes,
+            local_budget_bytes: req.local_budget_bytes,
+            chunk_bytes,
+            created_unix_ms: now_unix_ms(),
+        };
+        let mut counters = self.counters;
+        counters.next_region_id += 1;
+        persist::write(&*self.store, vec![persist::put(persist::region_key(record.id), &record)], &counters)?;
+        self.counters = counters;
+        self.view.add_region(record.id, chunk_bytes);
+        self.regions.insert(record.id, RegionEntry { record: record.clone(), map: ChunkMap::default(), epoch: 0 });
+        Ok(record)
+    }
+
+    /// Deletes a region and its map (the pager frees the slabs on the servers).
+    pub fn delete_region(&mut self, id: RegionId) -> Result<RegionRecord, RackError> {
+        let entry = self.regions.get(&id).ok_or_else(|| RackError::NotFound(format!("no region {id}")))?;
+        let mut ops: Vec<_> = entry.map.iter().map(|(c, _)| persist::delete(persist::slab_key(id, c))).collect();
+        // the region key goes last: a crash half way leaves a region with fewer chunks
+        ops.push(persist::delete(persist::region_key(id)));
+        let mut counters = self.counters;
+        counters.map_epoch += 1;
+        persist::write(&*self.store, ops, &counters)?;
+        self.counters = counters;
+        let entry = self.regions.remove(&id).expect("present above");
+        for (_, p) in entry.map.iter() {
+            self.view.remove_slab(id, p.server);
+        }
+        self.view.remove_region(id);
+        Ok(entry.record)
+    }
+
+    /// Chooses servers for `chunks` of region `id` with the current policy (nothing is
+    /// recorded: the pager allocates the slabs, then commits).
+    pub fn place(&self, id: RegionId, chunks: &[u64], exclude: &[ServerId]) -> Result<Vec<ChunkServer>, RackError> {
+        let entry = self.regions.get(&id).ok_or_else(|| RackError::NotFound(format!("no region {id}")))?;
+        if chunks.len() > MAX_CHUNKS_PER_REQUEST || exclude.len() > MAX_EXCLUDE {
+            return Err(RackError::BadRequest(format!(
+                "at most {MAX_CHUNKS_PER_REQUEST} chunks and {MAX_EXCLUDE} excluded servers per request"
+            )));
+        }
+        if let Some(c) = chunks.iter().find(|&&c| c >= entry.record.chunks()) {
+            return Err(RackError::BadRequest(format!("chunk {c} is past the region's {}", entry.record.chunks())));
+        }
+        let servers = self.policy.choose(&self.view, id, chunks.len(), exclude)?;
+        Ok(chunks
+            .iter()
+            .zip(servers)
+            .map(|(&chunk, server)| ChunkServer {
+                chunk,
+                server,
+                addr: self.servers.get(&server).map(|s| s.addr.clone()).unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Records where chunks now live; every changed chunk gets the new map epoch.
+    pub fn commit(&mut self, id: RegionId, chunks: &[CommitChunk]) -> Result<u64, RackError> {
+        let entry = self.regions.get(&id).ok_or_else(|| RackError::NotFound(format!("no region {id}")))?;
+        if chunks.len() > MAX_CHUNKS_PER_REQUEST {
+            return Err(RackError::BadRequest(format!("at most {MAX_CHUNKS_PER_REQUEST} chunks per request")));
+        }
+        for c in chunks {
+            if c.chunk >= entry.record.chunks() {
+                return Err(RackError::BadRequest(format!("chunk {} is past the region's end", c.chunk)));
+            }
+            match self.servers.get(&c.server) {
+                None => return Err(RackError::BadRequest(format!("no server {}", c.server))),
+                Some(s) if s.state == ServerState::Dead => {
+                    return Err(RackError::Conflict(format!("server {} is dead", c.server)))
+                }
+                Some(s) if s.slab_size_bytes != entry.record.chunk_bytes => {
+                    return Err(RackError::BadRequest(format!("server {}'s slabs are not chunk-sized", c.server)))
+                }
+                Some(_) => {}
+            }
+        }
+        let mut counters = self.counters;
+        counters.map_epoch += 1;
+        let epoch = counters.map_epoch;
+        let ops = chunks
+            .iter()
+            .map(|c| persist::put(persist::slab_key(id, c.chunk), &Placement { server: c.server, slab: c.slab, epoch }))
+            .collect();
+        persist::write(&*self.store, ops, &counters)?;
+        self.counters = counters;
+        let entry = self.regions.get_mut(&id).expect("checked above");
+        entry.epoch = epoch;
+        for c in chunks {
+            if let Some(old) = entry.map.set(c.chunk, Placement { server: c.server, slab: c.slab, epoch }) {
+                self.view.remove_slab(id, old.server);
+            }
+            self.view.add_slab(id, c.server);
+            if let Some(s) = self.servers.get_mut(&c.server) {
+                s.free_bytes = self.view.server(c.server).map_or(s.free_bytes, |v| v.free_bytes);
+            }
+        }
+        Ok(epoch)
+    }
+
+    /// The region's epoch, if it exists.
+    pub fn region_epoch(&self, id: RegionId) -> Option<u64> {
+        self.regions.get(&id).map(|e| e.epoch)
+    }
+
+    /// The region's map entries changed after `since_epoch`, and its servers.
+    pub fn map(&self, id: RegionId, since_epoch: u64) -> Result<MapReply, RackError> {
+        let entry = self.regions.get(&id).ok_or_else(|| RackError::NotFound(format!("no region {id}")))?;
+        let entries = entry
+            .map
+            .iter()
+            .filter(|(_, p)| p.epoch > since_epoch)
+            .map(|(chunk, p)| MapEntry { chunk, server: p.server, slab: p.slab, epoch: p.epoch })
+            .collect();
+        let servers = self.region_servers(id).into_iter().map(|(s, _)| s).collect();
+        Ok(MapReply { region: entry.record.clone(), epoch: entry.epoch, since_epoch, entries, servers })
+    }
+
+    /// Servers holding slabs of region `id`, with their slab counts.
+    fn region_servers(&self, id: RegionId) -> Vec<(MapServer, u32)> {
+        let Some(stat) = self.view.region(id) else { return Vec::new() };
+        let mut out: Vec<(MapServer, u32)> = stat
+            .per_server
+            .iter()
+            .filter_map(|(&i, &n)| {
+                let sid = self.view.servers().get(i as usize)?.id;
+                let s = self.servers.get(&sid)?;
+                Some((MapServer { id: sid, addr: s.addr.clone(), state: s.state }, n))
+            })
+            .collect();
+        out.sort_by_key(|(s, _)| s.id);
+        out
+    }
+
+    /// Bumps the epoch of every region with slabs on `server` (its state changed), so
+    /// long-polling pagers wake up. The caller has bumped and stored the map epoch.
+    pub(crate) fn touch_regions_of(&mut self, server: ServerId) {
+        let Some(i) = self.view.index_of(server) else { return };
+        let epoch = self.counters.map_epoch;
+        for (id, entry) in self.regions.iter_mut() {
+            if self.view.region(*id).is_some_and(|r| r.on_server(i) > 0) {
+                entry.epoch = epoch;
+            }
+        }
+    }
+
+    pub fn server_statuses(&self) -> Vec<ServerStatus> {
+        self.servers
+            .values()
+            .map(|s| {
+                let mapped = self.view.server(s.id).map_or(0, |v| v.slabs);
+                ServerStatus { record: s.clone(), mapped_slabs: mapped, empty: mapped == 0 }
+            })
+            .collect()
+    }
+
+    pub fn status(&self) -> StatusReply {
+        let regions = self
+            .regions
+            .values()
+            .map(|e| RegionStatus {
+                record: e.record.clone(),
+                epoch: e.epoch,
+                placed_chunks: e.map.placed(),
+                remote_bytes: self
+                    .region_servers(e.record.id)
+                    .into_iter()
+                    .map(|(s, n)| RemoteBytes { server: s.id, bytes: u64::from(n) * e.record.chunk_bytes })
+                    .collect(),
+            })
+            .collect();
+        let mut proposed = self.policy.consolidation_moves(&self.view);
+        proposed.truncate(MAX_LISTED_MOVES);
+        StatusReply {
+            policy: self.policy.name().to_string(),
+            map_epoch: self.counters.map_epoch,
+            servers: self.server_statuses(),
+            regions,
+            moves_in_flight: Vec::<Move>::new(),
+            proposed_moves: proposed,
+            drains: self.servers.values().filter(|s| s.drain_requested_unix_ms.is_some()).map(|s| s.id).collect(),
+        }
+    }
+
+    /// Slabs the policy's consolidation proposes to move (for metrics).
+    pub fn status_proposed_moves(&self) -> u64 {
+        self.policy.consolidation_moves(&self.view).iter().map(|m| u64::from(m.slabs)).sum()
+    }
+
+    /// Slabs the map holds in all (for metrics).
+    pub fn mapped_slabs(&self) -> u64 {
+        self.regions.values().map(|e| e.map.placed()).sum()
+    }
+
+    /// Bytes the slab map takes in memory.
+    pub fn map_memory_bytes(&self) -> usize {
+        self.regions.values().map(|e| e.map.memory_bytes()).sum()
+    }
+}
+
+#[cfg(test)]
+#[path = "rack_tests.rs"]
+mod tests;

@@ -1,0 +1,100 @@
+//! Unit tests of [`Rack`] over the in-memory store double.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::*;
+use crate::memstore::MemStore;
+use crate::messages::RegisterRequest;
+
+const SLAB: u64 = 1 << 20;
+
+fn rack(store: &Arc<MemStore>) -> Rack {
+    let config = ControllerConfig::new("127.0.0.1:0".parse().unwrap());
+    Rack::load(store.clone() as Arc<dyn MetaStore>, config).unwrap()
+}
+
+fn setup(store: &Arc<MemStore>) -> (Rack, RegionId) {
+    let mut r = rack(store);
+    for i in 0..3 {
+        let req = RegisterRequest {
+            addr: format!("h{i}:1"),
+            capacity_bytes: 1000 * SLAB,
+            slab_size_bytes: SLAB,
+            domain: format!("d{i}"),
+            headroom_bytes: 0,
+        };
+        r.register(&req).unwrap();
+    }
+    let req = CreateRegionRequest {
+        owner: "o".into(),
+        size_bytes: 1000 * SLAB,
+        local_budget_bytes: 0,
+        chunk_bytes: Some(SLAB),
+    };
+    let id = r.create_region(&req).unwrap().id;
+    (r, id)
+}
+
+#[test]
+fn large_commits_go_out_in_bounded_transactions_and_reload_whole() {
+    let store = Arc::new(MemStore::default());
+    let (mut r, id) = setup(&store);
+    let chunks: Vec<u64> = (0..450).collect();
+    let placed = r.place(id, &chunks, &[]).unwrap();
+    let commit: Vec<CommitChunk> =
+        placed.iter().map(|p| CommitChunk { chunk: p.chunk, server: p.server, slab: p.chunk * 3 }).collect();
+    let before = store.txns.load(Ordering::Relaxed);
+    let epoch = r.commit(id, &commit).unwrap();
+    // 450 puts + the counters in each: 5 transactions of at most 100 ops (the double refuses > 128)
+    assert_eq!(store.txns.load(Ordering::Relaxed) - before, 5);
+    let again = rack(&store);
+    assert_eq!(again.map(id, 0).unwrap(), r.map(id, 0).unwrap());
+    assert_eq!(again.map_epoch(), epoch);
+    for s in 1..=3 {
+        let sid = ServerId(s);
+        assert_eq!(again.view.server(sid).unwrap().slabs, r.view.server(sid).unwrap().slabs);
+    }
+    assert_eq!(again.view.region(id).unwrap().slabs, 450);
+}
+
+#[test]
+fn a_failing_store_changes_nothing_in_memory() {
+    let store = Arc::new(MemStore::default());
+    let (mut r, id) = setup(&store);
+    store.fail.store(true, Ordering::SeqCst);
+    let commit = [CommitChunk { chunk: 0, server: ServerId(1), slab: 1 }];
+    assert!(matches!(r.commit(id, &commit), Err(RackError::Store(_))));
+    assert!(matches!(r.set_policy("pack"), Err(RackError::Store(_))));
+    assert!(matches!(r.drain(ServerId(2)), Err(RackError::Store(_))));
+    assert_eq!(r.map(id, 0).unwrap().entries, vec![]);
+    assert_eq!(r.policy_name(), "spread");
+    assert_eq!(r.servers[&ServerId(2)].state, ServerState::Alive);
+    // liveness keeps the old state and tries again later
+    let late = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+    assert!(r.tick(late).is_empty());
+    store.fail.store(false, Ordering::SeqCst);
+    assert_eq!(r.tick(late).len(), 3);
+    assert!(r.servers.values().all(|s| s.state == ServerState::Dead && s.failures == 1));
+}
+
+#[test]
+fn moving_a_chunk_bumps_its_epoch_and_moves_the_counts() {
+    let store = Arc::new(MemStore::default());
+    let (mut r, id) = setup(&store);
+    let e1 = r.commit(id, &[CommitChunk { chunk: 5, server: ServerId(1), slab: 1 }]).unwrap();
+    let e2 = r.commit(id, &[CommitChunk { chunk: 5, server: ServerId(2), slab: 2 }]).unwrap();
+    assert!(e2 > e1);
+    let delta = r.map(id, e1).unwrap();
+    assert_eq!(delta.entries.len(), 1);
+    assert_eq!((delta.entries[0].server, delta.entries[0].epoch), (ServerId(2), e2));
+    assert_eq!(r.view.server(ServerId(1)).unwrap().slabs, 0);
+    assert_eq!(r.view.server(ServerId(2)).unwrap().slabs, 1);
+    // a dead server's state change bumps the epoch of the regions on it
+    r.tick(std::time::Instant::now() + std::time::Duration::from_secs(3600));
+    assert!(r.region_epoch(id).unwrap() > e2);
+    assert!(matches!(
+        r.commit(id, &[CommitChunk { chunk: 6, server: ServerId(3), slab: 2 }]),
+        Err(RackError::Conflict(_))
+    ));
+}
