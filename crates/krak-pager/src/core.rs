@@ -91,6 +91,8 @@ pub(crate) struct Shared {
     pub uffd: Uffd,
     pub map: AnonMapping,
     pub layout: RemoteLayout,
+    /// One connection per server for slab allocation and release, indexed like the layout.
+    pub admin: Mutex<Vec<Option<krak_client::Connection>>>,
     pub counters: Counters,
     pub limits: Limits,
     pub stop: AtomicBool,

@@ -16,6 +16,7 @@ mod handler;
 pub mod limits;
 mod migrate;
 pub mod prefetch;
+mod rack;
 mod reclaim;
 mod region;
 mod remote;
@@ -51,6 +52,8 @@ pub enum PagerError {
     Install(String),
     #[error("write-back to the memory servers keeps failing: {0}")]
     WritebackFailed(String),
+    #[error("rack controller: {0}")]
+    Controller(String),
     #[error("moving a chunk: {0}")]
     Move(String),
     #[error("starting a pager thread: {0}")]

@@ -127,7 +127,47 @@ impl FarMemory {
     /// in use; returns the pages copied. Faults keep being served from the old server until
     /// the switch, and nothing waits on the copy.
     pub fn move_chunk(&self, chunk: usize, to: SocketAddr) -> Result<u64, PagerError> {
-        let shared = &self.shared;
+        self.shared.move_chunk(chunk, to)
+    }
+
+    /// Moves every chunk of the region off the server at `from`, each to the server of
+    /// `targets` that holds the fewest of the region's chunks.
+    pub fn drain_server(&self, from: SocketAddr, targets: &[SocketAddr]) -> Result<DrainReport, PagerError> {
+        let started = Instant::now();
+        let layout = &self.shared.layout;
+        let targets: Vec<SocketAddr> = targets.iter().copied().filter(|t| *t != from).collect();
+        if targets.is_empty() {
+            return Err(PagerError::Config(format!("no server to drain {from} to")));
+        }
+        let from_idx = layout.server_index(from);
+        let mut report = DrainReport::default();
+        loop {
+            let homes = layout.chunks();
+            let Some(chunk) = homes.iter().position(|h| h.server == from_idx) else { break };
+            let load = |t: &SocketAddr| {
+                let i = layout.server_index(*t);
+                homes.iter().filter(|h| h.server == i).count()
+            };
+            let to = *targets.iter().min_by_key(|t| load(t)).expect("targets is not empty");
+            report.pages_copied += self.move_chunk(chunk, to)?;
+            report.chunks_moved += 1;
+        }
+        report.bytes_copied = report.pages_copied * PAGE_SIZE as u64;
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+        Ok(report)
+    }
+
+    /// The memory server holding each chunk of the region, in chunk order.
+    pub fn chunk_servers(&self) -> Vec<SocketAddr> {
+        let layout = &self.shared.layout;
+        layout.chunks().iter().map(|h| layout.server_addr(h.server)).collect()
+    }
+}
+
+impl Shared {
+    pub(crate) fn move_chunk(&self, chunk: usize, to: SocketAddr) -> Result<u64, PagerError> {
+        let shared = self;
+
         let layout = &shared.layout;
         if chunk >= layout.chunk_count() {
             return Err(PagerError::Config(format!("no chunk {chunk}: the region has {}", layout.chunk_count())));
@@ -184,38 +224,5 @@ impl FarMemory {
                 Err(PagerError::Move(why))
             }
         }
-    }
-
-    /// Moves every chunk of the region off the server at `from`, each to the server of
-    /// `targets` that holds the fewest of the region's chunks.
-    pub fn drain_server(&self, from: SocketAddr, targets: &[SocketAddr]) -> Result<DrainReport, PagerError> {
-        let started = Instant::now();
-        let layout = &self.shared.layout;
-        let targets: Vec<SocketAddr> = targets.iter().copied().filter(|t| *t != from).collect();
-        if targets.is_empty() {
-            return Err(PagerError::Config(format!("no server to drain {from} to")));
-        }
-        let from_idx = layout.server_index(from);
-        let mut report = DrainReport::default();
-        loop {
-            let homes = layout.chunks();
-            let Some(chunk) = homes.iter().position(|h| h.server == from_idx) else { break };
-            let load = |t: &SocketAddr| {
-                let i = layout.server_index(*t);
-                homes.iter().filter(|h| h.server == i).count()
-            };
-            let to = *targets.iter().min_by_key(|t| load(t)).expect("targets is not empty");
-            report.pages_copied += self.move_chunk(chunk, to)?;
-            report.chunks_moved += 1;
-        }
-        report.bytes_copied = report.pages_copied * PAGE_SIZE as u64;
-        report.elapsed_ms = started.elapsed().as_millis() as u64;
-        Ok(report)
-    }
-
-    /// The memory server holding each chunk of the region, in chunk order.
-    pub fn chunk_servers(&self) -> Vec<SocketAddr> {
-        let layout = &self.shared.layout;
-        layout.chunks().iter().map(|h| layout.server_addr(h.server)).collect()
     }
 }

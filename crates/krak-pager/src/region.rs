@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use krak_client::{ConnectOptions, Connection};
+use krak_client::ConnectOptions;
 use krak_uffd::{AnonMapping, Uffd, PAGE_SIZE};
 use parking_lot::{Condvar, Mutex};
 
@@ -56,8 +56,14 @@ pub struct PagerConfig {
     pub region_bytes: u64,
     /// Most bytes of the region resident locally at any moment.
     pub local_budget_bytes: u64,
-    /// Memory servers that back the region; its slabs are spread over all of them.
+    /// Memory servers that back the region; its slabs are spread over all of them. Ignored
+    /// when `controller` is set.
     pub servers: Vec<SocketAddr>,
+    /// A rack controller (`http://HOST:PORT`) that places the region's slabs instead of a
+    /// fixed list of servers, and whose drains the region follows while in use.
+    pub controller: Option<String>,
+    /// Who owns the region, as the controller shows it.
+    pub owner: String,
     /// Threads serving faults (more allow more fetches in flight).
     pub handler_threads: usize,
     /// Most pages fetched ahead of one fault.
@@ -87,6 +93,8 @@ impl Default for PagerConfig {
             region_bytes: 0,
             local_budget_bytes: 0,
             servers: Vec::new(),
+            controller: None,
+            owner: default_owner(),
             handler_threads: 2,
             max_prefetch_pages: 64,
             writeback_batch_pages: 64,
@@ -107,10 +115,10 @@ impl Default for PagerConfig {
 pub struct FarMemory {
     pub(crate) shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
-    /// One connection per server for slab allocation and release, indexed like the layout.
-    pub(crate) admin: Mutex<Vec<Option<Connection>>>,
     /// Set when the region's faults are served by the faulting threads.
     self_serving_id: Option<u64>,
+    /// Set when a rack controller placed the region.
+    rack: Option<Arc<crate::rack::RackLink>>,
 }
 
 impl std::fmt::Debug for FarMemory {
@@ -121,7 +129,7 @@ impl std::fmt::Debug for FarMemory {
 
 impl FarMemory {
     pub fn new(config: PagerConfig) -> Result<FarMemory, PagerError> {
-        if config.servers.is_empty() {
+        if config.servers.is_empty() && config.controller.is_none() {
             return Err(PagerError::NoServers);
         }
         if config.region_bytes == 0 {
@@ -143,7 +151,17 @@ impl FarMemory {
             timeout_ms: config.io_timeout_ms,
             spin_us: config.spin_us,
         };
-        let (layout, admin) = RemoteLayout::allocate(&config.servers, region_pages, connect)?;
+        let (layout, admin, rack) = match &config.controller {
+            Some(url) => {
+                let (layout, admin, link) =
+                    crate::rack::allocate(url, &config.owner, region_pages, config.local_budget_bytes, connect)?;
+                (layout, admin, Some(Arc::new(link)))
+            }
+            None => {
+                let (layout, admin) = RemoteLayout::allocate(&config.servers, region_pages, connect)?;
+                (layout, admin.into_iter().map(Some).collect(), None)
+            }
+        };
 
         let eviction: Box<dyn EvictionPolicy> =
             if config.fifo_eviction { Box::<crate::Fifo>::default() } else { Box::new(Clock::new(region_pages)) };
@@ -172,6 +190,7 @@ impl FarMemory {
             uffd,
             map,
             layout,
+            admin: Mutex::new(admin),
             counters: Counters::new(),
             limits: Limits {
                 handler_threads: config.handler_threads,
@@ -183,12 +202,8 @@ impl FarMemory {
             stop: AtomicBool::new(false),
             peak_resident: AtomicUsize::new(0),
         });
-        let mut region = FarMemory {
-            shared: shared.clone(),
-            threads: Vec::new(),
-            admin: Mutex::new(admin.into_iter().map(Some).collect()),
-            self_serving_id: None,
-        };
+        let mut region =
+            FarMemory { shared: shared.clone(), threads: Vec::new(), self_serving_id: None, rack: rack.clone() };
         if config.fault_mode == FaultMode::Sigbus {
             region.self_serving_id = Some(crate::self_serving::register(&shared)?);
         }
@@ -204,6 +219,11 @@ impl FarMemory {
         let s = shared.clone();
         let t = std::thread::Builder::new().name("krak-reclaim".into()).spawn(move || crate::reclaim::run(s));
         region.threads.push(t.map_err(PagerError::Thread)?);
+        if let Some(link) = rack {
+            let s = shared.clone();
+            let t = std::thread::Builder::new().name("krak-follow".into()).spawn(move || crate::rack::follow(s, link));
+            region.threads.push(t.map_err(PagerError::Thread)?);
+        }
         Ok(region)
     }
 
@@ -316,6 +336,11 @@ impl FarMemory {
     }
 }
 
+fn default_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}/pid{}", host.trim(), std::process::id())
+}
+
 fn budget_pages(bytes: u64) -> usize {
     ((bytes / PAGE_SIZE as u64) as usize).max(MIN_BUDGET_PAGES)
 }
@@ -332,11 +357,15 @@ impl Drop for FarMemory {
             let _ = t.join();
         }
         let _ = self.shared.uffd.unregister(self.shared.map.as_ptr() as usize, self.shared.map.len());
-        let mut admin = self.admin.lock();
+        let mut admin = self.shared.admin.lock();
         for home in self.shared.layout.chunks() {
             if let Ok(conn) = crate::migrate::admin_conn(&mut admin, &self.shared.layout, home.server) {
                 crate::remote::free_quietly(conn, home.slab);
             }
+        }
+        drop(admin);
+        if let Some(link) = &self.rack {
+            crate::rack::release(link);
         }
     }
 }

@@ -72,6 +72,16 @@ impl RemoteLayout {
         Ok((layout, admin))
     }
 
+    /// A layout whose chunks were placed elsewhere (by the controller).
+    pub fn from_parts(
+        connect: ConnectOptions,
+        chunk_pages: usize,
+        servers: Vec<SocketAddr>,
+        chunks: Vec<ChunkHome>,
+    ) -> RemoteLayout {
+        RemoteLayout { connect, chunk_pages, servers: RwLock::new(servers), chunks: RwLock::new(chunks) }
+    }
+
     /// Where to read `page` from.
     pub fn locate(&self, page: usize) -> (usize, PageRef) {
         let home = self.chunks.read()[page / self.chunk_pages];

@@ -1,0 +1,227 @@
+//! Regions placed by the rack controller, and following its map while the region lives.
+//!
+//! With a controller URL instead of a list of servers, the region is registered with the
+//! controller, which chooses a server for each chunk (its placement policy); the pager
+//! allocates the slabs itself (it holds their capabilities) and commits them to the map. A
+//! follower thread then long-polls the region's map: when a server is draining, it moves
+//! each of the region's chunks off that server to one the controller places it on, while
+//! the region stays in use, and commits the new home.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use krak_client::{ConnectOptions, Connection};
+use krak_controller::messages::{
+    ChunkServer, CommitChunk, CommitReply, CommitRequest, CreateRegionRequest, MapReply, PlaceReply, PlaceRequest,
+    RegionReply,
+};
+use krak_controller::{Client, RegionId, ServerId, ServerState};
+use krak_proto::PAGE_SIZE;
+
+use crate::core::Shared;
+use crate::remote::{free_quietly, ChunkHome, RemoteLayout};
+use crate::PagerError;
+
+/// How long one map long-poll may wait; also bounds how long dropping a region waits for
+/// the follower.
+const MAP_POLL_MS: u64 = 1_000;
+/// Pause after the controller could not be reached.
+const RETRY_PAUSE_MS: u64 = 1_000;
+
+fn controller_error(e: impl std::fmt::Display) -> PagerError {
+    PagerError::Controller(e.to_string())
+}
+
+/// The region's registration with the controller.
+#[derive(Debug)]
+pub(crate) struct RackLink {
+    pub client: Client,
+    pub region: RegionId,
+    /// Map epoch the pager has caught up with.
+    pub epoch: std::sync::atomic::AtomicU64,
+}
+
+/// Registers a region of `region_pages` with the controller at `url`, has it placed, and
+/// allocates and commits every chunk's slab.
+pub(crate) fn allocate(
+    url: &str,
+    owner: &str,
+    region_pages: usize,
+    local_budget_bytes: u64,
+    connect: ConnectOptions,
+) -> Result<(RemoteLayout, Vec<Option<Connection>>, RackLink), PagerError> {
+    let client = Client::new(url).map_err(controller_error)?;
+    let request = CreateRegionRequest {
+        owner: owner.to_string(),
+        size_bytes: (region_pages * PAGE_SIZE) as u64,
+        local_budget_bytes,
+        chunk_bytes: None,
+    };
+    let created: RegionReply = client.call("POST", "/v1/regions", Some(&request)).map_err(controller_error)?;
+    let region = created.region;
+    let link = RackLink { client, region: region.id, epoch: Default::default() };
+    match place_and_commit(&link, &region, connect) {
+        Ok((layout, admin, epoch)) => {
+            link.epoch.store(epoch, Ordering::Relaxed);
+            Ok((layout, admin, link))
+        }
+        Err(e) => {
+            let _ = link.client.raw("DELETE", &format!("/v1/regions/{}", region.id.0), None, Duration::ZERO);
+            Err(e)
+        }
+    }
+}
+
+fn place_and_commit(
+    link: &RackLink,
+    region: &krak_controller::RegionRecord,
+    connect: ConnectOptions,
+) -> Result<(RemoteLayout, Vec<Option<Connection>>, u64), PagerError> {
+    let chunk_pages = (region.chunk_bytes / PAGE_SIZE as u64) as usize;
+    let chunks = region.chunks();
+    let placed: PlaceReply = link
+        .client
+        .call(
+            "POST",
+            &format!("/v1/regions/{}/place", region.id.0),
+            Some(&PlaceRequest { chunks: (0..chunks).collect(), exclude: vec![] }),
+        )
+        .map_err(controller_error)?;
+    let mut servers: Vec<SocketAddr> = Vec::new();
+    let mut admin: Vec<Option<Connection>> = Vec::new();
+    let mut homes: Vec<Option<ChunkHome>> = vec![None; chunks as usize];
+    let mut commits = Vec::with_capacity(chunks as usize);
+    let result = (|| {
+        for p in &placed.placements {
+            let addr: SocketAddr = p.addr.parse().map_err(|_| controller_error(format!("bad address {:?}", p.addr)))?;
+            let idx = match servers.iter().position(|a| *a == addr) {
+                Some(i) => i,
+                None => {
+                    admin.push(Some(Connection::connect(addr, connect)?));
+                    servers.push(addr);
+                    servers.len() - 1
+                }
+            };
+            let conn = admin[idx].as_mut().expect("connected above");
+            if (conn.slab_pages() as usize) < chunk_pages {
+                return Err(controller_error(format!("{addr} lends slabs smaller than the region's chunks")));
+            }
+            let slab = conn.alloc_slab()?;
+            let chunk = p.chunk as usize;
+            if chunk >= homes.len() {
+                return Err(controller_error(format!("placement named chunk {chunk} of {chunks}")));
+            }
+            homes[chunk] = Some(ChunkHome { server: idx, slab, moving_to: None });
+            commits.push(CommitChunk { chunk: p.chunk, server: p.server, slab: slab.0 });
+        }
+        Ok(())
+    })();
+    let free_all = |admin: &mut Vec<Option<Connection>>, homes: &[Option<ChunkHome>]| {
+        for home in homes.iter().flatten() {
+            if let Some(conn) = admin[home.server].as_mut() {
+                free_quietly(conn, home.slab);
+            }
+        }
+    };
+    if let Err(e) = result {
+        free_all(&mut admin, &homes);
+        return Err(e);
+    }
+    let Some(homes) = homes.iter().copied().collect::<Option<Vec<ChunkHome>>>() else {
+        free_all(&mut admin, &homes);
+        return Err(controller_error("the controller left chunks unplaced"));
+    };
+    let committed: Result<CommitReply, _> = link.client.call(
+        "POST",
+        &format!("/v1/regions/{}/commit", region.id.0),
+        Some(&CommitRequest { chunks: commits }),
+    );
+    match committed {
+        Ok(reply) => Ok((RemoteLayout::from_parts(connect, chunk_pages, servers, homes), admin, reply.epoch)),
+        Err(e) => {
+            free_all(&mut admin, &homes.into_iter().map(Some).collect::<Vec<_>>());
+            Err(controller_error(e))
+        }
+    }
+}
+
+/// The follower thread: keeps the region off draining servers until the region is dropped.
+pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
+    let mut reported_dead = HashSet::new();
+    while !shared.stop.load(Ordering::Relaxed) {
+        let since = link.epoch.load(Ordering::Relaxed);
+        let path = format!("/v1/regions/{}/map?since_epoch={since}&wait_ms={MAP_POLL_MS}", link.region.0);
+        let map: MapReply =
+            match link.client.call_waiting::<(), _>("GET", &path, None, Duration::from_millis(MAP_POLL_MS)) {
+                Ok(map) => map,
+                Err(e) => {
+                    tracing::warn!("controller unreachable ({e}); the region keeps its current placement");
+                    std::thread::sleep(Duration::from_millis(RETRY_PAUSE_MS));
+                    continue;
+                }
+            };
+        let avoid: Vec<ServerId> = map.servers.iter().filter(|s| s.state != ServerState::Alive).map(|s| s.id).collect();
+        for server in &map.servers {
+            match server.state {
+                ServerState::Draining => {
+                    if let Err(e) = move_off(&shared, &link, &server.addr, &avoid) {
+                        tracing::error!("moving the region off {}: {e}", server.addr);
+                    }
+                }
+                ServerState::Dead if reported_dead.insert(server.id) => {
+                    tracing::error!(
+                        "memory server {} is dead; pages of this region that lived only there are lost",
+                        server.addr
+                    );
+                }
+                _ => {}
+            }
+        }
+        link.epoch.fetch_max(map.epoch, Ordering::Relaxed);
+    }
+}
+
+/// Moves every chunk whose home is `addr` to a server the controller chooses.
+fn move_off(shared: &Shared, link: &RackLink, addr: &str, avoid: &[ServerId]) -> Result<(), PagerError> {
+    let Ok(from) = addr.parse::<SocketAddr>() else { return Err(controller_error(format!("bad address {addr:?}"))) };
+    let from_idx = shared.layout.server_index(from);
+    let chunks: Vec<usize> =
+        (0..shared.layout.chunk_count()).filter(|c| shared.layout.chunk(*c).server == from_idx).collect();
+    for chunk in chunks {
+        let placed: PlaceReply = link
+            .client
+            .call(
+                "POST",
+                &format!("/v1/regions/{}/place", link.region.0),
+                Some(&PlaceRequest { chunks: vec![chunk as u64], exclude: avoid.to_vec() }),
+            )
+            .map_err(controller_error)?;
+        let Some(ChunkServer { server, addr: to, .. }) = placed.placements.into_iter().next() else {
+            return Err(controller_error("no server to move to"));
+        };
+        let to: SocketAddr = to.parse().map_err(|_| controller_error(format!("bad address {to:?}")))?;
+        let pages = shared.move_chunk(chunk, to)?;
+        let slab = shared.layout.chunk(chunk).slab;
+        let reply: CommitReply = link
+            .client
+            .call(
+                "POST",
+                &format!("/v1/regions/{}/commit", link.region.0),
+                Some(&CommitRequest { chunks: vec![CommitChunk { chunk: chunk as u64, server, slab: slab.0 }] }),
+            )
+            .map_err(controller_error)?;
+        link.epoch.fetch_max(reply.epoch, Ordering::Relaxed);
+        tracing::info!("moved chunk {chunk} ({pages} pages) from {from} to {to}");
+    }
+    Ok(())
+}
+
+/// Tells the controller the region is gone (after its slabs were freed).
+pub(crate) fn release(link: &RackLink) {
+    if let Err(e) = link.client.raw("DELETE", &format!("/v1/regions/{}", link.region.0), None, Duration::ZERO) {
+        tracing::warn!("removing the region from the controller: {e}");
+    }
+}
