@@ -1,0 +1,369 @@
+//! The smallest HTTP/1.1 client that does the job: one `POST` per connection
+//! (`Connection: close`), every step bounded by one deadline, every answer bounded in size
+//! and parsed without trusting it. Requests carry the gRPC metadata `hasleader: true`
+//! (the gateway forwards `Grpc-Metadata-*` headers): a member that knows it has no raft
+//! leader refuses at once ("no leader") instead of holding the request until it times out.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+/// Most bytes of a response head (status line and headers).
+const MAX_HEAD: usize = 64 << 10;
+
+/// One etcd client URL, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// As given, for messages.
+    pub url: String,
+    /// `host:port`, for the `Host` header and resolution.
+    pub authority: String,
+}
+
+impl Endpoint {
+    /// Parses `http://host:port` (a trailing `/` allowed) or a bare `host:port`.
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        let u = url.trim();
+        let rest = if let Some(r) = u.strip_prefix("http://") {
+            r
+        } else if u.starts_with("https://") {
+            return Err(format!("{u}: https is not supported (use etcd's plain-HTTP client URL on a trusted network)"));
+        } else if u.contains("://") {
+            return Err(format!("{u}: only http:// URLs are supported"));
+        } else {
+            u
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.is_empty() || authority.contains('/') || authority.contains(char::is_whitespace) {
+            return Err(format!("{u}: expected http://host:port"));
+        }
+        let (_, port) =
+            authority.rsplit_once(':').ok_or_else(|| format!("{u}: no port (expected http://host:port)"))?;
+        port.parse::<u16>().map_err(|_| format!("{u}: bad port {port:?}"))?;
+        Ok(Endpoint { url: u.to_string(), authority: authority.to_string() })
+    }
+}
+
+/// Why a request failed, which decides whether another endpoint may be tried.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HttpError {
+    /// No connection was made: the request was certainly not sent.
+    Connect(String),
+    /// The connection failed or timed out after the request may have been sent.
+    Io(String),
+    /// The peer answered something that is not a well-formed HTTP response.
+    Malformed(String),
+    /// The response body is larger than allowed.
+    TooLarge(usize),
+}
+
+/// A response: status code and body.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+fn remaining(deadline: Instant) -> Option<Duration> {
+    let d = deadline.saturating_duration_since(Instant::now());
+    (d > Duration::ZERO).then_some(d)
+}
+
+/// Sends `POST path` with a JSON `body` to `ep` and reads the answer, all before
+/// `deadline`; connecting takes at most `connect_timeout` of that.
+pub fn post(
+    ep: &Endpoint,
+    path: &str,
+    body: &[u8],
+    deadline: Instant,
+    connect_timeout: Duration,
+    max_body: usize,
+) -> Result<Response, HttpError> {
+    let addrs: Vec<SocketAddr> =
+        ep.authority.to_socket_addrs().map_err(|e| HttpError::Connect(format!("{}: resolve: {e}", ep.url)))?.collect();
+    let mut stream = None;
+    let mut last = String::from("no address");
+    for a in addrs {
+        let Some(left) = remaining(deadline) else { break };
+        match TcpStream::connect_timeout(&a, left.min(connect_timeout)) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = format!("{a}: {e}"),
+        }
+    }
+    let mut s = stream.ok_or_else(|| HttpError::Connect(format!("{}: connect: {last}", ep.url)))?;
+    let io = |what: &str, e: std::io::Error| HttpError::Io(format!("{}: {what}: {e}", ep.url));
+    let _ = s.set_nodelay(true);
+    let left = remaining(deadline).ok_or_else(|| HttpError::Io(format!("{}: timed out", ep.url)))?;
+    s.set_write_timeout(Some(left)).map_err(|e| io("set timeout", e))?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Grpc-Metadata-hasleader: true\r\nConnection: close\r\n\r\n",
+        ep.authority,
+        body.len()
+    );
+    let mut req = Vec::with_capacity(head.len() + body.len());
+    req.extend_from_slice(head.as_bytes());
+    req.extend_from_slice(body);
+    s.write_all(&req).map_err(|e| io("send", e))?;
+    let mut r = DeadlineReader { s, deadline, url: &ep.url };
+    read_response(&mut r, max_body).map_err(|e| match e {
+        HttpError::Io(m) => HttpError::Io(format!("{}: {m}", ep.url)),
+        other => other,
+    })
+}
+
+/// Reads with the socket timeout set to what is left of the deadline before each read.
+struct DeadlineReader<'a> {
+    s: TcpStream,
+    deadline: Instant,
+    url: &'a str,
+}
+
+impl Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = remaining(self.deadline).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{}: no answer in time", self.url))
+        })?;
+        self.s.set_read_timeout(Some(left))?;
+        self.s.read(buf)
+    }
+}
+
+fn read_err(e: std::io::Error) -> HttpError {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            HttpError::Io("no answer within the request timeout".into())
+        }
+        _ => HttpError::Io(format!("receive: {e}")),
+    }
+}
+
+/// A byte source with one-byte lookahead over a reader, for line-oriented parsing.
+struct Buffered<'r, R: Read> {
+    r: &'r mut R,
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+}
+
+impl<'r, R: Read> Buffered<'r, R> {
+    fn new(r: &'r mut R) -> Self {
+        Buffered { r, buf: vec![0; 16 << 10], pos: 0, end: 0 }
+    }
+
+    /// Refills; false at end of stream.
+    fn fill(&mut self) -> Result<bool, HttpError> {
+        if self.pos < self.end {
+            return Ok(true);
+        }
+        loop {
+            match self.r.read(&mut self.buf) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.pos = 0;
+                    self.end = n;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(read_err(e)),
+            }
+        }
+    }
+
+    /// One line without its `\r\n`, at most `max` bytes.
+    fn line(&mut self, max: usize) -> Result<Vec<u8>, HttpError> {
+        let mut out = Vec::new();
+        loop {
+            if !self.fill()? {
+                // A peer that dies or resets looks like this too: not proof of a bad answer.
+                return Err(HttpError::Io("connection closed inside the response head".into()));
+            }
+            let chunk = &self.buf[self.pos..self.end];
+            if let Some(i) = chunk.iter().position(|&b| b == b'\n') {
+                out.extend_from_slice(&chunk[..i]);
+                self.pos += i + 1;
+                if out.last() == Some(&b'\r') {
+                    out.pop();
+                }
+                return Ok(out);
+            }
+            out.extend_from_slice(chunk);
+            self.pos = self.end;
+            if out.len() > max {
+                return Err(HttpError::Malformed(format!("a line longer than {max} bytes")));
+            }
+        }
+    }
+
+    /// Exactly `n` bytes appended to `out`.
+    fn exact(&mut self, n: usize, out: &mut Vec<u8>) -> Result<(), HttpError> {
+        let mut left = n;
+        while left > 0 {
+            if !self.fill()? {
+                return Err(HttpError::Io("connection closed inside the response body".into()));
+            }
+            let take = left.min(self.end - self.pos);
+            out.extend_from_slice(&self.buf[self.pos..self.pos + take]);
+            self.pos += take;
+            left -= take;
+        }
+        Ok(())
+    }
+
+    /// Everything to the end of the stream, at most `max` bytes.
+    fn read_until_close(&mut self, max: usize, out: &mut Vec<u8>) -> Result<(), HttpError> {
+        while self.fill()? {
+            out.extend_from_slice(&self.buf[self.pos..self.end]);
+            self.pos = self.end;
+            if out.len() > max {
+                return Err(HttpError::TooLarge(max));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a response: status line, headers, then a body framed by `Content-Length`,
+/// chunked encoding (trailers skipped) or the end of the connection.
+pub fn read_response<R: Read>(r: &mut R, max_body: usize) -> Result<Response, HttpError> {
+    let mut b = Buffered::new(r);
+    let status_line = b.line(MAX_HEAD)?;
+    let status_line = String::from_utf8_lossy(&status_line).into_owned();
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or("");
+    let code = parts.next().unwrap_or("");
+    if !version.starts_with("HTTP/1.") {
+        return Err(HttpError::Malformed(format!("not an HTTP/1.x answer: {:?}", trunc(&status_line))));
+    }
+    let status: u16 = code
+        .parse()
+        .ok()
+        .filter(|c| (100..600).contains(c))
+        .ok_or_else(|| HttpError::Malformed(format!("bad status line {:?}", trunc(&status_line))))?;
+    let mut content_length: Option<usize> = None;
+    let mut chunked = false;
+    let mut head_bytes = status_line.len();
+    loop {
+        let line = b.line(MAX_HEAD)?;
+        head_bytes += line.len() + 2;
+        if head_bytes > MAX_HEAD {
+            return Err(HttpError::Malformed(format!("response head over {MAX_HEAD} bytes")));
+        }
+        if line.is_empty() {
+            break;
+        }
+        let line = String::from_utf8_lossy(&line);
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(HttpError::Malformed(format!("bad header line {:?}", trunc(&line))));
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            let n: usize =
+                value.parse().map_err(|_| HttpError::Malformed(format!("bad Content-Length {:?}", trunc(value))))?;
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if value.eq_ignore_ascii_case("chunked") {
+                chunked = true;
+            } else {
+                return Err(HttpError::Malformed(format!("unsupported Transfer-Encoding {:?}", trunc(value))));
+            }
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let line = b.line(1024)?;
+            let line = String::from_utf8_lossy(&line);
+            let size = line.split(';').next().unwrap_or("").trim();
+            let n = usize::from_str_radix(size, 16)
+                .map_err(|_| HttpError::Malformed(format!("bad chunk size {:?}", trunc(&line))))?;
+            if n == 0 {
+                // Trailers, up to the empty line (or the end of the connection).
+                while b.fill()? {
+                    if b.line(MAX_HEAD)?.is_empty() {
+                        break;
+                    }
+                }
+                break;
+            }
+            if body.len().saturating_add(n) > max_body {
+                return Err(HttpError::TooLarge(max_body));
+            }
+            b.exact(n, &mut body)?;
+            if !b.line(16)?.is_empty() {
+                return Err(HttpError::Malformed("chunk not followed by CRLF".into()));
+            }
+        }
+    } else if let Some(n) = content_length {
+        if n > max_body {
+            return Err(HttpError::TooLarge(max_body));
+        }
+        b.exact(n, &mut body)?;
+    } else {
+        b.read_until_close(max_body, &mut body)?;
+    }
+    Ok(Response { status, body })
+}
+
+fn trunc(s: &str) -> String {
+    s.chars().take(120).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8]) -> Result<Response, HttpError> {
+        read_response(&mut &raw[..], 1 << 20)
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(Endpoint::parse("http://127.0.0.1:2379/").unwrap().authority, "127.0.0.1:2379");
+        assert_eq!(Endpoint::parse("localhost:1").unwrap().authority, "localhost:1");
+        assert!(Endpoint::parse("https://x:1").unwrap_err().contains("https"));
+        for bad in ["", "http://", "http://host", "http://h:99999", "http://h:1/v3", "ftp://h:1"] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn framing() {
+        let r = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"{}"[..]));
+        let r = parse(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\nTrailer: X\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nX: y\r\n\r\n")
+            .unwrap();
+        assert_eq!((r.status, &r.body[..]), (404, &b"abcde"[..]));
+        let r = parse(b"HTTP/1.0 200 OK\r\n\r\nto the end").unwrap();
+        assert_eq!(r.body, b"to the end");
+    }
+
+    #[test]
+    fn malformed_answers_are_errors_not_panics() {
+        let cases: &[&[u8]] = &[
+            b"",
+            b"garbage\r\n\r\n",
+            b"HTTP/1.1 abc OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffff\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+        ];
+        for c in cases {
+            assert!(parse(c).is_err(), "{:?} parsed", String::from_utf8_lossy(c));
+        }
+        let mut huge = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+        huge.extend(std::iter::repeat_n(b'a', 100_000));
+        assert!(parse(&huge).is_err());
+        let mut big = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        big.extend(std::iter::repeat_n(b'a', (1 << 20) + 1));
+        assert_eq!(parse(&big).unwrap_err(), HttpError::TooLarge(1 << 20));
+    }
+}
