@@ -7,6 +7,9 @@ use anyhow::Context;
 use krak_memserver::{MemServer, ServerConfig};
 use krak_proto::units::ByteSize;
 
+use crate::agent::{self, Membership};
+use crate::ctl::OptionalControllerArg;
+
 /// Serve slabs of this machine's memory to krak pagers over TCP.
 ///
 /// Memory is lent in slabs of --slab-size; a slab costs RAM only once pages are written
@@ -16,11 +19,21 @@ use krak_proto::units::ByteSize;
 /// On start one line is printed to stdout:
 /// `krak memserver listening on ADDR capacity SIZE slab SIZE`
 /// (with the actual port when --listen asked for port 0). SIGINT/SIGTERM stop the server.
+///
+/// With --controller (or $KRAK_CONTROLLER) the server joins a rack: it registers with the
+/// controller (its address, capacity, slab size, --domain, --headroom), then heartbeats at
+/// the interval the controller asks with what it lends, its slabs and the host's available
+/// memory. When the controller cannot be reached it logs once and keeps retrying (backoff
+/// up to 1 s) while serving its clients as before; when the controller forgot it, it
+/// registers again. State changes the controller reports (alive, suspect, dead, draining)
+/// are logged on stderr.
 /// Logs go to stderr: KRAK_LOG=info shows the slabs freed after a grace period,
 /// KRAK_LOG=debug every allocation, free and connection.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Example:\n  krak memserver --listen 0.0.0.0:7070 --capacity 16GiB\n  \
-                        krak memserver --listen 127.0.0.1:0 --capacity 1GiB --slab-size 16MiB")]
+                        krak memserver --listen 127.0.0.1:0 --capacity 1GiB --slab-size 16MiB\n  \
+                        krak memserver --listen 0.0.0.0:7070 --capacity 16GiB \\\n      \
+                        --controller http://10.0.0.1:7080 --domain rack1/host3 --headroom 2GiB")]
 pub struct MemserverArgs {
     /// Address to listen on, e.g. 0.0.0.0:7070; port 0 picks a free port (printed on start).
     #[arg(long, value_name = "ADDR")]
@@ -43,6 +56,20 @@ pub struct MemserverArgs {
     /// Lock slab memory into RAM (mlock) so it is never swapped out; failures only warn.
     #[arg(long)]
     mlock: bool,
+    #[command(flatten)]
+    controller: OptionalControllerArg,
+    /// Failure domain told to the controller, e.g. rack1/host3: servers with the same string
+    /// are expected to fail together (the domain-spread policy spreads over them).
+    #[arg(long, value_name = "DOMAIN", default_value = "", requires = "controller")]
+    domain: String,
+    /// Free memory this host keeps for itself: when its available memory (MemAvailable)
+    /// falls below this, the server asks the controller to move slabs away (0: never).
+    #[arg(long, value_name = "SIZE", default_value_t = ByteSize(0), requires = "controller")]
+    headroom: ByteSize,
+    /// Address pagers use to reach this server, told to the controller. Default: --listen,
+    /// or for a wildcard address (0.0.0.0) this host's address on the route to the controller.
+    #[arg(long, value_name = "HOST:PORT", requires = "controller")]
+    advertise: Option<String>,
 }
 
 pub fn run(args: MemserverArgs) -> anyhow::Result<()> {
@@ -56,8 +83,23 @@ pub fn run(args: MemserverArgs) -> anyhow::Result<()> {
         mlock: args.mlock,
     };
     let server = MemServer::bind(config).context("starting the memory server")?;
+    let membership = args.controller.controller.as_deref().filter(|c| !c.trim().is_empty()).map(|controller| {
+        let addr =
+            args.advertise.clone().unwrap_or_else(|| agent::advertised(server.local_addr(), controller).to_string());
+        Membership {
+            controller: controller.to_string(),
+            addr,
+            domain: args.domain.clone(),
+            headroom_bytes: args.headroom.0,
+        }
+    });
     let stopper = server.stopper();
-    if let Err(e) = ctrlc::set_handler(move || stopper.stop()) {
+    let (stop_agent, agent_stop) = std::sync::mpsc::channel::<()>();
+    let signal_stopper = stopper.clone();
+    if let Err(e) = ctrlc::set_handler(move || {
+        let _ = stop_agent.send(());
+        signal_stopper.stop();
+    }) {
         tracing::warn!("cannot handle SIGINT/SIGTERM ({e}); stop the server with SIGKILL");
     }
     // Scripts and tests parse the address from this exact line.
@@ -71,6 +113,13 @@ pub fn run(args: MemserverArgs) -> anyhow::Result<()> {
     )?;
     out.flush()?;
     drop(out);
-    server.run().context("serving")?;
+    let Some(membership) = membership else {
+        server.run().context("serving")?;
+        return Ok(());
+    };
+    let handle = server.spawn().context("starting the memory server")?;
+    // The heartbeat loop runs on this thread until SIGINT/SIGTERM; the server serves on its own.
+    agent::run(&membership, &|| handle.stats(), &agent_stop);
+    handle.shutdown().context("serving")?;
     Ok(())
 }

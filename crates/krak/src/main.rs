@@ -1,7 +1,11 @@
 //! The `krak` command: every role of a krak rack in one binary.
 
+mod agent;
 mod cmd_bench;
+mod cmd_controller;
 mod cmd_memserver;
+mod cmd_status;
+mod ctl;
 mod demo;
 mod pager_opts;
 mod rack;
@@ -19,6 +23,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Memserver(cmd_memserver::MemserverArgs),
+    Controller(cmd_controller::ControllerArgs),
+    Status(cmd_status::StatusArgs),
+    Policy(cmd_status::PolicyArgs),
+    Drain(cmd_status::DrainArgs),
     Demo(demo::DemoArgs),
     Bench(cmd_bench::BenchArgs),
     #[command(hide = true)]
@@ -36,6 +44,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Memserver(args) => cmd_memserver::run(args),
+        Command::Controller(args) => cmd_controller::run(args),
+        Command::Status(args) => cmd_status::status(args),
+        Command::Policy(args) => cmd_status::policy(args),
+        Command::Drain(args) => cmd_status::drain(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => cmd_bench::run(args),
         Command::BenchWorker(args) => cmd_bench::worker(args),

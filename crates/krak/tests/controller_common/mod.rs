@@ -1,0 +1,154 @@
+//! Real `krak controller` and `krak memserver` processes for the controller tests; every
+//! child is killed (SIGKILL) and reaped on drop, also when a test fails.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const KRAK: &str = env!("CARGO_BIN_EXE_krak");
+
+/// A child process, SIGKILLed and reaped on drop.
+#[derive(Debug)]
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    pub fn running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let dir = std::env::temp_dir().join(format!("krak-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Spawns `krak ARGS` and returns it with the first line it prints (within 10 s).
+pub fn spawn_and_read_line(args: &[&str]) -> (Proc, String) {
+    let mut child = Command::new(KRAK)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("krak runs");
+    let stdout = child.stdout.take().unwrap();
+    let proc = Proc(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let mut reader = BufReader::new(stdout);
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        // keep reading so the child never blocks on a full pipe
+        let mut rest = String::new();
+        while reader.read_line(&mut rest).is_ok_and(|n| n > 0) {
+            rest.clear();
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("krak {args:?} printed nothing"));
+    assert!(!line.is_empty(), "krak {args:?} exited without printing its address");
+    (proc, line)
+}
+
+/// `krak controller --listen LISTEN EXTRA...`: the process and its URL.
+pub fn controller(listen: &str, extra: &[&str]) -> (Proc, String) {
+    let mut args = vec!["controller", "--listen", listen];
+    args.extend_from_slice(extra);
+    let (proc, line) = spawn_and_read_line(&args);
+    let url = line.trim().strip_prefix("krak controller listening on ").unwrap_or_else(|| panic!("{line:?}"));
+    assert!(url.starts_with("http://127.0.0.1:") && !url.ends_with(":0"), "{line:?}");
+    (proc, url.to_string())
+}
+
+/// `krak memserver` with 1 MiB slabs on a free loopback port, joined to `controller`.
+pub fn memserver(controller: &str, domain: &str, capacity: &str) -> (Proc, SocketAddr) {
+    let (proc, line) = spawn_and_read_line(&[
+        "memserver",
+        "--listen",
+        "127.0.0.1:0",
+        "--capacity",
+        capacity,
+        "--slab-size",
+        "1MiB",
+        "--controller",
+        controller,
+        "--domain",
+        domain,
+    ]);
+    let addr = line.split_whitespace().nth(4).and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
+    (proc, addr)
+}
+
+/// Runs `krak ARGS` to completion (its calls to the controller time out after 5 s).
+pub fn krak(args: &[&str]) -> Output {
+    Command::new(KRAK).args(args).env_remove("KRAK_CONTROLLER").stdin(Stdio::null()).output().unwrap()
+}
+
+/// `krak ARGS` that must succeed: its stdout.
+pub fn krak_ok(args: &[&str]) -> String {
+    let out = krak(args);
+    assert!(out.status.success(), "krak {args:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `krak status --json`, or the error it printed.
+pub fn status(controller: &str) -> Result<Value, String> {
+    let out = krak(&["status", "--json", "--controller", controller]);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&out.stdout).expect("status --json prints JSON"))
+}
+
+/// The server with address `addr` in a status.
+pub fn server(status: &Value, addr: SocketAddr) -> Option<&Value> {
+    status["servers"].as_array()?.iter().find(|s| s["addr"] == addr.to_string())
+}
+
+/// Polls `f` until it gives `Some` or `timeout` passes; returns it with the time it took.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> (T, Duration) {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return (v, t0.elapsed());
+        }
+        assert!(t0.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

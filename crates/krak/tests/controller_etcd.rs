@@ -1,0 +1,56 @@
+//! Two `krak controller` processes on one real etcd: one leads, the other answers 503 naming
+//! it; the leader SIGKILLed, the standby takes over within a few seconds, and a memory server
+//! and `krak status` given both URLs follow. Needs etcd (Debian's `etcd-server`; `.ci/run`
+//! installs it): without it the test fails saying so.
+
+mod controller_common;
+
+use std::time::{Duration, Instant};
+
+use controller_common::*;
+use krak_meta_etcd::testkit::EtcdCluster;
+
+#[test]
+fn two_controllers_on_etcd_one_leads_the_other_takes_over() {
+    let etcd = EtcdCluster::start(1);
+    let endpoints = etcd.endpoints();
+    let common = ["--etcd", endpoints.as_str(), "--lease-ms", "1000", "--dead-after-ms", "3000"];
+    let (mut leader, leader_url) = controller("127.0.0.1:0", &common);
+    let (_standby, standby_url) = controller("127.0.0.1:0", &common);
+
+    // the first leads, the second stands by and names the leader
+    let st = status(&leader_url).expect("the leader serves");
+    assert_eq!(st["servers"].as_array().unwrap().len(), 0);
+    let err = status(&standby_url).expect_err("a standby does not serve");
+    assert!(err.contains("503") && err.contains(&format!("the leader is {leader_url}")), "{err}");
+
+    // a memory server and the CLI given both URLs find the leader
+    let both = format!("{standby_url},{leader_url}");
+    let (mut ms, addr) = memserver(&both, "rack1/host1", "16MiB");
+    wait_for(Duration::from_secs(5), "the server registered through the leader", || {
+        (server(&status(&both).ok()?, addr)?["state"] == "alive").then_some(())
+    });
+    assert_eq!(krak_ok(&["policy", "set", "domain-spread", "--controller", &both]).trim(), "domain-spread");
+
+    // the leader dies: the standby takes over with the rack as the leader left it
+    leader.kill();
+    let t0 = Instant::now();
+    let (st, took) = wait_for(Duration::from_secs(8), "the standby to take over", || status(&standby_url).ok());
+    eprintln!("standby serving {took:?} after the leader was killed");
+    assert!(took < Duration::from_secs(5), "takeover took {took:?}");
+    assert_eq!(st["policy"], "domain-spread", "{st:#}");
+    assert!(server(&st, addr).is_some(), "the new leader knows the server: {st:#}");
+    // the memory server heartbeats to the new leader
+    wait_for(Duration::from_secs(5), "heartbeats to the new leader", || {
+        let st = status(&standby_url).ok()?;
+        let s = server(&st, addr)?;
+        let fresh = s["last_heartbeat_unix_ms"].as_u64()? + 1000 > now_ms();
+        (s["state"] == "alive" && fresh).then_some(())
+    });
+    assert!(ms.running());
+    eprintln!("failover complete in {:?}", t0.elapsed());
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
