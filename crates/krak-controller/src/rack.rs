@@ -160,9 +160,19 @@ impl Rack {
         Ok(())
     }
 
+    /// The slab size most live servers lend (a chunk must fit one slab), or the configured
+    /// default when no server is alive.
+    fn usual_slab_bytes(&self) -> u64 {
+        let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+        for s in self.servers.values().filter(|s| s.state == ServerState::Alive) {
+            *counts.entry(s.slab_size_bytes).or_default() += 1;
+        }
+        counts.into_iter().max_by_key(|(size, n)| (*n, *size)).map_or(self.config.default_chunk_bytes, |(size, _)| size)
+    }
+
     pub fn create_region(&mut self, req: &CreateRegionRequest) -> Result<RegionRecord, RackError> {
         validate_name("owner", &req.owner)?;
-        let chunk_bytes = req.chunk_bytes.unwrap_or(self.config.default_chunk_bytes);
+        let chunk_bytes = req.chunk_bytes.unwrap_or_else(|| self.usual_slab_bytes());
         if chunk_bytes == 0 || !chunk_bytes.is_multiple_of(4096) {
             return Err(RackError::BadRequest("chunk_bytes must be a positive multiple of 4096".into()));
         }

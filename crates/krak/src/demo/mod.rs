@@ -36,6 +36,13 @@ pub struct DemoArgs {
     /// Most of the region resident on this machine at any moment (the local budget).
     #[arg(long, value_name = "SIZE", default_value = "256MiB")]
     local: ByteSize,
+    /// Run against this existing rack (its controller places the region) instead of
+    /// starting one on loopback.
+    #[arg(long, value_name = "URL", env = "KRAK_CONTROLLER")]
+    controller: Option<String>,
+    /// Run the random phase for this many seconds instead of --ops operations.
+    #[arg(long, value_name = "N")]
+    seconds: Option<u64>,
     /// Memory servers to start on loopback.
     #[arg(long, value_name = "N", default_value_t = 3)]
     servers: usize,
@@ -108,17 +115,35 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     };
     say(format!(
-        "krak demo: a {} region with {} of local memory, backed by {} memory servers on loopback",
-        args.region, args.local, args.servers
+        "krak demo: a {} region with {} of local memory, backed by {}",
+        args.region,
+        args.local,
+        match &args.controller {
+            Some(_) => "an existing rack".to_string(),
+            None => format!("{} memory servers on loopback", args.servers),
+        }
     ));
     let capacity = ByteSize(args.region.0.div_ceil(args.slab_size.0) * args.slab_size.0);
-    let rack = LocalRack::start(args.servers, capacity, args.slab_size)?;
-    say(format!("  memory servers: {}", rack.addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")));
+    let rack = match &args.controller {
+        Some(url) => {
+            say(format!("  rack: the controller at {url} places the region"));
+            None
+        }
+        None => {
+            let rack = LocalRack::start(args.servers, capacity, args.slab_size)?;
+            say(format!(
+                "  memory servers: {}",
+                rack.addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+            ));
+            Some(rack)
+        }
+    };
     let region = Arc::new(
         FarMemory::new(PagerConfig {
             region_bytes: args.region.0,
             local_budget_bytes: args.local.0,
-            servers: rack.addrs(),
+            servers: rack.as_ref().map(|r| r.addrs()).unwrap_or_default(),
+            controller: args.controller.clone(),
             fault_mode: args.fault_mode.mode(),
             ..Default::default()
         })
@@ -135,9 +160,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     bar.finish();
 
     region.reset_fault_latency();
-    let bar = progress(args.json, args.ops, "random");
-    let limit = Some(Duration::from_secs(args.max_seconds));
-    let krak = pages.mixed(&target, args.ops, args.seed, limit, &|n| bar.inc(n));
+    let (ops, limit) = match args.seconds {
+        Some(s) => (u64::MAX, Duration::from_secs(s)),
+        None => (args.ops, Duration::from_secs(args.max_seconds)),
+    };
+    let bar = if args.seconds.is_some() && !args.json {
+        let bar = ProgressBar::new_spinner();
+        bar.set_message(format!("random phase for {} s", limit.as_secs()));
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    } else {
+        progress(args.json, args.ops, "random")
+    };
+    let krak = pages.mixed(&target, ops, args.seed, Some(limit), &|n| bar.inc(n));
     bar.finish();
     let latency = region.stats();
 
