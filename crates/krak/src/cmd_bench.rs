@@ -123,7 +123,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let rack = if plan.backends.contains(&BenchBackend::Krak) {
         let slab = ByteSize(16 << 20);
         let capacity = ByteSize(plan.region_bytes.div_ceil(slab.0) * slab.0);
-        Some(LocalRack::start(args.servers, capacity, slab)?)
+        Some(LocalRack::start(args.servers, capacity, slab, false)?)
     } else {
         None
     };

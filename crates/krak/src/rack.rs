@@ -1,5 +1,5 @@
-//! An embedded rack on loopback: memory servers as child processes of this one, on free
-//! ports, gone when this process ends (even when it is killed).
+//! An embedded rack on loopback: memory servers (and optionally a controller) as child
+//! processes of this one, on free ports, gone when this process ends (even when killed).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -16,43 +16,91 @@ const START_TIMEOUT_MS: u64 = 10_000;
 #[derive(Debug)]
 pub struct LocalRack {
     servers: Vec<(Child, SocketAddr)>,
+    controller: Option<(Child, String, std::path::PathBuf)>,
+}
+
+/// Starts `krak ARGS` as a child that dies with us, and reads the address from its first
+/// line ("krak ROLE listening on ADDR ...").
+fn start_child(exe: &std::path::Path, args: &[&str], what: &str) -> anyhow::Result<(Child, String)> {
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    // SAFETY: prctl is async-signal-safe and touches no memory of the forked child; it asks
+    // the kernel to stop the child when this process dies, so no server outlives a killed demo.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+    match read_address(&mut child) {
+        Ok(addr) => Ok((child, addr)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e.context(format!("starting {what}")))
+        }
+    }
 }
 
 impl LocalRack {
-    /// Starts `count` memory servers lending `capacity` each in slabs of `slab_size`.
-    pub fn start(count: usize, capacity: ByteSize, slab_size: ByteSize) -> anyhow::Result<LocalRack> {
+    /// Starts `count` memory servers lending `capacity` each in slabs of `slab_size`; with
+    /// `with_controller`, first a controller (its state in a temporary directory) that the
+    /// servers join, and waits until all of them are alive there.
+    pub fn start(
+        count: usize,
+        capacity: ByteSize,
+        slab_size: ByteSize,
+        with_controller: bool,
+    ) -> anyhow::Result<LocalRack> {
         let exe = std::env::current_exe().context("finding the krak binary")?;
-        let mut rack = LocalRack { servers: Vec::new() };
-        for _ in 0..count {
-            let mut cmd = Command::new(&exe);
-            cmd.args(["memserver", "--listen", "127.0.0.1:0"])
-                .args(["--capacity", &capacity.to_string(), "--slab-size", &slab_size.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit());
-            // SAFETY: prctl is async-signal-safe and touches no memory of the forked child; it
-            // asks the kernel to stop the server when this process dies, so no server outlives
-            // a killed demo.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
+        let mut rack = LocalRack { servers: Vec::new(), controller: None };
+        if with_controller {
+            let dir = std::env::temp_dir().join(format!("krak-rack-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let store = dir.to_string_lossy().into_owned();
+            let (child, url) =
+                start_child(&exe, &["controller", "--listen", "127.0.0.1:0", "--store", &store], "the controller")?;
+            rack.controller = Some((child, url, dir));
+        }
+        for i in 0..count {
+            let (capacity, slab) = (capacity.to_string(), slab_size.to_string());
+            let domain = format!("local/host{}", i + 1);
+            let mut args = vec!["memserver", "--listen", "127.0.0.1:0", "--capacity", &capacity, "--slab-size", &slab];
+            if let Some((_, url, _)) = &rack.controller {
+                args.extend(["--controller", url, "--domain", &domain]);
             }
-            let mut child = cmd.spawn().context("starting a memory server")?;
-            let addr = match read_address(&mut child) {
-                Ok(addr) => addr,
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(e);
-                }
-            };
+            let (child, addr) = start_child(&exe, &args, "a memory server")?;
+            let addr = addr.parse().with_context(|| format!("bad memory server address {addr:?}"))?;
             rack.servers.push((child, addr));
         }
+        if let Some(url) = rack.controller_url() {
+            rack.wait_alive(&url)?;
+        }
         Ok(rack)
+    }
+
+    /// The controller's URL, when the rack has one.
+    pub fn controller_url(&self) -> Option<String> {
+        self.controller.as_ref().map(|(_, url, _)| url.clone())
+    }
+
+    fn wait_alive(&self, url: &str) -> anyhow::Result<()> {
+        let client = krak_controller::Client::new(url)?;
+        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+        loop {
+            let status: krak_controller::messages::StatusReply = client.call::<(), _>("GET", "/v1/status", None)?;
+            let alive = status.servers.iter().filter(|s| s.record.state == krak_controller::ServerState::Alive).count();
+            if alive >= self.servers.len() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("only {alive} of {} memory servers joined the controller in time", self.servers.len());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn addrs(&self) -> Vec<SocketAddr> {
@@ -60,7 +108,7 @@ impl LocalRack {
     }
 }
 
-fn read_address(child: &mut Child) -> anyhow::Result<SocketAddr> {
+fn read_address(child: &mut Child) -> anyhow::Result<String> {
     let stdout = child.stdout.take().context("memory server stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -78,13 +126,11 @@ fn read_address(child: &mut Child) -> anyhow::Result<SocketAddr> {
         .recv_timeout(deadline.saturating_duration_since(Instant::now()))
         .context("memory server did not report its address in time")?
         .context("reading the memory server's address")?;
-    // "krak memserver listening on ADDR capacity SIZE slab SIZE"
+    // "krak memserver listening on ADDR capacity SIZE slab SIZE", "krak controller listening on URL"
     let mut words = line.split_whitespace();
     match (words.next(), words.next(), words.next(), words.next(), words.next()) {
-        (Some("krak"), Some("memserver"), Some("listening"), Some("on"), Some(addr)) => {
-            addr.parse().with_context(|| format!("bad address in {line:?}"))
-        }
-        _ => bail!("unexpected first line from the memory server: {line:?}"),
+        (Some("krak"), Some(_), Some("listening"), Some("on"), Some(addr)) => Ok(addr.to_string()),
+        _ => bail!("unexpected first line: {line:?}"),
     }
 }
 
@@ -93,6 +139,11 @@ impl Drop for LocalRack {
         for (child, _) in &mut self.servers {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some((child, _, dir)) = &mut self.controller {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

@@ -130,20 +130,21 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             None
         }
         None => {
-            let rack = LocalRack::start(args.servers, capacity, args.slab_size)?;
+            let rack = LocalRack::start(args.servers, capacity, args.slab_size, true)?;
             say(format!(
-                "  memory servers: {}",
+                "  rack controller {} with memory servers {}",
+                rack.controller_url().unwrap_or_default(),
                 rack.addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
             ));
             Some(rack)
         }
     };
+    let controller = args.controller.clone().or_else(|| rack.as_ref().and_then(|r| r.controller_url()));
     let region = Arc::new(
         FarMemory::new(PagerConfig {
             region_bytes: args.region.0,
             local_budget_bytes: args.local.0,
-            servers: rack.as_ref().map(|r| r.addrs()).unwrap_or_default(),
-            controller: args.controller.clone(),
+            controller: controller.clone(),
             fault_mode: args.fault_mode.mode(),
             ..Default::default()
         })
