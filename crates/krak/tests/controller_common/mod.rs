@@ -60,13 +60,16 @@ impl Drop for TempDir {
 
 /// Spawns `krak ARGS` and returns it with the first line it prints (within 10 s).
 pub fn spawn_and_read_line(args: &[&str]) -> (Proc, String) {
-    let mut child = Command::new(KRAK)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("krak runs");
+    let mut command = Command::new(KRAK);
+    command.args(args);
+    spawn_command_and_read_line(command, &format!("krak {args:?}"))
+}
+
+/// Spawns `command` (named `what` in failures) and returns it with the first line it prints
+/// (within 10 s).
+pub fn spawn_command_and_read_line(mut command: Command, what: &str) -> (Proc, String) {
+    let mut child =
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("krak runs");
     let stdout = child.stdout.take().unwrap();
     let proc = Proc(child);
     let (tx, rx) = mpsc::channel();
@@ -81,8 +84,8 @@ pub fn spawn_and_read_line(args: &[&str]) -> (Proc, String) {
             rest.clear();
         }
     });
-    let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("krak {args:?} printed nothing"));
-    assert!(!line.is_empty(), "krak {args:?} exited without printing its address");
+    let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("{what} printed nothing"));
+    assert!(!line.is_empty(), "{what} exited without printing its address");
     (proc, line)
 }
 
