@@ -137,15 +137,22 @@ impl Rack {
         s.slabs = req.slabs;
         s.host_free_bytes = req.host_free_bytes;
         s.last_heartbeat_unix_ms = now_unix_ms();
-        let reply = HeartbeatReply {
-            state: s.state,
-            shed_bytes: shed_bytes(s.host_free_bytes, s.headroom_bytes, s.slab_size_bytes, s.lent_bytes),
-            map_epoch: self.counters.map_epoch,
-        };
+        let shed = shed_bytes(s.host_free_bytes, s.headroom_bytes, s.slab_size_bytes, s.lent_bytes);
+        let state = s.state;
         let free = s.free_bytes;
         self.view.set_free(id, free);
         self.last_seen.insert(id, Instant::now());
-        Ok(reply)
+        let before = self.shedding.get(&id).copied().unwrap_or(0);
+        if shed != before {
+            // A new epoch wakes the pagers long-polling maps that use this server.
+            let mut counters = self.counters;
+            counters.map_epoch += 1;
+            persist::write(&*self.store, Vec::new(), &counters)?;
+            self.counters = counters;
+            self.shedding.insert(id, shed);
+            self.touch_regions_of(id);
+        }
+        Ok(HeartbeatReply { state, shed_bytes: shed, map_epoch: self.counters.map_epoch })
     }
 
     /// Marks a server draining: placement stops choosing it (moving its slabs away is the

@@ -118,6 +118,10 @@ pub struct MapServer {
     pub id: ServerId,
     pub addr: String,
     pub state: ServerState,
+    /// Bytes the server asks to shed (its host fell below its headroom): pagers move that
+    /// much of their chunks elsewhere.
+    #[serde(default)]
+    pub shed_bytes: u64,
 }
 
 /// `GET /v1/regions/{id}/map[?since_epoch=N]`: the entries changed after `since_epoch`

@@ -63,6 +63,9 @@ pub struct Rack {
     pub(crate) view: RackView,
     pub(crate) policy: Box<dyn PlacementPolicy>,
     pub(crate) counters: Counters,
+    /// Bytes each server asked to shed at its last heartbeat (its host fell below its
+    /// headroom); pagers see it in their maps and move chunks away.
+    pub(crate) shedding: HashMap<ServerId, u64>,
 }
 
 impl std::fmt::Debug for Rack {
@@ -103,6 +106,7 @@ impl Rack {
             view: RackView::default(),
             policy,
             counters,
+            shedding: HashMap::new(),
         };
         let now = Instant::now();
         for s in loaded.servers {
@@ -314,7 +318,8 @@ impl Rack {
             .filter_map(|(&i, &n)| {
                 let sid = self.view.servers().get(i as usize)?.id;
                 let s = self.servers.get(&sid)?;
-                Some((MapServer { id: sid, addr: s.addr.clone(), state: s.state }, n))
+                let shed_bytes = self.shedding.get(&sid).copied().unwrap_or(0);
+                Some((MapServer { id: sid, addr: s.addr.clone(), state: s.state, shed_bytes }, n))
             })
             .collect();
         out.sort_by_key(|(s, _)| s.id);

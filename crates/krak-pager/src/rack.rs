@@ -167,8 +167,17 @@ pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
         for server in &map.servers {
             match server.state {
                 ServerState::Draining => {
-                    if let Err(e) = move_off(&shared, &link, &server.addr, &avoid) {
+                    if let Err(e) = move_off(&shared, &link, &server.addr, &avoid, usize::MAX) {
                         tracing::error!("moving the region off {}: {e}", server.addr);
+                    }
+                }
+                // Its host needs memory back: move one chunk now; the server's next heartbeat
+                // says whether it needs more, and that new epoch wakes this loop again.
+                ServerState::Alive if server.shed_bytes > 0 => {
+                    let mut avoid = avoid.clone();
+                    avoid.push(server.id);
+                    if let Err(e) = move_off(&shared, &link, &server.addr, &avoid, 1) {
+                        tracing::error!("moving a chunk off {} (its host is short of memory): {e}", server.addr);
                     }
                 }
                 ServerState::Dead if reported_dead.insert(server.id) => {
@@ -184,12 +193,12 @@ pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
     }
 }
 
-/// Moves every chunk whose home is `addr` to a server the controller chooses.
-fn move_off(shared: &Shared, link: &RackLink, addr: &str, avoid: &[ServerId]) -> Result<(), PagerError> {
+/// Moves up to `limit` chunks whose home is `addr` to servers the controller chooses.
+fn move_off(shared: &Shared, link: &RackLink, addr: &str, avoid: &[ServerId], limit: usize) -> Result<(), PagerError> {
     let Ok(from) = addr.parse::<SocketAddr>() else { return Err(controller_error(format!("bad address {addr:?}"))) };
     let from_idx = shared.layout.server_index(from);
     let chunks: Vec<usize> =
-        (0..shared.layout.chunk_count()).filter(|c| shared.layout.chunk(*c).server == from_idx).collect();
+        (0..shared.layout.chunk_count()).filter(|c| shared.layout.chunk(*c).server == from_idx).take(limit).collect();
     for chunk in chunks {
         let placed: PlaceReply = link
             .client

@@ -1,139 +1,217 @@
-//! A region placed by a real rack controller follows a drain: while application threads
-//! keep reading and writing it against shadow copies, the operator drains a memory server
-//! through the controller's API; the pager moves its chunks off, commits the new homes,
-//! and every page reads back as written.
+//! Regions placed by a real rack controller follow the rack while in use: a drain moves
+//! every chunk off a server, and a server whose host runs short of memory (below its
+//! headroom) gets chunks moved away instead of dropped. Application threads keep reading
+//! and writing against shadow copies meanwhile, and every page reads back as written.
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use krak_controller::messages::{HeartbeatRequest, RegisterReply, RegisterRequest, StatusReply};
-use krak_controller::{Client, Controller, ControllerConfig};
+use krak_controller::{Client, Controller, ControllerConfig, ControllerHandle, ServerId};
+use krak_memserver::ServerHandle;
 use krak_pager::{FarMemory, FaultMode, PagerConfig, PAGE_SIZE};
 use rand::{Rng, SeedableRng};
 
 const REGION_BYTES: u64 = 16 << 20;
+const HEADROOM_BYTES: u64 = 1 << 30;
+
+/// A controller (file store in a temp dir) and three memory servers that register and
+/// heartbeat, as `krak memserver --controller` does; server 0 reports a host short of
+/// `host_short_bytes` below its headroom, plus whatever it has given back since.
+struct Rack {
+    servers: Arc<Vec<ServerHandle>>,
+    ids: Vec<ServerId>,
+    controller: Option<ControllerHandle>,
+    url: String,
+    beating: Arc<AtomicBool>,
+    heart: Option<std::thread::JoinHandle<()>>,
+    dir: std::path::PathBuf,
+    host_short_bytes: Arc<AtomicU64>,
+}
+
+impl Rack {
+    fn start(tag: &str) -> Rack {
+        let servers = Arc::new(servers(3, 64 << 20));
+        let dir = std::env::temp_dir().join(format!("krak-ctl-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Arc::new(krak_meta_file::FileStore::open(&dir).expect("file store"));
+        let mut config = ControllerConfig::new("127.0.0.1:0".parse().unwrap());
+        config.default_chunk_bytes = SLAB_BYTES;
+        let controller = Controller::start(config, store).expect("controller starts");
+        let url = controller.url();
+        let client = Client::new(&url).unwrap();
+        let ids: Vec<ServerId> = servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let reply: RegisterReply = client
+                    .call(
+                        "POST",
+                        "/v1/servers",
+                        Some(&RegisterRequest {
+                            addr: s.addr().to_string(),
+                            capacity_bytes: 64 << 20,
+                            slab_size_bytes: SLAB_BYTES,
+                            domain: format!("rack1/host{i}"),
+                            headroom_bytes: HEADROOM_BYTES,
+                        }),
+                    )
+                    .unwrap();
+                reply.id
+            })
+            .collect();
+        let beating = Arc::new(AtomicBool::new(true));
+        let host_short_bytes = Arc::new(AtomicU64::new(0));
+        let heart = {
+            let (beating, ids, url, servers, short) =
+                (beating.clone(), ids.clone(), url.clone(), servers.clone(), host_short_bytes.clone());
+            std::thread::spawn(move || {
+                let client = Client::new(&url).unwrap();
+                let lent_at_start = servers[0].stats().lent_bytes;
+                while beating.load(Ordering::Relaxed) {
+                    for (i, (id, server)) in ids.iter().zip(servers.iter()).enumerate() {
+                        let stats = server.stats();
+                        // Host 0 is short of memory; what it gives back makes up for it.
+                        let given_back = lent_at_start.saturating_sub(stats.lent_bytes);
+                        let short = if i == 0 { short.load(Ordering::Relaxed).saturating_sub(given_back) } else { 0 };
+                        let beat = HeartbeatRequest {
+                            lent_bytes: stats.lent_bytes,
+                            free_bytes: stats.capacity_bytes - stats.lent_bytes,
+                            slabs: stats.slabs,
+                            host_free_bytes: Some(HEADROOM_BYTES + 4096 - short.min(HEADROOM_BYTES)),
+                        };
+                        let _: Result<serde_json::Value, _> =
+                            client.call("POST", &format!("/v1/servers/{}/heartbeat", id.0), Some(&beat));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        Rack { servers, ids, controller: Some(controller), url, beating, heart: Some(heart), dir, host_short_bytes }
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.url).unwrap()
+    }
+
+    fn region(&self) -> Arc<FarMemory> {
+        Arc::new(
+            FarMemory::new(PagerConfig {
+                region_bytes: REGION_BYTES,
+                local_budget_bytes: REGION_BYTES / 4,
+                controller: Some(self.url.clone()),
+                fault_mode: FaultMode::Sigbus,
+                ..Default::default()
+            })
+            .expect("region placed by the controller"),
+        )
+    }
+}
+
+impl Drop for Rack {
+    fn drop(&mut self) {
+        self.beating.store(false, Ordering::Relaxed);
+        if let Some(h) = self.heart.take() {
+            let _ = h.join();
+        }
+        if let Some(c) = self.controller.take() {
+            c.shutdown();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A verified random workload on the region until `stop`; returns the mismatches.
+fn workload(region: Arc<FarMemory>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let pages = REGION_BYTES as usize / PAGE_SIZE;
+        let mut shadow = vec![0u64; pages];
+        for (p, v) in shadow.iter_mut().enumerate() {
+            *v = p as u64 + 1;
+            write_u64(&region, p * PAGE_SIZE, *v);
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut bad = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let p = rng.gen_range(0..pages);
+            if rng.gen_bool(0.5) {
+                shadow[p] = rng.gen::<u64>() | 1;
+                write_u64(&region, p * PAGE_SIZE, shadow[p]);
+            } else if read_u64(&region, p * PAGE_SIZE) != shadow[p] {
+                bad += 1;
+            }
+        }
+        bad + (0..pages).filter(|p| read_u64(&region, p * PAGE_SIZE) != shadow[*p]).count()
+    })
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 #[test]
 fn a_controller_drain_moves_the_region_off_the_server_under_load() {
-    let servers = Arc::new(servers(3, 64 << 20));
-    let dir = std::env::temp_dir().join(format!("krak-ctl-drain-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let store = Arc::new(krak_meta_file::FileStore::open(&dir).expect("file store"));
-    let mut config = ControllerConfig::new("127.0.0.1:0".parse().unwrap());
-    config.default_chunk_bytes = SLAB_BYTES;
-    let controller = Controller::start(config, store).expect("controller starts");
-    let url = controller.url();
-    let client = Client::new(&url).unwrap();
-
-    // The memory servers register and heartbeat, as `krak memserver --controller` does.
-    let mut ids = Vec::new();
-    for (i, s) in servers.iter().enumerate() {
-        let reply: RegisterReply = client
-            .call(
-                "POST",
-                "/v1/servers",
-                Some(&RegisterRequest {
-                    addr: s.addr().to_string(),
-                    capacity_bytes: 64 << 20,
-                    slab_size_bytes: SLAB_BYTES,
-                    domain: format!("rack1/host{i}"),
-                    headroom_bytes: 0,
-                }),
-            )
-            .unwrap();
-        ids.push(reply.id);
-    }
-    let beating = Arc::new(AtomicBool::new(true));
-    let heart = {
-        let (beating, ids, url, servers) = (beating.clone(), ids.clone(), url.clone(), servers.clone());
-        std::thread::spawn(move || {
-            let client = Client::new(&url).unwrap();
-            while beating.load(Ordering::Relaxed) {
-                for (id, server) in ids.iter().zip(servers.iter()) {
-                    let stats = server.stats();
-                    let beat = HeartbeatRequest {
-                        lent_bytes: stats.lent_bytes,
-                        free_bytes: stats.capacity_bytes - stats.lent_bytes,
-                        slabs: stats.slabs,
-                        host_free_bytes: None,
-                    };
-                    let _: Result<serde_json::Value, _> =
-                        client.call("POST", &format!("/v1/servers/{}/heartbeat", id.0), Some(&beat));
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        })
-    };
-
-    let region = Arc::new(
-        FarMemory::new(PagerConfig {
-            region_bytes: REGION_BYTES,
-            local_budget_bytes: REGION_BYTES / 4,
-            controller: Some(url.clone()),
-            fault_mode: FaultMode::Sigbus,
-            ..Default::default()
-        })
-        .expect("region placed by the controller"),
-    );
-    let drained = servers[0].addr();
+    let rack = Rack::start("drain");
+    let region = rack.region();
+    let drained = rack.servers[0].addr();
     assert!(region.chunk_servers().contains(&drained), "spread placement used every server");
-
     let stop = Arc::new(AtomicBool::new(false));
-    let worker = {
-        let (region, stop) = (region.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let pages = REGION_BYTES as usize / PAGE_SIZE;
-            let mut shadow = vec![0u64; pages];
-            for (p, v) in shadow.iter_mut().enumerate() {
-                *v = p as u64 + 1;
-                write_u64(&region, p * PAGE_SIZE, *v);
-            }
-            let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-            let mut bad = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let p = rng.gen_range(0..pages);
-                if rng.gen_bool(0.5) {
-                    shadow[p] = rng.gen::<u64>() | 1;
-                    write_u64(&region, p * PAGE_SIZE, shadow[p]);
-                } else if read_u64(&region, p * PAGE_SIZE) != shadow[p] {
-                    bad += 1;
-                }
-            }
-            bad + (0..pages).filter(|p| read_u64(&region, p * PAGE_SIZE) != shadow[*p]).count()
-        })
-    };
+    let worker = workload(region.clone(), stop.clone());
     std::thread::sleep(Duration::from_millis(300));
 
+    let client = rack.client();
     let _: serde_json::Value =
-        client.call::<(), _>("POST", &format!("/v1/servers/{}/drain", ids[0].0), None).expect("drain accepted");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while region.chunk_servers().contains(&drained) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        client.call::<(), _>("POST", &format!("/v1/servers/{}/drain", rack.ids[0].0), None).expect("drain accepted");
+    wait_until("the pager to follow the drain", Duration::from_secs(30), || !region.chunk_servers().contains(&drained));
     stop.store(true, Ordering::Relaxed);
-    let bad = worker.join().unwrap();
-    assert!(!region.chunk_servers().contains(&drained), "the pager followed the drain");
-    assert_eq!(bad, 0, "a page read back wrong during or after the drain");
-    assert_eq!(servers[0].stats().lent_bytes, 0, "the drained server ends with nothing lent");
+    assert_eq!(worker.join().unwrap(), 0, "a page read back wrong during or after the drain");
+    assert_eq!(rack.servers[0].stats().lent_bytes, 0, "the drained server ends with nothing lent");
 
     // The controller's map agrees: nothing placed on the drained server.
     let status: StatusReply = client.call::<(), _>("GET", "/v1/status", None).unwrap();
-    let drained_status = status.servers.iter().find(|s| s.record.id == ids[0]).expect("drained server listed");
+    let drained_status = status.servers.iter().find(|s| s.record.id == rack.ids[0]).expect("drained server listed");
     assert_eq!(drained_status.mapped_slabs, 0, "{status:?}");
     assert_eq!(region.stats().failed_faults, 0);
 
     drop(region);
     let status: StatusReply = client.call::<(), _>("GET", "/v1/status", None).unwrap();
     assert!(status.regions.is_empty(), "dropping the region removes it from the controller");
-    for s in servers.iter() {
+    for s in rack.servers.iter() {
         assert_eq!(s.stats().lent_bytes, 0);
     }
-    beating.store(false, Ordering::Relaxed);
-    heart.join().unwrap();
-    controller.shutdown();
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_host_below_its_headroom_gets_chunks_moved_away_not_dropped() {
+    let rack = Rack::start("headroom");
+    let region = rack.region();
+    let short_host = rack.servers[0].addr();
+    let chunks_there = || region.chunk_servers().iter().filter(|a| **a == short_host).count();
+    let before = chunks_there();
+    assert!(before >= 3, "spread placed several chunks on host 0: {before}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = workload(region.clone(), stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Host 0 now needs 2 slabs' worth of memory back.
+    rack.host_short_bytes.store(2 * SLAB_BYTES, Ordering::Relaxed);
+    wait_until("two chunks moved off the host short of memory", Duration::from_secs(30), || {
+        chunks_there() <= before - 2
+    });
+    // Once it got its memory back, nothing more moves.
+    std::thread::sleep(Duration::from_millis(600));
+    let after = chunks_there();
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(worker.join().unwrap(), 0, "a page read back wrong while chunks moved");
+    assert!(after >= before - 3, "moved only about what was asked: {before} -> {after}");
+    assert_eq!(rack.servers[0].stats().lent_bytes, (after as u64) * SLAB_BYTES, "the host lends only what stayed");
+    assert_eq!(region.stats().failed_faults, 0);
 }
