@@ -135,6 +135,19 @@ pub struct MapReply {
     pub since_epoch: u64,
     pub entries: Vec<MapEntry>,
     pub servers: Vec<MapServer>,
+    /// Moves of this region's slabs the policy asks for (`pack` consolidating servers so
+    /// that the emptied ones could sleep); the pager carries them out and commits.
+    #[serde(default)]
+    pub moves: Vec<MapMove>,
+}
+
+/// One move a map asks for: `slabs` of the region's chunks from server `from` to `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapMove {
+    pub from: ServerId,
+    pub to: ServerId,
+    pub to_addr: String,
+    pub slabs: u32,
 }
 
 /// `GET /v1/policy`, `PUT /v1/policy`.

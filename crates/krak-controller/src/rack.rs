@@ -13,7 +13,7 @@ use crate::config::{
     ControllerConfig, MAX_CHUNKS_PER_REGION, MAX_CHUNKS_PER_REQUEST, MAX_EXCLUDE, MAX_NAME_BYTES, MAX_REGIONS,
 };
 use crate::messages::{
-    ChunkServer, CommitChunk, CreateRegionRequest, MapEntry, MapReply, MapServer, RegionStatus, RemoteBytes,
+    ChunkServer, CommitChunk, CreateRegionRequest, MapEntry, MapMove, MapReply, MapServer, RegionStatus, RemoteBytes,
     ServerStatus, StatusReply,
 };
 use crate::model::{
@@ -159,8 +159,15 @@ impl Rack {
             RackError::BadRequest(format!("unknown policy {name:?}; known: {}", placement::POLICY_NAMES.join(", ")))
         })?;
         let op = persist::put(persist::POLICY_KEY.into(), &PolicyRecord { name: policy.name().into() });
-        persist::write(&*self.store, vec![op], &self.counters)?;
+        // A new epoch for every region: pagers wake and pick up what the new policy asks.
+        let mut counters = self.counters;
+        counters.map_epoch += 1;
+        persist::write(&*self.store, vec![op], &counters)?;
+        self.counters = counters;
         self.policy = policy;
+        for entry in self.regions.values_mut() {
+            entry.epoch = counters.map_epoch;
+        }
         Ok(())
     }
 
@@ -306,7 +313,17 @@ impl Rack {
             .map(|(chunk, p)| MapEntry { chunk, server: p.server, slab: p.slab, epoch: p.epoch })
             .collect();
         let servers = self.region_servers(id).into_iter().map(|(s, _)| s).collect();
-        Ok(MapReply { region: entry.record.clone(), epoch: entry.epoch, since_epoch, entries, servers })
+        let moves = self
+            .policy
+            .consolidation_moves(&self.view)
+            .into_iter()
+            .filter(|m| m.region == id)
+            .filter_map(|m| {
+                let to_addr = self.servers.get(&m.to)?.addr.clone();
+                Some(MapMove { from: m.from, to: m.to, to_addr, slabs: m.slabs })
+            })
+            .collect();
+        Ok(MapReply { region: entry.record.clone(), epoch: entry.epoch, since_epoch, entries, servers, moves })
     }
 
     /// Servers holding slabs of region `id`, with their slab counts.

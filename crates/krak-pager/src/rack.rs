@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use krak_client::{ConnectOptions, Connection};
 use krak_controller::messages::{
-    ChunkServer, CommitChunk, CommitReply, CommitRequest, CreateRegionRequest, MapReply, PlaceReply, PlaceRequest,
-    RegionReply,
+    ChunkServer, CommitChunk, CommitReply, CommitRequest, CreateRegionRequest, MapMove, MapReply, PlaceReply,
+    PlaceRequest, RegionReply,
 };
 use krak_controller::{Client, RegionId, ServerId, ServerState};
 use krak_proto::PAGE_SIZE;
@@ -28,6 +28,8 @@ use crate::PagerError;
 /// How long one map long-poll may wait; also bounds how long dropping a region waits for
 /// the follower.
 const MAP_POLL_MS: u64 = 1_000;
+/// Most consolidation moves carried out per map round.
+const MAX_MOVES_PER_ROUND: usize = 8;
 /// Pause after the controller could not be reached.
 const RETRY_PAUSE_MS: u64 = 1_000;
 
@@ -189,8 +191,48 @@ pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
                 _ => {}
             }
         }
+        // Consolidation the policy asks for (`pack`): a bounded number per round, since each
+        // commit brings a new epoch and the next round sees what is still asked.
+        for mv in map.moves.iter().take(MAX_MOVES_PER_ROUND) {
+            let Some(from) = map.servers.iter().find(|s| s.id == mv.from) else { continue };
+            if let Err(e) = move_to(&shared, &link, &from.addr, mv) {
+                tracing::error!("consolidating {} into {}: {e}", from.addr, mv.to_addr);
+            }
+        }
         link.epoch.fetch_max(map.epoch, Ordering::Relaxed);
     }
+}
+
+/// Carries out one move the map asks for: up to `mv.slabs` chunks from `from` to `mv.to`.
+fn move_to(shared: &Shared, link: &RackLink, from: &str, mv: &MapMove) -> Result<(), PagerError> {
+    let from: SocketAddr = from.parse().map_err(|_| controller_error(format!("bad address {from:?}")))?;
+    let to: SocketAddr = mv.to_addr.parse().map_err(|_| controller_error(format!("bad address {:?}", mv.to_addr)))?;
+    let from_idx = shared.layout.server_index(from);
+    let chunks: Vec<usize> = (0..shared.layout.chunk_count())
+        .filter(|c| shared.layout.chunk(*c).server == from_idx)
+        .take(mv.slabs as usize)
+        .collect();
+    for chunk in chunks {
+        let pages = shared.move_chunk(chunk, to)?;
+        commit_home(shared, link, chunk, mv.to)?;
+        tracing::info!("consolidated chunk {chunk} ({pages} pages) from {from} to {to}");
+    }
+    Ok(())
+}
+
+/// Records a chunk's new home in the controller's map.
+fn commit_home(shared: &Shared, link: &RackLink, chunk: usize, server: ServerId) -> Result<(), PagerError> {
+    let slab = shared.layout.chunk(chunk).slab;
+    let reply: CommitReply = link
+        .client
+        .call(
+            "POST",
+            &format!("/v1/regions/{}/commit", link.region.0),
+            Some(&CommitRequest { chunks: vec![CommitChunk { chunk: chunk as u64, server, slab: slab.0 }] }),
+        )
+        .map_err(controller_error)?;
+    link.epoch.fetch_max(reply.epoch, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Moves up to `limit` chunks whose home is `addr` to servers the controller chooses.
@@ -213,16 +255,7 @@ fn move_off(shared: &Shared, link: &RackLink, addr: &str, avoid: &[ServerId], li
         };
         let to: SocketAddr = to.parse().map_err(|_| controller_error(format!("bad address {to:?}")))?;
         let pages = shared.move_chunk(chunk, to)?;
-        let slab = shared.layout.chunk(chunk).slab;
-        let reply: CommitReply = link
-            .client
-            .call(
-                "POST",
-                &format!("/v1/regions/{}/commit", link.region.0),
-                Some(&CommitRequest { chunks: vec![CommitChunk { chunk: chunk as u64, server, slab: slab.0 }] }),
-            )
-            .map_err(controller_error)?;
-        link.epoch.fetch_max(reply.epoch, Ordering::Relaxed);
+        commit_home(shared, link, chunk, server)?;
         tracing::info!("moved chunk {chunk} ({pages} pages) from {from} to {to}");
     }
     Ok(())

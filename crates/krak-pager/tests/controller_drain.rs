@@ -196,22 +196,61 @@ fn a_host_below_its_headroom_gets_chunks_moved_away_not_dropped() {
     let short_host = rack.servers[0].addr();
     let chunks_there = || region.chunk_servers().iter().filter(|a| **a == short_host).count();
     let before = chunks_there();
-    assert!(before >= 3, "spread placed several chunks on host 0: {before}");
+    assert!(before >= 2, "spread placed several chunks on host 0: {before}");
     let stop = Arc::new(AtomicBool::new(false));
     let worker = workload(region.clone(), stop.clone());
     std::thread::sleep(Duration::from_millis(300));
 
-    // Host 0 now needs 2 slabs' worth of memory back.
-    rack.host_short_bytes.store(2 * SLAB_BYTES, Ordering::Relaxed);
-    wait_until("two chunks moved off the host short of memory", Duration::from_secs(30), || {
-        chunks_there() <= before - 2
+    // Host 0 now needs `want` slabs' worth of memory back (placement is random: ask for
+    // fewer than it holds, so that it keeps some).
+    let want = if before >= 3 { 2 } else { 1 };
+    rack.host_short_bytes.store(want as u64 * SLAB_BYTES, Ordering::Relaxed);
+    wait_until("chunks moved off the host short of memory", Duration::from_secs(30), || {
+        chunks_there() <= before - want
     });
     // Once it got its memory back, nothing more moves.
     std::thread::sleep(Duration::from_millis(600));
     let after = chunks_there();
     stop.store(true, Ordering::Relaxed);
     assert_eq!(worker.join().unwrap(), 0, "a page read back wrong while chunks moved");
-    assert!(after >= before - 3, "moved only about what was asked: {before} -> {after}");
+    assert!(after + want + 1 >= before, "moved only about what was asked: {before} -> {after}");
     assert_eq!(rack.servers[0].stats().lent_bytes, (after as u64) * SLAB_BYTES, "the host lends only what stayed");
+    assert_eq!(region.stats().failed_faults, 0);
+}
+
+#[test]
+fn switching_to_pack_consolidates_the_region_so_a_server_empties() {
+    let rack = Rack::start("pack");
+    let region = rack.region();
+    let used = || {
+        let mut s = region.chunk_servers();
+        s.sort();
+        s.dedup();
+        s.len()
+    };
+    assert_eq!(used(), 3, "spread placed the region on all three servers");
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = workload(region.clone(), stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+
+    let client = rack.client();
+    let _: serde_json::Value =
+        client.call("PUT", "/v1/policy", Some(&serde_json::json!({ "name": "pack" }))).expect("policy switched");
+    wait_until("pack to empty a server", Duration::from_secs(30), || used() < 3);
+    // Consolidation settles rather than moving chunks back and forth.
+    std::thread::sleep(Duration::from_millis(500));
+    let settled = region.chunk_servers();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(region.chunk_servers(), settled, "consolidation settled");
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(worker.join().unwrap(), 0, "a page read back wrong while chunks consolidated");
+
+    let status: StatusReply = client.call::<(), _>("GET", "/v1/status", None).unwrap();
+    let emptied: Vec<_> = status.servers.iter().filter(|s| s.empty).collect();
+    assert!(!emptied.is_empty(), "the controller shows a server holding nothing: {status:?}");
+    for s in &emptied {
+        let handle = rack.servers.iter().find(|h| h.addr().to_string() == s.record.addr).unwrap();
+        assert_eq!(handle.stats().lent_bytes, 0, "an emptied server lends nothing");
+    }
     assert_eq!(region.stats().failed_faults, 0);
 }
