@@ -57,6 +57,8 @@ pub struct KrakTarget {
     pub servers: Vec<String>,
     /// Pager options passed to each krak worker (`key=value`).
     pub options: Vec<String>,
+    /// A rack controller that places the regions instead (`servers` is then empty).
+    pub controller: Option<String>,
 }
 
 /// What one bench runs.
@@ -183,8 +185,8 @@ pub fn run_bench(
                 }
             }
             BenchBackend::Krak => {
-                let Some(target) = krak.filter(|t| !t.servers.is_empty()) else {
-                    report.skipped.push(Skipped::new(backend, "no memory servers given"));
+                let Some(target) = krak.filter(|t| !t.servers.is_empty() || t.controller.is_some()) else {
+                    report.skipped.push(Skipped::new(backend, "no memory servers or controller given"));
                     continue;
                 };
                 for &f in &plan.local_fractions {
@@ -193,6 +195,7 @@ pub fn run_bench(
                         args.local_bytes = Some(plan.local_bytes(f));
                         args.servers = target.servers.clone();
                         args.krak_options = target.options.clone();
+                        args.krak_controller = target.controller.clone();
                         run(&mut report, backend, f, args);
                     }
                 }

@@ -76,6 +76,9 @@ pub struct WorkerArgs {
     /// Skip the untimed whole-region check after the timed phase.
     #[arg(long)]
     pub skip_final_check: bool,
+    /// A rack controller that places the krak backend's region (instead of `--servers`).
+    #[arg(long)]
+    pub krak_controller: Option<String>,
     /// Options for the krak backend's pager, passed through as `key=value` (e.g.
     /// `fault_mode=sigbus`); the `krak` binary interprets them.
     #[arg(long, value_delimiter = ',')]
@@ -97,6 +100,7 @@ impl WorkerArgs {
             servers: Vec::new(),
             skip_final_check: false,
             krak_options: Vec::new(),
+            krak_controller: None,
         }
     }
 
@@ -128,6 +132,9 @@ impl WorkerArgs {
         }
         if self.skip_final_check {
             a.push("--skip-final-check".into());
+        }
+        if let Some(url) = &self.krak_controller {
+            a.extend(["--krak-controller".into(), url.clone()]);
         }
         if !self.krak_options.is_empty() {
             a.extend(["--krak-options".into(), self.krak_options.join(",")]);

@@ -100,6 +100,72 @@ impl Client {
     }
 }
 
+/// A client of a rack whose controller may be any of several URLs (a leader and its
+/// standbys): a call goes to the URL that answered last, and moves on to the next one when a
+/// URL cannot be reached or answers 503 (a standby, or a leader whose store failed).
+#[derive(Debug, Clone)]
+pub struct RackClient {
+    clients: Vec<(String, Client)>,
+    current: usize,
+}
+
+impl RackClient {
+    /// `urls` is one URL or several separated by commas.
+    pub fn new(urls: &str, timeout: Duration) -> Result<RackClient, ClientError> {
+        let mut clients = Vec::new();
+        for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let mut client = Client::new(url)?;
+            client.timeout = timeout;
+            clients.push((url.to_string(), client));
+        }
+        if clients.is_empty() {
+            return Err(ClientError::Url(urls.to_string()));
+        }
+        Ok(RackClient { clients, current: 0 })
+    }
+
+    /// The URL that answered last (or will be tried first).
+    pub fn url(&self) -> &str {
+        &self.clients[self.current].0
+    }
+
+    pub fn call<B: Serialize, T: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        self.call_waiting(method, path, body, Duration::ZERO)
+    }
+
+    /// Calls each URL in turn from the current one until one answers other than 503 or a
+    /// connection failure; returns that answer, or the last failure.
+    pub fn call_waiting<B: Serialize, T: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+        wait: Duration,
+    ) -> Result<T, ClientError> {
+        let n = self.clients.len();
+        let mut last = None;
+        for i in 0..n {
+            let at = (self.current + i) % n;
+            match self.clients[at].1.call_waiting(method, path, body, wait) {
+                Err(e @ (ClientError::Io { .. } | ClientError::Status { status: 503, .. })) => {
+                    tracing::debug!("{}: {e}", self.clients[at].0);
+                    last = Some(e);
+                }
+                answer => {
+                    self.current = at;
+                    return answer;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Url("no controller URL".into())))
+    }
+}
+
 /// Status and body of a `Connection: close` answer (`Content-Length` or read to the end;
 /// chunked encoding is decoded).
 fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), ClientError> {

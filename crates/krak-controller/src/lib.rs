@@ -32,7 +32,7 @@ pub mod view;
 
 use std::net::SocketAddr;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, RackClient};
 pub use config::ControllerConfig;
 pub use controller::{Controller, ControllerHandle};
 pub use model::{Placement, RegionId, RegionRecord, ServerId, ServerRecord, ServerState};

@@ -18,7 +18,7 @@ use krak_controller::messages::{
     ChunkServer, CommitChunk, CommitReply, CommitRequest, CreateRegionRequest, MapMove, MapReply, PlaceReply,
     PlaceRequest, RegionReply,
 };
-use krak_controller::{Client, RegionId, ServerId, ServerState};
+use krak_controller::{RackClient, RegionId, ServerId, ServerState};
 use krak_proto::PAGE_SIZE;
 
 use crate::core::Shared;
@@ -28,6 +28,8 @@ use crate::PagerError;
 /// How long one map long-poll may wait; also bounds how long dropping a region waits for
 /// the follower.
 const MAP_POLL_MS: u64 = 1_000;
+/// Bound on one call to the controller (a long-poll adds its wait).
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most consolidation moves carried out per map round.
 const MAX_MOVES_PER_ROUND: usize = 8;
 /// Pause after the controller could not be reached.
@@ -40,7 +42,8 @@ fn controller_error(e: impl std::fmt::Display) -> PagerError {
 /// The region's registration with the controller.
 #[derive(Debug)]
 pub(crate) struct RackLink {
-    pub client: Client,
+    /// Every URL the rack's controller may answer on (leader and standbys).
+    pub client: parking_lot::Mutex<RackClient>,
     pub region: RegionId,
     /// Map epoch the pager has caught up with.
     pub epoch: std::sync::atomic::AtomicU64,
@@ -55,7 +58,7 @@ pub(crate) fn allocate(
     local_budget_bytes: u64,
     connect: ConnectOptions,
 ) -> Result<(RemoteLayout, Vec<Option<Connection>>, RackLink), PagerError> {
-    let client = Client::new(url).map_err(controller_error)?;
+    let mut client = RackClient::new(url, CALL_TIMEOUT).map_err(controller_error)?;
     let request = CreateRegionRequest {
         owner: owner.to_string(),
         size_bytes: (region_pages * PAGE_SIZE) as u64,
@@ -64,14 +67,14 @@ pub(crate) fn allocate(
     };
     let created: RegionReply = client.call("POST", "/v1/regions", Some(&request)).map_err(controller_error)?;
     let region = created.region;
-    let link = RackLink { client, region: region.id, epoch: Default::default() };
+    let link = RackLink { client: parking_lot::Mutex::new(client), region: region.id, epoch: Default::default() };
     match place_and_commit(&link, &region, connect) {
         Ok((layout, admin, epoch)) => {
             link.epoch.store(epoch, Ordering::Relaxed);
             Ok((layout, admin, link))
         }
         Err(e) => {
-            let _ = link.client.raw("DELETE", &format!("/v1/regions/{}", region.id.0), None, Duration::ZERO);
+            release(&link);
             Err(e)
         }
     }
@@ -86,6 +89,7 @@ fn place_and_commit(
     let chunks = region.chunks();
     let placed: PlaceReply = link
         .client
+        .lock()
         .call(
             "POST",
             &format!("/v1/regions/{}/place", region.id.0),
@@ -136,7 +140,7 @@ fn place_and_commit(
         free_all(&mut admin, &homes);
         return Err(controller_error("the controller left chunks unplaced"));
     };
-    let committed: Result<CommitReply, _> = link.client.call(
+    let committed: Result<CommitReply, _> = link.client.lock().call(
         "POST",
         &format!("/v1/regions/{}/commit", region.id.0),
         Some(&CommitRequest { chunks: commits }),
@@ -157,7 +161,7 @@ pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
         let since = link.epoch.load(Ordering::Relaxed);
         let path = format!("/v1/regions/{}/map?since_epoch={since}&wait_ms={MAP_POLL_MS}", link.region.0);
         let map: MapReply =
-            match link.client.call_waiting::<(), _>("GET", &path, None, Duration::from_millis(MAP_POLL_MS)) {
+            match link.client.lock().call_waiting::<(), _>("GET", &path, None, Duration::from_millis(MAP_POLL_MS)) {
                 Ok(map) => map,
                 Err(e) => {
                     tracing::warn!("controller unreachable ({e}); the region keeps its current placement");
@@ -225,6 +229,7 @@ fn commit_home(shared: &Shared, link: &RackLink, chunk: usize, server: ServerId)
     let slab = shared.layout.chunk(chunk).slab;
     let reply: CommitReply = link
         .client
+        .lock()
         .call(
             "POST",
             &format!("/v1/regions/{}/commit", link.region.0),
@@ -244,6 +249,7 @@ fn move_off(shared: &Shared, link: &RackLink, addr: &str, avoid: &[ServerId], li
     for chunk in chunks {
         let placed: PlaceReply = link
             .client
+            .lock()
             .call(
                 "POST",
                 &format!("/v1/regions/{}/place", link.region.0),
@@ -263,7 +269,9 @@ fn move_off(shared: &Shared, link: &RackLink, addr: &str, avoid: &[ServerId], li
 
 /// Tells the controller the region is gone (after its slabs were freed).
 pub(crate) fn release(link: &RackLink) {
-    if let Err(e) = link.client.raw("DELETE", &format!("/v1/regions/{}", link.region.0), None, Duration::ZERO) {
+    let deleted: Result<serde_json::Value, _> =
+        link.client.lock().call::<(), _>("DELETE", &format!("/v1/regions/{}", link.region.0), None);
+    if let Err(e) = deleted {
         tracing::warn!("removing the region from the controller: {e}");
     }
 }

@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// Who serves the pager's faults in the krak runs.
     #[arg(long, value_enum, default_value_t = FaultModeArg::Sigbus)]
     fault_mode: FaultModeArg,
+    /// Run the krak backend on this existing rack (its controller places the regions)
+    /// instead of starting memory servers on loopback.
+    #[arg(long, value_name = "URL", env = "KRAK_CONTROLLER")]
+    controller: Option<String>,
     /// Memory servers of the embedded rack.
     #[arg(long, value_name = "N", default_value_t = 3)]
     servers: usize,
@@ -84,6 +88,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             servers,
             ..Default::default()
         };
+        config.controller = args.krak_controller.clone();
         pager_opts::apply(&args.krak_options, &mut config)?;
         let region = FarMemory::new(config)?;
         Ok(Box::new(PagedRegion(region)))
@@ -120,17 +125,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         plan.run_count(),
         args.fault_mode.name()
     );
-    let rack = if plan.backends.contains(&BenchBackend::Krak) {
+    let rack = if plan.backends.contains(&BenchBackend::Krak) && args.controller.is_none() {
         let slab = ByteSize(16 << 20);
         let capacity = ByteSize(plan.region_bytes.div_ceil(slab.0) * slab.0);
         Some(LocalRack::start(args.servers, capacity, slab, false)?)
     } else {
         None
     };
-    let target = rack.as_ref().map(|r| KrakTarget {
-        servers: r.addrs().iter().map(|a| a.to_string()).collect(),
-        options: vec![format!("fault_mode={}", args.fault_mode.name())],
-    });
+    let target = match (&args.controller, &rack) {
+        (Some(url), _) => Some(KrakTarget {
+            servers: Vec::new(),
+            options: vec![format!("fault_mode={}", args.fault_mode.name())],
+            controller: Some(url.clone()),
+        }),
+        (None, Some(r)) => Some(KrakTarget {
+            servers: r.addrs().iter().map(|a| a.to_string()).collect(),
+            options: vec![format!("fault_mode={}", args.fault_mode.name())],
+            controller: None,
+        }),
+        (None, None) => None,
+    };
     let exe = std::env::current_exe().context("finding the krak binary")?;
     // The floors are measured before and after the runs and the lower of the two is kept:
     // on a shared virtual machine they swing with the host's load, and the lower floor is
