@@ -78,6 +78,7 @@ struct Row {
     during: f64,
     worst_window: f64,
     max_fault_undisturbed_us: f64,
+    p99_fault_undisturbed_us: f64,
     max_fault_us: f64,
     p99_fault_us: f64,
     pages_checked: usize,
@@ -86,6 +87,9 @@ struct Row {
     cores_drain: f64,
     host_busy_undisturbed: f64,
     host_busy_drain: f64,
+    wb_pages_s_undisturbed: f64,
+    wb_pages_s_drain: f64,
+    wb_pages_per_step: f64,
 }
 
 /// CPU time this process (every thread: workload, pager, memory servers) has used.
@@ -202,10 +206,15 @@ fn run(slab_mib: u64, mode: FaultMode, region_mib: u64) -> Row {
     let before = ops.load(Ordering::Relaxed);
     let t = Instant::now();
     let cpu = CpuSpan::start();
+    let wb_before = region.stats().remote_writes;
     std::thread::sleep(UNDISTURBED);
+    let wb_pages_s_undisturbed = (region.stats().remote_writes - wb_before) as f64 / t.elapsed().as_secs_f64();
     let (cores_undisturbed, host_busy_undisturbed) = cpu.end();
     let undisturbed = (ops.load(Ordering::Relaxed) - before) as f64 / t.elapsed().as_secs_f64();
-    let max_fault_undisturbed_us = region.stats().fault_max_us;
+    let (max_fault_undisturbed_us, p99_fault_undisturbed_us) = {
+        let s = region.stats();
+        (s.fault_max_us, s.fault_p99_us)
+    };
 
     // Drain server 0 while a sampler records the workload's ops in WINDOW-wide windows.
     let drained = servers[0].addr();
@@ -230,11 +239,14 @@ fn run(slab_mib: u64, mode: FaultMode, region_mib: u64) -> Row {
         })
     };
     let cpu = CpuSpan::start();
+    let before = region.stats();
     let report = region.drain_server(drained, &targets).unwrap_or_else(|e| fail(format!("drain: {e}")));
     let (cores_drain, host_busy_drain) = cpu.end();
     sampling.store(false, Ordering::Relaxed);
     let during = sampler.join().unwrap();
     let stats = region.stats();
+    let wb_drain = (stats.remote_writes - before.remote_writes) as f64;
+    let steps = ((stats.moved_pages - before.moved_pages) as f64 / krak_proto::MAX_BATCH_PAGES as f64).max(1.0);
     stop.store(true, Ordering::Relaxed);
     let (shadow, bad) = worker.join().unwrap();
     let worst_window = windows.lock().unwrap().iter().copied().fold(during, f64::min);
@@ -289,6 +301,7 @@ fn run(slab_mib: u64, mode: FaultMode, region_mib: u64) -> Row {
         during,
         worst_window,
         max_fault_undisturbed_us,
+        p99_fault_undisturbed_us,
         max_fault_us: stats.fault_max_us,
         p99_fault_us: stats.fault_p99_us,
         pages_checked: pages,
@@ -297,6 +310,9 @@ fn run(slab_mib: u64, mode: FaultMode, region_mib: u64) -> Row {
         cores_drain,
         host_busy_undisturbed,
         host_busy_drain,
+        wb_pages_s_undisturbed,
+        wb_pages_s_drain: wb_drain / (report.elapsed_ms.max(1) as f64 / 1000.0),
+        wb_pages_per_step: wb_drain / steps,
     }
 }
 
@@ -316,13 +332,13 @@ fn main() {
     }
     println!();
     println!(
-        "| slab | fault mode | region | chunks moved | MiB moved | drain ms | drain MiB/s | undisturbed ops/s | during drain ops/s | ratio | worst {} ms window | max fault undisturbed us | max fault during drain us | p99 fault during drain us | pages verified | idle drain MiB/s | cores used undisturbed / drain | host busy undisturbed / drain |",
+        "| slab | fault mode | region | chunks moved | MiB moved | drain ms | drain MiB/s | undisturbed ops/s | during drain ops/s | ratio | worst {} ms window | max fault us undisturbed / drain | p99 fault us undisturbed / drain | pages verified | idle drain MiB/s | cores used undisturbed / drain | host busy undisturbed / drain | write-back pages/s undisturbed / drain | write-back pages per copy step |",
         WINDOW.as_millis()
     );
-    println!("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in &rows {
         println!(
-            "| {} MiB | {:?} | {} MiB | {} | {:.0} | {} | {:.0} | {:.1}k | {:.1}k | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.2} / {:.2} | {:.0}% / {:.0}% |",
+            "| {} MiB | {:?} | {} MiB | {} | {:.0} | {} | {:.0} | {:.1}k | {:.1}k | {:.2} | {:.2} | {:.0} / {:.0} | {:.0} / {:.0} | {} | {:.0} | {:.2} / {:.2} | {:.0}% / {:.0}% | {:.1}k / {:.1}k | {:.0} |",
             r.slab_mib,
             r.mode,
             r.region_mib,
@@ -336,6 +352,7 @@ fn main() {
             r.worst_window / r.undisturbed,
             r.max_fault_undisturbed_us,
             r.max_fault_us,
+            r.p99_fault_undisturbed_us,
             r.p99_fault_us,
             r.pages_checked,
             r.idle_drain_mib_s,
@@ -343,6 +360,9 @@ fn main() {
             r.cores_drain,
             r.host_busy_undisturbed * 100.0,
             r.host_busy_drain * 100.0,
+            r.wb_pages_s_undisturbed / 1000.0,
+            r.wb_pages_s_drain / 1000.0,
+            r.wb_pages_per_step,
         );
     }
     let met = rows.iter().filter(|r| r.drain_mib_s >= 500.0 && r.during / r.undisturbed >= 0.5).count();
