@@ -225,19 +225,28 @@ fn move_to(shared: &Shared, link: &RackLink, from: &str, mv: &MapMove) -> Result
 }
 
 /// Records a chunk's new home in the controller's map.
+/// The chunk already lives at its new home (the old slab is freed), so a failed commit is
+/// retried a few times: until it lands, only the controller's map is stale, not the data.
 fn commit_home(shared: &Shared, link: &RackLink, chunk: usize, server: ServerId) -> Result<(), PagerError> {
+    const ATTEMPTS: u32 = 5;
     let slab = shared.layout.chunk(chunk).slab;
-    let reply: CommitReply = link
-        .client
-        .lock()
-        .call(
-            "POST",
-            &format!("/v1/regions/{}/commit", link.region.0),
-            Some(&CommitRequest { chunks: vec![CommitChunk { chunk: chunk as u64, server, slab: slab.0 }] }),
-        )
-        .map_err(controller_error)?;
-    link.epoch.fetch_max(reply.epoch, Ordering::Relaxed);
-    Ok(())
+    let request = CommitRequest { chunks: vec![CommitChunk { chunk: chunk as u64, server, slab: slab.0 }] };
+    let path = format!("/v1/regions/{}/commit", link.region.0);
+    let mut attempt = 1;
+    loop {
+        match link.client.lock().call::<_, CommitReply>("POST", &path, Some(&request)) {
+            Ok(reply) => {
+                link.epoch.fetch_max(reply.epoch, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(e) if attempt < ATTEMPTS && !shared.stop.load(Ordering::Relaxed) => {
+                tracing::warn!("committing chunk {chunk}'s new home failed ({e}); retrying");
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(RETRY_PAUSE_MS / 4));
+            }
+            Err(e) => return Err(controller_error(e)),
+        }
+    }
 }
 
 /// Moves up to `limit` chunks whose home is `addr` to servers the controller chooses.

@@ -58,8 +58,11 @@ impl LocalRack {
         let exe = std::env::current_exe().context("finding the krak binary")?;
         let mut rack = LocalRack { servers: Vec::new(), controller: None };
         if with_controller {
-            let dir = std::env::temp_dir().join(format!("krak-rack-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
+            // An unpredictable name, created by us alone (create_dir fails if it exists).
+            let dir =
+                std::env::temp_dir().join(format!("krak-rack-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+            std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
             let store = dir.to_string_lossy().into_owned();
             let (child, url) =
                 start_child(&exe, &["controller", "--listen", "127.0.0.1:0", "--store", &store], "the controller")?;
