@@ -55,7 +55,12 @@ fn run_in_cgroup(name: &str, used_bytes: &(dyn Fn() -> u64 + Sync)) -> PathBuf {
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
-        let r = spawn_worker(worker_exe(), &args);
+        // Under a busy host the kernel's reclaim to swap can fall behind and the cgroup's
+        // OOM killer ends the worker; one retry tells that apart from a real failure.
+        let r = spawn_worker(worker_exe(), &args).or_else(|e| {
+            eprintln!("{name}: worker failed once ({e:#}); retrying");
+            spawn_worker(worker_exe(), &args)
+        });
         done.store(true, Ordering::Relaxed);
         r
     })
