@@ -26,6 +26,9 @@ pub const CLEAN: u8 = 2;
 pub const DIRTY: u8 = 3;
 /// Evicted dirty: not mapped, its bytes wait in the write-back buffer.
 pub const STAGED: u8 = 4;
+/// Resident, being dropped by the reclaimer outside the lock (write-protected if it was
+/// dirty); faults on it wait until it is gone.
+pub const EVICTING: u8 = 5;
 /// Flag: a memory server holds (or is about to hold) this page.
 pub const REMOTE: u8 = 0x80;
 pub const STATE_MASK: u8 = 0x7f;
@@ -62,6 +65,8 @@ pub(crate) struct Core {
     pub wb_pending: usize,
     /// Set while write-back keeps failing; faults that need space then fail instead of waiting.
     pub failure: Option<String>,
+    /// Pages whose faults (handler-thread mode) wait for an EVICTING page to be dropped.
+    pub evict_waiters: Vec<usize>,
     /// Chunk moves waiting for (or being run by) the write-back thread, oldest first.
     pub moves: VecDeque<ChunkMove>,
     /// Outcome of finished moves by id: pages copied, or why it failed.
@@ -123,7 +128,7 @@ impl Shared {
     pub fn make_room(&self, core: &mut MutexGuard<'_, Core>, n: usize) -> Result<(), PagerError> {
         while core.resident + n > core.budget_pages {
             let needed = core.resident + n - core.budget_pages;
-            if self.evict_batch(core, needed, false)? == 0 {
+            if self.evict_batch(core, needed)? == 0 {
                 if let Some(why) = &core.failure {
                     return Err(PagerError::WritebackFailed(why.clone()));
                 }
@@ -143,14 +148,12 @@ impl Shared {
         (core.budget_pages / 64).clamp(1, MAX_WATERMARK_PAGES)
     }
 
-    /// Evicts up to `count` pages; the clean ones share one TLB flush. Returns how many.
-    /// With `one_dirty`, stops after the first dirty page, whose eviction costs two flushes,
-    /// so that a background caller never holds the lock long.
-    pub fn evict_batch(&self, core: &mut Core, count: usize, one_dirty: bool) -> Result<usize, PagerError> {
+    /// Evicts up to `count` pages with the lock held (the fault path, when the reclaimer did
+    /// not keep up); the clean ones share one TLB flush. Returns how many.
+    pub fn evict_batch(&self, core: &mut Core, count: usize) -> Result<usize, PagerError> {
         let mut clean = Vec::with_capacity(count);
         let mut evicted = 0;
-        let mut dirty = 0;
-        while evicted < count && core.wb_pending < self.limits.writeback_buffer_pages && !(one_dirty && dirty > 0) {
+        while evicted < count && core.wb_pending < self.limits.writeback_buffer_pages {
             let Some(victim) = core.eviction.pick_victim() else { break };
             let state = core.states[victim];
             match state & STATE_MASK {
@@ -158,10 +161,7 @@ impl Shared {
                     core.states[victim] = ABSENT | (state & REMOTE);
                     clean.push(victim);
                 }
-                DIRTY => {
-                    self.evict_dirty(core, victim)?;
-                    dirty += 1;
-                }
+                DIRTY => self.evict_dirty(core, victim)?,
                 other => {
                     // The policy only ever holds resident pages; anything else is a bug.
                     debug_assert!(false, "policy named page {victim} in state {other}");
@@ -177,6 +177,89 @@ impl Shared {
         }
         core.resident -= evicted;
         Ok(evicted)
+    }
+
+    /// Evicts up to `count` pages like [`Shared::evict_batch`], but makes the expensive
+    /// calls (write-protect, copy, drop; each a TLB flush on other CPUs) with the lock
+    /// released, so that faults never wait behind them. The victims are EVICTING meanwhile.
+    pub fn evict_batch_unlocked(&self, core: &mut MutexGuard<'_, Core>, count: usize) -> Result<usize, PagerError> {
+        let mut victims: Vec<(usize, u8)> = Vec::with_capacity(count);
+        let mut dirty = 0;
+        // At most one dirty victim per batch: each costs a flush of its own (the write
+        // protection), and a long batch delays the faults that wait for its victims.
+        while victims.len() < count && dirty == 0 && core.wb_pending < self.limits.writeback_buffer_pages {
+            let Some(victim) = core.eviction.pick_victim() else { break };
+            let state = core.states[victim];
+            match state & STATE_MASK {
+                CLEAN | DIRTY => {
+                    dirty += usize::from(state & STATE_MASK == DIRTY);
+                    core.states[victim] = EVICTING | (state & REMOTE);
+                    victims.push((victim, state));
+                }
+                other => {
+                    debug_assert!(false, "policy named page {victim} in state {other}");
+                    tracing::error!("eviction policy named page {victim} in state {other}; skipped");
+                }
+            }
+        }
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        // Reserve write-back room for the dirty ones before letting go of the lock.
+        core.wb_pending += dirty;
+        let copied = MutexGuard::unlocked(core, || self.drop_victims(&victims));
+        let mut bytes = match copied {
+            Ok(bytes) => bytes.into_iter(),
+            Err(e) => {
+                // Nothing was dropped that was not saved; put every victim back as it was.
+                for &(page, state) in &victims {
+                    core.states[page] = state;
+                    core.eviction.inserted(page);
+                }
+                core.wb_pending -= dirty;
+                return Err(e);
+            }
+        };
+        for &(page, state) in &victims {
+            if state & STATE_MASK == DIRTY {
+                let page_bytes: Arc<[u8]> = bytes.next().expect("one copy per dirty victim").into();
+                core.states[page] = STAGED | REMOTE;
+                core.staged.insert(page, page_bytes.clone());
+                core.wb_queue.push_back((page, page_bytes));
+            } else {
+                core.states[page] = ABSENT | (state & REMOTE);
+            }
+        }
+        core.resident -= victims.len();
+        Counters::add(&self.counters.evictions_dirty, dirty as u64);
+        Counters::add(&self.counters.evictions_clean, (victims.len() - dirty) as u64);
+        if dirty > 0 {
+            self.wb_wake.notify_one();
+        }
+        for page in std::mem::take(&mut core.evict_waiters) {
+            let _ = self.uffd.wake(self.addr(page), PAGE_SIZE);
+        }
+        self.space.notify_all();
+        Ok(victims.len())
+    }
+
+    /// Write-protects and copies the dirty victims, then drops every victim with one flush.
+    /// Runs without the lock: the victims are EVICTING, so only this thread touches them.
+    fn drop_victims(&self, victims: &[(usize, u8)]) -> Result<Vec<Vec<u8>>, PagerError> {
+        let mut copies = Vec::new();
+        for &(page, state) in victims {
+            if state & STATE_MASK == DIRTY {
+                self.uffd.write_protect(self.addr(page), PAGE_SIZE, true, false).map_err(PagerError::Uffd)?;
+                let mut bytes = vec![0u8; PAGE_SIZE];
+                // SAFETY: the page was DIRTY, hence present, and is now write-protected and
+                // EVICTING: no thread lifts its protection or drops it but this one.
+                unsafe { self.map.copy_out(page * PAGE_SIZE, &mut bytes) };
+                copies.push(bytes);
+            }
+        }
+        let pages: Vec<usize> = victims.iter().map(|(p, _)| *p).collect();
+        self.map.discard_pages(&pages).map_err(PagerError::Mapping)?;
+        Ok(copies)
     }
 
     fn evict_dirty(&self, core: &mut Core, page: usize) -> Result<(), PagerError> {

@@ -141,11 +141,17 @@ impl Handler {
             }
             // Another handler is fetching it; its UFFDIO_COPY wakes every waiter.
             FETCHING if !self.self_serving => Ok(()),
-            FETCHING => {
-                // Nobody wakes a self-serving thread: wait for the fetch to land (or fail, in
-                // which case the retried access faults again and fetches it here).
+            // The reclaimer is dropping it outside the lock; it wakes this address when done.
+            EVICTING if !self.self_serving => {
+                core.evict_waiters.push(page);
+                Ok(())
+            }
+            FETCHING | EVICTING => {
+                // Nobody wakes a self-serving thread: wait for the fetch or eviction to finish
+                // (the retried access then faults again if the page is still missing).
+                let busy = state & STATE_MASK;
                 let deadline = Instant::now() + Duration::from_millis(FETCH_WAIT_MS);
-                while core.states[page] & STATE_MASK == FETCHING && Instant::now() < deadline {
+                while core.states[page] & STATE_MASK == busy && Instant::now() < deadline {
                     shared.space.wait_until(&mut core, deadline);
                 }
                 Ok(())

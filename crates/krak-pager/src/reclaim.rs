@@ -21,7 +21,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
         // Evict until twice the low watermark is free, a batch per lock hold.
         let target_free = 2 * low;
         let excess = core.resident + target_free - core.budget_pages;
-        match shared.evict_batch(&mut core, excess.min(BATCH_PAGES), true) {
+        match shared.evict_batch_unlocked(&mut core, excess.min(BATCH_PAGES)) {
             Ok(0) => {
                 shared.space.wait_for(&mut core, Duration::from_millis(10));
             }

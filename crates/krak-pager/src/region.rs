@@ -178,6 +178,7 @@ impl FarMemory {
             wb_queue: VecDeque::new(),
             wb_pending: 0,
             failure: None,
+            evict_waiters: Vec::new(),
             moves: VecDeque::new(),
             moves_finished: HashMap::new(),
         };
