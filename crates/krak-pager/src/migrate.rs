@@ -139,11 +139,9 @@ impl FarMemory {
         if targets.is_empty() {
             return Err(PagerError::Config(format!("no server to drain {from} to")));
         }
-        let from_idx = layout.server_index(from);
         let mut report = DrainReport::default();
-        loop {
+        while let Some(&chunk) = layout.chunks_on(from, 1).first() {
             let homes = layout.chunks();
-            let Some(chunk) = homes.iter().position(|h| h.server == from_idx) else { break };
             let load = |t: &SocketAddr| {
                 let i = layout.server_index(*t);
                 homes.iter().filter(|h| h.server == i).count()

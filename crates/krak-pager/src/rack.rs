@@ -39,6 +39,10 @@ fn controller_error(e: impl std::fmt::Display) -> PagerError {
     PagerError::Controller(e.to_string())
 }
 
+fn parse_addr(addr: &str) -> Result<SocketAddr, PagerError> {
+    addr.parse().map_err(|_| controller_error(format!("bad address {addr:?}")))
+}
+
 /// The region's registration with the controller.
 #[derive(Debug)]
 pub(crate) struct RackLink {
@@ -102,7 +106,7 @@ fn place_and_commit(
     let mut commits = Vec::with_capacity(chunks as usize);
     let result = (|| {
         for p in &placed.placements {
-            let addr: SocketAddr = p.addr.parse().map_err(|_| controller_error(format!("bad address {:?}", p.addr)))?;
+            let addr = parse_addr(&p.addr)?;
             let idx = match servers.iter().position(|a| *a == addr) {
                 Some(i) => i,
                 None => {
@@ -209,14 +213,8 @@ pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
 
 /// Carries out one move the map asks for: up to `mv.slabs` chunks from `from` to `mv.to`.
 fn move_to(shared: &Shared, link: &RackLink, from: &str, mv: &MapMove) -> Result<(), PagerError> {
-    let from: SocketAddr = from.parse().map_err(|_| controller_error(format!("bad address {from:?}")))?;
-    let to: SocketAddr = mv.to_addr.parse().map_err(|_| controller_error(format!("bad address {:?}", mv.to_addr)))?;
-    let from_idx = shared.layout.server_index(from);
-    let chunks: Vec<usize> = (0..shared.layout.chunk_count())
-        .filter(|c| shared.layout.chunk(*c).server == from_idx)
-        .take(mv.slabs as usize)
-        .collect();
-    for chunk in chunks {
+    let (from, to) = (parse_addr(from)?, parse_addr(&mv.to_addr)?);
+    for chunk in shared.layout.chunks_on(from, mv.slabs as usize) {
         let pages = shared.move_chunk(chunk, to)?;
         commit_home(shared, link, chunk, mv.to)?;
         tracing::info!("consolidated chunk {chunk} ({pages} pages) from {from} to {to}");
@@ -251,11 +249,8 @@ fn commit_home(shared: &Shared, link: &RackLink, chunk: usize, server: ServerId)
 
 /// Moves up to `limit` chunks whose home is `addr` to servers the controller chooses.
 fn move_off(shared: &Shared, link: &RackLink, addr: &str, avoid: &[ServerId], limit: usize) -> Result<(), PagerError> {
-    let Ok(from) = addr.parse::<SocketAddr>() else { return Err(controller_error(format!("bad address {addr:?}"))) };
-    let from_idx = shared.layout.server_index(from);
-    let chunks: Vec<usize> =
-        (0..shared.layout.chunk_count()).filter(|c| shared.layout.chunk(*c).server == from_idx).take(limit).collect();
-    for chunk in chunks {
+    let from = parse_addr(addr)?;
+    for chunk in shared.layout.chunks_on(from, limit) {
         let placed: PlaceReply = link
             .client
             .lock()
@@ -268,7 +263,7 @@ fn move_off(shared: &Shared, link: &RackLink, addr: &str, avoid: &[ServerId], li
         let Some(ChunkServer { server, addr: to, .. }) = placed.placements.into_iter().next() else {
             return Err(controller_error("no server to move to"));
         };
-        let to: SocketAddr = to.parse().map_err(|_| controller_error(format!("bad address {to:?}")))?;
+        let to = parse_addr(&to)?;
         let pages = shared.move_chunk(chunk, to)?;
         commit_home(shared, link, chunk, server)?;
         tracing::info!("moved chunk {chunk} ({pages} pages) from {from} to {to}");

@@ -134,6 +134,13 @@ impl RemoteLayout {
         self.chunks.write()[chunk] = home;
     }
 
+    /// Up to `limit` chunks whose home is the server at `addr`, in chunk order.
+    pub fn chunks_on(&self, addr: SocketAddr, limit: usize) -> Vec<usize> {
+        let server = self.server_index(addr);
+        let chunks = self.chunks.read();
+        (0..chunks.len()).filter(|c| chunks[*c].server == server).take(limit).collect()
+    }
+
     pub fn chunks(&self) -> Vec<ChunkHome> {
         self.chunks.read().clone()
     }
