@@ -222,10 +222,7 @@ impl Shared {
         };
         for &(page, state) in &victims {
             if state & STATE_MASK == DIRTY {
-                let page_bytes: Arc<[u8]> = bytes.next().expect("one copy per dirty victim").into();
-                core.states[page] = STAGED | REMOTE;
-                core.staged.insert(page, page_bytes.clone());
-                core.wb_queue.push_back((page, page_bytes));
+                self.stage(core, page, bytes.next().expect("one copy per dirty victim"));
             } else {
                 core.states[page] = ABSENT | (state & REMOTE);
             }
@@ -249,12 +246,8 @@ impl Shared {
         let mut copies = Vec::new();
         for &(page, state) in victims {
             if state & STATE_MASK == DIRTY {
-                self.uffd.write_protect(self.addr(page), PAGE_SIZE, true, false).map_err(PagerError::Uffd)?;
-                let mut bytes = vec![0u8; PAGE_SIZE];
-                // SAFETY: the page was DIRTY, hence present, and is now write-protected and
                 // EVICTING: no thread lifts its protection or drops it but this one.
-                unsafe { self.map.copy_out(page * PAGE_SIZE, &mut bytes) };
-                copies.push(bytes);
+                copies.push(self.save_dirty(page)?);
             }
         }
         let pages: Vec<usize> = victims.iter().map(|(p, _)| *p).collect();
@@ -262,19 +255,30 @@ impl Shared {
         Ok(copies)
     }
 
-    fn evict_dirty(&self, core: &mut Core, page: usize) -> Result<(), PagerError> {
-        let addr = self.addr(page);
-        // Write-protect first: a writer now blocks on a fault we serve after the copy.
-        self.uffd.write_protect(addr, PAGE_SIZE, true, false).map_err(PagerError::Uffd)?;
+    /// Write-protects a dirty page (a writer now blocks on a fault served after the copy)
+    /// and copies it out. The caller guarantees the page is present and that nobody lifts
+    /// its protection meanwhile: it holds the core lock, or the page is EVICTING.
+    fn save_dirty(&self, page: usize) -> Result<Vec<u8>, PagerError> {
+        self.uffd.write_protect(self.addr(page), PAGE_SIZE, true, false).map_err(PagerError::Uffd)?;
         let mut bytes = vec![0u8; PAGE_SIZE];
-        // SAFETY: the page is DIRTY, hence present, and now write-protected; we hold the
-        // core lock, the only place protection is lifted, so nobody writes it meanwhile.
+        // SAFETY: present and write-protected, and protection is lifted only by the holder
+        // of the core lock for a CLEAN page, which this one is not (caller's contract).
         unsafe { self.map.copy_out(page * PAGE_SIZE, &mut bytes) };
-        self.map.discard(page * PAGE_SIZE, PAGE_SIZE).map_err(PagerError::Mapping)?;
+        Ok(bytes)
+    }
+
+    /// Hands an evicted dirty page's bytes to the write-back thread.
+    fn stage(&self, core: &mut Core, page: usize, bytes: Vec<u8>) {
         let bytes: Arc<[u8]> = bytes.into();
         core.states[page] = STAGED | REMOTE;
         core.staged.insert(page, bytes.clone());
         core.wb_queue.push_back((page, bytes));
+    }
+
+    fn evict_dirty(&self, core: &mut Core, page: usize) -> Result<(), PagerError> {
+        let bytes = self.save_dirty(page)?;
+        self.map.discard(page * PAGE_SIZE, PAGE_SIZE).map_err(PagerError::Mapping)?;
+        self.stage(core, page, bytes);
         core.wb_pending += 1;
         self.wb_wake.notify_one();
         Counters::add(&self.counters.evictions_dirty, 1);
