@@ -226,9 +226,18 @@ impl EtcdCluster {
         self.members[i].child.is_some()
     }
 
-    /// Freezes member `i` (SIGSTOP): it keeps its port open but answers nothing.
+    /// Freezes member `i` (SIGSTOP): it keeps its port open but answers nothing. Returns
+    /// once every thread of it is stopped: kill(2) only queues the signal, and a thread
+    /// running on another CPU can still answer a request for a moment after it returns.
     pub fn pause(&self, i: usize) {
         self.signal(i, libc::SIGSTOP);
+        if let Some(c) = &self.members[i].child {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !all_threads_stopped(c.id()) {
+                assert!(Instant::now() < deadline, "etcd member {i} (pid {}) did not stop within 5 s", c.id());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 
     /// Lets a paused member `i` go on (SIGCONT).
@@ -244,6 +253,22 @@ impl EtcdCluster {
             assert_eq!(r, 0, "signal {sig} to etcd member {i}: {}", std::io::Error::last_os_error());
         }
     }
+}
+
+/// Whether every thread of process `pid` is in state `T` (stopped) per `/proc`.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    let mut seen = 0;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        // "tid (comm) S ...": the state follows the last ')', as comm may hold any byte.
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+        if state != Some('T') {
+            return false;
+        }
+        seen += 1;
+    }
+    seen > 0
 }
 
 impl Drop for EtcdCluster {
