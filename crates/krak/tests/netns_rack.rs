@@ -14,29 +14,13 @@ use std::time::{Duration, Instant};
 use controller_common::*;
 use netns::Net;
 
-/// Three hosts, each with a 64 MiB memory server in domain hostN, joined to a controller on
-/// the bridge; returns once all three heartbeat as alive.
-fn rack(net: &mut Net, store: &str, extra: &[&str]) -> (String, Vec<std::net::SocketAddr>) {
-    let mut args = vec!["--store", store];
-    args.extend_from_slice(extra);
-    let url = net.controller(&args);
-    let servers: Vec<_> = (0..3).map(|i| net.memserver(i, &url, &format!("host{}", i + 1), "64MiB")).collect();
-    let (_, took) = wait_for(Duration::from_secs(5), "3 alive servers across the bridge", || {
-        let st = status(&url).ok()?;
-        let heard = |s: &serde_json::Value| s["state"] == "alive" && !s["host_free_bytes"].is_null();
-        servers.iter().all(|a| server(&st, *a).is_some_and(heard)).then_some(())
-    });
-    eprintln!("3 servers in 3 namespaces alive after {took:?}: {servers:?}");
-    (url, servers)
-}
-
 #[test]
 fn drain_across_hosts() {
     let t0 = Instant::now();
     let Some(mut net) = Net::new(3) else { return };
     let dir = TempDir::new("netns-drain");
     let store = dir.path().join("store");
-    let (url, servers) = rack(&mut net, store.to_str().unwrap(), &[]);
+    let (url, servers) = net.rack(store.to_str().unwrap(), &[]);
     let drained = servers[0];
 
     let mut demo = Command::new(KRAK)
@@ -93,7 +77,7 @@ fn cut_link_marks_server_dead() {
     let Some(mut net) = Net::new(3) else { return };
     let dir = TempDir::new("netns-cut");
     let store = dir.path().join("store");
-    let (url, servers) = rack(&mut net, store.to_str().unwrap(), &["--dead-after-ms", "1500"]);
+    let (url, servers) = net.rack(store.to_str().unwrap(), &["--dead-after-ms", "1500"]);
     let victim = servers[1];
 
     net.cut_link(1);
@@ -118,13 +102,4 @@ fn cut_link_marks_server_dead() {
     }
     assert_eq!(server(&st, victim).unwrap()["failures"], 1, "{st:#}");
     eprintln!("cut_link_marks_server_dead took {:?}", t0.elapsed());
-}
-
-/// Reads a pipe to its end on a thread (so the child never blocks on a full pipe).
-fn read_all(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = pipe.read_to_string(&mut s);
-        s
-    })
 }

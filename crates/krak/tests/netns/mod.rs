@@ -12,6 +12,8 @@
 
 #![allow(dead_code)]
 
+pub mod delay;
+
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -19,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::controller_common::{spawn_command_and_read_line, Proc, KRAK};
+use crate::controller_common::{server, spawn_command_and_read_line, status, wait_for, Proc, KRAK};
 
 /// Makes `command`'s process die (SIGKILL) with the thread that spawns it, so a test
 /// process that is itself killed leaves no servers behind.
@@ -242,29 +244,86 @@ impl Net {
     }
 
     /// `krak memserver` with 1 MiB slabs on host `i`'s address, joined to `controller`; the
-    /// address it advertises.
+    /// address it listens on (and advertises).
     pub fn memserver(&mut self, i: usize, controller: &str, domain: &str, capacity: &str) -> SocketAddr {
         let listen = format!("{}:0", self.hosts[i].addr);
-        let line = self.spawn_on(
-            i,
-            &[
-                "memserver",
-                "--listen",
-                &listen,
-                "--capacity",
-                capacity,
-                "--slab-size",
-                "1MiB",
-                "--controller",
-                controller,
-                "--domain",
-                domain,
-            ],
-        );
+        self.memserver_with(i, &listen, controller, domain, capacity, &[])
+    }
+
+    /// `krak memserver` with 1 MiB slabs on `listen` in host `i`, joined to `controller`,
+    /// with `extra` arguments (e.g. `--advertise`); the address it listens on.
+    pub fn memserver_with(
+        &mut self,
+        i: usize,
+        listen: &str,
+        controller: &str,
+        domain: &str,
+        capacity: &str,
+        extra: &[&str],
+    ) -> SocketAddr {
+        let mut args = vec![
+            "memserver",
+            "--listen",
+            listen,
+            "--capacity",
+            capacity,
+            "--slab-size",
+            "1MiB",
+            "--controller",
+            controller,
+            "--domain",
+            domain,
+        ];
+        args.extend_from_slice(extra);
+        let line = self.spawn_on(i, &args);
         let addr: SocketAddr =
             line.split_whitespace().nth(4).and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
         assert_eq!(addr.ip(), self.hosts[i].addr, "{line:?}");
         addr
+    }
+
+    /// Drops `percent` of the packets entering and of those leaving host `i` at random (an
+    /// nftables `numgen random` rule in its namespace: the stand-in for `tc netem loss`,
+    /// which this kernel lacks). Gone with the namespace.
+    pub fn add_loss(&self, i: usize, percent: u32) {
+        let rules = format!(
+            "table inet krakloss {{\n\
+             chain input {{ type filter hook input priority 0; policy accept; numgen random mod 100 < {percent} drop; }}\n\
+             chain output {{ type filter hook output priority 0; policy accept; numgen random mod 100 < {percent} drop; }}\n\
+             }}\n"
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.hosts[i].ns, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run nft (Debian's nftables; .ci/run installs it): {e}"));
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "nft in {}: {}", self.hosts[i].ns, String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Three hosts' memory servers (64 MiB each, domain hostN) joined to a controller on the
+    /// bridge started with `--store STORE EXTRA...`; returns its URL and the servers once
+    /// all three heartbeat as alive.
+    pub fn rack(&mut self, store: &str, extra: &[&str]) -> (String, Vec<SocketAddr>) {
+        let mut args = vec!["--store", store];
+        args.extend_from_slice(extra);
+        let url = self.controller(&args);
+        let servers: Vec<_> = (0..3).map(|i| self.memserver(i, &url, &format!("host{}", i + 1), "64MiB")).collect();
+        self.wait_alive(&url, &servers);
+        (url, servers)
+    }
+
+    /// Waits (at most 5 s) until every one of `servers` heartbeats to `url` as alive.
+    pub fn wait_alive(&self, url: &str, servers: &[SocketAddr]) {
+        let (_, took) = wait_for(Duration::from_secs(5), "the hosts' servers alive across the bridge", || {
+            let st = status(url).ok()?;
+            let heard = |s: &serde_json::Value| s["state"] == "alive" && !s["host_free_bytes"].is_null();
+            servers.iter().all(|a| server(&st, *a).is_some_and(heard)).then_some(())
+        });
+        eprintln!("{} servers in namespaces alive after {took:?}: {servers:?}", servers.len());
     }
 
     /// Kills every process on host `i` (the host "dies"; its namespace stays).
