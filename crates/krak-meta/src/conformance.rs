@@ -14,8 +14,8 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    Condition, KeyValue, Leadership, LeaseId, MetaError, MetaStore, Op, LEADER_KEY, MAX_KEY_BYTES, MAX_TXN_OPS,
-    MAX_VALUE_BYTES,
+    Condition, FencedStore, KeyValue, Leadership, LeaseId, MetaError, MetaStore, Op, LEADER_KEY, MAX_KEY_BYTES,
+    MAX_TXN_OPS, MAX_VALUE_BYTES,
 };
 
 /// How long after a lease's last renewal its keys may take to vanish: `ttl_ms` rounded up
@@ -471,6 +471,28 @@ pub fn leadership(store: &dyn MetaStore, ttl_ms: u64) {
         lapse.elapsed()
     );
     assert!(b.renew(store).is_err(), "contract: renew by a leader whose lease lapsed fails");
+    // Fencing: the deposed leader's writes are refused, the new leader's applied.
+    let fenced_b = FencedStore::new(store, b.revision());
+    let fenced_a = FencedStore::new(store, a.revision());
+    let key = "/conformance/fence/k";
+    match fenced_b.put(key, b"from the deposed leader") {
+        Err(MetaError::NotLeader(_)) => {}
+        other => panic!("contract: a deposed leader's fenced put fails with NotLeader, got {other:?}"),
+    }
+    match fenced_b.txn(&[], &[Op::Delete { key: key.into() }]) {
+        Err(MetaError::NotLeader(_)) => {}
+        other => panic!("contract: a deposed leader's fenced txn fails with NotLeader, got {other:?}"),
+    }
+    assert!(ok("get", store.get(key)).is_none(), "contract: nothing of the deposed leader was written");
+    let r = ok("fenced put by the leader", fenced_a.put(key, b"from the leader"));
+    let kv = ok("get", store.get(key)).expect("the leader's fenced put is applied");
+    assert_eq!((kv.value.as_slice(), kv.mod_revision), (&b"from the leader"[..], r));
+    let other = [Condition::ModRevision { key: key.into(), equals: 0 }];
+    assert!(
+        !ok("fenced txn", fenced_a.txn(&other, &[])),
+        "contract: a leader's own failed condition is false, not NotLeader"
+    );
+    assert!(ok("fenced delete", fenced_a.delete(key)));
     ok("resign", a.resign(store));
     // Racing candidates: exactly one wins, a few rounds.
     for round in 0..3 {

@@ -11,6 +11,8 @@ pub const LEADER_KEY: &str = "/krak/leader";
 pub struct Leadership {
     id: String,
     lease: LeaseId,
+    /// `mod_revision` of the leader key as this leader wrote it: the fence of its writes.
+    revision: u64,
 }
 
 impl Leadership {
@@ -23,7 +25,17 @@ impl Leadership {
             &[Op::Put { key: LEADER_KEY.into(), value: id.as_bytes().to_vec(), lease: Some(lease) }],
         )?;
         if won {
-            Ok(Some(Leadership { id: id.to_string(), lease }))
+            // Read back the revision of our write. If the key already holds another claim
+            // (our lease lapsed in between), we lost.
+            match store.get(LEADER_KEY)? {
+                Some(kv) if kv.value == id.as_bytes() => {
+                    Ok(Some(Leadership { id: id.to_string(), lease, revision: kv.mod_revision }))
+                }
+                _ => {
+                    let _ = store.revoke(lease);
+                    Ok(None)
+                }
+            }
         } else {
             store.revoke(lease)?;
             Ok(None)
@@ -46,6 +58,12 @@ impl Leadership {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// `mod_revision` of the leader key this leader wrote; hand it to
+    /// [`crate::FencedStore::new`] so that its writes stop when the leadership does.
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// The current leader's id, if any.

@@ -9,8 +9,10 @@
 
 pub mod conformance;
 mod election;
+mod fence;
 
 pub use election::{Leadership, LEADER_KEY};
+pub use fence::FencedStore;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,9 @@ pub enum MetaError {
     /// A request the store refuses (key too long, value too large, ...).
     #[error("invalid request to the metadata store: {0}")]
     Invalid(String),
+    /// A fenced write ([`FencedStore`]) of a leader that is no longer the leader.
+    #[error("no longer the leader: {0}")]
+    NotLeader(String),
 }
 
 /// A key with its value and the store revision of its last change.

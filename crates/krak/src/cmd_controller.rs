@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use krak_controller::messages::PolicyBody;
 use krak_controller::{Client, Controller, ControllerConfig, ControllerError, ControllerHandle};
-use krak_meta::{Leadership, MetaStore};
+use krak_meta::{FencedStore, Leadership, MetaStore};
 
 /// Run the rack controller: membership and liveness of memory servers, slab placement, the
 /// slab map, an HTTP/JSON API (docs/api.md) and Prometheus metrics at /metrics.
@@ -188,7 +188,10 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
         if etcd {
             tracing::warn!("controller {id} is the leader");
         }
-        let handle = match start(base.clone(), listen, store.clone()) {
+        // Every write of this term is fenced by the leader key: once another controller
+        // leads, what this one still tries to write is refused by the store.
+        let fenced: Arc<dyn MetaStore> = Arc::new(FencedStore::new(store.clone(), leadership.revision()));
+        let handle = match start(base.clone(), listen, fenced) {
             Ok(h) => h,
             Err(ControllerError::Store(e)) => {
                 tracing::warn!("cannot load the rack from the {store_name}: {e}; retrying");
