@@ -36,6 +36,7 @@ mod codec;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -147,9 +148,16 @@ impl FileStore {
     /// the log (cutting off a torn last record), drops leased keys and compacts.
     pub fn open_with(dir: impl AsRef<Path>, opts: FileStoreOptions) -> Result<FileStore, MetaError> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| io_err("create directory", &dir, e))?;
+        // The rack's state is the controller's alone: a new directory and every file in it
+        // are readable by their owner only.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| io_err("create directory", &dir, e))?;
         let lock_path = dir.join(LOCK);
         let lock = OpenOptions::new()
+            .mode(0o600)
             .create(true)
             .truncate(false)
             .write(true)
@@ -184,6 +192,7 @@ impl FileStore {
 
         let wal_path = dir.join(WAL);
         let mut wal = OpenOptions::new()
+            .mode(0o600)
             .create(true)
             .append(true)
             .read(true)
@@ -270,7 +279,7 @@ impl FileStore {
         let tmp = self.dir.join(SNAPSHOT_TMP);
         let count = g.map.values().filter(|e| e.lease == 0).count() as u64;
         let written = (|| -> std::io::Result<u64> {
-            let f = File::create(&tmp)?;
+            let f = OpenOptions::new().mode(0o600).write(true).create(true).truncate(true).open(&tmp)?;
             let mut w = BufWriter::with_capacity(1 << 20, f);
             let entries = g.map.iter().filter(|(_, e)| e.lease == 0).map(|(k, e)| SnapEntry {
                 key: k,

@@ -246,3 +246,20 @@ fn many_threads_write_and_everything_survives() {
         }
     }
 }
+
+#[test]
+fn a_new_store_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = TempDir::new("modes");
+    let dir = d.0.join("state");
+    let s = FileStore::open(&dir).unwrap();
+    s.put("/k", b"v").unwrap();
+    s.compact().unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "the store's directory");
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(files.len() >= 3, "lock, log and snapshot: {files:?}");
+    for f in files {
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+}
