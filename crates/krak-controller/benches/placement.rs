@@ -86,6 +86,8 @@ fn main() {
             size_bytes: (chunks_per_region as u64 + 256) * SLAB,
             local_budget_bytes: 0,
             chunk_bytes: None,
+            stripe_width: None,
+            redundancy: None,
         };
         let region = rack.create_region(&req).expect("region");
         let chunks: Vec<u64> = (0..chunks_per_region as u64).collect();
@@ -129,6 +131,8 @@ fn main() {
                 size_bytes: 256 * SLAB,
                 local_budget_bytes: 0,
                 chunk_bytes: None,
+                stripe_width: None,
+                redundancy: None,
             })
             .expect("probe region");
         let placed = rack.place(fresh.id, &(0..256).collect::<Vec<_>>(), &[]).expect("probe place");

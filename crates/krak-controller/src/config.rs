@@ -8,10 +8,13 @@ pub const DEFAULT_CHUNK_BYTES: u64 = 64 << 20;
 /// Bounds on what clients may ask for.
 pub const MAX_SERVERS: usize = 65_536;
 pub const MAX_REGIONS: usize = 65_536;
-/// Most chunks of one region (a 64 TiB region at 64 MiB per chunk).
+/// Most slots of one region's slab map (chunks times stripe width; a 64 TiB region at 64 MiB
+/// per chunk without redundancy).
 pub const MAX_CHUNKS_PER_REGION: u64 = 1 << 20;
 /// Most chunks in one place or commit request.
 pub const MAX_CHUNKS_PER_REQUEST: usize = 4096;
+/// Most fragments one chunk may be kept as (replicas, or data plus parity fragments).
+pub const MAX_STRIPE_WIDTH: u32 = 32;
 /// Most servers in a place request's `exclude`.
 pub const MAX_EXCLUDE: usize = 256;
 /// Longest address, domain or owner string.

@@ -28,6 +28,7 @@ pub mod model;
 pub mod persist;
 pub mod placement;
 pub mod rack;
+mod stripe;
 pub mod view;
 
 use std::net::SocketAddr;

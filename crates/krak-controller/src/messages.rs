@@ -59,6 +59,12 @@ pub struct CreateRegionRequest {
     /// Defaults to the controller's default chunk size (the memory servers' slab size).
     #[serde(default)]
     pub chunk_bytes: Option<u64>,
+    /// Slabs per chunk, on distinct servers (1, the default: no redundancy).
+    #[serde(default)]
+    pub stripe_width: Option<u32>,
+    /// The redundancy scheme's name, for status (default `none`).
+    #[serde(default)]
+    pub redundancy: Option<String>,
 }
 
 /// `POST /v1/regions/{id}/place`.
@@ -171,8 +177,12 @@ pub struct RegionStatus {
     #[serde(flatten)]
     pub record: RegionRecord,
     pub epoch: u64,
+    /// Slots of the map that are placed (chunks times stripe width, once all are placed).
     pub placed_chunks: u64,
     pub remote_bytes: Vec<RemoteBytes>,
+    /// Placed slots on servers that are dead: fragments the pager must re-protect.
+    #[serde(default)]
+    pub degraded_slots: u64,
 }
 
 /// A server in status: its record plus what the map places on it.

@@ -73,6 +73,7 @@ impl Metrics {
         gauge(&mut out, "krak_free_bytes", "Free bytes of the servers that are not dead.", free);
         gauge(&mut out, "krak_server_slabs", "Slabs the servers that are not dead report holding.", reported_slabs);
         gauge(&mut out, "krak_slabs", "Slabs placed in the slab map.", rack.mapped_slabs());
+        gauge(&mut out, "krak_degraded_slots", "Slabs in the map on dead servers.", rack.degraded_slots());
         gauge(&mut out, "krak_regions", "Regions.", rack.regions.len() as u64);
         gauge(&mut out, "krak_map_epoch", "The slab map's global epoch.", rack.map_epoch());
         gauge(&mut out, "krak_moves_in_flight", "Slab moves being carried out.", 0);

@@ -101,12 +101,41 @@ pub struct RegionRecord {
     /// Bytes per chunk; one chunk lives in one slab, so only servers with this slab size fit.
     pub chunk_bytes: u64,
     pub created_unix_ms: u64,
+    /// Slabs each chunk is kept in (1: no redundancy; N replicas; K+M erasure-coded
+    /// fragments). Fragment `f` of chunk `c` is slot `c * stripe_width + f` of the map, and
+    /// the fragments of one chunk live on distinct servers.
+    #[serde(default = "one")]
+    pub stripe_width: u32,
+    /// The pager's name for its redundancy scheme (`none`, `replicate:2`, `ec:4+2`), shown in
+    /// status; the controller only relies on `stripe_width`.
+    #[serde(default = "no_redundancy")]
+    pub redundancy: String,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn no_redundancy() -> String {
+    "none".into()
 }
 
 impl RegionRecord {
     /// Chunks in the region (the last one may be partly used).
     pub fn chunks(&self) -> u64 {
         self.size_bytes.div_ceil(self.chunk_bytes.max(1))
+    }
+
+    /// Slots in the region's map: every fragment of every chunk.
+    pub fn slots(&self) -> u64 {
+        self.chunks() * u64::from(self.stripe_width.max(1))
+    }
+
+    /// The slots holding the fragments of the chunk that `slot` belongs to.
+    pub fn stripe_of(&self, slot: u64) -> std::ops::Range<u64> {
+        let w = u64::from(self.stripe_width.max(1));
+        let first = slot - slot % w;
+        first..first + w
     }
 }
 
@@ -226,10 +255,20 @@ mod tests {
             local_budget_bytes: 10,
             chunk_bytes: 64,
             created_unix_ms: 1,
+            stripe_width: 3,
+            redundancy: "replicate:3".into(),
         };
         let back: RegionRecord = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
         assert_eq!(r.chunks(), 2);
+        assert_eq!(r.slots(), 6);
+        assert_eq!(r.stripe_of(4), 3..6);
+        // records written before stripes existed read back with none
+        let old: RegionRecord = serde_json::from_str(
+            r#"{"id":1,"owner":"","size_bytes":10,"local_budget_bytes":0,"chunk_bytes":4096,"created_unix_ms":0}"#,
+        )
+        .unwrap();
+        assert_eq!((old.stripe_width, old.redundancy.as_str()), (1, "none"));
         assert_eq!(serde_json::to_string(&ServerState::Draining).unwrap(), "\"draining\"");
     }
 }

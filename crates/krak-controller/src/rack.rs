@@ -11,6 +11,7 @@ use krak_meta::{MetaError, MetaStore};
 
 use crate::config::{
     ControllerConfig, MAX_CHUNKS_PER_REGION, MAX_CHUNKS_PER_REQUEST, MAX_EXCLUDE, MAX_NAME_BYTES, MAX_REGIONS,
+    MAX_STRIPE_WIDTH,
 };
 use crate::messages::{
     ChunkServer, CommitChunk, CreateRegionRequest, MapEntry, MapMove, MapReply, MapServer, RegionStatus, RemoteBytes,
@@ -22,6 +23,7 @@ use crate::model::{
 };
 use crate::persist::{self, LoadError};
 use crate::placement::{self, Move, PlacementError, PlacementPolicy};
+use crate::stripe;
 use crate::view::RackView;
 
 /// Most moves status lists.
@@ -120,7 +122,7 @@ impl Rack {
             let mut map = ChunkMap::default();
             let mut epoch = 0;
             for (chunk, p) in chunks {
-                if chunk >= record.chunks() || !rack.servers.contains_key(&p.server) {
+                if chunk >= record.slots() || !rack.servers.contains_key(&p.server) {
                     return Err(LoadError::Corrupt {
                         key: persist::slab_key(record.id, chunk),
                         reason: "chunk out of range or unknown server".into(),
@@ -187,9 +189,16 @@ impl Rack {
         if chunk_bytes == 0 || !chunk_bytes.is_multiple_of(4096) {
             return Err(RackError::BadRequest("chunk_bytes must be a positive multiple of 4096".into()));
         }
-        if req.size_bytes == 0 || req.size_bytes.div_ceil(chunk_bytes) > MAX_CHUNKS_PER_REGION {
+        let stripe_width = req.stripe_width.unwrap_or(1);
+        if !(1..=MAX_STRIPE_WIDTH).contains(&stripe_width) {
+            return Err(RackError::BadRequest(format!("stripe_width must be 1 to {MAX_STRIPE_WIDTH}")));
+        }
+        let redundancy = req.redundancy.clone().unwrap_or_else(|| "none".into());
+        validate_name("redundancy", &redundancy)?;
+        let slots = req.size_bytes.div_ceil(chunk_bytes).saturating_mul(u64::from(stripe_width));
+        if req.size_bytes == 0 || slots > MAX_CHUNKS_PER_REGION {
             return Err(RackError::BadRequest(format!(
-                "size_bytes must be positive and at most {MAX_CHUNKS_PER_REGION} chunks"
+                "size_bytes must be positive and at most {MAX_CHUNKS_PER_REGION} slabs (chunks times stripe_width)"
             )));
         }
         if self.regions.len() >= MAX_REGIONS {
@@ -202,6 +211,8 @@ impl Rack {
             local_budget_bytes: req.local_budget_bytes,
             chunk_bytes,
             created_unix_ms: now_unix_ms(),
+            stripe_width,
+            redundancy,
         };
         let mut counters = self.counters;
         counters.next_region_id += 1;
@@ -230,8 +241,9 @@ impl Rack {
         Ok(entry.record)
     }
 
-    /// Chooses servers for `chunks` of region `id` with the current policy (nothing is
-    /// recorded: the pager allocates the slabs, then commits).
+    /// Chooses servers for `chunks` (slots, for a region with a stripe width above 1) of
+    /// region `id` with the current policy (nothing is recorded: the pager allocates the
+    /// slabs, then commits). Fragments of one chunk get distinct servers.
     pub fn place(&self, id: RegionId, chunks: &[u64], exclude: &[ServerId]) -> Result<Vec<ChunkServer>, RackError> {
         let entry = self.regions.get(&id).ok_or_else(|| RackError::NotFound(format!("no region {id}")))?;
         if chunks.len() > MAX_CHUNKS_PER_REQUEST || exclude.len() > MAX_EXCLUDE {
@@ -239,10 +251,10 @@ impl Rack {
                 "at most {MAX_CHUNKS_PER_REQUEST} chunks and {MAX_EXCLUDE} excluded servers per request"
             )));
         }
-        if let Some(c) = chunks.iter().find(|&&c| c >= entry.record.chunks()) {
-            return Err(RackError::BadRequest(format!("chunk {c} is past the region's {}", entry.record.chunks())));
+        if let Some(c) = chunks.iter().find(|&&c| c >= entry.record.slots()) {
+            return Err(RackError::BadRequest(format!("chunk {c} is past the region's {}", entry.record.slots())));
         }
-        let servers = self.policy.choose(&self.view, id, chunks.len(), exclude)?;
+        let servers = stripe::place_slots(&*self.policy, &self.view, &entry.record, &entry.map, chunks, exclude)?;
         Ok(chunks
             .iter()
             .zip(servers)
@@ -261,7 +273,7 @@ impl Rack {
             return Err(RackError::BadRequest(format!("at most {MAX_CHUNKS_PER_REQUEST} chunks per request")));
         }
         for c in chunks {
-            if c.chunk >= entry.record.chunks() {
+            if c.chunk >= entry.record.slots() {
                 return Err(RackError::BadRequest(format!("chunk {} is past the region's end", c.chunk)));
             }
             match self.servers.get(&c.server) {
@@ -275,6 +287,7 @@ impl Rack {
                 Some(_) => {}
             }
         }
+        stripe::check_distinct(&entry.record, &entry.map, chunks).map_err(RackError::Conflict)?;
         let mut counters = self.counters;
         counters.map_epoch += 1;
         let epoch = counters.map_epoch;
@@ -313,11 +326,13 @@ impl Rack {
             .map(|(chunk, p)| MapEntry { chunk, server: p.server, slab: p.slab, epoch: p.epoch })
             .collect();
         let servers = self.region_servers(id).into_iter().map(|(s, _)| s).collect();
+        // a striped region is not consolidated: a move picked by slab count could put two
+        // fragments of one chunk on one server
         let moves = self
             .policy
             .consolidation_moves(&self.view)
             .into_iter()
-            .filter(|m| m.region == id)
+            .filter(|m| m.region == id && entry.record.stripe_width <= 1)
             .filter_map(|m| {
                 let to_addr = self.servers.get(&m.to)?.addr.clone();
                 Some(MapMove { from: m.from, to: m.to, to_addr, slabs: m.slabs })
@@ -378,6 +393,7 @@ impl Rack {
                     .into_iter()
                     .map(|(s, n)| RemoteBytes { server: s.id, bytes: u64::from(n) * e.record.chunk_bytes })
                     .collect(),
+                degraded_slots: self.degraded_slots_of(&e.map),
             })
             .collect();
         let mut proposed = self.policy.consolidation_moves(&self.view);
@@ -396,6 +412,16 @@ impl Rack {
     /// Slabs the policy's consolidation proposes to move (for metrics).
     pub fn status_proposed_moves(&self) -> u64 {
         self.policy.consolidation_moves(&self.view).iter().map(|m| u64::from(m.slabs)).sum()
+    }
+
+    /// Slots placed on dead servers, in all regions (for metrics).
+    pub fn degraded_slots(&self) -> u64 {
+        self.regions.values().map(|e| self.degraded_slots_of(&e.map)).sum()
+    }
+
+    fn degraded_slots_of(&self, map: &ChunkMap) -> u64 {
+        let dead = |s: ServerId| self.servers.get(&s).is_none_or(|r| r.state == ServerState::Dead);
+        map.iter().filter(|(_, p)| dead(p.server)).count() as u64
     }
 
     /// Slabs the map holds in all (for metrics).

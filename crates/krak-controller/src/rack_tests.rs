@@ -31,6 +31,8 @@ fn setup(store: &Arc<MemStore>) -> (Rack, RegionId) {
         size_bytes: 1000 * SLAB,
         local_budget_bytes: 0,
         chunk_bytes: Some(SLAB),
+        stripe_width: None,
+        redundancy: None,
     };
     let id = r.create_region(&req).unwrap().id;
     (r, id)
@@ -97,4 +99,64 @@ fn moving_a_chunk_bumps_its_epoch_and_moves_the_counts() {
         r.commit(id, &[CommitChunk { chunk: 6, server: ServerId(3), slab: 2 }]),
         Err(RackError::Conflict(_))
     ));
+}
+
+#[test]
+fn a_striped_region_keeps_fragments_apart_counts_degraded_slots_and_reloads() {
+    let store = Arc::new(MemStore::default());
+    let mut r = rack(&store);
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let req = RegisterRequest {
+            addr: format!("h{i}:1"),
+            capacity_bytes: 100 * SLAB,
+            slab_size_bytes: SLAB,
+            domain: format!("d{i}"),
+            headroom_bytes: 0,
+        };
+        ids.push(r.register(&req).unwrap().id);
+    }
+    let req = CreateRegionRequest {
+        owner: "o".into(),
+        size_bytes: 10 * SLAB,
+        local_budget_bytes: 0,
+        chunk_bytes: Some(SLAB),
+        stripe_width: Some(3),
+        redundancy: Some("ec:2+1".into()),
+    };
+    let region = r.create_region(&req).unwrap();
+    assert_eq!((region.stripe_width, region.slots()), (3, 30));
+    let slots: Vec<u64> = (0..30).collect();
+    let placed = r.place(region.id, &slots, &[]).unwrap();
+    for stripe in placed.chunks(3) {
+        let s: std::collections::BTreeSet<_> = stripe.iter().map(|p| p.server).collect();
+        assert_eq!(s.len(), 3, "{stripe:?}");
+    }
+    let commit: Vec<CommitChunk> =
+        placed.iter().map(|p| CommitChunk { chunk: p.chunk, server: p.server, slab: 1000 + p.chunk }).collect();
+    r.commit(region.id, &commit).unwrap();
+    assert!(matches!(r.place(region.id, &[30], &[]), Err(RackError::BadRequest(_))), "slot past the end");
+    // moving slot 0 onto the server of slot 1 would put two fragments of chunk 0 together
+    let clash = [CommitChunk { chunk: 0, server: placed[1].server, slab: 7 }];
+    assert!(matches!(r.commit(region.id, &clash), Err(RackError::Conflict(_))));
+
+    // one server dies: its slots are degraded; a replacement avoids the stripe's servers
+    let victim = placed[0].server;
+    let on_victim = placed.iter().filter(|p| p.server == victim).count() as u64;
+    let late = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+    for id in ids.iter().filter(|id| **id != victim) {
+        r.last_seen.insert(*id, late); // heard from just now
+    }
+    r.tick(late);
+    assert_eq!(r.servers[&victim].state, ServerState::Dead);
+    let status = r.status();
+    assert_eq!(status.regions[0].degraded_slots, on_victim);
+    assert_eq!(status.regions[0].record.redundancy, "ec:2+1");
+    let again = r.place(region.id, &[0], &[victim]).unwrap();
+    let others: Vec<ServerId> = placed[1..3].iter().map(|p| p.server).collect();
+    assert!(again[0].server != victim && !others.contains(&again[0].server), "{again:?} vs {others:?}");
+
+    let reloaded = rack(&store);
+    assert_eq!(reloaded.regions[&region.id].record, r.regions[&region.id].record);
+    assert_eq!(reloaded.map(region.id, 0).unwrap().entries.len(), 30);
 }

@@ -95,6 +95,8 @@ fn the_rack_over_http_and_a_restart() {
         size_bytes: 8 * SLAB,
         local_budget_bytes: 2 * SLAB,
         chunk_bytes: Some(SLAB),
+        stripe_width: None,
+        redundancy: None,
     };
     let region = c.call::<_, RegionReply>("POST", "/v1/regions", Some(&create)).unwrap().region;
     let place = PlaceRequest { chunks: (0..8).collect(), exclude: vec![] };
@@ -121,11 +123,16 @@ fn the_rack_over_http_and_a_restart() {
     // a long-poll at the current epoch waits for the next change: move chunk 0 to the other server
     let poll_client = c.clone();
     let path = format!("/v1/regions/{}/map?since_epoch={}", region.id, committed.epoch);
+    let (started_tx, poller_started) = std::sync::mpsc::channel();
     let poller = std::thread::spawn(move || {
         let t = Instant::now();
+        started_tx.send(()).unwrap();
         let reply: MapReply = poll_client.call_waiting::<(), _>("GET", &path, None, Duration::from_secs(3)).unwrap();
         (reply, t.elapsed())
     });
+    // commit 200 ms after the poller started (on a busy host it may start late): a poll
+    // that waits answers no sooner, one that does not answers without the commit
+    poller_started.recv().unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let other = if map.entries[0].server == a { b } else { a };
     let moved = CommitRequest { chunks: vec![CommitChunk { chunk: 0, server: other, slab: 7 }] };

@@ -68,6 +68,8 @@ pub(crate) fn allocate(
         size_bytes: (region_pages * PAGE_SIZE) as u64,
         local_budget_bytes,
         chunk_bytes: None,
+        stripe_width: None,
+        redundancy: None,
     };
     let created: RegionReply = client.call("POST", "/v1/regions", Some(&request)).map_err(controller_error)?;
     let region = created.region;

@@ -148,9 +148,19 @@ fn render(s: &StatusReply, url: &str, now_ms: u64) -> String {
     if s.regions.is_empty() {
         out.push_str("no regions\n");
     } else {
-        let mut rows = vec![["REGION", "OWNER", "SIZE", "LOCAL BUDGET", "CHUNK", "PLACED", "REMOTE BYTES PER SERVER"]
-            .map(String::from)
-            .to_vec()];
+        let mut rows = vec![[
+            "REGION",
+            "OWNER",
+            "SIZE",
+            "LOCAL BUDGET",
+            "CHUNK",
+            "REDUNDANCY",
+            "PLACED",
+            "DEGRADED",
+            "REMOTE BYTES PER SERVER",
+        ]
+        .map(String::from)
+        .to_vec()];
         for r in &s.regions {
             let remote: Vec<String> =
                 r.remote_bytes.iter().map(|b| format!("{}:{}", b.server.0, ByteSize(b.bytes))).collect();
@@ -160,7 +170,9 @@ fn render(s: &StatusReply, url: &str, now_ms: u64) -> String {
                 ByteSize(r.record.size_bytes).to_string(),
                 ByteSize(r.record.local_budget_bytes).to_string(),
                 ByteSize(r.record.chunk_bytes).to_string(),
+                r.record.redundancy.clone(),
                 r.placed_chunks.to_string(),
+                r.degraded_slots.to_string(),
                 if remote.is_empty() { "-".into() } else { remote.join(" ") },
             ]);
         }

@@ -1,0 +1,203 @@
+//! Stripes: a region with redundancy keeps each chunk as `stripe_width` fragments (replicas,
+//! or the data and parity fragments of an erasure code), each in its own slot of the slab
+//! map (slot = chunk × width + fragment). Losing one server may cost a stripe at most one
+//! fragment, so the fragments of a chunk go to distinct servers, and to distinct failure
+//! domains while there are enough of them. The policy still chooses among the servers that
+//! qualify, one fragment at a time.
+
+use std::collections::HashMap;
+
+use crate::messages::CommitChunk;
+use crate::model::{ChunkMap, RegionRecord, ServerId};
+use crate::placement::{PlacementError, PlacementPolicy};
+use crate::view::RackView;
+
+/// Servers for `slots` of `region` (its map is `map`): each avoids `exclude`, the servers
+/// holding the other fragments of its stripe (placed, or chosen earlier in this call) and,
+/// if it can, their domains. All or nothing.
+pub(crate) fn place_slots(
+    policy: &dyn PlacementPolicy,
+    view: &RackView,
+    region: &RegionRecord,
+    map: &ChunkMap,
+    slots: &[u64],
+    exclude: &[ServerId],
+) -> Result<Vec<ServerId>, PlacementError> {
+    if region.stripe_width <= 1 {
+        return policy.choose(view, region.id, slots.len(), exclude);
+    }
+    let chunk_bytes = region.chunk_bytes;
+    let mut chosen: HashMap<u64, ServerId> = HashMap::new();
+    let mut planned: HashMap<ServerId, u64> = HashMap::new();
+    let mut out = Vec::with_capacity(slots.len());
+    for (placed, &slot) in slots.iter().enumerate() {
+        let taken: Vec<ServerId> = region
+            .stripe_of(slot)
+            .filter(|&s| s != slot)
+            .filter_map(|s| chosen.get(&s).copied().or_else(|| map.get(s).map(|p| p.server)))
+            .collect();
+        // servers this call already filled up (a policy only plans within one call)
+        let full = planned.iter().filter(|(id, n)| {
+            view.server(**id).is_none_or(|s| s.free_bytes.saturating_sub(**n * chunk_bytes) < chunk_bytes)
+        });
+        let mut avoid: Vec<ServerId> = exclude.iter().chain(&taken).chain(full.map(|(id, _)| id)).copied().collect();
+        let servers_only = avoid.len();
+        avoid.extend(same_domain(view, &taken));
+        let pick = match policy.choose(view, region.id, 1, &avoid) {
+            Ok(v) => Ok(v),
+            // not enough domains: distinct servers still
+            Err(PlacementError::NoCapacity { .. }) if avoid.len() > servers_only => {
+                policy.choose(view, region.id, 1, &avoid[..servers_only])
+            }
+            Err(e) => Err(e),
+        };
+        let server = match pick {
+            Ok(v) => v[0],
+            Err(PlacementError::NoCapacity { .. }) => {
+                return Err(PlacementError::NoCapacity { wanted: slots.len(), placed });
+            }
+            Err(e) => return Err(e),
+        };
+        chosen.insert(slot, server);
+        *planned.entry(server).or_default() += 1;
+        out.push(server);
+    }
+    Ok(out)
+}
+
+/// Servers sharing a declared failure domain with one of `servers` (an empty domain name
+/// declares none).
+fn same_domain(view: &RackView, servers: &[ServerId]) -> Vec<ServerId> {
+    let mut out = Vec::new();
+    for &id in servers {
+        let Some(stat) = view.server(id) else { continue };
+        let domain = &view.domains()[stat.domain as usize];
+        if domain.name.is_empty() {
+            continue;
+        }
+        out.extend(domain.servers.iter().map(|&i| view.servers()[i as usize].id).filter(|s| *s != id));
+    }
+    out
+}
+
+/// Checks that after `commits` every stripe they touch still has its fragments on distinct
+/// servers; the first clash, as a message.
+pub(crate) fn check_distinct(region: &RegionRecord, map: &ChunkMap, commits: &[CommitChunk]) -> Result<(), String> {
+    if region.stripe_width <= 1 {
+        return Ok(());
+    }
+    let new: HashMap<u64, ServerId> = commits.iter().map(|c| (c.chunk, c.server)).collect();
+    for c in commits {
+        let stripe = region.stripe_of(c.chunk);
+        let first = stripe.start;
+        for other in stripe.filter(|&s| s != c.chunk) {
+            let server = new.get(&other).copied().or_else(|| map.get(other).map(|p| p.server));
+            if server == Some(c.server) {
+                return Err(format!(
+                    "slots {} and {other} are fragments of chunk {} and cannot share server {}",
+                    c.chunk,
+                    first / u64::from(region.stripe_width),
+                    c.server
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Placement, RegionId, ServerState};
+    use crate::placement::{by_name, testing::CHUNK, POLICY_NAMES};
+
+    /// `n` servers of 100 free chunks, server `i` (from 1) in domain `domains[i-1]`, and a
+    /// region of `chunks` chunks `width` wide.
+    fn setup(domains: &[&str], chunks: u64, width: u32) -> (RackView, RegionRecord) {
+        let mut v = RackView::default();
+        for (i, d) in domains.iter().enumerate() {
+            v.upsert_server(ServerId(i as u32 + 1), d, ServerState::Alive, 100 * CHUNK, 100 * CHUNK, CHUNK);
+        }
+        v.add_region(RegionId(1), CHUNK);
+        let region = RegionRecord {
+            id: RegionId(1),
+            owner: String::new(),
+            size_bytes: chunks * CHUNK,
+            local_budget_bytes: 0,
+            chunk_bytes: CHUNK,
+            created_unix_ms: 0,
+            stripe_width: width,
+            redundancy: format!("test:{width}"),
+        };
+        (v, region)
+    }
+
+    fn domains_of(v: &RackView, servers: &[ServerId]) -> Vec<String> {
+        servers.iter().map(|s| v.domains()[v.server(*s).unwrap().domain as usize].name.clone()).collect()
+    }
+
+    #[test]
+    fn fragments_of_a_chunk_get_distinct_servers_and_domains() {
+        let names: Vec<String> = (0..12).map(|i| format!("d{}", i % 6)).collect();
+        let domains: Vec<&str> = names.iter().map(String::as_str).collect();
+        for policy in POLICY_NAMES {
+            let policy = by_name(policy).unwrap();
+            let (v, region) = setup(&domains, 8, 6);
+            let slots: Vec<u64> = (0..region.slots()).collect();
+            let servers = place_slots(&*policy, &v, &region, &ChunkMap::default(), &slots, &[]).unwrap();
+            for stripe in servers.chunks(6) {
+                let mut s = stripe.to_vec();
+                s.sort();
+                s.dedup();
+                assert_eq!(s.len(), 6, "{}: distinct servers {stripe:?}", policy.name());
+                let mut d = domains_of(&v, stripe);
+                d.sort();
+                d.dedup();
+                assert_eq!(d.len(), 6, "{}: distinct domains {stripe:?}", policy.name());
+            }
+        }
+    }
+
+    #[test]
+    fn too_few_domains_still_gives_distinct_servers_and_too_few_servers_is_an_error() {
+        let (v, region) = setup(&["a", "a", "b", "b", "", ""], 3, 6);
+        let slots: Vec<u64> = (0..region.slots()).collect();
+        let servers =
+            place_slots(&*by_name("spread").unwrap(), &v, &region, &ChunkMap::default(), &slots, &[]).unwrap();
+        for stripe in servers.chunks(6) {
+            let mut s = stripe.to_vec();
+            s.sort();
+            s.dedup();
+            assert_eq!(s.len(), 6, "{stripe:?}");
+        }
+        let r = place_slots(&*by_name("spread").unwrap(), &v, &region, &ChunkMap::default(), &slots, &[ServerId(6)]);
+        assert_eq!(r, Err(PlacementError::NoCapacity { wanted: 18, placed: 5 }));
+    }
+
+    #[test]
+    fn a_lost_fragment_is_replaced_off_the_stripe() {
+        let (mut v, region) = setup(&["a", "b", "c", "d", "e"], 1, 4);
+        let mut map = ChunkMap::default();
+        for f in 0..4u64 {
+            map.set(f, Placement { server: ServerId(f as u32 + 1), slab: f, epoch: 1 });
+            v.add_slab(RegionId(1), ServerId(f as u32 + 1));
+        }
+        // server 2 dies: its fragment (slot 1) must go to the one server the stripe lacks
+        v.upsert_server(ServerId(2), "b", ServerState::Dead, 100 * CHUNK, 99 * CHUNK, CHUNK);
+        for policy in POLICY_NAMES {
+            let policy = by_name(policy).unwrap();
+            let got = place_slots(&*policy, &v, &region, &map, &[1], &[ServerId(2)]).unwrap();
+            assert_eq!(got, vec![ServerId(5)], "{}", policy.name());
+        }
+        let clash = [CommitChunk { chunk: 1, server: ServerId(3), slab: 9 }];
+        assert!(check_distinct(&region, &map, &clash).unwrap_err().contains("cannot share server 3"));
+        let ok = [CommitChunk { chunk: 1, server: ServerId(5), slab: 9 }];
+        assert_eq!(check_distinct(&region, &map, &ok), Ok(()));
+        // two slots of one stripe committed together to one server clash too
+        let both = [
+            CommitChunk { chunk: 1, server: ServerId(5), slab: 9 },
+            CommitChunk { chunk: 2, server: ServerId(5), slab: 10 },
+        ];
+        assert!(check_distinct(&region, &map, &both).is_err());
+    }
+}
