@@ -99,6 +99,19 @@ pub fn controller(listen: &str, extra: &[&str]) -> (Proc, String) {
     (proc, url.to_string())
 }
 
+/// One rack secret file per test process (mode 0600 in a private directory).
+pub fn secret_file() -> &'static str {
+    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("krak-test-secret-{}-{:x}", std::process::id(), rand::random::<u64>()));
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("secret");
+        krak_auth::write_new_secret_file(&path).unwrap();
+        path.to_string_lossy().into_owned()
+    })
+}
+
 /// `krak memserver` with 1 MiB slabs on a free loopback port, joined to `controller`.
 pub fn memserver(controller: &str, domain: &str, capacity: &str) -> (Proc, SocketAddr) {
     let (proc, line) = spawn_and_read_line(&[
@@ -113,6 +126,8 @@ pub fn memserver(controller: &str, domain: &str, capacity: &str) -> (Proc, Socke
         controller,
         "--domain",
         domain,
+        "--secret-file",
+        secret_file(),
     ]);
     let addr = line.split_whitespace().nth(4).and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
     (proc, addr)

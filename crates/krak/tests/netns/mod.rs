@@ -259,6 +259,8 @@ impl Net {
                 controller,
                 "--domain",
                 domain,
+                "--secret-file",
+                super::controller_common::secret_file(),
             ],
         );
         let addr: SocketAddr =
