@@ -95,6 +95,7 @@ pub fn run(args: MemserverArgs) -> anyhow::Result<()> {
         max_connections_per_client: args.max_client_connections,
         max_bytes_per_client: args.max_client_capacity.map(|b| b.0),
     };
+    let secret = config.secret;
     let server = MemServer::bind(config).context("starting the memory server")?;
     let membership = args.controller.controller.as_deref().filter(|c| !c.trim().is_empty()).map(|controller| {
         let addr =
@@ -104,6 +105,7 @@ pub fn run(args: MemserverArgs) -> anyhow::Result<()> {
             addr,
             domain: args.domain.clone(),
             headroom_bytes: args.headroom.0,
+            secret,
         }
     });
     let stopper = server.stopper();

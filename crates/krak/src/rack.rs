@@ -78,8 +78,8 @@ impl LocalRack {
             let store = rack.dir.join("store");
             std::fs::create_dir(&store).with_context(|| format!("creating {}", store.display()))?;
             let store = store.to_string_lossy().into_owned();
-            let (child, url) =
-                start_child(&exe, &["controller", "--listen", "127.0.0.1:0", "--store", &store], "the controller")?;
+            let args = ["controller", "--listen", "127.0.0.1:0", "--store", &store, "--secret-file", &secret_path];
+            let (child, url) = start_child(&exe, &args, "the controller")?;
             rack.controller = Some((child, url));
         }
         for i in 0..count {
@@ -116,7 +116,7 @@ impl LocalRack {
     }
 
     fn wait_alive(&self, url: &str) -> anyhow::Result<()> {
-        let client = krak_controller::Client::new(url)?;
+        let client = krak_controller::Client::new(url)?.with_secret(Some(self.secret));
         let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
         loop {
             let status: krak_controller::messages::StatusReply = client.call::<(), _>("GET", "/v1/status", None)?;

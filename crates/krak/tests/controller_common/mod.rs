@@ -68,6 +68,8 @@ pub fn spawn_and_read_line(args: &[&str]) -> (Proc, String) {
 /// Spawns `command` (named `what` in failures) and returns it with the first line it prints
 /// (within 10 s).
 pub fn spawn_command_and_read_line(mut command: Command, what: &str) -> (Proc, String) {
+    // Every process of a test rack shares the test's secret.
+    command.env("KRAK_SECRET_FILE", secret_file());
     let mut child =
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("krak runs");
     let stdout = child.stdout.take().unwrap();
@@ -135,7 +137,13 @@ pub fn memserver(controller: &str, domain: &str, capacity: &str) -> (Proc, Socke
 
 /// Runs `krak ARGS` to completion (its calls to the controller time out after 5 s).
 pub fn krak(args: &[&str]) -> Output {
-    Command::new(KRAK).args(args).env_remove("KRAK_CONTROLLER").stdin(Stdio::null()).output().unwrap()
+    Command::new(KRAK)
+        .args(args)
+        .env_remove("KRAK_CONTROLLER")
+        .env("KRAK_SECRET_FILE", secret_file())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 /// `krak ARGS` that must succeed: its stdout.
