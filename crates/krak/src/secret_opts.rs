@@ -11,11 +11,11 @@ use krak_proto::RackSecret;
 pub struct SecretArgs {
     /// File holding the rack secret (64 hex digits, mode 0600; make one with
     /// `krak secret new PATH`). Every machine of the rack uses the same secret.
-    #[arg(long, value_name = "PATH", env = "KRAK_SECRET_FILE")]
+    #[arg(long, value_name = "PATH", env = "KRAK_SECRET_FILE", global = true)]
     pub secret_file: Option<PathBuf>,
     /// Run without a rack secret: anyone who can reach the rack may use it. Only for
     /// experiments on a machine of your own.
-    #[arg(long, conflicts_with = "secret_file")]
+    #[arg(long, conflicts_with = "secret_file", global = true)]
     pub insecure: bool,
 }
 
