@@ -52,7 +52,8 @@ pub(crate) fn serve(stream: TcpStream, shared: &Shared, peer: SocketAddr) {
         Err(e) if shared.stopping() => tracing::debug!("{peer}: closed by shutdown ({e})"),
         Err(e) => match e.kind() {
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
-                tracing::warn!("{peer}: no progress for {} ms inside a frame; closing", io_timeout.as_millis());
+                let ms = io_timeout.as_millis();
+                tracing::warn!("{peer}: no progress for {ms} ms inside a frame or the handshake; closing");
             }
             io::ErrorKind::UnexpectedEof => tracing::warn!("{peer}: closed in the middle of a frame"),
             _ => tracing::debug!("{peer}: {e}"),
@@ -121,7 +122,7 @@ impl<'s> Conn<'s> {
         loop {
             // Every frame after our hello carries a MAC, ours and theirs (docs/protocol.md).
             let start = self.out.len();
-            let (header, head) = match self.read_header()? {
+            let (header, head) = match self.read_header(session.client_id.is_some())? {
                 None => return Ok(End::Closed),
                 Some(Ok(h)) => h,
                 Some(Err((e, head))) => {
@@ -164,17 +165,20 @@ impl<'s> Conn<'s> {
     }
 
     /// The next header, `None` on a clean close between frames, or a header that failed
-    /// to decode (with its raw bytes). Waits forever for a frame's first byte, then at
-    /// most `io_timeout` for each read of the rest.
+    /// to decode (with its raw bytes). Waits forever for a frame's first byte (`may_idle`,
+    /// else at most `io_timeout`), then at most `io_timeout` for each read of the rest.
     #[allow(clippy::type_complexity)]
     fn read_header(
         &mut self,
+        may_idle: bool,
     ) -> io::Result<Option<Result<(Header, [u8; HEADER_LEN]), (DecodeError, [u8; HEADER_LEN])>>> {
         if self.reader.buffer().is_empty() {
             self.flush()?;
             // A pager's next request usually follows within microseconds: catch it awake.
             krak_client::spin_until_readable(self.stream, SPIN)?;
-            self.set_idle(true)?;
+            // Only an authenticated connection may wait forever between frames: one that has
+            // not proved the secret gets `io_timeout` for each step of the handshake.
+            self.set_idle(may_idle)?;
             loop {
                 match self.reader.fill_buf() {
                     Ok([]) => return Ok(None),

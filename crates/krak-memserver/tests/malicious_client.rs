@@ -210,3 +210,26 @@ fn per_client_limits_on_connections_and_bytes() {
     assert!(eventually(std::time::Duration::from_secs(5), || connect_with(addr, 3, Some(rack.secret)).is_ok()));
     victim.check(7);
 }
+
+#[test]
+fn a_connection_that_never_authenticates_is_closed_after_the_io_timeout() {
+    let rack = rack_with(|c| c.max_connections = 2);
+    let addr = rack.server.addr();
+    // Two silent connections take both slots, then are closed (io_timeout 300 ms) ...
+    // (closed_by_server gives up after 5 s, long past the timeout).
+    let mut silent: Vec<_> = (0..2).map(|_| raw(addr)).collect();
+    for s in &mut silent {
+        assert!(closed_by_server(s));
+    }
+    // ... and so are connections that said hello but never proved the secret.
+    let mut s = raw(addr);
+    let mut hello = Vec::new();
+    krak_proto::encode_hello(&mut hello, 1, krak_proto::PROTOCOL_VERSION, 5, &[0; krak_proto::NONCE_LEN]);
+    send(&mut s, &hello);
+    let _ = recv_frame(&mut s);
+    assert!(closed_by_server(&mut s));
+    // The slots are free again: an honest client gets in and its pages round-trip.
+    assert!(eventually(std::time::Duration::from_secs(5), || rack.server.stats().connections == 0));
+    let mut victim = Victim::new(&rack);
+    victim.check(8);
+}
