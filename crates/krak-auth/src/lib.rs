@@ -112,26 +112,26 @@ impl MacKey {
         MacKey(rand::random())
     }
 
-    /// Same framing as [`RackSecret::tag`], under this key.
+    /// HMAC-SHA256 with the same framing as [`RackSecret::tag`], under this key.
     pub fn tag(&self, label: &str, parts: &[&[u8]]) -> [u8; TAG_LEN] {
-        let mut mac = self.hasher();
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
         put(&mut mac, label.as_bytes());
         for p in parts {
             put(&mut mac, p);
         }
-        mac.finalize()
+        mac.finalize().into_bytes().into()
     }
 
-    /// A keyed hasher with the key already absorbed: cloning it is cheaper than keying a
-    /// new one, which matters on the per-frame path.
+    /// A keyed BLAKE3 hasher for frame MACs: a MAC by design (keyed mode), and several
+    /// times faster than HMAC-SHA256 on 4 KiB pages (SIMD over the page's 1 KiB chunks).
     pub fn hasher(&self) -> FrameHasher {
-        FrameHasher(<HmacSha256 as Mac>::new_from_slice(&self.0).expect("HMAC takes keys of any length"))
+        FrameHasher(blake3::Hasher::new_keyed(&self.0))
     }
 }
 
-/// An HMAC-SHA256 in progress; see [`MacKey::hasher`].
+/// A keyed BLAKE3 in progress; see [`MacKey::hasher`].
 #[derive(Clone)]
-pub struct FrameHasher(HmacSha256);
+pub struct FrameHasher(blake3::Hasher);
 
 impl fmt::Debug for FrameHasher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -144,12 +144,12 @@ impl FrameHasher {
         self.0.update(bytes);
     }
 
-    pub fn finalize(self) -> [u8; TAG_LEN] {
-        self.0.finalize().into_bytes().into()
+    pub fn finalize(&self) -> [u8; TAG_LEN] {
+        *self.0.finalize().as_bytes()
     }
 }
 
-fn put(mac: &mut FrameHasher, bytes: &[u8]) {
+fn put(mac: &mut HmacSha256, bytes: &[u8]) {
     mac.update(&(bytes.len() as u64).to_le_bytes());
     mac.update(bytes);
 }
@@ -178,9 +178,9 @@ mod tests {
     #[test]
     fn hmac_matches_rfc_4231_case_2() {
         // Key "Jefe", data "what do ya want for nothing?": checks the HMAC underneath.
-        let mut h = FrameHasher(<HmacSha256 as Mac>::new_from_slice(b"Jefe").unwrap());
+        let mut h = <HmacSha256 as Mac>::new_from_slice(b"Jefe").unwrap();
         h.update(b"what do ya want for nothing?");
-        let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = h.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
     }
 
@@ -194,6 +194,24 @@ mod tests {
         // length prefixes: ("ab","c") and ("a","bc") differ
         assert_ne!(a.tag("x", &[b"ab", b"c"]), a.tag("x", &[b"a", b"bc"]));
         assert_ne!(a.derive("s", &[b"n"]).tag("t", &[]), a.derive("s", &[b"m"]).tag("t", &[]));
+    }
+
+    #[test]
+    fn frame_hashes_depend_on_key_and_every_byte() {
+        let k = MacKey::generate();
+        let mac = |key: &MacKey, parts: &[&[u8]]| {
+            let mut h = key.hasher();
+            for p in parts {
+                h.update(p);
+            }
+            h.finalize()
+        };
+        let page = vec![7u8; 4096];
+        assert_eq!(mac(&k, &[b"hdr", &page]), mac(&k, &[b"hd", b"r", &page]), "a stream, not framed");
+        assert_ne!(mac(&k, &[b"hdr", &page]), mac(&MacKey::generate(), &[b"hdr", &page]));
+        let mut other = page.clone();
+        other[4095] ^= 1;
+        assert_ne!(mac(&k, &[b"hdr", &page]), mac(&k, &[b"hdr", &other]));
     }
 
     #[test]

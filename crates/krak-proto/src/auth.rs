@@ -5,7 +5,7 @@
 //! server's answer carries its own nonce and a proof that it knows the rack secret, over
 //! both nonces and everything both hellos said; the client checks it, then proves the
 //! same in an `Auth` request. Both derive one session key from the same transcript. From
-//! then on each frame is followed by [`MAC_LEN`] bytes: HMAC-SHA256 under the session key
+//! then on each frame is followed by [`MAC_LEN`] bytes: keyed BLAKE3 under the session key
 //! of the direction, the frame's sequence number in that direction (implicit, counted by
 //! both ends), the header and the body. A forged, altered, dropped, reordered or replayed
 //! frame (from this connection or another: the key differs) fails its MAC.
