@@ -5,15 +5,20 @@
 //! answer. The server answers in request order on a connection, so the client checks that
 //! each answer carries the id it expects. Every page read back is checked against its
 //! CRC-32C before the caller sees it.
+//!
+//! Connecting runs the handshake of `docs/protocol.md`: both ends prove they know the rack
+//! secret, and every later frame in either direction carries a MAC under a key of this
+//! connection alone.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use krak_proto::{
-    decode_response, encode_alloc_slab, encode_free_slab, encode_hello, encode_read_pages, encode_stats,
-    encode_write_pages, page_crc, DecodeError, ErrorCode, Header, Op, PageRef, Response, ServerHello, ServerStats,
-    SlabId, HEADER_LEN, MAX_BATCH_PAGES, PAGE_SIZE, PROTOCOL_VERSION, RESPONSE_BIT,
+    decode_response, encode_alloc_slab, encode_auth, encode_free_slab, encode_hello, encode_read_pages, encode_stats,
+    encode_write_pages, page_crc, proof_matches, DecodeError, ErrorCode, FrameMac, Header, Op, PageRef, RackSecret,
+    Response, ServerHello, ServerStats, Side, SlabId, Transcript, HEADER_LEN, MAC_LEN, MAX_BATCH_PAGES, NONCE_LEN,
+    PAGE_SIZE, PROOF_LEN, PROTOCOL_VERSION, RESPONSE_BIT,
 };
 
 /// Why a call to a memory server failed.
@@ -31,6 +36,8 @@ pub enum ClientError {
     Refused { addr: SocketAddr, op: &'static str, code: u16, message: String },
     #[error("memory server {addr} answered out of order or with the wrong kind: {detail}")]
     Protocol { addr: SocketAddr, detail: String },
+    #[error("memory server {addr}: authentication failed: {detail}")]
+    Auth { addr: SocketAddr, detail: String },
     #[error("memory server {addr}: page {page} of slab {slab:#x} failed its checksum")]
     Corrupt { addr: SocketAddr, slab: u64, page: u32 },
 }
@@ -59,6 +66,9 @@ pub struct ConnectOptions {
     pub timeout_ms: u64,
     /// How long to busy-wait for an answer before sleeping in a blocking read (0: never).
     pub spin_us: u64,
+    /// The rack secret both ends prove they know; `None` uses the well-known insecure key
+    /// (only a server without a secret accepts it).
+    pub secret: Option<RackSecret>,
 }
 
 /// One connection to a memory server, after a successful hello.
@@ -74,6 +84,8 @@ pub struct Connection {
     spin: Duration,
     send_buf: Vec<u8>,
     recv_buf: Vec<u8>,
+    /// Seals and checks frames once the server's hello proved it knows the secret.
+    mac: Option<FrameMac>,
 }
 
 impl Connection {
@@ -86,7 +98,15 @@ impl Connection {
         stream.set_nodelay(true).map_err(io_err)?;
         stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
         stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
-        let placeholder = ServerHello { version: 0, page_size: 0, slab_size_bytes: 0, capacity_bytes: 0, server_id: 0 };
+        let placeholder = ServerHello {
+            version: 0,
+            page_size: 0,
+            slab_size_bytes: 0,
+            capacity_bytes: 0,
+            server_id: 0,
+            nonce: [0; NONCE_LEN],
+            proof: [0; PROOF_LEN],
+        };
         let mut conn = Connection {
             addr,
             stream,
@@ -97,23 +117,37 @@ impl Connection {
             spin: Duration::from_micros(opts.spin_us),
             send_buf: Vec::with_capacity(64 << 10),
             recv_buf: Vec::with_capacity(64 << 10),
+            mac: None,
         };
-        let id = conn.send_with(Op::Hello, |buf, id| encode_hello(buf, id, PROTOCOL_VERSION, opts.client_id))?;
-        match conn.recv(id)? {
-            Response::Hello(h) => {
-                if h.page_size as usize != PAGE_SIZE
-                    || h.slab_size_bytes == 0
-                    || h.slab_size_bytes % PAGE_SIZE as u64 != 0
-                {
-                    return Err(ClientError::Protocol {
-                        addr,
-                        detail: format!("page size {} / slab size {} unusable", h.page_size, h.slab_size_bytes),
-                    });
-                }
-                conn.hello = h;
-            }
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        let id =
+            conn.send_with(Op::Hello, |buf, id| encode_hello(buf, id, PROTOCOL_VERSION, opts.client_id, &nonce))?;
+        let hello = match conn.recv(id)? {
+            Response::Hello(h) => h,
             other => return Err(unexpected(addr, Op::Hello, &other)),
+        };
+        let secret = opts.secret.unwrap_or_else(RackSecret::insecure);
+        let transcript =
+            Transcript { version: PROTOCOL_VERSION, client_id: opts.client_id, client_nonce: nonce, server: hello };
+        if !proof_matches(&transcript.server_proof(&secret), &hello.proof) {
+            let detail = "the server's hello does not prove it knows our rack secret (wrong --secret-file?)";
+            return Err(ClientError::Auth { addr, detail: detail.into() });
         }
+        conn.mac = Some(FrameMac::new(&transcript.session_key(&secret), Side::Client));
+        let proof = transcript.client_proof(&secret);
+        let id = conn.send_with(Op::Auth, |buf, id| encode_auth(buf, id, &proof))?;
+        match conn.recv(id)? {
+            Response::Authenticated => {}
+            other => return Err(unexpected(addr, Op::Auth, &other)),
+        }
+        let h = hello;
+        if h.page_size as usize != PAGE_SIZE || h.slab_size_bytes == 0 || h.slab_size_bytes % PAGE_SIZE as u64 != 0 {
+            return Err(ClientError::Protocol {
+                addr,
+                detail: format!("page size {} / slab size {} unusable", h.page_size, h.slab_size_bytes),
+            });
+        }
+        conn.hello = h;
         Ok(conn)
     }
 
@@ -223,6 +257,9 @@ impl Connection {
         self.next_id += 1;
         self.send_buf.clear();
         encode(&mut self.send_buf, id);
+        if let Some(mac) = self.mac.as_mut() {
+            mac.seal(&mut self.send_buf, 0);
+        }
         self.stream.write_all(&self.send_buf).map_err(|e| self.io_error(e))?;
         self.in_flight.push_back((id, op));
         Ok(id)
@@ -250,6 +287,11 @@ impl Connection {
                 ClientError::Io { addr, source: e }
             }
         })?;
+        if let Some(mac) = self.mac.as_mut() {
+            let mut trailer = [0u8; MAC_LEN];
+            self.stream.read_exact(&mut trailer).map_err(|e| ClientError::Io { addr, source: e })?;
+            mac.open(&head, &self.recv_buf, &trailer).map_err(|e| ClientError::Auth { addr, detail: e.to_string() })?;
+        }
         if header.request_id != id || header.kind != (op as u16 | RESPONSE_BIT) {
             let detail = format!("expected {} #{id}, got kind {:#06x} #{}", op.name(), header.kind, header.request_id);
             return Err(ClientError::Protocol { addr, detail });

@@ -16,9 +16,41 @@ use crate::messages::{
 use crate::placement::{PlacementError, POLICY_NAMES};
 use crate::rack::RackError;
 
-/// Answers one request.
+/// Answers one request: checks its signature first when the controller has a secret
+/// (all but `GET /metrics`, which stays open for scrapers), and signs the answer.
 pub fn handle(shared: &Shared, req: Request) -> Response {
-    let response = route(shared, &req).unwrap_or_else(|e| error_response(shared, &e));
+    let Some(secret) = shared.config.secret.as_ref() else {
+        let response = route(shared, &req).unwrap_or_else(|e| error_response(shared, &e));
+        shared.metrics.http_request(response.status);
+        return response;
+    };
+    if req.method == "GET" && req.path.trim_end_matches('/') == "/metrics" {
+        let response = route(shared, &req).unwrap_or_else(|e| error_response(shared, &e));
+        shared.metrics.http_request(response.status);
+        return response;
+    }
+    let now = crate::auth::now_ms();
+    let checked = crate::auth::verify_request(
+        secret,
+        &shared.replays,
+        now,
+        &req.method,
+        &req.url,
+        &req.body,
+        req.authorization.as_deref(),
+    );
+    let response = match checked {
+        Ok(nonce) => {
+            let mut r = route(shared, &req).unwrap_or_else(|e| error_response(shared, &e));
+            r.auth = Some(crate::auth::sign_response(secret, &nonce, r.status, &r.body));
+            r
+        }
+        Err(e) => {
+            tracing::warn!("refused {} {}: {e}", req.method, req.path);
+            let status = if e == crate::auth::AuthError::Busy { 503 } else { 401 };
+            Response::error(status, &e.to_string())
+        }
+    };
     shared.metrics.http_request(response.status);
     response
 }

@@ -23,6 +23,8 @@ pub enum ClientError {
     Status { status: u16, message: String },
     #[error("controller answered JSON this client cannot read: {0}")]
     Json(String),
+    #[error("controller {addr}: its answer is not signed with our rack secret (wrong --secret-file, or not a krak controller)")]
+    Auth { addr: String },
 }
 
 /// A client of one controller.
@@ -31,6 +33,8 @@ pub struct Client {
     host: String,
     /// Connect, read and write timeout; a long-poll adds its wait to the read timeout.
     pub timeout: Duration,
+    /// Signs every request and checks every answer with it (`None`: neither).
+    pub secret: Option<krak_auth::RackSecret>,
 }
 
 impl Client {
@@ -40,7 +44,13 @@ impl Client {
         if host.is_empty() || host.contains('/') || !host.contains(':') {
             return Err(ClientError::Url(url.to_string()));
         }
-        Ok(Client { host: host.to_string(), timeout: Duration::from_secs(5) })
+        Ok(Client { host: host.to_string(), timeout: Duration::from_secs(5), secret: None })
+    }
+
+    /// The same client, signing with `secret`.
+    pub fn with_secret(mut self, secret: Option<krak_auth::RackSecret>) -> Client {
+        self.secret = secret;
+        self
     }
 
     /// Sends a request; returns the status and body whatever the status.
@@ -58,8 +68,11 @@ impl Client {
         stream.set_read_timeout(Some(self.timeout + extra_wait)).map_err(io)?;
         stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
         let body = body.unwrap_or_default();
+        let signed =
+            self.secret.as_ref().map(|s| crate::auth::sign_request(s, method, path, body, crate::auth::now_ms()));
+        let authorization = signed.as_ref().map(|(h, _)| format!("Authorization: {h}\r\n")).unwrap_or_default();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\n{authorization}Content-Length: {}\r\n\r\n",
             self.host,
             body.len()
         );
@@ -67,7 +80,14 @@ impl Client {
         stream.write_all(body).map_err(io)?;
         let mut answer = Vec::new();
         stream.take(MAX_RESPONSE_BYTES).read_to_end(&mut answer).map_err(io)?;
-        parse_response(&answer)
+        let (status, body, auth) = parse_response(&answer)?;
+        if let (Some(secret), Some((_, nonce))) = (&self.secret, &signed) {
+            // A refusal of our signature cannot be signed for us: report it as it is.
+            if status != 401 && !crate::auth::verify_response(secret, nonce, status, &body, auth.as_deref()) {
+                return Err(ClientError::Auth { addr: self.host.clone() });
+            }
+        }
+        Ok((status, body))
     }
 
     /// Sends `body` as JSON and decodes a 2xx answer.
@@ -111,6 +131,14 @@ pub struct RackClient {
 
 impl RackClient {
     /// `urls` is one URL or several separated by commas.
+    /// Every URL's client signs with `secret`.
+    pub fn with_secret(mut self, secret: Option<krak_auth::RackSecret>) -> RackClient {
+        for (_, c) in &mut self.clients {
+            c.secret = secret;
+        }
+        self
+    }
+
     pub fn new(urls: &str, timeout: Duration) -> Result<RackClient, ClientError> {
         let mut clients = Vec::new();
         for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
@@ -166,9 +194,10 @@ impl RackClient {
     }
 }
 
-/// Status and body of a `Connection: close` answer (`Content-Length` or read to the end;
-/// chunked encoding is decoded).
-fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), ClientError> {
+/// Status, body and `X-Krak-Auth` header of a `Connection: close` answer
+/// (`Content-Length` or read to the end; chunked encoding is decoded).
+#[allow(clippy::type_complexity)]
+pub fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>, Option<String>), ClientError> {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -183,6 +212,7 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), ClientError> {
         .ok_or_else(|| ClientError::Protocol(format!("bad status line {status_line:?}")))?;
     let mut length = None;
     let mut chunked = false;
+    let mut auth = None;
     for line in lines {
         let Some((k, v)) = line.split_once(':') else { continue };
         let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
@@ -190,18 +220,20 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), ClientError> {
             length = v.parse::<usize>().ok();
         } else if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
             chunked = true;
+        } else if k == crate::auth::RESPONSE_HEADER.to_ascii_lowercase() {
+            auth = Some(v.to_string());
         }
     }
     let body = &raw[end + 4..];
     if chunked {
-        return dechunk(body).map(|b| (status, b));
+        return dechunk(body).map(|b| (status, b, auth));
     }
     let body = match length {
         Some(n) if n <= body.len() => &body[..n],
         Some(_) => return Err(ClientError::Protocol("answer shorter than its Content-Length".into())),
         None => body,
     };
-    Ok((status, body.to_vec()))
+    Ok((status, body.to_vec(), auth))
 }
 
 fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, ClientError> {
@@ -230,9 +262,11 @@ mod tests {
     #[test]
     fn parses_plain_and_chunked_answers() {
         let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
-        assert_eq!(parse_response(plain).unwrap(), (200, b"{}".to_vec()));
+        assert_eq!(parse_response(plain).unwrap(), (200, b"{}".to_vec(), None));
         let chunked = b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-        assert_eq!(parse_response(chunked).unwrap(), (404, b"abcde".to_vec()));
+        assert_eq!(parse_response(chunked).unwrap(), (404, b"abcde".to_vec(), None));
+        let signed = b"HTTP/1.1 200 OK\r\nX-Krak-Auth: mac=ab\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(parse_response(signed).unwrap().2.as_deref(), Some("mac=ab"));
         assert!(parse_response(b"garbage").is_err());
         assert!(parse_response(b"HTTP/1.1 2x\r\n\r\n").is_err());
         assert!(Client::new("http://127.0.0.1:80/").is_ok());

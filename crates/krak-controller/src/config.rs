@@ -44,6 +44,9 @@ pub struct ControllerConfig {
     pub default_policy: String,
     /// Chunk size of a region whose creation names none.
     pub default_chunk_bytes: u64,
+    /// The rack secret every request but `GET /metrics` must be signed with, and every
+    /// answer is signed with; `None` answers everyone, unsigned (tests, `--insecure`).
+    pub secret: Option<krak_auth::RackSecret>,
 }
 
 impl ControllerConfig {
@@ -60,6 +63,7 @@ impl ControllerConfig {
             max_long_polls: 4,
             default_policy: "spread".to_string(),
             default_chunk_bytes: DEFAULT_CHUNK_BYTES,
+            secret: None,
         }
     }
 

@@ -26,6 +26,8 @@ pub struct Shared {
     pub(crate) config: ControllerConfig,
     pub(crate) stopping: AtomicBool,
     pub(crate) long_polls: AtomicUsize,
+    /// Nonces of recently authenticated requests.
+    pub(crate) replays: crate::auth::ReplayGuard,
 }
 
 /// The rack controller.
@@ -44,6 +46,7 @@ impl Controller {
             rack: Mutex::new(rack),
             changed: Condvar::new(),
             metrics: Metrics::default(),
+            replays: Default::default(),
             config: config.clone(),
             stopping: AtomicBool::new(false),
             long_polls: AtomicUsize::new(0),

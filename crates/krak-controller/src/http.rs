@@ -15,9 +15,12 @@ const POLL: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub struct Request {
     pub method: String,
+    /// Path and query as sent: what a request signature covers.
+    pub url: String,
     pub path: String,
     pub query: String,
     pub body: Vec<u8>,
+    pub authorization: Option<String>,
 }
 
 /// An answer.
@@ -26,12 +29,14 @@ pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
+    /// The answer's signature (`X-Krak-Auth`), when the controller has a secret.
+    pub auth: Option<String>,
 }
 
 impl Response {
     pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Response {
         match serde_json::to_vec(value) {
-            Ok(body) => Response { status, content_type: "application/json", body },
+            Ok(body) => Response { status, content_type: "application/json", body, auth: None },
             Err(e) => Response::error(500, &format!("cannot encode the answer: {e}")),
         }
     }
@@ -39,11 +44,11 @@ impl Response {
     pub fn error(status: u16, message: &str) -> Response {
         let body = serde_json::to_vec(&crate::messages::ErrorBody { error: message.to_string() })
             .unwrap_or_else(|_| b"{\"error\":\"?\"}".to_vec());
-        Response { status, content_type: "application/json", body }
+        Response { status, content_type: "application/json", body, auth: None }
     }
 
     pub fn text(body: String) -> Response {
-        Response { status: 200, content_type: "text/plain; version=0.0.4", body: body.into_bytes() }
+        Response { status: 200, content_type: "text/plain; version=0.0.4", body: body.into_bytes(), auth: None }
     }
 }
 
@@ -135,14 +140,22 @@ fn worker(
                     Some((p, q)) => (p.to_string(), q.to_string()),
                     None => (req.url().to_string(), String::new()),
                 };
-                handler(Request { method: req.method().as_str().to_ascii_uppercase(), path, query, body })
+                let authorization =
+                    req.headers().iter().find(|h| h.field.equiv("Authorization")).map(|h| h.value.as_str().to_string());
+                let method = req.method().as_str().to_ascii_uppercase();
+                handler(Request { method, url: req.url().to_string(), path, query, body, authorization })
             }
             Err(r) => r,
         };
         let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], response.content_type.as_bytes());
-        let mut out = tiny_http::Response::from_data(response.body).with_status_code(response.status);
+        let mut out = tiny_http::Response::from_data(response.body.clone()).with_status_code(response.status);
         if let Ok(h) = header {
             out = out.with_header(h);
+        }
+        if let Some(auth) = &response.auth {
+            if let Ok(h) = tiny_http::Header::from_bytes(crate::auth::RESPONSE_HEADER.as_bytes(), auth.as_bytes()) {
+                out = out.with_header(h);
+            }
         }
         if let Err(e) = req.respond(out) {
             tracing::debug!("http respond: {e}");

@@ -17,6 +17,7 @@
 //! ```
 
 mod api;
+pub mod auth;
 pub mod client;
 pub mod config;
 mod controller;

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use krak_proto::units::ByteSize;
-use krak_proto::PAGE_SIZE;
+use krak_proto::{RackSecret, PAGE_SIZE};
 
 use crate::ServerError;
 
@@ -15,6 +15,9 @@ pub const DEFAULT_GRACE_MS: u64 = 10_000;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// Bound on reading one frame once its first byte arrived, and on writing an answer.
 pub const DEFAULT_IO_TIMEOUT_MS: u64 = 30_000;
+/// Connections one client id may hold at once (a pager uses one per handler thread and a
+/// few more), so one client cannot take every connection slot.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 64;
 
 /// Everything a [`crate::MemServer`] needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +37,13 @@ pub struct ServerConfig {
     pub io_timeout_ms: u64,
     /// Lock slab memory into RAM (`mlock`) so it is never swapped; a failure only warns.
     pub mlock: bool,
+    /// The rack secret clients must prove they know; `None` accepts only clients without
+    /// one (the well-known insecure key): for tests and `--insecure` racks.
+    pub secret: Option<RackSecret>,
+    /// Most connections of one client id at once; more are refused with `ClientLimit`.
+    pub max_connections_per_client: usize,
+    /// Most bytes lent to one client id; `None`: up to the whole capacity.
+    pub max_bytes_per_client: Option<u64>,
 }
 
 impl ServerConfig {
@@ -47,6 +57,9 @@ impl ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             io_timeout_ms: DEFAULT_IO_TIMEOUT_MS,
             mlock: false,
+            secret: None,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            max_bytes_per_client: None,
         }
     }
 
@@ -75,6 +88,12 @@ impl ServerConfig {
         }
         if self.max_connections == 0 {
             return bad("max connections must be at least 1".into());
+        }
+        if self.max_connections_per_client == 0 {
+            return bad("max connections per client must be at least 1".into());
+        }
+        if self.max_bytes_per_client.is_some_and(|b| b < self.slab_size_bytes) {
+            return bad(format!("a client's limit must hold at least one slab of {}", ByteSize(self.slab_size_bytes)));
         }
         if self.io_timeout_ms == 0 {
             return bad("io timeout must be at least 1 ms".into());

@@ -6,7 +6,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use krak_proto::{encode_error, DecodeError, ErrorCode, Header, HEADER_LEN, MAX_BODY_BYTES};
+use krak_proto::{encode_error, DecodeError, ErrorCode, Header, HEADER_LEN, MAC_LEN, MAX_BODY_BYTES};
 
 use crate::requests::{self, decode_error_code, Next, Session};
 use crate::server::Shared;
@@ -17,6 +17,9 @@ const SPIN: Duration = Duration::from_micros(50);
 const READ_BUF_BYTES: usize = 256 << 10;
 /// Answers are held back while further requests are already buffered, up to this much.
 const FLUSH_BYTES: usize = 1 << 20;
+/// ... and up to this many: with at most `max_connections_per_client` connections, this
+/// bounds the requests of one client read and not yet answered.
+const FLUSH_ANSWERS: usize = 64;
 /// After an error answer, how long (and how much) we drain the peer before closing, so the
 /// answer is not destroyed by a reset caused by unread data.
 const LINGER: Duration = Duration::from_millis(500);
@@ -35,7 +38,7 @@ enum End {
 /// Serves one accepted connection until it ends; never panics on peer input.
 pub(crate) fn serve(stream: TcpStream, shared: &Shared, peer: SocketAddr) {
     tracing::debug!("{peer}: connected");
-    let mut session = Session { peer, client_id: None };
+    let mut session = Session::new(peer);
     let io_timeout = Duration::from_millis(shared.config.io_timeout_ms);
     let mut conn = Conn::new(&stream, io_timeout);
     let result = conn.setup().and_then(|()| conn.serve_frames(shared, &mut session));
@@ -49,7 +52,8 @@ pub(crate) fn serve(stream: TcpStream, shared: &Shared, peer: SocketAddr) {
         Err(e) if shared.stopping() => tracing::debug!("{peer}: closed by shutdown ({e})"),
         Err(e) => match e.kind() {
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
-                tracing::warn!("{peer}: no progress for {} ms inside a frame; closing", io_timeout.as_millis());
+                let ms = io_timeout.as_millis();
+                tracing::warn!("{peer}: no progress for {ms} ms inside a frame or the handshake; closing");
             }
             io::ErrorKind::UnexpectedEof => tracing::warn!("{peer}: closed in the middle of a frame"),
             _ => tracing::debug!("{peer}: {e}"),
@@ -92,6 +96,8 @@ struct Conn<'s> {
     idle: Option<bool>,
     body: Vec<u8>,
     out: Vec<u8>,
+    /// Answers in `out` not yet written.
+    pending: usize,
 }
 
 impl<'s> Conn<'s> {
@@ -103,6 +109,7 @@ impl<'s> Conn<'s> {
             idle: None,
             body: Vec::new(),
             out: Vec::with_capacity(64 << 10),
+            pending: 0,
         }
     }
 
@@ -113,7 +120,9 @@ impl<'s> Conn<'s> {
 
     fn serve_frames(&mut self, shared: &Shared, session: &mut Session) -> io::Result<End> {
         loop {
-            let header = match self.read_header()? {
+            // Every frame after our hello carries a MAC, ours and theirs (docs/protocol.md).
+            let start = self.out.len();
+            let (header, head) = match self.read_header(session.client_id.is_some())? {
                 None => return Ok(End::Closed),
                 Some(Ok(h)) => h,
                 Some(Err((e, head))) => {
@@ -122,29 +131,54 @@ impl<'s> Conn<'s> {
                     let (id, kind) = raw_id_and_kind(&head);
                     shared.counters.add_error();
                     encode_error(&mut self.out, id, kind, decode_error_code(&e), &e.to_string());
+                    seal(session, &mut self.out, start);
                     return Ok(End::Violation);
                 }
             };
             self.read_body(header.body_len as usize)?;
-            if requests::answer(shared, session, &header, &self.body, &mut self.out) == Next::Close {
+            if let Some(mac) = session.mac.as_mut() {
+                let mut trailer = [0u8; MAC_LEN];
+                self.reader.read_exact(&mut trailer)?;
+                if let Err(e) = mac.open(&head, &self.body, &trailer) {
+                    tracing::warn!("{}: closing: {e}", session.peer);
+                    shared.counters.add_error();
+                    let msg = format!("authentication failed: {e}");
+                    encode_error(&mut self.out, header.request_id, header.kind, ErrorCode::AuthFailed, &msg);
+                    seal(session, &mut self.out, start);
+                    return Ok(End::Violation);
+                }
+            }
+            let sealed = session.mac.is_some();
+            let next = requests::answer(shared, session, &header, &self.body, &mut self.out);
+            if sealed {
+                seal(session, &mut self.out, start);
+            }
+            if next == Next::Close {
                 return Ok(End::Violation);
             }
-            if self.out.len() >= FLUSH_BYTES || !self.next_frame_buffered() {
+            self.pending += 1;
+            let trailer = if session.mac.is_some() { MAC_LEN } else { 0 };
+            if self.out.len() >= FLUSH_BYTES || self.pending >= FLUSH_ANSWERS || !self.next_frame_buffered(trailer) {
                 self.flush()?;
             }
         }
     }
 
     /// The next header, `None` on a clean close between frames, or a header that failed
-    /// to decode (with its raw bytes). Waits forever for a frame's first byte, then at
-    /// most `io_timeout` for each read of the rest.
+    /// to decode (with its raw bytes). Waits forever for a frame's first byte (`may_idle`,
+    /// else at most `io_timeout`), then at most `io_timeout` for each read of the rest.
     #[allow(clippy::type_complexity)]
-    fn read_header(&mut self) -> io::Result<Option<Result<Header, (DecodeError, [u8; HEADER_LEN])>>> {
+    fn read_header(
+        &mut self,
+        may_idle: bool,
+    ) -> io::Result<Option<Result<(Header, [u8; HEADER_LEN]), (DecodeError, [u8; HEADER_LEN])>>> {
         if self.reader.buffer().is_empty() {
             self.flush()?;
             // A pager's next request usually follows within microseconds: catch it awake.
             krak_client::spin_until_readable(self.stream, SPIN)?;
-            self.set_idle(true)?;
+            // Only an authenticated connection may wait forever between frames: one that has
+            // not proved the secret gets `io_timeout` for each step of the handshake.
+            self.set_idle(may_idle)?;
             loop {
                 match self.reader.fill_buf() {
                     Ok([]) => return Ok(None),
@@ -157,7 +191,7 @@ impl<'s> Conn<'s> {
         self.set_idle(false)?;
         let mut head = [0u8; HEADER_LEN];
         self.reader.read_exact(&mut head)?;
-        Ok(Some(Header::decode(&head).map_err(|e| (e, head))))
+        Ok(Some(Header::decode(&head).map(|h| (h, head)).map_err(|e| (e, head))))
     }
 
     fn read_body(&mut self, len: usize) -> io::Result<()> {
@@ -173,13 +207,13 @@ impl<'s> Conn<'s> {
 
     /// True when the whole next frame is already in the read buffer, so answering it
     /// needs no wait and our pending answers can go out together with its answer.
-    fn next_frame_buffered(&self) -> bool {
+    fn next_frame_buffered(&self, trailer: usize) -> bool {
         let buf = self.reader.buffer();
         if buf.len() < HEADER_LEN {
             return false;
         }
         let body_len = u32::from_le_bytes([buf[16], buf[17], buf[18], buf[19]]) as usize;
-        buf.len() - HEADER_LEN >= body_len
+        buf.len() - HEADER_LEN >= body_len + trailer
     }
 
     fn set_idle(&mut self, idle: bool) -> io::Result<()> {
@@ -191,6 +225,7 @@ impl<'s> Conn<'s> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        self.pending = 0;
         if !self.out.is_empty() {
             let result = (&mut &*self.stream).write_all(&self.out);
             self.out.clear();
@@ -201,6 +236,15 @@ impl<'s> Conn<'s> {
             self.out.shrink_to(FLUSH_BYTES);
         }
         Ok(())
+    }
+}
+
+/// Appends the MAC of the answer at `out[start..]` once the connection is past our hello.
+fn seal(session: &mut Session, out: &mut Vec<u8>, start: usize) {
+    if let Some(mac) = session.mac.as_mut() {
+        if out.len() > start {
+            mac.seal(out, start);
+        }
     }
 }
 

@@ -4,7 +4,9 @@
 //! pipeline requests; each connection answers them in order. Slabs are anonymous
 //! mappings owned by the client id that allocated them; when all of a client's
 //! connections are gone for longer than the grace period, its slabs are freed.
-//! The wire protocol is `krak-proto`, described in `docs/protocol.md`.
+//! The wire protocol is `krak-proto`, described in `docs/protocol.md`. Clients prove they
+//! know the rack secret, every frame carries a MAC, and slab handles are capabilities
+//! bound to the client they were lent to (`docs/threat-model.md`).
 //!
 //! ```no_run
 //! let config = krak_memserver::ServerConfig::new("127.0.0.1:0".parse().unwrap(), 1 << 30);
@@ -23,7 +25,8 @@ mod slab;
 use std::net::SocketAddr;
 
 pub use config::{
-    ServerConfig, DEFAULT_GRACE_MS, DEFAULT_IO_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_SLAB_SIZE_BYTES,
+    ServerConfig, DEFAULT_GRACE_MS, DEFAULT_IO_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    DEFAULT_SLAB_SIZE_BYTES,
 };
 pub use krak_proto::ServerStats;
 pub use server::{spawn, MemServer, ServerHandle, Stopper};

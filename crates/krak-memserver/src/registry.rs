@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use krak_auth::MacKey;
 use krak_proto::units::ByteSize;
 use krak_proto::{page_crc, ErrorCode, PageRef, ReadEntries, SlabId, WriteEntries};
 use parking_lot::{Mutex, RwLock};
@@ -30,6 +31,10 @@ pub(crate) enum RegistryError {
     ChecksumMismatch { slab: u64, page: u32 },
     #[error("could not map a slab: {0}")]
     Map(std::io::Error),
+    #[error("client already has {connections} connections, the most one client may hold")]
+    TooManyConnections { connections: usize },
+    #[error("client limit of {} reached: {} lent to this client", ByteSize(*limit_bytes), ByteSize(*lent_bytes))]
+    ClientCapacity { limit_bytes: u64, lent_bytes: u64 },
 }
 
 impl RegistryError {
@@ -40,6 +45,7 @@ impl RegistryError {
             RegistryError::PageOutOfRange { .. } => ErrorCode::PageOutOfRange,
             RegistryError::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
             RegistryError::Map(_) => ErrorCode::Internal,
+            RegistryError::TooManyConnections { .. } | RegistryError::ClientCapacity { .. } => ErrorCode::ClientLimit,
         }
     }
 }
@@ -47,6 +53,8 @@ impl RegistryError {
 #[derive(Debug)]
 struct Lent {
     owner: u64,
+    /// The capability tag handed out with the id; every use must present it.
+    tag: u64,
     /// Copy of the slab's page count, readable without locking the slab.
     pages: u32,
     slab: RwLock<Slab>,
@@ -55,6 +63,7 @@ struct Lent {
 #[derive(Debug, Default)]
 struct Client {
     connections: usize,
+    lent_bytes: u64,
     /// When the last connection closed; `None` while connected.
     gone_since: Option<Instant>,
 }
@@ -72,9 +81,13 @@ pub(crate) struct Registry {
     capacity_bytes: u64,
     slab_size_bytes: u64,
     mlock: bool,
+    max_connections_per_client: usize,
+    max_bytes_per_client: u64,
+    /// Private to this process: capability tags are HMACs under it.
+    capability_key: MacKey,
     /// Bytes lent or being mapped; reserved before mapping so capacity is never exceeded.
     lent_bytes: AtomicU64,
-    slabs: RwLock<HashMap<SlabId, Lent>>,
+    slabs: RwLock<HashMap<u64, Lent>>,
     clients: Mutex<HashMap<u64, Client>>,
 }
 
@@ -84,10 +97,26 @@ impl Registry {
             capacity_bytes,
             slab_size_bytes,
             mlock,
+            max_connections_per_client: usize::MAX,
+            max_bytes_per_client: u64::MAX,
+            capability_key: MacKey::generate(),
             lent_bytes: AtomicU64::new(0),
             slabs: RwLock::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Per-client bounds on connections and bytes lent.
+    pub(crate) fn with_client_limits(mut self, connections: usize, bytes: u64) -> Registry {
+        self.max_connections_per_client = connections;
+        self.max_bytes_per_client = bytes;
+        self
+    }
+
+    /// The tag that makes `(id, tag)` a capability of `owner` for slab `id`.
+    fn tag(&self, owner: u64, id: u64) -> u64 {
+        let t = self.capability_key.tag("krak/2 slab capability", &[&owner.to_le_bytes(), &id.to_le_bytes()]);
+        u64::from_le_bytes([t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]])
     }
 
     pub(crate) fn lent_bytes(&self) -> u64 {
@@ -107,12 +136,17 @@ impl Registry {
         ids.len() as u64
     }
 
-    /// A connection of `client_id` said hello: its slabs are safe from the reaper.
-    pub(crate) fn connect(&self, client_id: u64) {
+    /// A connection of `client_id` authenticated: its slabs are safe from the reaper.
+    /// Refused when the client already holds its most connections.
+    pub(crate) fn connect(&self, client_id: u64) -> Result<(), RegistryError> {
         let mut clients = self.clients.lock();
         let c = clients.entry(client_id).or_default();
+        if c.connections >= self.max_connections_per_client {
+            return Err(RegistryError::TooManyConnections { connections: c.connections });
+        }
         c.connections += 1;
         c.gone_since = None;
+        Ok(())
     }
 
     /// A connection of `client_id` closed; the last one starts the grace period.
@@ -129,10 +163,28 @@ impl Registry {
     /// Lends a new slab to `owner`, or refuses at once when capacity is exhausted.
     pub(crate) fn alloc(&self, owner: u64) -> Result<SlabId, RegistryError> {
         let size = self.slab_size_bytes;
+        {
+            // Reserved under the lock; given back below if the server-wide reservation fails.
+            let mut clients = self.clients.lock();
+            let c = clients.entry(owner).or_default();
+            if c.lent_bytes.saturating_add(size) > self.max_bytes_per_client {
+                return Err(RegistryError::ClientCapacity {
+                    limit_bytes: self.max_bytes_per_client,
+                    lent_bytes: c.lent_bytes,
+                });
+            }
+            c.lent_bytes += size;
+        }
+        let unreserve = || {
+            if let Some(c) = self.clients.lock().get_mut(&owner) {
+                c.lent_bytes = c.lent_bytes.saturating_sub(size);
+            }
+        };
         let reserved = self.lent_bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |lent| {
             lent.checked_add(size).filter(|&after| after <= self.capacity_bytes)
         });
         if let Err(lent_bytes) = reserved {
+            unreserve();
             return Err(RegistryError::NoCapacity {
                 capacity_bytes: self.capacity_bytes,
                 lent_bytes,
@@ -145,31 +197,36 @@ impl Registry {
             Ok(slab) => slab,
             Err(e) => {
                 self.lent_bytes.fetch_sub(size, Ordering::AcqRel);
+                unreserve();
                 return Err(RegistryError::Map(e));
             }
         };
         let mut slabs = self.slabs.write();
         let id = loop {
-            // Random and non-zero: a client cannot guess another's slab.
-            let id = SlabId(rand::random::<u64>());
-            if id.0 != 0 && !slabs.contains_key(&id) {
+            // Random and non-zero; the tag binds it to its owner.
+            let id = rand::random::<u64>();
+            if id != 0 && !slabs.contains_key(&id) {
                 break id;
             }
         };
-        slabs.insert(id, Lent { owner, pages: slab.pages(), slab: RwLock::new(slab) });
-        Ok(id)
+        let tag = self.tag(owner, id);
+        slabs.insert(id, Lent { owner, tag, pages: slab.pages(), slab: RwLock::new(slab) });
+        Ok(SlabId(id, tag))
     }
 
     /// Frees a slab of `owner`; its memory is unmapped before returning.
     pub(crate) fn free(&self, owner: u64, slab: SlabId) -> Result<(), RegistryError> {
         let removed = {
             let mut slabs = self.slabs.write();
-            match slabs.get(&slab) {
-                Some(l) if l.owner == owner => slabs.remove(&slab),
+            match slabs.get(&slab.0) {
+                Some(l) if holds(l, owner, slab) => slabs.remove(&slab.0),
                 _ => return Err(RegistryError::UnknownSlab(slab.0)),
             }
         };
         self.lent_bytes.fetch_sub(self.slab_size_bytes, Ordering::AcqRel);
+        if let Some(c) = self.clients.lock().get_mut(&owner) {
+            c.lent_bytes = c.lent_bytes.saturating_sub(self.slab_size_bytes);
+        }
         drop(removed); // munmap outside the map lock
         Ok(())
     }
@@ -188,7 +245,7 @@ impl Registry {
         for e in entries.iter() {
             if current.as_ref().map(|(id, _)| *id) != Some(e.at.slab) {
                 drop(current.take()); // unlock before locking the next slab: no lock-order cycles
-                let lent = slabs.get(&e.at.slab).ok_or(RegistryError::UnknownSlab(e.at.slab.0))?;
+                let lent = slabs.get(&e.at.slab.0).ok_or(RegistryError::UnknownSlab(e.at.slab.0))?;
                 current = Some((e.at.slab, lent.slab.write()));
             }
             if let Some((_, slab)) = current.as_mut() {
@@ -214,7 +271,7 @@ impl Registry {
         for at in entries.iter() {
             if current.as_ref().map(|(id, _)| *id) != Some(at.slab) {
                 drop(current.take());
-                let lent = slabs.get(&at.slab).ok_or(RegistryError::UnknownSlab(at.slab.0))?;
+                let lent = slabs.get(&at.slab.0).ok_or(RegistryError::UnknownSlab(at.slab.0))?;
                 current = Some((at.slab, lent.slab.read()));
             }
             if let Some((_, slab)) = current.as_ref() {
@@ -244,7 +301,7 @@ impl Registry {
         let mut freed = Vec::new();
         {
             let mut slabs = self.slabs.write();
-            let doomed: Vec<SlabId> =
+            let doomed: Vec<u64> =
                 slabs.iter().filter(|(_, l)| expired.contains(&l.owner)).map(|(id, _)| *id).collect();
             for id in doomed {
                 if let Some(lent) = slabs.remove(&id) {
@@ -265,10 +322,15 @@ impl Registry {
     }
 }
 
-/// The slab must exist, belong to `owner`, and hold the page.
-fn check(slabs: &HashMap<SlabId, Lent>, owner: u64, at: PageRef) -> Result<(), RegistryError> {
-    match slabs.get(&at.slab) {
-        Some(l) if l.owner == owner => {
+/// `slab` is a capability of `owner` for `lent`: its owner, with the tag issued for it.
+fn holds(lent: &Lent, owner: u64, slab: SlabId) -> bool {
+    krak_auth::tags_equal(&lent.tag.to_le_bytes(), &slab.1.to_le_bytes()) && lent.owner == owner
+}
+
+/// The slab must exist, belong to `owner` (with the right tag), and hold the page.
+fn check(slabs: &HashMap<u64, Lent>, owner: u64, at: PageRef) -> Result<(), RegistryError> {
+    match slabs.get(&at.slab.0) {
+        Some(l) if holds(l, owner, at.slab) => {
             if at.page >= l.pages {
                 return Err(RegistryError::PageOutOfRange { slab: at.slab.0, page: at.page, pages: l.pages });
             }
@@ -290,8 +352,8 @@ mod tests {
         let mut frame = Vec::new();
         encode_write_pages(&mut frame, 1, pages.iter().copied());
         if let Some(i) = corrupt {
-            // flip a data byte of entry i: 4-byte count, 16-byte entry header
-            frame[HEADER_LEN + 4 + i * (16 + PAGE_SIZE) + 16] ^= 1;
+            // flip a data byte of entry i: 4-byte count, 24-byte entry header
+            frame[HEADER_LEN + 4 + i * (24 + PAGE_SIZE) + 24] ^= 1;
         }
         let head: [u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().unwrap();
         let h = Header::decode(&head).unwrap();
@@ -333,7 +395,11 @@ mod tests {
         let page = vec![5u8; PAGE_SIZE];
         let at = PageRef { slab: a, page: 0 };
         assert_eq!(reg.free(2, a).unwrap_err().to_string(), format!("unknown slab {:#x}", a.0));
-        assert_eq!(reg.free(2, SlabId(12345)).unwrap_err().code(), ErrorCode::UnknownSlab);
+        assert_eq!(reg.free(2, SlabId(12345, 1)).unwrap_err().code(), ErrorCode::UnknownSlab);
+        // The right id with a guessed tag, even by the owner, is refused.
+        let forged = PageRef { slab: SlabId(a.0, a.1 ^ 1), page: 0 };
+        assert_eq!(read(&reg, 1, &[forged]).unwrap_err().code(), ErrorCode::UnknownSlab);
+        assert_eq!(reg.free(1, forged.slab).unwrap_err().code(), ErrorCode::UnknownSlab);
         assert_eq!(read(&reg, 2, &[at]).unwrap_err().code(), ErrorCode::UnknownSlab);
         let err = with_writes(&[(at, &page)], None, |e| reg.write_pages(2, e)).unwrap_err();
         assert_eq!(err.code(), ErrorCode::UnknownSlab);
@@ -372,9 +438,9 @@ mod tests {
         let reg = Registry::new(8 * SLAB, SLAB, false);
         let t0 = Instant::now();
         let grace = Duration::from_millis(500);
-        reg.connect(1);
-        reg.connect(2);
-        reg.connect(2);
+        reg.connect(1).unwrap();
+        reg.connect(2).unwrap();
+        reg.connect(2).unwrap();
         reg.alloc(1).unwrap();
         reg.alloc(1).unwrap();
         reg.alloc(2).unwrap();
@@ -388,14 +454,32 @@ mod tests {
     }
 
     #[test]
+    fn per_client_limits_on_connections_and_bytes() {
+        let reg = Registry::new(8 * SLAB, SLAB, false).with_client_limits(2, 2 * SLAB);
+        reg.connect(1).unwrap();
+        reg.connect(1).unwrap();
+        assert_eq!(reg.connect(1).unwrap_err().code(), ErrorCode::ClientLimit);
+        reg.connect(2).unwrap();
+        let a = reg.alloc(1).unwrap();
+        reg.alloc(1).unwrap();
+        let err = reg.alloc(1).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::ClientLimit);
+        assert_eq!(err.to_string(), "client limit of 128KiB reached: 128KiB lent to this client");
+        reg.alloc(2).unwrap(); // another client is not held back
+        reg.free(1, a).unwrap();
+        reg.alloc(1).unwrap();
+        assert_eq!(reg.lent_bytes(), 3 * SLAB);
+    }
+
+    #[test]
     fn reconnecting_within_grace_keeps_slabs() {
         let reg = Registry::new(8 * SLAB, SLAB, false);
         let t0 = Instant::now();
         let grace = Duration::from_millis(500);
-        reg.connect(7);
+        reg.connect(7).unwrap();
         reg.alloc(7).unwrap();
         reg.disconnect(7, t0);
-        reg.connect(7);
+        reg.connect(7).unwrap();
         assert!(reg.reap(t0 + 10 * grace, grace).is_empty());
         assert_eq!(reg.slab_count(), 1);
     }

@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 
 use krak_proto::{
-    begin_pages_response, decode_request, encode_error, encode_hello_ok, encode_slab_allocated, encode_slab_freed,
-    encode_stats_response, encode_written, DecodeError, ErrorCode, Header, Request, ServerHello, PAGE_SIZE,
-    PROTOCOL_VERSION,
+    begin_pages_response, decode_request, encode_authenticated, encode_error, encode_hello_ok, encode_slab_allocated,
+    encode_slab_freed, encode_stats_response, encode_written, proof_matches, DecodeError, ErrorCode, FrameMac, Header,
+    Request, ServerHello, Side, Transcript, PAGE_SIZE, PROOF_LEN, PROTOCOL_VERSION,
 };
 
 use crate::registry::RegistryError;
@@ -20,12 +20,29 @@ pub(crate) enum Next {
     Close,
 }
 
+/// Requests on one connection that may name slabs it does not hold before it is closed:
+/// an honest pager names a missing slab only after a server restart or a free race.
+pub(crate) const MAX_BAD_SLAB_REQUESTS: u32 = 16;
+
 /// Protocol state of one connection.
 #[derive(Debug)]
 pub(crate) struct Session {
     pub(crate) peer: SocketAddr,
-    /// Set by the hello; every later request acts on this client's slabs.
+    /// Set once the client proved it knows the secret; every later request acts on this
+    /// client's slabs.
     pub(crate) client_id: Option<u64>,
+    /// Between our hello and the client's proof: what both hellos said.
+    pub(crate) handshake: Option<Transcript>,
+    /// Set when our hello is sent: every later frame, both ways, carries a MAC.
+    pub(crate) mac: Option<FrameMac>,
+    /// Requests refused with `UnknownSlab` on this connection.
+    pub(crate) bad_slab_requests: u32,
+}
+
+impl Session {
+    pub(crate) fn new(peer: SocketAddr) -> Session {
+        Session { peer, client_id: None, handshake: None, mac: None, bad_slab_requests: 0 }
+    }
 }
 
 /// The error code that answers a frame that failed to decode.
@@ -52,12 +69,15 @@ pub(crate) fn answer(shared: &Shared, session: &mut Session, header: &Header, bo
         }
     };
     let Some(client_id) = session.client_id else {
-        return hello(shared, session, id, kind, request, out);
+        return match session.handshake.take() {
+            None => hello(shared, session, id, kind, request, out),
+            Some(transcript) => authenticate(shared, session, transcript, id, kind, request, out),
+        };
     };
     let registry = &shared.registry;
     let result = match request {
-        Request::Hello { .. } => {
-            tracing::warn!("{}: second hello on one connection", session.peer);
+        Request::Hello { .. } | Request::Auth { .. } => {
+            tracing::warn!("{}: second handshake on one connection", session.peer);
             let msg = "hello already done on this connection";
             return refuse(shared, out, id, kind, ErrorCode::Malformed, msg, Next::Close);
         }
@@ -106,14 +126,24 @@ pub(crate) fn answer(shared: &Shared, session: &mut Session, header: &Header, bo
             } else {
                 tracing::debug!("client {client_id:#x} refused: {e}");
             }
+            if let RegistryError::UnknownSlab(_) = e {
+                session.bad_slab_requests += 1;
+                if session.bad_slab_requests > MAX_BAD_SLAB_REQUESTS {
+                    tracing::warn!("{}: client {client_id:#x} keeps naming slabs it does not hold", session.peer);
+                    let msg =
+                        format!("more than {MAX_BAD_SLAB_REQUESTS} requests named slabs this client does not hold");
+                    return refuse(shared, out, id, kind, ErrorCode::TooManyBadSlabs, &msg, Next::Close);
+                }
+            }
             refuse(shared, out, id, kind, e.code(), &e.to_string(), Next::Continue)
         }
     }
 }
 
-/// The first request of a connection: it must be a hello in our version.
+/// The first request of a connection: it must be a hello in our version. The answer
+/// proves we know the secret and starts the frame MACs.
 fn hello(shared: &Shared, session: &mut Session, id: u64, kind: u16, request: Request<'_>, out: &mut Vec<u8>) -> Next {
-    let Request::Hello { version, client_id } = request else {
+    let Request::Hello { version, client_id, nonce: client_nonce } = request else {
         tracing::warn!("{}: request before hello", session.peer);
         return refuse(shared, out, id, kind, ErrorCode::HelloRequired, "the first request must be hello", Next::Close);
     };
@@ -122,18 +152,54 @@ fn hello(shared: &Shared, session: &mut Session, id: u64, kind: u16, request: Re
         let msg = format!("protocol version {version} not supported; this server speaks {PROTOCOL_VERSION}");
         return refuse(shared, out, id, kind, ErrorCode::UnsupportedVersion, &msg, Next::Close);
     }
-    shared.registry.connect(client_id);
-    session.client_id = Some(client_id);
     tracing::debug!("{}: hello from client {client_id:#x}", session.peer);
     let config = &shared.config;
-    let hello = ServerHello {
+    let mut hello = ServerHello {
         version: PROTOCOL_VERSION,
         page_size: PAGE_SIZE as u32,
         slab_size_bytes: config.slab_size_bytes,
         capacity_bytes: config.capacity_bytes,
         server_id: shared.server_id,
+        nonce: rand::random(),
+        proof: [0; PROOF_LEN],
     };
+    let transcript = Transcript { version, client_id, client_nonce, server: hello };
+    hello.proof = transcript.server_proof(&shared.secret);
     encode_hello_ok(out, id, &hello);
+    session.mac = Some(FrameMac::new(&transcript.session_key(&shared.secret), Side::Server));
+    session.handshake = Some(transcript);
+    Next::Continue
+}
+
+/// The second request: the client's proof that it knows the secret. Only then is the
+/// connection bound to its client id.
+fn authenticate(
+    shared: &Shared,
+    session: &mut Session,
+    transcript: Transcript,
+    id: u64,
+    kind: u16,
+    request: Request<'_>,
+    out: &mut Vec<u8>,
+) -> Next {
+    let Request::Auth { proof } = request else {
+        tracing::warn!("{}: request before the handshake's proof", session.peer);
+        let msg = "the second request must be auth";
+        return refuse(shared, out, id, kind, ErrorCode::HelloRequired, msg, Next::Close);
+    };
+    if !proof_matches(&transcript.client_proof(&shared.secret), &proof) {
+        tracing::warn!("{}: client {:#x} does not know the rack secret", session.peer, transcript.client_id);
+        let msg = "authentication failed: the proof does not match this rack's secret";
+        return refuse(shared, out, id, kind, ErrorCode::AuthFailed, msg, Next::Close);
+    }
+    let client_id = transcript.client_id;
+    if let Err(e) = shared.registry.connect(client_id) {
+        tracing::warn!("{}: client {client_id:#x} refused: {e}", session.peer);
+        return refuse(shared, out, id, kind, e.code(), &e.to_string(), Next::Close);
+    }
+    session.client_id = Some(client_id);
+    tracing::debug!("{}: client {client_id:#x} authenticated", session.peer);
+    encode_authenticated(out, id);
     Next::Continue
 }
 
@@ -148,7 +214,8 @@ mod tests {
     use super::*;
     use crate::ServerConfig;
     use krak_proto::{
-        decode_response, encode_alloc_slab, encode_hello, encode_read_pages, encode_stats, Response, HEADER_LEN,
+        decode_response, encode_alloc_slab, encode_auth, encode_hello, encode_read_pages, encode_stats, RackSecret,
+        Response, HEADER_LEN, NONCE_LEN,
     };
 
     fn shared() -> Shared {
@@ -171,7 +238,21 @@ mod tests {
     }
 
     fn session() -> Session {
-        Session { peer: "127.0.0.1:2".parse().unwrap(), client_id: None }
+        Session::new("127.0.0.1:2".parse().unwrap())
+    }
+
+    /// Hello and auth as `client_id` knowing `secret`; returns the auth answer's status.
+    fn handshake(s: &Shared, sess: &mut Session, client_id: u64, secret: &RackSecret) -> (Next, u16) {
+        let nonce = [9u8; NONCE_LEN];
+        let (next, status, out) = ask(s, sess, |b| encode_hello(b, 1, PROTOCOL_VERSION, client_id, &nonce));
+        assert_eq!((next, status), (Next::Continue, 0));
+        let h = Header::decode(out[..HEADER_LEN].try_into().unwrap()).unwrap();
+        let Ok(Response::Hello(hello)) = decode_response(&h, &out[HEADER_LEN..]) else { panic!("not a hello") };
+        let t = Transcript { version: PROTOCOL_VERSION, client_id, client_nonce: nonce, server: hello };
+        assert_eq!(hello.proof, t.server_proof(&s.secret), "the server proves it knows the secret");
+        let proof = t.client_proof(secret);
+        let (next, status, _) = ask(s, sess, |b| encode_auth(b, 2, &proof));
+        (next, status)
     }
 
     #[test]
@@ -179,26 +260,64 @@ mod tests {
         let s = shared();
         let (next, status, _) = ask(&s, &mut session(), |b| encode_alloc_slab(b, 1));
         assert_eq!((next, status), (Next::Close, ErrorCode::HelloRequired as u16));
-        let (next, status, _) = ask(&s, &mut session(), |b| encode_hello(b, 1, 99, 5));
+        let n = [0; NONCE_LEN];
+        let (next, status, _) = ask(&s, &mut session(), |b| encode_hello(b, 1, 99, 5, &n));
         assert_eq!((next, status), (Next::Close, ErrorCode::UnsupportedVersion as u16));
 
         let mut sess = session();
-        let (next, status, out) = ask(&s, &mut sess, |b| encode_hello(b, 3, PROTOCOL_VERSION, 5));
-        assert_eq!((next, status, sess.client_id), (Next::Continue, 0, Some(5)));
+        let (next, status, out) = ask(&s, &mut sess, |b| encode_hello(b, 3, PROTOCOL_VERSION, 5, &n));
+        assert_eq!((next, status, sess.client_id), (Next::Continue, 0, None), "bound only after the proof");
         let h = Header::decode(out[..HEADER_LEN].try_into().unwrap()).unwrap();
         let Ok(Response::Hello(hello)) = decode_response(&h, &out[HEADER_LEN..]) else { panic!("not a hello") };
         assert_eq!((hello.page_size, hello.slab_size_bytes, hello.capacity_bytes), (4096, 1 << 19, 1 << 20));
         assert_eq!(hello.server_id, s.server_id);
-        let (next, status, _) = ask(&s, &mut sess, |b| encode_hello(b, 4, PROTOCOL_VERSION, 5));
+        // Anything but the proof next is refused.
+        let (next, status, _) = ask(&s, &mut sess, |b| encode_alloc_slab(b, 4));
+        assert_eq!((next, status), (Next::Close, ErrorCode::HelloRequired as u16));
+
+        let mut sess = session();
+        assert_eq!(handshake(&s, &mut sess, 5, &s.secret.clone()), (Next::Continue, 0));
+        assert_eq!(sess.client_id, Some(5));
+        let (next, status, _) = ask(&s, &mut sess, |b| encode_hello(b, 4, PROTOCOL_VERSION, 5, &n));
         assert_eq!((next, status), (Next::Close, ErrorCode::Malformed as u16));
-        assert_eq!(s.stats().errors, 3);
+        assert_eq!(s.stats().errors, 4);
+    }
+
+    #[test]
+    fn a_client_without_the_secret_is_refused() {
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), 1 << 20);
+        config.slab_size_bytes = 1 << 19;
+        config.secret = Some(RackSecret::generate());
+        let s = Shared::new(config, "127.0.0.1:1".parse().unwrap());
+        let mut sess = session();
+        let got = handshake(&s, &mut sess, 5, &RackSecret::generate());
+        assert_eq!(got, (Next::Close, ErrorCode::AuthFailed as u16));
+        assert_eq!(sess.client_id, None);
+        let got = handshake(&s, &mut session(), 5, &RackSecret::insecure());
+        assert_eq!(got, (Next::Close, ErrorCode::AuthFailed as u16));
+        assert_eq!(handshake(&s, &mut session(), 5, &s.secret.clone()), (Next::Continue, 0));
+    }
+
+    #[test]
+    fn guessing_slabs_ends_the_connection() {
+        let s = shared();
+        let mut sess = session();
+        handshake(&s, &mut sess, 5, &RackSecret::insecure());
+        for i in 0..MAX_BAD_SLAB_REQUESTS {
+            let at = krak_proto::PageRef { slab: krak_proto::SlabId(u64::from(i) + 1, 7), page: 0 };
+            let (next, status, _) = ask(&s, &mut sess, |b| encode_read_pages(b, 10, &[at]));
+            assert_eq!((next, status), (Next::Continue, ErrorCode::UnknownSlab as u16));
+        }
+        let at = krak_proto::PageRef { slab: krak_proto::SlabId(999, 7), page: 0 };
+        let (next, status, _) = ask(&s, &mut sess, |b| encode_read_pages(b, 11, &[at]));
+        assert_eq!((next, status), (Next::Close, ErrorCode::TooManyBadSlabs as u16));
     }
 
     #[test]
     fn refusals_keep_the_connection_and_count_as_errors() {
         let s = shared();
         let mut sess = session();
-        ask(&s, &mut sess, |b| encode_hello(b, 1, PROTOCOL_VERSION, 5));
+        handshake(&s, &mut sess, 5, &RackSecret::insecure());
         for id in 2..4 {
             assert_eq!(ask(&s, &mut sess, |b| encode_alloc_slab(b, id)).1, 0);
         }
@@ -206,7 +325,7 @@ mod tests {
         assert_eq!((next, status), (Next::Continue, ErrorCode::NoCapacity as u16));
         let msg = std::str::from_utf8(&out[HEADER_LEN..]).unwrap();
         assert_eq!(msg, "capacity 1MiB exhausted: 1MiB lent in 2 slabs of 512KiB");
-        let at = krak_proto::PageRef { slab: krak_proto::SlabId(1), page: 0 };
+        let at = krak_proto::PageRef { slab: krak_proto::SlabId(1, 1), page: 0 };
         let (next, status, _) = ask(&s, &mut sess, |b| encode_read_pages(b, 5, &[at]));
         assert_eq!((next, status), (Next::Continue, ErrorCode::UnknownSlab as u16));
         let (_, _, out) = ask(&s, &mut sess, |b| encode_stats(b, 6));
@@ -219,7 +338,7 @@ mod tests {
     fn undecodable_bodies_close_the_connection() {
         let s = shared();
         let mut sess = session();
-        ask(&s, &mut sess, |b| encode_hello(b, 1, PROTOCOL_VERSION, 5));
+        handshake(&s, &mut sess, 5, &RackSecret::insecure());
         let (next, status, _) = ask(&s, &mut sess, |b| {
             encode_alloc_slab(b, 9);
             b.extend_from_slice(&[1, 2, 3]); // alloc carries no body

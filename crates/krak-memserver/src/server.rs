@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     pub(crate) local_addr: SocketAddr,
     /// Random per process, so clients can tell a restarted server from the one they knew.
     pub(crate) server_id: u64,
+    /// What clients must prove they know (the insecure key when the config has none).
+    pub(crate) secret: krak_proto::RackSecret,
     pub(crate) registry: Registry,
     pub(crate) counters: Counters,
     /// Connections being served (not counting ones being refused).
@@ -63,8 +65,10 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(config: ServerConfig, local_addr: SocketAddr) -> Shared {
-        let registry = Registry::new(config.capacity_bytes, config.slab_size_bytes, config.mlock);
+        let registry = Registry::new(config.capacity_bytes, config.slab_size_bytes, config.mlock)
+            .with_client_limits(config.max_connections_per_client, config.max_bytes_per_client.unwrap_or(u64::MAX));
         Shared {
+            secret: config.secret.unwrap_or_else(krak_proto::RackSecret::insecure),
             config,
             local_addr,
             server_id: rand::random(),

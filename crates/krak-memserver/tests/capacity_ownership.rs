@@ -38,7 +38,7 @@ fn another_client_cannot_touch_a_slab_and_cannot_tell_it_exists() {
 
     let mut out = vec![0u8; 4 * 4096];
     let foreign = b.read_pages(&at, &mut out).unwrap_err();
-    let missing = b.read_pages(&refs(SlabId(slab.0 ^ 1), 0, 4), &mut out).unwrap_err();
+    let missing = b.read_pages(&refs(SlabId(slab.0 ^ 1, slab.1), 0, 4), &mut out).unwrap_err();
     assert_eq!(foreign.code(), Some(ErrorCode::UnknownSlab));
     assert_eq!(missing.code(), Some(ErrorCode::UnknownSlab));
     assert!(out.iter().all(|&x| x == 0), "nothing leaked");
@@ -65,7 +65,7 @@ fn connections_past_the_limit_are_told_so_and_the_slot_frees_up() {
     let _second = connect(server.addr(), 31);
     let err = krak_client::Connection::connect(
         server.addr(),
-        krak_client::ConnectOptions { client_id: 32, timeout_ms: 5_000, spin_us: 0 },
+        krak_client::ConnectOptions { client_id: 32, timeout_ms: 5_000, spin_us: 0, secret: None },
     )
     .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::TooManyConnections), "{err}");

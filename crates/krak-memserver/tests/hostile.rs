@@ -10,7 +10,7 @@ use common::*;
 use krak_client::Connection;
 use krak_proto::{
     encode_alloc_slab, encode_hello, encode_read_pages, encode_write_pages, ErrorCode, Header, PageRef, SlabId,
-    HEADER_LEN, MAX_BATCH_PAGES, PAGE_SIZE, PROTOCOL_VERSION,
+    HEADER_LEN, MAX_BATCH_PAGES, NONCE_LEN, PAGE_SIZE, PROTOCOL_VERSION,
 };
 
 /// A good client with one slab of known data; `check` proves it is still served correctly.
@@ -38,15 +38,9 @@ impl Bystander {
     }
 }
 
-/// A raw connection that has said hello as client `id`.
-fn raw_hello(addr: std::net::SocketAddr, id: u64) -> std::net::TcpStream {
-    let mut s = raw(addr);
-    let mut buf = Vec::new();
-    encode_hello(&mut buf, 1, PROTOCOL_VERSION, id);
-    send(&mut s, &buf);
-    let (h, _) = recv_frame(&mut s);
-    assert_eq!(h.status, 0);
-    s
+/// A raw connection past the handshake as client `id`.
+fn raw_hello(addr: std::net::SocketAddr, id: u64) -> Raw {
+    Raw::handshake(addr, id, None)
 }
 
 fn server() -> krak_memserver::ServerHandle {
@@ -72,20 +66,20 @@ fn garbage_and_bad_headers_are_answered_then_closed() {
     let mut s = raw_hello(addr, 7);
     let mut bad = Header { kind: 2, status: 0, request_id: 77, body_len: 0 }.encode();
     bad[..4].copy_from_slice(b"XRAK");
-    send(&mut s, &bad);
-    let (code, id, msg) = recv_error(&mut s);
+    send(&mut s.s, &bad);
+    let (code, id, msg) = s.recv_error();
     assert_eq!((code, id), (ErrorCode::Malformed as u16, 77));
     assert!(msg.contains("bad magic"), "{msg}");
-    assert!(closed_by_server(&mut s));
+    assert!(closed_by_server(&mut s.s));
     good.check(2);
 
     // Non-zero reserved bytes.
     let mut s = raw_hello(addr, 7);
     let mut bad = Header { kind: 2, status: 0, request_id: 78, body_len: 0 }.encode();
     bad[22] = 1;
-    send(&mut s, &bad);
-    assert_eq!(recv_error(&mut s).0, ErrorCode::Malformed as u16);
-    assert!(closed_by_server(&mut s));
+    send(&mut s.s, &bad);
+    assert_eq!(s.recv_error().0, ErrorCode::Malformed as u16);
+    assert!(closed_by_server(&mut s.s));
     good.check(3);
 }
 
@@ -96,13 +90,13 @@ fn an_oversize_body_is_refused_before_it_is_read() {
     let mut good = Bystander::new(addr);
     let mut s = raw_hello(addr, 8);
     let huge = Header { kind: 5, status: 0, request_id: 9, body_len: 100 << 20 };
-    send(&mut s, &huge.encode());
+    send(&mut s.s, &huge.encode());
     // Send some of the claimed body: the server must not wait for (or buffer) 100 MiB.
-    let _ = std::io::Write::write_all(&mut s, &vec![0u8; 64 << 10]);
-    let (code, id, msg) = recv_error(&mut s);
+    let _ = std::io::Write::write_all(&mut s.s, &vec![0u8; 64 << 10]);
+    let (code, id, msg) = s.recv_error();
     assert_eq!((code, id), (ErrorCode::FrameTooLarge as u16, 9));
     assert!(msg.contains("104857600"), "{msg}");
-    assert!(closed_by_server(&mut s));
+    assert!(closed_by_server(&mut s.s));
     good.check(1);
 }
 
@@ -112,32 +106,32 @@ fn malformed_bodies_unknown_kinds_and_missing_hello_close_the_connection() {
     let addr = server.addr();
     let mut good = Bystander::new(addr);
     let page = vec![3u8; PAGE_SIZE];
-    let at = PageRef { slab: SlabId(1), page: 0 };
+    let at = PageRef { slab: SlabId(1, 1), page: 0 };
 
     // A write whose count promises two pages but carries one.
     let mut s = raw_hello(addr, 9);
     let mut frame = Vec::new();
     encode_write_pages(&mut frame, 5, [(at, page.as_slice())].into_iter());
     frame[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&2u32.to_le_bytes());
-    send(&mut s, &frame);
-    let (code, id, _) = recv_error(&mut s);
+    s.send(frame);
+    let (code, id, _) = s.recv_error();
     assert_eq!((code, id), (ErrorCode::Malformed as u16, 5));
-    assert!(closed_by_server(&mut s));
+    assert!(closed_by_server(&mut s.s));
     good.check(1);
 
     // A read batch over the limit.
     let mut s = raw_hello(addr, 9);
     let mut frame = Header { kind: 4, status: 0, request_id: 6, body_len: 4 }.encode().to_vec();
     frame.extend_from_slice(&(MAX_BATCH_PAGES as u32 + 1).to_le_bytes());
-    send(&mut s, &frame);
-    assert_eq!(recv_error(&mut s).0, ErrorCode::BatchTooLarge as u16);
-    assert!(closed_by_server(&mut s));
+    s.send(frame);
+    assert_eq!(s.recv_error().0, ErrorCode::BatchTooLarge as u16);
+    assert!(closed_by_server(&mut s.s));
 
     // An unknown kind.
     let mut s = raw_hello(addr, 9);
-    send(&mut s, &Header { kind: 0x77, status: 0, request_id: 7, body_len: 0 }.encode());
-    assert_eq!(recv_error(&mut s).0, ErrorCode::UnknownOp as u16);
-    assert!(closed_by_server(&mut s));
+    s.send(Header { kind: 0x77, status: 0, request_id: 7, body_len: 0 }.encode().to_vec());
+    assert_eq!(s.recv_error().0, ErrorCode::UnknownOp as u16);
+    assert!(closed_by_server(&mut s.s));
 
     // Work before hello, and a hello in a foreign version.
     let mut s = raw(addr);
@@ -148,7 +142,7 @@ fn malformed_bodies_unknown_kinds_and_missing_hello_close_the_connection() {
     assert!(closed_by_server(&mut s));
     let mut s = raw(addr);
     let mut frame = Vec::new();
-    encode_hello(&mut frame, 1, PROTOCOL_VERSION + 1, 9);
+    encode_hello(&mut frame, 1, PROTOCOL_VERSION + 1, 9, &[0; NONCE_LEN]);
     send(&mut s, &frame);
     assert_eq!(recv_error(&mut s).0, ErrorCode::UnsupportedVersion as u16);
     assert!(closed_by_server(&mut s));
@@ -167,31 +161,31 @@ fn truncated_frames_are_closed_on_eof_or_after_the_io_timeout() {
 
     // Half a write, then EOF.
     let mut s = raw_hello(addr, 1000);
-    send(&mut s, &frame[..frame.len() / 2]);
-    s.shutdown(Shutdown::Write).unwrap();
-    assert!(closed_by_server(&mut s));
+    send(&mut s.s, &frame[..frame.len() / 2]);
+    s.s.shutdown(Shutdown::Write).unwrap();
+    assert!(closed_by_server(&mut s.s));
     good.check(1);
 
     // Half a write, then silence: closed after io_timeout (300 ms), not left hanging.
     let mut s = raw_hello(addr, 1000);
-    send(&mut s, &frame[..frame.len() / 2]);
+    send(&mut s.s, &frame[..frame.len() / 2]);
     let t0 = Instant::now();
-    assert!(closed_by_server(&mut s));
+    assert!(closed_by_server(&mut s.s));
     assert!(t0.elapsed() < Duration::from_secs(3), "closed after {:?}", t0.elapsed());
     good.check(2); // the half-written page never landed: check compares the bystander's data
 
     // Half a header, then silence.
     let mut s = raw_hello(addr, 1000);
-    send(&mut s, &frame[..10]);
-    assert!(closed_by_server(&mut s));
+    send(&mut s.s, &frame[..10]);
+    assert!(closed_by_server(&mut s.s));
 
     // An idle connection (no byte of a frame yet) is not timed out.
     let mut s = raw_hello(addr, 1000);
     std::thread::sleep(Duration::from_millis(700));
     let mut frame = Vec::new();
     encode_read_pages(&mut frame, 2, &good.at[..1]);
-    send(&mut s, &frame);
-    let (h, body) = recv_frame(&mut s);
+    s.send(frame);
+    let (h, body) = s.recv();
     assert_eq!((h.status, body.len()), (0, 4 + 4 + PAGE_SIZE));
     assert_eq!(&body[8..], good.pages[0].as_slice());
 }
@@ -207,8 +201,8 @@ fn a_wrong_checksum_stores_nothing_but_keeps_the_connection() {
     encode_write_pages(&mut frame, 5, good.at[..2].iter().copied().zip(fresh.iter().map(|p| p.as_slice())));
     let last = frame.len() - 1;
     frame[last] ^= 0xff; // corrupt the second page after its crc was computed
-    send(&mut s, &frame);
-    let (code, id, msg) = recv_error(&mut s);
+    s.send(frame);
+    let (code, id, msg) = s.recv_error();
     assert_eq!((code, id), (ErrorCode::ChecksumMismatch as u16, 5));
     assert!(msg.contains("nothing in the batch was stored"), "{msg}");
     good.check(1); // the first page of the bad batch was not stored either
@@ -216,8 +210,8 @@ fn a_wrong_checksum_stores_nothing_but_keeps_the_connection() {
     // Same connection still served.
     let mut frame = Vec::new();
     encode_read_pages(&mut frame, 6, &good.at[..1]);
-    send(&mut s, &frame);
-    let (h, body) = recv_frame(&mut s);
+    s.send(frame);
+    let (h, body) = s.recv();
     assert_eq!((h.request_id, h.status), (6, 0));
     assert_eq!(&body[8..], good.pages[0].as_slice());
 }

@@ -45,6 +45,22 @@ use serde_json::{json, Value};
 
 pub use http::Endpoint;
 
+/// Entry points for the fuzz targets (`fuzz/`): the decoders of etcd's answers, which come
+/// from the network. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// An HTTP answer as read off the socket: its status, or none when refused.
+    pub fn read_http_answer(data: &[u8]) -> Option<u16> {
+        crate::http::read_response(&mut &data[..], 1 << 20).ok().map(|r| r.status)
+    }
+
+    /// A range answer's JSON: the keys it lists, or none when refused.
+    pub fn parse_range_answer(data: &[u8]) -> Option<usize> {
+        let v: serde_json::Value = serde_json::from_slice(data).ok()?;
+        crate::parse_page(&v, 16).ok().map(|p| p.kvs.len())
+    }
+}
+
 /// Most bytes of one answer read from etcd.
 pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
 /// Keys asked for per page by `list` (fewer when a page would exceed

@@ -33,6 +33,34 @@
 
 mod codec;
 
+/// Entry points for the fuzz targets (`fuzz/`): the decoders of what this store reads back
+/// from its files, which whoever can write the directory controls. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::codec;
+
+    /// A WAL record as on disk (header, CRC, payload): its op count, or why it is refused.
+    pub fn decode_record(data: &[u8]) -> Result<usize, String> {
+        let (head, rest) = data.split_first_chunk::<{ codec::RECORD_HEADER }>().ok_or("short header")?;
+        let (len, crc) = codec::decode_header(head);
+        let payload = rest.get(..len).ok_or("short payload")?;
+        if !codec::crc_matches(len, crc, payload) {
+            return Err("CRC mismatch".into());
+        }
+        codec::decode_payload(payload).map(|r| r.ops.len())
+    }
+
+    /// A record's payload, as if its CRC had matched (a fuzzer cannot forge CRCs).
+    pub fn decode_payload(data: &[u8]) -> Result<usize, String> {
+        codec::decode_payload(data).map(|r| r.ops.len())
+    }
+
+    /// A snapshot file's contents: whether it decodes.
+    pub fn decode_snapshot(data: &[u8]) -> bool {
+        codec::read_snapshot(data).is_ok()
+    }
+}
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};

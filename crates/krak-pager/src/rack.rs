@@ -62,7 +62,7 @@ pub(crate) fn allocate(
     local_budget_bytes: u64,
     connect: ConnectOptions,
 ) -> Result<(RemoteLayout, Vec<Option<Connection>>, RackLink), PagerError> {
-    let mut client = RackClient::new(url, CALL_TIMEOUT).map_err(controller_error)?;
+    let mut client = RackClient::new(url, CALL_TIMEOUT).map_err(controller_error)?.with_secret(connect.secret);
     let request = CreateRegionRequest {
         owner: owner.to_string(),
         size_bytes: (region_pages * PAGE_SIZE) as u64,

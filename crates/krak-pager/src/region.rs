@@ -85,6 +85,9 @@ pub struct PagerConfig {
     /// How long fault handlers busy-wait for the next fault or a server's answer before
     /// sleeping (0: always sleep). Trades CPU for latency.
     pub spin_us: u64,
+    /// The rack secret, proved to memory servers (and the controller); `None` for racks
+    /// run without one (`--insecure`, library tests).
+    pub secret: Option<krak_proto::RackSecret>,
 }
 
 impl Default for PagerConfig {
@@ -105,6 +108,7 @@ impl Default for PagerConfig {
             no_prefetch: false,
             spin_us: DEFAULT_SPIN_US,
             fault_mode: FaultMode::default(),
+            secret: None,
         }
     }
 }
@@ -150,6 +154,7 @@ impl FarMemory {
             client_id: config.client_id.unwrap_or_else(rand::random),
             timeout_ms: config.io_timeout_ms,
             spin_us: config.spin_us,
+            secret: config.secret,
         };
         let (layout, admin, rack) = match &config.controller {
             Some(url) => {

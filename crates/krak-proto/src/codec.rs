@@ -2,7 +2,7 @@
 
 use crate::frame::{DecodeError, Header, HEADER_LEN, MAX_BODY_BYTES};
 use crate::message::*;
-use crate::{page_crc, MAX_BATCH_PAGES, MAX_ERROR_MESSAGE_BYTES, PAGE_SIZE};
+use crate::{page_crc, MAX_BATCH_PAGES, MAX_ERROR_MESSAGE_BYTES, NONCE_LEN, PAGE_SIZE, PROOF_LEN};
 
 /// Appends one frame to a buffer; the body length is patched in by [`FrameBuilder::finish`].
 #[derive(Debug)]
@@ -30,6 +30,10 @@ impl<'a> FrameBuilder<'a> {
         self
     }
 
+    pub fn put_slab(&mut self, slab: SlabId) -> &mut Self {
+        self.put_u64(slab.0).put_u64(slab.1)
+    }
+
     pub fn put_bytes(&mut self, b: &[u8]) -> &mut Self {
         self.out.extend_from_slice(b);
         self
@@ -54,9 +58,16 @@ impl<'a> FrameBuilder<'a> {
 
 // ---- request encoders (client side) ----
 
-pub fn encode_hello(out: &mut Vec<u8>, request_id: u64, version: u32, client_id: u64) {
+pub fn encode_hello(out: &mut Vec<u8>, request_id: u64, version: u32, client_id: u64, nonce: &[u8; NONCE_LEN]) {
     let mut f = FrameBuilder::begin(out, Op::Hello as u16, 0, request_id);
-    f.put_u32(version).put_u64(client_id);
+    f.put_u32(version).put_u64(client_id).put_bytes(nonce);
+    f.finish();
+}
+
+/// The client's proof, the second step of the handshake (see [`crate::Transcript`]).
+pub fn encode_auth(out: &mut Vec<u8>, request_id: u64, proof: &[u8; PROOF_LEN]) {
+    let mut f = FrameBuilder::begin(out, Op::Auth as u16, 0, request_id);
+    f.put_bytes(proof);
     f.finish();
 }
 
@@ -66,7 +77,7 @@ pub fn encode_alloc_slab(out: &mut Vec<u8>, request_id: u64) {
 
 pub fn encode_free_slab(out: &mut Vec<u8>, request_id: u64, slab: SlabId) {
     let mut f = FrameBuilder::begin(out, Op::FreeSlab as u16, 0, request_id);
-    f.put_u64(slab.0);
+    f.put_slab(slab);
     f.finish();
 }
 
@@ -80,7 +91,7 @@ pub fn encode_read_pages(out: &mut Vec<u8>, request_id: u64, pages: &[PageRef]) 
     let mut f = FrameBuilder::begin(out, Op::ReadPages as u16, 0, request_id);
     f.put_u32(pages.len() as u32);
     for p in pages {
-        f.put_u64(p.slab.0).put_u32(p.page);
+        f.put_slab(p.slab).put_u32(p.page);
     }
     f.finish();
 }
@@ -96,7 +107,7 @@ pub fn encode_write_pages<'p>(
     f.put_u32(pages.len() as u32);
     for (at, data) in pages {
         assert_eq!(data.len(), PAGE_SIZE, "a page is {PAGE_SIZE} bytes");
-        f.put_u64(at.slab.0).put_u32(at.page).put_u32(page_crc(data)).put_bytes(data);
+        f.put_slab(at.slab).put_u32(at.page).put_u32(page_crc(data)).put_bytes(data);
     }
     f.finish();
 }
@@ -109,13 +120,19 @@ pub fn encode_hello_ok(out: &mut Vec<u8>, request_id: u64, hello: &ServerHello) 
         .put_u32(hello.page_size)
         .put_u64(hello.slab_size_bytes)
         .put_u64(hello.capacity_bytes)
-        .put_u64(hello.server_id);
+        .put_u64(hello.server_id)
+        .put_bytes(&hello.nonce)
+        .put_bytes(&hello.proof);
     f.finish();
+}
+
+pub fn encode_authenticated(out: &mut Vec<u8>, request_id: u64) {
+    FrameBuilder::begin(out, Op::Auth as u16 | RESPONSE_BIT, 0, request_id).finish();
 }
 
 pub fn encode_slab_allocated(out: &mut Vec<u8>, request_id: u64, slab: SlabId) {
     let mut f = FrameBuilder::begin(out, Op::AllocSlab as u16 | RESPONSE_BIT, 0, request_id);
-    f.put_u64(slab.0);
+    f.put_slab(slab);
     f.finish();
 }
 
@@ -156,6 +173,11 @@ pub fn encode_error(out: &mut Vec<u8>, request_id: u64, kind: u16, code: ErrorCo
 }
 
 // ---- decoders ----
+
+/// Body of a client hello: version, client id, nonce.
+const HELLO_LEN: usize = 12 + NONCE_LEN;
+/// Body of a server hello: five fixed fields, nonce, proof.
+const SERVER_HELLO_LEN: usize = 32 + NONCE_LEN + PROOF_LEN;
 
 fn malformed(kind: &'static str, reason: impl Into<String>) -> DecodeError {
     DecodeError::Malformed { kind, reason: reason.into() }
@@ -200,16 +222,20 @@ pub fn decode_request<'a>(header: &Header, body: &'a [u8]) -> Result<Request<'a>
     }
     Ok(match op {
         Op::Hello => {
-            expect_len(name, body, 12)?;
-            Request::Hello { version: read_u32(body, 0), client_id: read_u64(body, 4) }
+            expect_len(name, body, HELLO_LEN)?;
+            Request::Hello { version: read_u32(body, 0), client_id: read_u64(body, 4), nonce: read_array(body, 12) }
+        }
+        Op::Auth => {
+            expect_len(name, body, PROOF_LEN)?;
+            Request::Auth { proof: read_array(body, 0) }
         }
         Op::AllocSlab => {
             expect_len(name, body, 0)?;
             Request::AllocSlab
         }
         Op::FreeSlab => {
-            expect_len(name, body, 8)?;
-            Request::FreeSlab { slab: SlabId(read_u64(body, 0)) }
+            expect_len(name, body, SLAB_HANDLE_LEN)?;
+            Request::FreeSlab { slab: read_slab(body, 0) }
         }
         Op::ReadPages => Request::ReadPages(ReadEntries { bytes: counted(name, body, READ_ENTRY_LEN)? }),
         Op::WritePages => Request::WritePages(WriteEntries { bytes: counted(name, body, WRITE_ENTRY_LEN)? }),
@@ -236,18 +262,24 @@ pub fn decode_response<'a>(header: &Header, body: &'a [u8]) -> Result<Response<'
     }
     Ok(match op {
         Op::Hello => {
-            expect_len(name, body, 32)?;
+            expect_len(name, body, SERVER_HELLO_LEN)?;
             Response::Hello(ServerHello {
                 version: read_u32(body, 0),
                 page_size: read_u32(body, 4),
                 slab_size_bytes: read_u64(body, 8),
                 capacity_bytes: read_u64(body, 16),
                 server_id: read_u64(body, 24),
+                nonce: read_array(body, 32),
+                proof: read_array(body, 32 + NONCE_LEN),
             })
         }
+        Op::Auth => {
+            expect_len(name, body, 0)?;
+            Response::Authenticated
+        }
         Op::AllocSlab => {
-            expect_len(name, body, 8)?;
-            Response::SlabAllocated { slab: SlabId(read_u64(body, 0)) }
+            expect_len(name, body, SLAB_HANDLE_LEN)?;
+            Response::SlabAllocated { slab: read_slab(body, 0) }
         }
         Op::FreeSlab => {
             expect_len(name, body, 0)?;
@@ -285,7 +317,7 @@ mod tests {
     fn write_request_round_trips_with_crcs() {
         let a = vec![1u8; PAGE_SIZE];
         let b: Vec<u8> = (0..PAGE_SIZE).map(|i| i as u8).collect();
-        let refs = [PageRef { slab: SlabId(9), page: 3 }, PageRef { slab: SlabId(10), page: 0 }];
+        let refs = [PageRef { slab: SlabId(9, 90), page: 3 }, PageRef { slab: SlabId(10, 100), page: 0 }];
         let mut out = Vec::new();
         encode_write_pages(&mut out, 42, refs.iter().copied().zip([a.as_slice(), b.as_slice()]));
         let (h, body) = split(&out);
@@ -300,7 +332,7 @@ mod tests {
 
     #[test]
     fn read_request_and_response_round_trip() {
-        let refs = [PageRef { slab: SlabId(1), page: 7 }];
+        let refs = [PageRef { slab: SlabId(1, u64::MAX), page: 7 }];
         let mut out = Vec::new();
         encode_read_pages(&mut out, 5, &refs);
         let (h, body) = split(&out);
@@ -327,6 +359,8 @@ mod tests {
             slab_size_bytes: 1 << 26,
             capacity_bytes: 1 << 30,
             server_id: 77,
+            nonce: [3; NONCE_LEN],
+            proof: [4; PROOF_LEN],
         };
         encode_hello_ok(&mut out, 1, &hello);
         let (h, body) = split(&out);
@@ -349,9 +383,26 @@ mod tests {
         assert_eq!(decode_response(&h, body).unwrap(), Response::Stats(stats));
 
         let mut out = Vec::new();
-        encode_hello(&mut out, 3, 1, 99);
+        encode_hello(&mut out, 3, 1, 99, &[7; NONCE_LEN]);
         let (h, body) = split(&out);
-        assert_eq!(decode_request(&h, body).unwrap(), Request::Hello { version: 1, client_id: 99 });
+        assert_eq!(
+            decode_request(&h, body).unwrap(),
+            Request::Hello { version: 1, client_id: 99, nonce: [7; NONCE_LEN] }
+        );
+
+        let mut out = Vec::new();
+        encode_auth(&mut out, 4, &[8; PROOF_LEN]);
+        let (h, body) = split(&out);
+        assert_eq!(decode_request(&h, body).unwrap(), Request::Auth { proof: [8; PROOF_LEN] });
+        let mut out = Vec::new();
+        encode_authenticated(&mut out, 4);
+        let (h, body) = split(&out);
+        assert_eq!(decode_response(&h, body).unwrap(), Response::Authenticated);
+
+        let mut out = Vec::new();
+        encode_slab_allocated(&mut out, 5, SlabId(1, 2));
+        let (h, body) = split(&out);
+        assert_eq!(decode_response(&h, body).unwrap(), Response::SlabAllocated { slab: SlabId(1, 2) });
     }
 
     #[test]

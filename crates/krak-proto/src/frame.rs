@@ -1,13 +1,13 @@
 //! The fixed frame header that precedes every message.
 
-use crate::{MAX_BATCH_PAGES, PAGE_SIZE};
+use crate::MAX_BATCH_PAGES;
 
 /// First four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"KRAK";
 /// Length of the fixed header in bytes.
 pub const HEADER_LEN: usize = 24;
 /// Largest body a frame may declare: a full write batch plus its per-page overhead.
-pub const MAX_BODY_BYTES: usize = 4 + MAX_BATCH_PAGES * (16 + PAGE_SIZE);
+pub const MAX_BODY_BYTES: usize = 4 + MAX_BATCH_PAGES * crate::message::WRITE_ENTRY_LEN;
 
 /// Why a frame or message could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -7,17 +7,20 @@
 //! Decoders never trust their input: every length is bounded before it is used, and a
 //! malformed frame yields a [`DecodeError`], never a panic.
 
+mod auth;
 mod codec;
 mod frame;
 mod message;
 pub mod units;
 
+pub use auth::{proof_matches, BadMac, FrameMac, Side, Transcript, MAC_LEN, NONCE_LEN, PROOF_LEN};
 pub use codec::*;
 pub use frame::{DecodeError, Header, HEADER_LEN, MAGIC, MAX_BODY_BYTES};
+pub use krak_auth::{MacKey, RackSecret};
 pub use message::*;
 
 /// Version spoken by this build; a server refuses a hello with any other.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The unit of transfer: every page on the wire is exactly this long.
 pub const PAGE_SIZE: usize = 4096;
 /// Most pages one read or write request may carry.

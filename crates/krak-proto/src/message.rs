@@ -1,6 +1,6 @@
 //! Message kinds, error codes and the decoded (borrowing) forms of each message.
 
-use crate::PAGE_SIZE;
+use crate::{NONCE_LEN, PAGE_SIZE, PROOF_LEN};
 
 /// Set in the kind of every response: response kind = request kind | `RESPONSE_BIT`.
 pub const RESPONSE_BIT: u16 = 0x8000;
@@ -15,6 +15,7 @@ pub enum Op {
     ReadPages = 4,
     WritePages = 5,
     Stats = 6,
+    Auth = 7,
 }
 
 impl Op {
@@ -26,6 +27,7 @@ impl Op {
             4 => Op::ReadPages,
             5 => Op::WritePages,
             6 => Op::Stats,
+            7 => Op::Auth,
             _ => return None,
         })
     }
@@ -38,6 +40,7 @@ impl Op {
             Op::ReadPages => "read_pages",
             Op::WritePages => "write_pages",
             Op::Stats => "stats",
+            Op::Auth => "auth",
         }
     }
 }
@@ -70,6 +73,13 @@ pub enum ErrorCode {
     Internal = 11,
     /// A batch carried more than `MAX_BATCH_PAGES` pages.
     BatchTooLarge = 12,
+    /// A handshake proof or a frame's MAC is wrong: wrong secret, forged, altered or
+    /// replayed frame.
+    AuthFailed = 13,
+    /// A per-client limit (connections, bytes lent) would be exceeded.
+    ClientLimit = 14,
+    /// Too many requests on this connection named slabs it does not hold (guessing).
+    TooManyBadSlabs = 15,
 }
 
 impl ErrorCode {
@@ -88,14 +98,23 @@ impl ErrorCode {
             10 => TooManyConnections,
             11 => Internal,
             12 => BatchTooLarge,
+            13 => AuthFailed,
+            14 => ClientLimit,
+            15 => TooManyBadSlabs,
             _ => return None,
         })
     }
 }
 
-/// Opaque slab handle chosen by the server; random so that it cannot be guessed.
+/// A slab handle (a capability) issued by the server: `.0` is the slab's random id, `.1`
+/// a 64-bit tag the server computed over (client id, slab id) under a key only it knows.
+/// Every use of the slab carries both; only the client the slab was lent to can present
+/// a valid pair. Clients treat it as opaque.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SlabId(pub u64);
+pub struct SlabId(pub u64, pub u64);
+
+/// Bytes of a slab handle on the wire: id then tag.
+pub const SLAB_HANDLE_LEN: usize = 16;
 
 /// One page of one slab.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -105,10 +124,10 @@ pub struct PageRef {
     pub page: u32,
 }
 
-/// Length of one entry of a read request: slab id + page index.
-pub(crate) const READ_ENTRY_LEN: usize = 12;
-/// Length of one entry of a write request: slab id + page index + crc + page.
-pub(crate) const WRITE_ENTRY_LEN: usize = 16 + PAGE_SIZE;
+/// Length of one entry of a read request: slab handle + page index.
+pub(crate) const READ_ENTRY_LEN: usize = SLAB_HANDLE_LEN + 4;
+/// Length of one entry of a write request: slab handle + page index + crc + page.
+pub(crate) const WRITE_ENTRY_LEN: usize = SLAB_HANDLE_LEN + 8 + PAGE_SIZE;
 /// Length of one entry of a read response: crc + page.
 pub(crate) const PAGE_ENTRY_LEN: usize = 4 + PAGE_SIZE;
 
@@ -121,6 +140,10 @@ pub struct ServerHello {
     pub capacity_bytes: u64,
     /// Random per server process: tells a restarted server from the one that lent the slabs.
     pub server_id: u64,
+    /// Fresh per connection: makes the proof and the session key unique to it.
+    pub nonce: [u8; NONCE_LEN],
+    /// The server's proof that it knows the rack secret (see `Transcript::server_proof`).
+    pub proof: [u8; PROOF_LEN],
 }
 
 /// Counters a server reports in answer to a stats request.
@@ -172,7 +195,8 @@ impl ServerStats {
 /// A decoded request, borrowing page data from the frame body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request<'a> {
-    Hello { version: u32, client_id: u64 },
+    Hello { version: u32, client_id: u64, nonce: [u8; NONCE_LEN] },
+    Auth { proof: [u8; PROOF_LEN] },
     AllocSlab,
     FreeSlab { slab: SlabId },
     ReadPages(ReadEntries<'a>),
@@ -184,6 +208,7 @@ pub enum Request<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Response<'a> {
     Hello(ServerHello),
+    Authenticated,
     SlabAllocated { slab: SlabId },
     SlabFreed,
     Pages(PageEntries<'a>),
@@ -196,6 +221,16 @@ pub(crate) fn read_u64(b: &[u8], i: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[i..i + 8]);
     u64::from_le_bytes(a)
+}
+
+pub(crate) fn read_slab(b: &[u8], i: usize) -> SlabId {
+    SlabId(read_u64(b, i), read_u64(b, i + 8))
+}
+
+pub(crate) fn read_array<const N: usize>(b: &[u8], i: usize) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(&b[i..i + N]);
+    a
 }
 
 pub(crate) fn read_u32(b: &[u8], i: usize) -> u32 {
@@ -218,7 +253,9 @@ impl<'a> ReadEntries<'a> {
         self.bytes.is_empty()
     }
     pub fn iter(&self) -> impl Iterator<Item = PageRef> + 'a {
-        self.bytes.chunks_exact(READ_ENTRY_LEN).map(|e| PageRef { slab: SlabId(read_u64(e, 0)), page: read_u32(e, 8) })
+        self.bytes
+            .chunks_exact(READ_ENTRY_LEN)
+            .map(|e| PageRef { slab: read_slab(e, 0), page: read_u32(e, SLAB_HANDLE_LEN) })
     }
 }
 
@@ -245,9 +282,9 @@ impl<'a> WriteEntries<'a> {
     }
     pub fn iter(&self) -> impl Iterator<Item = WriteEntry<'a>> + 'a {
         self.bytes.chunks_exact(WRITE_ENTRY_LEN).map(|e| WriteEntry {
-            at: PageRef { slab: SlabId(read_u64(e, 0)), page: read_u32(e, 8) },
-            crc: read_u32(e, 12),
-            data: &e[16..],
+            at: PageRef { slab: read_slab(e, 0), page: read_u32(e, SLAB_HANDLE_LEN) },
+            crc: read_u32(e, SLAB_HANDLE_LEN + 4),
+            data: &e[SLAB_HANDLE_LEN + 8..],
         })
     }
 }

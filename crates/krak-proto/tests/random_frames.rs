@@ -118,7 +118,7 @@ fn random_page(rng: &mut Rng) -> Vec<u8> {
 
 fn random_refs(rng: &mut Rng, max: usize) -> Vec<PageRef> {
     let n = rng.below(max + 1);
-    (0..n).map(|_| PageRef { slab: SlabId(rng.next()), page: rng.next() as u32 }).collect()
+    (0..n).map(|_| PageRef { slab: SlabId(rng.next(), rng.next()), page: rng.next() as u32 }).collect()
 }
 
 /// One valid frame from a random encoder, after checking that it decodes back to exactly
@@ -129,9 +129,11 @@ fn valid_frame(rng: &mut Rng) -> Vec<u8> {
     match rng.below(13) {
         0 => {
             let (version, client_id) = (rng.next() as u32, rng.next());
-            encode_hello(&mut out, id, version, client_id);
+            let mut nonce = [0u8; NONCE_LEN];
+            rng.fill(&mut nonce);
+            encode_hello(&mut out, id, version, client_id, &nonce);
             let (h, body) = split(&out);
-            assert_eq!(decode_request(&h, body).unwrap(), Request::Hello { version, client_id });
+            assert_eq!(decode_request(&h, body).unwrap(), Request::Hello { version, client_id, nonce });
         }
         1 => {
             encode_alloc_slab(&mut out, id);
@@ -139,10 +141,17 @@ fn valid_frame(rng: &mut Rng) -> Vec<u8> {
             assert_eq!(decode_request(&h, body).unwrap(), Request::AllocSlab);
         }
         2 => {
-            let slab = SlabId(rng.next());
+            let slab = SlabId(rng.next(), rng.next());
             encode_free_slab(&mut out, id, slab);
             let (h, body) = split(&out);
             assert_eq!(decode_request(&h, body).unwrap(), Request::FreeSlab { slab });
+        }
+        3 if rng.chance(2) => {
+            let mut proof = [0u8; PROOF_LEN];
+            rng.fill(&mut proof);
+            encode_auth(&mut out, id, &proof);
+            let (h, body) = split(&out);
+            assert_eq!(decode_request(&h, body).unwrap(), Request::Auth { proof });
         }
         3 => {
             encode_stats(&mut out, id);
@@ -170,22 +179,31 @@ fn valid_frame(rng: &mut Rng) -> Vec<u8> {
             }
         }
         6 => {
-            let hello = ServerHello {
+            let mut hello = ServerHello {
                 version: rng.next() as u32,
                 page_size: rng.next() as u32,
                 slab_size_bytes: rng.next(),
                 capacity_bytes: rng.next(),
                 server_id: rng.next(),
+                nonce: [0; NONCE_LEN],
+                proof: [0; PROOF_LEN],
             };
+            rng.fill(&mut hello.nonce);
+            rng.fill(&mut hello.proof);
             encode_hello_ok(&mut out, id, &hello);
             let (h, body) = split(&out);
             assert_eq!(decode_response(&h, body).unwrap(), Response::Hello(hello));
         }
         7 => {
-            let slab = SlabId(rng.next());
+            let slab = SlabId(rng.next(), rng.next());
             encode_slab_allocated(&mut out, id, slab);
             let (h, body) = split(&out);
             assert_eq!(decode_response(&h, body).unwrap(), Response::SlabAllocated { slab });
+        }
+        8 if rng.chance(2) => {
+            encode_authenticated(&mut out, id);
+            let (h, body) = split(&out);
+            assert_eq!(decode_response(&h, body).unwrap(), Response::Authenticated);
         }
         8 => {
             encode_slab_freed(&mut out, id);
@@ -320,8 +338,18 @@ fn mutate(rng: &mut Rng, frame: &mut Vec<u8>) {
 fn random_frame(rng: &mut Rng) -> Vec<u8> {
     // (body length, entries) of lengths some message has: fixed bodies and counted batches.
     let k = rng.below(3);
-    let shaped =
-        [(0, 0), (4, 0), (8, 0), (12, 0), (32, 0), (72, 0), (4 + 12 * k, k), (4 + 4100 * k, k), (4 + 4112 * k, k)];
+    let shaped = [
+        (0, 0),
+        (4, 0),
+        (16, 0),
+        (44, 0),
+        (32, 0),
+        (96, 0),
+        (72, 0),
+        (4 + 20 * k, k),
+        (4 + 4100 * k, k),
+        (4 + 4120 * k, k),
+    ];
     let (len, entries) = match rng.below(10) {
         0 => (rng.below(HEADER_LEN), 0),
         1 => (HEADER_LEN + rng.below(2 * (4 + PAGE_SIZE) + 64), 0),
@@ -340,7 +368,7 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
             f[20..24].fill(0);
         }
         if !rng.chance(4) {
-            let kind = (1 + rng.below(6) as u16) | if rng.chance(2) { RESPONSE_BIT } else { 0 };
+            let kind = (1 + rng.below(7) as u16) | if rng.chance(2) { RESPONSE_BIT } else { 0 };
             f[4..6].copy_from_slice(&kind.to_le_bytes());
         }
         if !rng.chance(4) {
@@ -403,10 +431,10 @@ fn a_damaged_page_is_caught_by_its_crc() {
     let mut rng = Rng(42);
     for _ in 0..2_000 {
         let page = random_page(&mut rng);
-        let refs = [PageRef { slab: SlabId(rng.next()), page: rng.next() as u32 }];
+        let refs = [PageRef { slab: SlabId(rng.next(), rng.next()), page: rng.next() as u32 }];
         let mut out = Vec::new();
         encode_write_pages(&mut out, 1, refs.iter().copied().zip([page.as_slice()]));
-        let at = HEADER_LEN + 4 + 16 + rng.below(PAGE_SIZE);
+        let at = HEADER_LEN + 4 + SLAB_HANDLE_LEN + 8 + rng.below(PAGE_SIZE);
         out[at] ^= 1 + rng.below(255) as u8;
         let (h, body) = split(&out);
         let Request::WritePages(entries) = decode_request(&h, body).unwrap() else { panic!("not a write") };
@@ -441,4 +469,52 @@ fn every_header_prefix_and_every_kind_is_handled() {
     let max = Header { kind: 5, status: 0, request_id: 0, body_len: MAX_BODY_BYTES as u32 }.encode();
     assert!(Header::decode(&max).is_ok());
     assert!(seen.requests_ok > 0 && seen.responses_ok > 0);
+}
+
+#[test]
+fn sealed_frames_open_and_every_damaged_or_replayed_one_is_refused() {
+    // The MAC trailer check, driven like the decoders above: valid frames sealed by one end
+    // open at the other, in order; any mutation, a replay or a skipped frame fails.
+    let mut rng = Rng(0x6d61_6373);
+    let key = MacKey::from_bytes({
+        let mut k = [0u8; 32];
+        rng.fill(&mut k);
+        k
+    });
+    let mut client = FrameMac::new(&key, Side::Client);
+    let mut server = FrameMac::new(&key, Side::Server);
+    let (mut opened, mut refused) = (0u64, 0u64);
+    for _ in 0..5_000 {
+        let mut frame = valid_frame(&mut rng);
+        let len = frame.len();
+        client.seal(&mut frame, 0);
+        let split = |f: &[u8]| -> Option<([u8; HEADER_LEN], Vec<u8>, [u8; MAC_LEN])> {
+            if f.len() < HEADER_LEN + MAC_LEN {
+                return None;
+            }
+            let n = f.len();
+            Some((
+                f[..HEADER_LEN].try_into().ok()?,
+                f[HEADER_LEN..n - MAC_LEN].to_vec(),
+                f[n - MAC_LEN..].try_into().ok()?,
+            ))
+        };
+        // A damaged copy, checked at a clone of the receiver (the same sequence number).
+        let mut bad = frame.clone();
+        mutate(&mut rng, &mut bad);
+        if bad != frame {
+            if let Some((h, b, t)) = split(&bad) {
+                assert!(server.clone().open(&h, &b, &t).is_err(), "a damaged frame opened");
+                refused += 1;
+            }
+        }
+        let (h, b, t) = split(&frame).unwrap();
+        assert_eq!(b.len(), len - HEADER_LEN);
+        server.open(&h, &b, &t).expect("a sealed frame opens");
+        // Replayed at once: the receiver is one frame further on.
+        assert!(server.clone().open(&h, &b, &t).is_err(), "a replayed frame opened");
+        opened += 1;
+    }
+    eprintln!("sealed frames: {opened} opened, {refused} damaged copies refused");
+    assert!(refused > 1_000);
 }

@@ -29,12 +29,14 @@ pub struct Membership {
     pub addr: String,
     pub domain: String,
     pub headroom_bytes: u64,
+    /// Signs every call to the controller.
+    pub secret: Option<krak_proto::RackSecret>,
 }
 
 /// Runs until a message (or a hang-up) arrives on `stop`.
 pub fn run(m: &Membership, stats: &dyn Fn() -> ServerStats, stop: &Receiver<()>) {
     let mut client = match RackClient::new(&m.controller, CALL_TIMEOUT) {
-        Ok(c) => c,
+        Ok(c) => c.with_secret(m.secret),
         Err(e) => {
             tracing::error!("not joining a rack: {e:#}");
             let _ = stop.recv();

@@ -48,6 +48,9 @@ pub struct BenchArgs {
     /// instead of starting memory servers on loopback.
     #[arg(long, value_name = "URL", env = "KRAK_CONTROLLER")]
     controller: Option<String>,
+    /// The existing rack's secret (with --controller; the embedded rack makes its own).
+    #[command(flatten)]
+    secret: crate::secret_opts::SecretArgs,
     /// Memory servers of the embedded rack.
     #[arg(long, value_name = "N", default_value_t = 3)]
     servers: usize,
@@ -132,15 +135,25 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let mut options = vec![format!("fault_mode={}", args.fault_mode.name())];
+    let secret_file = match &rack {
+        Some(r) => Some(r.secret_file()),
+        None if args.controller.is_some() && plan.backends.contains(&BenchBackend::Krak) => {
+            args.secret.load()?; // checked here, read again by each worker
+            args.secret.secret_file.clone()
+        }
+        None => None,
+    };
+    if let Some(path) = secret_file {
+        options.push(format!("secret_file={}", path.display()));
+    }
     let target = match (&args.controller, &rack) {
-        (Some(url), _) => Some(KrakTarget {
-            servers: Vec::new(),
-            options: vec![format!("fault_mode={}", args.fault_mode.name())],
-            controller: Some(url.clone()),
-        }),
+        (Some(url), _) => {
+            Some(KrakTarget { servers: Vec::new(), options: options.clone(), controller: Some(url.clone()) })
+        }
         (None, Some(r)) => Some(KrakTarget {
             servers: r.addrs().iter().map(|a| a.to_string()).collect(),
-            options: vec![format!("fault_mode={}", args.fault_mode.name())],
+            options: options.clone(),
             controller: None,
         }),
         (None, None) => None,

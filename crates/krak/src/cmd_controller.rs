@@ -49,6 +49,9 @@ pub struct ControllerArgs {
     /// Keep the state in etcd instead: its client URLs, comma-separated (http://HOST:PORT).
     #[arg(long, value_name = "URL[,URL...]")]
     etcd: Option<String>,
+    /// Every request but GET /metrics must be signed with it, every answer is signed.
+    #[command(flatten)]
+    secret: crate::secret_opts::SecretArgs,
     /// A memory server silent this long is declared dead.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     dead_after_ms: u64,
@@ -108,6 +111,7 @@ fn open_store(args: &ControllerArgs) -> anyhow::Result<(Arc<dyn MetaStore>, Stri
 
 fn config(args: &ControllerArgs, listen: SocketAddr) -> anyhow::Result<ControllerConfig> {
     let mut c = ControllerConfig::new(listen);
+    c.secret = args.secret.load()?;
     c.dead_after_ms = args.dead_after_ms;
     c.suspect_after_ms = args.suspect_after_ms.unwrap_or(args.dead_after_ms * 3 / 10).max(1);
     c.heartbeat_interval_ms = args.heartbeat_ms.unwrap_or((args.dead_after_ms / 10).clamp(10, 1000));
@@ -182,7 +186,8 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let mut policy_to_set = args.policy.clone();
     loop {
         // Standby until this controller leads.
-        let Some(leadership) = acquire(&*store, &id, args.lease_ms, listen, &stop, &mut printed)? else {
+        let Some(leadership) = acquire(&*store, &id, args.lease_ms, listen, &stop, &mut printed, args.secret.load()?)?
+        else {
             return Ok(());
         };
         if etcd {
@@ -205,7 +210,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
         };
         announce(&mut printed, handle.addr())?;
         if let Some(p) = policy_to_set.take() {
-            let mut client = Client::new(&handle.url())?;
+            let mut client = Client::new(&handle.url())?.with_secret(args.secret.load()?);
             client.timeout = Duration::from_secs(5);
             let set: Result<PolicyBody, _> =
                 client.call("PUT", "/v1/policy", Some(&PolicyBody { name: p.clone(), available: Vec::new() }));
@@ -242,6 +247,7 @@ fn acquire(
     listen: SocketAddr,
     stop: &Receiver<()>,
     printed: &mut bool,
+    secret: Option<krak_proto::RackSecret>,
 ) -> anyhow::Result<Option<Leadership>> {
     let mut standby: Option<Standby> = None;
     let mut last_error = None;
@@ -267,7 +273,8 @@ fn acquire(
         match &standby {
             Some(s) => *s.leader.lock().unwrap_or_else(|p| p.into_inner()) = leader,
             None => {
-                let s = Standby::start(listen, leader.clone()).with_context(|| format!("cannot listen on {listen}"))?;
+                let s = Standby::start(listen, leader.clone(), secret)
+                    .with_context(|| format!("cannot listen on {listen}"))?;
                 tracing::warn!("controller {id} is a standby; the leader is {leader}");
                 announce(printed, s.addr)?;
                 standby = Some(s);
@@ -295,6 +302,9 @@ fn start(
     }
 }
 
+/// Largest request body a standby reads (to check its signature).
+const STANDBY_MAX_BODY_BYTES: u64 = 1 << 20;
+
 /// The API of a standby: 503 to everything, naming the leader.
 #[derive(Debug)]
 struct Standby {
@@ -305,7 +315,7 @@ struct Standby {
 }
 
 impl Standby {
-    fn start(listen: SocketAddr, leader: String) -> std::io::Result<Standby> {
+    fn start(listen: SocketAddr, leader: String, secret: Option<krak_proto::RackSecret>) -> std::io::Result<Standby> {
         let listener = TcpListener::bind(listen)?;
         let addr = listener.local_addr()?;
         let server = tiny_http::Server::from_listener(listener, None).map_err(std::io::Error::other)?;
@@ -313,18 +323,64 @@ impl Standby {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (leader, stop) = (leader.clone(), stop.clone());
+            let replays = krak_controller::auth::ReplayGuard::default();
             thread::Builder::new().name("krak-ctl-standby".into()).spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
-                    let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(100)) else { continue };
+                    let Ok(Some(mut request)) = server.recv_timeout(Duration::from_millis(100)) else { continue };
                     let leader = leader.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    let body = serde_json::json!({
+                    let mut status = 503;
+                    let mut body = serde_json::json!({
                         "error": format!("standby controller; the leader is {leader}"),
                         "leader": leader,
                     })
                     .to_string();
+                    // With a secret, only signed requests learn who leads, and the answer is
+                    // signed so clients can trust it and move on.
+                    let mut signature = None;
+                    if let Some(secret) = &secret {
+                        let mut req_body = Vec::new();
+                        let _ = std::io::Read::read_to_end(
+                            &mut std::io::Read::take(request.as_reader(), STANDBY_MAX_BODY_BYTES),
+                            &mut req_body,
+                        );
+                        let authorization = request
+                            .headers()
+                            .iter()
+                            .find(|h| h.field.equiv("Authorization"))
+                            .map(|h| h.value.as_str().to_string());
+                        let method = request.method().as_str().to_ascii_uppercase();
+                        let now = krak_controller::auth::now_ms();
+                        let checked = krak_controller::auth::verify_request(
+                            secret,
+                            &replays,
+                            now,
+                            &method,
+                            request.url(),
+                            &req_body,
+                            authorization.as_deref(),
+                        );
+                        match checked {
+                            Ok(nonce) => {
+                                let sig = krak_controller::auth::sign_response(secret, &nonce, status, body.as_bytes());
+                                signature = tiny_http::Header::from_bytes(
+                                    krak_controller::auth::RESPONSE_HEADER.as_bytes(),
+                                    sig.as_bytes(),
+                                )
+                                .ok();
+                            }
+                            Err(e) => {
+                                status = 401;
+                                body = serde_json::json!({ "error": e.to_string() }).to_string();
+                            }
+                        }
+                    }
                     let header =
                         tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("valid");
-                    let response = tiny_http::Response::from_string(body).with_status_code(503).with_header(header);
+                    let mut response =
+                        tiny_http::Response::from_string(body).with_status_code(status).with_header(header);
+                    if let Some(sig) = signature {
+                        response = response.with_header(sig);
+                    }
                     let _ = request.respond(response);
                 }
             })?

@@ -27,12 +27,14 @@ use crate::ctl::OptionalControllerArg;
 /// up to 1 s) while serving its clients as before; when the controller forgot it, it
 /// registers again. State changes the controller reports (alive, suspect, dead, draining)
 /// are logged on stderr.
+/// Clients must prove they know the rack secret (--secret-file); see docs/threat-model.md.
 /// Logs go to stderr: KRAK_LOG=info shows the slabs freed after a grace period,
 /// KRAK_LOG=debug every allocation, free and connection.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Example:\n  krak memserver --listen 0.0.0.0:7070 --capacity 16GiB\n  \
-                        krak memserver --listen 127.0.0.1:0 --capacity 1GiB --slab-size 16MiB\n  \
-                        krak memserver --listen 0.0.0.0:7070 --capacity 16GiB \\\n      \
+#[command(after_help = "Example:\n  krak secret new /etc/krak/secret\n  \
+                        krak memserver --listen 0.0.0.0:7070 --capacity 16GiB --secret-file /etc/krak/secret\n  \
+                        krak memserver --listen 127.0.0.1:0 --capacity 1GiB --slab-size 16MiB --insecure\n  \
+                        krak memserver --listen 0.0.0.0:7070 --capacity 16GiB --secret-file /etc/krak/secret \\\n      \
                         --controller http://10.0.0.1:7080 --domain rack1/host3 --headroom 2GiB")]
 pub struct MemserverArgs {
     /// Address to listen on, e.g. 0.0.0.0:7070; port 0 picks a free port (printed on start).
@@ -58,6 +60,14 @@ pub struct MemserverArgs {
     mlock: bool,
     #[command(flatten)]
     controller: OptionalControllerArg,
+    #[command(flatten)]
+    secret: crate::secret_opts::SecretArgs,
+    /// Most connections one client may hold at once.
+    #[arg(long, value_name = "N", default_value_t = krak_memserver::DEFAULT_MAX_CONNECTIONS_PER_CLIENT)]
+    max_client_connections: usize,
+    /// Most memory lent to one client (default: the whole capacity).
+    #[arg(long, value_name = "SIZE")]
+    max_client_capacity: Option<ByteSize>,
     /// Failure domain told to the controller, e.g. rack1/host3: servers with the same string
     /// are expected to fail together (the domain-spread policy spreads over them).
     #[arg(long, value_name = "DOMAIN", default_value = "", requires = "controller")]
@@ -81,7 +91,11 @@ pub fn run(args: MemserverArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         io_timeout_ms: args.io_timeout_ms,
         mlock: args.mlock,
+        secret: args.secret.load()?,
+        max_connections_per_client: args.max_client_connections,
+        max_bytes_per_client: args.max_client_capacity.map(|b| b.0),
     };
+    let secret = config.secret;
     let server = MemServer::bind(config).context("starting the memory server")?;
     let membership = args.controller.controller.as_deref().filter(|c| !c.trim().is_empty()).map(|controller| {
         let addr =
@@ -91,6 +105,7 @@ pub fn run(args: MemserverArgs) -> anyhow::Result<()> {
             addr,
             domain: args.domain.clone(),
             headroom_bytes: args.headroom.0,
+            secret,
         }
     });
     let stopper = server.stopper();

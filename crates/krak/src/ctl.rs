@@ -12,13 +12,16 @@ pub struct ControllerArg {
     /// its standbys; the first that answers as leader is used). Defaults to $KRAK_CONTROLLER.
     #[arg(long, value_name = "URL", env = "KRAK_CONTROLLER", global = true)]
     pub controller: Option<String>,
+    #[command(flatten)]
+    pub secret: crate::secret_opts::SecretArgs,
 }
 
 impl ControllerArg {
-    /// A client of the named rack; an error saying how to name one when none is.
+    /// A client of the named rack, signing with its secret; an error saying how to name
+    /// one when none is.
     pub fn client(&self, timeout: Duration) -> anyhow::Result<RackClient> {
         match self.controller.as_deref().map(str::trim) {
-            Some(urls) if !urls.is_empty() => Ok(RackClient::new(urls, timeout)?),
+            Some(urls) if !urls.is_empty() => Ok(RackClient::new(urls, timeout)?.with_secret(self.secret.load()?)),
             _ => bail!("which rack? give --controller http://HOST:PORT or set $KRAK_CONTROLLER"),
         }
     }

@@ -9,6 +9,7 @@ mod ctl;
 mod demo;
 mod pager_opts;
 mod rack;
+mod secret_opts;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,7 @@ enum Command {
     Drain(cmd_status::DrainArgs),
     Demo(demo::DemoArgs),
     Bench(cmd_bench::BenchArgs),
+    Secret(secret_opts::SecretCmd),
     #[command(hide = true)]
     BenchWorker(krak_bench::WorkerArgs),
 }
@@ -50,6 +52,7 @@ fn main() -> std::process::ExitCode {
         Command::Drain(args) => cmd_status::drain(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => cmd_bench::run(args),
+        Command::Secret(cmd) => secret_opts::run(cmd),
         Command::BenchWorker(args) => cmd_bench::worker(args),
     };
     match result {

@@ -42,7 +42,8 @@ pub fn apply(options: &[String], config: &mut PagerConfig) -> anyhow::Result<()>
             }
             "spin_us" => config.spin_us = value.parse().context("spin_us")?,
             "handler_threads" => config.handler_threads = value.parse().context("handler_threads")?,
-            _ => bail!("unknown pager option {key:?} (fault_mode, spin_us, handler_threads)"),
+            "secret_file" => config.secret = Some(krak_auth::load_secret_file(std::path::Path::new(value))?),
+            _ => bail!("unknown pager option {key:?} (fault_mode, spin_us, handler_threads, secret_file)"),
         }
     }
     Ok(())

@@ -16,7 +16,10 @@ const START_TIMEOUT_MS: u64 = 10_000;
 #[derive(Debug)]
 pub struct LocalRack {
     servers: Vec<(Child, SocketAddr)>,
-    controller: Option<(Child, String, std::path::PathBuf)>,
+    controller: Option<(Child, String)>,
+    /// Private (0700) directory: the rack secret, the controller's store.
+    dir: std::path::PathBuf,
+    secret: krak_proto::RackSecret,
 }
 
 /// Starts `krak ARGS` as a child that dies with us, and reads the address from its first
@@ -56,23 +59,35 @@ impl LocalRack {
         with_controller: bool,
     ) -> anyhow::Result<LocalRack> {
         let exe = std::env::current_exe().context("finding the krak binary")?;
-        let mut rack = LocalRack { servers: Vec::new(), controller: None };
+        // An unpredictable name, created by us alone (create_dir fails if it exists).
+        let dir = std::env::temp_dir().join(format!("krak-rack-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        // A fresh secret for this rack alone, handed to its children by file.
+        let secret_file = dir.join("secret");
+        let secret = match krak_auth::write_new_secret_file(&secret_file) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e).context("writing the embedded rack's secret");
+            }
+        };
+        let secret_path = secret_file.to_string_lossy().into_owned();
+        let mut rack = LocalRack { servers: Vec::new(), controller: None, dir, secret };
         if with_controller {
-            // An unpredictable name, created by us alone (create_dir fails if it exists).
-            let dir =
-                std::env::temp_dir().join(format!("krak-rack-{}-{:016x}", std::process::id(), rand::random::<u64>()));
-            std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-            let store = dir.to_string_lossy().into_owned();
-            let (child, url) =
-                start_child(&exe, &["controller", "--listen", "127.0.0.1:0", "--store", &store], "the controller")?;
-            rack.controller = Some((child, url, dir));
+            let store = rack.dir.join("store");
+            std::fs::create_dir(&store).with_context(|| format!("creating {}", store.display()))?;
+            let store = store.to_string_lossy().into_owned();
+            let args = ["controller", "--listen", "127.0.0.1:0", "--store", &store, "--secret-file", &secret_path];
+            let (child, url) = start_child(&exe, &args, "the controller")?;
+            rack.controller = Some((child, url));
         }
         for i in 0..count {
             let (capacity, slab) = (capacity.to_string(), slab_size.to_string());
             let domain = format!("local/host{}", i + 1);
             let mut args = vec!["memserver", "--listen", "127.0.0.1:0", "--capacity", &capacity, "--slab-size", &slab];
-            if let Some((_, url, _)) = &rack.controller {
+            args.extend(["--secret-file", &secret_path]);
+            if let Some((_, url)) = &rack.controller {
                 args.extend(["--controller", url, "--domain", &domain]);
             }
             let (child, addr) = start_child(&exe, &args, "a memory server")?;
@@ -87,11 +102,21 @@ impl LocalRack {
 
     /// The controller's URL, when the rack has one.
     pub fn controller_url(&self) -> Option<String> {
-        self.controller.as_ref().map(|(_, url, _)| url.clone())
+        self.controller.as_ref().map(|(_, url)| url.clone())
+    }
+
+    /// The secret this rack's servers were given.
+    pub fn secret(&self) -> krak_proto::RackSecret {
+        self.secret
+    }
+
+    /// The file holding it (for child processes, e.g. bench workers).
+    pub fn secret_file(&self) -> std::path::PathBuf {
+        self.dir.join("secret")
     }
 
     fn wait_alive(&self, url: &str) -> anyhow::Result<()> {
-        let client = krak_controller::Client::new(url)?;
+        let client = krak_controller::Client::new(url)?.with_secret(Some(self.secret));
         let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
         loop {
             let status: krak_controller::messages::StatusReply = client.call::<(), _>("GET", "/v1/status", None)?;
@@ -143,10 +168,10 @@ impl Drop for LocalRack {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if let Some((child, _, dir)) = &mut self.controller {
+        if let Some((child, _)) = &mut self.controller {
             let _ = child.kill();
             let _ = child.wait();
-            let _ = std::fs::remove_dir_all(dir);
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

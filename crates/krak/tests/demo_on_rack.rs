@@ -25,6 +25,7 @@ fn demo_on_an_existing_rack_survives_a_drain() {
 
     let demo = Command::new(env!("CARGO_BIN_EXE_krak"))
         .args(["demo", "--controller", &url, "--region", "48MiB", "--local", "12MiB", "--seconds", "4"])
+        .args(["--secret-file", secret_file()])
         .args(["--no-baseline", "--json"])
         .env_remove("RUST_BACKTRACE")
         .stdout(Stdio::piped())

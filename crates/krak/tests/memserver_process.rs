@@ -19,10 +19,24 @@ impl Drop for Server {
     }
 }
 
+/// A rack secret file of this test process, and the secret in it.
+fn secret_file() -> &'static (String, krak_proto::RackSecret) {
+    static FILE: std::sync::OnceLock<(String, krak_proto::RackSecret)> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("krak-test-secret-{}-{:x}", std::process::id(), rand::random::<u64>()));
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("secret");
+        let secret = krak_auth::write_new_secret_file(&path).unwrap();
+        (path.to_string_lossy().into_owned(), secret)
+    })
+}
+
 /// Starts `krak memserver` on a free port; returns it and the address it printed.
 fn start(extra: &[&str]) -> (Server, SocketAddr, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_krak"))
         .args(["memserver", "--listen", "127.0.0.1:0", "--capacity", "64MiB", "--slab-size", "1MiB"])
+        .args(["--secret-file", &secret_file().0])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -44,7 +58,9 @@ fn the_process_serves_pages_and_stops_on_sigterm() {
     let (mut server, addr, line) = start(&["--grace-ms", "1000"]);
     assert_eq!(line, format!("krak memserver listening on {addr} capacity 64MiB slab 1MiB\n"));
 
-    let mut c = Connection::connect(addr, ConnectOptions { client_id: 7, timeout_ms: 5_000, spin_us: 0 }).unwrap();
+    let secret = Some(secret_file().1);
+    let mut c =
+        Connection::connect(addr, ConnectOptions { client_id: 7, timeout_ms: 5_000, spin_us: 0, secret }).unwrap();
     assert_eq!((c.hello().slab_size_bytes, c.hello().capacity_bytes), (1 << 20, 64 << 20));
     let slab = c.alloc_slab().unwrap();
     let mut rng = rand::thread_rng();
@@ -81,7 +97,7 @@ fn the_process_serves_pages_and_stops_on_sigterm() {
 #[test]
 fn bad_arguments_are_refused_with_a_reason() {
     let out = Command::new(env!("CARGO_BIN_EXE_krak"))
-        .args(["memserver", "--listen", "127.0.0.1:0", "--capacity", "1MiB", "--slab-size", "64MiB"])
+        .args(["memserver", "--listen", "127.0.0.1:0", "--capacity", "1MiB", "--slab-size", "64MiB", "--insecure"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -94,4 +110,42 @@ fn bad_arguments_are_refused_with_a_reason() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid size"));
+}
+
+#[test]
+fn no_secret_an_open_secret_file_or_a_wrong_secret_is_refused() {
+    let krak = env!("CARGO_BIN_EXE_krak");
+    let out = Command::new(krak)
+        .args(["memserver", "--listen", "127.0.0.1:0", "--capacity", "4MiB", "--slab-size", "1MiB"])
+        .env_remove("KRAK_SECRET_FILE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no rack secret: pass --secret-file PATH"), "{err}");
+
+    // `krak secret new` writes a private file; a copy readable by others is refused.
+    let dir = std::env::temp_dir().join(format!("krak-test-open-{}-{:x}", std::process::id(), rand::random::<u64>()));
+    std::fs::create_dir(&dir).unwrap();
+    let path = dir.join("secret");
+    let out = Command::new(krak).args(["secret", "new"]).arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = Command::new(krak)
+        .args(["memserver", "--listen", "127.0.0.1:0", "--capacity", "4MiB", "--slab-size", "1MiB", "--secret-file"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("readable or writable by group or others") && err.contains("chmod 600"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // A client with another secret, or none, is refused by a server with one.
+    let (_server, addr, _) = start(&[]);
+    for secret in [None, Some(krak_proto::RackSecret::generate())] {
+        let err = Connection::connect(addr, ConnectOptions { client_id: 8, timeout_ms: 5_000, spin_us: 0, secret })
+            .unwrap_err();
+        assert!(err.to_string().contains("authentication failed"), "{err}");
+    }
 }

@@ -39,6 +39,7 @@ impl Demo {
         let mut child = Command::new(KRAK)
             .args(["demo", "--controller", url, "--region", region, "--local", local])
             .args(["--seconds", &seconds.to_string(), "--no-baseline", "--json"])
+            .args(["--secret-file", secret_file()])
             .env_remove("RUST_BACKTRACE")
             .env_remove("KRAK_CONTROLLER")
             .stdin(Stdio::null())

@@ -25,6 +25,7 @@ fn drain_across_hosts() {
 
     let mut demo = Command::new(KRAK)
         .args(["demo", "--controller", &url, "--region", "48MiB", "--local", "12MiB", "--seconds", "4"])
+        .args(["--secret-file", secret_file()])
         .args(["--no-baseline", "--json"])
         .env_remove("RUST_BACKTRACE")
         .env_remove("KRAK_CONTROLLER")

@@ -40,6 +40,9 @@ pub struct DemoArgs {
     /// starting one on loopback.
     #[arg(long, value_name = "URL", env = "KRAK_CONTROLLER")]
     controller: Option<String>,
+    /// The existing rack's secret (with --controller; the embedded rack makes its own).
+    #[command(flatten)]
+    secret: crate::secret_opts::SecretArgs,
     /// Run the random phase for this many seconds instead of --ops operations.
     #[arg(long, value_name = "N")]
     seconds: Option<u64>,
@@ -140,12 +143,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     };
     let controller = args.controller.clone().or_else(|| rack.as_ref().and_then(|r| r.controller_url()));
+    let secret = match &rack {
+        Some(r) => Some(r.secret()),
+        None => args.secret.load()?,
+    };
     let region = Arc::new(
         FarMemory::new(PagerConfig {
             region_bytes: args.region.0,
             local_budget_bytes: args.local.0,
             controller: controller.clone(),
             fault_mode: args.fault_mode.mode(),
+            secret,
             ..Default::default()
         })
         .context("making the far-memory region")?,

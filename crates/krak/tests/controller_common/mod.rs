@@ -68,6 +68,8 @@ pub fn spawn_and_read_line(args: &[&str]) -> (Proc, String) {
 /// Spawns `command` (named `what` in failures) and returns it with the first line it prints
 /// (within 10 s).
 pub fn spawn_command_and_read_line(mut command: Command, what: &str) -> (Proc, String) {
+    // Every process of a test rack shares the test's secret.
+    command.env("KRAK_SECRET_FILE", secret_file());
     let mut child =
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("krak runs");
     let stdout = child.stdout.take().unwrap();
@@ -99,6 +101,19 @@ pub fn controller(listen: &str, extra: &[&str]) -> (Proc, String) {
     (proc, url.to_string())
 }
 
+/// One rack secret file per test process (mode 0600 in a private directory).
+pub fn secret_file() -> &'static str {
+    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("krak-test-secret-{}-{:x}", std::process::id(), rand::random::<u64>()));
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("secret");
+        krak_auth::write_new_secret_file(&path).unwrap();
+        path.to_string_lossy().into_owned()
+    })
+}
+
 /// `krak memserver` with 1 MiB slabs on a free loopback port, joined to `controller`.
 pub fn memserver(controller: &str, domain: &str, capacity: &str) -> (Proc, SocketAddr) {
     let (proc, line) = spawn_and_read_line(&[
@@ -113,6 +128,8 @@ pub fn memserver(controller: &str, domain: &str, capacity: &str) -> (Proc, Socke
         controller,
         "--domain",
         domain,
+        "--secret-file",
+        secret_file(),
     ]);
     let addr = line.split_whitespace().nth(4).and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
     (proc, addr)
@@ -120,7 +137,13 @@ pub fn memserver(controller: &str, domain: &str, capacity: &str) -> (Proc, Socke
 
 /// Runs `krak ARGS` to completion (its calls to the controller time out after 5 s).
 pub fn krak(args: &[&str]) -> Output {
-    Command::new(KRAK).args(args).env_remove("KRAK_CONTROLLER").stdin(Stdio::null()).output().unwrap()
+    Command::new(KRAK)
+        .args(args)
+        .env_remove("KRAK_CONTROLLER")
+        .env("KRAK_SECRET_FILE", secret_file())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 /// `krak ARGS` that must succeed: its stdout.

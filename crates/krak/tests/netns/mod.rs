@@ -273,6 +273,8 @@ impl Net {
             controller,
             "--domain",
             domain,
+            "--secret-file",
+            super::controller_common::secret_file(),
         ];
         args.extend_from_slice(extra);
         let line = self.spawn_on(i, &args);

@@ -1,0 +1,32 @@
+//! What a controller reads from the network before trusting it: the Authorization header
+//! and every JSON request body of its API; and what its clients read back: the HTTP answer.
+//! Anything may be refused; nothing may panic.
+#![no_main]
+
+use krak_controller::auth::{parse_header, verify_request, ReplayGuard};
+use krak_controller::client::parse_response;
+use krak_controller::messages::{
+    parse_region, parse_server, CommitRequest, CreateRegionRequest, HeartbeatRequest, PlaceRequest, PolicyBody,
+    RegisterRequest,
+};
+use krak_auth::RackSecret;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = serde_json::from_slice::<RegisterRequest>(data);
+    let _ = serde_json::from_slice::<HeartbeatRequest>(data);
+    let _ = serde_json::from_slice::<CreateRegionRequest>(data);
+    let _ = serde_json::from_slice::<PlaceRequest>(data);
+    let _ = serde_json::from_slice::<CommitRequest>(data);
+    let _ = serde_json::from_slice::<PolicyBody>(data);
+    let _ = parse_response(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = parse_header(text);
+        let _ = parse_region(text);
+        let _ = parse_server(text);
+        let guard = ReplayGuard::default();
+        let secret = RackSecret::from_bytes([1; 32]);
+        // A header the fuzzer made up never verifies.
+        assert!(verify_request(&secret, &guard, 1 << 40, "POST", "/v1/servers", data, Some(text)).is_err());
+    }
+});
