@@ -55,6 +55,8 @@ fn demo_verifies_every_page_keeps_to_its_budget_and_cleans_up() {
     let region: u64 = 64 << 20;
     let mut child = Command::new(KRAK)
         .args(["demo", "--json", "--region", "64MiB", "--local", "16MiB", "--ops", "20000", "--slab-size", "4MiB"])
+        // every op is run however slow a busy host makes them (the 120 s deadline below bounds it)
+        .args(["--max-seconds", "110"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
