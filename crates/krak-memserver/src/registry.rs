@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use krak_proto::units::ByteSize;
-use krak_proto::{page_crc, ErrorCode, PageRef, ReadEntries, SlabId, WriteEntries};
+use krak_proto::{page_crc, ErrorCode, PageRef, ReadEntries, SlabId, WriteEntries, PAGE_SIZE};
 use parking_lot::{Mutex, RwLock};
 
 use crate::slab::Slab;
@@ -30,6 +30,8 @@ pub(crate) enum RegistryError {
     ChecksumMismatch { slab: u64, page: u32 },
     #[error("could not map a slab: {0}")]
     Map(std::io::Error),
+    #[error("slab {slab:#x} stores units of {unit_bytes} bytes, the request named {asked}")]
+    WrongUnitSize { slab: u64, unit_bytes: u32, asked: u32 },
 }
 
 impl RegistryError {
@@ -40,6 +42,7 @@ impl RegistryError {
             RegistryError::PageOutOfRange { .. } => ErrorCode::PageOutOfRange,
             RegistryError::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
             RegistryError::Map(_) => ErrorCode::Internal,
+            RegistryError::WrongUnitSize { .. } => ErrorCode::WrongUnitSize,
         }
     }
 }
@@ -47,8 +50,10 @@ impl RegistryError {
 #[derive(Debug)]
 struct Lent {
     owner: u64,
-    /// Copy of the slab's page count, readable without locking the slab.
+    /// Copies of the slab's unit count and size, readable without locking the slab.
     pages: u32,
+    unit_bytes: u32,
+    lent_bytes: u64,
     slab: RwLock<Slab>,
 }
 
@@ -126,9 +131,12 @@ impl Registry {
         }
     }
 
-    /// Lends a new slab to `owner`, or refuses at once when capacity is exhausted.
-    pub(crate) fn alloc(&self, owner: u64) -> Result<SlabId, RegistryError> {
-        let size = self.slab_size_bytes;
+    /// Lends a new slab of `unit_bytes` units (one per page of a slab; the caller checked
+    /// the size) to `owner`, or refuses at once when capacity is exhausted. The slab costs
+    /// its units' bytes: a slab of 1 KiB units takes a quarter of a slab of pages.
+    pub(crate) fn alloc(&self, owner: u64, unit_bytes: u32) -> Result<SlabId, RegistryError> {
+        let units = (self.slab_size_bytes / PAGE_SIZE as u64) as u32;
+        let size = units as u64 * unit_bytes as u64;
         let reserved = self.lent_bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |lent| {
             lent.checked_add(size).filter(|&after| after <= self.capacity_bytes)
         });
@@ -136,12 +144,12 @@ impl Registry {
             return Err(RegistryError::NoCapacity {
                 capacity_bytes: self.capacity_bytes,
                 lent_bytes,
-                slabs: lent_bytes / size,
-                slab_size_bytes: size,
+                slabs: self.slab_count(),
+                slab_size_bytes: self.slab_size_bytes,
             });
         }
         // Mapping (and mlock) happens outside the map lock: it may take a while.
-        let slab = match Slab::map(size as usize, self.mlock) {
+        let slab = match Slab::map(units, unit_bytes as usize, self.mlock) {
             Ok(slab) => slab,
             Err(e) => {
                 self.lent_bytes.fetch_sub(size, Ordering::AcqRel);
@@ -156,7 +164,8 @@ impl Registry {
                 break id;
             }
         };
-        slabs.insert(id, Lent { owner, pages: slab.pages(), slab: RwLock::new(slab) });
+        let lent_bytes = slab.lent_bytes();
+        slabs.insert(id, Lent { owner, pages: slab.pages(), unit_bytes, lent_bytes, slab: RwLock::new(slab) });
         Ok(id)
     }
 
@@ -169,7 +178,8 @@ impl Registry {
                 _ => return Err(RegistryError::UnknownSlab(slab.0)),
             }
         };
-        self.lent_bytes.fetch_sub(self.slab_size_bytes, Ordering::AcqRel);
+        let bytes = removed.as_ref().map_or(0, |l| l.lent_bytes);
+        self.lent_bytes.fetch_sub(bytes, Ordering::AcqRel);
         drop(removed); // munmap outside the map lock
         Ok(())
     }
@@ -178,7 +188,7 @@ impl Registry {
     pub(crate) fn write_pages(&self, owner: u64, entries: WriteEntries<'_>) -> Result<(), RegistryError> {
         let slabs = self.slabs.read();
         for e in entries.iter() {
-            check(&slabs, owner, e.at)?;
+            check(&slabs, owner, e.at, entries.unit_bytes())?;
             if page_crc(e.data) != e.crc {
                 return Err(RegistryError::ChecksumMismatch { slab: e.at.slab.0, page: e.at.page });
             }
@@ -208,7 +218,7 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let slabs = self.slabs.read();
         for at in entries.iter() {
-            check(&slabs, owner, at)?;
+            check(&slabs, owner, at, entries.unit_bytes())?;
         }
         let mut current: Option<(SlabId, parking_lot::RwLockReadGuard<'_, Slab>)> = None;
         for at in entries.iter() {
@@ -253,7 +263,7 @@ impl Registry {
             }
         }
         drop(clients);
-        self.lent_bytes.fetch_sub(freed.len() as u64 * self.slab_size_bytes, Ordering::AcqRel);
+        self.lent_bytes.fetch_sub(freed.iter().map(|l| l.lent_bytes).sum(), Ordering::AcqRel);
         let mut report: Vec<Reaped> = expired.into_iter().map(|client_id| Reaped { client_id, slabs: 0 }).collect();
         for lent in &freed {
             if let Some(r) = report.iter_mut().find(|r| r.client_id == lent.owner) {
@@ -263,12 +273,29 @@ impl Registry {
         drop(freed); // munmap outside every lock
         report
     }
+
+    /// Test support (see `ServerHandle::corrupt_stored_units`): damages every unit of every
+    /// slab behind its CRC; returns the slabs damaged.
+    pub(crate) fn corrupt_every_unit(&self) -> usize {
+        let slabs = self.slabs.read();
+        for lent in slabs.values() {
+            lent.slab.write().corrupt_every_unit();
+        }
+        slabs.len()
+    }
 }
 
-/// The slab must exist, belong to `owner`, and hold the page.
-fn check(slabs: &HashMap<SlabId, Lent>, owner: u64, at: PageRef) -> Result<(), RegistryError> {
+/// The slab must exist, belong to `owner`, store units of `unit_bytes`, and hold the unit.
+fn check(slabs: &HashMap<SlabId, Lent>, owner: u64, at: PageRef, unit_bytes: u32) -> Result<(), RegistryError> {
     match slabs.get(&at.slab) {
         Some(l) if l.owner == owner => {
+            if l.unit_bytes != unit_bytes {
+                return Err(RegistryError::WrongUnitSize {
+                    slab: at.slab.0,
+                    unit_bytes: l.unit_bytes,
+                    asked: unit_bytes,
+                });
+            }
             if at.page >= l.pages {
                 return Err(RegistryError::PageOutOfRange { slab: at.slab.0, page: at.page, pages: l.pages });
             }
@@ -281,17 +308,18 @@ fn check(slabs: &HashMap<SlabId, Lent>, owner: u64, at: PageRef) -> Result<(), R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use krak_proto::{decode_request, encode_read_pages, encode_write_pages, Header, Request, HEADER_LEN, PAGE_SIZE};
+    use krak_proto::{decode_request, encode_read_pages, encode_write_pages, Header, Request, HEADER_LEN};
 
     const SLAB: u64 = 16 * PAGE_SIZE as u64;
 
     /// Runs `f` on the entries of an encoded write request.
     fn with_writes<R>(pages: &[(PageRef, &[u8])], corrupt: Option<usize>, f: impl FnOnce(WriteEntries<'_>) -> R) -> R {
         let mut frame = Vec::new();
-        encode_write_pages(&mut frame, 1, pages.iter().copied());
+        let unit = pages.first().map_or(PAGE_SIZE, |(_, d)| d.len());
+        encode_write_pages(&mut frame, 1, unit as u32, pages.iter().copied());
         if let Some(i) = corrupt {
-            // flip a data byte of entry i: 4-byte count, 16-byte entry header
-            frame[HEADER_LEN + 4 + i * (16 + PAGE_SIZE) + 16] ^= 1;
+            // flip a data byte of entry i: 4-byte count and unit size, 16-byte entry header
+            frame[HEADER_LEN + 8 + i * (16 + unit) + 16] ^= 1;
         }
         let head: [u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().unwrap();
         let h = Header::decode(&head).unwrap();
@@ -300,8 +328,17 @@ mod tests {
     }
 
     fn read(reg: &Registry, owner: u64, pages: &[PageRef]) -> Result<Vec<(u32, Vec<u8>)>, RegistryError> {
+        read_units(reg, owner, PAGE_SIZE as u32, pages)
+    }
+
+    fn read_units(
+        reg: &Registry,
+        owner: u64,
+        unit: u32,
+        pages: &[PageRef],
+    ) -> Result<Vec<(u32, Vec<u8>)>, RegistryError> {
         let mut frame = Vec::new();
-        encode_read_pages(&mut frame, 1, pages);
+        encode_read_pages(&mut frame, 1, unit, pages);
         let head: [u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().unwrap();
         let h = Header::decode(&head).unwrap();
         let Ok(Request::ReadPages(e)) = decode_request(&h, &frame[HEADER_LEN..]) else { panic!("not a read") };
@@ -313,23 +350,48 @@ mod tests {
     #[test]
     fn capacity_is_enforced_and_freed_capacity_reused() {
         let reg = Registry::new(2 * SLAB, SLAB, false);
-        let a = reg.alloc(1).unwrap();
-        let b = reg.alloc(1).unwrap();
+        let a = reg.alloc(1, 4096).unwrap();
+        let b = reg.alloc(1, 4096).unwrap();
         assert_ne!(a, b);
         assert_eq!((reg.lent_bytes(), reg.slab_count()), (2 * SLAB, 2));
-        let err = reg.alloc(2).unwrap_err();
+        let err = reg.alloc(2, 4096).unwrap_err();
         assert_eq!(err.code(), ErrorCode::NoCapacity);
         assert_eq!(err.to_string(), "capacity 128KiB exhausted: 128KiB lent in 2 slabs of 64KiB");
         reg.free(1, a).unwrap();
         assert_eq!(reg.lent_bytes(), SLAB);
-        reg.alloc(2).unwrap();
+        reg.alloc(2, 4096).unwrap();
         assert_eq!(reg.lent_bytes(), 2 * SLAB);
+    }
+
+    #[test]
+    fn fragment_slabs_cost_their_units_and_refuse_other_unit_sizes() {
+        let reg = Registry::new(2 * SLAB, SLAB, false);
+        let a = reg.alloc(1, 1024).unwrap();
+        assert_eq!(reg.lent_bytes(), SLAB / 4, "16 units of 1 KiB");
+        let units: Vec<Vec<u8>> = (0..2u8).map(|i| vec![i + 1; 1024]).collect();
+        let refs = [PageRef { slab: a, page: 0 }, PageRef { slab: a, page: 15 }];
+        with_writes(&[(refs[0], &units[0]), (refs[1], &units[1])], None, |e| reg.write_pages(1, e)).unwrap();
+        let got = read_units(&reg, 1, 1024, &refs).unwrap();
+        assert_eq!(got[1], (page_crc(&units[1]), units[1].clone()));
+        let err = read(&reg, 1, &refs).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::WrongUnitSize);
+        let page = vec![3u8; PAGE_SIZE];
+        let err = with_writes(&[(refs[0], &page)], None, |e| reg.write_pages(1, e)).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::WrongUnitSize);
+        // 1.75 slabs of room are left: seven more quarter slabs fit, the eighth does not.
+        for _ in 0..7 {
+            reg.alloc(1, 1024).unwrap();
+        }
+        assert_eq!(reg.alloc(1, 1024).unwrap_err().code(), ErrorCode::NoCapacity);
+        reg.free(1, a).unwrap();
+        assert_eq!(reg.lent_bytes(), 7 * SLAB / 4);
+        assert_eq!(reg.corrupt_every_unit(), 7);
     }
 
     #[test]
     fn foreign_slabs_look_like_missing_ones() {
         let reg = Registry::new(4 * SLAB, SLAB, false);
-        let a = reg.alloc(1).unwrap();
+        let a = reg.alloc(1, 4096).unwrap();
         let page = vec![5u8; PAGE_SIZE];
         let at = PageRef { slab: a, page: 0 };
         assert_eq!(reg.free(2, a).unwrap_err().to_string(), format!("unknown slab {:#x}", a.0));
@@ -346,7 +408,7 @@ mod tests {
     #[test]
     fn batches_are_validated_whole_before_any_page_is_stored() {
         let reg = Registry::new(4 * SLAB, SLAB, false);
-        let a = reg.alloc(1).unwrap();
+        let a = reg.alloc(1, 4096).unwrap();
         let p0 = vec![1u8; PAGE_SIZE];
         let p1 = vec![2u8; PAGE_SIZE];
         let at0 = PageRef { slab: a, page: 0 };
@@ -375,9 +437,9 @@ mod tests {
         reg.connect(1);
         reg.connect(2);
         reg.connect(2);
-        reg.alloc(1).unwrap();
-        reg.alloc(1).unwrap();
-        reg.alloc(2).unwrap();
+        reg.alloc(1, 4096).unwrap();
+        reg.alloc(1, 4096).unwrap();
+        reg.alloc(2, 4096).unwrap();
         assert_eq!(reg.client_count(), 2);
         reg.disconnect(1, t0);
         reg.disconnect(2, t0); // client 2 keeps one connection
@@ -393,7 +455,7 @@ mod tests {
         let t0 = Instant::now();
         let grace = Duration::from_millis(500);
         reg.connect(7);
-        reg.alloc(7).unwrap();
+        reg.alloc(7, 4096).unwrap();
         reg.disconnect(7, t0);
         reg.connect(7);
         assert!(reg.reap(t0 + 10 * grace, grace).is_empty());

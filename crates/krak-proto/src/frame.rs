@@ -6,8 +6,9 @@ use crate::{MAX_BATCH_PAGES, PAGE_SIZE};
 pub const MAGIC: [u8; 4] = *b"KRAK";
 /// Length of the fixed header in bytes.
 pub const HEADER_LEN: usize = 24;
-/// Largest body a frame may declare: a full write batch plus its per-page overhead.
-pub const MAX_BODY_BYTES: usize = 4 + MAX_BATCH_PAGES * (16 + PAGE_SIZE);
+/// Largest body a frame may declare: a full write batch of whole pages (count, unit size,
+/// then per-unit overhead and data).
+pub const MAX_BODY_BYTES: usize = 8 + MAX_BATCH_PAGES * (16 + PAGE_SIZE);
 
 /// Why a frame or message could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
