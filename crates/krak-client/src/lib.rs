@@ -233,6 +233,38 @@ impl Connection {
         }
     }
 
+    /// Like [`Connection::recv_pages`], but a unit whose CRC fails does not fail the call:
+    /// its position in `pages` is pushed to `corrupt` (its bytes in `out` are not to be
+    /// used), and every other unit is delivered. For callers that can rebuild a unit.
+    pub fn recv_units(
+        &mut self,
+        id: u64,
+        pages: &[PageRef],
+        out: &mut [u8],
+        corrupt: &mut Vec<usize>,
+    ) -> Result<(), ClientError> {
+        let unit = if pages.is_empty() { PAGE_SIZE } else { out.len() / pages.len() };
+        assert_eq!(out.len(), pages.len() * unit, "one output unit per requested page");
+        let addr = self.addr;
+        match self.recv(id)? {
+            Response::Pages(entries) => {
+                if entries.len() != pages.len() || (!pages.is_empty() && entries.unit_bytes() as usize != unit) {
+                    let detail = format!("asked for {} units of {unit} bytes, got {}", pages.len(), entries.len());
+                    return Err(ClientError::Protocol { addr, detail });
+                }
+                for (i, (entry, dst)) in entries.iter().zip(out.chunks_exact_mut(unit.max(1))).enumerate() {
+                    if page_crc(entry.data) != entry.crc {
+                        corrupt.push(i);
+                    } else {
+                        dst.copy_from_slice(entry.data);
+                    }
+                }
+                Ok(())
+            }
+            other => Err(unexpected(addr, Op::ReadPages, &other)),
+        }
+    }
+
     /// Receives the answer to a write sent with [`Connection::send_write_pages`].
     pub fn recv_written(&mut self, id: u64) -> Result<(), ClientError> {
         let addr = self.addr;

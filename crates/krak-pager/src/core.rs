@@ -33,6 +33,10 @@ pub const EVICTING: u8 = 5;
 pub const REMOTE: u8 = 0x80;
 pub const STATE_MASK: u8 = 0x7f;
 
+/// Most pages with a corrupt fragment waiting to be rewritten; past it a corruption is
+/// left for the next read of the page to find again.
+pub const MAX_REPAIRS: usize = 4096;
+
 /// Most free frames the reclaimer keeps ahead of need.
 const MAX_WATERMARK_PAGES: usize = 256;
 /// How long an evictor waits for the write-back thread before it looks again.
@@ -71,6 +75,9 @@ pub(crate) struct Core {
     pub moves: VecDeque<ChunkMove>,
     /// Outcome of finished moves by id: pages copied, or why it failed.
     pub moves_finished: HashMap<u64, Result<u64, String>>,
+    /// Pages of a redundant region a read found a corrupt fragment of, for the write-back
+    /// thread to rewrite (bounded by `MAX_REPAIRS`).
+    pub repairs: VecDeque<usize>,
 }
 
 /// A chunk being copied to its new home by the write-back thread (see `migrate.rs`).
@@ -107,6 +114,24 @@ pub(crate) struct Shared {
 pub(crate) static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
 impl Shared {
+    /// Counts what a thread's redundant reads found and queues rewrites of corrupt
+    /// fragments. Call without the core lock.
+    pub fn take_found(&self, links: &mut crate::remote::Links) {
+        let found = std::mem::take(&mut links.found);
+        Counters::add(&self.counters.degraded_reads, found.degraded_pages);
+        if found.corrupt_pages.is_empty() {
+            return;
+        }
+        Counters::add(&self.counters.corrupt_fragments, found.corrupt_fragments);
+        let mut core = self.core.lock();
+        for page in found.corrupt_pages {
+            if core.repairs.len() < MAX_REPAIRS && !core.repairs.contains(&page) {
+                core.repairs.push_back(page);
+            }
+        }
+        self.wb_wake.notify_one();
+    }
+
     pub fn region_pages(&self) -> usize {
         self.map.len() / PAGE_SIZE
     }

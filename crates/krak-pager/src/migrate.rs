@@ -98,7 +98,7 @@ pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: MutexGuard<'_, 
             .zip(buf.chunks_exact(PAGE_SIZE))
             .map(|(p, data)| (PageRef { slab: to_slab, page: (p % chunk_pages) as u32 }, data))
             .collect();
-        links.write_to(&shared.layout, to, &writes)
+        links.write_to(&shared.layout, to, &writes).map_err(PagerError::Remote)
     });
     let mut core = shared.core.lock();
     match copied {
@@ -167,6 +167,12 @@ impl Shared {
         let shared = self;
 
         let layout = &shared.layout;
+        if !layout.redundancy().is_none() {
+            return Err(PagerError::Move(format!(
+                "chunks of a region with redundancy {} do not move (not built yet)",
+                layout.redundancy()
+            )));
+        }
         if chunk >= layout.chunk_count() {
             return Err(PagerError::Config(format!("no chunk {chunk}: the region has {}", layout.chunk_count())));
         }

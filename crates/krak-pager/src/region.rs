@@ -16,7 +16,7 @@ use crate::handler::{Handler, Parts};
 use crate::prefetch::{PrefetchPolicy, StrideDetector};
 use crate::remote::RemoteLayout;
 use crate::stats::{Counters, PagerStats};
-use crate::{PagerError, UffdMode};
+use crate::{PagerError, Redundancy, UffdMode};
 
 /// Who serves a region's faults.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -85,6 +85,9 @@ pub struct PagerConfig {
     /// How long fault handlers busy-wait for the next fault or a server's answer before
     /// sleeping (0: always sleep). Trades CPU for latency.
     pub spin_us: u64,
+    /// How the region survives lost memory servers: `none` (default), `replicate:N` or
+    /// `ec:K+M`; needs at least `width()` servers. Not yet with `controller`.
+    pub redundancy: Redundancy,
 }
 
 impl Default for PagerConfig {
@@ -105,6 +108,7 @@ impl Default for PagerConfig {
             no_prefetch: false,
             spin_us: DEFAULT_SPIN_US,
             fault_mode: FaultMode::default(),
+            redundancy: Redundancy::None,
         }
     }
 }
@@ -138,6 +142,12 @@ impl FarMemory {
         if config.handler_threads == 0 || config.writeback_batch_pages == 0 || config.writeback_buffer_pages == 0 {
             return Err(PagerError::Config("thread and buffer counts must be above 0".into()));
         }
+        if config.controller.is_some() && !config.redundancy.is_none() {
+            return Err(PagerError::Config(format!(
+                "redundancy {} is not built yet for regions placed by a rack controller; give a list of servers",
+                config.redundancy
+            )));
+        }
         let region_pages = config.region_bytes.div_ceil(PAGE_SIZE as u64) as usize;
         if region_pages > u32::MAX as usize {
             return Err(PagerError::Config(format!("a region holds at most {} pages", u32::MAX)));
@@ -158,7 +168,8 @@ impl FarMemory {
                 (layout, admin, Some(Arc::new(link)))
             }
             None => {
-                let (layout, admin) = RemoteLayout::allocate(&config.servers, region_pages, connect)?;
+                let (layout, admin) =
+                    RemoteLayout::allocate(&config.servers, region_pages, connect, config.redundancy)?;
                 (layout, admin.into_iter().map(Some).collect(), None)
             }
         };
@@ -181,6 +192,7 @@ impl FarMemory {
             evict_waiters: Vec::new(),
             moves: VecDeque::new(),
             moves_finished: HashMap::new(),
+            repairs: VecDeque::new(),
         };
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
@@ -293,7 +305,35 @@ impl FarMemory {
 
     pub fn stats(&self) -> PagerStats {
         let hits = self.shared.core.lock().prefetch.hits();
-        self.shared.counters.snapshot(hits)
+        let layout = &self.shared.layout;
+        PagerStats {
+            redundancy: layout.redundancy(),
+            lost_servers: layout.stripes.lost_servers().len() as u64,
+            ..self.shared.counters.snapshot(hits)
+        }
+    }
+
+    /// The region's redundancy scheme.
+    pub fn redundancy(&self) -> Redundancy {
+        self.shared.layout.redundancy()
+    }
+
+    /// Memory servers this region has lost (a redundant region reads around them), in the
+    /// order they were lost.
+    pub fn lost_servers(&self) -> Vec<SocketAddr> {
+        let layout = &self.shared.layout;
+        layout.stripes.lost_servers().into_iter().map(|s| layout.server_addr(s)).collect()
+    }
+
+    /// Fewest live fragments (or copies) any chunk has left; the scheme's width when
+    /// nothing is lost, and 1 for a region without redundancy.
+    pub fn min_live_fragments(&self) -> usize {
+        let layout = &self.shared.layout;
+        if layout.redundancy().is_none() {
+            1
+        } else {
+            layout.stripes.min_live()
+        }
     }
 
     /// Clears the fault-latency histogram (e.g. after a warm-up phase).
@@ -311,9 +351,13 @@ impl FarMemory {
         let layout = &self.shared.layout;
         let mut out: Vec<(SocketAddr, u64)> = layout.servers().into_iter().map(|a| (a, 0)).collect();
         let core = self.shared.core.lock();
+        let mut servers = Vec::new();
         for (page, state) in core.states.iter().enumerate() {
             if *state & REMOTE != 0 && matches!(*state & STATE_MASK, ABSENT | STAGED) {
-                out[layout.locate(page).0].1 += 1;
+                layout.page_servers(page, &mut servers);
+                for s in &servers {
+                    out[*s].1 += 1;
+                }
             }
         }
         out
@@ -359,9 +403,16 @@ impl Drop for FarMemory {
         }
         let _ = self.shared.uffd.unregister(self.shared.map.as_ptr() as usize, self.shared.map.len());
         let mut admin = self.shared.admin.lock();
-        for home in self.shared.layout.chunks() {
-            if let Ok(conn) = crate::migrate::admin_conn(&mut admin, &self.shared.layout, home.server) {
-                crate::remote::free_quietly(conn, home.slab);
+        let layout = &self.shared.layout;
+        let slabs: Vec<(usize, krak_proto::SlabId)> = if layout.redundancy().is_none() {
+            layout.chunks().iter().map(|h| (h.server, h.slab)).collect()
+        } else {
+            // A lost server's slabs are left to its grace period: it may not answer at all.
+            layout.stripes.all().iter().flatten().filter(|f| f.is_live()).map(|f| (f.server, f.slab)).collect()
+        };
+        for (server, slab) in slabs {
+            if let Ok(conn) = crate::migrate::admin_conn(&mut admin, layout, server) {
+                crate::remote::free_quietly(conn, slab);
             }
         }
         drop(admin);

@@ -5,12 +5,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use krak_uffd::PAGE_SIZE;
+
 use crate::core::*;
 use crate::remote::Links;
 use crate::stats::Counters;
 
 /// Pause after a batch failed every retry, before the whole batch is tried again.
 const FAILURE_PAUSE_MS: u64 = 500;
+/// Most pages with a corrupt fragment rewritten in one step.
+const REPAIR_BATCH_PAGES: usize = 64;
 
 pub(crate) fn run(shared: Arc<Shared>) {
     let mut links = Links::new(shared.layout.server_count());
@@ -18,6 +22,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
     // Under a write-heavy load the queue is never empty: alternate batches and move steps so
     // that neither starves.
     let mut moved_last = false;
+    let mut repaired_last = false;
     loop {
         {
             let mut core = shared.core.lock();
@@ -25,11 +30,21 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 if shared.stop.load(Ordering::Relaxed) {
                     return;
                 }
-                if !core.moves.is_empty() {
+                if !core.moves.is_empty() || !core.repairs.is_empty() {
                     break;
                 }
                 shared.wb_wake.wait_for(&mut core, Duration::from_millis(100));
             }
+            if !core.repairs.is_empty() && (core.wb_queue.is_empty() || !repaired_last) {
+                // Rewriting here orders the repair with every write-back of the same pages.
+                repaired_last = true;
+                let n = core.repairs.len().min(REPAIR_BATCH_PAGES);
+                let pages: Vec<usize> = core.repairs.drain(..n).collect();
+                drop(core);
+                repair(&shared, &mut links, &pages);
+                continue;
+            }
+            repaired_last = false;
             if !core.moves.is_empty() && (core.wb_queue.is_empty() || !moved_last) {
                 // Copy the next piece of a moving chunk. Doing it on this thread orders every
                 // write to the new home after the writes queued before it.
@@ -76,5 +91,35 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 std::thread::sleep(Duration::from_millis(FAILURE_PAUSE_MS));
             }
         }
+    }
+}
+
+/// Re-reads pages a fault found a corrupt fragment of (rebuilding them from the others) and
+/// rewrites every fragment of those still corrupt.
+fn repair(shared: &Shared, links: &mut Links, pages: &[usize]) {
+    let layout = &shared.layout;
+    let mut buf = vec![0u8; pages.len() * PAGE_SIZE];
+    let started = links.start_read(layout, 0, pages);
+    let read = links.finish_read(layout, 0, started, pages, &mut buf);
+    let found = std::mem::take(&mut links.found);
+    if let Err(e) = read {
+        tracing::warn!("re-reading {} pages with a corrupt fragment failed: {e}", pages.len());
+        return;
+    }
+    let rewrite: Vec<(usize, &[u8])> = pages
+        .iter()
+        .zip(buf.chunks_exact(PAGE_SIZE))
+        .filter(|(p, _)| found.corrupt_pages.contains(p))
+        .map(|(p, data)| (*p, data))
+        .collect();
+    if rewrite.is_empty() {
+        return;
+    }
+    match links.write(layout, &rewrite) {
+        Ok(()) => {
+            Counters::add(&shared.counters.corrupt_fragments_repaired, found.corrupt_fragments);
+            tracing::info!("rewrote {} corrupt fragments of {} pages", found.corrupt_fragments, rewrite.len());
+        }
+        Err(e) => tracing::warn!("rewriting {} pages with a corrupt fragment failed: {e}", rewrite.len()),
     }
 }
