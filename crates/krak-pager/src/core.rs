@@ -88,6 +88,9 @@ pub(crate) struct ChunkMove {
     /// Next page of the chunk (region page index) to copy.
     pub next_page: usize,
     pub pages_copied: u64,
+    /// Set when this is no move but the rebuild of fragment `i` of a redundant chunk's
+    /// stripe onto its replacement slab (see `reprotect.rs`).
+    pub rebuild: Option<usize>,
 }
 
 pub(crate) struct Shared {

@@ -21,6 +21,7 @@ mod reclaim;
 pub mod redundancy;
 mod region;
 mod remote;
+mod reprotect;
 mod self_serving;
 mod stats;
 mod stripe;

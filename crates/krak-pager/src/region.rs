@@ -232,6 +232,11 @@ impl FarMemory {
         let s = shared.clone();
         let t = std::thread::Builder::new().name("krak-reclaim".into()).spawn(move || crate::reclaim::run(s));
         region.threads.push(t.map_err(PagerError::Thread)?);
+        if !config.redundancy.is_none() {
+            let s = shared.clone();
+            let t = std::thread::Builder::new().name("krak-reprotect".into()).spawn(move || crate::reprotect::run(s));
+            region.threads.push(t.map_err(PagerError::Thread)?);
+        }
         if let Some(link) = rack {
             let s = shared.clone();
             let t = std::thread::Builder::new().name("krak-follow".into()).spawn(move || crate::rack::follow(s, link));

@@ -24,6 +24,9 @@ pub(crate) struct Counters {
     pub degraded_reads: AtomicU64,
     pub corrupt_fragments: AtomicU64,
     pub corrupt_fragments_repaired: AtomicU64,
+    pub reprotected_pages: AtomicU64,
+    /// Time from the first loss to full redundancy, of the last re-protection.
+    pub reprotect_ms: AtomicU64,
     latency_ns: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
@@ -48,6 +51,8 @@ impl Counters {
             degraded_reads: z(),
             corrupt_fragments: z(),
             corrupt_fragments_repaired: z(),
+            reprotected_pages: z(),
+            reprotect_ms: z(),
             latency_ns: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static histogram bounds"),
             ),
@@ -91,6 +96,8 @@ impl Counters {
             degraded_reads: g(&self.degraded_reads),
             corrupt_fragments: g(&self.corrupt_fragments),
             corrupt_fragments_repaired: g(&self.corrupt_fragments_repaired),
+            reprotected_pages: g(&self.reprotected_pages),
+            reprotect_ms: g(&self.reprotect_ms),
             faults_timed: h.len(),
             fault_p50_us: us(0.5),
             fault_p99_us: us(0.99),
@@ -145,6 +152,11 @@ pub struct PagerStats {
     pub corrupt_fragments: u64,
     /// Corrupt fragments rewritten with the right bytes.
     pub corrupt_fragments_repaired: u64,
+    /// Pages whose lost fragment was rebuilt onto a replacement slab (re-protection).
+    pub reprotected_pages: u64,
+    /// Milliseconds from the first server lost to full redundancy back, for the last
+    /// re-protection (0: none finished).
+    pub reprotect_ms: u64,
     pub faults_timed: u64,
     pub fault_p50_us: f64,
     pub fault_p99_us: f64,

@@ -27,6 +27,8 @@ pub(crate) enum FragState {
     Live,
     /// On a server lost for the region: neither read nor written.
     Lost,
+    /// A replacement being filled by re-protection: written, not yet read.
+    Rebuilding,
 }
 
 /// One slab of a stripe: fragment `i` of every page of the chunk.
@@ -40,6 +42,11 @@ pub(crate) struct Frag {
 impl Frag {
     pub fn is_live(&self) -> bool {
         self.state == FragState::Live
+    }
+
+    /// Write-backs reach live fragments and replacements being rebuilt.
+    pub fn is_written(&self) -> bool {
+        self.state != FragState::Lost
     }
 }
 
@@ -55,6 +62,8 @@ pub(crate) struct StripeTable {
     failures: Vec<AtomicU32>,
     /// Servers lost for this region and why, in the order they were lost.
     lost: Mutex<Vec<(usize, String)>>,
+    /// When the region last went from full redundancy to less.
+    pub degraded_since: Mutex<Option<std::time::Instant>>,
 }
 
 impl StripeTable {
@@ -64,7 +73,44 @@ impl StripeTable {
             stripes: RwLock::new(stripes),
             failures: (0..servers).map(|_| AtomicU32::new(0)).collect(),
             lost: Mutex::new(Vec::new()),
+            degraded_since: Mutex::new(None),
         }
+    }
+
+    /// Fragments lost and not yet replaced: (chunk, fragment index).
+    pub fn lost_fragments(&self) -> Vec<(usize, usize)> {
+        let stripes = self.stripes.read();
+        let mut out = Vec::new();
+        for (c, s) in stripes.iter().enumerate() {
+            out.extend(s.iter().enumerate().filter(|(_, f)| f.state == FragState::Lost).map(|(i, _)| (c, i)));
+        }
+        out
+    }
+
+    /// Puts `replacement` in place of fragment `frag` of `chunk` if it is still lost.
+    pub fn replace_lost(&self, chunk: usize, frag: usize, replacement: Frag) -> bool {
+        let mut stripes = self.stripes.write();
+        let f = &mut stripes[chunk][frag];
+        if f.state != FragState::Lost {
+            return false;
+        }
+        *f = replacement;
+        true
+    }
+
+    /// Sets the state of fragment `frag` of `chunk` if it is `from`.
+    pub fn transition(&self, chunk: usize, frag: usize, from: FragState, to: FragState) -> bool {
+        let mut stripes = self.stripes.write();
+        let f = &mut stripes[chunk][frag];
+        if f.state != from {
+            return false;
+        }
+        f.state = to;
+        true
+    }
+
+    pub fn is_lost(&self, server: usize) -> bool {
+        self.lost.lock().iter().any(|(s, _)| *s == server)
     }
 
     pub fn with<R>(&self, chunk: usize, f: impl FnOnce(&Stripe) -> R) -> R {
@@ -92,6 +138,7 @@ impl StripeTable {
             return false;
         }
         lost.push((server, why.to_string()));
+        self.degraded_since.lock().get_or_insert_with(std::time::Instant::now);
         for stripe in self.stripes.write().iter_mut() {
             for f in stripe.iter_mut().filter(|f| f.server == server) {
                 f.state = FragState::Lost;
@@ -319,7 +366,7 @@ impl Links {
         for (j, (p, _)) in pages.iter().enumerate() {
             let at = (p % layout.chunk_pages) as u32;
             layout.stripes.with(p / layout.chunk_pages, |stripe| {
-                for (i, f) in stripe.iter().enumerate().filter(|(_, f)| f.is_live()) {
+                for (i, f) in stripe.iter().enumerate().filter(|(_, f)| f.is_written()) {
                     groups[f.server]
                         .push((PageRef { slab: f.slab, page: at }, &frags[(j * width + i) * unit..][..unit]));
                 }
@@ -446,18 +493,23 @@ impl Links {
     }
 
     fn lose(&mut self, layout: &RemoteLayout, server: usize, why: &str) {
-        if layout.stripes.mark_lost(server, why) {
-            let scheme = layout.redundancy();
-            let lost = layout.stripes.lost_servers().len();
-            tracing::error!(
-                "memory server {} is lost for this region ({why}): its fragments are no longer read or written; \
-                 {lost} server(s) lost, {scheme} tolerates {}",
-                layout.server_addr(server),
-                scheme.tolerated_losses()
-            );
-        }
+        lose(layout, server, why);
         self.drop_conn(server, false);
         self.drop_conn(server, true);
+    }
+}
+
+/// Loses `server` for the region (once), logging why.
+pub(crate) fn lose(layout: &RemoteLayout, server: usize, why: &str) {
+    if layout.stripes.mark_lost(server, why) {
+        let scheme = layout.redundancy();
+        let lost = layout.stripes.lost_servers().len();
+        tracing::error!(
+            "memory server {} is lost for this region ({why}): its fragments are no longer read or written; \
+             {lost} server(s) lost, {scheme} tolerates {} at a time",
+            layout.server_addr(server),
+            scheme.tolerated_losses()
+        );
     }
 }
 
