@@ -48,9 +48,13 @@ pub struct BenchArgs {
     /// instead of starting memory servers on loopback.
     #[arg(long, value_name = "URL", env = "KRAK_CONTROLLER")]
     controller: Option<String>,
-    /// Memory servers of the embedded rack.
+    /// Memory servers of the embedded rack (at least one per fragment of --redundancy,
+    /// plus a spare).
     #[arg(long, value_name = "N", default_value_t = 3)]
     servers: usize,
+    /// Redundancy of the krak regions: none, replicate:N or ec:K+M (embedded rack only).
+    #[arg(long, value_name = "SCHEME", default_value = "none")]
+    redundancy: krak_pager::Redundancy,
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -118,17 +122,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<_>>()?;
     }
+    if args.controller.is_some() && !args.redundancy.is_none() {
+        anyhow::bail!("--redundancy is not built yet for a rack controller's regions; run without --controller");
+    }
     eprintln!(
-        "krak bench: {} region, {} ms per run, {} runs, krak faults served by {}",
+        "krak bench: {} region, {} ms per run, {} runs, krak faults served by {}, redundancy {}",
         ByteSize(plan.region_bytes),
         plan.duration_ms,
         plan.run_count(),
-        args.fault_mode.name()
+        args.fault_mode.name(),
+        args.redundancy
     );
     let rack = if plan.backends.contains(&BenchBackend::Krak) && args.controller.is_none() {
         let slab = ByteSize(16 << 20);
         let capacity = ByteSize(plan.region_bytes.div_ceil(slab.0) * slab.0);
-        Some(LocalRack::start(args.servers, capacity, slab, false)?)
+        let servers = pager_opts::servers_for(args.redundancy, args.servers);
+        Some(LocalRack::start(servers, capacity, slab, false)?)
     } else {
         None
     };
@@ -140,7 +149,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }),
         (None, Some(r)) => Some(KrakTarget {
             servers: r.addrs().iter().map(|a| a.to_string()).collect(),
-            options: vec![format!("fault_mode={}", args.fault_mode.name())],
+            options: vec![format!("fault_mode={}", args.fault_mode.name()), format!("redundancy={}", args.redundancy)],
             controller: None,
         }),
         (None, None) => None,
