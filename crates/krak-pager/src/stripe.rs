@@ -320,14 +320,30 @@ impl Links {
         }
         let coder = self.coder.get_or_insert_with(|| Coder::new(scheme));
         let mut failed = None;
+        // Pages that need decoding, grouped by which fragments they have: one decode each.
+        let mut batches: std::collections::HashMap<Vec<bool>, Vec<usize>> = Default::default();
         for (pos, &page) in read.pages.iter().enumerate() {
             let got = &read.got[pos * width..(pos + 1) * width];
-            let frags: Vec<Option<&[u8]>> = (0..width)
-                .map(|i| (got[i] == Got::Ok).then(|| &read.buf[(pos * width + i) * unit..][..unit]))
-                .collect();
-            if let Err(why) = coder.decode(&frags, &mut out[pos * PAGE_SIZE..(pos + 1) * PAGE_SIZE]) {
-                failed.get_or_insert((page, why));
+            let ok = got.iter().filter(|g| **g == Got::Ok).count();
+            let dst = &mut out[pos * PAGE_SIZE..(pos + 1) * PAGE_SIZE];
+            let frag = |i: usize| &read.buf[(pos * width + i) * unit..][..unit];
+            if ok < needed {
+                failed.get_or_insert((page, format!("{ok} of the {needed} fragments needed")));
                 continue;
+            }
+            match scheme {
+                Redundancy::Ec { k, .. } if got[..k].iter().all(|g| *g == Got::Ok) => {
+                    for (i, d) in dst.chunks_exact_mut(unit).enumerate() {
+                        d.copy_from_slice(frag(i));
+                    }
+                }
+                Redundancy::Ec { .. } => {
+                    batches.entry(got.iter().map(|g| *g == Got::Ok).collect()).or_default().push(pos);
+                }
+                _ => {
+                    let i = (0..width).find(|i| got[*i] == Got::Ok).expect("ok >= needed >= 1");
+                    dst.copy_from_slice(frag(i));
+                }
             }
             if got[..needed].iter().any(|g| *g != Got::Ok) {
                 self.found.degraded_pages += 1;
@@ -336,6 +352,28 @@ impl Links {
             if bad > 0 {
                 self.found.corrupt_fragments += bad as u64;
                 self.found.corrupt_pages.push(page);
+            }
+        }
+        for (have, positions) in batches {
+            let shards: Vec<Vec<u8>> = (0..width)
+                .map(|i| match have[i] {
+                    true => {
+                        positions.iter().flat_map(|p| &read.buf[(p * width + i) * unit..][..unit]).copied().collect()
+                    }
+                    false => Vec::new(),
+                })
+                .collect();
+            match coder.decode_batch(&shards, positions.len()) {
+                Ok(data) => {
+                    for (j, pos) in positions.iter().enumerate() {
+                        for (i, d) in out[pos * PAGE_SIZE..(pos + 1) * PAGE_SIZE].chunks_exact_mut(unit).enumerate() {
+                            d.copy_from_slice(&data[i][j * unit..(j + 1) * unit]);
+                        }
+                    }
+                }
+                Err(why) => {
+                    failed.get_or_insert((read.pages[positions[0]], why));
+                }
             }
         }
         match failed {
