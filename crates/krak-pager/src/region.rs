@@ -148,6 +148,15 @@ impl FarMemory {
                 config.redundancy
             )));
         }
+        if !config.redundancy.is_none() {
+            let distinct: std::collections::HashSet<&SocketAddr> = config.servers.iter().collect();
+            if distinct.len() != config.servers.len() {
+                return Err(PagerError::Config(format!(
+                    "redundancy {} keeps each fragment on a different server; a server is listed twice",
+                    config.redundancy
+                )));
+            }
+        }
         let region_pages = config.region_bytes.div_ceil(PAGE_SIZE as u64) as usize;
         if region_pages > u32::MAX as usize {
             return Err(PagerError::Config(format!("a region holds at most {} pages", u32::MAX)));

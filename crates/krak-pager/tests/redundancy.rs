@@ -253,6 +253,16 @@ fn too_few_servers_for_the_scheme_is_a_clear_error() {
     })
     .unwrap_err();
     assert!(err.to_string().contains("6 distinct memory servers; 3 given"), "{err}");
+    let twice: Vec<_> = servers.iter().flatten().map(|s| s.addr()).cycle().take(6).collect();
+    let err = FarMemory::new(PagerConfig {
+        region_bytes: REGION_BYTES,
+        local_budget_bytes: BUDGET_BYTES,
+        servers: twice,
+        redundancy: Redundancy::Ec { k: 4, m: 2 },
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("listed twice"), "{err}");
     // Nothing stays allocated.
     assert!(servers.iter().flatten().all(|s| s.stats().slabs == 0));
 }

@@ -162,6 +162,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     plan.measure_limits = false;
     let before = if measure_limits { Some(measure_limits_now()) } else { None };
     let mut report = krak_bench::plan::run_bench(&plan, &exe, target.as_ref(), |line| eprintln!("{line}"))?;
+    report.krak_options = target.as_ref().map(|t| t.options.clone()).unwrap_or_default();
     drop(rack);
     if let Some(before) = before {
         let after = measure_limits_now();
