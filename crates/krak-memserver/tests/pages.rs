@@ -95,7 +95,7 @@ fn fragment_slabs_store_small_units_and_refuse_the_wrong_size() {
     let mut c = connect(server.addr(), 9);
     let slab = c.alloc_slab_units(1024).unwrap();
     assert_eq!(c.stats().unwrap().lent_bytes, SLAB_BYTES / 4, "256 units of 1 KiB");
-    let units: Vec<Vec<u8>> = (0..256u32).map(|i| (0..1024).map(|b| (b as u32 ^ i * 7) as u8).collect()).collect();
+    let units: Vec<Vec<u8>> = (0..256u32).map(|i| (0..1024).map(|b| (b as u32 ^ (i * 7)) as u8).collect()).collect();
     let at = refs(slab, 0, 256);
     let batch: Vec<(PageRef, &[u8])> = at.iter().copied().zip(units.iter().map(|u| u.as_slice())).collect();
     c.write_pages(&batch).unwrap();
