@@ -88,6 +88,10 @@ pub struct PagerConfig {
     /// How the region survives lost memory servers: `none` (default), `replicate:N` or
     /// `ec:K+M`; needs at least `width()` servers. Not yet with `controller`.
     pub redundancy: Redundancy,
+    /// Failure domain of each of `servers` (same order; e.g. `rack1/host3`), or empty when
+    /// unknown. A redundant region puts the fragments of a chunk in distinct domains where
+    /// it can (and on distinct servers always).
+    pub server_domains: Vec<String>,
 }
 
 impl Default for PagerConfig {
@@ -109,6 +113,7 @@ impl Default for PagerConfig {
             spin_us: DEFAULT_SPIN_US,
             fault_mode: FaultMode::default(),
             redundancy: Redundancy::None,
+            server_domains: Vec::new(),
         }
     }
 }
@@ -148,6 +153,13 @@ impl FarMemory {
                 config.redundancy
             )));
         }
+        if !config.server_domains.is_empty() && config.server_domains.len() != config.servers.len() {
+            return Err(PagerError::Config(format!(
+                "{} server domains given for {} servers (one per server, or none)",
+                config.server_domains.len(),
+                config.servers.len()
+            )));
+        }
         if !config.redundancy.is_none() {
             let distinct: std::collections::HashSet<&SocketAddr> = config.servers.iter().collect();
             if distinct.len() != config.servers.len() {
@@ -177,8 +189,13 @@ impl FarMemory {
                 (layout, admin, Some(Arc::new(link)))
             }
             None => {
-                let (layout, admin) =
-                    RemoteLayout::allocate(&config.servers, region_pages, connect, config.redundancy)?;
+                let (layout, admin) = RemoteLayout::allocate(
+                    &config.servers,
+                    &config.server_domains,
+                    region_pages,
+                    connect,
+                    config.redundancy,
+                )?;
                 (layout, admin.into_iter().map(Some).collect(), None)
             }
         };

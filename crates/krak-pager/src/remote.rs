@@ -46,6 +46,7 @@ impl RemoteLayout {
     /// `width` slabs per chunk on distinct servers.
     pub fn allocate(
         servers: &[SocketAddr],
+        domains: &[String],
         region_pages: usize,
         connect: ConnectOptions,
         redundancy: Redundancy,
@@ -57,13 +58,13 @@ impl RemoteLayout {
         let chunk_pages = admin.iter().map(|c| c.slab_pages() as usize).min().ok_or(PagerError::NoServers)?;
         let n_chunks = region_pages.div_ceil(chunk_pages);
         if !redundancy.is_none() {
-            let stripes = crate::stripe::allocate(&mut admin, n_chunks, chunk_pages, redundancy)?;
+            let stripes = crate::stripe::allocate(&mut admin, domains, n_chunks, chunk_pages, redundancy)?;
             let chunks = stripes.iter().map(|s| ChunkHome { server: s[0].server, slab: s[0].slab, moving_to: None });
             let layout = RemoteLayout {
                 connect,
                 chunk_pages,
                 chunks: RwLock::new(chunks.collect()),
-                stripes: StripeTable::new(redundancy, stripes, servers.len()),
+                stripes: StripeTable::new(redundancy, stripes, servers.len()).with_domains(domains),
                 servers: RwLock::new(servers.to_vec()),
             };
             return Ok((layout, admin));

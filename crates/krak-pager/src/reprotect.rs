@@ -161,7 +161,8 @@ fn rebuild_fragment(shared: &Shared, chunk: usize, frag: usize) -> Result<(), Re
     let mut candidates: Vec<usize> = (0..layout.server_count())
         .filter(|s| !layout.stripes.is_lost(*s) && !stripe.iter().any(|f| f.server == *s))
         .collect();
-    candidates.sort_by_key(|s| load[*s]);
+    // A domain the stripe's other fragments do not use first, then the least loaded.
+    candidates.sort_by_key(|s| (layout.stripes.same_domain(&stripe, *s, Some(frag)), load[*s]));
     if candidates.is_empty() {
         return Err(Rebuild::NoSpare(format!(
             "no surviving server outside a chunk's stripe to hold a replacement ({} servers given, {} lost, {} \

@@ -64,6 +64,8 @@ pub(crate) struct StripeTable {
     lost: Mutex<Vec<(usize, String)>>,
     /// When the region last went from full redundancy to less.
     pub degraded_since: Mutex<Option<std::time::Instant>>,
+    /// Failure domain of each server, when declared (empty: none known).
+    domains: Vec<String>,
 }
 
 impl StripeTable {
@@ -74,7 +76,19 @@ impl StripeTable {
             failures: (0..servers).map(|_| AtomicU32::new(0)).collect(),
             lost: Mutex::new(Vec::new()),
             degraded_since: Mutex::new(None),
+            domains: Vec::new(),
         }
+    }
+
+    pub fn with_domains(mut self, domains: &[String]) -> StripeTable {
+        self.domains = domains.to_vec();
+        self
+    }
+
+    /// Whether `server` shares a declared failure domain with a fragment of `stripe`
+    /// (other than the one at `except`).
+    pub fn same_domain(&self, stripe: &Stripe, server: usize, except: Option<usize>) -> bool {
+        shares_domain(&self.domains, stripe, server, except)
     }
 
     /// Fragments lost and not yet replaced: (chunk, fragment index).
@@ -165,6 +179,7 @@ impl StripeTable {
 /// all of them on failure.
 pub(crate) fn allocate(
     admin: &mut [Connection],
+    domains: &[String],
     n_chunks: usize,
     chunk_pages: usize,
     scheme: Redundancy,
@@ -179,7 +194,7 @@ pub(crate) fn allocate(
     for c in 0..n_chunks {
         let mut stripe: Stripe = Vec::with_capacity(width);
         while stripe.len() < width {
-            match allocate_fragment(admin, &stripe, (c + stripe.len()) % n, unit as u32) {
+            match allocate_fragment(admin, domains, &stripe, (c + stripe.len()) % n, unit as u32) {
                 Ok(f) => stripe.push(f),
                 Err(e) => {
                     stripes.push(stripe);
@@ -205,30 +220,41 @@ pub(crate) fn allocate(
 }
 
 /// A slab for the next fragment of `stripe`: on `preferred`, else the next server with room
-/// not already in the stripe.
+/// not already in the stripe; servers of a failure domain the stripe does not use yet first.
 fn allocate_fragment(
     admin: &mut [Connection],
+    domains: &[String],
     stripe: &Stripe,
     preferred: usize,
     unit_bytes: u32,
 ) -> Result<Frag, ClientError> {
     let n = admin.len();
     let mut last = None;
-    for k in 0..n {
-        let server = (preferred + k) % n;
-        if stripe.iter().any(|f| f.server == server) {
-            continue;
-        }
-        match admin[server].alloc_slab_units(unit_bytes) {
-            Ok(slab) => return Ok(Frag { server, slab, state: FragState::Live }),
-            Err(e) if e.is_no_capacity() => last = Some(e),
-            Err(e) => return Err(e),
+    for new_domain_only in [true, false] {
+        for k in 0..n {
+            let server = (preferred + k) % n;
+            if stripe.iter().any(|f| f.server == server)
+                || (new_domain_only && shares_domain(domains, stripe, server, None))
+            {
+                continue;
+            }
+            match admin[server].alloc_slab_units(unit_bytes) {
+                Ok(slab) => return Ok(Frag { server, slab, state: FragState::Live }),
+                Err(e) if e.is_no_capacity() => last = Some(e),
+                Err(e) => return Err(e),
+            }
         }
     }
     Err(last.unwrap_or_else(|| ClientError::Protocol {
         addr: admin[0].addr(),
         detail: "no server left for a fragment".into(),
     }))
+}
+
+/// Whether `server`'s declared domain is that of a fragment of `stripe` (but `except`).
+fn shares_domain(domains: &[String], stripe: &Stripe, server: usize, except: Option<usize>) -> bool {
+    let Some(d) = domains.get(server).filter(|d| !d.is_empty()) else { return false };
+    stripe.iter().enumerate().any(|(i, f)| Some(i) != except && domains.get(f.server) == Some(d))
 }
 
 /// What a thread's redundant reads found since the caller last looked.

@@ -404,3 +404,32 @@ fn child_replicate_both_lost() {
         child_body("replicate:2", FaultMode::Sigbus, &[0, 1], 2 * 256 + 3, 7);
     }
 }
+
+#[test]
+fn replicas_go_to_distinct_failure_domains_when_servers_declare_them() {
+    // Two servers per domain. In server order, chunk c's copies would land on servers c and
+    // c + 1, both in domain "a" for chunk 0; with the domains known they never share one,
+    // so losing a whole domain loses no page.
+    let mut servers: Vec<Option<ServerHandle>> = servers(8, 64 << 20).into_iter().map(Some).collect();
+    let domains: Vec<String> = ["a", "a", "b", "b", "c", "c", "d", "d"].iter().map(|d| format!("rack1/{d}")).collect();
+    let region = FarMemory::new(PagerConfig {
+        region_bytes: REGION_BYTES,
+        local_budget_bytes: BUDGET_BYTES,
+        servers: servers.iter().flatten().map(|s| s.addr()).collect(),
+        server_domains: domains,
+        redundancy: Redundancy::Replicate { n: 2 },
+        ..Default::default()
+    })
+    .expect("region");
+    let pages = region.len() / PAGE_SIZE;
+    let oracle = Oracle::new(pages);
+    fill_all(&region, &oracle);
+    wait_written_back(&region, (pages - pages / 4) as u64);
+    for k in [0, 1] {
+        servers[k].take().unwrap().shutdown().unwrap();
+    }
+    let bad = verify_every_page(&region, &oracle);
+    assert!(bad.is_empty(), "{} pages lost with one domain", bad.len());
+    let stats = region.stats();
+    assert_eq!((stats.failed_faults, stats.lost_servers), (0, 2), "{stats:?}");
+}
