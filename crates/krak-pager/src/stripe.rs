@@ -292,6 +292,8 @@ struct FragRequest {
 #[derive(Debug)]
 pub(crate) struct StripeRead {
     pages: Vec<usize>,
+    /// Ask every live fragment, not just as many as a read needs (to check them all).
+    every_fragment: bool,
     /// Fragment `i` of the page at position `pos` lands at `(pos × width + i) × unit`.
     buf: Vec<u8>,
     got: Vec<Got>,
@@ -300,9 +302,21 @@ pub(crate) struct StripeRead {
 
 impl Links {
     pub(crate) fn start_stripe_read(&mut self, layout: &RemoteLayout, pages: &[usize]) -> StripeRead {
+        self.start_stripe_read_with(layout, pages, false)
+    }
+
+    /// A read of `pages` that asks every live fragment of each (a scrub): every fragment's
+    /// CRC is checked, and corrupt ones are reported in `found` like any read's.
+    pub(crate) fn start_stripe_read_with(
+        &mut self,
+        layout: &RemoteLayout,
+        pages: &[usize],
+        every_fragment: bool,
+    ) -> StripeRead {
         let scheme = layout.redundancy();
         let (width, unit) = (scheme.width(), scheme.unit_bytes());
         let mut read = StripeRead {
+            every_fragment,
             pages: pages.to_vec(),
             buf: vec![0; pages.len() * width * unit],
             got: vec![Got::No; pages.len() * width],
@@ -593,7 +607,8 @@ fn choose(layout: &RemoteLayout, read: &mut StripeRead, pos: usize, wants: &mut 
     let width = scheme.width();
     let page = read.pages[pos];
     let got = &mut read.got[pos * width..(pos + 1) * width];
-    let mut missing = scheme.needed().saturating_sub(got.iter().filter(|g| matches!(g, Got::Ok | Got::Asked)).count());
+    let wanted = if read.every_fragment { width } else { scheme.needed() };
+    let mut missing = wanted.saturating_sub(got.iter().filter(|g| matches!(g, Got::Ok | Got::Asked)).count());
     let at = (page % layout.chunk_pages) as u32;
     layout.stripes.with(page / layout.chunk_pages, |stripe| {
         for (i, f) in stripe.iter().enumerate() {

@@ -94,12 +94,12 @@ pub(crate) fn run(shared: Arc<Shared>) {
     }
 }
 
-/// Re-reads pages a fault found a corrupt fragment of (rebuilding them from the others) and
-/// rewrites every fragment of those still corrupt.
+/// Re-reads pages a read found a corrupt fragment of (every fragment, rebuilding the page
+/// from the good ones) and rewrites every fragment of those still corrupt.
 fn repair(shared: &Shared, links: &mut Links, pages: &[usize]) {
     let layout = &shared.layout;
     let mut buf = vec![0u8; pages.len() * PAGE_SIZE];
-    let started = links.start_read(layout, 0, pages);
+    let started = crate::remote::Started::Stripe(Box::new(links.start_stripe_read_with(layout, pages, true)));
     let read = links.finish_read(layout, 0, started, pages, &mut buf);
     let found = std::mem::take(&mut links.found);
     if let Err(e) = read {
