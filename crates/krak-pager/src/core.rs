@@ -67,8 +67,13 @@ pub(crate) struct Core {
     pub wb_queue: VecDeque<(usize, Arc<[u8]>)>,
     /// Pages queued or being written: bounded by `writeback_buffer_pages`.
     pub wb_pending: usize,
-    /// Set while write-back keeps failing; faults that need space then fail instead of waiting.
+    /// Set while write-back keeps failing; faults that need space then fail instead of waiting
+    /// once the buffer is full.
     pub failure: Option<String>,
+    /// Pages whose write-back failed, waiting out a pause before they are tried again (first
+    /// in line); they count in `wb_pending` and stay STAGED meanwhile.
+    pub wb_parked: Vec<(usize, Arc<[u8]>)>,
+    pub wb_parked_since: Option<std::time::Instant>,
     /// Pages whose faults (handler-thread mode) wait for an EVICTING page to be dropped.
     pub evict_waiters: Vec<usize>,
     /// Chunk moves waiting for (or being run by) the write-back thread, oldest first.
@@ -157,7 +162,13 @@ impl Shared {
         while core.resident + n > core.budget_pages {
             let needed = core.resident + n - core.budget_pages;
             if self.evict_batch(core, needed)? == 0 {
-                if let Some(why) = &core.failure {
+                // Failing write-backs fail the fault only once the buffer is full and nothing
+                // in it waits but pages that failed (parked): some pages of a redundant
+                // region may fail for good while the rest still land.
+                let stuck = core.wb_pending >= self.limits.writeback_buffer_pages
+                    && core.wb_queue.is_empty()
+                    && !core.wb_parked.is_empty();
+                if let Some(why) = core.failure.as_ref().filter(|_| stuck) {
                     return Err(PagerError::WritebackFailed(why.clone()));
                 }
                 // The write-back buffer is full, or everything resident is being fetched by

@@ -62,6 +62,8 @@ pub enum PagerError {
     Move(String),
     #[error("page {page} of the region cannot be read: {detail}")]
     Unrecoverable { page: usize, detail: String },
+    #[error("{} pages could not be written to enough fragments: {detail}", pages.len())]
+    Unwritable { pages: Vec<usize>, detail: String },
     #[error("erasure coding: {0}")]
     Coding(String),
     #[error("starting a pager thread: {0}")]

@@ -215,6 +215,8 @@ impl FarMemory {
             wb_queue: VecDeque::new(),
             wb_pending: 0,
             failure: None,
+            wb_parked: Vec::new(),
+            wb_parked_since: None,
             evict_waiters: Vec::new(),
             moves: VecDeque::new(),
             moves_finished: HashMap::new(),

@@ -456,19 +456,20 @@ impl Links {
                 Err(e) => self.lose(layout, server, &format!("write-back failed: {e}")),
             }
         }
+        let mut short = Vec::new();
+        let mut fewest = usize::MAX;
         for (p, _) in pages {
             let live = layout.stripes.with(p / layout.chunk_pages, |s| s.iter().filter(|f| f.is_live()).count());
             if live < scheme.needed() {
-                return Err(PagerError::Unrecoverable {
-                    page: *p,
-                    detail: format!(
-                        "only {live} of its fragments could be written, {scheme} needs {}",
-                        scheme.needed()
-                    ),
-                });
+                short.push(*p);
+                fewest = fewest.min(live);
             }
         }
-        Ok(())
+        if short.is_empty() {
+            return Ok(());
+        }
+        let detail = format!("as few as {fewest} live fragments of a page left, {scheme} needs {}", scheme.needed());
+        Err(PagerError::Unwritable { pages: short, detail })
     }
 
     /// Sends the units `wants` names, one request per server and batch, on the main

@@ -429,3 +429,42 @@ fn replicas_go_to_distinct_failure_domains_when_servers_declare_them() {
     let stats = region.stats();
     assert_eq!((stats.failed_faults, stats.lost_servers), (0, 2), "{stats:?}");
 }
+
+#[test]
+fn write_back_beyond_tolerance_keeps_only_the_lost_chunks_pages_buffered() {
+    // replicate:2 over 6 servers: chunk c on servers c % 6 and (c + 1) % 6. Killing 0 and 1
+    // puts chunks 0 and 6 beyond tolerance while every other chunk keeps a copy. Chunk 0's
+    // dirty pages cannot be written back; the pages of other chunks sharing their
+    // write-back batches must still land, or they would fill the write-back buffer and
+    // fail every fault.
+    let mut servers = six_servers();
+    let region = redundant_region(&servers, "replicate:2", FaultMode::Threads);
+    let pages = region.len() / PAGE_SIZE;
+    let chunk_pages = SLAB_BYTES as usize / PAGE_SIZE;
+    let oracle = Oracle::new(pages);
+    fill_all(&region, &oracle);
+    wait_written_back(&region, (pages - pages / 4) as u64);
+    // Chunk 0 resident and dirty (the budget is one chunk), then its servers go.
+    for p in 0..chunk_pages - 16 {
+        fill_page(&region, p, 2);
+        oracle.0[p].store(2, Ordering::Relaxed);
+    }
+    for k in [0, 1] {
+        servers[k].take().unwrap().shutdown().unwrap();
+    }
+    // Rewrite every page of the healthy chunks (more than the write-back buffer holds):
+    // chunk 0's pages are evicted among them.
+    let healthy: Vec<usize> = (chunk_pages..pages).filter(|p| !(p / chunk_pages).is_multiple_of(6)).collect();
+    for round in 3..5 {
+        for &p in &healthy {
+            fill_page(&region, p, round);
+            oracle.0[p].store(round, Ordering::Relaxed);
+        }
+    }
+    let bad: Vec<usize> =
+        healthy.iter().copied().filter(|p| !page_is(&region, *p, oracle.0[*p].load(Ordering::Relaxed))).collect();
+    assert!(bad.is_empty(), "{} pages of healthy chunks wrong", bad.len());
+    let stats = region.stats();
+    assert_eq!(stats.failed_faults, 0, "{stats:?}");
+    assert!(stats.lost_servers >= 2, "{stats:?}");
+}
