@@ -20,8 +20,9 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(entries.iter().count(), entries.len());
                 }
                 Request::WritePages(entries) => {
+                    assert!(krak_proto::valid_unit_bytes(entries.unit_bytes()));
                     for e in entries.iter() {
-                        assert_eq!(e.data.len(), krak_proto::PAGE_SIZE);
+                        assert_eq!(e.data.len(), entries.unit_bytes() as usize);
                         let _ = krak_proto::page_crc(e.data) == e.crc;
                     }
                 }
@@ -31,8 +32,9 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(response) = decode_response(&h, body) {
             match response {
                 Response::Pages(pages) => {
+                    assert!(krak_proto::valid_unit_bytes(pages.unit_bytes()));
                     for p in pages.iter() {
-                        assert_eq!(p.data.len(), krak_proto::PAGE_SIZE);
+                        assert_eq!(p.data.len(), pages.unit_bytes() as usize);
                     }
                 }
                 Response::Error { message, .. } => assert!(message.len() <= krak_proto::MAX_ERROR_MESSAGE_BYTES),

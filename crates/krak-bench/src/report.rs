@@ -141,6 +141,10 @@ pub struct BenchReport {
     /// Runs that failed.
     #[serde(default)]
     pub failures: Vec<Failure>,
+    /// Pager options of the krak runs (`key=value`, e.g. `fault_mode=sigbus`,
+    /// `redundancy=ec:4+2`).
+    #[serde(default)]
+    pub krak_options: Vec<String>,
 }
 
 const HEADERS: [&str; 9] =

@@ -170,9 +170,16 @@ impl Connection {
         self.in_flight.len()
     }
 
+    /// Allocates a slab of whole pages.
     pub fn alloc_slab(&mut self) -> Result<SlabId, ClientError> {
+        self.alloc_slab_units(PAGE_SIZE as u32)
+    }
+
+    /// Allocates a slab of [`Connection::slab_pages`] units of `unit_bytes` each (a page's
+    /// fragment, for erasure-coded regions): it costs the server that many units' bytes.
+    pub fn alloc_slab_units(&mut self, unit_bytes: u32) -> Result<SlabId, ClientError> {
         let addr = self.addr;
-        let id = self.send_with(Op::AllocSlab, encode_alloc_slab)?;
+        let id = self.send_with(Op::AllocSlab, |buf, id| encode_alloc_slab(buf, id, unit_bytes))?;
         match self.recv(id)? {
             Response::SlabAllocated { slab } => Ok(slab),
             other => Err(unexpected(addr, Op::AllocSlab, &other)),
@@ -197,45 +204,94 @@ impl Connection {
         }
     }
 
-    /// Reads `pages` into `out` (one `PAGE_SIZE` chunk per page, in order), checking CRCs.
+    /// Reads `pages` into `out` (one unit per page, in order, units of `out.len() /
+    /// pages.len()` bytes), checking CRCs.
     pub fn read_pages(&mut self, pages: &[PageRef], out: &mut [u8]) -> Result<(), ClientError> {
-        let id = self.send_read_pages(pages)?;
+        let unit_bytes = if pages.is_empty() { PAGE_SIZE } else { out.len() / pages.len() };
+        let id = self.send_read_units(unit_bytes as u32, pages)?;
         self.recv_pages(id, pages, out)
     }
 
-    /// Writes a batch of pages; returns once the server has stored all of them.
+    /// Writes a batch of units (all of one size); returns once the server has stored all of them.
     pub fn write_pages(&mut self, pages: &[(PageRef, &[u8])]) -> Result<(), ClientError> {
         let id = self.send_write_pages(pages)?;
         self.recv_written(id)
     }
 
-    /// Queues a read of up to `MAX_BATCH_PAGES` pages; answer with [`Connection::recv_pages`].
+    /// Queues a read of up to `MAX_BATCH_PAGES` whole pages; answer with [`Connection::recv_pages`].
     pub fn send_read_pages(&mut self, pages: &[PageRef]) -> Result<u64, ClientError> {
-        assert!(pages.len() <= MAX_BATCH_PAGES, "caller must split batches");
-        self.send_with(Op::ReadPages, |buf, id| encode_read_pages(buf, id, pages))
+        self.send_read_units(PAGE_SIZE as u32, pages)
     }
 
-    /// Queues a write of up to `MAX_BATCH_PAGES` pages; answer with [`Connection::recv_written`].
+    /// Queues a read of up to `MAX_BATCH_PAGES` units of `unit_bytes` (the size of every slab
+    /// named); answer with [`Connection::recv_pages`].
+    pub fn send_read_units(&mut self, unit_bytes: u32, pages: &[PageRef]) -> Result<u64, ClientError> {
+        assert!(pages.len() <= MAX_BATCH_PAGES, "caller must split batches");
+        self.send_with(Op::ReadPages, |buf, id| encode_read_pages(buf, id, unit_bytes, pages))
+    }
+
+    /// Queues a write of up to `MAX_BATCH_PAGES` units, all of one size (that of the slabs
+    /// named); answer with [`Connection::recv_written`].
     pub fn send_write_pages(&mut self, pages: &[(PageRef, &[u8])]) -> Result<u64, ClientError> {
         assert!(pages.len() <= MAX_BATCH_PAGES, "caller must split batches");
-        self.send_with(Op::WritePages, |buf, id| encode_write_pages(buf, id, pages.iter().copied()))
+        let unit_bytes = pages.first().map_or(PAGE_SIZE, |(_, d)| d.len()) as u32;
+        self.send_with(Op::WritePages, |buf, id| encode_write_pages(buf, id, unit_bytes, pages.iter().copied()))
     }
 
-    /// Receives the answer to a read sent with [`Connection::send_read_pages`].
+    /// Receives the answer to a read sent with [`Connection::send_read_units`] (or
+    /// `send_read_pages`): one unit per requested page into `out`, checking each CRC.
     pub fn recv_pages(&mut self, id: u64, pages: &[PageRef], out: &mut [u8]) -> Result<(), ClientError> {
-        assert_eq!(out.len(), pages.len() * PAGE_SIZE, "one output page per requested page");
+        let unit = if pages.is_empty() { PAGE_SIZE } else { out.len() / pages.len() };
+        assert_eq!(out.len(), pages.len() * unit, "one output unit per requested page");
         let addr = self.addr;
         match self.recv(id)? {
             Response::Pages(entries) => {
-                if entries.len() != pages.len() {
-                    let detail = format!("asked for {} pages, got {}", pages.len(), entries.len());
+                if entries.len() != pages.len() || (!pages.is_empty() && entries.unit_bytes() as usize != unit) {
+                    let detail = format!(
+                        "asked for {} units of {unit} bytes, got {} of {}",
+                        pages.len(),
+                        entries.len(),
+                        entries.unit_bytes()
+                    );
                     return Err(ClientError::Protocol { addr, detail });
                 }
-                for ((entry, at), dst) in entries.iter().zip(pages).zip(out.chunks_exact_mut(PAGE_SIZE)) {
+                for ((entry, at), dst) in entries.iter().zip(pages).zip(out.chunks_exact_mut(unit.max(1))) {
                     if page_crc(entry.data) != entry.crc {
                         return Err(ClientError::Corrupt { addr, slab: at.slab.0, page: at.page });
                     }
                     dst.copy_from_slice(entry.data);
+                }
+                Ok(())
+            }
+            other => Err(unexpected(addr, Op::ReadPages, &other)),
+        }
+    }
+
+    /// Like [`Connection::recv_pages`], but a unit whose CRC fails does not fail the call:
+    /// its position in `pages` is pushed to `corrupt` (its bytes in `out` are not to be
+    /// used), and every other unit is delivered. For callers that can rebuild a unit.
+    pub fn recv_units(
+        &mut self,
+        id: u64,
+        pages: &[PageRef],
+        out: &mut [u8],
+        corrupt: &mut Vec<usize>,
+    ) -> Result<(), ClientError> {
+        let unit = if pages.is_empty() { PAGE_SIZE } else { out.len() / pages.len() };
+        assert_eq!(out.len(), pages.len() * unit, "one output unit per requested page");
+        let addr = self.addr;
+        match self.recv(id)? {
+            Response::Pages(entries) => {
+                if entries.len() != pages.len() || (!pages.is_empty() && entries.unit_bytes() as usize != unit) {
+                    let detail = format!("asked for {} units of {unit} bytes, got {}", pages.len(), entries.len());
+                    return Err(ClientError::Protocol { addr, detail });
+                }
+                for (i, (entry, dst)) in entries.iter().zip(out.chunks_exact_mut(unit.max(1))).enumerate() {
+                    if page_crc(entry.data) != entry.crc {
+                        corrupt.push(i);
+                    } else {
+                        dst.copy_from_slice(entry.data);
+                    }
                 }
                 Ok(())
             }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use krak_auth::MacKey;
 use krak_proto::units::ByteSize;
-use krak_proto::{page_crc, ErrorCode, PageRef, ReadEntries, SlabId, WriteEntries};
+use krak_proto::{page_crc, ErrorCode, PageRef, ReadEntries, SlabId, WriteEntries, PAGE_SIZE};
 use parking_lot::{Mutex, RwLock};
 
 use crate::slab::Slab;
@@ -35,6 +35,8 @@ pub(crate) enum RegistryError {
     TooManyConnections { connections: usize },
     #[error("client limit of {} reached: {} lent to this client", ByteSize(*limit_bytes), ByteSize(*lent_bytes))]
     ClientCapacity { limit_bytes: u64, lent_bytes: u64 },
+    #[error("slab {slab:#x} stores units of {unit_bytes} bytes, the request named {asked}")]
+    WrongUnitSize { slab: u64, unit_bytes: u32, asked: u32 },
 }
 
 impl RegistryError {
@@ -46,6 +48,7 @@ impl RegistryError {
             RegistryError::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
             RegistryError::Map(_) => ErrorCode::Internal,
             RegistryError::TooManyConnections { .. } | RegistryError::ClientCapacity { .. } => ErrorCode::ClientLimit,
+            RegistryError::WrongUnitSize { .. } => ErrorCode::WrongUnitSize,
         }
     }
 }
@@ -55,8 +58,10 @@ struct Lent {
     owner: u64,
     /// The capability tag handed out with the id; every use must present it.
     tag: u64,
-    /// Copy of the slab's page count, readable without locking the slab.
+    /// Copies of the slab's unit count and size, readable without locking the slab.
     pages: u32,
+    unit_bytes: u32,
+    lent_bytes: u64,
     slab: RwLock<Slab>,
 }
 
@@ -160,9 +165,12 @@ impl Registry {
         }
     }
 
-    /// Lends a new slab to `owner`, or refuses at once when capacity is exhausted.
-    pub(crate) fn alloc(&self, owner: u64) -> Result<SlabId, RegistryError> {
-        let size = self.slab_size_bytes;
+    /// Lends a new slab of `unit_bytes` units (one per page of a slab; the caller checked
+    /// the size) to `owner`, or refuses at once when capacity is exhausted. The slab costs
+    /// its units' bytes: a slab of 1 KiB units takes a quarter of a slab of pages.
+    pub(crate) fn alloc(&self, owner: u64, unit_bytes: u32) -> Result<SlabId, RegistryError> {
+        let units = (self.slab_size_bytes / PAGE_SIZE as u64) as u32;
+        let size = units as u64 * unit_bytes as u64;
         {
             // Reserved under the lock; given back below if the server-wide reservation fails.
             let mut clients = self.clients.lock();
@@ -188,12 +196,12 @@ impl Registry {
             return Err(RegistryError::NoCapacity {
                 capacity_bytes: self.capacity_bytes,
                 lent_bytes,
-                slabs: lent_bytes / size,
-                slab_size_bytes: size,
+                slabs: self.slab_count(),
+                slab_size_bytes: self.slab_size_bytes,
             });
         }
         // Mapping (and mlock) happens outside the map lock: it may take a while.
-        let slab = match Slab::map(size as usize, self.mlock) {
+        let slab = match Slab::map(units, unit_bytes as usize, self.mlock) {
             Ok(slab) => slab,
             Err(e) => {
                 self.lent_bytes.fetch_sub(size, Ordering::AcqRel);
@@ -210,7 +218,8 @@ impl Registry {
             }
         };
         let tag = self.tag(owner, id);
-        slabs.insert(id, Lent { owner, tag, pages: slab.pages(), slab: RwLock::new(slab) });
+        let lent_bytes = slab.lent_bytes();
+        slabs.insert(id, Lent { owner, tag, pages: slab.pages(), unit_bytes, lent_bytes, slab: RwLock::new(slab) });
         Ok(SlabId(id, tag))
     }
 
@@ -223,9 +232,10 @@ impl Registry {
                 _ => return Err(RegistryError::UnknownSlab(slab.0)),
             }
         };
-        self.lent_bytes.fetch_sub(self.slab_size_bytes, Ordering::AcqRel);
+        let bytes = removed.as_ref().map_or(0, |l| l.lent_bytes);
+        self.lent_bytes.fetch_sub(bytes, Ordering::AcqRel);
         if let Some(c) = self.clients.lock().get_mut(&owner) {
-            c.lent_bytes = c.lent_bytes.saturating_sub(self.slab_size_bytes);
+            c.lent_bytes = c.lent_bytes.saturating_sub(bytes);
         }
         drop(removed); // munmap outside the map lock
         Ok(())
@@ -235,7 +245,7 @@ impl Registry {
     pub(crate) fn write_pages(&self, owner: u64, entries: WriteEntries<'_>) -> Result<(), RegistryError> {
         let slabs = self.slabs.read();
         for e in entries.iter() {
-            check(&slabs, owner, e.at)?;
+            check(&slabs, owner, e.at, entries.unit_bytes())?;
             if page_crc(e.data) != e.crc {
                 return Err(RegistryError::ChecksumMismatch { slab: e.at.slab.0, page: e.at.page });
             }
@@ -265,7 +275,7 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let slabs = self.slabs.read();
         for at in entries.iter() {
-            check(&slabs, owner, at)?;
+            check(&slabs, owner, at, entries.unit_bytes())?;
         }
         let mut current: Option<(SlabId, parking_lot::RwLockReadGuard<'_, Slab>)> = None;
         for at in entries.iter() {
@@ -310,7 +320,7 @@ impl Registry {
             }
         }
         drop(clients);
-        self.lent_bytes.fetch_sub(freed.len() as u64 * self.slab_size_bytes, Ordering::AcqRel);
+        self.lent_bytes.fetch_sub(freed.iter().map(|l| l.lent_bytes).sum(), Ordering::AcqRel);
         let mut report: Vec<Reaped> = expired.into_iter().map(|client_id| Reaped { client_id, slabs: 0 }).collect();
         for lent in &freed {
             if let Some(r) = report.iter_mut().find(|r| r.client_id == lent.owner) {
@@ -320,6 +330,16 @@ impl Registry {
         drop(freed); // munmap outside every lock
         report
     }
+
+    /// Test support (see `ServerHandle::corrupt_stored_units`): damages every unit of every
+    /// slab behind its CRC; returns the slabs damaged.
+    pub(crate) fn corrupt_every_unit(&self) -> usize {
+        let slabs = self.slabs.read();
+        for lent in slabs.values() {
+            lent.slab.write().corrupt_every_unit();
+        }
+        slabs.len()
+    }
 }
 
 /// `slab` is a capability of `owner` for `lent`: its owner, with the tag issued for it.
@@ -327,10 +347,18 @@ fn holds(lent: &Lent, owner: u64, slab: SlabId) -> bool {
     krak_auth::tags_equal(&lent.tag.to_le_bytes(), &slab.1.to_le_bytes()) && lent.owner == owner
 }
 
-/// The slab must exist, belong to `owner` (with the right tag), and hold the page.
-fn check(slabs: &HashMap<u64, Lent>, owner: u64, at: PageRef) -> Result<(), RegistryError> {
+/// The slab must exist, belong to `owner` (with the right tag), store units of
+/// `unit_bytes`, and hold the unit.
+fn check(slabs: &HashMap<u64, Lent>, owner: u64, at: PageRef, unit_bytes: u32) -> Result<(), RegistryError> {
     match slabs.get(&at.slab.0) {
         Some(l) if holds(l, owner, at.slab) => {
+            if l.unit_bytes != unit_bytes {
+                return Err(RegistryError::WrongUnitSize {
+                    slab: at.slab.0,
+                    unit_bytes: l.unit_bytes,
+                    asked: unit_bytes,
+                });
+            }
             if at.page >= l.pages {
                 return Err(RegistryError::PageOutOfRange { slab: at.slab.0, page: at.page, pages: l.pages });
             }
@@ -343,17 +371,18 @@ fn check(slabs: &HashMap<u64, Lent>, owner: u64, at: PageRef) -> Result<(), Regi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use krak_proto::{decode_request, encode_read_pages, encode_write_pages, Header, Request, HEADER_LEN, PAGE_SIZE};
+    use krak_proto::{decode_request, encode_read_pages, encode_write_pages, Header, Request, HEADER_LEN};
 
     const SLAB: u64 = 16 * PAGE_SIZE as u64;
 
     /// Runs `f` on the entries of an encoded write request.
     fn with_writes<R>(pages: &[(PageRef, &[u8])], corrupt: Option<usize>, f: impl FnOnce(WriteEntries<'_>) -> R) -> R {
         let mut frame = Vec::new();
-        encode_write_pages(&mut frame, 1, pages.iter().copied());
+        let unit = pages.first().map_or(PAGE_SIZE, |(_, d)| d.len());
+        encode_write_pages(&mut frame, 1, unit as u32, pages.iter().copied());
         if let Some(i) = corrupt {
-            // flip a data byte of entry i: 4-byte count, 24-byte entry header
-            frame[HEADER_LEN + 4 + i * (24 + PAGE_SIZE) + 24] ^= 1;
+            // flip a data byte of entry i: 4-byte count and unit size, 24-byte entry header
+            frame[HEADER_LEN + 8 + i * (24 + unit) + 24] ^= 1;
         }
         let head: [u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().unwrap();
         let h = Header::decode(&head).unwrap();
@@ -362,8 +391,17 @@ mod tests {
     }
 
     fn read(reg: &Registry, owner: u64, pages: &[PageRef]) -> Result<Vec<(u32, Vec<u8>)>, RegistryError> {
+        read_units(reg, owner, PAGE_SIZE as u32, pages)
+    }
+
+    fn read_units(
+        reg: &Registry,
+        owner: u64,
+        unit: u32,
+        pages: &[PageRef],
+    ) -> Result<Vec<(u32, Vec<u8>)>, RegistryError> {
         let mut frame = Vec::new();
-        encode_read_pages(&mut frame, 1, pages);
+        encode_read_pages(&mut frame, 1, unit, pages);
         let head: [u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().unwrap();
         let h = Header::decode(&head).unwrap();
         let Ok(Request::ReadPages(e)) = decode_request(&h, &frame[HEADER_LEN..]) else { panic!("not a read") };
@@ -375,23 +413,48 @@ mod tests {
     #[test]
     fn capacity_is_enforced_and_freed_capacity_reused() {
         let reg = Registry::new(2 * SLAB, SLAB, false);
-        let a = reg.alloc(1).unwrap();
-        let b = reg.alloc(1).unwrap();
+        let a = reg.alloc(1, 4096).unwrap();
+        let b = reg.alloc(1, 4096).unwrap();
         assert_ne!(a, b);
         assert_eq!((reg.lent_bytes(), reg.slab_count()), (2 * SLAB, 2));
-        let err = reg.alloc(2).unwrap_err();
+        let err = reg.alloc(2, 4096).unwrap_err();
         assert_eq!(err.code(), ErrorCode::NoCapacity);
         assert_eq!(err.to_string(), "capacity 128KiB exhausted: 128KiB lent in 2 slabs of 64KiB");
         reg.free(1, a).unwrap();
         assert_eq!(reg.lent_bytes(), SLAB);
-        reg.alloc(2).unwrap();
+        reg.alloc(2, 4096).unwrap();
         assert_eq!(reg.lent_bytes(), 2 * SLAB);
+    }
+
+    #[test]
+    fn fragment_slabs_cost_their_units_and_refuse_other_unit_sizes() {
+        let reg = Registry::new(2 * SLAB, SLAB, false);
+        let a = reg.alloc(1, 1024).unwrap();
+        assert_eq!(reg.lent_bytes(), SLAB / 4, "16 units of 1 KiB");
+        let units: Vec<Vec<u8>> = (0..2u8).map(|i| vec![i + 1; 1024]).collect();
+        let refs = [PageRef { slab: a, page: 0 }, PageRef { slab: a, page: 15 }];
+        with_writes(&[(refs[0], &units[0]), (refs[1], &units[1])], None, |e| reg.write_pages(1, e)).unwrap();
+        let got = read_units(&reg, 1, 1024, &refs).unwrap();
+        assert_eq!(got[1], (page_crc(&units[1]), units[1].clone()));
+        let err = read(&reg, 1, &refs).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::WrongUnitSize);
+        let page = vec![3u8; PAGE_SIZE];
+        let err = with_writes(&[(refs[0], &page)], None, |e| reg.write_pages(1, e)).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::WrongUnitSize);
+        // 1.75 slabs of room are left: seven more quarter slabs fit, the eighth does not.
+        for _ in 0..7 {
+            reg.alloc(1, 1024).unwrap();
+        }
+        assert_eq!(reg.alloc(1, 1024).unwrap_err().code(), ErrorCode::NoCapacity);
+        reg.free(1, a).unwrap();
+        assert_eq!(reg.lent_bytes(), 7 * SLAB / 4);
+        assert_eq!(reg.corrupt_every_unit(), 7);
     }
 
     #[test]
     fn foreign_slabs_look_like_missing_ones() {
         let reg = Registry::new(4 * SLAB, SLAB, false);
-        let a = reg.alloc(1).unwrap();
+        let a = reg.alloc(1, 4096).unwrap();
         let page = vec![5u8; PAGE_SIZE];
         let at = PageRef { slab: a, page: 0 };
         assert_eq!(reg.free(2, a).unwrap_err().to_string(), format!("unknown slab {:#x}", a.0));
@@ -412,7 +475,7 @@ mod tests {
     #[test]
     fn batches_are_validated_whole_before_any_page_is_stored() {
         let reg = Registry::new(4 * SLAB, SLAB, false);
-        let a = reg.alloc(1).unwrap();
+        let a = reg.alloc(1, 4096).unwrap();
         let p0 = vec![1u8; PAGE_SIZE];
         let p1 = vec![2u8; PAGE_SIZE];
         let at0 = PageRef { slab: a, page: 0 };
@@ -441,9 +504,9 @@ mod tests {
         reg.connect(1).unwrap();
         reg.connect(2).unwrap();
         reg.connect(2).unwrap();
-        reg.alloc(1).unwrap();
-        reg.alloc(1).unwrap();
-        reg.alloc(2).unwrap();
+        reg.alloc(1, 4096).unwrap();
+        reg.alloc(1, 4096).unwrap();
+        reg.alloc(2, 4096).unwrap();
         assert_eq!(reg.client_count(), 2);
         reg.disconnect(1, t0);
         reg.disconnect(2, t0); // client 2 keeps one connection
@@ -460,14 +523,14 @@ mod tests {
         reg.connect(1).unwrap();
         assert_eq!(reg.connect(1).unwrap_err().code(), ErrorCode::ClientLimit);
         reg.connect(2).unwrap();
-        let a = reg.alloc(1).unwrap();
-        reg.alloc(1).unwrap();
-        let err = reg.alloc(1).unwrap_err();
+        let a = reg.alloc(1, 4096).unwrap();
+        reg.alloc(1, 4096).unwrap();
+        let err = reg.alloc(1, 4096).unwrap_err();
         assert_eq!(err.code(), ErrorCode::ClientLimit);
         assert_eq!(err.to_string(), "client limit of 128KiB reached: 128KiB lent to this client");
-        reg.alloc(2).unwrap(); // another client is not held back
+        reg.alloc(2, 4096).unwrap(); // another client is not held back
         reg.free(1, a).unwrap();
-        reg.alloc(1).unwrap();
+        reg.alloc(1, 4096).unwrap();
         assert_eq!(reg.lent_bytes(), 3 * SLAB);
     }
 
@@ -477,7 +540,7 @@ mod tests {
         let t0 = Instant::now();
         let grace = Duration::from_millis(500);
         reg.connect(7).unwrap();
-        reg.alloc(7).unwrap();
+        reg.alloc(7, 4096).unwrap();
         reg.disconnect(7, t0);
         reg.connect(7).unwrap();
         assert!(reg.reap(t0 + 10 * grace, grace).is_empty());

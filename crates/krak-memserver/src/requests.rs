@@ -81,8 +81,8 @@ pub(crate) fn answer(shared: &Shared, session: &mut Session, header: &Header, bo
             let msg = "hello already done on this connection";
             return refuse(shared, out, id, kind, ErrorCode::Malformed, msg, Next::Close);
         }
-        Request::AllocSlab => registry.alloc(client_id).map(|slab| {
-            tracing::debug!("client {client_id:#x} allocated slab {:#x}", slab.0);
+        Request::AllocSlab { unit_bytes } => registry.alloc(client_id, unit_bytes).map(|slab| {
+            tracing::debug!("client {client_id:#x} allocated slab {:#x} of {unit_bytes}-byte units", slab.0);
             encode_slab_allocated(out, id, slab);
         }),
         Request::FreeSlab { slab } => registry.free(client_id, slab).map(|()| {
@@ -95,8 +95,8 @@ pub(crate) fn answer(shared: &Shared, session: &mut Session, header: &Header, bo
         }),
         Request::ReadPages(entries) => {
             let start = out.len();
-            out.reserve(entries.len() * (4 + PAGE_SIZE) + 64);
-            let mut frame = begin_pages_response(out, id, entries.len() as u32);
+            out.reserve(entries.len() * (4 + entries.unit_bytes() as usize) + 64);
+            let mut frame = begin_pages_response(out, id, entries.len() as u32, entries.unit_bytes());
             let read = registry.read_pages(client_id, entries, |crc, data| {
                 frame.put_u32(crc).put_bytes(data);
             });
@@ -258,7 +258,7 @@ mod tests {
     #[test]
     fn the_first_request_must_be_a_hello_in_our_version() {
         let s = shared();
-        let (next, status, _) = ask(&s, &mut session(), |b| encode_alloc_slab(b, 1));
+        let (next, status, _) = ask(&s, &mut session(), |b| encode_alloc_slab(b, 1, 4096));
         assert_eq!((next, status), (Next::Close, ErrorCode::HelloRequired as u16));
         let n = [0; NONCE_LEN];
         let (next, status, _) = ask(&s, &mut session(), |b| encode_hello(b, 1, 99, 5, &n));
@@ -272,7 +272,7 @@ mod tests {
         assert_eq!((hello.page_size, hello.slab_size_bytes, hello.capacity_bytes), (4096, 1 << 19, 1 << 20));
         assert_eq!(hello.server_id, s.server_id);
         // Anything but the proof next is refused.
-        let (next, status, _) = ask(&s, &mut sess, |b| encode_alloc_slab(b, 4));
+        let (next, status, _) = ask(&s, &mut sess, |b| encode_alloc_slab(b, 4, 4096));
         assert_eq!((next, status), (Next::Close, ErrorCode::HelloRequired as u16));
 
         let mut sess = session();
@@ -305,11 +305,11 @@ mod tests {
         handshake(&s, &mut sess, 5, &RackSecret::insecure());
         for i in 0..MAX_BAD_SLAB_REQUESTS {
             let at = krak_proto::PageRef { slab: krak_proto::SlabId(u64::from(i) + 1, 7), page: 0 };
-            let (next, status, _) = ask(&s, &mut sess, |b| encode_read_pages(b, 10, &[at]));
+            let (next, status, _) = ask(&s, &mut sess, |b| encode_read_pages(b, 10, 4096, &[at]));
             assert_eq!((next, status), (Next::Continue, ErrorCode::UnknownSlab as u16));
         }
         let at = krak_proto::PageRef { slab: krak_proto::SlabId(999, 7), page: 0 };
-        let (next, status, _) = ask(&s, &mut sess, |b| encode_read_pages(b, 11, &[at]));
+        let (next, status, _) = ask(&s, &mut sess, |b| encode_read_pages(b, 11, 4096, &[at]));
         assert_eq!((next, status), (Next::Close, ErrorCode::TooManyBadSlabs as u16));
     }
 
@@ -319,14 +319,14 @@ mod tests {
         let mut sess = session();
         handshake(&s, &mut sess, 5, &RackSecret::insecure());
         for id in 2..4 {
-            assert_eq!(ask(&s, &mut sess, |b| encode_alloc_slab(b, id)).1, 0);
+            assert_eq!(ask(&s, &mut sess, |b| encode_alloc_slab(b, id, 4096)).1, 0);
         }
-        let (next, status, out) = ask(&s, &mut sess, |b| encode_alloc_slab(b, 4));
+        let (next, status, out) = ask(&s, &mut sess, |b| encode_alloc_slab(b, 4, 4096));
         assert_eq!((next, status), (Next::Continue, ErrorCode::NoCapacity as u16));
         let msg = std::str::from_utf8(&out[HEADER_LEN..]).unwrap();
         assert_eq!(msg, "capacity 1MiB exhausted: 1MiB lent in 2 slabs of 512KiB");
         let at = krak_proto::PageRef { slab: krak_proto::SlabId(1, 1), page: 0 };
-        let (next, status, _) = ask(&s, &mut sess, |b| encode_read_pages(b, 5, &[at]));
+        let (next, status, _) = ask(&s, &mut sess, |b| encode_read_pages(b, 5, 4096, &[at]));
         assert_eq!((next, status), (Next::Continue, ErrorCode::UnknownSlab as u16));
         let (_, _, out) = ask(&s, &mut sess, |b| encode_stats(b, 6));
         let h = Header::decode(out[..HEADER_LEN].try_into().unwrap()).unwrap();
@@ -340,13 +340,13 @@ mod tests {
         let mut sess = session();
         handshake(&s, &mut sess, 5, &RackSecret::insecure());
         let (next, status, _) = ask(&s, &mut sess, |b| {
-            encode_alloc_slab(b, 9);
-            b.extend_from_slice(&[1, 2, 3]); // alloc carries no body
-            b[16] = 3;
+            encode_alloc_slab(b, 9, 4096);
+            b.extend_from_slice(&[1, 2, 3]); // alloc carries a 4-byte body
+            b[16] = 7;
         });
         assert_eq!((next, status), (Next::Close, ErrorCode::Malformed as u16));
         let (next, status, _) = ask(&s, &mut sess, |b| {
-            encode_alloc_slab(b, 9);
+            encode_alloc_slab(b, 9, 4096);
             b[4] = 77; // unknown kind
         });
         assert_eq!((next, status), (Next::Close, ErrorCode::UnknownOp as u16));

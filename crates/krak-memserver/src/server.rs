@@ -247,6 +247,14 @@ impl ServerHandle {
         self.stopper.clone()
     }
 
+    /// Test support, never reachable from the wire: damages every unit this server stores
+    /// behind its CRC (the bytes change, the stored checksum does not), as a failing disk
+    /// or memory would. Returns the slabs damaged.
+    #[doc(hidden)]
+    pub fn corrupt_stored_units(&self) -> usize {
+        self.stopper.shared.registry.corrupt_every_unit()
+    }
+
     /// Stops the server and waits for it.
     pub fn shutdown(mut self) -> Result<(), ServerError> {
         self.stop_and_join()

@@ -1,8 +1,10 @@
-//! One slab: an anonymous mapping lent to a client, plus the CRC-32C of each of its pages.
+//! One slab: an anonymous mapping lent to a client, plus the CRC-32C of each of its units.
 //!
-//! The mapping is `MAP_NORESERVE` so a slab costs nothing until its pages are written, and
-//! untouched pages read back as zeros. The CRC is stored, not recomputed, so a read answers
-//! with the checksum the writer sent (which was verified on the way in).
+//! A slab holds a fixed number of units of one size: whole pages, or (for erasure-coded
+//! regions) one fragment of each page, stored back to back so a fragment costs only its own
+//! bytes. The mapping is `MAP_NORESERVE` so a slab costs nothing until its units are
+//! written, and untouched units read back as zeros. The CRC is stored, not recomputed, so a
+//! read answers with the checksum the writer sent (which was verified on the way in).
 
 use std::io;
 use std::ptr::NonNull;
@@ -10,11 +12,15 @@ use std::sync::OnceLock;
 
 use krak_proto::{page_crc, PAGE_SIZE};
 
-/// CRC-32C of a page of zeros: what every page of a fresh slab holds.
-pub(crate) fn zero_page_crc() -> u32 {
-    static CRC: OnceLock<u32> = OnceLock::new();
-    *CRC.get_or_init(|| page_crc(&[0u8; PAGE_SIZE]))
+/// CRC-32C of a unit of zeros of `unit_bytes` (at most a page): what every unit of a fresh
+/// slab holds.
+pub(crate) fn zero_unit_crc(unit_bytes: usize) -> u32 {
+    static CRCS: OnceLock<Vec<u32>> = OnceLock::new();
+    let crcs = CRCS.get_or_init(|| (0..=PAGE_SIZE.trailing_zeros()).map(|b| page_crc(&ZEROS[..1 << b])).collect());
+    crcs.get(unit_bytes.trailing_zeros() as usize).copied().unwrap_or_else(|| page_crc(&ZEROS[..unit_bytes]))
 }
+
+static ZEROS: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
 /// Memory of one slab. Shared access reads, exclusive access writes: callers guard it
 /// with a lock, so the borrow rules are the only synchronisation this type needs.
@@ -22,6 +28,7 @@ pub(crate) fn zero_page_crc() -> u32 {
 pub(crate) struct Slab {
     base: NonNull<u8>,
     len_bytes: usize,
+    unit_bytes: usize,
     crcs: Vec<u32>,
 }
 
@@ -33,11 +40,13 @@ unsafe impl Send for Slab {}
 unsafe impl Sync for Slab {}
 
 impl Slab {
-    /// Maps `len_bytes` (a non-zero multiple of the page size) of zeroed memory.
-    pub(crate) fn map(len_bytes: usize, mlock: bool) -> io::Result<Slab> {
-        if len_bytes == 0 || !len_bytes.is_multiple_of(PAGE_SIZE) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("slab of {len_bytes} bytes")));
+    /// Maps `units` zeroed units of `unit_bytes` (a power of two up to a page) each.
+    pub(crate) fn map(units: u32, unit_bytes: usize, mlock: bool) -> io::Result<Slab> {
+        if units == 0 || unit_bytes == 0 || unit_bytes > PAGE_SIZE || !unit_bytes.is_power_of_two() {
+            let what = format!("slab of {units} units of {unit_bytes} bytes");
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, what));
         }
+        let len_bytes = (units as usize * unit_bytes).next_multiple_of(PAGE_SIZE);
         // SAFETY: a fresh anonymous private mapping at an address of the kernel's choosing
         // touches no existing memory; the result is checked against MAP_FAILED below.
         let ptr = unsafe {
@@ -54,7 +63,7 @@ impl Slab {
             return Err(io::Error::last_os_error());
         }
         let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        let slab = Slab { base, len_bytes, crcs: vec![zero_page_crc(); len_bytes / PAGE_SIZE] };
+        let slab = Slab { base, len_bytes, unit_bytes, crcs: vec![zero_unit_crc(unit_bytes); units as usize] };
         if mlock {
             // SAFETY: the range is exactly the mapping created above, owned by `slab`.
             if unsafe { libc::mlock(ptr, len_bytes) } != 0 {
@@ -67,33 +76,57 @@ impl Slab {
         Ok(slab)
     }
 
-    /// Number of pages in the slab.
+    /// Number of units in the slab.
     pub(crate) fn pages(&self) -> u32 {
         self.crcs.len() as u32
     }
 
-    /// The stored CRC and contents of page `index`, or `None` past the end.
+    /// Size of each unit.
+    #[cfg(test)]
+    pub(crate) fn unit_bytes(&self) -> usize {
+        self.unit_bytes
+    }
+
+    /// Bytes the slab lends: its units, not the rounding of its mapping.
+    pub(crate) fn lent_bytes(&self) -> u64 {
+        (self.crcs.len() * self.unit_bytes) as u64
+    }
+
+    /// The stored CRC and contents of unit `index`, or `None` past the end.
     pub(crate) fn page(&self, index: u32) -> Option<(u32, &[u8])> {
         let crc = *self.crcs.get(index as usize)?;
-        // SAFETY: `index` is in range (checked through `crcs`, which has one entry per page),
-        // so the page lies inside the live mapping; `&self` rules out a concurrent writer.
-        let data = unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(index as usize * PAGE_SIZE), PAGE_SIZE) };
+        let u = self.unit_bytes;
+        // SAFETY: `index` is in range (checked through `crcs`, which has one entry per unit,
+        // and the mapping holds `crcs.len() * unit_bytes` bytes or more), so the unit lies
+        // inside the live mapping; `&self` rules out a concurrent writer.
+        let data = unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(index as usize * u), u) };
         Some((crc, data))
     }
 
-    /// Stores one page and its (already verified) CRC. Returns false past the end.
+    /// Stores one unit and its (already verified) CRC. Returns false past the end or for a
+    /// unit of the wrong size.
     pub(crate) fn store(&mut self, index: u32, crc: u32, data: &[u8]) -> bool {
+        let u = self.unit_bytes;
         let Some(slot) = self.crcs.get_mut(index as usize) else { return false };
-        if data.len() != PAGE_SIZE {
+        if data.len() != u {
             return false;
         }
         *slot = crc;
-        // SAFETY: `index` is in range (checked through `crcs`), so the page lies inside the
+        // SAFETY: `index` is in range (checked through `crcs`), so the unit lies inside the
         // live mapping; `&mut self` makes this the only access to it.
-        let dst =
-            unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(index as usize * PAGE_SIZE), PAGE_SIZE) };
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(index as usize * u), u) };
         dst.copy_from_slice(data);
         true
+    }
+
+    /// Test support: flips the first byte of every unit, leaving the stored CRCs as they
+    /// were, so that every read of this slab fails its checksum at the client.
+    pub(crate) fn corrupt_every_unit(&mut self) {
+        for i in 0..self.crcs.len() {
+            // SAFETY: `i` is below the unit count, so byte `i * unit_bytes` lies inside the
+            // live mapping; `&mut self` makes this the only access to it.
+            unsafe { *self.base.as_ptr().add(i * self.unit_bytes) ^= 0x5a };
+        }
     }
 }
 
@@ -113,7 +146,7 @@ mod tests {
 
     #[test]
     fn fresh_pages_are_zero_with_the_zero_crc() {
-        let slab = Slab::map(4 * PAGE_SIZE, false).unwrap();
+        let slab = Slab::map(4, PAGE_SIZE, false).unwrap();
         assert_eq!(slab.pages(), 4);
         let (crc, data) = slab.page(3).unwrap();
         assert_eq!(crc, page_crc(&[0u8; PAGE_SIZE]));
@@ -123,13 +156,28 @@ mod tests {
 
     #[test]
     fn stores_pages_and_crcs_in_place() {
-        let mut slab = Slab::map(2 * PAGE_SIZE, true).unwrap();
+        let mut slab = Slab::map(2, PAGE_SIZE, true).unwrap();
         let page: Vec<u8> = (0..PAGE_SIZE).map(|i| (i * 7) as u8).collect();
         assert!(slab.store(1, page_crc(&page), &page));
         assert!(!slab.store(2, 0, &page), "past the end");
         assert!(!slab.store(0, 0, &page[..10]), "short page");
         let (crc, data) = slab.page(1).unwrap();
         assert_eq!((crc, data), (page_crc(&page), page.as_slice()));
-        assert_eq!(slab.page(0).unwrap().0, zero_page_crc(), "neighbour untouched");
+        assert_eq!(slab.page(0).unwrap().0, zero_unit_crc(PAGE_SIZE), "neighbour untouched");
+    }
+
+    #[test]
+    fn fragment_units_are_stored_back_to_back() {
+        let mut slab = Slab::map(8, 512, false).unwrap();
+        assert_eq!((slab.pages(), slab.unit_bytes(), slab.lent_bytes()), (8, 512, 4096));
+        let unit = vec![9u8; 512];
+        assert!(slab.store(7, page_crc(&unit), &unit));
+        assert!(!slab.store(1, 0, &[0u8; PAGE_SIZE]), "a whole page is not a unit of this slab");
+        assert_eq!(slab.page(7).unwrap(), (page_crc(&unit), unit.as_slice()));
+        assert_eq!(slab.page(6).unwrap().0, zero_unit_crc(512));
+        assert_eq!(zero_unit_crc(512), page_crc(&[0u8; 512]));
+        slab.corrupt_every_unit();
+        let (crc, data) = slab.page(7).unwrap();
+        assert_ne!(page_crc(data), crc, "corruption is visible to the checksum");
     }
 }

@@ -111,7 +111,7 @@ fn malformed_bodies_unknown_kinds_and_missing_hello_close_the_connection() {
     // A write whose count promises two pages but carries one.
     let mut s = raw_hello(addr, 9);
     let mut frame = Vec::new();
-    encode_write_pages(&mut frame, 5, [(at, page.as_slice())].into_iter());
+    encode_write_pages(&mut frame, 5, PAGE_SIZE as u32, [(at, page.as_slice())].into_iter());
     frame[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&2u32.to_le_bytes());
     s.send(frame);
     let (code, id, _) = s.recv_error();
@@ -121,8 +121,9 @@ fn malformed_bodies_unknown_kinds_and_missing_hello_close_the_connection() {
 
     // A read batch over the limit.
     let mut s = raw_hello(addr, 9);
-    let mut frame = Header { kind: 4, status: 0, request_id: 6, body_len: 4 }.encode().to_vec();
+    let mut frame = Header { kind: 4, status: 0, request_id: 6, body_len: 8 }.encode().to_vec();
     frame.extend_from_slice(&(MAX_BATCH_PAGES as u32 + 1).to_le_bytes());
+    frame.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
     s.send(frame);
     assert_eq!(s.recv_error().0, ErrorCode::BatchTooLarge as u16);
     assert!(closed_by_server(&mut s.s));
@@ -136,7 +137,7 @@ fn malformed_bodies_unknown_kinds_and_missing_hello_close_the_connection() {
     // Work before hello, and a hello in a foreign version.
     let mut s = raw(addr);
     let mut frame = Vec::new();
-    encode_alloc_slab(&mut frame, 8);
+    encode_alloc_slab(&mut frame, 8, PAGE_SIZE as u32);
     send(&mut s, &frame);
     assert_eq!(recv_error(&mut s).0, ErrorCode::HelloRequired as u16);
     assert!(closed_by_server(&mut s));
@@ -157,7 +158,7 @@ fn truncated_frames_are_closed_on_eof_or_after_the_io_timeout() {
     let mut good = Bystander::new(addr);
     let page = vec![3u8; PAGE_SIZE];
     let mut frame = Vec::new();
-    encode_write_pages(&mut frame, 5, [(good.at[0], page.as_slice())].into_iter());
+    encode_write_pages(&mut frame, 5, PAGE_SIZE as u32, [(good.at[0], page.as_slice())].into_iter());
 
     // Half a write, then EOF.
     let mut s = raw_hello(addr, 1000);
@@ -183,11 +184,12 @@ fn truncated_frames_are_closed_on_eof_or_after_the_io_timeout() {
     let mut s = raw_hello(addr, 1000);
     std::thread::sleep(Duration::from_millis(700));
     let mut frame = Vec::new();
-    encode_read_pages(&mut frame, 2, &good.at[..1]);
+    encode_read_pages(&mut frame, 2, PAGE_SIZE as u32, &good.at[..1]);
     s.send(frame);
     let (h, body) = s.recv();
-    assert_eq!((h.status, body.len()), (0, 4 + 4 + PAGE_SIZE));
-    assert_eq!(&body[8..], good.pages[0].as_slice());
+    // count, unit size, crc, then the page
+    assert_eq!((h.status, body.len()), (0, 4 + 4 + 4 + PAGE_SIZE));
+    assert!(&body[12..] == good.pages[0].as_slice(), "the page read back");
 }
 
 #[test]
@@ -198,7 +200,12 @@ fn a_wrong_checksum_stores_nothing_but_keeps_the_connection() {
     let mut s = raw_hello(addr, 1000); // same client: it may write the bystander's slab
     let fresh = random_pages(5, 2);
     let mut frame = Vec::new();
-    encode_write_pages(&mut frame, 5, good.at[..2].iter().copied().zip(fresh.iter().map(|p| p.as_slice())));
+    encode_write_pages(
+        &mut frame,
+        5,
+        PAGE_SIZE as u32,
+        good.at[..2].iter().copied().zip(fresh.iter().map(|p| p.as_slice())),
+    );
     let last = frame.len() - 1;
     frame[last] ^= 0xff; // corrupt the second page after its crc was computed
     s.send(frame);
@@ -209,9 +216,9 @@ fn a_wrong_checksum_stores_nothing_but_keeps_the_connection() {
 
     // Same connection still served.
     let mut frame = Vec::new();
-    encode_read_pages(&mut frame, 6, &good.at[..1]);
+    encode_read_pages(&mut frame, 6, PAGE_SIZE as u32, &good.at[..1]);
     s.send(frame);
     let (h, body) = s.recv();
     assert_eq!((h.request_id, h.status), (6, 0));
-    assert_eq!(&body[8..], good.pages[0].as_slice());
+    assert!(&body[12..] == good.pages[0].as_slice(), "the page read back");
 }

@@ -124,7 +124,7 @@ fn replayed_and_altered_frames_are_refused() {
     // a connection of its own) and replay it on the same connection.
     let mut a = Raw::handshake(addr, 1, Some(rack.secret));
     let mut frame = Vec::new();
-    encode_alloc_slab(&mut frame, 10);
+    encode_alloc_slab(&mut frame, 10, PAGE_SIZE as u32);
     let captured = a.send(frame);
     let (h, body) = a.recv();
     assert_eq!(h.status, 0);
@@ -154,7 +154,7 @@ fn replayed_and_altered_frames_are_refused() {
     // A frame without its trailer: the server waits for the MAC, then gives up.
     let mut d = Raw::handshake(addr, 1, Some(rack.secret));
     let mut frame = Vec::new();
-    encode_read_pages(&mut frame, 12, &victim.at[..1]);
+    encode_read_pages(&mut frame, 12, PAGE_SIZE as u32, &victim.at[..1]);
     send(&mut d.s, &frame);
     assert!(closed_by_server(&mut d.s));
     victim.check(4);

@@ -88,3 +88,27 @@ fn connections_of_one_client_share_a_slab_concurrently() {
     }
     assert!(eventually(Duration::from_secs(2), || server.stats().connections == 1));
 }
+
+#[test]
+fn fragment_slabs_store_small_units_and_refuse_the_wrong_size() {
+    let server = start(config(8 * SLAB_BYTES));
+    let mut c = connect(server.addr(), 9);
+    let slab = c.alloc_slab_units(1024).unwrap();
+    assert_eq!(c.stats().unwrap().lent_bytes, SLAB_BYTES / 4, "256 units of 1 KiB");
+    let units: Vec<Vec<u8>> = (0..256u32).map(|i| (0..1024).map(|b| (b as u32 ^ (i * 7)) as u8).collect()).collect();
+    let at = refs(slab, 0, 256);
+    let batch: Vec<(PageRef, &[u8])> = at.iter().copied().zip(units.iter().map(|u| u.as_slice())).collect();
+    c.write_pages(&batch).unwrap();
+    let mut out = vec![0u8; 256 * 1024];
+    c.read_pages(&at, &mut out).unwrap();
+    assert!(out.chunks_exact(1024).zip(&units).all(|(got, want)| got == want.as_slice()));
+    // Whole pages of a fragment slab: refused, the connection stays usable.
+    let mut page = vec![0u8; PAGE_SIZE];
+    let err = c.read_pages(&at[..1], &mut page).unwrap_err();
+    assert_eq!(err.code(), Some(krak_proto::ErrorCode::WrongUnitSize), "{err}");
+    let err = c.write_pages(&[(at[0], page.as_slice())]).unwrap_err();
+    assert_eq!(err.code(), Some(krak_proto::ErrorCode::WrongUnitSize), "{err}");
+    c.read_pages(&at[..1], &mut out[..1024]).unwrap();
+    assert!(out[..1024] == units[0][..], "nothing of the refused write was stored");
+    server.shutdown().unwrap();
+}

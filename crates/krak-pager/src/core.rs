@@ -33,6 +33,10 @@ pub const EVICTING: u8 = 5;
 pub const REMOTE: u8 = 0x80;
 pub const STATE_MASK: u8 = 0x7f;
 
+/// Most pages with a corrupt fragment waiting to be rewritten; past it a corruption is
+/// left for the next read of the page to find again.
+pub const MAX_REPAIRS: usize = 4096;
+
 /// Most free frames the reclaimer keeps ahead of need.
 const MAX_WATERMARK_PAGES: usize = 256;
 /// How long an evictor waits for the write-back thread before it looks again.
@@ -63,14 +67,22 @@ pub(crate) struct Core {
     pub wb_queue: VecDeque<(usize, Arc<[u8]>)>,
     /// Pages queued or being written: bounded by `writeback_buffer_pages`.
     pub wb_pending: usize,
-    /// Set while write-back keeps failing; faults that need space then fail instead of waiting.
+    /// Set while write-back keeps failing; faults that need space then fail instead of waiting
+    /// once the buffer is full.
     pub failure: Option<String>,
+    /// Pages whose write-back failed, waiting out a pause before they are tried again (first
+    /// in line); they count in `wb_pending` and stay STAGED meanwhile.
+    pub wb_parked: Vec<(usize, Arc<[u8]>)>,
+    pub wb_parked_since: Option<std::time::Instant>,
     /// Pages whose faults (handler-thread mode) wait for an EVICTING page to be dropped.
     pub evict_waiters: Vec<usize>,
     /// Chunk moves waiting for (or being run by) the write-back thread, oldest first.
     pub moves: VecDeque<ChunkMove>,
     /// Outcome of finished moves by id: pages copied, or why it failed.
     pub moves_finished: HashMap<u64, Result<u64, String>>,
+    /// Pages of a redundant region a read found a corrupt fragment of, for the write-back
+    /// thread to rewrite (bounded by `MAX_REPAIRS`).
+    pub repairs: VecDeque<usize>,
 }
 
 /// A chunk being copied to its new home by the write-back thread (see `migrate.rs`).
@@ -81,6 +93,9 @@ pub(crate) struct ChunkMove {
     /// Next page of the chunk (region page index) to copy.
     pub next_page: usize,
     pub pages_copied: u64,
+    /// Set when this is no move but the rebuild of fragment `i` of a redundant chunk's
+    /// stripe onto its replacement slab (see `reprotect.rs`).
+    pub rebuild: Option<usize>,
 }
 
 pub(crate) struct Shared {
@@ -107,6 +122,24 @@ pub(crate) struct Shared {
 pub(crate) static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
 impl Shared {
+    /// Counts what a thread's redundant reads found and queues rewrites of corrupt
+    /// fragments. Call without the core lock.
+    pub fn take_found(&self, links: &mut crate::remote::Links) {
+        let found = std::mem::take(&mut links.found);
+        Counters::add(&self.counters.degraded_reads, found.degraded_pages);
+        if found.corrupt_pages.is_empty() {
+            return;
+        }
+        Counters::add(&self.counters.corrupt_fragments, found.corrupt_fragments);
+        let mut core = self.core.lock();
+        for page in found.corrupt_pages {
+            if core.repairs.len() < MAX_REPAIRS && !core.repairs.contains(&page) {
+                core.repairs.push_back(page);
+            }
+        }
+        self.wb_wake.notify_one();
+    }
+
     pub fn region_pages(&self) -> usize {
         self.map.len() / PAGE_SIZE
     }
@@ -129,7 +162,13 @@ impl Shared {
         while core.resident + n > core.budget_pages {
             let needed = core.resident + n - core.budget_pages;
             if self.evict_batch(core, needed)? == 0 {
-                if let Some(why) = &core.failure {
+                // Failing write-backs fail the fault only once the buffer is full and nothing
+                // in it waits but pages that failed (parked): some pages of a redundant
+                // region may fail for good while the rest still land.
+                let stuck = core.wb_pending >= self.limits.writeback_buffer_pages
+                    && core.wb_queue.is_empty()
+                    && !core.wb_parked.is_empty();
+                if let Some(why) = core.failure.as_ref().filter(|_| stuck) {
                     return Err(PagerError::WritebackFailed(why.clone()));
                 }
                 // The write-back buffer is full, or everything resident is being fetched by

@@ -206,7 +206,7 @@ impl Handler {
                 for &q in &self.p.candidates {
                     if core.states[q] == ABSENT | REMOTE {
                         core.states[q] = FETCHING | REMOTE;
-                        self.p.groups[shared.layout.locate(q).0].push(q);
+                        self.p.groups[shared.layout.read_group(q)].push(q);
                         extra += 1;
                     }
                 }
@@ -230,7 +230,7 @@ impl Handler {
     fn fetch(&mut self, page: usize, write: bool, extra: usize, started: Instant) -> Result<(), PagerError> {
         let shared = self.shared.clone();
         let layout = &shared.layout;
-        let (server, _) = layout.locate(page);
+        let server = layout.read_group(page);
         let first = self.p.links.start_read(layout, server, &[page]);
         let mut prefetch_sent = Vec::new();
         for (s, group) in self.p.groups.iter().enumerate() {
@@ -241,10 +241,7 @@ impl Handler {
         Counters::add(&shared.counters.remote_read_requests, 1 + prefetch_sent.len() as u64);
         let got = self.p.links.finish_read(layout, server, first, &[page], &mut self.p.page_buf);
         let mut core = shared.core.lock();
-        let served = match got {
-            Ok(()) => shared.install(&mut core, page, &self.p.page_buf, write, true),
-            Err(e) => Err(PagerError::Remote(e)),
-        };
+        let served = got.and_then(|()| shared.install(&mut core, page, &self.p.page_buf, write, true));
         if served.is_err() {
             self.abandon(&mut core, &[page]);
         } else {
@@ -261,7 +258,7 @@ impl Handler {
             let buf = &mut self.p.prefetch_buf[..group.len() * PAGE_SIZE];
             let got = self.p.links.finish_read(layout, s, sent, group, buf);
             let mut core = shared.core.lock();
-            let installed = got.map_err(PagerError::Remote).and_then(|()| {
+            let installed = got.and_then(|()| {
                 let mut i = 0;
                 while i < group.len() {
                     // Install each run of consecutive pages with a single copy.
@@ -290,6 +287,7 @@ impl Handler {
         }
         self.p.groups = groups;
         Counters::add(&shared.counters.retries, std::mem::take(&mut self.p.links.retries));
+        shared.take_found(&mut self.p.links);
         served
     }
 

@@ -18,15 +18,19 @@ mod migrate;
 pub mod prefetch;
 mod rack;
 mod reclaim;
+pub mod redundancy;
 mod region;
 mod remote;
+mod reprotect;
 mod self_serving;
 mod stats;
+mod stripe;
 mod writeback;
 
 pub use eviction::{Clock, EvictionPolicy, Fifo};
 pub use migrate::DrainReport;
 pub use prefetch::{NoPrefetch, PrefetchPolicy, StrideDetector};
+pub use redundancy::{ParseRedundancyError, Redundancy};
 pub use region::{FarMemory, FaultMode, PagerConfig, ResidencySample, DEFAULT_SPIN_US, MIN_BUDGET_PAGES};
 pub use stats::PagerStats;
 
@@ -56,6 +60,12 @@ pub enum PagerError {
     Controller(String),
     #[error("moving a chunk: {0}")]
     Move(String),
+    #[error("page {page} of the region cannot be read: {detail}")]
+    Unrecoverable { page: usize, detail: String },
+    #[error("{} pages could not be written to enough fragments: {detail}", pages.len())]
+    Unwritable { pages: Vec<usize>, detail: String },
+    #[error("erasure coding: {0}")]
+    Coding(String),
     #[error("starting a pager thread: {0}")]
     Thread(std::io::Error),
 }

@@ -28,7 +28,7 @@ const STEP_PAGES: usize = krak_proto::MAX_BATCH_PAGES;
 /// Most time one move may take before its caller gives up waiting.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(600);
 
-static NEXT_MOVE_ID: AtomicU64 = AtomicU64::new(1);
+pub(crate) static NEXT_MOVE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// What a drain did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
@@ -57,6 +57,10 @@ pub(crate) fn admin_conn<'a>(
 /// One step of the oldest move, run by the write-back thread with the core lock held.
 pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: MutexGuard<'_, Core>) {
     let Some(mv) = core.moves.front() else { return };
+    if let Some(frag) = mv.rebuild {
+        crate::reprotect::step(shared, links, core, frag);
+        return;
+    }
     let (id, chunk, from) = (mv.id, mv.chunk, mv.next_page);
     let home = shared.layout.chunk(chunk);
     let Some((to, to_slab)) = home.moving_to else {
@@ -98,7 +102,7 @@ pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: MutexGuard<'_, 
             .zip(buf.chunks_exact(PAGE_SIZE))
             .map(|(p, data)| (PageRef { slab: to_slab, page: (p % chunk_pages) as u32 }, data))
             .collect();
-        links.write_to(&shared.layout, to, &writes)
+        links.write_to(&shared.layout, to, &writes).map_err(PagerError::Remote)
     });
     let mut core = shared.core.lock();
     match copied {
@@ -116,7 +120,7 @@ pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: MutexGuard<'_, 
     }
 }
 
-fn finish(shared: &Shared, core: &mut Core, id: u64, result: Result<u64, String>) {
+pub(crate) fn finish(shared: &Shared, core: &mut Core, id: u64, result: Result<u64, String>) {
     core.moves.retain(|m| m.id != id);
     core.moves_finished.insert(id, result);
     shared.moved.notify_all();
@@ -163,10 +167,31 @@ impl FarMemory {
 }
 
 impl Shared {
+    /// Waits for the move (or rebuild) `id` of `chunk` queued for the write-back thread.
+    pub(crate) fn wait_move(&self, id: u64, chunk: usize) -> Result<u64, String> {
+        let deadline = Instant::now() + MOVE_TIMEOUT;
+        let mut core = self.core.lock();
+        loop {
+            if let Some(r) = core.moves_finished.remove(&id) {
+                return r;
+            }
+            if Instant::now() > deadline || self.stop.load(Ordering::Relaxed) {
+                return Err(format!("chunk {chunk} did not finish moving in {} s", MOVE_TIMEOUT.as_secs()));
+            }
+            self.moved.wait_for(&mut core, Duration::from_millis(100));
+        }
+    }
+
     pub(crate) fn move_chunk(&self, chunk: usize, to: SocketAddr) -> Result<u64, PagerError> {
         let shared = self;
 
         let layout = &shared.layout;
+        if !layout.redundancy().is_none() {
+            return Err(PagerError::Move(format!(
+                "chunks of a region with redundancy {} do not move (not built yet)",
+                layout.redundancy()
+            )));
+        }
         if chunk >= layout.chunk_count() {
             return Err(PagerError::Config(format!("no chunk {chunk}: the region has {}", layout.chunk_count())));
         }
@@ -193,22 +218,16 @@ impl Shared {
                 return Err(PagerError::Move(format!("chunk {chunk} is already moving")));
             }
             layout.set_chunk(chunk, ChunkHome { moving_to: Some((to_idx, new_slab)), ..home });
-            core.moves.push_back(ChunkMove { id, chunk, next_page: chunk * layout.chunk_pages, pages_copied: 0 });
+            core.moves.push_back(ChunkMove {
+                id,
+                chunk,
+                next_page: chunk * layout.chunk_pages,
+                pages_copied: 0,
+                rebuild: None,
+            });
             shared.wb_wake.notify_one();
         }
-        let deadline = Instant::now() + MOVE_TIMEOUT;
-        let result = {
-            let mut core = shared.core.lock();
-            loop {
-                if let Some(r) = core.moves_finished.remove(&id) {
-                    break r;
-                }
-                if Instant::now() > deadline || shared.stop.load(Ordering::Relaxed) {
-                    break Err(format!("chunk {chunk} did not finish moving in {} s", MOVE_TIMEOUT.as_secs()));
-                }
-                shared.moved.wait_for(&mut core, Duration::from_millis(100));
-            }
-        };
+        let result = shared.wait_move(id, chunk);
         let mut admin = self.admin.lock();
         match result {
             Ok(pages) => {

@@ -16,7 +16,7 @@ use crate::handler::{Handler, Parts};
 use crate::prefetch::{PrefetchPolicy, StrideDetector};
 use crate::remote::RemoteLayout;
 use crate::stats::{Counters, PagerStats};
-use crate::{PagerError, UffdMode};
+use crate::{PagerError, Redundancy, UffdMode};
 
 /// Who serves a region's faults.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -88,6 +88,13 @@ pub struct PagerConfig {
     /// The rack secret, proved to memory servers (and the controller); `None` for racks
     /// run without one (`--insecure`, library tests).
     pub secret: Option<krak_proto::RackSecret>,
+    /// How the region survives lost memory servers: `none` (default), `replicate:N` or
+    /// `ec:K+M`; needs at least `width()` servers. Not yet with `controller`.
+    pub redundancy: Redundancy,
+    /// Failure domain of each of `servers` (same order; e.g. `rack1/host3`), or empty when
+    /// unknown. A redundant region puts the fragments of a chunk in distinct domains where
+    /// it can (and on distinct servers always).
+    pub server_domains: Vec<String>,
 }
 
 impl Default for PagerConfig {
@@ -109,6 +116,8 @@ impl Default for PagerConfig {
             spin_us: DEFAULT_SPIN_US,
             fault_mode: FaultMode::default(),
             secret: None,
+            redundancy: Redundancy::None,
+            server_domains: Vec::new(),
         }
     }
 }
@@ -142,6 +151,28 @@ impl FarMemory {
         if config.handler_threads == 0 || config.writeback_batch_pages == 0 || config.writeback_buffer_pages == 0 {
             return Err(PagerError::Config("thread and buffer counts must be above 0".into()));
         }
+        if config.controller.is_some() && !config.redundancy.is_none() {
+            return Err(PagerError::Config(format!(
+                "redundancy {} is not built yet for regions placed by a rack controller; give a list of servers",
+                config.redundancy
+            )));
+        }
+        if !config.server_domains.is_empty() && config.server_domains.len() != config.servers.len() {
+            return Err(PagerError::Config(format!(
+                "{} server domains given for {} servers (one per server, or none)",
+                config.server_domains.len(),
+                config.servers.len()
+            )));
+        }
+        if !config.redundancy.is_none() {
+            let distinct: std::collections::HashSet<&SocketAddr> = config.servers.iter().collect();
+            if distinct.len() != config.servers.len() {
+                return Err(PagerError::Config(format!(
+                    "redundancy {} keeps each fragment on a different server; a server is listed twice",
+                    config.redundancy
+                )));
+            }
+        }
         let region_pages = config.region_bytes.div_ceil(PAGE_SIZE as u64) as usize;
         if region_pages > u32::MAX as usize {
             return Err(PagerError::Config(format!("a region holds at most {} pages", u32::MAX)));
@@ -163,7 +194,13 @@ impl FarMemory {
                 (layout, admin, Some(Arc::new(link)))
             }
             None => {
-                let (layout, admin) = RemoteLayout::allocate(&config.servers, region_pages, connect)?;
+                let (layout, admin) = RemoteLayout::allocate(
+                    &config.servers,
+                    &config.server_domains,
+                    region_pages,
+                    connect,
+                    config.redundancy,
+                )?;
                 (layout, admin.into_iter().map(Some).collect(), None)
             }
         };
@@ -183,9 +220,12 @@ impl FarMemory {
             wb_queue: VecDeque::new(),
             wb_pending: 0,
             failure: None,
+            wb_parked: Vec::new(),
+            wb_parked_since: None,
             evict_waiters: Vec::new(),
             moves: VecDeque::new(),
             moves_finished: HashMap::new(),
+            repairs: VecDeque::new(),
         };
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
@@ -225,6 +265,11 @@ impl FarMemory {
         let s = shared.clone();
         let t = std::thread::Builder::new().name("krak-reclaim".into()).spawn(move || crate::reclaim::run(s));
         region.threads.push(t.map_err(PagerError::Thread)?);
+        if !config.redundancy.is_none() {
+            let s = shared.clone();
+            let t = std::thread::Builder::new().name("krak-reprotect".into()).spawn(move || crate::reprotect::run(s));
+            region.threads.push(t.map_err(PagerError::Thread)?);
+        }
         if let Some(link) = rack {
             let s = shared.clone();
             let t = std::thread::Builder::new().name("krak-follow".into()).spawn(move || crate::rack::follow(s, link));
@@ -298,7 +343,35 @@ impl FarMemory {
 
     pub fn stats(&self) -> PagerStats {
         let hits = self.shared.core.lock().prefetch.hits();
-        self.shared.counters.snapshot(hits)
+        let layout = &self.shared.layout;
+        PagerStats {
+            redundancy: layout.redundancy(),
+            lost_servers: layout.stripes.lost_servers().len() as u64,
+            ..self.shared.counters.snapshot(hits)
+        }
+    }
+
+    /// The region's redundancy scheme.
+    pub fn redundancy(&self) -> Redundancy {
+        self.shared.layout.redundancy()
+    }
+
+    /// Memory servers this region has lost (a redundant region reads around them), in the
+    /// order they were lost.
+    pub fn lost_servers(&self) -> Vec<SocketAddr> {
+        let layout = &self.shared.layout;
+        layout.stripes.lost_servers().into_iter().map(|s| layout.server_addr(s)).collect()
+    }
+
+    /// Fewest live fragments (or copies) any chunk has left; the scheme's width when
+    /// nothing is lost, and 1 for a region without redundancy.
+    pub fn min_live_fragments(&self) -> usize {
+        let layout = &self.shared.layout;
+        if layout.redundancy().is_none() {
+            1
+        } else {
+            layout.stripes.min_live()
+        }
     }
 
     /// Clears the fault-latency histogram (e.g. after a warm-up phase).
@@ -316,9 +389,13 @@ impl FarMemory {
         let layout = &self.shared.layout;
         let mut out: Vec<(SocketAddr, u64)> = layout.servers().into_iter().map(|a| (a, 0)).collect();
         let core = self.shared.core.lock();
+        let mut servers = Vec::new();
         for (page, state) in core.states.iter().enumerate() {
             if *state & REMOTE != 0 && matches!(*state & STATE_MASK, ABSENT | STAGED) {
-                out[layout.locate(page).0].1 += 1;
+                layout.page_servers(page, &mut servers);
+                for s in &servers {
+                    out[*s].1 += 1;
+                }
             }
         }
         out
@@ -364,9 +441,16 @@ impl Drop for FarMemory {
         }
         let _ = self.shared.uffd.unregister(self.shared.map.as_ptr() as usize, self.shared.map.len());
         let mut admin = self.shared.admin.lock();
-        for home in self.shared.layout.chunks() {
-            if let Ok(conn) = crate::migrate::admin_conn(&mut admin, &self.shared.layout, home.server) {
-                crate::remote::free_quietly(conn, home.slab);
+        let layout = &self.shared.layout;
+        let slabs: Vec<(usize, krak_proto::SlabId)> = if layout.redundancy().is_none() {
+            layout.chunks().iter().map(|h| (h.server, h.slab)).collect()
+        } else {
+            // A lost server's slabs are left to its grace period: it may not answer at all.
+            layout.stripes.all().iter().flatten().filter(|f| f.is_live()).map(|f| (f.server, f.slab)).collect()
+        };
+        for (server, slab) in slabs {
+            if let Ok(conn) = crate::migrate::admin_conn(&mut admin, layout, server) {
+                crate::remote::free_quietly(conn, slab);
             }
         }
         drop(admin);

@@ -8,10 +8,12 @@ use parking_lot::RwLock;
 use krak_client::{ClientError, ConnectOptions, Connection};
 use krak_proto::{PageRef, SlabId, MAX_BATCH_PAGES, PAGE_SIZE};
 
+use crate::redundancy::{Coder, Redundancy};
+use crate::stripe::{Stripe, StripeRead, StripeTable};
 use crate::PagerError;
 
 /// Attempts per request before the pager gives up on a page (each with a fresh connection).
-const MAX_ATTEMPTS: u32 = 3;
+pub(crate) const MAX_ATTEMPTS: u32 = 3;
 const RETRY_PAUSE_MS: u64 = 50;
 
 /// Where a chunk's pages live: one slab on one server, and, while the chunk moves, the
@@ -31,16 +33,23 @@ pub(crate) struct RemoteLayout {
     pub connect: ConnectOptions,
     pub chunk_pages: usize,
     servers: RwLock<Vec<SocketAddr>>,
+    /// Chunk homes of a region without redundancy. A redundant region keeps its stripe's
+    /// first slab here (so chunk counts hold) and every slab in `stripes`.
     chunks: RwLock<Vec<ChunkHome>>,
+    /// The stripe of each chunk of a redundant region (empty for `none`).
+    pub stripes: StripeTable,
 }
 
 impl RemoteLayout {
     /// Allocates slabs for a whole region up front, so that a full rack is reported when the
-    /// region is made, not when a page is evicted.
+    /// region is made, not when a page is evicted. A redundant region gets a stripe of
+    /// `width` slabs per chunk on distinct servers.
     pub fn allocate(
         servers: &[SocketAddr],
+        domains: &[String],
         region_pages: usize,
         connect: ConnectOptions,
+        redundancy: Redundancy,
     ) -> Result<(RemoteLayout, Vec<Connection>), PagerError> {
         let mut admin = Vec::with_capacity(servers.len());
         for addr in servers {
@@ -48,6 +57,18 @@ impl RemoteLayout {
         }
         let chunk_pages = admin.iter().map(|c| c.slab_pages() as usize).min().ok_or(PagerError::NoServers)?;
         let n_chunks = region_pages.div_ceil(chunk_pages);
+        if !redundancy.is_none() {
+            let stripes = crate::stripe::allocate(&mut admin, domains, n_chunks, chunk_pages, redundancy)?;
+            let chunks = stripes.iter().map(|s| ChunkHome { server: s[0].server, slab: s[0].slab, moving_to: None });
+            let layout = RemoteLayout {
+                connect,
+                chunk_pages,
+                chunks: RwLock::new(chunks.collect()),
+                stripes: StripeTable::new(redundancy, stripes, servers.len()).with_domains(domains),
+                servers: RwLock::new(servers.to_vec()),
+            };
+            return Ok((layout, admin));
+        }
         let mut chunks = Vec::with_capacity(n_chunks);
         for c in 0..n_chunks {
             match allocate_chunk(&mut admin, c % servers.len()) {
@@ -67,8 +88,13 @@ impl RemoteLayout {
                 }
             }
         }
-        let layout =
-            RemoteLayout { connect, chunk_pages, servers: RwLock::new(servers.to_vec()), chunks: RwLock::new(chunks) };
+        let layout = RemoteLayout {
+            connect,
+            chunk_pages,
+            servers: RwLock::new(servers.to_vec()),
+            chunks: RwLock::new(chunks),
+            stripes: StripeTable::new(Redundancy::None, Vec::new(), 0),
+        };
         Ok((layout, admin))
     }
 
@@ -79,7 +105,27 @@ impl RemoteLayout {
         servers: Vec<SocketAddr>,
         chunks: Vec<ChunkHome>,
     ) -> RemoteLayout {
-        RemoteLayout { connect, chunk_pages, servers: RwLock::new(servers), chunks: RwLock::new(chunks) }
+        RemoteLayout {
+            connect,
+            chunk_pages,
+            servers: RwLock::new(servers),
+            chunks: RwLock::new(chunks),
+            stripes: StripeTable::new(Redundancy::None, Vec::new(), 0),
+        }
+    }
+
+    pub fn redundancy(&self) -> Redundancy {
+        self.stripes.scheme
+    }
+
+    /// Which read of a fault a page joins: its server without redundancy; one read (over
+    /// every server of the stripes) with it.
+    pub fn read_group(&self, page: usize) -> usize {
+        if self.redundancy().is_none() {
+            self.locate(page).0
+        } else {
+            0
+        }
     }
 
     /// Where to read `page` from.
@@ -145,13 +191,33 @@ impl RemoteLayout {
         self.chunks.read().clone()
     }
 
-    /// Bytes of slabs this region holds on each server.
+    /// Bytes of slabs this region holds on each server (a lost server's too).
     pub fn bytes_per_server(&self) -> Vec<(SocketAddr, u64)> {
         let mut out: Vec<(SocketAddr, u64)> = self.servers().into_iter().map(|a| (a, 0)).collect();
+        if !self.redundancy().is_none() {
+            let unit = self.redundancy().unit_bytes();
+            for stripe in self.stripes.all() {
+                for f in stripe {
+                    out[f.server].1 += (self.chunk_pages * unit) as u64;
+                }
+            }
+            return out;
+        }
         for home in self.chunks.read().iter() {
             out[home.server].1 += (self.chunk_pages * PAGE_SIZE) as u64;
         }
         out
+    }
+
+    /// The servers holding a live fragment (or copy) of `page`.
+    pub fn page_servers(&self, page: usize, out: &mut Vec<usize>) {
+        out.clear();
+        if self.redundancy().is_none() {
+            out.push(self.locate(page).0);
+            return;
+        }
+        self.stripes
+            .with(page / self.chunk_pages, |s: &Stripe| out.extend(s.iter().filter(|f| f.is_live()).map(|f| f.server)));
     }
 }
 
@@ -176,20 +242,42 @@ fn allocate_chunk(admin: &mut [Connection], preferred: usize) -> Result<(usize, 
     Err(last.expect("at least one server was asked"))
 }
 
+/// A read sent and not yet received: one request to one server, or the fragment reads of a
+/// redundant region's pages.
+#[derive(Debug)]
+pub(crate) enum Started {
+    One(Result<u64, ClientError>),
+    Stripe(Box<StripeRead>),
+}
+
 /// One thread's connections to every server, opened on first use and reopened on error.
 #[derive(Debug)]
 pub(crate) struct Links {
-    conns: Vec<Option<Connection>>,
+    pub(crate) conns: Vec<Option<Connection>>,
+    /// Connections for degraded reads of a redundant region, never left with a request
+    /// in flight.
+    pub(crate) spare: Vec<Option<Connection>>,
     refs: Vec<PageRef>,
     pub retries: u64,
+    /// Encoder and decoder of a redundant region, made on first use.
+    pub(crate) coder: Option<Coder>,
+    /// What this thread's redundant reads found, for the caller to count and act on.
+    pub(crate) found: crate::stripe::Found,
 }
 
 impl Links {
     pub fn new(servers: usize) -> Links {
-        Links { conns: (0..servers).map(|_| None).collect(), refs: Vec::new(), retries: 0 }
+        Links {
+            conns: (0..servers).map(|_| None).collect(),
+            spare: Vec::new(),
+            refs: Vec::new(),
+            retries: 0,
+            coder: None,
+            found: Default::default(),
+        }
     }
 
-    fn conn(&mut self, layout: &RemoteLayout, server: usize) -> Result<&mut Connection, ClientError> {
+    pub(crate) fn conn(&mut self, layout: &RemoteLayout, server: usize) -> Result<&mut Connection, ClientError> {
         if self.conns.len() <= server {
             self.conns.resize_with(server + 1, || None);
         }
@@ -199,9 +287,17 @@ impl Links {
         Ok(self.conns[server].as_mut().expect("just connected"))
     }
 
-    /// Sends a read of `pages` (all on one server, at most a batch) without waiting; returns
-    /// the request id for [`Links::finish_read`].
-    pub fn start_read(&mut self, layout: &RemoteLayout, server: usize, pages: &[usize]) -> Result<u64, ClientError> {
+    /// Sends a read of `pages` without waiting, to be received by [`Links::finish_read`]:
+    /// without redundancy all on `server` (at most a batch); with it, the fragments of each
+    /// page from the servers of its stripe (`server` unused).
+    pub fn start_read(&mut self, layout: &RemoteLayout, server: usize, pages: &[usize]) -> Started {
+        if !layout.redundancy().is_none() {
+            return Started::Stripe(Box::new(self.start_stripe_read(layout, pages)));
+        }
+        Started::One(self.start_one(layout, server, pages))
+    }
+
+    fn start_one(&mut self, layout: &RemoteLayout, server: usize, pages: &[usize]) -> Result<u64, ClientError> {
         self.refs.clear();
         self.refs.extend(pages.iter().map(|p| layout.locate(*p).1));
         let refs = std::mem::take(&mut self.refs);
@@ -213,9 +309,25 @@ impl Links {
         sent
     }
 
-    /// Receives a read started with [`Links::start_read`]; on error the read is retried
-    /// synchronously on a fresh connection, a bounded number of times.
+    /// Receives a read started with [`Links::start_read`] into `out` (whole pages). Without
+    /// redundancy a failed read is retried synchronously on a fresh connection, a bounded
+    /// number of times; with it, a failed or corrupt fragment is read from the stripe's
+    /// other servers and the page rebuilt.
     pub fn finish_read(
+        &mut self,
+        layout: &RemoteLayout,
+        server: usize,
+        started: Started,
+        pages: &[usize],
+        out: &mut [u8],
+    ) -> Result<(), PagerError> {
+        match started {
+            Started::One(started) => self.finish_one(layout, server, started, pages, out).map_err(PagerError::Remote),
+            Started::Stripe(read) => self.finish_stripe_read(layout, *read, out),
+        }
+    }
+
+    fn finish_one(
         &mut self,
         layout: &RemoteLayout,
         server: usize,
@@ -262,17 +374,20 @@ impl Links {
         result
     }
 
-    /// Writes pages to every place they must go (see [`RemoteLayout::write_targets`]),
-    /// pipelining one request per server and batch, retrying each failed batch a bounded
-    /// number of times.
-    pub fn write(&mut self, layout: &RemoteLayout, pages: &[(usize, &[u8])]) -> Result<(), ClientError> {
+    /// Writes pages to every place they must go (see [`RemoteLayout::write_targets`]; for a
+    /// redundant region every live fragment), pipelining one request per server and batch,
+    /// retrying each failed batch a bounded number of times.
+    pub fn write(&mut self, layout: &RemoteLayout, pages: &[(usize, &[u8])]) -> Result<(), PagerError> {
+        if !layout.redundancy().is_none() {
+            return self.write_stripes(layout, pages);
+        }
         let mut groups: Vec<Vec<(PageRef, &[u8])>> = vec![Vec::new(); layout.server_count()];
         for (p, data) in pages {
             for (server, at) in layout.write_targets(*p).into_iter().flatten() {
                 groups[server].push((at, data));
             }
         }
-        self.write_groups(layout, &groups)
+        self.write_groups(layout, &groups).map_err(PagerError::Remote)
     }
 
     /// Writes pages to one server, at the given places.
@@ -288,6 +403,16 @@ impl Links {
     }
 
     fn write_groups(&mut self, layout: &RemoteLayout, groups: &[Vec<(PageRef, &[u8])>]) -> Result<(), ClientError> {
+        self.write_groups_each(layout, groups).into_iter().find_map(|(_, r)| r.err()).map_or(Ok(()), Err)
+    }
+
+    /// Writes each server's group; returns the outcome per server that had a group.
+    pub(crate) fn write_groups_each(
+        &mut self,
+        layout: &RemoteLayout,
+        groups: &[Vec<(PageRef, &[u8])>],
+    ) -> Vec<(usize, Result<(), ClientError>)> {
+        let mut outcome: Vec<(usize, Result<(), ClientError>)> = Vec::new();
         let mut sent: Vec<(usize, usize, Result<u64, ClientError>)> = Vec::new();
         for (server, group) in groups.iter().enumerate() {
             for (b, batch) in group.chunks(MAX_BATCH_PAGES).enumerate() {
@@ -295,7 +420,6 @@ impl Links {
                 sent.push((server, b, r));
             }
         }
-        let mut result = Ok(());
         for (server, b, started) in sent {
             let batch = &groups[server][b * MAX_BATCH_PAGES..((b + 1) * MAX_BATCH_PAGES).min(groups[server].len())];
             let first = started.and_then(|id| match self.conns[server].as_mut() {
@@ -304,10 +428,16 @@ impl Links {
                     Err(ClientError::Protocol { addr: layout.server_addr(server), detail: "connection lost".into() })
                 }
             });
-            if let Err(e) = self.retry(layout, server, "write to", first, |c| c.write_pages(batch)) {
-                result = Err(e);
+            let r = self.retry(layout, server, "write to", first, |c| c.write_pages(batch));
+            match outcome.iter_mut().find(|(s, _)| *s == server) {
+                Some((_, prev)) => {
+                    if prev.is_ok() {
+                        *prev = r;
+                    }
+                }
+                None => outcome.push((server, r)),
             }
         }
-        result
+        outcome
     }
 }

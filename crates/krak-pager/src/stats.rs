@@ -21,6 +21,12 @@ pub(crate) struct Counters {
     pub failed_faults: AtomicU64,
     pub moved_pages: AtomicU64,
     pub chunks_moved: AtomicU64,
+    pub degraded_reads: AtomicU64,
+    pub corrupt_fragments: AtomicU64,
+    pub corrupt_fragments_repaired: AtomicU64,
+    pub reprotected_pages: AtomicU64,
+    /// Time from the first loss to full redundancy, of the last re-protection.
+    pub reprotect_ms: AtomicU64,
     latency_ns: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
@@ -42,6 +48,11 @@ impl Counters {
             failed_faults: z(),
             moved_pages: z(),
             chunks_moved: z(),
+            degraded_reads: z(),
+            corrupt_fragments: z(),
+            corrupt_fragments_repaired: z(),
+            reprotected_pages: z(),
+            reprotect_ms: z(),
             latency_ns: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static histogram bounds"),
             ),
@@ -80,6 +91,13 @@ impl Counters {
             failed_faults: g(&self.failed_faults),
             moved_pages: g(&self.moved_pages),
             chunks_moved: g(&self.chunks_moved),
+            redundancy: crate::Redundancy::None,
+            lost_servers: 0,
+            degraded_reads: g(&self.degraded_reads),
+            corrupt_fragments: g(&self.corrupt_fragments),
+            corrupt_fragments_repaired: g(&self.corrupt_fragments_repaired),
+            reprotected_pages: g(&self.reprotected_pages),
+            reprotect_ms: g(&self.reprotect_ms),
             faults_timed: h.len(),
             fault_p50_us: us(0.5),
             fault_p99_us: us(0.99),
@@ -123,6 +141,22 @@ pub struct PagerStats {
     pub moved_pages: u64,
     /// Chunks moved to another server while the region was in use.
     pub chunks_moved: u64,
+    /// The region's redundancy scheme.
+    pub redundancy: crate::Redundancy,
+    /// Memory servers lost for this region (their fragments are no longer used).
+    pub lost_servers: u64,
+    /// Pages read without their first copy or without all their data fragments (rebuilt
+    /// from parity or read from another copy).
+    pub degraded_reads: u64,
+    /// Fragments that failed their checksum on a read (the page was rebuilt from others).
+    pub corrupt_fragments: u64,
+    /// Corrupt fragments rewritten with the right bytes.
+    pub corrupt_fragments_repaired: u64,
+    /// Pages whose lost fragment was rebuilt onto a replacement slab (re-protection).
+    pub reprotected_pages: u64,
+    /// Milliseconds from the first server lost to full redundancy back, for the last
+    /// re-protection (0: none finished).
+    pub reprotect_ms: u64,
     pub faults_timed: u64,
     pub fault_p50_us: f64,
     pub fault_p99_us: f64,

@@ -3,14 +3,18 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use krak_uffd::PAGE_SIZE;
 
 use crate::core::*;
 use crate::remote::Links;
 use crate::stats::Counters;
 
-/// Pause after a batch failed every retry, before the whole batch is tried again.
-const FAILURE_PAUSE_MS: u64 = 500;
+/// Pause after a batch failed every retry, before its pages are tried again.
+const FAILURE_PAUSE: Duration = Duration::from_millis(500);
+/// Most pages with a corrupt fragment rewritten in one step.
+const REPAIR_BATCH_PAGES: usize = 64;
 
 pub(crate) fn run(shared: Arc<Shared>) {
     let mut links = Links::new(shared.layout.server_count());
@@ -18,18 +22,37 @@ pub(crate) fn run(shared: Arc<Shared>) {
     // Under a write-heavy load the queue is never empty: alternate batches and move steps so
     // that neither starves.
     let mut moved_last = false;
+    let mut repaired_last = false;
     loop {
         {
             let mut core = shared.core.lock();
+            unpark_due(&mut core);
             while core.wb_queue.is_empty() {
                 if shared.stop.load(Ordering::Relaxed) {
                     return;
                 }
-                if !core.moves.is_empty() {
+                if !core.moves.is_empty() || !core.repairs.is_empty() {
                     break;
                 }
-                shared.wb_wake.wait_for(&mut core, Duration::from_millis(100));
+                let wait = match core.wb_parked_since {
+                    Some(t) => {
+                        (t + FAILURE_PAUSE).saturating_duration_since(Instant::now()).max(Duration::from_millis(1))
+                    }
+                    None => Duration::from_millis(100),
+                };
+                shared.wb_wake.wait_for(&mut core, wait.min(Duration::from_millis(100)));
+                unpark_due(&mut core);
             }
+            if !core.repairs.is_empty() && (core.wb_queue.is_empty() || !repaired_last) {
+                // Rewriting here orders the repair with every write-back of the same pages.
+                repaired_last = true;
+                let n = core.repairs.len().min(REPAIR_BATCH_PAGES);
+                let pages: Vec<usize> = core.repairs.drain(..n).collect();
+                drop(core);
+                repair(&shared, &mut links, &pages);
+                continue;
+            }
+            repaired_last = false;
             if !core.moves.is_empty() && (core.wb_queue.is_empty() || !moved_last) {
                 // Copy the next piece of a moving chunk. Doing it on this thread orders every
                 // write to the new home after the writes queued before it.
@@ -47,34 +70,103 @@ pub(crate) fn run(shared: Arc<Shared>) {
         drop(pages);
         let mut core = shared.core.lock();
         Counters::add(&shared.counters.retries, std::mem::take(&mut links.retries));
-        match result {
-            Ok(()) => {
-                for (page, bytes) in batch.drain(..) {
-                    // Only the newest staged copy turns the page remote; an older write that
-                    // completes after the page was faulted back in changes nothing.
-                    if core.staged.get(&page).is_some_and(|s| Arc::ptr_eq(s, &bytes)) {
-                        core.staged.remove(&page);
-                        core.states[page] = ABSENT | REMOTE;
-                    }
-                    core.wb_pending -= 1;
-                }
-                Counters::add(&shared.counters.remote_writes, written as u64);
-                core.failure = None;
-                shared.space.notify_all();
+        // Pages whose write did not land: none, some (a redundant region's chunks beyond
+        // what their scheme tolerates), or all of them.
+        let failed: Option<(Vec<usize>, String)> = match result {
+            Ok(()) => None,
+            Err(crate::PagerError::Unwritable { pages, detail }) => Some((pages, detail)),
+            Err(e) => Some((batch.iter().map(|(p, _)| *p).collect(), e.to_string())),
+        };
+        let mut retry = Vec::new();
+        let mut landed = 0;
+        for (page, bytes) in batch.drain(..) {
+            if failed.as_ref().is_some_and(|(pages, _)| pages.contains(&page)) {
+                retry.push((page, bytes));
+                continue;
             }
-            Err(e) => {
-                tracing::error!("write-back of {} pages failed: {e}; pages stay buffered and will be retried", written);
-                core.failure = Some(e.to_string());
-                for entry in batch.drain(..).rev() {
-                    core.wb_queue.push_front(entry);
+            // Only the newest staged copy turns the page remote; an older write that
+            // completes after the page was faulted back in changes nothing.
+            if core.staged.get(&page).is_some_and(|s| Arc::ptr_eq(s, &bytes)) {
+                core.staged.remove(&page);
+                core.states[page] = ABSENT | REMOTE;
+            }
+            core.wb_pending -= 1;
+            landed += 1;
+        }
+        Counters::add(&shared.counters.remote_writes, landed);
+        shared.space.notify_all();
+        match failed {
+            None if core.wb_parked.is_empty() => core.failure = None,
+            None => {}
+            Some((_, why)) => {
+                tracing::error!(
+                    "write-back of {} of {written} pages failed: {why}; they stay buffered and are retried in {} ms",
+                    retry.len(),
+                    FAILURE_PAUSE.as_millis()
+                );
+                core.failure = Some(why);
+                // Park them, so that pages no server can take do not hold up the others.
+                for (page, bytes) in retry {
+                    park(&mut core, page, bytes);
                 }
-                shared.space.notify_all();
-                drop(core);
-                if shared.stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(FAILURE_PAUSE_MS));
+                core.wb_parked_since.get_or_insert_with(Instant::now);
             }
         }
+    }
+}
+
+/// Keeps a failed write-back for a later try, if it is still its page's newest copy (an
+/// older copy written after a newer one would overwrite it); drops it otherwise.
+fn park(core: &mut Core, page: usize, bytes: Arc<[u8]>) {
+    if core.staged.get(&page).is_some_and(|s| Arc::ptr_eq(s, &bytes)) {
+        core.wb_parked.push((page, bytes));
+    } else {
+        core.wb_pending -= 1;
+    }
+}
+
+/// Puts parked write-backs back at the head of the queue once their pause is over.
+fn unpark_due(core: &mut Core) {
+    let due = matches!(core.wb_parked_since, Some(t) if t.elapsed() >= FAILURE_PAUSE);
+    if !due {
+        return;
+    }
+    core.wb_parked_since = None;
+    for (page, bytes) in std::mem::take(&mut core.wb_parked).into_iter().rev() {
+        if core.staged.get(&page).is_some_and(|s| Arc::ptr_eq(s, &bytes)) {
+            core.wb_queue.push_front((page, bytes));
+        } else {
+            core.wb_pending -= 1;
+        }
+    }
+}
+
+/// Re-reads pages a read found a corrupt fragment of (every fragment, rebuilding the page
+/// from the good ones) and rewrites every fragment of those still corrupt.
+fn repair(shared: &Shared, links: &mut Links, pages: &[usize]) {
+    let layout = &shared.layout;
+    let mut buf = vec![0u8; pages.len() * PAGE_SIZE];
+    let started = crate::remote::Started::Stripe(Box::new(links.start_stripe_read_with(layout, pages, true)));
+    let read = links.finish_read(layout, 0, started, pages, &mut buf);
+    let found = std::mem::take(&mut links.found);
+    if let Err(e) = read {
+        tracing::warn!("re-reading {} pages with a corrupt fragment failed: {e}", pages.len());
+        return;
+    }
+    let rewrite: Vec<(usize, &[u8])> = pages
+        .iter()
+        .zip(buf.chunks_exact(PAGE_SIZE))
+        .filter(|(p, _)| found.corrupt_pages.contains(p))
+        .map(|(p, data)| (*p, data))
+        .collect();
+    if rewrite.is_empty() {
+        return;
+    }
+    match links.write(layout, &rewrite) {
+        Ok(()) => {
+            Counters::add(&shared.counters.corrupt_fragments_repaired, found.corrupt_fragments);
+            tracing::info!("rewrote {} corrupt fragments of {} pages", found.corrupt_fragments, rewrite.len());
+        }
+        Err(e) => tracing::warn!("rewriting {} pages with a corrupt fragment failed: {e}", rewrite.len()),
     }
 }

@@ -34,7 +34,7 @@ fn main() {
             let t = Instant::now();
             for _ in 0..iters {
                 frame.clear();
-                encode_write_pages(&mut frame, 1, refs.iter().map(|r| (*r, page.as_slice())));
+                encode_write_pages(&mut frame, 1, PAGE_SIZE as u32, refs.iter().map(|r| (*r, page.as_slice())));
             }
             enc.push(t.elapsed().as_secs_f64() * 1e6 / iters as f64);
             let t = Instant::now();

@@ -2,7 +2,9 @@
 
 use crate::frame::{DecodeError, Header, HEADER_LEN, MAX_BODY_BYTES};
 use crate::message::*;
-use crate::{page_crc, MAX_BATCH_PAGES, MAX_ERROR_MESSAGE_BYTES, NONCE_LEN, PAGE_SIZE, PROOF_LEN};
+#[cfg(test)]
+use crate::PAGE_SIZE;
+use crate::{page_crc, MAX_BATCH_PAGES, MAX_ERROR_MESSAGE_BYTES, NONCE_LEN, PROOF_LEN};
 
 /// Appends one frame to a buffer; the body length is patched in by [`FrameBuilder::finish`].
 #[derive(Debug)]
@@ -71,8 +73,11 @@ pub fn encode_auth(out: &mut Vec<u8>, request_id: u64, proof: &[u8; PROOF_LEN]) 
     f.finish();
 }
 
-pub fn encode_alloc_slab(out: &mut Vec<u8>, request_id: u64) {
-    FrameBuilder::begin(out, Op::AllocSlab as u16, 0, request_id).finish();
+/// Encodes an allocation of a slab storing units of `unit_bytes` (see [`valid_unit_bytes`]).
+pub fn encode_alloc_slab(out: &mut Vec<u8>, request_id: u64, unit_bytes: u32) {
+    let mut f = FrameBuilder::begin(out, Op::AllocSlab as u16, 0, request_id);
+    f.put_u32(unit_bytes);
+    f.finish();
 }
 
 pub fn encode_free_slab(out: &mut Vec<u8>, request_id: u64, slab: SlabId) {
@@ -85,28 +90,30 @@ pub fn encode_stats(out: &mut Vec<u8>, request_id: u64) {
     FrameBuilder::begin(out, Op::Stats as u16, 0, request_id).finish();
 }
 
-/// Encodes a read of up to [`MAX_BATCH_PAGES`] pages.
-pub fn encode_read_pages(out: &mut Vec<u8>, request_id: u64, pages: &[PageRef]) {
+/// Encodes a read of up to [`MAX_BATCH_PAGES`] units of `unit_bytes` each.
+pub fn encode_read_pages(out: &mut Vec<u8>, request_id: u64, unit_bytes: u32, pages: &[PageRef]) {
     assert!(pages.len() <= MAX_BATCH_PAGES, "read batch of {} pages", pages.len());
     let mut f = FrameBuilder::begin(out, Op::ReadPages as u16, 0, request_id);
-    f.put_u32(pages.len() as u32);
+    f.put_u32(pages.len() as u32).put_u32(unit_bytes);
     for p in pages {
         f.put_slab(p.slab).put_u32(p.page);
     }
     f.finish();
 }
 
-/// Encodes a write of up to [`MAX_BATCH_PAGES`] pages, computing each page's CRC-32C.
+/// Encodes a write of up to [`MAX_BATCH_PAGES`] units of `unit_bytes` each, computing each
+/// unit's CRC-32C.
 pub fn encode_write_pages<'p>(
     out: &mut Vec<u8>,
     request_id: u64,
+    unit_bytes: u32,
     pages: impl ExactSizeIterator<Item = (PageRef, &'p [u8])>,
 ) {
     assert!(pages.len() <= MAX_BATCH_PAGES, "write batch of {} pages", pages.len());
     let mut f = FrameBuilder::begin(out, Op::WritePages as u16, 0, request_id);
-    f.put_u32(pages.len() as u32);
+    f.put_u32(pages.len() as u32).put_u32(unit_bytes);
     for (at, data) in pages {
-        assert_eq!(data.len(), PAGE_SIZE, "a page is {PAGE_SIZE} bytes");
+        assert_eq!(data.len(), unit_bytes as usize, "every unit of the batch is {unit_bytes} bytes");
         f.put_slab(at.slab).put_u32(at.page).put_u32(page_crc(data)).put_bytes(data);
     }
     f.finish();
@@ -154,10 +161,11 @@ pub fn encode_stats_response(out: &mut Vec<u8>, request_id: u64, stats: &ServerS
     f.finish();
 }
 
-/// Starts a read response of `count` pages; the caller appends `crc` + page for each.
-pub fn begin_pages_response(out: &mut Vec<u8>, request_id: u64, count: u32) -> FrameBuilder<'_> {
+/// Starts a read response of `count` units of `unit_bytes`; the caller appends `crc` +
+/// unit for each.
+pub fn begin_pages_response(out: &mut Vec<u8>, request_id: u64, count: u32, unit_bytes: u32) -> FrameBuilder<'_> {
     let mut f = FrameBuilder::begin(out, Op::ReadPages as u16 | RESPONSE_BIT, 0, request_id);
-    f.put_u32(count);
+    f.put_u32(count).put_u32(unit_bytes);
     f
 }
 
@@ -190,24 +198,40 @@ fn expect_len(kind: &'static str, body: &[u8], len: usize) -> Result<(), DecodeE
     Ok(())
 }
 
-/// Splits `count: u32` + `count` fixed-size entries, checking the count against the limit
-/// and the body length against the count.
-fn counted<'a>(kind: &'static str, body: &'a [u8], entry_len: usize) -> Result<&'a [u8], DecodeError> {
-    if body.len() < 4 {
-        return Err(malformed(kind, "missing page count"));
+/// Checks the unit size of an allocation, a batch or an answer.
+fn unit(kind: &'static str, unit_bytes: u32) -> Result<u32, DecodeError> {
+    if !valid_unit_bytes(unit_bytes) {
+        return Err(malformed(kind, format!("unit of {unit_bytes} bytes (a power of two from 64 to 4096)")));
+    }
+    Ok(unit_bytes)
+}
+
+/// Splits `count: u32` + `unit_bytes: u32` + `count` entries of `head + unit_bytes` (`head`
+/// alone when `with_unit` is false), checking the count against the limit, the unit size,
+/// and the body length against both.
+fn counted<'a>(
+    kind: &'static str,
+    body: &'a [u8],
+    head: usize,
+    with_unit: bool,
+) -> Result<(u32, &'a [u8]), DecodeError> {
+    if body.len() < 8 {
+        return Err(malformed(kind, "missing count or unit size"));
     }
     let count = read_u32(body, 0);
     if count as usize > MAX_BATCH_PAGES {
         return Err(DecodeError::BatchTooLarge(count));
     }
-    let entries = &body[4..];
+    let unit_bytes = unit(kind, read_u32(body, 4))?;
+    let entry_len = head + if with_unit { unit_bytes as usize } else { 0 };
+    let entries = &body[8..];
     if entries.len() != count as usize * entry_len {
         return Err(malformed(
             kind,
             format!("{count} entries need {} bytes, got {}", count as usize * entry_len, entries.len()),
         ));
     }
-    Ok(entries)
+    Ok((unit_bytes, entries))
 }
 
 /// Decodes a request body. `header` must have come from [`Header::decode`].
@@ -230,15 +254,21 @@ pub fn decode_request<'a>(header: &Header, body: &'a [u8]) -> Result<Request<'a>
             Request::Auth { proof: read_array(body, 0) }
         }
         Op::AllocSlab => {
-            expect_len(name, body, 0)?;
-            Request::AllocSlab
+            expect_len(name, body, 4)?;
+            Request::AllocSlab { unit_bytes: unit(name, read_u32(body, 0))? }
         }
         Op::FreeSlab => {
             expect_len(name, body, SLAB_HANDLE_LEN)?;
             Request::FreeSlab { slab: read_slab(body, 0) }
         }
-        Op::ReadPages => Request::ReadPages(ReadEntries { bytes: counted(name, body, READ_ENTRY_LEN)? }),
-        Op::WritePages => Request::WritePages(WriteEntries { bytes: counted(name, body, WRITE_ENTRY_LEN)? }),
+        Op::ReadPages => {
+            let (unit_bytes, bytes) = counted(name, body, READ_ENTRY_LEN, false)?;
+            Request::ReadPages(ReadEntries { unit_bytes, bytes })
+        }
+        Op::WritePages => {
+            let (unit_bytes, bytes) = counted(name, body, WRITE_ENTRY_HEAD, true)?;
+            Request::WritePages(WriteEntries { unit_bytes, bytes })
+        }
         Op::Stats => {
             expect_len(name, body, 0)?;
             Request::Stats
@@ -285,7 +315,10 @@ pub fn decode_response<'a>(header: &Header, body: &'a [u8]) -> Result<Response<'
             expect_len(name, body, 0)?;
             Response::SlabFreed
         }
-        Op::ReadPages => Response::Pages(PageEntries { bytes: counted(name, body, PAGE_ENTRY_LEN)? }),
+        Op::ReadPages => {
+            let (unit_bytes, bytes) = counted(name, body, PAGE_ENTRY_HEAD, true)?;
+            Response::Pages(PageEntries { unit_bytes, bytes })
+        }
         Op::WritePages => {
             expect_len(name, body, 4)?;
             Response::Written { count: read_u32(body, 0) }
@@ -319,7 +352,7 @@ mod tests {
         let b: Vec<u8> = (0..PAGE_SIZE).map(|i| i as u8).collect();
         let refs = [PageRef { slab: SlabId(9, 90), page: 3 }, PageRef { slab: SlabId(10, 100), page: 0 }];
         let mut out = Vec::new();
-        encode_write_pages(&mut out, 42, refs.iter().copied().zip([a.as_slice(), b.as_slice()]));
+        encode_write_pages(&mut out, 42, PAGE_SIZE as u32, refs.iter().copied().zip([a.as_slice(), b.as_slice()]));
         let (h, body) = split(&out);
         assert_eq!(h.request_id, 42);
         let Request::WritePages(entries) = decode_request(&h, body).unwrap() else { panic!("wrong kind") };
@@ -334,14 +367,14 @@ mod tests {
     fn read_request_and_response_round_trip() {
         let refs = [PageRef { slab: SlabId(1, u64::MAX), page: 7 }];
         let mut out = Vec::new();
-        encode_read_pages(&mut out, 5, &refs);
+        encode_read_pages(&mut out, 5, PAGE_SIZE as u32, &refs);
         let (h, body) = split(&out);
         let Request::ReadPages(entries) = decode_request(&h, body).unwrap() else { panic!("wrong kind") };
         assert_eq!(entries.iter().collect::<Vec<_>>(), refs);
 
         let page = vec![0xabu8; PAGE_SIZE];
         let mut out = Vec::new();
-        let mut f = begin_pages_response(&mut out, 5, 1);
+        let mut f = begin_pages_response(&mut out, 5, 1, PAGE_SIZE as u32);
         f.put_u32(page_crc(&page)).put_bytes(&page);
         f.finish();
         let (h, body) = split(&out);
@@ -403,6 +436,45 @@ mod tests {
         encode_slab_allocated(&mut out, 5, SlabId(1, 2));
         let (h, body) = split(&out);
         assert_eq!(decode_response(&h, body).unwrap(), Response::SlabAllocated { slab: SlabId(1, 2) });
+
+        let mut out = Vec::new();
+        encode_alloc_slab(&mut out, 4, 1024);
+        let (h, body) = split(&out);
+        assert_eq!(decode_request(&h, body).unwrap(), Request::AllocSlab { unit_bytes: 1024 });
+    }
+
+    #[test]
+    fn fragment_units_round_trip_and_bad_units_are_malformed() {
+        let frags: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 1024]).collect();
+        let refs: Vec<PageRef> = (0..3).map(|i| PageRef { slab: SlabId(7, 70), page: i }).collect();
+        let mut out = Vec::new();
+        encode_write_pages(&mut out, 1, 1024, refs.iter().copied().zip(frags.iter().map(|f| f.as_slice())));
+        let (h, body) = split(&out);
+        assert_eq!(body.len(), 8 + 3 * (WRITE_ENTRY_HEAD + 1024));
+        let Request::WritePages(entries) = decode_request(&h, body).unwrap() else { panic!("wrong kind") };
+        assert_eq!(entries.unit_bytes(), 1024);
+        let got: Vec<_> = entries.iter().map(|e| (e.at, e.data.to_vec(), e.crc)).collect();
+        assert_eq!(got[2], (refs[2], frags[2].clone(), page_crc(&frags[2])));
+
+        let mut out = Vec::new();
+        let mut f = begin_pages_response(&mut out, 2, 2, 64);
+        for f_ in [&[1u8; 64], &[2u8; 64]] {
+            f.put_u32(page_crc(f_)).put_bytes(f_);
+        }
+        f.finish();
+        let (h, body) = split(&out);
+        let Response::Pages(units) = decode_response(&h, body).unwrap() else { panic!("wrong kind") };
+        assert_eq!((units.len(), units.unit_bytes()), (2, 64));
+        assert_eq!(units.iter().nth(1).unwrap().data, &[2u8; 64]);
+
+        let h = |kind, len| Header { kind, status: 0, request_id: 1, body_len: len };
+        for bad in [0u32, 32, 100, 8192] {
+            let body = bad.to_le_bytes();
+            assert!(matches!(decode_request(&h(2, 4), &body), Err(DecodeError::Malformed { .. })), "unit {bad}");
+            let mut body = 0u32.to_le_bytes().to_vec();
+            body.extend_from_slice(&bad.to_le_bytes());
+            assert!(matches!(decode_request(&h(4, 8), &body), Err(DecodeError::Malformed { .. })), "unit {bad}");
+        }
     }
 
     #[test]
@@ -421,11 +493,13 @@ mod tests {
         let h = |kind, len| Header { kind, status: 0, request_id: 1, body_len: len };
         // count says 2 entries but only one is there
         let mut body = 2u32.to_le_bytes().to_vec();
+        body.extend_from_slice(&4096u32.to_le_bytes());
         body.extend_from_slice(&[0u8; READ_ENTRY_LEN]);
         assert!(matches!(decode_request(&h(4, body.len() as u32), &body), Err(DecodeError::Malformed { .. })));
         // count over the batch limit
-        let body = (MAX_BATCH_PAGES as u32 + 1).to_le_bytes();
-        assert!(matches!(decode_request(&h(5, 4), &body), Err(DecodeError::BatchTooLarge(_))));
+        let mut body = (MAX_BATCH_PAGES as u32 + 1).to_le_bytes().to_vec();
+        body.extend_from_slice(&4096u32.to_le_bytes());
+        assert!(matches!(decode_request(&h(5, 8), &body), Err(DecodeError::BatchTooLarge(_))));
         // unknown kinds, responses sent as requests
         assert!(matches!(decode_request(&h(99, 0), &[]), Err(DecodeError::UnknownKind(99))));
         assert!(matches!(decode_request(&h(0x8001, 0), &[]), Err(DecodeError::UnknownKind(_))));

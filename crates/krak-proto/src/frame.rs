@@ -1,13 +1,14 @@
 //! The fixed frame header that precedes every message.
 
-use crate::MAX_BATCH_PAGES;
+use crate::{MAX_BATCH_PAGES, PAGE_SIZE};
 
 /// First four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"KRAK";
 /// Length of the fixed header in bytes.
 pub const HEADER_LEN: usize = 24;
-/// Largest body a frame may declare: a full write batch plus its per-page overhead.
-pub const MAX_BODY_BYTES: usize = 4 + MAX_BATCH_PAGES * crate::message::WRITE_ENTRY_LEN;
+/// Largest body a frame may declare: a full write batch of whole pages (count, unit size,
+/// then per-unit overhead and data).
+pub const MAX_BODY_BYTES: usize = 8 + MAX_BATCH_PAGES * (crate::message::WRITE_ENTRY_HEAD + PAGE_SIZE);
 
 /// Why a frame or message could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

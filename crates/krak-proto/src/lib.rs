@@ -23,12 +23,17 @@ pub use message::*;
 pub const PROTOCOL_VERSION: u32 = 2;
 /// The unit of transfer: every page on the wire is exactly this long.
 pub const PAGE_SIZE: usize = 4096;
-/// Most pages one read or write request may carry.
+/// Smallest unit a slab may store (a page's fragment under erasure coding).
+pub const MIN_UNIT_BYTES: usize = 64;
+/// Largest unit a slab may store: a whole page.
+pub const MAX_UNIT_BYTES: usize = PAGE_SIZE;
+/// Most units one read or write request may carry.
 pub const MAX_BATCH_PAGES: usize = 256;
 /// Longest error message a response may carry, in bytes.
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
 
-/// CRC-32C (Castagnoli) of one page, as carried next to every page on the wire.
+/// CRC-32C (Castagnoli) of one unit (a page or a fragment), as carried next to every unit
+/// on the wire.
 pub fn page_crc(page: &[u8]) -> u32 {
     crc32c::crc32c(page)
 }

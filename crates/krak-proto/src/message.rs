@@ -1,6 +1,6 @@
 //! Message kinds, error codes and the decoded (borrowing) forms of each message.
 
-use crate::{NONCE_LEN, PAGE_SIZE, PROOF_LEN};
+use crate::{MAX_UNIT_BYTES, MIN_UNIT_BYTES, NONCE_LEN, PROOF_LEN};
 
 /// Set in the kind of every response: response kind = request kind | `RESPONSE_BIT`.
 pub const RESPONSE_BIT: u16 = 0x8000;
@@ -80,6 +80,8 @@ pub enum ErrorCode {
     ClientLimit = 14,
     /// Too many requests on this connection named slabs it does not hold (guessing).
     TooManyBadSlabs = 15,
+    /// A read or write named a unit size other than the slab's.
+    WrongUnitSize = 16,
 }
 
 impl ErrorCode {
@@ -101,6 +103,7 @@ impl ErrorCode {
             13 => AuthFailed,
             14 => ClientLimit,
             15 => TooManyBadSlabs,
+            16 => WrongUnitSize,
             _ => return None,
         })
     }
@@ -116,20 +119,28 @@ pub struct SlabId(pub u64, pub u64);
 /// Bytes of a slab handle on the wire: id then tag.
 pub const SLAB_HANDLE_LEN: usize = 16;
 
-/// One page of one slab.
+/// One unit (a page, or a page's fragment) of one slab.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PageRef {
     pub slab: SlabId,
-    /// Page index inside the slab.
+    /// Unit index inside the slab.
     pub page: u32,
 }
 
-/// Length of one entry of a read request: slab handle + page index.
+/// True for a unit size a slab may have: a power of two from [`MIN_UNIT_BYTES`] to
+/// [`MAX_UNIT_BYTES`] (so it divides a page and is a multiple of 64 bytes).
+pub fn valid_unit_bytes(unit_bytes: u32) -> bool {
+    let u = unit_bytes as usize;
+    u.is_power_of_two() && (MIN_UNIT_BYTES..=MAX_UNIT_BYTES).contains(&u)
+}
+
+/// Length of one entry of a read request: slab handle + unit index.
 pub(crate) const READ_ENTRY_LEN: usize = SLAB_HANDLE_LEN + 4;
-/// Length of one entry of a write request: slab handle + page index + crc + page.
-pub(crate) const WRITE_ENTRY_LEN: usize = SLAB_HANDLE_LEN + 8 + PAGE_SIZE;
-/// Length of one entry of a read response: crc + page.
-pub(crate) const PAGE_ENTRY_LEN: usize = 4 + PAGE_SIZE;
+/// Fixed part of one entry of a write request: slab handle + unit index + crc (the unit
+/// follows).
+pub(crate) const WRITE_ENTRY_HEAD: usize = SLAB_HANDLE_LEN + 8;
+/// Fixed part of one entry of a read response: crc (the unit follows).
+pub(crate) const PAGE_ENTRY_HEAD: usize = 4;
 
 /// What a server says about itself in answer to a hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,7 +208,7 @@ impl ServerStats {
 pub enum Request<'a> {
     Hello { version: u32, client_id: u64, nonce: [u8; NONCE_LEN] },
     Auth { proof: [u8; PROOF_LEN] },
-    AllocSlab,
+    AllocSlab { unit_bytes: u32 },
     FreeSlab { slab: SlabId },
     ReadPages(ReadEntries<'a>),
     WritePages(WriteEntries<'a>),
@@ -242,10 +253,15 @@ pub(crate) fn read_u32(b: &[u8], i: usize) -> u32 {
 /// The entries of a read request; lengths were checked when decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadEntries<'a> {
+    pub(crate) unit_bytes: u32,
     pub(crate) bytes: &'a [u8],
 }
 
 impl<'a> ReadEntries<'a> {
+    /// Size of each unit asked for; every slab named must have it.
+    pub fn unit_bytes(&self) -> u32 {
+        self.unit_bytes
+    }
     pub fn len(&self) -> usize {
         self.bytes.len() / READ_ENTRY_LEN
     }
@@ -259,7 +275,7 @@ impl<'a> ReadEntries<'a> {
     }
 }
 
-/// One page of a write request.
+/// One unit of a write request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteEntry<'a> {
     pub at: PageRef,
@@ -270,46 +286,62 @@ pub struct WriteEntry<'a> {
 /// The entries of a write request; lengths were checked when decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteEntries<'a> {
+    pub(crate) unit_bytes: u32,
     pub(crate) bytes: &'a [u8],
 }
 
 impl<'a> WriteEntries<'a> {
+    /// Size of every unit in the batch; every slab named must have it.
+    pub fn unit_bytes(&self) -> u32 {
+        self.unit_bytes
+    }
+    fn entry_len(&self) -> usize {
+        WRITE_ENTRY_HEAD + self.unit_bytes as usize
+    }
     pub fn len(&self) -> usize {
-        self.bytes.len() / WRITE_ENTRY_LEN
+        self.bytes.len() / self.entry_len()
     }
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }
     pub fn iter(&self) -> impl Iterator<Item = WriteEntry<'a>> + 'a {
-        self.bytes.chunks_exact(WRITE_ENTRY_LEN).map(|e| WriteEntry {
+        self.bytes.chunks_exact(self.entry_len()).map(|e| WriteEntry {
             at: PageRef { slab: read_slab(e, 0), page: read_u32(e, SLAB_HANDLE_LEN) },
             crc: read_u32(e, SLAB_HANDLE_LEN + 4),
-            data: &e[SLAB_HANDLE_LEN + 8..],
+            data: &e[WRITE_ENTRY_HEAD..],
         })
     }
 }
 
-/// One page of a read response.
+/// One unit of a read response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageEntry<'a> {
     pub crc: u32,
     pub data: &'a [u8],
 }
 
-/// The pages of a read response, in request order; lengths were checked when decoding.
+/// The units of a read response, in request order; lengths were checked when decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageEntries<'a> {
+    pub(crate) unit_bytes: u32,
     pub(crate) bytes: &'a [u8],
 }
 
 impl<'a> PageEntries<'a> {
+    /// Size of every unit in the answer.
+    pub fn unit_bytes(&self) -> u32 {
+        self.unit_bytes
+    }
+    fn entry_len(&self) -> usize {
+        PAGE_ENTRY_HEAD + self.unit_bytes as usize
+    }
     pub fn len(&self) -> usize {
-        self.bytes.len() / PAGE_ENTRY_LEN
+        self.bytes.len() / self.entry_len()
     }
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }
     pub fn iter(&self) -> impl Iterator<Item = PageEntry<'a>> + 'a {
-        self.bytes.chunks_exact(PAGE_ENTRY_LEN).map(|e| PageEntry { crc: read_u32(e, 0), data: &e[4..] })
+        self.bytes.chunks_exact(self.entry_len()).map(|e| PageEntry { crc: read_u32(e, 0), data: &e[4..] })
     }
 }

@@ -68,8 +68,9 @@ fn decode_everything(data: &[u8], seen: &mut Seen) {
                 Request::WritePages(entries) => {
                     assert!(entries.len() <= MAX_BATCH_PAGES);
                     let mut n = 0;
+                    assert!(valid_unit_bytes(entries.unit_bytes()));
                     for e in entries.iter() {
-                        assert_eq!(e.data.len(), PAGE_SIZE);
+                        assert_eq!(e.data.len(), entries.unit_bytes() as usize);
                         let _ = page_crc(e.data) == e.crc;
                         n += 1;
                     }
@@ -85,8 +86,9 @@ fn decode_everything(data: &[u8], seen: &mut Seen) {
                 Response::Pages(pages) => {
                     assert!(pages.len() <= MAX_BATCH_PAGES);
                     let mut n = 0;
+                    assert!(valid_unit_bytes(pages.unit_bytes()));
                     for p in pages.iter() {
-                        assert_eq!(p.data.len(), PAGE_SIZE);
+                        assert_eq!(p.data.len(), pages.unit_bytes() as usize);
                         n += 1;
                     }
                     assert_eq!(n, pages.len());
@@ -108,11 +110,24 @@ fn split(frame: &[u8]) -> (Header, &[u8]) {
 }
 
 fn random_page(rng: &mut Rng) -> Vec<u8> {
+    random_unit(rng, PAGE_SIZE)
+}
+
+fn random_unit(rng: &mut Rng, unit_bytes: usize) -> Vec<u8> {
     // Mostly random, sometimes all one byte (zero pages are common in practice).
     if rng.chance(4) {
-        vec![rng.next() as u8; PAGE_SIZE]
+        vec![rng.next() as u8; unit_bytes]
     } else {
-        rng.bytes(PAGE_SIZE)
+        rng.bytes(unit_bytes)
+    }
+}
+
+/// A valid unit size, whole pages half of the time (what unreplicated regions use).
+fn random_unit_bytes(rng: &mut Rng) -> u32 {
+    if rng.chance(2) {
+        PAGE_SIZE as u32
+    } else {
+        (MIN_UNIT_BYTES << rng.below(7)) as u32
     }
 }
 
@@ -136,9 +151,10 @@ fn valid_frame(rng: &mut Rng) -> Vec<u8> {
             assert_eq!(decode_request(&h, body).unwrap(), Request::Hello { version, client_id, nonce });
         }
         1 => {
-            encode_alloc_slab(&mut out, id);
+            let unit_bytes = random_unit_bytes(rng);
+            encode_alloc_slab(&mut out, id, unit_bytes);
             let (h, body) = split(&out);
-            assert_eq!(decode_request(&h, body).unwrap(), Request::AllocSlab);
+            assert_eq!(decode_request(&h, body).unwrap(), Request::AllocSlab { unit_bytes });
         }
         2 => {
             let slab = SlabId(rng.next(), rng.next());
@@ -160,20 +176,23 @@ fn valid_frame(rng: &mut Rng) -> Vec<u8> {
         }
         4 => {
             let refs = random_refs(rng, MAX_BATCH_PAGES);
-            encode_read_pages(&mut out, id, &refs);
+            let unit_bytes = random_unit_bytes(rng);
+            encode_read_pages(&mut out, id, unit_bytes, &refs);
             let (h, body) = split(&out);
             let Request::ReadPages(entries) = decode_request(&h, body).unwrap() else { panic!("not a read") };
             assert_eq!(entries.iter().collect::<Vec<_>>(), refs);
+            assert_eq!(entries.unit_bytes(), unit_bytes);
         }
         5 => {
             // Writes are large; keep most batches small so the test stays fast.
             let max = if rng.chance(50) { MAX_BATCH_PAGES } else { 4 };
             let refs = random_refs(rng, max);
-            let pages: Vec<Vec<u8>> = refs.iter().map(|_| random_page(rng)).collect();
-            encode_write_pages(&mut out, id, refs.iter().copied().zip(pages.iter().map(|p| p.as_slice())));
+            let unit_bytes = random_unit_bytes(rng);
+            let pages: Vec<Vec<u8>> = refs.iter().map(|_| random_unit(rng, unit_bytes as usize)).collect();
+            encode_write_pages(&mut out, id, unit_bytes, refs.iter().copied().zip(pages.iter().map(|p| p.as_slice())));
             let (h, body) = split(&out);
             let Request::WritePages(entries) = decode_request(&h, body).unwrap() else { panic!("not a write") };
-            assert_eq!(entries.len(), refs.len());
+            assert_eq!((entries.len(), entries.unit_bytes()), (refs.len(), unit_bytes));
             for ((e, at), page) in entries.iter().zip(&refs).zip(&pages) {
                 assert_eq!((e.at, e.data, e.crc), (*at, page.as_slice(), page_crc(page)));
             }
@@ -234,15 +253,16 @@ fn valid_frame(rng: &mut Rng) -> Vec<u8> {
         }
         11 => {
             let max = if rng.chance(50) { MAX_BATCH_PAGES } else { 4 };
-            let pages: Vec<Vec<u8>> = (0..rng.below(max + 1)).map(|_| random_page(rng)).collect();
-            let mut f = begin_pages_response(&mut out, id, pages.len() as u32);
+            let unit_bytes = random_unit_bytes(rng);
+            let pages: Vec<Vec<u8>> = (0..rng.below(max + 1)).map(|_| random_unit(rng, unit_bytes as usize)).collect();
+            let mut f = begin_pages_response(&mut out, id, pages.len() as u32, unit_bytes);
             for p in &pages {
                 f.put_u32(page_crc(p)).put_bytes(p);
             }
             f.finish();
             let (h, body) = split(&out);
             let Response::Pages(got) = decode_response(&h, body).unwrap() else { panic!("not pages") };
-            assert_eq!(got.len(), pages.len());
+            assert_eq!((got.len(), got.unit_bytes()), (pages.len(), unit_bytes));
             for (e, p) in got.iter().zip(&pages) {
                 assert_eq!((e.crc, e.data), (page_crc(p), p.as_slice()));
             }
@@ -276,7 +296,7 @@ fn valid_frame(rng: &mut Rng) -> Vec<u8> {
 /// Makes `frame` subtly wrong in one or more ways.
 fn mutate(rng: &mut Rng, frame: &mut Vec<u8>) {
     for _ in 0..1 + rng.below(3) {
-        match rng.below(6) {
+        match rng.below(7) {
             // flip random bits anywhere
             0 => {
                 for _ in 0..1 + rng.below(4) {
@@ -316,6 +336,13 @@ fn mutate(rng: &mut Rng, frame: &mut Vec<u8>) {
                     frame[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&count.to_le_bytes());
                 }
             }
+            // set the unit size to another (valid or not)
+            5 => {
+                if frame.len() >= HEADER_LEN + 8 {
+                    let unit: u32 = if rng.chance(2) { random_unit_bytes(rng) } else { rng.next() as u32 };
+                    frame[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&unit.to_le_bytes());
+                }
+            }
             // change the kind, keeping or flipping the response bit
             _ => {
                 if frame.len() >= 6 {
@@ -338,6 +365,7 @@ fn mutate(rng: &mut Rng, frame: &mut Vec<u8>) {
 fn random_frame(rng: &mut Rng) -> Vec<u8> {
     // (body length, entries) of lengths some message has: fixed bodies and counted batches.
     let k = rng.below(3);
+    let unit = random_unit_bytes(rng) as usize;
     let shaped = [
         (0, 0),
         (4, 0),
@@ -346,9 +374,9 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
         (32, 0),
         (96, 0),
         (72, 0),
-        (4 + 20 * k, k),
-        (4 + 4100 * k, k),
-        (4 + 4120 * k, k),
+        (8 + 20 * k, k),
+        (8 + (4 + unit) * k, k),
+        (8 + (24 + unit) * k, k),
     ];
     let (len, entries) = match rng.below(10) {
         0 => (rng.below(HEADER_LEN), 0),
@@ -380,6 +408,9 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
         if f.len() >= HEADER_LEN + 4 && !rng.chance(4) {
             let count = if rng.chance(4) { rng.below(4) } else { entries } as u32;
             f[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&count.to_le_bytes());
+        }
+        if f.len() >= HEADER_LEN + 8 && !rng.chance(4) {
+            f[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&(unit as u32).to_le_bytes());
         }
     }
     f
@@ -433,8 +464,8 @@ fn a_damaged_page_is_caught_by_its_crc() {
         let page = random_page(&mut rng);
         let refs = [PageRef { slab: SlabId(rng.next(), rng.next()), page: rng.next() as u32 }];
         let mut out = Vec::new();
-        encode_write_pages(&mut out, 1, refs.iter().copied().zip([page.as_slice()]));
-        let at = HEADER_LEN + 4 + SLAB_HANDLE_LEN + 8 + rng.below(PAGE_SIZE);
+        encode_write_pages(&mut out, 1, PAGE_SIZE as u32, refs.iter().copied().zip([page.as_slice()]));
+        let at = HEADER_LEN + 8 + SLAB_HANDLE_LEN + 8 + rng.below(PAGE_SIZE);
         out[at] ^= 1 + rng.below(255) as u8;
         let (h, body) = split(&out);
         let Request::WritePages(entries) = decode_request(&h, body).unwrap() else { panic!("not a write") };

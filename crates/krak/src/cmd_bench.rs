@@ -51,9 +51,13 @@ pub struct BenchArgs {
     /// The existing rack's secret (with --controller; the embedded rack makes its own).
     #[command(flatten)]
     secret: crate::secret_opts::SecretArgs,
-    /// Memory servers of the embedded rack.
+    /// Memory servers of the embedded rack (at least one per fragment of --redundancy,
+    /// plus a spare).
     #[arg(long, value_name = "N", default_value_t = 3)]
     servers: usize,
+    /// Redundancy of the krak regions: none, replicate:N or ec:K+M (embedded rack only).
+    #[arg(long, value_name = "SCHEME", default_value = "none")]
+    redundancy: krak_pager::Redundancy,
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -121,17 +125,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<_>>()?;
     }
+    if args.controller.is_some() && !args.redundancy.is_none() {
+        anyhow::bail!("--redundancy is not built yet for a rack controller's regions; run without --controller");
+    }
     eprintln!(
-        "krak bench: {} region, {} ms per run, {} runs, krak faults served by {}",
+        "krak bench: {} region, {} ms per run, {} runs, krak faults served by {}, redundancy {}",
         ByteSize(plan.region_bytes),
         plan.duration_ms,
         plan.run_count(),
-        args.fault_mode.name()
+        args.fault_mode.name(),
+        args.redundancy
     );
     let rack = if plan.backends.contains(&BenchBackend::Krak) && args.controller.is_none() {
         let slab = ByteSize(16 << 20);
         let capacity = ByteSize(plan.region_bytes.div_ceil(slab.0) * slab.0);
-        Some(LocalRack::start(args.servers, capacity, slab, false)?)
+        let servers = pager_opts::servers_for(args.redundancy, args.servers);
+        Some(LocalRack::start(servers, capacity, slab, false)?)
     } else {
         None
     };
@@ -153,7 +162,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         (None, Some(r)) => Some(KrakTarget {
             servers: r.addrs().iter().map(|a| a.to_string()).collect(),
-            options: options.clone(),
+            options: {
+                let mut o = options.clone();
+                o.push(format!("redundancy={}", args.redundancy));
+                o
+            },
             controller: None,
         }),
         (None, None) => None,
@@ -166,6 +179,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     plan.measure_limits = false;
     let before = if measure_limits { Some(measure_limits_now()) } else { None };
     let mut report = krak_bench::plan::run_bench(&plan, &exe, target.as_ref(), |line| eprintln!("{line}"))?;
+    report.krak_options = target.as_ref().map(|t| t.options.clone()).unwrap_or_default();
     drop(rack);
     if let Some(before) = before {
         let after = measure_limits_now();

@@ -28,6 +28,16 @@ impl FaultModeArg {
     }
 }
 
+/// Memory servers an embedded rack starts for `redundancy`: at least `asked`, and one per
+/// fragment of a stripe, plus a spare so that re-protection has somewhere to go.
+pub fn servers_for(redundancy: krak_pager::Redundancy, asked: usize) -> usize {
+    if redundancy.is_none() {
+        asked
+    } else {
+        asked.max(redundancy.width() + 1)
+    }
+}
+
 /// Applies `key=value` options (as passed to bench workers) to a pager config.
 pub fn apply(options: &[String], config: &mut PagerConfig) -> anyhow::Result<()> {
     for opt in options {
@@ -43,7 +53,8 @@ pub fn apply(options: &[String], config: &mut PagerConfig) -> anyhow::Result<()>
             "spin_us" => config.spin_us = value.parse().context("spin_us")?,
             "handler_threads" => config.handler_threads = value.parse().context("handler_threads")?,
             "secret_file" => config.secret = Some(krak_auth::load_secret_file(std::path::Path::new(value))?),
-            _ => bail!("unknown pager option {key:?} (fault_mode, spin_us, handler_threads, secret_file)"),
+            "redundancy" => config.redundancy = value.parse()?,
+            _ => bail!("unknown pager option {key:?} (fault_mode, spin_us, handler_threads, secret_file, redundancy)"),
         }
     }
     Ok(())

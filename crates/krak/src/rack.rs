@@ -134,6 +134,18 @@ impl LocalRack {
     pub fn addrs(&self) -> Vec<SocketAddr> {
         self.servers.iter().map(|(_, a)| *a).collect()
     }
+
+    /// Process id and address of each memory server, to kill some in a failure drill.
+    pub fn pids_and_addrs(&self) -> Vec<(u32, SocketAddr)> {
+        self.servers.iter().map(|(c, a)| (c.id(), *a)).collect()
+    }
+}
+
+/// Sends SIGKILL to `pid` (a memory server this rack started); true when it was sent.
+pub fn kill_server(pid: u32) -> bool {
+    // SAFETY: kill(2) touches no memory of this process; `pid` is a child we started and
+    // have not reaped (the rack waits for its children only when dropped).
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) == 0 }
 }
 
 fn read_address(child: &mut Child) -> anyhow::Result<String> {

@@ -46,9 +46,18 @@ pub struct DemoArgs {
     /// Run the random phase for this many seconds instead of --ops operations.
     #[arg(long, value_name = "N")]
     seconds: Option<u64>,
-    /// Memory servers to start on loopback.
+    /// Memory servers to start on loopback (with --redundancy at least one per fragment of
+    /// a stripe plus a spare: 7 for ec:4+2).
     #[arg(long, value_name = "N", default_value_t = 3)]
     servers: usize,
+    /// How the region survives lost memory servers: none, replicate:N (N copies) or ec:K+M
+    /// (Reed-Solomon, K data + M parity fragments per page). Embedded rack only.
+    #[arg(long, value_name = "SCHEME", default_value = "none")]
+    redundancy: krak_pager::Redundancy,
+    /// Stop this many of the embedded rack's memory servers (SIGKILL), one by one, during
+    /// the random phase: with --redundancy the workload must go on and verify.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    kill_servers: usize,
     /// Slab size of the memory servers (the unit in which the region is spread over them).
     #[arg(long, value_name = "SIZE", default_value = "16MiB")]
     slab_size: ByteSize,
@@ -75,7 +84,8 @@ pub struct DemoArgs {
 #[derive(Debug, Serialize)]
 struct ServerReport {
     addr: String,
-    /// Bytes of the region's pages whose current copy lives on this server.
+    /// Bytes of the region's pages whose current copy lives on this server (for a
+    /// redundant region: of their fragments or copies).
     bytes: u64,
     /// Bytes of slabs reserved on this server for the region.
     reserved_bytes: u64,
@@ -101,6 +111,8 @@ struct DemoReport {
     total_s: f64,
     uffd_mode: String,
     fault_mode: &'static str,
+    redundancy: krak_pager::Redundancy,
+    servers_killed: Vec<String>,
     pager: krak_pager::PagerStats,
 }
 
@@ -112,6 +124,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.local.0 > args.region.0 {
         bail!("--local ({}) is larger than --region ({}): nothing would be remote", args.local, args.region);
     }
+    if !args.redundancy.is_none() && args.controller.is_some() {
+        bail!("--redundancy is not built yet for regions placed by a rack controller; run without --controller");
+    }
+    if args.kill_servers > 0 && args.controller.is_some() {
+        bail!("--kill-servers stops servers of the embedded rack; it cannot be used with --controller");
+    }
+    let servers_n = crate::pager_opts::servers_for(args.redundancy, args.servers);
     let say = |msg: String| {
         if !args.json {
             eprintln!("{msg}");
@@ -123,7 +142,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.local,
         match &args.controller {
             Some(_) => "an existing rack".to_string(),
-            None => format!("{} memory servers on loopback", args.servers),
+            None => format!("{servers_n} memory servers on loopback, redundancy {}", args.redundancy),
         }
     ));
     let capacity = ByteSize(args.region.0.div_ceil(args.slab_size.0) * args.slab_size.0);
@@ -133,10 +152,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             None
         }
         None => {
-            let rack = LocalRack::start(args.servers, capacity, args.slab_size, true)?;
+            // A redundant region is given its servers (controller placement of stripes is not built yet).
+            let rack = LocalRack::start(servers_n, capacity, args.slab_size, args.redundancy.is_none())?;
             say(format!(
-                "  rack controller {} with memory servers {}",
-                rack.controller_url().unwrap_or_default(),
+                "  {} memory servers {}",
+                rack.controller_url().map_or("rack of".to_string(), |u| format!("rack controller {u} with")),
                 rack.addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
             ));
             Some(rack)
@@ -147,13 +167,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         Some(r) => Some(r.secret()),
         None => args.secret.load()?,
     };
+    let servers = match (&rack, args.redundancy.is_none()) {
+        (Some(r), false) => r.addrs(),
+        _ => Vec::new(),
+    };
     let region = Arc::new(
         FarMemory::new(PagerConfig {
             region_bytes: args.region.0,
             local_budget_bytes: args.local.0,
-            controller: controller.clone(),
+            controller: if servers.is_empty() { controller.clone() } else { None },
+            servers,
             fault_mode: args.fault_mode.mode(),
             secret,
+            redundancy: args.redundancy,
             ..Default::default()
         })
         .context("making the far-memory region")?,
@@ -181,8 +207,40 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     } else {
         progress(args.json, args.ops, "random")
     };
+    let killer = rack.as_ref().filter(|_| args.kill_servers > 0).map(|r| {
+        // Kill one server a third of the way in, the next at two thirds, and so on.
+        let victims: Vec<(u32, std::net::SocketAddr)> =
+            r.pids_and_addrs().into_iter().take(args.kill_servers).collect();
+        let gap = limit / (args.kill_servers as u32 + 1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let t = std::thread::spawn(move || {
+            let mut killed = Vec::new();
+            for (pid, addr) in victims {
+                let until = Instant::now() + gap;
+                while Instant::now() < until && !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                if crate::rack::kill_server(pid) {
+                    killed.push(addr.to_string());
+                }
+            }
+            killed
+        });
+        (stop, t)
+    });
     let krak = pages.mixed(&target, ops, args.seed, Some(limit), &|n| bar.inc(n));
     bar.finish();
+    let servers_killed = match killer {
+        Some((stop, t)) => {
+            stop.store(true, Ordering::Relaxed);
+            t.join().unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
     let latency = region.stats();
 
     let bar = progress(args.json, target.pages as u64, "verify");
@@ -200,7 +258,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .zip(remote)
         .map(|((addr, reserved), (_, pages))| ServerReport {
             addr: addr.to_string(),
-            bytes: pages * PAGE_SIZE as u64,
+            // A fragment (or copy) of each page whose current copy is remote.
+            bytes: pages * region.redundancy().unit_bytes() as u64,
             reserved_bytes: reserved,
         })
         .collect();
@@ -243,6 +302,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         total_s: started.elapsed().as_secs_f64(),
         uffd_mode,
         fault_mode: args.fault_mode.name(),
+        redundancy: args.redundancy,
+        servers_killed,
         pager: stats,
     };
     if args.json {
@@ -306,6 +367,18 @@ fn print_report(r: &DemoReport, first_bad: Option<usize>) {
         p.evictions_clean, p.evictions_dirty, p.prefetched, p.prefetch_hits
     );
     println!("  remote fault latency in the random phase: p50 {:.1} us, p99 {:.1} us", r.fault_p50_us, r.fault_p99_us);
+    if !r.redundancy.is_none() || !r.servers_killed.is_empty() {
+        println!(
+            "  redundancy {}: servers killed {:?}, lost {}, {} degraded reads, {} pages re-protected{}, {} corrupt fragments repaired",
+            r.redundancy,
+            r.servers_killed,
+            p.lost_servers,
+            p.degraded_reads,
+            p.reprotected_pages,
+            if p.reprotect_ms > 0 { format!(" (full redundancy back in {} ms)", p.reprotect_ms) } else { String::new() },
+            p.corrupt_fragments_repaired
+        );
+    }
     println!("\nthroughput of the random phase (4 KiB pages, 70% read-and-check, 30% rewrite):");
     println!(
         "  krak, {} local of {}: {:>12.0} ops/s",

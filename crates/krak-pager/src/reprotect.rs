@@ -1,0 +1,337 @@
+//! Re-protection: once a redundant region has lost a server, each fragment it held gets a
+//! replacement slab on a surviving server not already in the chunk's stripe, filled with
+//! the fragment rebuilt from the survivors, while the region stays in use.
+//!
+//! A background thread finds lost fragments (and probes the region's servers, so a loss is
+//! noticed even when no fault touches it), allocates the replacement and queues its
+//! rebuild on the write-back thread, like a live chunk move (`migrate.rs`): write-backs
+//! reach the replacement from the moment it is placed, and copy steps between write-back
+//! batches fill in every remote page; being on the thread that writes, each copy is ordered
+//! with the writes of the same page. Past the last page the replacement is read like any
+//! other fragment.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use krak_client::ClientError;
+use krak_proto::PageRef;
+use krak_uffd::PAGE_SIZE;
+use parking_lot::MutexGuard;
+
+use crate::core::{ChunkMove, Core, Shared, REMOTE};
+use crate::migrate::{admin_conn, finish, NEXT_MOVE_ID};
+use crate::redundancy::Coder;
+use crate::remote::{free_quietly, Links};
+use crate::stats::Counters;
+use crate::stripe::{Frag, FragState};
+use crate::PagerError;
+
+/// How often the thread looks for lost fragments.
+const POLL_MS: u64 = 100;
+/// How often it checks that the region's servers still answer.
+const PROBE_MS: u64 = 500;
+/// Pause after a round that rebuilt nothing.
+const RETRY_PAUSE_MS: u64 = 1_000;
+/// Failed rebuilds of one fragment before it is left degraded (and logged).
+const MAX_REBUILD_ATTEMPTS: u32 = 3;
+/// Pages rebuilt per copy step.
+const STEP_PAGES: usize = krak_proto::MAX_BATCH_PAGES;
+
+pub(crate) fn run(shared: Arc<Shared>) {
+    let layout = &shared.layout;
+    let mut last_probe = Instant::now();
+    let mut failures: HashMap<(usize, usize), u32> = HashMap::new();
+    // Lost servers when "no spare server" was last said, so it is said once per loss.
+    let mut no_spare_told = 0;
+    while !shared.stop.load(Ordering::Relaxed) {
+        nap(&shared, POLL_MS);
+        if last_probe.elapsed() >= Duration::from_millis(PROBE_MS) {
+            probe(&shared);
+            last_probe = Instant::now();
+        }
+        let lost = layout.stripes.lost_fragments();
+        if lost.is_empty() {
+            continue;
+        }
+        let mut rebuilt_any = false;
+        for (chunk, frag) in lost {
+            if shared.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let tries = failures.entry((chunk, frag)).or_default();
+            if *tries >= MAX_REBUILD_ATTEMPTS {
+                continue;
+            }
+            match rebuild_fragment(&shared, chunk, frag) {
+                Ok(()) => rebuilt_any = true,
+                Err(Rebuild::NoSpare(why)) => {
+                    let lost = layout.stripes.lost_servers().len();
+                    if no_spare_told != lost {
+                        no_spare_told = lost;
+                        tracing::warn!("the region stays degraded: {why}");
+                    }
+                }
+                Err(Rebuild::Failed(why)) => {
+                    *tries += 1;
+                    if *tries == MAX_REBUILD_ATTEMPTS {
+                        tracing::error!(
+                            "chunk {chunk} stays without fragment {frag} after {tries} failed rebuilds: {why}"
+                        );
+                    } else {
+                        tracing::warn!("rebuilding fragment {frag} of chunk {chunk} failed: {why}; will retry");
+                    }
+                }
+            }
+        }
+        if layout.stripes.lost_fragments().is_empty() {
+            failures.clear();
+            if let Some(since) = layout.stripes.degraded_since.lock().take() {
+                let ms = since.elapsed().as_millis() as u64;
+                shared.counters.reprotect_ms.store(ms, Ordering::Relaxed);
+                tracing::info!("full redundancy ({}) is back {ms} ms after the first loss", layout.redundancy());
+            }
+        } else if !rebuilt_any {
+            nap(&shared, RETRY_PAUSE_MS);
+        }
+    }
+}
+
+/// Sleeps `ms`, waking early when the region is dropped.
+fn nap(shared: &Shared, ms: u64) {
+    let until = Instant::now() + Duration::from_millis(ms);
+    while !shared.stop.load(Ordering::Relaxed) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())));
+    }
+}
+
+/// Asks each server the region uses for its stats: one that refuses connections, or whose
+/// process restarted (new server id: its slabs are gone), is lost.
+fn probe(shared: &Shared) {
+    let layout = &shared.layout;
+    let mut in_use = vec![false; layout.server_count()];
+    for f in layout.stripes.all().iter().flatten().filter(|f| f.is_written()) {
+        in_use[f.server] = true;
+    }
+    for (server, _) in in_use.iter().enumerate().filter(|(_, used)| **used) {
+        if shared.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut admin = shared.admin.lock();
+        let known_id = admin.get(server).and_then(|c| c.as_ref()).map(|c| c.hello().server_id);
+        let answer = admin_conn(&mut admin, layout, server).and_then(|c| {
+            let id = c.hello().server_id;
+            c.stats().map(|_| id)
+        });
+        match answer {
+            Ok(id) if known_id.is_some_and(|k| k != id) => {
+                crate::stripe::lose(layout, server, "the server restarted (its slabs are gone)");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                admin[server] = None;
+                if matches!(e, ClientError::Connect { .. }) {
+                    crate::stripe::lose(layout, server, &format!("health check: {e}"));
+                }
+            }
+        }
+    }
+}
+
+impl crate::FarMemory {
+    /// Reads every live fragment (or copy) of every remote page of a redundant region and
+    /// checks each CRC, so that corrupt fragments a read never asks for (parity, second
+    /// copies) are found too; the pages found are rewritten by the write-back thread, as
+    /// corruption a fault finds (`corrupt_fragments`, `corrupt_fragments_repaired`).
+    /// Returns the corrupt fragments found. Runs on the caller's thread while the region
+    /// is in use; a region without redundancy has nothing to check against.
+    pub fn scrub(&self) -> Result<u64, PagerError> {
+        let shared = &self.shared;
+        let layout = &shared.layout;
+        if layout.redundancy().is_none() {
+            return Ok(0);
+        }
+        let mut links = Links::new(layout.server_count());
+        let mut found = 0;
+        let mut buf = vec![0u8; STEP_PAGES * PAGE_SIZE];
+        let mut next = 0;
+        while next < shared.region_pages() {
+            let pages: Vec<usize> = {
+                let core = shared.core.lock();
+                let end = (next + STEP_PAGES).min(shared.region_pages());
+                let remote = (next..end).filter(|p| core.states[*p] & REMOTE != 0).collect();
+                next = end;
+                remote
+            };
+            if pages.is_empty() {
+                continue;
+            }
+            let read = links.start_stripe_read_with(layout, &pages, true);
+            // A page read while it is rewritten may rebuild wrong (fragments of two
+            // versions): only the checksums matter here.
+            let _ = links.finish_stripe_read(layout, read, &mut buf[..pages.len() * PAGE_SIZE]);
+            found += links.found.corrupt_fragments;
+            links.found.degraded_pages = 0;
+            shared.take_found(&mut links);
+        }
+        Ok(found)
+    }
+}
+
+/// Why a fragment was not rebuilt.
+enum Rebuild {
+    /// Every survivor already holds a fragment of the stripe: nothing to do until servers
+    /// are added.
+    NoSpare(String),
+    Failed(String),
+}
+
+/// Places a replacement for fragment `frag` of `chunk` and has the write-back thread fill
+/// it; waits until it is live (or failed).
+fn rebuild_fragment(shared: &Shared, chunk: usize, frag: usize) -> Result<(), Rebuild> {
+    let layout = &shared.layout;
+    let unit = layout.redundancy().unit_bytes() as u32;
+    let stripe = layout.stripes.with(chunk, |s| s.clone());
+    // The survivor holding the fewest of the region's fragments, not already in the stripe.
+    let mut load = vec![0usize; layout.server_count()];
+    for f in layout.stripes.all().iter().flatten().filter(|f| f.is_written()) {
+        load[f.server] += 1;
+    }
+    let mut candidates: Vec<usize> = (0..layout.server_count())
+        .filter(|s| !layout.stripes.is_lost(*s) && !stripe.iter().any(|f| f.server == *s))
+        .collect();
+    // A domain the stripe's other fragments do not use first, then the least loaded.
+    candidates.sort_by_key(|s| (layout.stripes.same_domain(&stripe, *s, Some(frag)), load[*s]));
+    if candidates.is_empty() {
+        return Err(Rebuild::NoSpare(format!(
+            "no surviving server outside a chunk's stripe to hold a replacement ({} servers given, {} lost, {} \
+             needs {} per chunk)",
+            layout.server_count(),
+            layout.stripes.lost_servers().len(),
+            layout.redundancy(),
+            layout.redundancy().width()
+        )));
+    }
+    let mut placed = None;
+    let mut why = String::new();
+    {
+        let mut admin = shared.admin.lock();
+        for server in candidates {
+            match admin_conn(&mut admin, layout, server).and_then(|c| c.alloc_slab_units(unit)) {
+                Ok(slab) => {
+                    placed = Some((server, slab));
+                    break;
+                }
+                Err(e) => why = e.to_string(),
+            }
+        }
+    }
+    let (server, slab) = placed.ok_or_else(|| Rebuild::Failed(format!("no survivor could lend a slab: {why}")))?;
+    let free = |shared: &Shared| {
+        if let Ok(conn) = admin_conn(&mut shared.admin.lock(), layout, server) {
+            free_quietly(conn, slab);
+        }
+    };
+    if !layout.stripes.replace_lost(chunk, frag, Frag { server, slab, state: FragState::Rebuilding }) {
+        free(shared);
+        return Ok(());
+    }
+    let id = NEXT_MOVE_ID.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut core = shared.core.lock();
+        let next_page = chunk * layout.chunk_pages;
+        core.moves.push_back(ChunkMove { id, chunk, next_page, pages_copied: 0, rebuild: Some(frag) });
+        shared.wb_wake.notify_one();
+    }
+    match shared.wait_move(id, chunk) {
+        Ok(pages) => {
+            tracing::info!(
+                "fragment {frag} of chunk {chunk} rebuilt on {} ({pages} pages)",
+                layout.server_addr(server)
+            );
+            Ok(())
+        }
+        Err(why) => {
+            layout.stripes.transition(chunk, frag, FragState::Rebuilding, FragState::Lost);
+            free(shared);
+            Err(Rebuild::Failed(why))
+        }
+    }
+}
+
+/// One copy step of the rebuild at the head of the move queue, run by the write-back
+/// thread with the core lock held: rebuilds fragment `frag` of the next remote pages of the
+/// chunk from the survivors and writes it to the replacement.
+pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: MutexGuard<'_, Core>, frag: usize) {
+    let Some(mv) = core.moves.front() else { return };
+    let (id, chunk, from) = (mv.id, mv.chunk, mv.next_page);
+    let layout = &shared.layout;
+    let target = layout.stripes.with(chunk, |s| s[frag]);
+    if target.state != FragState::Rebuilding {
+        finish(shared, &mut core, id, Err("the replacement's server was lost meanwhile".into()));
+        return;
+    }
+    let chunk_pages = layout.chunk_pages;
+    let end = ((chunk + 1) * chunk_pages).min(shared.region_pages());
+    let mut pages = Vec::with_capacity(STEP_PAGES);
+    let mut next = from;
+    while next < end && pages.len() < STEP_PAGES {
+        if core.states[next] & REMOTE != 0 {
+            pages.push(next);
+        }
+        next += 1;
+    }
+    if let Some(mv) = core.moves.front_mut() {
+        mv.next_page = next;
+    }
+    if pages.is_empty() {
+        let copied = core.moves.front().map_or(0, |m| m.pages_copied);
+        let result = if layout.stripes.transition(chunk, frag, FragState::Rebuilding, FragState::Live) {
+            Ok(copied)
+        } else {
+            Err("the replacement's server was lost meanwhile".into())
+        };
+        finish(shared, &mut core, id, result);
+        return;
+    }
+    drop(core);
+    let result = rebuild_pages(shared, links, &pages, frag, target);
+    // What these reads found is re-protection's business, not the workload's.
+    links.found = Default::default();
+    let mut core = shared.core.lock();
+    match result {
+        Ok(()) => {
+            if let Some(mv) = core.moves.front_mut() {
+                mv.pages_copied += pages.len() as u64;
+            }
+            Counters::add(&shared.counters.reprotected_pages, pages.len() as u64);
+        }
+        Err(e) => finish(shared, &mut core, id, Err(e.to_string())),
+    }
+}
+
+fn rebuild_pages(
+    shared: &Shared,
+    links: &mut Links,
+    pages: &[usize],
+    frag: usize,
+    target: Frag,
+) -> Result<(), PagerError> {
+    let layout = &shared.layout;
+    let scheme = layout.redundancy();
+    let (width, unit) = (scheme.width(), scheme.unit_bytes());
+    let mut buf = vec![0u8; pages.len() * PAGE_SIZE];
+    let started = links.start_read(layout, 0, pages);
+    links.finish_read(layout, 0, started, pages, &mut buf)?;
+    let coder = links.coder.get_or_insert_with(|| Coder::new(scheme));
+    let mut all = vec![0u8; width * unit];
+    let mut units = vec![0u8; pages.len() * unit];
+    for (page, dst) in buf.chunks_exact(PAGE_SIZE).zip(units.chunks_exact_mut(unit)) {
+        coder.encode(page, &mut all).map_err(PagerError::Coding)?;
+        dst.copy_from_slice(&all[frag * unit..(frag + 1) * unit]);
+    }
+    let at = |p: usize| PageRef { slab: target.slab, page: (p % layout.chunk_pages) as u32 };
+    let writes: Vec<(PageRef, &[u8])> = pages.iter().zip(units.chunks_exact(unit)).map(|(p, u)| (at(*p), u)).collect();
+    links.write_to(layout, target.server, &writes).map_err(PagerError::Remote)
+}

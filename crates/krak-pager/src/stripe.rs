@@ -1,0 +1,626 @@
+//! The stripes of a redundant region: which slab on which server holds each fragment (or
+//! copy) of a chunk's pages, which servers the region has lost, and the fragment reads and
+//! writes behind its faults and write-backs.
+//!
+//! A read asks, for each page, the first `needed` live fragments of its stripe (the data
+//! fragments under `ec:K+M`, the first copy under `replicate:N`), pipelined on the thread's
+//! connections. A fragment that fails (error, timeout, checksum) is replaced by the stripe's
+//! next live one, read on spare connections so nothing in flight is disturbed, and the page
+//! is rebuilt; with fewer than `needed` left the read fails and the fault gets SIGBUS.
+//! A write reaches every fragment not lost. A server whose connection is refused, whose
+//! slab is gone, or that fails `MAX_ATTEMPTS` requests in a row is lost for the region: its
+//! fragments are never read or written again.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use krak_client::{ClientError, Connection};
+use krak_proto::{ErrorCode, PageRef, SlabId, MAX_BATCH_PAGES, PAGE_SIZE};
+use parking_lot::{Mutex, RwLock};
+
+use crate::redundancy::{Coder, Redundancy};
+use crate::remote::{free_quietly, Links, RemoteLayout, MAX_ATTEMPTS};
+use crate::PagerError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FragState {
+    /// Read and written.
+    Live,
+    /// On a server lost for the region: neither read nor written.
+    Lost,
+    /// A replacement being filled by re-protection: written, not yet read.
+    Rebuilding,
+}
+
+/// One slab of a stripe: fragment `i` of every page of the chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Frag {
+    pub server: usize,
+    pub slab: SlabId,
+    pub state: FragState,
+}
+
+impl Frag {
+    pub fn is_live(&self) -> bool {
+        self.state == FragState::Live
+    }
+
+    /// Write-backs reach live fragments and replacements being rebuilt.
+    pub fn is_written(&self) -> bool {
+        self.state != FragState::Lost
+    }
+}
+
+/// Fragment `i` of a chunk's pages lives in `stripe[i]`.
+pub(crate) type Stripe = Vec<Frag>;
+
+/// Every chunk's stripe, and the servers lost so far.
+#[derive(Debug)]
+pub(crate) struct StripeTable {
+    pub scheme: Redundancy,
+    stripes: RwLock<Vec<Stripe>>,
+    /// Failed requests in a row per server (index of the layout's server table).
+    failures: Vec<AtomicU32>,
+    /// Servers lost for this region and why, in the order they were lost.
+    lost: Mutex<Vec<(usize, String)>>,
+    /// When the region last went from full redundancy to less.
+    pub degraded_since: Mutex<Option<std::time::Instant>>,
+    /// Failure domain of each server, when declared (empty: none known).
+    domains: Vec<String>,
+}
+
+impl StripeTable {
+    pub fn new(scheme: Redundancy, stripes: Vec<Stripe>, servers: usize) -> StripeTable {
+        StripeTable {
+            scheme,
+            stripes: RwLock::new(stripes),
+            failures: (0..servers).map(|_| AtomicU32::new(0)).collect(),
+            lost: Mutex::new(Vec::new()),
+            degraded_since: Mutex::new(None),
+            domains: Vec::new(),
+        }
+    }
+
+    pub fn with_domains(mut self, domains: &[String]) -> StripeTable {
+        self.domains = domains.to_vec();
+        self
+    }
+
+    /// Whether `server` shares a declared failure domain with a fragment of `stripe`
+    /// (other than the one at `except`).
+    pub fn same_domain(&self, stripe: &Stripe, server: usize, except: Option<usize>) -> bool {
+        shares_domain(&self.domains, stripe, server, except)
+    }
+
+    /// Fragments lost and not yet replaced: (chunk, fragment index).
+    pub fn lost_fragments(&self) -> Vec<(usize, usize)> {
+        let stripes = self.stripes.read();
+        let mut out = Vec::new();
+        for (c, s) in stripes.iter().enumerate() {
+            out.extend(s.iter().enumerate().filter(|(_, f)| f.state == FragState::Lost).map(|(i, _)| (c, i)));
+        }
+        out
+    }
+
+    /// Puts `replacement` in place of fragment `frag` of `chunk` if it is still lost.
+    pub fn replace_lost(&self, chunk: usize, frag: usize, replacement: Frag) -> bool {
+        let mut stripes = self.stripes.write();
+        let f = &mut stripes[chunk][frag];
+        if f.state != FragState::Lost {
+            return false;
+        }
+        *f = replacement;
+        true
+    }
+
+    /// Sets the state of fragment `frag` of `chunk` if it is `from`.
+    pub fn transition(&self, chunk: usize, frag: usize, from: FragState, to: FragState) -> bool {
+        let mut stripes = self.stripes.write();
+        let f = &mut stripes[chunk][frag];
+        if f.state != from {
+            return false;
+        }
+        f.state = to;
+        true
+    }
+
+    pub fn is_lost(&self, server: usize) -> bool {
+        self.lost.lock().iter().any(|(s, _)| *s == server)
+    }
+
+    pub fn with<R>(&self, chunk: usize, f: impl FnOnce(&Stripe) -> R) -> R {
+        f(&self.stripes.read()[chunk])
+    }
+
+    pub fn all(&self) -> Vec<Stripe> {
+        self.stripes.read().clone()
+    }
+
+    /// Servers lost for this region, in the order they were lost.
+    pub fn lost_servers(&self) -> Vec<usize> {
+        self.lost.lock().iter().map(|(s, _)| *s).collect()
+    }
+
+    /// Fewest live fragments of any stripe (the region's worst redundancy).
+    pub fn min_live(&self) -> usize {
+        self.stripes.read().iter().map(|s| s.iter().filter(|f| f.is_live()).count()).min().unwrap_or(0)
+    }
+
+    /// Marks `server` lost; true the first time.
+    fn mark_lost(&self, server: usize, why: &str) -> bool {
+        let mut lost = self.lost.lock();
+        if lost.iter().any(|(s, _)| *s == server) {
+            return false;
+        }
+        lost.push((server, why.to_string()));
+        self.degraded_since.lock().get_or_insert_with(std::time::Instant::now);
+        for stripe in self.stripes.write().iter_mut() {
+            for f in stripe.iter_mut().filter(|f| f.server == server) {
+                f.state = FragState::Lost;
+            }
+        }
+        true
+    }
+
+    fn failed(&self, server: usize) -> u32 {
+        self.failures.get(server).map_or(MAX_ATTEMPTS, |f| f.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    fn succeeded(&self, server: usize) {
+        if let Some(f) = self.failures.get(server) {
+            if f.load(Ordering::Relaxed) != 0 {
+                f.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Allocates a stripe of `width` slabs on distinct servers for each chunk, rotating the
+/// first server per chunk so fragments (parity included) spread over every server; frees
+/// all of them on failure.
+pub(crate) fn allocate(
+    admin: &mut [Connection],
+    domains: &[String],
+    n_chunks: usize,
+    chunk_pages: usize,
+    scheme: Redundancy,
+) -> Result<Vec<Stripe>, PagerError> {
+    let (n, width, unit) = (admin.len(), scheme.width(), scheme.unit_bytes());
+    if n < width {
+        return Err(PagerError::Config(format!(
+            "redundancy {scheme} stores each chunk on {width} distinct memory servers; {n} given"
+        )));
+    }
+    let mut stripes: Vec<Stripe> = Vec::with_capacity(n_chunks);
+    for c in 0..n_chunks {
+        let mut stripe: Stripe = Vec::with_capacity(width);
+        while stripe.len() < width {
+            match allocate_fragment(admin, domains, &stripe, (c + stripe.len()) % n, unit as u32) {
+                Ok(f) => stripe.push(f),
+                Err(e) => {
+                    stripes.push(stripe);
+                    for f in stripes.iter().flatten() {
+                        free_quietly(&mut admin[f.server], f.slab);
+                    }
+                    let per_chunk = (chunk_pages * unit * width) as u64;
+                    return Err(if e.is_no_capacity() {
+                        PagerError::RackFull {
+                            needed_bytes: n_chunks as u64 * per_chunk,
+                            got_bytes: c as u64 * per_chunk,
+                            servers: n,
+                        }
+                    } else {
+                        PagerError::Remote(e)
+                    });
+                }
+            }
+        }
+        stripes.push(stripe);
+    }
+    Ok(stripes)
+}
+
+/// A slab for the next fragment of `stripe`: on `preferred`, else the next server with room
+/// not already in the stripe; servers of a failure domain the stripe does not use yet first.
+fn allocate_fragment(
+    admin: &mut [Connection],
+    domains: &[String],
+    stripe: &Stripe,
+    preferred: usize,
+    unit_bytes: u32,
+) -> Result<Frag, ClientError> {
+    let n = admin.len();
+    let mut last = None;
+    for new_domain_only in [true, false] {
+        for k in 0..n {
+            let server = (preferred + k) % n;
+            if stripe.iter().any(|f| f.server == server)
+                || (new_domain_only && shares_domain(domains, stripe, server, None))
+            {
+                continue;
+            }
+            match admin[server].alloc_slab_units(unit_bytes) {
+                Ok(slab) => return Ok(Frag { server, slab, state: FragState::Live }),
+                Err(e) if e.is_no_capacity() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| ClientError::Protocol {
+        addr: admin[0].addr(),
+        detail: "no server left for a fragment".into(),
+    }))
+}
+
+/// Whether `server`'s declared domain is that of a fragment of `stripe` (but `except`).
+fn shares_domain(domains: &[String], stripe: &Stripe, server: usize, except: Option<usize>) -> bool {
+    let Some(d) = domains.get(server).filter(|d| !d.is_empty()) else { return false };
+    stripe.iter().enumerate().any(|(i, f)| Some(i) != except && domains.get(f.server) == Some(d))
+}
+
+/// What a thread's redundant reads found since the caller last looked.
+#[derive(Debug, Default)]
+pub(crate) struct Found {
+    /// Pages read without their first copy or without all their data fragments.
+    pub degraded_pages: u64,
+    /// Pages with a fragment that failed its checksum: to be rewritten.
+    pub corrupt_pages: Vec<usize>,
+    /// Fragments that failed their checksum.
+    pub corrupt_fragments: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Got {
+    No,
+    Asked,
+    Ok,
+    Failed,
+    Corrupt,
+}
+
+#[derive(Debug)]
+struct FragRequest {
+    server: usize,
+    /// Sent on the spare connection (a degraded round).
+    spare: bool,
+    started: Result<u64, ClientError>,
+    /// (position in the read's pages, fragment index) of each unit asked.
+    want: Vec<(usize, usize)>,
+    refs: Vec<PageRef>,
+}
+
+/// A read of whole pages of a redundant region, sent and not yet received.
+#[derive(Debug)]
+pub(crate) struct StripeRead {
+    pages: Vec<usize>,
+    /// Ask every live fragment, not just as many as a read needs (to check them all).
+    every_fragment: bool,
+    /// Fragment `i` of the page at position `pos` lands at `(pos × width + i) × unit`.
+    buf: Vec<u8>,
+    got: Vec<Got>,
+    requests: Vec<FragRequest>,
+}
+
+impl Links {
+    pub(crate) fn start_stripe_read(&mut self, layout: &RemoteLayout, pages: &[usize]) -> StripeRead {
+        self.start_stripe_read_with(layout, pages, false)
+    }
+
+    /// A read of `pages` that asks every live fragment of each (a scrub): every fragment's
+    /// CRC is checked, and corrupt ones are reported in `found` like any read's.
+    pub(crate) fn start_stripe_read_with(
+        &mut self,
+        layout: &RemoteLayout,
+        pages: &[usize],
+        every_fragment: bool,
+    ) -> StripeRead {
+        let scheme = layout.redundancy();
+        let (width, unit) = (scheme.width(), scheme.unit_bytes());
+        let mut read = StripeRead {
+            every_fragment,
+            pages: pages.to_vec(),
+            buf: vec![0; pages.len() * width * unit],
+            got: vec![Got::No; pages.len() * width],
+            requests: Vec::new(),
+        };
+        let mut wants = Vec::new();
+        for pos in 0..pages.len() {
+            choose(layout, &mut read, pos, &mut wants);
+        }
+        self.send_wants(layout, &mut read, wants, false);
+        read
+    }
+
+    /// Receives a read started with [`Links::start_stripe_read`], replacing what failed by
+    /// the stripes' other fragments, and rebuilds each page into `out`.
+    pub(crate) fn finish_stripe_read(
+        &mut self,
+        layout: &RemoteLayout,
+        mut read: StripeRead,
+        out: &mut [u8],
+    ) -> Result<(), PagerError> {
+        let scheme = layout.redundancy();
+        let (width, unit, needed) = (scheme.width(), scheme.unit_bytes(), scheme.needed());
+        let mut tmp = Vec::new();
+        let mut corrupt = Vec::new();
+        loop {
+            for rq in std::mem::take(&mut read.requests) {
+                self.receive(layout, &mut read, rq, &mut tmp, &mut corrupt);
+            }
+            let mut wants = Vec::new();
+            for pos in 0..read.pages.len() {
+                let ok = read.got[pos * width..(pos + 1) * width].iter().filter(|g| **g == Got::Ok).count();
+                if ok < needed {
+                    choose(layout, &mut read, pos, &mut wants);
+                }
+            }
+            if wants.is_empty() {
+                break;
+            }
+            self.send_wants(layout, &mut read, wants, true);
+        }
+        let coder = self.coder.get_or_insert_with(|| Coder::new(scheme));
+        let mut failed = None;
+        // Pages that need decoding, grouped by which fragments they have: one decode each.
+        let mut batches: std::collections::HashMap<Vec<bool>, Vec<usize>> = Default::default();
+        for (pos, &page) in read.pages.iter().enumerate() {
+            let got = &read.got[pos * width..(pos + 1) * width];
+            let ok = got.iter().filter(|g| **g == Got::Ok).count();
+            let dst = &mut out[pos * PAGE_SIZE..(pos + 1) * PAGE_SIZE];
+            let frag = |i: usize| &read.buf[(pos * width + i) * unit..][..unit];
+            if ok < needed {
+                failed.get_or_insert((page, format!("{ok} of the {needed} fragments needed")));
+                continue;
+            }
+            match scheme {
+                Redundancy::Ec { k, .. } if got[..k].iter().all(|g| *g == Got::Ok) => {
+                    for (i, d) in dst.chunks_exact_mut(unit).enumerate() {
+                        d.copy_from_slice(frag(i));
+                    }
+                }
+                Redundancy::Ec { .. } => {
+                    batches.entry(got.iter().map(|g| *g == Got::Ok).collect()).or_default().push(pos);
+                }
+                _ => {
+                    let i = (0..width).find(|i| got[*i] == Got::Ok).expect("ok >= needed >= 1");
+                    dst.copy_from_slice(frag(i));
+                }
+            }
+            if got[..needed].iter().any(|g| *g != Got::Ok) {
+                self.found.degraded_pages += 1;
+            }
+            let bad = got.iter().filter(|g| **g == Got::Corrupt).count();
+            if bad > 0 {
+                self.found.corrupt_fragments += bad as u64;
+                self.found.corrupt_pages.push(page);
+            }
+        }
+        for (have, positions) in batches {
+            let shards: Vec<Vec<u8>> = (0..width)
+                .map(|i| match have[i] {
+                    true => {
+                        positions.iter().flat_map(|p| &read.buf[(p * width + i) * unit..][..unit]).copied().collect()
+                    }
+                    false => Vec::new(),
+                })
+                .collect();
+            match coder.decode_batch(&shards, positions.len()) {
+                Ok(data) => {
+                    for (j, pos) in positions.iter().enumerate() {
+                        for (i, d) in out[pos * PAGE_SIZE..(pos + 1) * PAGE_SIZE].chunks_exact_mut(unit).enumerate() {
+                            d.copy_from_slice(&data[i][j * unit..(j + 1) * unit]);
+                        }
+                    }
+                }
+                Err(why) => {
+                    failed.get_or_insert((read.pages[positions[0]], why));
+                }
+            }
+        }
+        match failed {
+            None => Ok(()),
+            Some((page, why)) => {
+                let lost: Vec<String> =
+                    layout.stripes.lost_servers().iter().map(|s| layout.server_addr(*s).to_string()).collect();
+                let detail = format!(
+                    "{why} survive under {scheme} (servers lost for this region: {})",
+                    if lost.is_empty() { "none".to_string() } else { lost.join(", ") }
+                );
+                Err(PagerError::Unrecoverable { page, detail })
+            }
+        }
+    }
+
+    /// Writes every fragment not lost of each page; a server that fails its writes is lost
+    /// for the region. Fails when a page is left with fewer fragments than a read needs.
+    pub(crate) fn write_stripes(&mut self, layout: &RemoteLayout, pages: &[(usize, &[u8])]) -> Result<(), PagerError> {
+        let scheme = layout.redundancy();
+        let (width, unit) = (scheme.width(), scheme.unit_bytes());
+        let mut frags = vec![0u8; pages.len() * width * unit];
+        let coder = self.coder.get_or_insert_with(|| Coder::new(scheme));
+        for ((_, data), out) in pages.iter().zip(frags.chunks_exact_mut(width * unit)) {
+            coder.encode(data, out).map_err(PagerError::Coding)?;
+        }
+        let mut groups: Vec<Vec<(PageRef, &[u8])>> = vec![Vec::new(); layout.server_count()];
+        for (j, (p, _)) in pages.iter().enumerate() {
+            let at = (p % layout.chunk_pages) as u32;
+            layout.stripes.with(p / layout.chunk_pages, |stripe| {
+                for (i, f) in stripe.iter().enumerate().filter(|(_, f)| f.is_written()) {
+                    groups[f.server]
+                        .push((PageRef { slab: f.slab, page: at }, &frags[(j * width + i) * unit..][..unit]));
+                }
+            });
+        }
+        for (server, result) in self.write_groups_each(layout, &groups) {
+            match result {
+                Ok(()) => layout.stripes.succeeded(server),
+                Err(e) => self.lose(layout, server, &format!("write-back failed: {e}")),
+            }
+        }
+        let mut short = Vec::new();
+        let mut fewest = usize::MAX;
+        for (p, _) in pages {
+            let live = layout.stripes.with(p / layout.chunk_pages, |s| s.iter().filter(|f| f.is_live()).count());
+            if live < scheme.needed() {
+                short.push(*p);
+                fewest = fewest.min(live);
+            }
+        }
+        if short.is_empty() {
+            return Ok(());
+        }
+        let detail = format!("as few as {fewest} live fragments of a page left, {scheme} needs {}", scheme.needed());
+        Err(PagerError::Unwritable { pages: short, detail })
+    }
+
+    /// Sends the units `wants` names, one request per server and batch, on the main
+    /// connections (a first round, pipelined with the caller's other reads) or on the spare
+    /// ones (a degraded round, received before anything else is sent on them).
+    fn send_wants(&mut self, layout: &RemoteLayout, read: &mut StripeRead, mut wants: Vec<Want>, spare: bool) {
+        let unit = layout.redundancy().unit_bytes() as u32;
+        wants.sort_by_key(|w| w.server);
+        for same in wants.chunk_by(|a, b| a.server == b.server) {
+            for batch in same.chunks(MAX_BATCH_PAGES) {
+                let server = batch[0].server;
+                let refs: Vec<PageRef> = batch.iter().map(|w| w.at).collect();
+                let conn = if spare { self.spare_conn(layout, server) } else { self.conn(layout, server) };
+                let started = conn.and_then(|c| c.send_read_units(unit, &refs));
+                if started.is_err() {
+                    self.drop_conn(server, spare);
+                }
+                let want = batch.iter().map(|w| (w.pos, w.frag)).collect();
+                read.requests.push(FragRequest { server, spare, started, want, refs });
+            }
+        }
+    }
+
+    fn receive(
+        &mut self,
+        layout: &RemoteLayout,
+        read: &mut StripeRead,
+        rq: FragRequest,
+        tmp: &mut Vec<u8>,
+        corrupt: &mut Vec<usize>,
+    ) {
+        let width = layout.redundancy().width();
+        let unit = layout.redundancy().unit_bytes();
+        let n = rq.want.len();
+        tmp.resize(n * unit, 0);
+        corrupt.clear();
+        let conns = if rq.spare { &mut self.spare } else { &mut self.conns };
+        let result = rq.started.and_then(|id| match conns.get_mut(rq.server).and_then(|c| c.as_mut()) {
+            Some(c) => c.recv_units(id, &rq.refs, &mut tmp[..n * unit], corrupt),
+            None => {
+                Err(ClientError::Protocol { addr: layout.server_addr(rq.server), detail: "connection lost".into() })
+            }
+        });
+        match result {
+            Ok(()) => {
+                layout.stripes.succeeded(rq.server);
+                for (j, &(pos, i)) in rq.want.iter().enumerate() {
+                    let at = pos * width + i;
+                    if corrupt.contains(&j) {
+                        read.got[at] = Got::Corrupt;
+                        tracing::warn!(
+                            "fragment {i} of page {} from {} failed its checksum; rebuilding the page from the others",
+                            read.pages[pos],
+                            layout.server_addr(rq.server)
+                        );
+                    } else {
+                        read.got[at] = Got::Ok;
+                        read.buf[at * unit..(at + 1) * unit].copy_from_slice(&tmp[j * unit..(j + 1) * unit]);
+                    }
+                }
+            }
+            Err(e) => {
+                for &(pos, i) in &rq.want {
+                    read.got[pos * width + i] = Got::Failed;
+                }
+                self.drop_conn(rq.server, rq.spare);
+                tracing::warn!("reading fragments from {} failed ({e}); reading others", layout.server_addr(rq.server));
+                self.note_failure(layout, rq.server, &e);
+            }
+        }
+    }
+
+    fn spare_conn(&mut self, layout: &RemoteLayout, server: usize) -> Result<&mut Connection, ClientError> {
+        if self.spare.len() <= server {
+            self.spare.resize_with(server + 1, || None);
+        }
+        if self.spare[server].is_none() {
+            self.spare[server] = Some(Connection::connect(layout.server_addr(server), layout.connect)?);
+        }
+        Ok(self.spare[server].as_mut().expect("just connected"))
+    }
+
+    fn drop_conn(&mut self, server: usize, spare: bool) {
+        let conns = if spare { &mut self.spare } else { &mut self.conns };
+        if let Some(c) = conns.get_mut(server) {
+            *c = None;
+        }
+    }
+
+    /// Counts a failed request; a refused connection, a vanished slab or `MAX_ATTEMPTS`
+    /// failures in a row lose the server for the region.
+    fn note_failure(&mut self, layout: &RemoteLayout, server: usize, e: &ClientError) {
+        let fatal = matches!(e, ClientError::Connect { .. })
+            || matches!(e.code(), Some(ErrorCode::UnknownSlab | ErrorCode::WrongUnitSize | ErrorCode::PageOutOfRange));
+        // An answer out of order is this thread's doing (a request it gave up on), not the server's.
+        let counts = !matches!(e, ClientError::Protocol { .. });
+        if fatal || (counts && layout.stripes.failed(server) >= MAX_ATTEMPTS) {
+            self.lose(layout, server, &e.to_string());
+        }
+    }
+
+    fn lose(&mut self, layout: &RemoteLayout, server: usize, why: &str) {
+        lose(layout, server, why);
+        self.drop_conn(server, false);
+        self.drop_conn(server, true);
+    }
+}
+
+/// Loses `server` for the region (once), logging why.
+pub(crate) fn lose(layout: &RemoteLayout, server: usize, why: &str) {
+    if layout.stripes.mark_lost(server, why) {
+        let scheme = layout.redundancy();
+        let lost = layout.stripes.lost_servers().len();
+        tracing::error!(
+            "memory server {} is lost for this region ({why}): its fragments are no longer read or written; \
+             {lost} server(s) lost, {scheme} tolerates {} at a time",
+            layout.server_addr(server),
+            scheme.tolerated_losses()
+        );
+    }
+}
+
+/// One unit to read: fragment `frag` of the page at `pos`, at `at` on `server`.
+#[derive(Debug, Clone, Copy)]
+struct Want {
+    server: usize,
+    pos: usize,
+    frag: usize,
+    at: PageRef,
+}
+
+/// Asks for as many more live fragments of the page at `pos` as a read still needs, in
+/// stripe order (data fragments first); fewer when the stripe has no more.
+fn choose(layout: &RemoteLayout, read: &mut StripeRead, pos: usize, wants: &mut Vec<Want>) {
+    let scheme = layout.redundancy();
+    let width = scheme.width();
+    let page = read.pages[pos];
+    let got = &mut read.got[pos * width..(pos + 1) * width];
+    let wanted = if read.every_fragment { width } else { scheme.needed() };
+    let mut missing = wanted.saturating_sub(got.iter().filter(|g| matches!(g, Got::Ok | Got::Asked)).count());
+    let at = (page % layout.chunk_pages) as u32;
+    layout.stripes.with(page / layout.chunk_pages, |stripe| {
+        for (i, f) in stripe.iter().enumerate() {
+            if missing == 0 {
+                break;
+            }
+            if got[i] == Got::No && f.is_live() {
+                got[i] = Got::Asked;
+                wants.push(Want { server: f.server, pos, frag: i, at: PageRef { slab: f.slab, page: at } });
+                missing -= 1;
+            }
+        }
+    });
+}
