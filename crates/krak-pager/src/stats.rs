@@ -21,6 +21,7 @@ pub(crate) struct Counters {
     pub failed_faults: AtomicU64,
     pub moved_pages: AtomicU64,
     pub chunks_moved: AtomicU64,
+    pub discarded_pages: AtomicU64,
     latency_ns: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
@@ -42,6 +43,7 @@ impl Counters {
             failed_faults: z(),
             moved_pages: z(),
             chunks_moved: z(),
+            discarded_pages: z(),
             latency_ns: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static histogram bounds"),
             ),
@@ -80,6 +82,7 @@ impl Counters {
             failed_faults: g(&self.failed_faults),
             moved_pages: g(&self.moved_pages),
             chunks_moved: g(&self.chunks_moved),
+            discarded_pages: g(&self.discarded_pages),
             faults_timed: h.len(),
             fault_p50_us: us(0.5),
             fault_p99_us: us(0.99),
@@ -123,6 +126,8 @@ pub struct PagerStats {
     pub moved_pages: u64,
     /// Chunks moved to another server while the region was in use.
     pub chunks_moved: u64,
+    /// Pages forgotten by `discard` (freed or `MADV_DONTNEED` by the program).
+    pub discarded_pages: u64,
     pub faults_timed: u64,
     pub fault_p50_us: f64,
     pub fault_p99_us: f64,
