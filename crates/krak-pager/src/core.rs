@@ -104,8 +104,6 @@ pub(crate) struct Shared {
     pub peak_resident: AtomicUsize,
 }
 
-pub(crate) static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
-
 impl Shared {
     pub fn region_pages(&self) -> usize {
         self.map.len() / PAGE_SIZE

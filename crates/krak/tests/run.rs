@@ -71,10 +71,12 @@ fn run_measured(cmd: &mut Command) -> (Option<i32>, Vec<u8>, u64) {
 }
 
 /// `krak run --local BUDGET --stats FILE -- program...`: (exit code, stdout, stats).
-fn krak_run(local_bytes: u64, program: &[&str], stdin: Option<&Path>) -> (Option<i32>, Vec<u8>, Value) {
+fn krak_run(local_bytes: u64, opts: &[&str], program: &[&str], stdin: Option<&Path>) -> (Option<i32>, Vec<u8>, Value) {
     let stats_path = scratch(&format!("stats-{}.json", rand_suffix()));
     let mut cmd = krak();
-    cmd.args(["run", "--local", &local_bytes.to_string(), "--stats", stats_path.to_str().unwrap(), "--"])
+    cmd.args(["run", "--local", &local_bytes.to_string(), "--stats", stats_path.to_str().unwrap()])
+        .args(opts)
+        .arg("--")
         .args(program)
         .env("LC_ALL", "C");
     if let Some(input) = stdin {
@@ -97,7 +99,7 @@ fn rand_suffix() -> u64 {
 
 /// Runs `program` plain, then under krak run at a quarter of its plain peak: same output,
 /// peak within budget + overhead, and the arena really paged (pages came back from servers).
-fn matches_plain_run_at_quarter_budget(program: &[&str], stdin: Option<&Path>) {
+fn matches_plain_run_at_quarter_budget(opts: &[&str], program: &[&str], stdin: Option<&Path>) {
     let mut plain = Command::new(program[0]);
     plain.args(&program[1..]).env("LC_ALL", "C");
     if let Some(input) = stdin {
@@ -107,7 +109,7 @@ fn matches_plain_run_at_quarter_budget(program: &[&str], stdin: Option<&Path>) {
     assert_eq!(code, Some(0), "plain run of {program:?} failed");
     assert!(plain_peak > 512 * MIB, "the plain run's footprint is {} MiB, not about 1 GiB", plain_peak / MIB);
     let budget = plain_peak / 4;
-    let (code, got, stats) = krak_run(budget, program, stdin);
+    let (code, got, stats) = krak_run(budget, opts, program, stdin);
     assert_eq!(code, Some(0), "{program:?} under krak run: {stats}");
     assert!(
         got == expected,
@@ -140,7 +142,7 @@ fn python_building_a_gib_prints_the_plain_checksum() {
     }
     // A 768 MiB bytearray and a list of 4M distinct ints (~180 MiB of objects and pointers).
     let script = data("big.py");
-    matches_plain_run_at_quarter_budget(&["/usr/bin/python3", script.to_str().unwrap(), "768", "4000000"], None);
+    matches_plain_run_at_quarter_budget(&[], &["/usr/bin/python3", script.to_str().unwrap(), "768", "4000000"], None);
 }
 
 /// 1 GiB of random printable lines of 4000 bytes each, from a fixed seed.
@@ -168,8 +170,18 @@ fn sort_of_a_gib_matches_the_plain_run() {
     }
     let input = scratch("sort-input.txt");
     generate_lines(&input, 1 << 30);
-    matches_plain_run_at_quarter_budget(&["sort", "-S", "1G", input.to_str().unwrap()], None);
+    matches_plain_run_at_quarter_budget(&[], &["sort", "-S", "1G", input.to_str().unwrap()], None);
     let _ = std::fs::remove_file(&input);
+}
+
+#[test]
+fn sqlite3_in_memory_database_answers_as_a_plain_run() {
+    if unprivileged() {
+        return;
+    }
+    // ~1 GiB in 64 KiB pages: each page-cache allocation is one malloc above the threshold.
+    let sql = data("db.sql");
+    matches_plain_run_at_quarter_budget(&["--threshold", "64KiB"], &["sqlite3", ":memory:"], Some(&sql));
 }
 
 #[test]
@@ -189,7 +201,7 @@ fn memory_calls_keep_contents_under_the_pager() {
     let (code, plain, _) = run_measured(&mut Command::new(&exe));
     assert_eq!(code, Some(0), "plain run: {}", String::from_utf8_lossy(&plain));
     // 32 MiB local for ~400 MiB touched: most checks read pages back from the servers.
-    let (code, out, stats) = krak_run(32 * MIB, &[exe.to_str().unwrap()], None);
+    let (code, out, stats) = krak_run(32 * MIB, &[], &[exe.to_str().unwrap()], None);
     let out = String::from_utf8_lossy(&out);
     assert_eq!(code, Some(0), "{out}\n{stats}");
     for check in [
