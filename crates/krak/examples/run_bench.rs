@@ -1,7 +1,7 @@
 //! Unmodified programs under `krak run` against kernel swap, side by side in one run
 //! (BENCHMARKS.md, "krak run"). As root:
 //!
-//!   cargo build --release -p krak && cargo run --release -p krak --example run_bench
+//!   cargo build --release -p krak && cargo run --release -p krak --example run_bench [python3|sort|sqlite3...]
 //!
 //! Each program runs plain (its peak resident set is its footprint F), under `krak run
 //! --local` at 25% and 50% of F (loopback memory servers), and in a memory cgroup limited
@@ -48,26 +48,34 @@ fn run(argv: &[String], stdin: Option<&Path>, cgroup: Option<&MemoryCgroup>) -> 
         }
     }
     let started = Instant::now();
-    let out = cmd.output().expect("run program");
+    let mut child = cmd.spawn().expect("run program");
+    let mut output = Vec::new();
+    std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut output).expect("read stdout");
+    let (status, peak_bytes) = wait_peak(child);
     let seconds = started.elapsed().as_secs_f64();
-    if cgroup.is_some() && std::os::unix::process::ExitStatusExt::signal(&out.status) == Some(libc::SIGKILL) {
+    if cgroup.is_some() && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL {
         return None;
     }
-    assert!(out.status.success(), "{argv:?} failed: {:?}", out.status);
-    Some(Outcome { seconds, output: out.stdout, peak_bytes: 0 })
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{argv:?} failed: status {status:#x}");
+    Some(Outcome { seconds, output, peak_bytes })
 }
 
-/// Peak RSS of the last waited-for child (what `ru_maxrss` of RUSAGE_CHILDREN reports).
-fn children_peak() -> u64 {
-    // SAFETY: getrusage fills the struct it is given.
-    unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
-        u.ru_maxrss as u64 * 1024
-    }
+/// Reaps `child`: its wait status and its own peak resident set (wait4's ru_maxrss).
+#[allow(clippy::zombie_processes)] // reaped by wait4 here
+fn wait_peak(child: std::process::Child) -> (i32, u64) {
+    let mut status = 0;
+    // SAFETY: rusage is plain data that wait4 fills, for our own child.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage);
+        usage
+    };
+    (status, usage.ru_maxrss as u64 * 1024)
 }
 
 fn main() -> anyhow::Result<()> {
+    // Optional arguments: which programs to run, by the start of their name (python3, sort, sqlite3).
+    let only: Vec<String> = std::env::args().skip(1).collect();
     let krak = std::env::current_exe()?.parent().unwrap().parent().unwrap().join("krak");
     let dir = std::env::temp_dir().join(format!("krak-run-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -101,8 +109,11 @@ fn main() -> anyhow::Result<()> {
         "| program | plain | krak 25% | krak 50% | swap-disk 25% | swap-disk 50% | peak RSS under krak 25% (budget) |\n|---|---|---|---|---|---|---|\n",
     );
     for p in &programs {
+        if !only.is_empty() && !only.iter().any(|o| p.name.starts_with(o.as_str())) {
+            continue;
+        }
         let plain = run(&p.argv, p.stdin.as_deref(), None).expect("plain run");
-        let footprint = children_peak();
+        let footprint = plain.peak_bytes;
         eprintln!("{}: plain {:.1} s, footprint {} MiB", p.name, plain.seconds, footprint / MIB);
         let mut cells = vec![format!("{:.1} s, {} MiB", plain.seconds, footprint / MIB)];
         let mut krak_peak = String::new();
