@@ -67,8 +67,17 @@ fn glibc_usable_size(ptr: *mut c_void) -> usize {
     static REAL: AtomicUsize = AtomicUsize::new(0);
     let mut f = REAL.load(Relaxed);
     if f == 0 {
-        // SAFETY: dlsym with a constant NUL-terminated name; the next definition is glibc's.
-        f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"malloc_usable_size".as_ptr()) } as usize;
+        // glibc's own, not the next in search order: a program linked with another
+        // allocator (redis with jemalloc) has that one's first, and its blocks are glibc's now.
+        // SAFETY: dlopen of the already loaded libc (RTLD_NOLOAD) and dlsym, with constant
+        // NUL-terminated names.
+        f = unsafe {
+            let libc_handle = libc::dlopen(c"libc.so.6".as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD);
+            if libc_handle.is_null() {
+                die("cannot find glibc (libc.so.6)");
+            }
+            libc::dlsym(libc_handle, c"malloc_usable_size".as_ptr())
+        } as usize;
         if f == 0 {
             die("cannot find glibc's malloc_usable_size");
         }
