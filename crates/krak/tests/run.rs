@@ -202,6 +202,7 @@ fn memory_calls_keep_contents_under_the_pager() {
     assert_eq!(code, Some(0), "plain run: {}", String::from_utf8_lossy(&plain));
     // 32 MiB local for ~400 MiB touched: most checks read pages back from the servers.
     let (code, out, stats) = krak_run(32 * MIB, &[], &[exe.to_str().unwrap()], None);
+    let _ = std::fs::remove_file(&exe);
     let out = String::from_utf8_lossy(&out);
     assert_eq!(code, Some(0), "{out}\n{stats}");
     for check in [
