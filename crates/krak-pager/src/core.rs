@@ -119,8 +119,6 @@ pub(crate) struct Shared {
     pub peak_resident: AtomicUsize,
 }
 
-pub(crate) static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
-
 impl Shared {
     /// Counts what a thread's redundant reads found and queues rewrites of corrupt
     /// fragments. Call without the core lock.

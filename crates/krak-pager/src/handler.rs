@@ -17,6 +17,10 @@ use crate::PagerError;
 
 /// Bound on a self-serving thread's wait for another thread's fetch of the same page.
 const FETCH_WAIT_MS: u64 = 30_000;
+/// Most never-written pages installed by one fault (the faulting one included).
+const ZERO_WINDOW_PAGES: usize = 16;
+static ZERO_WINDOW: [u8; ZERO_WINDOW_PAGES * PAGE_SIZE] = [0; ZERO_WINDOW_PAGES * PAGE_SIZE];
+
 /// How long a handler sleeps in poll before it checks for shutdown.
 const POLL_TIMEOUT_MS: i32 = 50;
 
@@ -176,15 +180,23 @@ impl Handler {
             }
             _ if state & REMOTE == 0 => {
                 Counters::add(&shared.counters.missing_faults, 1);
-                core.states[page] = FETCHING;
-                core.resident += 1;
+                // The never-written pages right after it come in with it (one copy): a
+                // program filling fresh memory in order takes one fault per window, not per
+                // page. Installed like the faulting page: writable after a write fault.
+                let cap = shared.prefetch_cap(&core).min(ZERO_WINDOW_PAGES - 1);
+                let mut n = 1;
+                while n <= cap && page + n < shared.region_pages() && core.states[page + n] == ABSENT {
+                    n += 1;
+                }
+                core.states[page..page + n].fill(FETCHING);
+                core.resident += n;
                 if let Err(e) = shared.make_room(&mut core, 0) {
-                    core.states[page] = ABSENT;
-                    core.resident -= 1;
+                    core.states[page..page + n].fill(ABSENT);
+                    core.resident -= n;
                     return Err(e);
                 }
-                shared.install(&mut core, page, &ZERO_PAGE, write, false)?;
-                Counters::add(&shared.counters.zero_fills, 1);
+                shared.install(&mut core, page, &ZERO_WINDOW[..n * PAGE_SIZE], write, false)?;
+                Counters::add(&shared.counters.zero_fills, n as u64);
                 Ok(())
             }
             _ => {
@@ -261,12 +273,14 @@ impl Handler {
             let installed = got.and_then(|()| {
                 let mut i = 0;
                 while i < group.len() {
-                    // Install each run of consecutive pages with a single copy.
+                    // Install each run of consecutive pages with a single copy; after a write
+                    // fault writable, as a stream writing in order writes them next (no
+                    // write-protect fault each).
                     let mut j = i + 1;
                     while j < group.len() && group[j] == group[j - 1] + 1 {
                         j += 1;
                     }
-                    shared.install(&mut core, group[i], &buf[i * PAGE_SIZE..j * PAGE_SIZE], false, true)?;
+                    shared.install(&mut core, group[i], &buf[i * PAGE_SIZE..j * PAGE_SIZE], write, true)?;
                     i = j;
                 }
                 Ok(())

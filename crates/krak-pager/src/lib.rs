@@ -11,6 +11,7 @@
 //! The fault path is described in `docs/design.md`.
 
 mod core;
+mod discard;
 pub mod eviction;
 mod handler;
 pub mod limits;

@@ -27,6 +27,7 @@ pub(crate) struct Counters {
     pub reprotected_pages: AtomicU64,
     /// Time from the first loss to full redundancy, of the last re-protection.
     pub reprotect_ms: AtomicU64,
+    pub discarded_pages: AtomicU64,
     latency_ns: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
@@ -53,6 +54,7 @@ impl Counters {
             corrupt_fragments_repaired: z(),
             reprotected_pages: z(),
             reprotect_ms: z(),
+            discarded_pages: z(),
             latency_ns: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static histogram bounds"),
             ),
@@ -98,6 +100,7 @@ impl Counters {
             corrupt_fragments_repaired: g(&self.corrupt_fragments_repaired),
             reprotected_pages: g(&self.reprotected_pages),
             reprotect_ms: g(&self.reprotect_ms),
+            discarded_pages: g(&self.discarded_pages),
             faults_timed: h.len(),
             fault_p50_us: us(0.5),
             fault_p99_us: us(0.99),
@@ -157,6 +160,8 @@ pub struct PagerStats {
     /// Milliseconds from the first server lost to full redundancy back, for the last
     /// re-protection (0: none finished).
     pub reprotect_ms: u64,
+    /// Pages forgotten by `discard` (freed or `MADV_DONTNEED` by the program).
+    pub discarded_pages: u64,
     pub faults_timed: u64,
     pub fault_p50_us: f64,
     pub fault_p99_us: f64,

@@ -173,8 +173,10 @@ fn sequential_scan_is_prefetched() {
     eprintln!("{stats:?}");
     assert!(stats.prefetched > pages as u64, "the scans were prefetched: {stats:?}");
     assert!(stats.prefetch_hits > pages as u64 / 2, "prefetched pages were used: {stats:?}");
-    let remote_faults = stats.missing_faults - stats.zero_fills;
-    assert!(remote_faults < pages as u64 / 4, "far fewer faults than pages read back: {stats:?}");
+    // Both the fill (never-written pages come in windows) and the read-backs (prefetch)
+    // take far fewer faults than pages: 3 x pages touched in all.
+    assert!(stats.missing_faults < pages as u64 / 4, "far fewer faults than pages touched: {stats:?}");
+    assert_eq!(stats.zero_fills, pages as u64, "every page was zero-filled once: {stats:?}");
 }
 
 #[test]

@@ -33,13 +33,11 @@ impl AnonMapping {
         // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing touches no
         // existing memory.
         let ptr = unsafe {
-            libc::mmap(
+            sys_mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
             )
         };
         if ptr == libc::MAP_FAILED {
@@ -51,7 +49,7 @@ impl AnonMapping {
             pidfd: std::sync::OnceLock::new(),
         };
         // SAFETY: the range is exactly the mapping we just created.
-        let rc = unsafe { libc::madvise(ptr, len, libc::MADV_NOHUGEPAGE) };
+        let rc = unsafe { sys_madvise(ptr, len, libc::MADV_NOHUGEPAGE) };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -70,12 +68,45 @@ impl AnonMapping {
         self.len == 0
     }
 
+    /// Keeps the mapping out of children made by `fork(2)` (`MADV_DONTFORK`): a child that
+    /// touches it faults on unmapped memory instead of seeing zero pages where pages were
+    /// evicted, since no pager serves the child.
+    pub fn exclude_from_fork(&self) -> io::Result<()> {
+        // SAFETY: the range is exactly our mapping; the advice changes only what fork copies.
+        let rc = unsafe { sys_madvise(self.ptr.as_ptr().cast(), self.len, libc::MADV_DONTFORK) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// In a child made by `fork(2)` of a process whose mapping was excluded from fork: puts
+    /// an inaccessible reservation (`PROT_NONE`) at the mapping's addresses, so that any touch
+    /// of them crashes (SIGSEGV) and no later mapping of the child takes their place.
+    /// Async-signal-safe (one mmap), as code run right after fork must be.
+    pub fn fence_in_child(&self) -> io::Result<()> {
+        // SAFETY: in the child the range holds nothing (MADV_DONTFORK left it unmapped);
+        // MAP_FIXED over our own addresses replaces only what this type owns.
+        let ptr = unsafe {
+            sys_mmap(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Drops the pages of `[offset, offset+len)`; a later touch faults again.
     pub fn discard(&self, offset: usize, len: usize) -> io::Result<()> {
         self.check_range(offset, len)?;
         // SAFETY: the range lies inside our mapping (checked above); MADV_DONTNEED only
         // drops page contents, which the pager has saved or knows to be zero.
-        let rc = unsafe { libc::madvise(self.ptr.as_ptr().add(offset).cast(), len, libc::MADV_DONTNEED) };
+        let rc = unsafe { sys_madvise(self.ptr.as_ptr().add(offset).cast(), len, libc::MADV_DONTNEED) };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -171,6 +202,34 @@ impl AnonMapping {
 impl Drop for AnonMapping {
     fn drop(&mut self) {
         // SAFETY: we own the mapping and nobody uses it after drop.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        unsafe { sys_munmap(self.ptr.as_ptr().cast(), self.len) };
     }
+}
+
+// The address-space calls go to the kernel directly rather than through libc's wrappers: in a
+// program run by `krak run`, krak's preload library interposes `mmap`, `munmap` and
+// `madvise`, and the pager's own calls must never reach it.
+
+/// # Safety
+/// As `mmap(2)` for an anonymous mapping: with `MAP_FIXED`, `addr..addr+len` must be
+/// memory the caller owns.
+unsafe fn sys_mmap(addr: *mut libc::c_void, len: usize, prot: libc::c_int, flags: libc::c_int) -> *mut libc::c_void {
+    // SAFETY: the caller's contract; an anonymous mapping takes no file descriptor.
+    unsafe {
+        libc::syscall(libc::SYS_mmap, addr, len, prot, flags, -1 as libc::c_int, 0 as libc::off_t) as *mut libc::c_void
+    }
+}
+
+/// # Safety
+/// As `madvise(2)`: the advice must not drop contents the caller still needs.
+unsafe fn sys_madvise(addr: *mut libc::c_void, len: usize, advice: libc::c_int) -> libc::c_int {
+    // SAFETY: the caller's contract.
+    unsafe { libc::syscall(libc::SYS_madvise, addr, len, advice) as libc::c_int }
+}
+
+/// # Safety
+/// As `munmap(2)`: nothing may use the range afterwards.
+unsafe fn sys_munmap(addr: *mut libc::c_void, len: usize) -> libc::c_int {
+    // SAFETY: the caller's contract.
+    unsafe { libc::syscall(libc::SYS_munmap, addr, len) as libc::c_int }
 }

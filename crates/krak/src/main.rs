@@ -4,11 +4,15 @@ mod agent;
 mod cmd_bench;
 mod cmd_controller;
 mod cmd_memserver;
+mod cmd_run;
 mod cmd_status;
 mod ctl;
 mod demo;
 mod pager_opts;
 mod rack;
+#[path = "preload/env.rs"]
+#[allow(dead_code)]
+mod run_env;
 mod secret_opts;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +35,7 @@ enum Command {
     Demo(demo::DemoArgs),
     Bench(cmd_bench::BenchArgs),
     Secret(secret_opts::SecretCmd),
+    Run(cmd_run::RunArgs),
     #[command(hide = true)]
     BenchWorker(krak_bench::WorkerArgs),
 }
@@ -54,6 +59,15 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => cmd_bench::run(args),
         Command::Secret(cmd) => secret_opts::run(cmd),
         Command::BenchWorker(args) => cmd_bench::worker(args),
+        Command::Run(args) => {
+            return match cmd_run::run(args) {
+                Ok(code) => std::process::ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("krak: error: {e:#}");
+                    std::process::ExitCode::from(run_env::EXIT_PAGER_FAILED as u8)
+                }
+            }
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

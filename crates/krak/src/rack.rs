@@ -27,11 +27,16 @@ pub struct LocalRack {
 fn start_child(exe: &std::path::Path, args: &[&str], what: &str) -> anyhow::Result<(Child, String)> {
     let mut cmd = Command::new(exe);
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-    // SAFETY: prctl is async-signal-safe and touches no memory of the forked child; it asks
-    // the kernel to stop the child when this process dies, so no server outlives a killed demo.
+    // SAFETY: prctl, sigprocmask and setpgid are async-signal-safe and touch no memory of
+    // the forked child. The kernel stops the child when this process dies, so no server
+    // outlives a killed demo; with every signal unblocked (`krak run` blocks some) and in a
+    // process group of its own, a terminal's ^C reaches this process, not the rack behind it.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 || libc::setpgid(0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

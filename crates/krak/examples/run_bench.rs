@@ -1,0 +1,172 @@
+//! Unmodified programs under `krak run` against kernel swap, side by side in one run
+//! (BENCHMARKS.md, "krak run"). As root:
+//!
+//!   cargo build --release -p krak && cargo run --release -p krak --example run_bench [python3|sort|sqlite3...]
+//!
+//! Each program runs plain (its peak resident set is its footprint F), under `krak run
+//! --local` at 25% and 50% of F (loopback memory servers), and in a memory cgroup limited
+//! to 25% and 50% of F with a swap file on disk as the only swap. Every run's output must
+//! equal the plain run's; the table gives wall-clock slowdowns against the plain run and
+//! the peak resident set under krak next to its budget.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use krak_bench::swap::{MemoryCgroup, Session, SwapFile, DEFAULT_SWAP_FILE};
+
+const MIB: u64 = 1 << 20;
+
+struct Program {
+    name: &'static str,
+    argv: Vec<String>,
+    stdin: Option<PathBuf>,
+    /// krak run options beyond --local.
+    krak_opts: Vec<&'static str>,
+}
+
+struct Outcome {
+    seconds: f64,
+    output: Vec<u8>,
+    peak_bytes: u64,
+}
+
+/// Runs a program to completion; None when the memory cgroup's OOM killer ended it.
+fn run(argv: &[String], stdin: Option<&Path>, cgroup: Option<&MemoryCgroup>) -> Option<Outcome> {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]).env("LC_ALL", "C").stdout(Stdio::piped());
+    if let Some(input) = stdin {
+        cmd.stdin(std::fs::File::open(input).expect("stdin file"));
+    }
+    if let Some(cg) = cgroup {
+        let procs = cg.procs_path();
+        // SAFETY: only a write of our own pid to a file between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || std::fs::write(&procs, std::process::id().to_string()));
+        }
+    }
+    let started = Instant::now();
+    let mut child = cmd.spawn().expect("run program");
+    let mut output = Vec::new();
+    std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut output).expect("read stdout");
+    let (status, peak_bytes) = wait_peak(child);
+    let seconds = started.elapsed().as_secs_f64();
+    if cgroup.is_some() && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL {
+        return None;
+    }
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{argv:?} failed: status {status:#x}");
+    Some(Outcome { seconds, output, peak_bytes })
+}
+
+/// Reaps `child`: its wait status and its own peak resident set (wait4's ru_maxrss).
+#[allow(clippy::zombie_processes)] // reaped by wait4 here
+fn wait_peak(child: std::process::Child) -> (i32, u64) {
+    let mut status = 0;
+    // SAFETY: rusage is plain data that wait4 fills, for our own child.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage);
+        usage
+    };
+    (status, usage.ru_maxrss as u64 * 1024)
+}
+
+fn main() -> anyhow::Result<()> {
+    // Optional arguments: which programs to run, by the start of their name (python3, sort, sqlite3).
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let krak = std::env::current_exe()?.parent().unwrap().parent().unwrap().join("krak");
+    let dir = std::env::temp_dir().join(format!("krak-run-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let sort_input = dir.join("lines.txt");
+    generate_lines(&sort_input, 1 << 30)?;
+    let sql = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/run/db.sql");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/run/big.py");
+    let programs = vec![
+        Program {
+            name: "python3 (768 MiB bytearray + 4M-int list)",
+            argv: vec!["/usr/bin/python3".into(), script.display().to_string(), "768".into(), "4000000".into()],
+            stdin: None,
+            krak_opts: vec![],
+        },
+        Program {
+            name: "sort -S 1G, 1 GiB of 4000-byte lines",
+            argv: vec!["sort".into(), "-S".into(), "1G".into(), sort_input.display().to_string()],
+            stdin: None,
+            krak_opts: vec![],
+        },
+        Program {
+            name: "sqlite3 :memory:, ~1 GiB table, 64 KiB pages",
+            argv: vec!["sqlite3".into(), ":memory:".into()],
+            stdin: Some(sql.clone()),
+            krak_opts: vec!["--threshold", "64KiB"],
+        },
+    ];
+    let _session = Session::begin(5_000)?;
+    let _swap = SwapFile::enable(Path::new(DEFAULT_SWAP_FILE), 4 << 30)?;
+    let mut table = String::from(
+        "| program | plain | krak 25% | krak 50% | swap-disk 25% | swap-disk 50% | peak RSS under krak 25% (budget) |\n|---|---|---|---|---|---|---|\n",
+    );
+    for p in &programs {
+        if !only.is_empty() && !only.iter().any(|o| p.name.starts_with(o.as_str())) {
+            continue;
+        }
+        let plain = run(&p.argv, p.stdin.as_deref(), None).expect("plain run");
+        let footprint = plain.peak_bytes;
+        eprintln!("{}: plain {:.1} s, footprint {} MiB", p.name, plain.seconds, footprint / MIB);
+        let mut cells = vec![format!("{:.1} s, {} MiB", plain.seconds, footprint / MIB)];
+        let mut krak_peak = String::new();
+        for pct in [25, 50] {
+            let budget = footprint * pct / 100;
+            let stats = dir.join(format!("stats-{pct}.json"));
+            let mut argv = vec![krak.display().to_string(), "run".into(), "--local".into(), budget.to_string()];
+            argv.extend(p.krak_opts.iter().map(|s| s.to_string()));
+            argv.extend(["--stats".into(), stats.display().to_string(), "--".into()]);
+            argv.extend(p.argv.iter().cloned());
+            let mut o = run(&argv, p.stdin.as_deref(), None).expect("krak run");
+            assert!(o.output == plain.output, "{}: output under krak run at {pct}% differs", p.name);
+            let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats)?)?;
+            o.peak_bytes = s["peak_rss_bytes"].as_u64().unwrap_or(0);
+            eprintln!("{}: krak {pct}% {:.1} s, peak {} MiB", p.name, o.seconds, o.peak_bytes / MIB);
+            cells.push(format!("{:.1} s ({:.2}x)", o.seconds, o.seconds / plain.seconds));
+            if pct == 25 {
+                krak_peak = format!("{} MiB ({} MiB)", o.peak_bytes / MIB, budget / MIB);
+            }
+        }
+        for pct in [25, 50] {
+            let cg = MemoryCgroup::create(&format!("run-{pct}"), footprint * pct / 100)?;
+            let Some(o) = run(&p.argv, p.stdin.as_deref(), Some(&cg)) else {
+                eprintln!("{}: swap-disk {pct}%: killed by the cgroup's OOM killer", p.name);
+                cells.push("OOM-killed".into());
+                continue;
+            };
+            assert!(o.output == plain.output, "{}: output under swap at {pct}% differs", p.name);
+            eprintln!("{}: swap-disk {pct}% {:.1} s", p.name, o.seconds);
+            cells.push(format!("{:.1} s ({:.2}x)", o.seconds, o.seconds / plain.seconds));
+        }
+        table.push_str(&format!("| {} | {} | {} |\n", p.name, cells.join(" | "), krak_peak));
+        std::io::stderr().write_all(table.as_bytes())?;
+    }
+    drop(_swap);
+    let _ = std::fs::remove_dir_all(&dir);
+    print!("{table}");
+    Ok(())
+}
+
+fn generate_lines(path: &Path, bytes: u64) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut line = vec![0u8; 4000];
+    for _ in 0..bytes / 4000 {
+        for b in line[..3999].iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = b'!' + (x % 94) as u8;
+        }
+        line[3999] = b'\n';
+        out.write_all(&line)?;
+    }
+    out.flush()
+}

@@ -1,0 +1,230 @@
+//! `krak run`: an unmodified program with its large anonymous memory on rack memory.
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use krak_proto::units::ByteSize;
+
+use crate::rack::LocalRack;
+use crate::run_env as env;
+
+/// Signals passed on to the program when sent to krak alone (a terminal's ^C or ^\ reaches
+/// the program directly: it is in krak's process group).
+const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// Run a program with its large memory on rack memory, within a local budget.
+///
+/// The program is started with libkrak_preload.so preloaded (LD_PRELOAD): allocations of at
+/// least --threshold bytes (malloc, calloc, realloc, posix_memalign and friends, and
+/// anonymous private mmap) are served from a far-memory arena of --max-far bytes, of which at
+/// most --local bytes are resident on this machine; the rest lives on memory servers. The
+/// pager runs inside the program's process; the program's code is unchanged. Smaller
+/// allocations, files, stacks and the program itself stay in ordinary memory.
+///
+/// With no rack given (--servers or --controller), 3 memory servers are started on loopback
+/// for the run, as `krak demo` does. stdin, stdout and stderr are the program's; SIGINT,
+/// SIGTERM, SIGHUP and SIGQUIT sent to krak are passed on; krak exits with the program's
+/// status (128+N if signal N ended it), or 125 if the program could not be run under the
+/// pager. A forked child (without exec) cannot touch its parent's far memory (it crashes
+/// with SIGSEGV if it does); programs it execs run under their own pager, with the same
+/// budget each. See docs/design.md.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  krak run --local 256MiB -- python3 big.py\n  krak run --local 1GiB --servers 10.0.0.5:7070,10.0.0.6:7070 -- sort -S 4G huge.txt\n  krak run --local 512MiB --stats run.json -- sqlite3 :memory: < queries.sql"
+)]
+pub struct RunArgs {
+    /// Most of the program's far memory resident on this machine at any moment.
+    #[arg(long, value_name = "SIZE", default_value = "512MiB")]
+    local: ByteSize,
+    /// Size of the far-memory arena: the most large memory the program can have (address
+    /// space, reserved on the memory servers up front). Larger requests fall back to local memory.
+    #[arg(long, value_name = "SIZE", default_value = "32GiB")]
+    max_far: ByteSize,
+    /// Allocations of at least this size go to far memory.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB")]
+    threshold: ByteSize,
+    /// Memory servers to use (HOST:PORT,...), instead of starting some on loopback.
+    #[arg(long, value_name = "ADDRS", value_delimiter = ',', conflicts_with = "controller")]
+    servers: Vec<std::net::SocketAddr>,
+    /// A rack controller that places the arena (URL[,URL...]), instead of loopback servers.
+    #[arg(long, value_name = "URL")]
+    controller: Option<String>,
+    /// Redundancy of the far memory; only `none` exists yet.
+    #[arg(long, value_name = "MODE", default_value = "none")]
+    redundancy: String,
+    /// Write the run's figures as JSON to FILE: exit status, peak resident set of the program
+    /// (VmHWM, from wait4), the pager's counters.
+    #[arg(long, value_name = "FILE")]
+    stats: Option<PathBuf>,
+    /// Let the pager log (info and above) to FILE; by default it logs nothing.
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
+    /// The program and its arguments.
+    #[arg(required = true, last = true, value_name = "PROGRAM")]
+    program: Vec<String>,
+}
+
+/// The preload library: $KRAK_PRELOAD, or beside the krak binary (both are built by
+/// `cargo build --release -p krak`).
+fn preload_path() -> anyhow::Result<PathBuf> {
+    let path = match std::env::var_os("KRAK_PRELOAD") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe().context("finding the krak binary")?.with_file_name("libkrak_preload.so"),
+    };
+    if !path.is_file() {
+        bail!(
+            "preload library {} not found (build it with `cargo build --release -p krak`, or set $KRAK_PRELOAD)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: a sigset_t is plain data; sigemptyset/sigaddset initialise it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in FORWARDED {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Runs the program; returns the exit status krak should end with.
+pub fn run(args: RunArgs) -> anyhow::Result<u8> {
+    if args.redundancy != "none" {
+        bail!("--redundancy {}: only `none` is supported by krak run yet", args.redundancy);
+    }
+    let preload = preload_path()?;
+    // Refuse early, with the reason, where system calls on far memory could not be served.
+    let uffd = krak_uffd::Uffd::open().context("opening a userfaultfd")?;
+    if uffd.mode() == krak_uffd::OpenMode::UserModeOnly {
+        bail!("userfaultfd serves user-mode faults only here (not root, vm.unprivileged_userfaultfd = 0): a program's system calls on far memory would fail with EFAULT; run as root or set vm.unprivileged_userfaultfd = 1");
+    }
+    drop(uffd);
+    // Block the forwarded signals before any thread exists, so that only the forwarding
+    // thread takes them; children get an unblocked mask back before exec.
+    let set = signal_set();
+    // SAFETY: changes this thread's signal mask only.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+
+    let rack = if args.servers.is_empty() && args.controller.is_none() {
+        // Each server could hold a whole arena: a program's children may each start one.
+        let capacity = ByteSize(args.max_far.0.max(1 << 30));
+        Some(LocalRack::start(3, capacity, ByteSize(64 << 20), false).context("starting the loopback rack")?)
+    } else {
+        None
+    };
+    let stats_base =
+        std::env::temp_dir().join(format!("krak-run-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+
+    let mut cmd = Command::new(&args.program[0]);
+    cmd.args(&args.program[1..]);
+    let ld_preload = match std::env::var("LD_PRELOAD") {
+        Ok(old) if !old.is_empty() => format!("{}:{old}", preload.display()),
+        _ => preload.display().to_string(),
+    };
+    cmd.env("LD_PRELOAD", ld_preload)
+        .env(env::LOCAL_BYTES, args.local.0.to_string())
+        .env(env::MAX_FAR_BYTES, args.max_far.0.to_string())
+        .env(env::THRESHOLD_BYTES, args.threshold.0.to_string())
+        .env(env::STATS_FILE, &stats_base);
+    match (&rack, &args.controller) {
+        (Some(rack), _) => {
+            let list: Vec<String> = rack.addrs().iter().map(|a| a.to_string()).collect();
+            cmd.env(env::SERVERS, list.join(","));
+        }
+        (None, Some(url)) => {
+            cmd.env(env::CONTROLLER, url);
+        }
+        (None, None) => {
+            let list: Vec<String> = args.servers.iter().map(|a| a.to_string()).collect();
+            cmd.env(env::SERVERS, list.join(","));
+        }
+    }
+    if let Some(log) = &args.log {
+        cmd.env(env::LOG_FILE, log);
+    }
+    // SAFETY: sigprocmask is async-signal-safe and touches only the child's own mask.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", args.program[0]))?;
+    let pid = child.id() as libc::pid_t;
+    std::thread::Builder::new().name("krak-signals".into()).spawn(move || forward_signals(pid))?;
+    let status = child.wait().context("waiting for the program")?;
+    let peak_rss_bytes = peak_child_rss_bytes();
+    let code = match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(sig)) => 128u8.saturating_add(sig as u8),
+        _ => 1,
+    };
+    drop(rack);
+    let stats_file = format!("{}.{pid}", stats_base.display());
+    let pager: serde_json::Value =
+        std::fs::read_to_string(&stats_file).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+    // The program's children write theirs too: remove every file of this run.
+    remove_stats_files(&stats_base);
+    if let Some(path) = &args.stats {
+        let report = serde_json::json!({
+            "program": args.program,
+            "exit_code": status.code(),
+            "signal": status.signal(),
+            "local_budget_bytes": args.local.0,
+            "max_far_bytes": args.max_far.0,
+            "threshold_bytes": args.threshold.0,
+            "peak_rss_bytes": peak_rss_bytes,
+            "arena": pager,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(code)
+}
+
+fn remove_stats_files(base: &std::path::Path) {
+    let (Some(dir), Some(prefix)) = (base.parent(), base.file_name().and_then(|n| n.to_str())) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        if e.file_name().to_str().is_some_and(|n| n.starts_with(prefix)) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Peak resident set of the waited-for program (ru_maxrss of RUSAGE_CHILDREN, the largest
+/// child waited for so far: the program, as the rack's servers are still running).
+fn peak_child_rss_bytes() -> u64 {
+    // SAFETY: getrusage fills the struct it is given.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage.ru_maxrss as u64 * 1024
+    }
+}
+
+/// Passes SIGINT/SIGTERM/SIGHUP/SIGQUIT sent to krak on to the program, except those the
+/// kernel sent the whole foreground process group (a terminal's ^C), which it already got.
+fn forward_signals(pid: libc::pid_t) {
+    let set = signal_set();
+    loop {
+        // SAFETY: siginfo_t is plain data that sigwaitinfo fills; the set is blocked in every
+        // thread of this process (blocked before any was started).
+        let (sig, code) = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let sig = libc::sigwaitinfo(&set, &mut info);
+            (sig, info.si_code)
+        };
+        if sig > 0 && code != libc::SI_KERNEL {
+            // SAFETY: kill sends a signal to our own child.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! The far-memory arena of this process: one `FarMemory` region, started at the first large
+//! allocation, and the page runs the program holds in it.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::OnceLock;
+
+use krak_pager::{FarMemory, FaultMode, PagerConfig, UffdMode, PAGE_SIZE};
+use parking_lot::Mutex;
+
+use crate::env;
+use crate::runs::Runs;
+
+/// What `krak run` asked for (see `env.rs`).
+#[derive(Debug)]
+pub struct Config {
+    servers: Vec<SocketAddr>,
+    controller: Option<String>,
+    local_bytes: u64,
+    max_far_bytes: u64,
+    threshold_bytes: u64,
+    stats_file: Option<String>,
+    log_file: Option<String>,
+}
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+/// Allocations of at least this many bytes go to the arena (none until configured).
+pub static THRESHOLD: AtomicUsize = AtomicUsize::new(usize::MAX);
+static ARENA_START: AtomicUsize = AtomicUsize::new(0);
+static ARENA_END: AtomicUsize = AtomicUsize::new(0);
+/// Set in a child made by fork(2): no pager serves it, so the arena is fenced off there.
+static FORKED_CHILD: AtomicBool = AtomicBool::new(false);
+static FAR: OnceLock<Far> = OnceLock::new();
+
+thread_local! {
+    /// Set while this thread runs pager code from an interposed call (or starts the pager),
+    /// so that allocations the pager itself makes never land in the arena.
+    static BUSY: Cell<bool> = const { Cell::new(false) };
+}
+
+pub struct Far {
+    region: FarMemory,
+    runs: Mutex<Runs>,
+    far_allocations: AtomicU64,
+    /// Large allocations served by glibc because the arena was full.
+    fallbacks: AtomicU64,
+}
+
+/// Prints why the pager cannot run and ends the process: never a silent fallback.
+pub fn die(why: &str) -> ! {
+    eprintln!("krak: {why}");
+    // SAFETY: _exit ends the process at once; no Rust state needs to survive it.
+    unsafe { libc::_exit(env::EXIT_PAGER_FAILED) }
+}
+
+fn bytes_var(name: &str, default: Option<u64>) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v.parse().unwrap_or_else(|_| die(&format!("${name} is not a number of bytes: {v:?}"))),
+        Err(std::env::VarError::NotPresent) => default.unwrap_or_else(|| die(&format!("${name} is not set"))),
+        Err(e) => die(&format!("${name}: {e}")),
+    }
+}
+
+/// Reads the configuration; run once, from the library's constructor.
+pub fn load_config() {
+    let servers: Vec<SocketAddr> = match std::env::var(env::SERVERS) {
+        Ok(list) => list
+            .split(',')
+            .map(|a| a.trim().parse().unwrap_or_else(|_| die(&format!("${}: bad address {a:?}", env::SERVERS))))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let controller = std::env::var(env::CONTROLLER).ok().filter(|c| !c.is_empty());
+    if servers.is_empty() && controller.is_none() {
+        die(&format!(
+            "libkrak_preload.so needs ${} or ${} (run programs with `krak run`)",
+            env::SERVERS,
+            env::CONTROLLER
+        ));
+    }
+    let config = Config {
+        servers,
+        controller,
+        local_bytes: bytes_var(env::LOCAL_BYTES, None),
+        max_far_bytes: bytes_var(env::MAX_FAR_BYTES, None),
+        threshold_bytes: bytes_var(env::THRESHOLD_BYTES, Some(env::DEFAULT_THRESHOLD_BYTES)).max(PAGE_SIZE as u64),
+        stats_file: std::env::var(env::STATS_FILE).ok(),
+        log_file: std::env::var(env::LOG_FILE).ok(),
+    };
+    if config.local_bytes < (krak_pager::MIN_BUDGET_PAGES * PAGE_SIZE) as u64 || config.max_far_bytes == 0 {
+        die("the local budget or the arena size is too small");
+    }
+    THRESHOLD.store(config.threshold_bytes as usize, Relaxed);
+    let wants_stats = config.stats_file.is_some();
+    let _ = CONFIG.set(config);
+    // SAFETY: registers plain extern "C" functions of this library, which stays loaded.
+    unsafe {
+        libc::pthread_atfork(None, None, Some(in_fork_child));
+        if wants_stats {
+            libc::atexit(write_stats);
+        }
+    }
+}
+
+extern "C" fn in_fork_child() {
+    FORKED_CHILD.store(true, Relaxed);
+    if let Some(far) = FAR.get() {
+        // Only an mmap: allowed between fork and exec. Failing leaves the range unmapped,
+        // which faults loudly too.
+        let _ = far.region.fence_in_child();
+    }
+}
+
+/// Whether `addr` lies in the arena (false before the pager started).
+pub fn in_arena(addr: usize) -> bool {
+    let start = ARENA_START.load(Relaxed);
+    start != 0 && addr >= start && addr < ARENA_END.load(Relaxed)
+}
+
+pub fn forked_child() -> bool {
+    FORKED_CHILD.load(Relaxed)
+}
+
+/// Runs `f` with the re-entrancy guard set.
+pub fn guarded<T>(f: impl FnOnce() -> T) -> T {
+    BUSY.with(|b| b.set(true));
+    let out = f();
+    BUSY.with(|b| b.set(false));
+    out
+}
+
+/// The arena, started on first use; None where it must not be used (a fork child, or from
+/// pager code).
+pub fn far() -> Option<&'static Far> {
+    if forked_child() || BUSY.with(|b| b.get()) {
+        return None;
+    }
+    Some(FAR.get_or_init(|| guarded(start)))
+}
+
+/// The arena if it has started, for calls on addresses in it.
+pub fn started() -> &'static Far {
+    FAR.get().expect("an arena address implies a started arena")
+}
+
+fn start() -> Far {
+    let config = CONFIG.get().unwrap_or_else(|| die("libkrak_preload.so was not configured"));
+    if let Some(path) = &config.log_file {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap_or_else(|e| die(&format!("log file {path}: {e}")));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .try_init();
+    }
+    let pager = PagerConfig {
+        region_bytes: config.max_far_bytes,
+        local_budget_bytes: config.local_bytes,
+        servers: config.servers.clone(),
+        controller: config.controller.clone(),
+        // Programs hand heap buffers to system calls: faults must be served for the kernel too.
+        fault_mode: FaultMode::Threads,
+        ..PagerConfig::default()
+    };
+    let region = FarMemory::new(pager).unwrap_or_else(|e| die(&format!("cannot start the pager: {e}")));
+    if region.uffd_mode() == UffdMode::UserModeOnly {
+        die("userfaultfd here serves user-mode faults only (not root, vm.unprivileged_userfaultfd = 0): \
+             system calls on far memory would fail with EFAULT; run as root or set vm.unprivileged_userfaultfd = 1");
+    }
+    region.exclude_from_fork().unwrap_or_else(|e| die(&format!("MADV_DONTFORK on the arena: {e}")));
+    let start = region.as_ptr() as usize;
+    let runs = Runs::new(start / PAGE_SIZE, region.len() / PAGE_SIZE);
+    ARENA_END.store(start + region.len(), Relaxed);
+    ARENA_START.store(start, Relaxed);
+    tracing::info!("krak arena: {} bytes at {start:#x}, local budget {} bytes", region.len(), config.local_bytes);
+    Far { region, runs: Mutex::new(runs), far_allocations: AtomicU64::new(0), fallbacks: AtomicU64::new(0) }
+}
+
+fn pages(bytes: usize) -> usize {
+    bytes.div_ceil(PAGE_SIZE).max(1)
+}
+
+impl Far {
+    /// Forgets pages `[first, first+count)` (absolute page numbers) in the pager.
+    fn discard(&self, first: usize, count: usize) {
+        let offset = first * PAGE_SIZE - self.region.as_ptr() as usize;
+        if let Err(e) = guarded(|| self.region.discard(offset, count * PAGE_SIZE)) {
+            die(&format!("discarding far memory: {e}"));
+        }
+    }
+
+    /// A run of at least `bytes`, aligned to `align` (a power of two). `growable` reserves
+    /// address space for `realloc` to grow into. None when the arena is full.
+    pub fn alloc(&self, bytes: usize, align: usize, growable: bool) -> Option<*mut libc::c_void> {
+        let n = pages(bytes);
+        let align_pages = (align / PAGE_SIZE).max(1);
+        let mut runs = self.runs.lock();
+        let reserved = if growable { n.next_power_of_two() } else { n };
+        let first = runs.alloc(n, reserved, align_pages).or_else(|| runs.alloc(n, n, align_pages));
+        drop(runs);
+        match first {
+            Some(first) => {
+                self.far_allocations.fetch_add(1, Relaxed);
+                Some((first * PAGE_SIZE) as *mut libc::c_void)
+            }
+            None => {
+                if self.fallbacks.fetch_add(1, Relaxed) == 0 {
+                    guarded(|| tracing::warn!("far-memory arena full: {bytes} bytes and later ones from local memory"));
+                }
+                None
+            }
+        }
+    }
+
+    /// `free` of a run's first address.
+    pub fn free(&self, addr: usize) {
+        let mut runs = self.runs.lock();
+        let first = addr / PAGE_SIZE;
+        let run = match runs.get(first) {
+            Some(run) if addr.is_multiple_of(PAGE_SIZE) => run,
+            _ => die(&format!("free({addr:#x}): not an allocation of the far-memory arena")),
+        };
+        // Discarded before the pages can be handed out again (the lock is held).
+        self.discard(first, run.reserved);
+        runs.free_run(first);
+    }
+
+    pub fn usable_size(&self, addr: usize) -> usize {
+        self.runs.lock().get(addr / PAGE_SIZE).map_or(0, |r| r.pages * PAGE_SIZE)
+    }
+
+    /// `realloc` of a run to `bytes` (above 0): in place when it can, else moved (in the
+    /// arena, or to glibc when the arena is full). Null when no memory could be had.
+    pub fn realloc(&self, addr: usize, bytes: usize) -> *mut libc::c_void {
+        let first = addr / PAGE_SIZE;
+        let n = pages(bytes);
+        let mut runs = self.runs.lock();
+        let run = match runs.get(first) {
+            Some(run) if addr.is_multiple_of(PAGE_SIZE) => run,
+            _ => die(&format!("realloc({addr:#x}): not an allocation of the far-memory arena")),
+        };
+        if n < run.pages {
+            self.discard(first + n, run.pages - n);
+        }
+        if runs.resize_in_place(first, n) {
+            return addr as *mut libc::c_void;
+        }
+        drop(runs);
+        let new = match self.alloc(bytes, PAGE_SIZE, true) {
+            Some(p) => p,
+            // SAFETY: a plain allocation from glibc's heap.
+            None => unsafe { crate::alloc::__libc_malloc(bytes) },
+        };
+        if !new.is_null() {
+            // SAFETY: both are live allocations of this caller, at least run.pages pages
+            // (old) and `bytes` (new) long; they do not overlap (distinct runs or heaps).
+            unsafe {
+                std::ptr::copy_nonoverlapping(addr as *const u8, new.cast::<u8>(), (run.pages * PAGE_SIZE).min(bytes))
+            };
+            self.free(addr);
+        }
+        new
+    }
+
+    /// `munmap` of the arena pages `[addr, addr+len)`.
+    pub fn unmap(&self, addr: usize, len: usize) {
+        let mut runs = self.runs.lock();
+        for (first, count) in runs.release(addr / PAGE_SIZE, pages(len)) {
+            // Still under the lock: nobody is given these pages before they are discarded.
+            self.discard(first, count);
+        }
+    }
+
+    /// `madvise(MADV_DONTNEED)` (or `MADV_FREE`) on arena pages: they read as zeros next.
+    pub fn dont_need(&self, addr: usize, len: usize) {
+        let end = (addr + len).min(ARENA_END.load(Relaxed));
+        let first = addr.max(ARENA_START.load(Relaxed)) / PAGE_SIZE;
+        if end > first * PAGE_SIZE {
+            self.discard(first, pages(end - first * PAGE_SIZE));
+        }
+    }
+
+    /// Whether every page of the range is held by the program.
+    pub fn in_use(&self, addr: usize, len: usize) -> bool {
+        self.runs.lock().all_in_use(addr / PAGE_SIZE, pages(len))
+    }
+
+    /// `mremap` of a whole mapping at `addr` from `old_len` to `new_len`; moving it only with
+    /// `may_move`. Err(errno) as mremap(2) would fail.
+    pub fn remap(&self, addr: usize, old_len: usize, new_len: usize, may_move: bool) -> Result<usize, i32> {
+        let first = addr / PAGE_SIZE;
+        let (old, new) = (pages(old_len), pages(new_len));
+        let mut runs = self.runs.lock();
+        if !addr.is_multiple_of(PAGE_SIZE) || old_len == 0 || new_len == 0 || !runs.all_in_use(first, old) {
+            return Err(libc::EINVAL);
+        }
+        if new <= old {
+            for (f, count) in runs.release(first + new, old - new) {
+                self.discard(f, count);
+            }
+            return Ok(addr);
+        }
+        if runs.get(first).is_some_and(|r| r.pages == old) && runs.resize_in_place(first, new) {
+            return Ok(addr);
+        }
+        if !may_move {
+            return Err(libc::ENOMEM);
+        }
+        drop(runs);
+        let Some(to) = self.alloc(new_len, PAGE_SIZE, false) else { return Err(libc::ENOMEM) };
+        // SAFETY: the old range is the caller's mapping (checked in use above), the new one
+        // a fresh run of at least `new` pages; distinct runs never overlap.
+        unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, to.cast::<u8>(), old * PAGE_SIZE) };
+        self.unmap(addr, old * PAGE_SIZE);
+        Ok(to as usize)
+    }
+}
+
+/// Writes the pager's counters where `krak run` asked; registered with atexit(3).
+extern "C" fn write_stats() {
+    if forked_child() {
+        return;
+    }
+    let Some(path) = CONFIG.get().and_then(|c| c.stats_file.as_ref()) else { return };
+    let json = guarded(|| match FAR.get() {
+        Some(far) => serde_json::json!({
+            "pager_started": true,
+            "arena_bytes": far.region.len(),
+            "local_budget_bytes": far.region.local_budget_bytes(),
+            "peak_resident_bytes": far.region.peak_resident_bytes(),
+            "far_allocations": far.far_allocations.load(Relaxed),
+            "fallback_allocations": far.fallbacks.load(Relaxed),
+            "pager": far.region.stats(),
+        }),
+        None => serde_json::json!({ "pager_started": false }),
+    });
+    // One file per process (children run their own pager): suffix all but krak run's child.
+    let _ = std::fs::write(format!("{path}.{}", std::process::id()), json.to_string());
+}

@@ -1,0 +1,32 @@
+//! `libkrak_preload.so`: runs an unmodified program's large anonymous memory on krak far
+//! memory. `krak run` preloads it (LD_PRELOAD) and configures it through the environment
+//! (`env.rs`). It interposes the malloc family and `mmap`/`munmap`/`mremap`/`madvise`/
+//! `mprotect`: allocations at or above the threshold (1 MiB by default) are served from one
+//! far-memory arena, a `FarMemory` region whose pager runs inside the process, in handler
+//! threads; everything smaller goes to glibc. The mechanism and its limits are in
+//! `docs/design.md` ("Unmodified programs: krak run").
+
+#[cfg(not(test))]
+mod alloc;
+#[cfg_attr(test, allow(dead_code))]
+mod env;
+#[cfg(not(test))]
+mod far;
+#[cfg(not(test))]
+mod interpose;
+mod runs;
+
+#[cfg(not(test))]
+#[global_allocator]
+static HEAP: alloc::LibcHeap = alloc::LibcHeap;
+
+#[cfg(not(test))]
+extern "C" fn init() {
+    far::load_config();
+}
+
+/// Reads the configuration when the library loads, before the program's `main`.
+#[cfg(not(test))]
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = init;

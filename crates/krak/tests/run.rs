@@ -1,0 +1,282 @@
+//! `krak run` on real programs: their output under the pager must be byte-identical to a
+//! plain run, with a local budget of a quarter of the plain run's peak resident set, and
+//! their peak resident set within that budget plus the overhead docs/design.md states.
+//! Memory calls (realloc, munmap, mremap, madvise, fork, threads, system calls) are checked
+//! by contents in a C program compiled here. Needs root (userfaultfd for kernel faults).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const KRAK: &str = env!("CARGO_BIN_EXE_krak");
+const MIB: u64 = 1 << 20;
+/// Peak resident set allowed above the local budget: the program's own small memory and
+/// binaries, and the pager's (page table, write-back buffer, thread stacks). docs/design.md.
+const OVERHEAD_BYTES: u64 = 64 * MIB;
+
+/// The preload library cargo built for this test run (`cargo build` also copies it beside
+/// the binary, but `cargo test` leaves it in deps/).
+fn preload_lib() -> PathBuf {
+    Path::new(KRAK).with_file_name("deps").join("libkrak_preload.so")
+}
+
+fn krak() -> Command {
+    let mut cmd = Command::new(KRAK);
+    cmd.env("KRAK_PRELOAD", preload_lib());
+    cmd
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn skip(why: &str) -> bool {
+    eprintln!("skipped: {why}");
+    true
+}
+
+fn unprivileged() -> bool {
+    !is_root() && skip("krak run needs a userfaultfd that serves kernel faults: run as root")
+}
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/run").join(name)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("krak-run-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// Runs `cmd` to completion: (exit code, stdout, peak resident set of the process in bytes).
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which also gives its peak RSS
+fn run_measured(cmd: &mut Command) -> (Option<i32>, Vec<u8>, u64) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn");
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    let mut status = 0;
+    // SAFETY: rusage is plain data that wait4 fills, for our own child.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage), child.id() as libc::pid_t);
+        usage
+    };
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    (code, out, usage.ru_maxrss as u64 * 1024)
+}
+
+/// `krak run --local BUDGET --stats FILE -- program...`: (exit code, stdout, stats).
+fn krak_run(local_bytes: u64, opts: &[&str], program: &[&str], stdin: Option<&Path>) -> (Option<i32>, Vec<u8>, Value) {
+    let stats_path = scratch(&format!("stats-{}.json", rand_suffix()));
+    let mut cmd = krak();
+    cmd.args(["run", "--local", &local_bytes.to_string(), "--stats", stats_path.to_str().unwrap()])
+        .args(opts)
+        .arg("--")
+        .args(program)
+        .env("LC_ALL", "C");
+    if let Some(input) = stdin {
+        cmd.stdin(std::fs::File::open(input).unwrap());
+    }
+    let started = Instant::now();
+    let (code, out, _) = run_measured(&mut cmd);
+    eprintln!("krak run {program:?} at {} MiB local: {:.1} s", local_bytes / MIB, started.elapsed().as_secs_f64());
+    let stats: Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats_path).expect("krak run wrote --stats")).unwrap();
+    let _ = std::fs::remove_file(&stats_path);
+    (code, out, stats)
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Runs `program` plain, then under krak run at a quarter of its plain peak: same output,
+/// peak within budget + overhead, and the arena really paged (pages came back from servers).
+fn matches_plain_run_at_quarter_budget(opts: &[&str], program: &[&str], stdin: Option<&Path>) {
+    let mut plain = Command::new(program[0]);
+    plain.args(&program[1..]).env("LC_ALL", "C");
+    if let Some(input) = stdin {
+        plain.stdin(std::fs::File::open(input).unwrap());
+    }
+    let (code, expected, plain_peak) = run_measured(&mut plain);
+    assert_eq!(code, Some(0), "plain run of {program:?} failed");
+    assert!(plain_peak > 512 * MIB, "the plain run's footprint is {} MiB, not about 1 GiB", plain_peak / MIB);
+    let budget = plain_peak / 4;
+    let (code, got, stats) = krak_run(budget, opts, program, stdin);
+    assert_eq!(code, Some(0), "{program:?} under krak run: {stats}");
+    assert!(
+        got == expected,
+        "{program:?}: output differs from the plain run ({} vs {} bytes)",
+        got.len(),
+        expected.len()
+    );
+    let peak = stats["peak_rss_bytes"].as_u64().unwrap();
+    eprintln!(
+        "{program:?}: plain peak {} MiB, budget {} MiB, peak under krak {} MiB",
+        plain_peak / MIB,
+        budget / MIB,
+        peak / MIB
+    );
+    assert!(peak <= budget + OVERHEAD_BYTES, "peak RSS {peak} above budget {budget} + {OVERHEAD_BYTES}: {stats}");
+    let arena = &stats["arena"];
+    assert_eq!(arena["pager_started"], true, "{stats}");
+    assert_eq!(arena["fallback_allocations"], 0, "{stats}");
+    assert!(
+        arena["pager"]["remote_reads"].as_u64().unwrap() > 10_000,
+        "pages never came back from the servers: {stats}"
+    );
+    assert_eq!(arena["pager"]["failed_faults"], 0, "{stats}");
+}
+
+#[test]
+fn python_building_a_gib_prints_the_plain_checksum() {
+    if unprivileged() {
+        return;
+    }
+    // A 768 MiB bytearray and a list of 4M distinct ints (~180 MiB of objects and pointers).
+    let script = data("big.py");
+    matches_plain_run_at_quarter_budget(&[], &["/usr/bin/python3", script.to_str().unwrap(), "768", "4000000"], None);
+}
+
+/// 1 GiB of random printable lines of 4000 bytes each, from a fixed seed.
+fn generate_lines(path: &Path, bytes: u64) {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut line = vec![0u8; 4000];
+    for _ in 0..bytes / 4000 {
+        for b in line[..3999].iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = b'!' + (x % 94) as u8;
+        }
+        line[3999] = b'\n';
+        out.write_all(&line).unwrap();
+    }
+    out.flush().unwrap();
+}
+
+#[test]
+fn sort_of_a_gib_matches_the_plain_run() {
+    if unprivileged() {
+        return;
+    }
+    let input = scratch("sort-input.txt");
+    generate_lines(&input, 1 << 30);
+    matches_plain_run_at_quarter_budget(&[], &["sort", "-S", "1G", input.to_str().unwrap()], None);
+    let _ = std::fs::remove_file(&input);
+}
+
+#[test]
+fn sqlite3_in_memory_database_answers_as_a_plain_run() {
+    if unprivileged() {
+        return;
+    }
+    // ~1 GiB in 64 KiB pages: each page-cache allocation is one malloc above the threshold.
+    let sql = data("db.sql");
+    matches_plain_run_at_quarter_budget(&["--threshold", "64KiB"], &["sqlite3", ":memory:"], Some(&sql));
+}
+
+#[test]
+fn memory_calls_keep_contents_under_the_pager() {
+    if unprivileged() {
+        return;
+    }
+    let exe = scratch("alloc_checks");
+    let cc = Command::new("cc")
+        .args(["-O2", "-Wall", "-Werror", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(data("alloc_checks.c"))
+        .status()
+        .expect("cc");
+    assert!(cc.success(), "compiling alloc_checks.c");
+    // Plain first: the program checks itself, so this shows the checks are right.
+    let (code, plain, _) = run_measured(&mut Command::new(&exe));
+    assert_eq!(code, Some(0), "plain run: {}", String::from_utf8_lossy(&plain));
+    // 32 MiB local for ~400 MiB touched: most checks read pages back from the servers.
+    let (code, out, stats) = krak_run(32 * MIB, &[], &[exe.to_str().unwrap()], None);
+    let _ = std::fs::remove_file(&exe);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(code, Some(0), "{out}\n{stats}");
+    for check in [
+        "malloc",
+        "realloc",
+        "calloc",
+        "aligned",
+        "madvise",
+        "munmap",
+        "mremap",
+        "map_fixed",
+        "syscalls",
+        "threads",
+        "fork",
+    ] {
+        assert!(out.contains(&format!("{check}: ok")), "{check} not reported: {out}");
+    }
+    let pager = &stats["arena"]["pager"];
+    assert!(pager["remote_reads"].as_u64().unwrap() > 10_000, "{stats}");
+    assert!(pager["discarded_pages"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["peak_rss_bytes"].as_u64().unwrap() <= 32 * MIB + OVERHEAD_BYTES, "{stats}");
+}
+
+#[test]
+fn exit_status_signals_and_stdio_pass_through() {
+    if unprivileged() {
+        return;
+    }
+    let status = |args: &[&str]| krak().arg("run").arg("--").args(args).status().unwrap().code();
+    assert_eq!(status(&["sh", "-c", "exit 7"]), Some(7));
+    assert_eq!(status(&["sh", "-c", "kill -TERM $$"]), Some(128 + libc::SIGTERM));
+
+    // stdin to the program, its stdout and stderr back, unchanged.
+    let mut child = krak()
+        .args(["run", "--", "sh", "-c", "tr a-z A-Z; echo to-stderr >&2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello far memory\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.stdout, b"HELLO FAR MEMORY\n");
+    assert_eq!(out.stderr, b"to-stderr\n");
+    assert_eq!(out.status.code(), Some(0));
+
+    // A signal sent to krak reaches the program, whose death by it is krak's status.
+    let mut child = krak().args(["run", "--", "sleep", "60"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill to our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let started = Instant::now();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    assert!(started.elapsed() < Duration::from_secs(20), "the program did not get the signal");
+}
+
+#[test]
+fn bad_settings_are_refused_with_a_reason() {
+    let out = krak().args(["run", "--redundancy", "rep3", "--", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only `none`"), "{out:?}");
+    // The library on its own, unconfigured: an error, not a silent fallback.
+    let lib = preload_lib();
+    let out = Command::new("true").env("LD_PRELOAD", &lib).env_remove("KRAK_RUN_SERVERS").output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("krak run"), "{out:?}");
+    let out = Command::new("true")
+        .env("LD_PRELOAD", &lib)
+        .env("KRAK_RUN_SERVERS", "127.0.0.1:1")
+        .env("KRAK_RUN_LOCAL_BYTES", "lots")
+        .env("KRAK_RUN_MAX_FAR_BYTES", "1073741824")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KRAK_RUN_LOCAL_BYTES"), "{out:?}");
+}
