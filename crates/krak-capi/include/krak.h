@@ -41,9 +41,10 @@ typedef struct krak_stats {
 /* Makes a region of size_bytes (rounded up to 4 KiB pages), at most local_budget_bytes of it
  * resident. Its remote memory is reserved up front on `servers` ("HOST:PORT,HOST:PORT")
  * or, when servers is NULL, where the rack controller at `controller` ("http://HOST:PORT")
- * places it. Its pages read as zeros until written. */
+ * places it. `secret_file` is the rack secret's file (as `krak secret new` writes it); NULL
+ * only for a rack run without one (`--insecure`). Its pages read as zeros until written. */
 int krak_region_create(uint64_t size_bytes, uint64_t local_budget_bytes, const char *servers,
-                       const char *controller, krak_region **out);
+                       const char *controller, const char *secret_file, krak_region **out);
 
 /* Start and length of the region. */
 void *krak_region_ptr(const krak_region *region);

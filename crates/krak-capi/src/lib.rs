@@ -68,6 +68,7 @@ pub unsafe extern "C" fn krak_region_create(
     local_budget_bytes: u64,
     servers: *const c_char,
     controller: *const c_char,
+    secret_file: *const c_char,
     out: *mut *mut KrakRegion,
 ) -> c_int {
     guard(|| {
@@ -91,6 +92,11 @@ pub unsafe extern "C" fn krak_region_create(
             }
             (None, Some(url)) => config.controller = Some(url),
             (None, None) => return Err(invalid("give servers or a controller")),
+        }
+        if let Some(path) = text(secret_file) {
+            let secret = krak_auth::load_secret_file(std::path::Path::new(&path))
+                .map_err(|e| invalid(&format!("rack secret: {e}")))?;
+            config.secret = Some(secret);
         }
         let region = FarMemory::new(config).map_err(|e| (KRAK_EPAGER, e.to_string()))?;
         // SAFETY: out is writable, per the contract (checked non-null above).

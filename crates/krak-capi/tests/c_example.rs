@@ -8,10 +8,17 @@ use krak_memserver::{spawn, ServerConfig};
 
 #[test]
 fn c_example_writes_and_reads_back_every_page() {
+    // The rack secret, in a private directory, as an operator would keep it.
+    let dir = std::env::temp_dir().join(format!("krak-c-example-secret-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let secret_file = dir.join("secret");
+    let secret = krak_auth::write_new_secret_file(&secret_file).unwrap();
     let servers: Vec<_> = (0..2)
         .map(|_| {
             let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), 512 << 20);
             cfg.slab_size_bytes = 16 << 20;
+            cfg.secret = Some(secret);
             spawn(cfg).expect("memory server")
         })
         .collect();
@@ -33,8 +40,16 @@ fn c_example_writes_and_reads_back_every_page() {
         .status()
         .expect("cc");
     assert!(cc.success(), "compiling example.c");
-    let out = Command::new(&exe).arg(list.join(",")).env("LD_LIBRARY_PATH", &deps).output().unwrap();
+    let out = Command::new(&exe).arg(list.join(",")).arg(&secret_file).env("LD_LIBRARY_PATH", &deps).output().unwrap();
+    // The wrong secret: refused with the reason, never a region.
+    let other = dir.join("other");
+    krak_auth::write_new_secret_file(&other).unwrap();
+    let refused = Command::new(&exe).arg(list.join(",")).arg(&other).env("LD_LIBRARY_PATH", &deps).output().unwrap();
     let _ = std::fs::remove_file(&exe);
+    let _ = std::fs::remove_dir_all(&dir);
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{why}");
+    assert!(why.contains("krak_region_create") && why.contains("secret"), "{why}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "example failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("verified 33554432 words"), "{stdout}");

@@ -51,9 +51,14 @@ pub struct RunArgs {
     /// A rack controller that places the arena (URL[,URL...]), instead of loopback servers.
     #[arg(long, value_name = "URL")]
     controller: Option<String>,
-    /// Redundancy of the far memory; only `none` exists yet.
-    #[arg(long, value_name = "MODE", default_value = "none")]
-    redundancy: String,
+    /// Redundancy of the far memory: none, replicate:N or ec:K+M (the loopback rack then
+    /// starts one server per fragment plus a spare).
+    #[arg(long, value_name = "SCHEME", default_value = "none")]
+    redundancy: krak_pager::Redundancy,
+    /// The existing rack's secret (with --servers or --controller; the loopback rack makes
+    /// its own).
+    #[command(flatten)]
+    secret: crate::secret_opts::SecretArgs,
     /// Write the run's figures as JSON to FILE: exit status, peak resident set of the program
     /// (VmHWM, from wait4), the pager's counters.
     #[arg(long, value_name = "FILE")]
@@ -96,9 +101,6 @@ fn signal_set() -> libc::sigset_t {
 
 /// Runs the program; returns the exit status krak should end with.
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
-    if args.redundancy != "none" {
-        bail!("--redundancy {}: only `none` is supported by krak run yet", args.redundancy);
-    }
     let preload = preload_path()?;
     // Refuse early, with the reason, where system calls on far memory could not be served.
     let uffd = krak_uffd::Uffd::open().context("opening a userfaultfd")?;
@@ -115,7 +117,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let rack = if args.servers.is_empty() && args.controller.is_none() {
         // Each server could hold a whole arena: a program's children may each start one.
         let capacity = ByteSize(args.max_far.0.max(1 << 30));
-        Some(LocalRack::start(3, capacity, ByteSize(64 << 20), false).context("starting the loopback rack")?)
+        let servers = 3.max(args.redundancy.width() + 1);
+        Some(LocalRack::start(servers, capacity, ByteSize(64 << 20), false).context("starting the loopback rack")?)
     } else {
         None
     };
@@ -132,7 +135,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         .env(env::LOCAL_BYTES, args.local.0.to_string())
         .env(env::MAX_FAR_BYTES, args.max_far.0.to_string())
         .env(env::THRESHOLD_BYTES, args.threshold.0.to_string())
-        .env(env::STATS_FILE, &stats_base);
+        .env(env::STATS_FILE, &stats_base)
+        .env(env::REDUNDANCY, args.redundancy.to_string());
+    match &rack {
+        Some(rack) => {
+            cmd.env(env::SECRET_FILE, rack.secret_file());
+        }
+        None => match (args.secret.load()?, &args.secret.secret_file) {
+            (Some(_), Some(path)) => {
+                cmd.env(env::SECRET_FILE, path);
+            }
+            _ => {
+                cmd.env(env::INSECURE, "1");
+            }
+        },
+    }
     match (&rack, &args.controller) {
         (Some(rack), _) => {
             let list: Vec<String> = rack.addrs().iter().map(|a| a.to_string()).collect();

@@ -200,30 +200,33 @@ fn memory_calls_keep_contents_under_the_pager() {
     // Plain first: the program checks itself, so this shows the checks are right.
     let (code, plain, _) = run_measured(&mut Command::new(&exe));
     assert_eq!(code, Some(0), "plain run: {}", String::from_utf8_lossy(&plain));
-    // 32 MiB local for ~400 MiB touched: most checks read pages back from the servers.
-    let (code, out, stats) = krak_run(32 * MIB, &[], &[exe.to_str().unwrap()], None);
-    let _ = std::fs::remove_file(&exe);
-    let out = String::from_utf8_lossy(&out);
-    assert_eq!(code, Some(0), "{out}\n{stats}");
-    for check in [
-        "malloc",
-        "realloc",
-        "calloc",
-        "aligned",
-        "madvise",
-        "munmap",
-        "mremap",
-        "map_fixed",
-        "syscalls",
-        "threads",
-        "fork",
-    ] {
-        assert!(out.contains(&format!("{check}: ok")), "{check} not reported: {out}");
+    // 32 MiB local for ~400 MiB touched: most checks read pages back from the servers; then
+    // the same on an erasure-coded arena (7 loopback servers).
+    for opts in [&[][..], &["--redundancy", "ec:4+2"][..]] {
+        let (code, out, stats) = krak_run(32 * MIB, opts, &[exe.to_str().unwrap()], None);
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(code, Some(0), "{opts:?}: {out}\n{stats}");
+        for check in [
+            "malloc",
+            "realloc",
+            "calloc",
+            "aligned",
+            "madvise",
+            "munmap",
+            "mremap",
+            "map_fixed",
+            "syscalls",
+            "threads",
+            "fork",
+        ] {
+            assert!(out.contains(&format!("{check}: ok")), "{opts:?}: {check} not reported: {out}");
+        }
+        let pager = &stats["arena"]["pager"];
+        assert!(pager["remote_reads"].as_u64().unwrap() > 10_000, "{stats}");
+        assert!(pager["discarded_pages"].as_u64().unwrap() > 0, "{stats}");
+        assert!(stats["peak_rss_bytes"].as_u64().unwrap() <= 32 * MIB + OVERHEAD_BYTES, "{stats}");
     }
-    let pager = &stats["arena"]["pager"];
-    assert!(pager["remote_reads"].as_u64().unwrap() > 10_000, "{stats}");
-    assert!(pager["discarded_pages"].as_u64().unwrap() > 0, "{stats}");
-    assert!(stats["peak_rss_bytes"].as_u64().unwrap() <= 32 * MIB + OVERHEAD_BYTES, "{stats}");
+    let _ = std::fs::remove_file(&exe);
 }
 
 #[test]
@@ -263,8 +266,8 @@ fn exit_status_signals_and_stdio_pass_through() {
 #[test]
 fn bad_settings_are_refused_with_a_reason() {
     let out = krak().args(["run", "--redundancy", "rep3", "--", "true"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(125));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only `none`"), "{out:?}");
+    assert!(!out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rep3"), "{out:?}");
     // The library on its own, unconfigured: an error, not a silent fallback.
     let lib = preload_lib();
     let out = Command::new("true").env("LD_PRELOAD", &lib).env_remove("KRAK_RUN_SERVERS").output().unwrap();

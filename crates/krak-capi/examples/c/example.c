@@ -1,7 +1,8 @@
 /* A far-memory region from C: 256 MiB with a 32 MiB local budget on the memory servers
- * given as argv[1] ("HOST:PORT,..."). Writes every page, reads every page back (most come
- * from the servers), checks them, prints the pager's counters.
- *   cc -Iinclude example.c -Ltarget/release -lkrak -o example && ./example 127.0.0.1:7070 */
+ * given as argv[1] ("HOST:PORT,..."), with the rack secret in the file argv[2]. Writes every
+ * page, reads every page back (most come from the servers), checks them, prints the pager's
+ * counters.
+ *   cc -Iinclude example.c -Ltarget/release -lkrak -o example && ./example 127.0.0.1:7070 secret */
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -9,12 +10,12 @@
 #include "krak.h"
 
 int main(int argc, char **argv) {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s HOST:PORT[,HOST:PORT...]\n", argv[0]);
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s HOST:PORT[,HOST:PORT...] SECRET_FILE\n", argv[0]);
         return 2;
     }
     krak_region *region;
-    if (krak_region_create(256u << 20, 32u << 20, argv[1], NULL, &region) != KRAK_OK) {
+    if (krak_region_create(256u << 20, 32u << 20, argv[1], NULL, argv[2], &region) != KRAK_OK) {
         fprintf(stderr, "krak_region_create: %s\n", krak_last_error());
         return 1;
     }
@@ -40,7 +41,7 @@ int main(int argc, char **argv) {
            (unsigned long long)s.resident_bytes, (unsigned long long)s.local_budget_bytes);
     if (s.remote_reads == 0 || s.resident_bytes > s.local_budget_bytes || s.failed_faults) return 1;
     krak_region_destroy(region);
-    if (krak_region_create(1 << 20, 1 << 20, "not-an-address", NULL, &region) != KRAK_EINVAL) return 1;
+    if (krak_region_create(1 << 20, 1 << 20, "not-an-address", NULL, argv[2], &region) != KRAK_EINVAL) return 1;
     printf("bad address refused: %s\n", krak_last_error());
     return 0;
 }

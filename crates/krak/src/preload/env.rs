@@ -15,6 +15,12 @@ pub const THRESHOLD_BYTES: &str = "KRAK_RUN_THRESHOLD_BYTES";
 pub const STATS_FILE: &str = "KRAK_RUN_STATS_FILE";
 /// Where the pager logs (optional; without it nothing is logged).
 pub const LOG_FILE: &str = "KRAK_RUN_LOG_FILE";
+/// The rack secret's file; required unless `INSECURE` is `1`.
+pub const SECRET_FILE: &str = "KRAK_RUN_SECRET_FILE";
+/// `1`: the rack runs without a secret (`krak run --insecure`).
+pub const INSECURE: &str = "KRAK_RUN_INSECURE";
+/// Redundancy of the arena (`none`, `replicate:N`, `ec:K+M`; default `none`).
+pub const REDUNDANCY: &str = "KRAK_RUN_REDUNDANCY";
 
 /// The default threshold: 1 MiB, at and above which allocations live in far memory.
 pub const DEFAULT_THRESHOLD_BYTES: u64 = 1 << 20;

@@ -22,6 +22,8 @@ pub struct Config {
     threshold_bytes: u64,
     stats_file: Option<String>,
     log_file: Option<String>,
+    secret: Option<krak_proto::RackSecret>,
+    redundancy: krak_pager::Redundancy,
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -87,6 +89,18 @@ pub fn load_config() {
         threshold_bytes: bytes_var(env::THRESHOLD_BYTES, Some(env::DEFAULT_THRESHOLD_BYTES)).max(PAGE_SIZE as u64),
         stats_file: std::env::var(env::STATS_FILE).ok(),
         log_file: std::env::var(env::LOG_FILE).ok(),
+        secret: match (std::env::var(env::SECRET_FILE), std::env::var(env::INSECURE).as_deref()) {
+            (Ok(path), _) => Some(
+                krak_auth::load_secret_file(std::path::Path::new(&path))
+                    .unwrap_or_else(|e| die(&format!("${}: {e}", env::SECRET_FILE))),
+            ),
+            (Err(_), Ok("1")) => None,
+            (Err(_), _) => die(&format!("${} is not set (and ${} is not 1)", env::SECRET_FILE, env::INSECURE)),
+        },
+        redundancy: match std::env::var(env::REDUNDANCY) {
+            Ok(s) => s.parse().unwrap_or_else(|e| die(&format!("${}: {e}", env::REDUNDANCY))),
+            Err(_) => krak_pager::Redundancy::None,
+        },
     };
     if config.local_bytes < (krak_pager::MIN_BUDGET_PAGES * PAGE_SIZE) as u64 || config.max_far_bytes == 0 {
         die("the local budget or the arena size is too small");
@@ -163,6 +177,8 @@ fn start() -> Far {
         local_budget_bytes: config.local_bytes,
         servers: config.servers.clone(),
         controller: config.controller.clone(),
+        secret: config.secret,
+        redundancy: config.redundancy,
         // Programs hand heap buffers to system calls: faults must be served for the kernel too.
         fault_mode: FaultMode::Threads,
         ..PagerConfig::default()
