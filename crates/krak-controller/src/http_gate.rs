@@ -175,12 +175,14 @@ impl ConnectionGate {
         Ok(Admission { gate: self.clone(), id, client })
     }
 
-    /// Refuses new connections and cuts the open ones: their reads and writes fail at once.
+    /// Refuses new connections and cuts the reading side of the open ones: a connection waiting
+    /// for a request ends at once, one answering still writes its answer.
     pub fn close_all(&self) {
         let mut open = self.open.lock();
         open.closing = true;
         for s in open.sockets.values() {
-            let _ = s.shutdown(Shutdown::Both);
+            // reads end at once; answers being written still go out
+            let _ = s.shutdown(Shutdown::Read);
         }
     }
 
