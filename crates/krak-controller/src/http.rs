@@ -316,6 +316,7 @@ fn serve_connection(stream: TcpStream, _admission: Admission, context: &Context)
                 if started {
                     let body = Response::error(408, "request not complete within the request timeout").body;
                     let _ = writer.write_all(&http_wire::encode_response(408, "application/json", &body, None, false));
+                    linger(reader.into_inner(), &writer);
                 }
                 return;
             }

@@ -101,7 +101,7 @@ fn status_over(s: &mut TcpStream) -> String {
 
 #[test]
 fn silent_and_slow_clients_are_cut_off_while_others_are_served() {
-    let timeout = Duration::from_millis(2_000);
+    let timeout = Duration::from_millis(4_000);
     let (ctl, c) = start(|c| {
         c.http_request_timeout_ms = timeout.as_millis() as u64;
         c.http_max_connections_per_client = 64;
@@ -121,6 +121,11 @@ fn silent_and_slow_clients_are_cut_off_while_others_are_served() {
     for _ in 0..5 {
         check_status(&c);
     }
+    if opened.elapsed() < timeout {
+        // served while every slow client still held its connection
+        assert_eq!(metric(&c, "krak_http_connections_timed_out_total{phase=\"request\"}"), 0);
+        assert!(metric(&c, "krak_http_connections_open") >= 21);
+    }
     for mut s in silent {
         assert_eq!(read_to_close(&mut s), "", "a silent client is closed without an answer");
     }
@@ -131,6 +136,36 @@ fn silent_and_slow_clients_are_cut_off_while_others_are_served() {
     assert!(opened.elapsed() >= timeout, "cut off before the timeout");
     check_status(&c);
     assert!(metric(&c, "krak_http_connections_timed_out_total{phase=\"request\"}") >= 21);
+    ctl.shutdown();
+}
+
+#[test]
+fn a_trickling_client_is_cut_off_at_the_request_deadline() {
+    // each byte comes well within the timeout: only a deadline for the whole request ends it
+    let timeout = Duration::from_millis(1_000);
+    let (ctl, c) = start(|c| c.http_request_timeout_ms = timeout.as_millis() as u64);
+    let mut s = connect(ctl.addr());
+    let mut writer = s.try_clone().unwrap();
+    let opened = Instant::now();
+    let trickle = std::thread::spawn(move || {
+        let request = b"POST /v1/servers HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n";
+        let mut sent = 0usize;
+        for &b in request.iter().chain(std::iter::repeat(&b' ')) {
+            if writer.write_all(&[b]).is_err() || sent > 10_000 {
+                break;
+            }
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sent
+    });
+    let answer = read_to_close(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(opened.elapsed() >= timeout);
+    drop(s);
+    let sent = trickle.join().unwrap();
+    assert!(sent < 10_000, "the server kept reading a trickle");
+    check_status(&c);
     ctl.shutdown();
 }
 
