@@ -275,6 +275,9 @@ fn refuse(mut stream: TcpStream, message: &str) {
     let _ = stream.shutdown(Shutdown::Write);
 }
 
+/// The socket closes when its last descriptor does: the gate's, dropped with `_admission`
+/// (a parameter, so after every local) under the gate's lock, so a client that saw the close
+/// and reconnects finds its place free.
 fn serve_connection(stream: TcpStream, _admission: Admission, context: &Context) {
     let limits = &context.limits;
     let request_timeout = Duration::from_millis(limits.request_timeout_ms);
@@ -348,7 +351,6 @@ fn serve_connection(stream: TcpStream, _admission: Admission, context: &Context)
             return;
         }
         if !keep_alive {
-            let _ = writer.shutdown(Shutdown::Write);
             return;
         }
     }
