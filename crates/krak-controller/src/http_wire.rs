@@ -151,11 +151,12 @@ pub fn read_request<R: BufRead, W: Write>(
     if expect_continue && length > 0 && !http10 {
         interim.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").map_err(ReadError::Io)?;
     }
-    let mut body = vec![0u8; length as usize];
-    reader.read_exact(&mut body).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => refused(400, "request body cut short"),
-        _ => io_error(e, true),
-    })?;
+    // grown as bytes arrive: a Content-Length alone reserves no memory
+    let mut body = Vec::new();
+    reader.take(length).read_to_end(&mut body).map_err(|e| io_error(e, true))?;
+    if body.len() as u64 != length {
+        return Err(refused(400, "request body cut short"));
+    }
     Ok(WireRequest { method: method.to_ascii_uppercase(), target: target.to_string(), authorization, body, keep_alive })
 }
 
