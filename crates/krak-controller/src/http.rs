@@ -25,8 +25,8 @@ const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// What is read (and dropped) of a refused request after the answer, so that closing does
 /// not reset the connection before the client reads the answer.
-const LINGER_BYTES: u64 = 64 << 10;
-const LINGER_TIME: Duration = Duration::from_millis(500);
+const LINGER_BYTES: u64 = 4 << 20;
+const LINGER_TIME: Duration = Duration::from_secs(1);
 
 /// A request as the API sees it.
 #[derive(Debug)]
