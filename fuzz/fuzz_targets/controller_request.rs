@@ -1,10 +1,12 @@
 //! What a controller reads from the network before trusting it: the Authorization header
-//! and every JSON request body of its API; and what its clients read back: the HTTP answer.
+//! and every JSON request body of its API, and the HTTP request framing before them; and
+//! what its clients read back: the HTTP answer.
 //! Anything may be refused; nothing may panic.
 #![no_main]
 
 use krak_controller::auth::{parse_header, verify_request, ReplayGuard};
 use krak_controller::client::parse_response;
+use krak_controller::http::decode_request;
 use krak_controller::messages::{
     parse_region, parse_server, CommitRequest, CreateRegionRequest, HeartbeatRequest, PlaceRequest, PolicyBody,
     RegisterRequest,
@@ -20,6 +22,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<CommitRequest>(data);
     let _ = serde_json::from_slice::<PolicyBody>(data);
     let _ = parse_response(data);
+    if let Ok(request) = decode_request(data, 1 << 10) {
+        assert!(request.body.len() <= 1 << 10);
+    }
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = parse_header(text);
         let _ = parse_region(text);

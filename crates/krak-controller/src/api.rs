@@ -75,7 +75,11 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, RackError> {
     let method = req.method.as_str();
     let bad_id = || RackError::BadRequest(format!("bad id in {}", req.path));
     match (method, parts.as_slice()) {
-        ("GET", ["metrics"]) => Ok(Response::text(shared.metrics.render(&shared.rack.lock()))),
+        ("GET", ["metrics"]) => {
+            let mut text = shared.metrics.render(&shared.rack.lock());
+            shared.http_stats.render(&mut text);
+            Ok(Response::text(text))
+        }
         ("GET", ["v1", "status"]) => Ok(Response::json(200, &shared.rack.lock().status())),
         ("GET", ["v1", "servers"]) => {
             Ok(Response::json(200, &ServersReply { servers: shared.rack.lock().server_statuses() }))

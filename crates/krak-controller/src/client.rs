@@ -76,11 +76,16 @@ impl Client {
             self.host,
             body.len()
         );
-        stream.write_all(head.as_bytes()).map_err(io)?;
-        stream.write_all(body).map_err(io)?;
+        let sent = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body));
         let mut answer = Vec::new();
-        stream.take(MAX_RESPONSE_BYTES).read_to_end(&mut answer).map_err(io)?;
-        let (status, body, auth) = parse_response(&answer)?;
+        let read = (&stream).take(MAX_RESPONSE_BYTES).read_to_end(&mut answer);
+        // a server may answer (413, 503) and close before taking the whole request: its
+        // answer counts, when it arrived
+        let (status, body, auth) = match (sent, read, parse_response(&answer)) {
+            (_, _, Ok(parsed)) => parsed,
+            (Err(e), _, _) | (Ok(()), Err(e), _) => return Err(io(e)),
+            (Ok(()), Ok(_), Err(e)) => return Err(e),
+        };
         if let (Some(secret), Some((_, nonce))) = (&self.secret, &signed) {
             // A refusal of our signature cannot be signed for us: report it as it is.
             if status != 401 && !crate::auth::verify_response(secret, nonce, status, &body, auth.as_deref()) {

@@ -17,6 +17,8 @@ pub const MAX_CHUNKS_PER_REQUEST: usize = 4096;
 pub const MAX_STRIPE_WIDTH: u32 = 32;
 /// Most servers in a place request's `exclude`.
 pub const MAX_EXCLUDE: usize = 256;
+/// Most HTTP connections a controller may be configured to keep open (a thread each).
+pub const MAX_HTTP_CONNECTIONS: usize = 4096;
 /// Longest address, domain or owner string.
 pub const MAX_NAME_BYTES: usize = 256;
 
@@ -35,6 +37,15 @@ pub struct ControllerConfig {
     pub http_workers: usize,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
+    /// Most HTTP connections open at once; more are refused at once with 503.
+    pub http_max_connections: usize,
+    /// Most HTTP connections open at once from one client address.
+    pub http_max_connections_per_client: usize,
+    /// A request (head and body) must arrive within this long, and its answer be taken
+    /// within this long; a slower connection is closed.
+    pub http_request_timeout_ms: u64,
+    /// A kept-alive connection without a new request for this long is closed.
+    pub http_idle_timeout_ms: u64,
     /// Longest wait of a `map?since_epoch=` long-poll.
     pub long_poll_max_ms: u64,
     /// Most long-polls waiting at once; more are answered at once (so they never take every
@@ -59,6 +70,10 @@ impl ControllerConfig {
             tick_ms: 100,
             http_workers: 8,
             max_body_bytes: 1 << 20,
+            http_max_connections: 256,
+            http_max_connections_per_client: 32,
+            http_request_timeout_ms: 5_000,
+            http_idle_timeout_ms: 15_000,
             long_poll_max_ms: 10_000,
             max_long_polls: 4,
             default_policy: "spread".to_string(),
@@ -81,6 +96,16 @@ impl ControllerConfig {
         if self.max_long_polls >= self.http_workers {
             return Err("max_long_polls must leave at least one HTTP worker free".into());
         }
+        if self.http_max_connections == 0 || self.http_max_connections > MAX_HTTP_CONNECTIONS {
+            return Err(format!("http_max_connections must be 1..={MAX_HTTP_CONNECTIONS}"));
+        }
+        if self.http_max_connections_per_client == 0 || self.http_max_connections_per_client > self.http_max_connections
+        {
+            return Err("http_max_connections_per_client must be 1..=http_max_connections".into());
+        }
+        if self.http_request_timeout_ms == 0 || self.http_idle_timeout_ms == 0 {
+            return Err("http_request_timeout_ms and http_idle_timeout_ms must be positive".into());
+        }
         if self.max_body_bytes < 1024 {
             return Err("max_body_bytes must be at least 1024".into());
         }
@@ -91,5 +116,19 @@ impl ControllerConfig {
             return Err("default_chunk_bytes must be a positive multiple of 4096".into());
         }
         Ok(())
+    }
+}
+
+impl ControllerConfig {
+    /// The bounds of the HTTP front end.
+    pub fn http_limits(&self) -> crate::http::HttpLimits {
+        crate::http::HttpLimits {
+            workers: self.http_workers,
+            max_body_bytes: self.max_body_bytes,
+            max_connections: self.http_max_connections,
+            max_connections_per_client: self.http_max_connections_per_client,
+            request_timeout_ms: self.http_request_timeout_ms,
+            idle_timeout_ms: self.http_idle_timeout_ms,
+        }
     }
 }

@@ -23,6 +23,8 @@ pub struct Shared {
     /// Signalled after every change that may move a region's epoch.
     pub(crate) changed: Condvar,
     pub(crate) metrics: Metrics,
+    /// Counters of the HTTP front end, for `/metrics`.
+    pub(crate) http_stats: Arc<crate::http::HttpStats>,
     pub(crate) config: ControllerConfig,
     pub(crate) stopping: AtomicBool,
     pub(crate) long_polls: AtomicUsize,
@@ -46,6 +48,7 @@ impl Controller {
             rack: Mutex::new(rack),
             changed: Condvar::new(),
             metrics: Metrics::default(),
+            http_stats: Arc::default(),
             replays: Default::default(),
             config: config.clone(),
             stopping: AtomicBool::new(false),
@@ -54,8 +57,8 @@ impl Controller {
         let handler_shared = shared.clone();
         let http = HttpServer::start(
             config.listen,
-            config.http_workers,
-            config.max_body_bytes,
+            config.http_limits(),
+            shared.http_stats.clone(),
             Arc::new(move |req| crate::api::handle(&handler_shared, req)),
         )
         .map_err(|source| ControllerError::Bind { addr: config.listen, source })?;

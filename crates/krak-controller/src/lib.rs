@@ -3,8 +3,9 @@
 //! metrics, with all state in a [`krak_meta::MetaStore`] so a restarted controller loses
 //! nothing.
 //!
-//! Std threads and blocking I/O: a fixed pool of HTTP workers, one liveness thread, one
-//! mutex over the rack state. Placement decisions read incrementally kept aggregates
+//! Std threads and blocking I/O: a bounded HTTP front end (connections in all and per
+//! client, request deadlines, at most `http_workers` requests answered at once), one
+//! liveness thread, one mutex over the rack state. Placement decisions read incrementally kept aggregates
 //! ([`RackView`]), never the whole slab map.
 //!
 //! ```no_run
@@ -21,7 +22,9 @@ pub mod auth;
 pub mod client;
 pub mod config;
 mod controller;
-mod http;
+pub mod http;
+mod http_gate;
+mod http_wire;
 pub mod membership;
 pub mod messages;
 pub mod metrics;

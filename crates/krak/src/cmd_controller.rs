@@ -4,13 +4,13 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use krak_controller::http::{HttpServer, Request, Response};
 use krak_controller::messages::PolicyBody;
 use krak_controller::{Client, Controller, ControllerConfig, ControllerError, ControllerHandle};
 use krak_meta::{FencedStore, Leadership, MetaStore};
@@ -75,6 +75,20 @@ pub struct ControllerArgs {
     /// Default: http://HOST:PORT of the API.
     #[arg(long, value_name = "NAME")]
     id: Option<String>,
+    /// A request (head and body) must arrive within this long and its answer be taken within
+    /// this long; a slower connection is closed (a long-poll's wait is the controller's, not
+    /// counted).
+    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    http_timeout_ms: u64,
+    /// A kept-alive connection without a new request for this long is closed.
+    #[arg(long, value_name = "MS", default_value_t = 15_000)]
+    http_idle_timeout_ms: u64,
+    /// Most HTTP connections open at once; more are refused at once with 503.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    http_max_connections: usize,
+    /// Most HTTP connections open at once from one client address.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    http_max_connections_per_client: usize,
 }
 
 /// How long a standby waits between attempts to become leader.
@@ -116,6 +130,10 @@ fn config(args: &ControllerArgs, listen: SocketAddr) -> anyhow::Result<Controlle
     c.suspect_after_ms = args.suspect_after_ms.unwrap_or(args.dead_after_ms * 3 / 10).max(1);
     c.heartbeat_interval_ms = args.heartbeat_ms.unwrap_or((args.dead_after_ms / 10).clamp(10, 1000));
     c.tick_ms = c.tick_ms.min((c.suspect_after_ms / 4).max(10));
+    c.http_request_timeout_ms = args.http_timeout_ms;
+    c.http_idle_timeout_ms = args.http_idle_timeout_ms;
+    c.http_max_connections = args.http_max_connections;
+    c.http_max_connections_per_client = args.http_max_connections_per_client;
     if let Some(p) = &args.policy {
         if krak_controller::placement::by_name(p).is_none() {
             bail!("unknown placement policy {p:?} (spread, pack or domain-spread)");
@@ -186,7 +204,8 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let mut policy_to_set = args.policy.clone();
     loop {
         // Standby until this controller leads.
-        let Some(leadership) = acquire(&*store, &id, args.lease_ms, listen, &stop, &mut printed, args.secret.load()?)?
+        let Some(leadership) =
+            acquire(&*store, &base, &id, args.lease_ms, listen, &stop, &mut printed, args.secret.load()?)?
         else {
             return Ok(());
         };
@@ -240,8 +259,10 @@ fn wait_or_stop(stop: &Receiver<()>, d: Duration) -> bool {
 
 /// Tries to become leader until it does (`Some`) or is asked to stop (`None`), serving 503
 /// from a standby API meanwhile.
+#[allow(clippy::too_many_arguments)]
 fn acquire(
     store: &dyn MetaStore,
+    config: &ControllerConfig,
     id: &str,
     lease_ms: u64,
     listen: SocketAddr,
@@ -273,7 +294,7 @@ fn acquire(
         match &standby {
             Some(s) => *s.leader.lock().unwrap_or_else(|p| p.into_inner()) = leader,
             None => {
-                let s = Standby::start(listen, leader.clone(), secret)
+                let s = Standby::start(config, listen, leader.clone(), secret)
                     .with_context(|| format!("cannot listen on {listen}"))?;
                 tracing::warn!("controller {id} is a standby; the leader is {leader}");
                 announce(printed, s.addr)?;
@@ -302,98 +323,63 @@ fn start(
     }
 }
 
-/// Largest request body a standby reads (to check its signature).
-const STANDBY_MAX_BODY_BYTES: u64 = 1 << 20;
-
-/// The API of a standby: 503 to everything, naming the leader.
+/// The API of a standby: 503 to everything, naming the leader, behind the same bounded HTTP
+/// front end as the leader's.
 #[derive(Debug)]
 struct Standby {
     addr: SocketAddr,
     leader: Arc<Mutex<String>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    server: Option<HttpServer>,
 }
 
 impl Standby {
-    fn start(listen: SocketAddr, leader: String, secret: Option<krak_proto::RackSecret>) -> std::io::Result<Standby> {
-        let listener = TcpListener::bind(listen)?;
-        let addr = listener.local_addr()?;
-        let server = tiny_http::Server::from_listener(listener, None).map_err(std::io::Error::other)?;
+    fn start(
+        config: &ControllerConfig,
+        listen: SocketAddr,
+        leader: String,
+        secret: Option<krak_proto::RackSecret>,
+    ) -> std::io::Result<Standby> {
         let leader = Arc::new(Mutex::new(leader));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (leader, stop) = (leader.clone(), stop.clone());
-            let replays = krak_controller::auth::ReplayGuard::default();
-            thread::Builder::new().name("krak-ctl-standby".into()).spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    let Ok(Some(mut request)) = server.recv_timeout(Duration::from_millis(100)) else { continue };
-                    let leader = leader.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    let mut status = 503;
-                    let mut body = serde_json::json!({
-                        "error": format!("standby controller; the leader is {leader}"),
-                        "leader": leader,
-                    })
-                    .to_string();
-                    // With a secret, only signed requests learn who leads, and the answer is
-                    // signed so clients can trust it and move on.
-                    let mut signature = None;
-                    if let Some(secret) = &secret {
-                        let mut req_body = Vec::new();
-                        let _ = std::io::Read::read_to_end(
-                            &mut std::io::Read::take(request.as_reader(), STANDBY_MAX_BODY_BYTES),
-                            &mut req_body,
-                        );
-                        let authorization = request
-                            .headers()
-                            .iter()
-                            .find(|h| h.field.equiv("Authorization"))
-                            .map(|h| h.value.as_str().to_string());
-                        let method = request.method().as_str().to_ascii_uppercase();
-                        let now = krak_controller::auth::now_ms();
-                        let checked = krak_controller::auth::verify_request(
-                            secret,
-                            &replays,
-                            now,
-                            &method,
-                            request.url(),
-                            &req_body,
-                            authorization.as_deref(),
-                        );
-                        match checked {
-                            Ok(nonce) => {
-                                let sig = krak_controller::auth::sign_response(secret, &nonce, status, body.as_bytes());
-                                signature = tiny_http::Header::from_bytes(
-                                    krak_controller::auth::RESPONSE_HEADER.as_bytes(),
-                                    sig.as_bytes(),
-                                )
-                                .ok();
-                            }
-                            Err(e) => {
-                                status = 401;
-                                body = serde_json::json!({ "error": e.to_string() }).to_string();
-                            }
-                        }
+        let replays = krak_controller::auth::ReplayGuard::default();
+        let answer_leader = leader.clone();
+        let handler = move |request: Request| -> Response {
+            let leader = answer_leader.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let body = serde_json::json!({
+                "error": format!("standby controller; the leader is {leader}"),
+                "leader": leader,
+            });
+            let mut response = Response::json(503, &body);
+            // With a secret, only signed requests learn who leads, and the answer is signed
+            // so clients can trust it and move on.
+            if let Some(secret) = &secret {
+                let checked = krak_controller::auth::verify_request(
+                    secret,
+                    &replays,
+                    krak_controller::auth::now_ms(),
+                    &request.method,
+                    &request.url,
+                    &request.body,
+                    request.authorization.as_deref(),
+                );
+                match checked {
+                    Ok(nonce) => {
+                        response.auth =
+                            Some(krak_controller::auth::sign_response(secret, &nonce, response.status, &response.body));
                     }
-                    let header =
-                        tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("valid");
-                    let mut response =
-                        tiny_http::Response::from_string(body).with_status_code(status).with_header(header);
-                    if let Some(sig) = signature {
-                        response = response.with_header(sig);
-                    }
-                    let _ = request.respond(response);
+                    Err(e) => response = Response::error(401, &e.to_string()),
                 }
-            })?
+            }
+            response
         };
-        Ok(Standby { addr, leader, stop, thread: Some(thread) })
+        let server = HttpServer::start(listen, config.http_limits(), Arc::default(), Arc::new(handler))?;
+        Ok(Standby { addr: server.addr(), leader, server: Some(server) })
     }
 }
 
 impl Drop for Standby {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(server) = self.server.take() {
+            server.shutdown();
         }
     }
 }

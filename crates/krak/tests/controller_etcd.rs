@@ -54,3 +54,44 @@ fn two_controllers_on_etcd_one_leads_the_other_takes_over() {
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
+
+/// A standby serves through the same bounded HTTP front end as a leader: a client over its
+/// per-client bound is refused at once, silent connections are cut off at the request
+/// timeout, and the standby then answers again.
+#[test]
+fn a_standby_bounds_its_connections_too() {
+    use std::io::Read;
+    let etcd = EtcdCluster::start(1);
+    let endpoints = etcd.endpoints();
+    let (_leader, leader_url) = controller("127.0.0.1:0", &["--etcd", endpoints.as_str(), "--lease-ms", "1000"]);
+    let bounded = [
+        "--etcd",
+        endpoints.as_str(),
+        "--lease-ms",
+        "1000",
+        "--http-max-connections-per-client",
+        "2",
+        "--http-timeout-ms",
+        "1000",
+    ];
+    let (_standby, standby_url) = controller("127.0.0.1:0", &bounded);
+    let err = status(&standby_url).expect_err("a standby does not serve");
+    assert!(err.contains("503") && err.contains(&format!("the leader is {leader_url}")), "{err}");
+
+    let addr = standby_url.strip_prefix("http://").unwrap();
+    let read_all = |s: &mut std::net::TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let mut silent: Vec<_> = (0..2).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+    let mut over = std::net::TcpStream::connect(addr).unwrap();
+    let refused = read_all(&mut over);
+    assert!(refused.starts_with("HTTP/1.1 503 ") && refused.contains("per_client"), "{refused}");
+    for s in &mut silent {
+        assert_eq!(read_all(s), "", "a silent connection is closed at the request timeout");
+    }
+    let err = status(&standby_url).expect_err("a standby does not serve");
+    assert!(err.contains("503") && err.contains(&format!("the leader is {leader_url}")), "{err}");
+}

@@ -1,0 +1,269 @@
+//! Admission of HTTP connections: at most so many open in all and per client address, with
+//! the counters `/metrics` reports. The gate also keeps a handle on every open socket so a
+//! shutdown can cut them all, whatever they are waiting for.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Shutdown, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The bound on open connections in all.
+    Total,
+    /// The bound on open connections of one client address.
+    PerClient,
+    /// The server is shutting down.
+    Closing,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Total => "total",
+            Refusal::PerClient => "per_client",
+            Refusal::Closing => "closing",
+        }
+    }
+}
+
+/// Counters of the HTTP front end.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    open: AtomicU64,
+    accepted: AtomicU64,
+    refused_total: AtomicU64,
+    refused_per_client: AtomicU64,
+    refused_closing: AtomicU64,
+    timed_out_request: AtomicU64,
+    timed_out_idle: AtomicU64,
+    malformed: AtomicU64,
+}
+
+impl HttpStats {
+    pub fn refused(&self, why: Refusal) {
+        let counter = match why {
+            Refusal::Total => &self.refused_total,
+            Refusal::PerClient => &self.refused_per_client,
+            Refusal::Closing => &self.refused_closing,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    /// A request was not complete within the request timeout.
+    pub fn request_timed_out(&self) {
+        self.timed_out_request.fetch_add(1, Ordering::Relaxed);
+    }
+    /// A kept-alive connection sent no new request within the idle timeout.
+    pub fn idle_timed_out(&self) {
+        self.timed_out_idle.fetch_add(1, Ordering::Relaxed);
+    }
+    /// A request was refused before reaching the API (bad framing, too large, unsupported).
+    pub fn malformed(&self) {
+        self.malformed.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Appends the counters in the Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP krak_http_connections_open HTTP connections open.\n# TYPE krak_http_connections_open gauge\n\
+             krak_http_connections_open {}",
+            get(&self.open)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP krak_http_connections_accepted_total HTTP connections admitted.\n\
+             # TYPE krak_http_connections_accepted_total counter\nkrak_http_connections_accepted_total {}",
+            get(&self.accepted)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP krak_http_connections_refused_total HTTP connections refused at once, by bound.\n\
+             # TYPE krak_http_connections_refused_total counter"
+        );
+        for (reason, c) in [
+            (Refusal::Total, &self.refused_total),
+            (Refusal::PerClient, &self.refused_per_client),
+            (Refusal::Closing, &self.refused_closing),
+        ] {
+            let _ = writeln!(out, "krak_http_connections_refused_total{{reason=\"{}\"}} {}", reason.as_str(), get(c));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP krak_http_connections_timed_out_total HTTP connections closed by a timeout, by what was awaited.\n\
+             # TYPE krak_http_connections_timed_out_total counter\n\
+             krak_http_connections_timed_out_total{{phase=\"request\"}} {}\n\
+             krak_http_connections_timed_out_total{{phase=\"idle\"}} {}",
+            get(&self.timed_out_request),
+            get(&self.timed_out_idle)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP krak_http_malformed_total HTTP requests refused before the API (framing, size, unsupported).\n\
+             # TYPE krak_http_malformed_total counter\nkrak_http_malformed_total {}",
+            get(&self.malformed)
+        );
+    }
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    per_client: HashMap<IpAddr, usize>,
+    /// A clone of every admitted socket, to cut them at shutdown.
+    sockets: HashMap<u64, TcpStream>,
+    next_id: u64,
+    closing: bool,
+}
+
+/// Admits connections within the bounds.
+#[derive(Debug)]
+pub struct ConnectionGate {
+    max_total: usize,
+    max_per_client: usize,
+    open: Mutex<Open>,
+    drained: Condvar,
+    stats: Arc<HttpStats>,
+}
+
+/// An admitted connection; dropping it frees its place.
+#[derive(Debug)]
+pub struct Admission {
+    gate: Arc<ConnectionGate>,
+    id: u64,
+    client: IpAddr,
+}
+
+impl ConnectionGate {
+    pub fn new(max_total: usize, max_per_client: usize, stats: Arc<HttpStats>) -> Arc<ConnectionGate> {
+        Arc::new(ConnectionGate { max_total, max_per_client, open: Mutex::default(), drained: Condvar::new(), stats })
+    }
+
+    /// Admits `socket` from `client`, or says which bound refuses it (and counts that).
+    pub fn admit(self: &Arc<Self>, socket: &TcpStream, client: IpAddr) -> Result<Admission, Refusal> {
+        let refused = |why| {
+            self.stats.refused(why);
+            Err(why)
+        };
+        let mut open = self.open.lock();
+        if open.closing {
+            return refused(Refusal::Closing);
+        }
+        if open.sockets.len() >= self.max_total {
+            return refused(Refusal::Total);
+        }
+        if open.per_client.get(&client).copied().unwrap_or(0) >= self.max_per_client {
+            return refused(Refusal::PerClient);
+        }
+        // without a clone the socket could not be cut at shutdown: refuse rather than risk
+        // a shutdown waiting on it
+        let Ok(clone) = socket.try_clone() else { return refused(Refusal::Total) };
+        let id = open.next_id;
+        open.next_id += 1;
+        open.sockets.insert(id, clone);
+        *open.per_client.entry(client).or_insert(0) += 1;
+        self.stats.open.store(open.sockets.len() as u64, Ordering::Relaxed);
+        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        Ok(Admission { gate: self.clone(), id, client })
+    }
+
+    /// Refuses new connections and cuts the reading side of the open ones: a connection waiting
+    /// for a request ends at once, one answering still writes its answer.
+    pub fn close_all(&self) {
+        let mut open = self.open.lock();
+        open.closing = true;
+        for s in open.sockets.values() {
+            // reads end at once; answers being written still go out
+            let _ = s.shutdown(Shutdown::Read);
+        }
+    }
+
+    /// Waits up to `timeout` for every connection to end; false if some are still open.
+    pub fn wait_drained(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut open = self.open.lock();
+        while !open.sockets.is_empty() {
+            if self.drained.wait_until(&mut open, deadline).timed_out() {
+                return open.sockets.is_empty();
+            }
+        }
+        true
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut open = self.gate.open.lock();
+        open.sockets.remove(&self.id);
+        if let Some(n) = open.per_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                open.per_client.remove(&self.client);
+            }
+        }
+        self.gate.stats.open.store(open.sockets.len() as u64, Ordering::Relaxed);
+        if open.sockets.is_empty() {
+            self.gate.drained.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (c, s)
+    }
+
+    #[test]
+    fn bounds_total_and_per_client_and_frees_on_drop() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let stats = Arc::new(HttpStats::default());
+        let gate = ConnectionGate::new(3, 2, stats.clone());
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let socks: Vec<_> = (0..5).map(|_| pair(&l)).collect();
+        let a1 = gate.admit(&socks[0].1, a).unwrap();
+        let _a2 = gate.admit(&socks[1].1, a).unwrap();
+        assert_eq!(gate.admit(&socks[2].1, a).unwrap_err(), Refusal::PerClient);
+        let _b1 = gate.admit(&socks[2].1, b).unwrap();
+        assert_eq!(gate.admit(&socks[3].1, b).unwrap_err(), Refusal::Total);
+        assert_eq!(stats.open(), 3);
+        drop(a1);
+        assert_eq!(stats.open(), 2);
+        let _a3 = gate.admit(&socks[3].1, a).unwrap();
+        let mut text = String::new();
+        stats.render(&mut text);
+        assert!(text.contains("krak_http_connections_refused_total{reason=\"per_client\"} 1"), "{text}");
+        assert!(text.contains("krak_http_connections_refused_total{reason=\"total\"} 1"), "{text}");
+        assert!(text.contains("krak_http_connections_open 3"), "{text}");
+    }
+
+    #[test]
+    fn close_all_cuts_open_sockets_and_refuses_new_ones() {
+        use std::io::Read;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let gate = ConnectionGate::new(8, 8, Arc::default());
+        let (_client, server) = pair(&l);
+        let admitted = gate.admit(&server, "127.0.0.1".parse().unwrap()).unwrap();
+        gate.close_all();
+        let mut buf = [0u8; 1];
+        // the cut socket reads end-of-stream instead of blocking
+        assert_eq!((&server).read(&mut buf).unwrap(), 0);
+        assert_eq!(gate.admit(&server, "127.0.0.1".parse().unwrap()).unwrap_err(), Refusal::Closing);
+        assert!(!gate.wait_drained(Duration::from_millis(10)));
+        drop(admitted);
+        assert!(gate.wait_drained(Duration::from_millis(10)));
+    }
+}
