@@ -179,18 +179,20 @@ pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
     let redundant = !shared.layout.redundancy().is_none();
     // Moves of a redundant region's fragments are not built: said once, then skipped.
     let mut told_no_moves = false;
+    // Its own client for the long-poll, so that re-protection's and moves' calls do not
+    // wait behind it.
+    let mut poller = link.client.lock().clone();
     while !shared.stop.load(Ordering::Relaxed) {
         let since = link.epoch.load(Ordering::Relaxed);
         let path = format!("/v1/regions/{}/map?since_epoch={since}&wait_ms={MAP_POLL_MS}", link.region.0);
-        let map: MapReply =
-            match link.client.lock().call_waiting::<(), _>("GET", &path, None, Duration::from_millis(MAP_POLL_MS)) {
-                Ok(map) => map,
-                Err(e) => {
-                    tracing::warn!("controller unreachable ({e}); the region keeps its current placement");
-                    std::thread::sleep(Duration::from_millis(RETRY_PAUSE_MS));
-                    continue;
-                }
-            };
+        let map: MapReply = match poller.call_waiting::<(), _>("GET", &path, None, Duration::from_millis(MAP_POLL_MS)) {
+            Ok(map) => map,
+            Err(e) => {
+                tracing::warn!("controller unreachable ({e}); the region keeps its current placement");
+                std::thread::sleep(Duration::from_millis(RETRY_PAUSE_MS));
+                continue;
+            }
+        };
         let avoid: Vec<ServerId> = map.servers.iter().filter(|s| s.state != ServerState::Alive).map(|s| s.id).collect();
         if redundant {
             follow_redundant(&shared, &map, &mut told_no_moves);

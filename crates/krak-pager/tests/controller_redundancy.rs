@@ -133,13 +133,13 @@ impl Rack {
         self.client().call::<(), _>("GET", &format!("/v1/regions/{region}/map"), None).expect("map")
     }
 
-    fn region(&self, scheme: &str) -> Arc<FarMemory> {
+    fn region(&self, scheme: &str, mode: FaultMode) -> Arc<FarMemory> {
         Arc::new(
             FarMemory::new(PagerConfig {
                 region_bytes: REGION_BYTES,
                 local_budget_bytes: BUDGET_BYTES,
                 controller: Some(self.url.clone()),
-                fault_mode: FaultMode::Threads,
+                fault_mode: mode,
                 redundancy: scheme.parse::<Redundancy>().unwrap(),
                 ..Default::default()
             })
@@ -242,10 +242,10 @@ fn distinct(stripe: &[ServerId]) -> bool {
 /// re-protection through the controller brings the region back: degraded slots 0, the
 /// replaced slots on the new server, every stripe still on distinct servers, every page
 /// as written.
-fn lose_a_server_and_reprotect(tag: &str, scheme: &str) {
+fn lose_a_server_and_reprotect(tag: &str, scheme: &str, mode: FaultMode) {
     let width = scheme.parse::<Redundancy>().unwrap().width();
     let rack = Rack::start(tag, width + 1, width);
-    let region = rack.region(scheme);
+    let region = rack.region(scheme, mode);
     let status = rack.status();
     assert_eq!(status.regions.len(), 1);
     let record = &status.regions[0];
@@ -317,10 +317,10 @@ fn lose_a_server_and_reprotect(tag: &str, scheme: &str) {
 
 #[test]
 fn an_ec_4_2_region_placed_by_the_controller_is_reprotected_through_it() {
-    lose_a_server_and_reprotect("ec", "ec:4+2");
+    lose_a_server_and_reprotect("ec", "ec:4+2", FaultMode::Threads);
 }
 
 #[test]
 fn a_replicate_2_region_placed_by_the_controller_is_reprotected_through_it() {
-    lose_a_server_and_reprotect("rep", "replicate:2");
+    lose_a_server_and_reprotect("rep", "replicate:2", FaultMode::Sigbus);
 }
