@@ -222,3 +222,34 @@ pub(crate) fn place_replacement(
     link.ids.lock().insert(addr, id);
     Ok((server, id))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use krak_proto::SlabId;
+
+    fn placed(servers: &[Option<usize>]) -> Placed {
+        let frags = servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.map(|server| {
+                    (Frag { server, slab: SlabId(i as u64, 0), state: FragState::Live }, ServerId(server as u32 + 1))
+                })
+            })
+            .collect();
+        Placed { servers: Vec::new(), admin: Vec::new(), frags }
+    }
+
+    #[test]
+    fn stripes_must_be_whole_and_on_distinct_servers() {
+        let ok = placed(&[Some(0), Some(1), Some(2), Some(1), Some(2), Some(0)]);
+        let stripes = ok.stripes(3).unwrap();
+        assert_eq!(stripes.len(), 2);
+        assert_eq!(stripes[1].iter().map(|f| f.server).collect::<Vec<_>>(), vec![1, 2, 0]);
+        let shared = placed(&[Some(0), Some(1), Some(2), Some(1), Some(2), Some(1)]);
+        assert!(shared.stripes(3).unwrap_err().to_string().contains("two fragments of chunk 1"));
+        let missing = placed(&[Some(0), None, Some(2)]);
+        assert!(missing.stripes(3).unwrap_err().to_string().contains("chunk 0 was left unplaced"));
+    }
+}
