@@ -5,7 +5,9 @@
 //! allocates the slabs itself (it holds their capabilities) and commits them to the map. A
 //! follower thread then long-polls the region's map: when a server is draining, it moves
 //! each of the region's chunks off that server to one the controller places it on, while
-//! the region stays in use, and commits the new home.
+//! the region stays in use, and commits the new home. A redundant region's fragments are
+//! placed in `rack_stripes.rs`; its follower only loses servers the map calls dead (for
+//! re-protection to replace) and moves nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
