@@ -178,7 +178,8 @@ fn placement_error(e: ControllerClientError, needed_bytes: u64) -> PagerError {
 
 /// Why the controller gave no server for a replacement.
 pub(crate) enum NoReplacement {
-    /// No server qualifies (all left are in the stripe, dead or full): wait for one.
+    /// No server qualifies (all left are in the stripe, dead or full), or the controller
+    /// cannot be reached: wait.
     NoSpare(String),
     Failed(String),
 }
@@ -206,6 +207,10 @@ pub(crate) fn place_replacement(
         Ok(r) => r,
         Err(ControllerClientError::Status { status: NO_CAPACITY, message }) => {
             return Err(NoReplacement::NoSpare(format!("the controller has no server for a replacement: {message}")))
+        }
+        // Not the fragment's fault: asked again each round, without using up its attempts.
+        Err(e @ (ControllerClientError::Io { .. } | ControllerClientError::Status { status: 503, .. })) => {
+            return Err(NoReplacement::NoSpare(format!("the controller cannot be asked for a replacement: {e}")))
         }
         Err(e) => return Err(NoReplacement::Failed(format!("asking the controller for a replacement: {e}"))),
     };

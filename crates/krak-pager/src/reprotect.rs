@@ -187,8 +187,8 @@ impl crate::FarMemory {
 
 /// Why a fragment was not rebuilt.
 enum Rebuild {
-    /// Every survivor already holds a fragment of the stripe: nothing to do until servers
-    /// are added.
+    /// Every survivor already holds a fragment of the stripe (or the controller that would
+    /// choose cannot be reached): retried each round, without using up attempts.
     NoSpare(String),
     Failed(String),
 }
