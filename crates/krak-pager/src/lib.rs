@@ -18,6 +18,7 @@ pub mod limits;
 mod migrate;
 pub mod prefetch;
 mod rack;
+mod rack_stripes;
 mod reclaim;
 pub mod redundancy;
 mod region;

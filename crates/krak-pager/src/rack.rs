@@ -5,9 +5,11 @@
 //! allocates the slabs itself (it holds their capabilities) and commits them to the map. A
 //! follower thread then long-polls the region's map: when a server is draining, it moves
 //! each of the region's chunks off that server to one the controller places it on, while
-//! the region stays in use, and commits the new home.
+//! the region stays in use, and commits the new home. A redundant region's fragments are
+//! placed in `rack_stripes.rs`; its follower only loses servers the map calls dead (for
+//! re-protection to replace) and moves nothing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use krak_proto::PAGE_SIZE;
 
 use crate::core::Shared;
 use crate::remote::{free_quietly, ChunkHome, RemoteLayout};
-use crate::PagerError;
+use crate::{PagerError, Redundancy};
 
 /// How long one map long-poll may wait; also bounds how long dropping a region waits for
 /// the follower.
@@ -35,11 +37,11 @@ const MAX_MOVES_PER_ROUND: usize = 8;
 /// Pause after the controller could not be reached.
 const RETRY_PAUSE_MS: u64 = 1_000;
 
-fn controller_error(e: impl std::fmt::Display) -> PagerError {
+pub(crate) fn controller_error(e: impl std::fmt::Display) -> PagerError {
     PagerError::Controller(e.to_string())
 }
 
-fn parse_addr(addr: &str) -> Result<SocketAddr, PagerError> {
+pub(crate) fn parse_addr(addr: &str) -> Result<SocketAddr, PagerError> {
     addr.parse().map_err(|_| controller_error(format!("bad address {addr:?}")))
 }
 
@@ -51,6 +53,8 @@ pub(crate) struct RackLink {
     pub region: RegionId,
     /// Map epoch the pager has caught up with.
     pub epoch: std::sync::atomic::AtomicU64,
+    /// The controller's id of each server the region was placed on.
+    pub ids: parking_lot::Mutex<HashMap<SocketAddr, ServerId>>,
 }
 
 /// Registers a region of `region_pages` with the controller at `url`, has it placed, and
@@ -61,6 +65,7 @@ pub(crate) fn allocate(
     region_pages: usize,
     local_budget_bytes: u64,
     connect: ConnectOptions,
+    redundancy: Redundancy,
 ) -> Result<(RemoteLayout, Vec<Option<Connection>>, RackLink), PagerError> {
     let mut client = RackClient::new(url, CALL_TIMEOUT).map_err(controller_error)?.with_secret(connect.secret);
     let request = CreateRegionRequest {
@@ -68,13 +73,23 @@ pub(crate) fn allocate(
         size_bytes: (region_pages * PAGE_SIZE) as u64,
         local_budget_bytes,
         chunk_bytes: None,
-        stripe_width: None,
-        redundancy: None,
+        stripe_width: (!redundancy.is_none()).then_some(redundancy.width() as u32),
+        redundancy: (!redundancy.is_none()).then(|| redundancy.to_string()),
     };
     let created: RegionReply = client.call("POST", "/v1/regions", Some(&request)).map_err(controller_error)?;
     let region = created.region;
-    let link = RackLink { client: parking_lot::Mutex::new(client), region: region.id, epoch: Default::default() };
-    match place_and_commit(&link, &region, connect) {
+    let link = RackLink {
+        client: parking_lot::Mutex::new(client),
+        region: region.id,
+        epoch: Default::default(),
+        ids: Default::default(),
+    };
+    let placed = if redundancy.is_none() {
+        place_and_commit(&link, &region, connect)
+    } else {
+        crate::rack_stripes::place_and_commit(&link, &region, connect, redundancy)
+    };
+    match placed {
         Ok((layout, admin, epoch)) => {
             link.epoch.store(epoch, Ordering::Relaxed);
             Ok((layout, admin, link))
@@ -163,19 +178,29 @@ fn place_and_commit(
 /// The follower thread: keeps the region off draining servers until the region is dropped.
 pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
     let mut reported_dead = HashSet::new();
+    let redundant = !shared.layout.redundancy().is_none();
+    // Moves of a redundant region's fragments are not built: said once, then skipped.
+    let mut told_no_moves = false;
+    // Its own client for the long-poll, so that re-protection's and moves' calls do not
+    // wait behind it.
+    let mut poller = link.client.lock().clone();
     while !shared.stop.load(Ordering::Relaxed) {
         let since = link.epoch.load(Ordering::Relaxed);
         let path = format!("/v1/regions/{}/map?since_epoch={since}&wait_ms={MAP_POLL_MS}", link.region.0);
-        let map: MapReply =
-            match link.client.lock().call_waiting::<(), _>("GET", &path, None, Duration::from_millis(MAP_POLL_MS)) {
-                Ok(map) => map,
-                Err(e) => {
-                    tracing::warn!("controller unreachable ({e}); the region keeps its current placement");
-                    std::thread::sleep(Duration::from_millis(RETRY_PAUSE_MS));
-                    continue;
-                }
-            };
+        let map: MapReply = match poller.call_waiting::<(), _>("GET", &path, None, Duration::from_millis(MAP_POLL_MS)) {
+            Ok(map) => map,
+            Err(e) => {
+                tracing::warn!("controller unreachable ({e}); the region keeps its current placement");
+                std::thread::sleep(Duration::from_millis(RETRY_PAUSE_MS));
+                continue;
+            }
+        };
         let avoid: Vec<ServerId> = map.servers.iter().filter(|s| s.state != ServerState::Alive).map(|s| s.id).collect();
+        if redundant {
+            follow_redundant(&shared, &map, &mut told_no_moves);
+            link.epoch.fetch_max(map.epoch, Ordering::Relaxed);
+            continue;
+        }
         for server in &map.servers {
             match server.state {
                 ServerState::Draining => {
@@ -213,6 +238,40 @@ pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
     }
 }
 
+/// What a redundant region takes from a map: a server the controller calls dead is lost
+/// for the region (re-protection replaces its fragments); drains, hosts short of memory and
+/// consolidation would move fragments, which is not built: logged once and left alone.
+fn follow_redundant(shared: &Shared, map: &MapReply, told_no_moves: &mut bool) {
+    let layout = &shared.layout;
+    for server in &map.servers {
+        let asks_move = match server.state {
+            ServerState::Dead => {
+                let addr = server.addr.parse::<SocketAddr>().ok();
+                if let Some(i) = addr.and_then(|a| layout.find_server(a)).filter(|i| !layout.stripes.is_lost(*i)) {
+                    crate::stripe::lose(layout, i, "the rack controller reports it dead");
+                }
+                false
+            }
+            ServerState::Draining => true,
+            ServerState::Alive => server.shed_bytes > 0,
+            _ => false,
+        };
+        if asks_move && !*told_no_moves {
+            *told_no_moves = true;
+            tracing::warn!(
+                "{} is draining or short of memory, but a {} region's fragments are not moved; they stay \
+                 until the server is gone, then re-protection replaces them",
+                server.addr,
+                layout.redundancy()
+            );
+        }
+    }
+    if !map.moves.is_empty() && !*told_no_moves {
+        *told_no_moves = true;
+        tracing::warn!("the controller asks for consolidation moves; a redundant region's fragments are not moved");
+    }
+}
+
 /// Carries out one move the map asks for: up to `mv.slabs` chunks from `from` to `mv.to`.
 fn move_to(shared: &Shared, link: &RackLink, from: &str, mv: &MapMove) -> Result<(), PagerError> {
     let (from, to) = (parse_addr(from)?, parse_addr(&mv.to_addr)?);
@@ -228,9 +287,21 @@ fn move_to(shared: &Shared, link: &RackLink, from: &str, mv: &MapMove) -> Result
 /// The chunk already lives at its new home (the old slab is freed), so a failed commit is
 /// retried a few times: until it lands, only the controller's map is stale, not the data.
 fn commit_home(shared: &Shared, link: &RackLink, chunk: usize, server: ServerId) -> Result<(), PagerError> {
+    commit_slot(shared, link, chunk as u64, server, shared.layout.chunk(chunk).slab)
+}
+
+/// Records that map slot `slot` (a chunk, or a fragment of a redundant region) now lives in
+/// `slab` on `server`; retried a few times, since the data is already there.
+pub(crate) fn commit_slot(
+    shared: &Shared,
+    link: &RackLink,
+    slot: u64,
+    server: ServerId,
+    slab: krak_proto::SlabId,
+) -> Result<(), PagerError> {
     const ATTEMPTS: u32 = 5;
-    let slab = shared.layout.chunk(chunk).slab;
-    let request = CommitRequest { chunks: vec![CommitChunk { chunk: chunk as u64, server, slab: slab.0 }] };
+    let chunk = slot;
+    let request = CommitRequest { chunks: vec![CommitChunk { chunk: slot, server, slab: slab.0 }] };
     let path = format!("/v1/regions/{}/commit", link.region.0);
     let mut attempt = 1;
     loop {
@@ -240,7 +311,7 @@ fn commit_home(shared: &Shared, link: &RackLink, chunk: usize, server: ServerId)
                 return Ok(());
             }
             Err(e) if attempt < ATTEMPTS && !shared.stop.load(Ordering::Relaxed) => {
-                tracing::warn!("committing chunk {chunk}'s new home failed ({e}); retrying");
+                tracing::warn!("committing slot {chunk}'s new home failed ({e}); retrying");
                 attempt += 1;
                 std::thread::sleep(Duration::from_millis(RETRY_PAUSE_MS / 4));
             }

@@ -89,7 +89,8 @@ pub struct PagerConfig {
     /// run without one (`--insecure`, library tests).
     pub secret: Option<krak_proto::RackSecret>,
     /// How the region survives lost memory servers: `none` (default), `replicate:N` or
-    /// `ec:K+M`; needs at least `width()` servers. Not yet with `controller`.
+    /// `ec:K+M`; needs at least `width()` servers (with `controller`, the controller places
+    /// each fragment and its replacements).
     pub redundancy: Redundancy,
     /// Failure domain of each of `servers` (same order; e.g. `rack1/host3`), or empty when
     /// unknown. A redundant region puts the fragments of a chunk in distinct domains where
@@ -151,12 +152,6 @@ impl FarMemory {
         if config.handler_threads == 0 || config.writeback_batch_pages == 0 || config.writeback_buffer_pages == 0 {
             return Err(PagerError::Config("thread and buffer counts must be above 0".into()));
         }
-        if config.controller.is_some() && !config.redundancy.is_none() {
-            return Err(PagerError::Config(format!(
-                "redundancy {} is not built yet for regions placed by a rack controller; give a list of servers",
-                config.redundancy
-            )));
-        }
         if !config.server_domains.is_empty() && config.server_domains.len() != config.servers.len() {
             return Err(PagerError::Config(format!(
                 "{} server domains given for {} servers (one per server, or none)",
@@ -189,8 +184,14 @@ impl FarMemory {
         };
         let (layout, admin, rack) = match &config.controller {
             Some(url) => {
-                let (layout, admin, link) =
-                    crate::rack::allocate(url, &config.owner, region_pages, config.local_budget_bytes, connect)?;
+                let (layout, admin, link) = crate::rack::allocate(
+                    url,
+                    &config.owner,
+                    region_pages,
+                    config.local_budget_bytes,
+                    connect,
+                    config.redundancy,
+                )?;
                 (layout, admin, Some(Arc::new(link)))
             }
             None => {
@@ -266,8 +267,9 @@ impl FarMemory {
         let t = std::thread::Builder::new().name("krak-reclaim".into()).spawn(move || crate::reclaim::run(s));
         region.threads.push(t.map_err(PagerError::Thread)?);
         if !config.redundancy.is_none() {
-            let s = shared.clone();
-            let t = std::thread::Builder::new().name("krak-reprotect".into()).spawn(move || crate::reprotect::run(s));
+            let (s, link) = (shared.clone(), rack.clone());
+            let t =
+                std::thread::Builder::new().name("krak-reprotect".into()).spawn(move || crate::reprotect::run(s, link));
             region.threads.push(t.map_err(PagerError::Thread)?);
         }
         if let Some(link) = rack {
@@ -394,6 +396,10 @@ impl FarMemory {
             if *state & REMOTE != 0 && matches!(*state & STATE_MASK, ABSENT | STAGED) {
                 layout.page_servers(page, &mut servers);
                 for s in &servers {
+                    // a replacement may have just landed on a server new to the region
+                    if *s >= out.len() {
+                        out.extend(layout.servers()[out.len()..].iter().map(|a| (*a, 0)));
+                    }
                     out[*s].1 += 1;
                 }
             }

@@ -59,14 +59,8 @@ impl RemoteLayout {
         let n_chunks = region_pages.div_ceil(chunk_pages);
         if !redundancy.is_none() {
             let stripes = crate::stripe::allocate(&mut admin, domains, n_chunks, chunk_pages, redundancy)?;
-            let chunks = stripes.iter().map(|s| ChunkHome { server: s[0].server, slab: s[0].slab, moving_to: None });
-            let layout = RemoteLayout {
-                connect,
-                chunk_pages,
-                chunks: RwLock::new(chunks.collect()),
-                stripes: StripeTable::new(redundancy, stripes, servers.len()).with_domains(domains),
-                servers: RwLock::new(servers.to_vec()),
-            };
+            let layout =
+                RemoteLayout::from_stripes(connect, chunk_pages, servers.to_vec(), domains, redundancy, stripes);
             return Ok((layout, admin));
         }
         let mut chunks = Vec::with_capacity(n_chunks);
@@ -112,6 +106,31 @@ impl RemoteLayout {
             chunks: RwLock::new(chunks),
             stripes: StripeTable::new(Redundancy::None, Vec::new(), 0),
         }
+    }
+
+    /// A redundant region's layout: `stripes[c][i]` holds fragment `i` of chunk `c`, on an
+    /// index of `servers` (the same layout whoever chose the servers).
+    pub fn from_stripes(
+        connect: ConnectOptions,
+        chunk_pages: usize,
+        servers: Vec<SocketAddr>,
+        domains: &[String],
+        scheme: Redundancy,
+        stripes: Vec<Stripe>,
+    ) -> RemoteLayout {
+        let chunks = stripes.iter().map(|s| ChunkHome { server: s[0].server, slab: s[0].slab, moving_to: None });
+        RemoteLayout {
+            connect,
+            chunk_pages,
+            chunks: RwLock::new(chunks.collect()),
+            stripes: StripeTable::new(scheme, stripes, servers.len()).with_domains(domains),
+            servers: RwLock::new(servers),
+        }
+    }
+
+    /// The index of `addr` in the server table, if the region ever used it.
+    pub fn find_server(&self, addr: SocketAddr) -> Option<usize> {
+        self.servers.read().iter().position(|a| *a == addr)
     }
 
     pub fn redundancy(&self) -> Redundancy {
@@ -193,10 +212,12 @@ impl RemoteLayout {
 
     /// Bytes of slabs this region holds on each server (a lost server's too).
     pub fn bytes_per_server(&self) -> Vec<(SocketAddr, u64)> {
+        // Stripes first: a server is in the table before any stripe names it.
+        let stripes = self.stripes.all();
         let mut out: Vec<(SocketAddr, u64)> = self.servers().into_iter().map(|a| (a, 0)).collect();
         if !self.redundancy().is_none() {
             let unit = self.redundancy().unit_bytes();
-            for stripe in self.stripes.all() {
+            for stripe in stripes {
                 for f in stripe {
                     out[f.server].1 += (self.chunk_pages * unit) as u64;
                 }
@@ -384,6 +405,10 @@ impl Links {
         let mut groups: Vec<Vec<(PageRef, &[u8])>> = vec![Vec::new(); layout.server_count()];
         for (p, data) in pages {
             for (server, at) in layout.write_targets(*p).into_iter().flatten() {
+                // a move may have just begun to a server new to the region
+                if server >= groups.len() {
+                    groups.resize_with(server + 1, Vec::new);
+                }
                 groups[server].push((at, data));
             }
         }

@@ -22,6 +22,8 @@ use parking_lot::MutexGuard;
 
 use crate::core::{ChunkMove, Core, Shared, REMOTE};
 use crate::migrate::{admin_conn, finish, NEXT_MOVE_ID};
+use crate::rack::RackLink;
+use crate::rack_stripes::NoReplacement;
 use crate::redundancy::Coder;
 use crate::remote::{free_quietly, Links};
 use crate::stats::Counters;
@@ -39,7 +41,9 @@ const MAX_REBUILD_ATTEMPTS: u32 = 3;
 /// Pages rebuilt per copy step.
 const STEP_PAGES: usize = krak_proto::MAX_BATCH_PAGES;
 
-pub(crate) fn run(shared: Arc<Shared>) {
+/// `link` is set when a rack controller placed the region: it then places (and records)
+/// each replacement; otherwise the pager chooses among the servers it was given.
+pub(crate) fn run(shared: Arc<Shared>, link: Option<Arc<RackLink>>) {
     let layout = &shared.layout;
     let mut last_probe = Instant::now();
     let mut failures: HashMap<(usize, usize), u32> = HashMap::new();
@@ -64,7 +68,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
             if *tries >= MAX_REBUILD_ATTEMPTS {
                 continue;
             }
-            match rebuild_fragment(&shared, chunk, frag) {
+            match rebuild_fragment(&shared, link.as_deref(), chunk, frag) {
                 Ok(()) => rebuilt_any = true,
                 Err(Rebuild::NoSpare(why)) => {
                     let lost = layout.stripes.lost_servers().len();
@@ -110,8 +114,10 @@ fn nap(shared: &Shared, ms: u64) {
 /// process restarted (new server id: its slabs are gone), is lost.
 fn probe(shared: &Shared) {
     let layout = &shared.layout;
+    // Stripes first: a server is in the table before any stripe names it.
+    let stripes = layout.stripes.all();
     let mut in_use = vec![false; layout.server_count()];
-    for f in layout.stripes.all().iter().flatten().filter(|f| f.is_written()) {
+    for f in stripes.iter().flatten().filter(|f| f.is_written()) {
         in_use[f.server] = true;
     }
     for (server, _) in in_use.iter().enumerate().filter(|(_, used)| **used) {
@@ -181,21 +187,83 @@ impl crate::FarMemory {
 
 /// Why a fragment was not rebuilt.
 enum Rebuild {
-    /// Every survivor already holds a fragment of the stripe: nothing to do until servers
-    /// are added.
+    /// Every survivor already holds a fragment of the stripe (or the controller that would
+    /// choose cannot be reached): retried each round, without using up attempts.
     NoSpare(String),
     Failed(String),
 }
 
 /// Places a replacement for fragment `frag` of `chunk` and has the write-back thread fill
-/// it; waits until it is live (or failed).
-fn rebuild_fragment(shared: &Shared, chunk: usize, frag: usize) -> Result<(), Rebuild> {
+/// it; waits until it is live (or failed), then records it with the controller if any.
+fn rebuild_fragment(shared: &Shared, link: Option<&RackLink>, chunk: usize, frag: usize) -> Result<(), Rebuild> {
+    let layout = &shared.layout;
+    let (server, slab, id) = match link {
+        Some(link) => {
+            let (server, id) =
+                crate::rack_stripes::place_replacement(link, layout, chunk, frag).map_err(|e| match e {
+                    NoReplacement::NoSpare(why) => Rebuild::NoSpare(why),
+                    NoReplacement::Failed(why) => Rebuild::Failed(why),
+                })?;
+            let unit = layout.redundancy().unit_bytes() as u32;
+            let slab = admin_conn(&mut shared.admin.lock(), layout, server)
+                .and_then(|c| c.alloc_slab_units(unit))
+                .map_err(|e| Rebuild::Failed(format!("{} could not lend a slab: {e}", layout.server_addr(server))))?;
+            (server, slab, Some(id))
+        }
+        None => {
+            let (server, slab) = choose_replacement(shared, chunk, frag)?;
+            (server, slab, None)
+        }
+    };
+    let free = |shared: &Shared| {
+        if let Ok(conn) = admin_conn(&mut shared.admin.lock(), layout, server) {
+            free_quietly(conn, slab);
+        }
+    };
+    if !layout.stripes.replace_lost(chunk, frag, Frag { server, slab, state: FragState::Rebuilding }) {
+        free(shared);
+        return Ok(());
+    }
+    let id_move = NEXT_MOVE_ID.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut core = shared.core.lock();
+        let next_page = chunk * layout.chunk_pages;
+        core.moves.push_back(ChunkMove { id: id_move, chunk, next_page, pages_copied: 0, rebuild: Some(frag) });
+        shared.wb_wake.notify_one();
+    }
+    match shared.wait_move(id_move, chunk) {
+        Ok(pages) => {
+            tracing::info!(
+                "fragment {frag} of chunk {chunk} rebuilt on {} ({pages} pages)",
+                layout.server_addr(server)
+            );
+            if let (Some(link), Some(id)) = (link, id) {
+                let slot = (chunk * layout.redundancy().width() + frag) as u64;
+                // The fragment is live either way; a failed commit leaves the map stale.
+                if let Err(e) = crate::rack::commit_slot(shared, link, slot, id, slab) {
+                    tracing::error!("recording fragment {frag} of chunk {chunk} with the controller: {e}");
+                }
+            }
+            Ok(())
+        }
+        Err(why) => {
+            layout.stripes.transition(chunk, frag, FragState::Rebuilding, FragState::Lost);
+            free(shared);
+            Err(Rebuild::Failed(why))
+        }
+    }
+}
+
+/// The pager's own choice of a replacement for a region given a list of servers, and its
+/// slab there.
+fn choose_replacement(shared: &Shared, chunk: usize, frag: usize) -> Result<(usize, krak_proto::SlabId), Rebuild> {
     let layout = &shared.layout;
     let unit = layout.redundancy().unit_bytes() as u32;
     let stripe = layout.stripes.with(chunk, |s| s.clone());
     // The survivor holding the fewest of the region's fragments, not already in the stripe.
+    let stripes = layout.stripes.all();
     let mut load = vec![0usize; layout.server_count()];
-    for f in layout.stripes.all().iter().flatten().filter(|f| f.is_written()) {
+    for f in stripes.iter().flatten().filter(|f| f.is_written()) {
         load[f.server] += 1;
     }
     let mut candidates: Vec<usize> = (0..layout.server_count())
@@ -227,37 +295,7 @@ fn rebuild_fragment(shared: &Shared, chunk: usize, frag: usize) -> Result<(), Re
             }
         }
     }
-    let (server, slab) = placed.ok_or_else(|| Rebuild::Failed(format!("no survivor could lend a slab: {why}")))?;
-    let free = |shared: &Shared| {
-        if let Ok(conn) = admin_conn(&mut shared.admin.lock(), layout, server) {
-            free_quietly(conn, slab);
-        }
-    };
-    if !layout.stripes.replace_lost(chunk, frag, Frag { server, slab, state: FragState::Rebuilding }) {
-        free(shared);
-        return Ok(());
-    }
-    let id = NEXT_MOVE_ID.fetch_add(1, Ordering::Relaxed);
-    {
-        let mut core = shared.core.lock();
-        let next_page = chunk * layout.chunk_pages;
-        core.moves.push_back(ChunkMove { id, chunk, next_page, pages_copied: 0, rebuild: Some(frag) });
-        shared.wb_wake.notify_one();
-    }
-    match shared.wait_move(id, chunk) {
-        Ok(pages) => {
-            tracing::info!(
-                "fragment {frag} of chunk {chunk} rebuilt on {} ({pages} pages)",
-                layout.server_addr(server)
-            );
-            Ok(())
-        }
-        Err(why) => {
-            layout.stripes.transition(chunk, frag, FragState::Rebuilding, FragState::Lost);
-            free(shared);
-            Err(Rebuild::Failed(why))
-        }
-    }
+    placed.ok_or_else(|| Rebuild::Failed(format!("no survivor could lend a slab: {why}")))
 }
 
 /// One copy step of the rebuild at the head of the move queue, run by the write-back

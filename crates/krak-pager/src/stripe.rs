@@ -58,8 +58,9 @@ pub(crate) type Stripe = Vec<Frag>;
 pub(crate) struct StripeTable {
     pub scheme: Redundancy,
     stripes: RwLock<Vec<Stripe>>,
-    /// Failed requests in a row per server (index of the layout's server table).
-    failures: Vec<AtomicU32>,
+    /// Failed requests in a row per server (index of the layout's server table); grows
+    /// when a replacement lands on a server the region did not use yet.
+    failures: RwLock<Vec<AtomicU32>>,
     /// Servers lost for this region and why, in the order they were lost.
     lost: Mutex<Vec<(usize, String)>>,
     /// When the region last went from full redundancy to less.
@@ -73,7 +74,7 @@ impl StripeTable {
         StripeTable {
             scheme,
             stripes: RwLock::new(stripes),
-            failures: (0..servers).map(|_| AtomicU32::new(0)).collect(),
+            failures: RwLock::new((0..servers).map(|_| AtomicU32::new(0)).collect()),
             lost: Mutex::new(Vec::new()),
             degraded_since: Mutex::new(None),
             domains: Vec::new(),
@@ -162,11 +163,18 @@ impl StripeTable {
     }
 
     fn failed(&self, server: usize) -> u32 {
-        self.failures.get(server).map_or(MAX_ATTEMPTS, |f| f.fetch_add(1, Ordering::Relaxed) + 1)
+        if let Some(f) = self.failures.read().get(server) {
+            return f.fetch_add(1, Ordering::Relaxed) + 1;
+        }
+        let mut failures = self.failures.write();
+        if failures.len() <= server {
+            failures.resize_with(server + 1, || AtomicU32::new(0));
+        }
+        failures[server].fetch_add(1, Ordering::Relaxed) + 1
     }
 
     fn succeeded(&self, server: usize) {
-        if let Some(f) = self.failures.get(server) {
+        if let Some(f) = self.failures.read().get(server) {
             if f.load(Ordering::Relaxed) != 0 {
                 f.store(0, Ordering::Relaxed);
             }
@@ -445,6 +453,10 @@ impl Links {
             let at = (p % layout.chunk_pages) as u32;
             layout.stripes.with(p / layout.chunk_pages, |stripe| {
                 for (i, f) in stripe.iter().enumerate().filter(|(_, f)| f.is_written()) {
+                    // a replacement may have just landed on a server new to the region
+                    if f.server >= groups.len() {
+                        groups.resize_with(f.server + 1, Vec::new);
+                    }
                     groups[f.server]
                         .push((PageRef { slab: f.slab, page: at }, &frags[(j * width + i) * unit..][..unit]));
                 }

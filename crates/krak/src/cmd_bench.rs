@@ -55,7 +55,8 @@ pub struct BenchArgs {
     /// plus a spare).
     #[arg(long, value_name = "N", default_value_t = 3)]
     servers: usize,
-    /// Redundancy of the krak regions: none, replicate:N or ec:K+M (embedded rack only).
+    /// Redundancy of the krak regions: none, replicate:N or ec:K+M (with --controller, the
+    /// controller places the fragments).
     #[arg(long, value_name = "SCHEME", default_value = "none")]
     redundancy: krak_pager::Redundancy,
     /// Write the report as JSON to this file.
@@ -125,9 +126,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<_>>()?;
     }
-    if args.controller.is_some() && !args.redundancy.is_none() {
-        anyhow::bail!("--redundancy is not built yet for a rack controller's regions; run without --controller");
-    }
     eprintln!(
         "krak bench: {} region, {} ms per run, {} runs, krak faults served by {}, redundancy {}",
         ByteSize(plan.region_bytes),
@@ -144,7 +142,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let mut options = vec![format!("fault_mode={}", args.fault_mode.name())];
+    let mut options = vec![format!("fault_mode={}", args.fault_mode.name()), format!("redundancy={}", args.redundancy)];
     let secret_file = match &rack {
         Some(r) => Some(r.secret_file()),
         None if args.controller.is_some() && plan.backends.contains(&BenchBackend::Krak) => {
@@ -162,11 +160,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         (None, Some(r)) => Some(KrakTarget {
             servers: r.addrs().iter().map(|a| a.to_string()).collect(),
-            options: {
-                let mut o = options.clone();
-                o.push(format!("redundancy={}", args.redundancy));
-                o
-            },
+            options: options.clone(),
             controller: None,
         }),
         (None, None) => None,

@@ -51,7 +51,8 @@ pub struct DemoArgs {
     #[arg(long, value_name = "N", default_value_t = 3)]
     servers: usize,
     /// How the region survives lost memory servers: none, replicate:N (N copies) or ec:K+M
-    /// (Reed-Solomon, K data + M parity fragments per page). Embedded rack only.
+    /// (Reed-Solomon, K data + M parity fragments per page). With --controller, the
+    /// controller places every fragment and each replacement after a loss.
     #[arg(long, value_name = "SCHEME", default_value = "none")]
     redundancy: krak_pager::Redundancy,
     /// Stop this many of the embedded rack's memory servers (SIGKILL), one by one, during
@@ -124,9 +125,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.local.0 > args.region.0 {
         bail!("--local ({}) is larger than --region ({}): nothing would be remote", args.local, args.region);
     }
-    if !args.redundancy.is_none() && args.controller.is_some() {
-        bail!("--redundancy is not built yet for regions placed by a rack controller; run without --controller");
-    }
     if args.kill_servers > 0 && args.controller.is_some() {
         bail!("--kill-servers stops servers of the embedded rack; it cannot be used with --controller");
     }
@@ -152,7 +150,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             None
         }
         None => {
-            // A redundant region is given its servers (controller placement of stripes is not built yet).
+            // The embedded rack hands a redundant region its servers directly (and --kill-servers
+            // needs no controller); an existing rack's controller places the fragments.
             let rack = LocalRack::start(servers_n, capacity, args.slab_size, args.redundancy.is_none())?;
             say(format!(
                 "  {} memory servers {}",

@@ -1,0 +1,260 @@
+//! Redundant regions placed by the rack controller: the controller chooses a server for
+//! every fragment (slot = chunk × width + fragment, distinct servers and, while there are
+//! enough, distinct failure domains per chunk), the pager allocates each fragment's slab
+//! on the named server and commits them all; the stripes are then those of a region given
+//! a list of servers (`RemoteLayout::from_stripes`). A lost fragment's replacement is also
+//! placed by the controller (`place` on its slot, excluding the lost servers) and committed
+//! once re-protection has filled it.
+
+use std::net::SocketAddr;
+
+use krak_client::{ConnectOptions, Connection};
+use krak_controller::config::MAX_CHUNKS_PER_REQUEST;
+use krak_controller::messages::{ChunkServer, CommitChunk, CommitReply, CommitRequest, PlaceReply, PlaceRequest};
+use krak_controller::{ClientError as ControllerClientError, RegionRecord, ServerId};
+use krak_proto::PAGE_SIZE;
+
+use crate::rack::{controller_error, parse_addr, RackLink};
+use crate::redundancy::Redundancy;
+use crate::remote::{free_quietly, RemoteLayout};
+use crate::stripe::{Frag, FragState, Stripe};
+use crate::PagerError;
+
+/// HTTP status of a placement the rack has no room for.
+const NO_CAPACITY: u16 = 507;
+
+/// Places, allocates and commits every fragment of `region` (created `width()` wide);
+/// frees every slab allocated on failure (the caller deletes the region).
+pub(crate) fn place_and_commit(
+    link: &RackLink,
+    region: &RegionRecord,
+    connect: ConnectOptions,
+    scheme: Redundancy,
+) -> Result<(RemoteLayout, Vec<Option<Connection>>, u64), PagerError> {
+    let width = scheme.width();
+    if region.stripe_width as usize != width {
+        return Err(controller_error(format!(
+            "the controller made the region {} slots wide; {scheme} needs {width}",
+            region.stripe_width
+        )));
+    }
+    let chunk_pages = (region.chunk_bytes / PAGE_SIZE as u64) as usize;
+    let chunks = region.chunks() as usize;
+    let mut placed = Placed { servers: Vec::new(), admin: Vec::new(), frags: vec![None; chunks * width] };
+    let result = place_all(link, region, connect, scheme, chunk_pages, &mut placed);
+    let stripes = match result.and_then(|()| placed.stripes(width)) {
+        Ok(stripes) => stripes,
+        Err(e) => {
+            placed.free_all();
+            return Err(e);
+        }
+    };
+    let commits: Vec<CommitChunk> = placed.commits(link);
+    let mut epoch = 0;
+    for batch in commits.chunks(MAX_CHUNKS_PER_REQUEST) {
+        let committed: Result<CommitReply, _> = link.client.lock().call(
+            "POST",
+            &format!("/v1/regions/{}/commit", region.id.0),
+            Some(&CommitRequest { chunks: batch.to_vec() }),
+        );
+        match committed {
+            Ok(reply) => epoch = epoch.max(reply.epoch),
+            Err(e) => {
+                placed.free_all();
+                return Err(controller_error(e));
+            }
+        }
+    }
+    let layout = RemoteLayout::from_stripes(connect, chunk_pages, placed.servers, &[], scheme, stripes);
+    Ok((layout, placed.admin, epoch))
+}
+
+/// What has been allocated so far.
+struct Placed {
+    servers: Vec<SocketAddr>,
+    admin: Vec<Option<Connection>>,
+    /// Fragment of each slot, with the controller's id of its server.
+    frags: Vec<Option<(Frag, ServerId)>>,
+}
+
+impl Placed {
+    fn free_all(&mut self) {
+        for (f, _) in self.frags.iter().flatten() {
+            if let Some(conn) = self.admin[f.server].as_mut() {
+                free_quietly(conn, f.slab);
+            }
+        }
+        self.frags.clear();
+    }
+
+    /// Every chunk's stripe, checked whole and on distinct servers (what the pager's reads
+    /// and writes assume, whatever the controller answered).
+    fn stripes(&self, width: usize) -> Result<Vec<Stripe>, PagerError> {
+        let mut out = Vec::with_capacity(self.frags.len() / width);
+        for (c, slots) in self.frags.chunks(width).enumerate() {
+            let stripe: Option<Stripe> = slots.iter().map(|s| s.map(|(f, _)| f)).collect();
+            let Some(stripe) = stripe else { return Err(controller_error(format!("chunk {c} was left unplaced"))) };
+            if (1..width).any(|i| stripe[..i].iter().any(|f| f.server == stripe[i].server)) {
+                return Err(controller_error(format!("the controller put two fragments of chunk {c} on one server")));
+            }
+            out.push(stripe);
+        }
+        Ok(out)
+    }
+
+    fn commits(&self, link: &RackLink) -> Vec<CommitChunk> {
+        let mut ids = link.ids.lock();
+        let mut out = Vec::with_capacity(self.frags.len());
+        for (slot, (f, id)) in self.frags.iter().enumerate().filter_map(|(s, f)| f.map(|f| (s, f))) {
+            ids.insert(self.servers[f.server], id);
+            out.push(CommitChunk { chunk: slot as u64, server: id, slab: f.slab.0 });
+        }
+        out
+    }
+}
+
+fn place_all(
+    link: &RackLink,
+    region: &RegionRecord,
+    connect: ConnectOptions,
+    scheme: Redundancy,
+    chunk_pages: usize,
+    placed: &mut Placed,
+) -> Result<(), PagerError> {
+    let width = scheme.width();
+    let slots = placed.frags.len();
+    // Whole stripes per request: the controller keeps a chunk's fragments apart only among
+    // those in the map and those chosen in the same request.
+    let per_request = (MAX_CHUNKS_PER_REQUEST / width).max(1) * width;
+    for first in (0..slots).step_by(per_request) {
+        let batch: Vec<u64> = (first..(first + per_request).min(slots)).map(|s| s as u64).collect();
+        let reply: PlaceReply = link
+            .client
+            .lock()
+            .call(
+                "POST",
+                &format!("/v1/regions/{}/place", region.id.0),
+                Some(&PlaceRequest { chunks: batch, exclude: vec![] }),
+            )
+            .map_err(|e| placement_error(e, (slots * chunk_pages * scheme.unit_bytes()) as u64))?;
+        for p in &reply.placements {
+            let slot = p.chunk as usize;
+            if slot >= slots {
+                return Err(controller_error(format!("placement named slot {slot} of {slots}")));
+            }
+            let addr = parse_addr(&p.addr)?;
+            let server = match placed.servers.iter().position(|a| *a == addr) {
+                Some(i) => i,
+                None => {
+                    placed.admin.push(Some(Connection::connect(addr, connect)?));
+                    placed.servers.push(addr);
+                    placed.servers.len() - 1
+                }
+            };
+            let conn = placed.admin[server].as_mut().expect("connected above");
+            if (conn.slab_pages() as usize) < chunk_pages {
+                return Err(controller_error(format!("{addr} lends slabs smaller than the region's chunks")));
+            }
+            let slab = conn.alloc_slab_units(scheme.unit_bytes() as u32)?;
+            if let Some((old, _)) =
+                placed.frags[slot].replace((Frag { server, slab, state: FragState::Live }, p.server))
+            {
+                free_quietly(placed.admin[old.server].as_mut().expect("allocated there"), old.slab);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn placement_error(e: ControllerClientError, needed_bytes: u64) -> PagerError {
+    match e {
+        ControllerClientError::Status { status: NO_CAPACITY, message } => {
+            tracing::warn!("the controller cannot place the region: {message}");
+            PagerError::RackFull { needed_bytes, got_bytes: 0, servers: 0 }
+        }
+        e => controller_error(e),
+    }
+}
+
+/// Why the controller gave no server for a replacement.
+pub(crate) enum NoReplacement {
+    /// No server qualifies (all left are in the stripe, dead or full), or the controller
+    /// cannot be reached: wait.
+    NoSpare(String),
+    Failed(String),
+}
+
+/// Asks the controller for a server for fragment `frag` of `chunk`, off every server the
+/// region has lost; returns its index in the layout's server table and its id.
+pub(crate) fn place_replacement(
+    link: &RackLink,
+    layout: &RemoteLayout,
+    chunk: usize,
+    frag: usize,
+) -> Result<(usize, ServerId), NoReplacement> {
+    let width = layout.redundancy().width();
+    let exclude: Vec<ServerId> = {
+        let ids = link.ids.lock();
+        layout.stripes.lost_servers().iter().filter_map(|s| ids.get(&layout.server_addr(*s)).copied()).collect()
+    };
+    let slot = (chunk * width + frag) as u64;
+    let reply: Result<PlaceReply, _> = link.client.lock().call(
+        "POST",
+        &format!("/v1/regions/{}/place", link.region.0),
+        Some(&PlaceRequest { chunks: vec![slot], exclude }),
+    );
+    let reply = match reply {
+        Ok(r) => r,
+        Err(ControllerClientError::Status { status: NO_CAPACITY, message }) => {
+            return Err(NoReplacement::NoSpare(format!("the controller has no server for a replacement: {message}")))
+        }
+        // Not the fragment's fault: asked again each round, without using up its attempts.
+        Err(e @ (ControllerClientError::Io { .. } | ControllerClientError::Status { status: 503, .. })) => {
+            return Err(NoReplacement::NoSpare(format!("the controller cannot be asked for a replacement: {e}")))
+        }
+        Err(e) => return Err(NoReplacement::Failed(format!("asking the controller for a replacement: {e}"))),
+    };
+    let Some(ChunkServer { server: id, addr, .. }) = reply.placements.into_iter().find(|p| p.chunk == slot) else {
+        return Err(NoReplacement::Failed("the controller placed no server for the replacement".into()));
+    };
+    let addr = parse_addr(&addr).map_err(|e| NoReplacement::Failed(e.to_string()))?;
+    let server = layout.server_index(addr);
+    if layout.stripes.is_lost(server) || layout.stripes.with(chunk, |s| s.iter().any(|f| f.server == server)) {
+        return Err(NoReplacement::Failed(format!(
+            "the controller chose {addr}, which is lost for the region or already holds a fragment of chunk {chunk}"
+        )));
+    }
+    link.ids.lock().insert(addr, id);
+    Ok((server, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use krak_proto::SlabId;
+
+    fn placed(servers: &[Option<usize>]) -> Placed {
+        let frags = servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.map(|server| {
+                    (Frag { server, slab: SlabId(i as u64, 0), state: FragState::Live }, ServerId(server as u32 + 1))
+                })
+            })
+            .collect();
+        Placed { servers: Vec::new(), admin: Vec::new(), frags }
+    }
+
+    #[test]
+    fn stripes_must_be_whole_and_on_distinct_servers() {
+        let ok = placed(&[Some(0), Some(1), Some(2), Some(1), Some(2), Some(0)]);
+        let stripes = ok.stripes(3).unwrap();
+        assert_eq!(stripes.len(), 2);
+        assert_eq!(stripes[1].iter().map(|f| f.server).collect::<Vec<_>>(), vec![1, 2, 0]);
+        let shared = placed(&[Some(0), Some(1), Some(2), Some(1), Some(2), Some(1)]);
+        assert!(shared.stripes(3).unwrap_err().to_string().contains("two fragments of chunk 1"));
+        let missing = placed(&[Some(0), None, Some(2)]);
+        assert!(missing.stripes(3).unwrap_err().to_string().contains("chunk 0 was left unplaced"));
+    }
+}

@@ -1,0 +1,326 @@
+//! Redundant regions placed by a real rack controller (in process, over a file store):
+//! every fragment of a chunk on its own server and failure domain, as the controller's map
+//! shows; a server killed under a verified workload costs no page; the controller shows the
+//! region's slots on the dead server as degraded until re-protection, whose replacements
+//! the controller places (on a host that joins the rack meanwhile) and the pager commits.
+//! Every page is checked against an oracle during the workload and at the end.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use krak_controller::messages::{HeartbeatRequest, MapReply, RegisterReply, RegisterRequest, StatusReply};
+use krak_controller::{Client, Controller, ControllerConfig, ControllerHandle, ServerId};
+use krak_memserver::ServerHandle;
+use krak_pager::{FarMemory, FaultMode, PagerConfig, Redundancy, PAGE_SIZE};
+
+const REGION_BYTES: u64 = 8 << 20;
+const BUDGET_BYTES: u64 = 1 << 20;
+const SERVER_BYTES: u64 = 64 << 20;
+const THREADS: usize = 3;
+const WORDS: usize = PAGE_SIZE / 8;
+
+/// A controller and memory servers that register (each its own domain) and heartbeat, as
+/// `krak memserver --controller` does; a server taken out stops heartbeating.
+struct Rack {
+    servers: Arc<Mutex<Vec<Option<ServerHandle>>>>,
+    /// Controller id of each registered server (by index in `servers`).
+    ids: Arc<Mutex<HashMap<usize, ServerId>>>,
+    controller: Option<ControllerHandle>,
+    url: String,
+    beating: Arc<AtomicBool>,
+    heart: Option<std::thread::JoinHandle<()>>,
+    dir: std::path::PathBuf,
+}
+
+impl Rack {
+    /// `n` servers, of which the first `registered` register at once.
+    fn start(tag: &str, n: usize, registered: usize) -> Rack {
+        let handles = servers(n, SERVER_BYTES);
+        let dir = std::env::temp_dir().join(format!("krak-ctl-red-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Arc::new(krak_meta_file::FileStore::open(&dir).expect("file store"));
+        let mut config = ControllerConfig::new("127.0.0.1:0".parse().unwrap());
+        config.default_chunk_bytes = SLAB_BYTES;
+        config.suspect_after_ms = 400;
+        config.dead_after_ms = 800;
+        let controller = Controller::start(config, store).expect("controller starts");
+        let url = controller.url();
+        let servers = Arc::new(Mutex::new(handles.into_iter().map(Some).collect::<Vec<_>>()));
+        let ids = Arc::new(Mutex::new(HashMap::new()));
+        let beating = Arc::new(AtomicBool::new(true));
+        let mut rack = Rack {
+            servers: servers.clone(),
+            ids: ids.clone(),
+            controller: Some(controller),
+            url: url.clone(),
+            beating: beating.clone(),
+            heart: None,
+            dir,
+        };
+        for i in 0..registered {
+            rack.register(i);
+        }
+        rack.heart = Some(std::thread::spawn(move || {
+            let client = Client::new(&url).unwrap();
+            while beating.load(Ordering::Relaxed) {
+                let registered: Vec<(usize, ServerId)> = ids.lock().unwrap().iter().map(|(i, id)| (*i, *id)).collect();
+                for (i, id) in registered {
+                    let Some(stats) = servers.lock().unwrap()[i].as_ref().map(ServerHandle::stats) else { continue };
+                    let beat = HeartbeatRequest {
+                        lent_bytes: stats.lent_bytes,
+                        free_bytes: stats.capacity_bytes - stats.lent_bytes,
+                        slabs: stats.slabs,
+                        host_free_bytes: None,
+                    };
+                    let _: Result<serde_json::Value, _> =
+                        client.call("POST", &format!("/v1/servers/{}/heartbeat", id.0), Some(&beat));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }));
+        rack
+    }
+
+    fn register(&self, i: usize) -> ServerId {
+        let reply: RegisterReply = self
+            .client()
+            .call(
+                "POST",
+                "/v1/servers",
+                Some(&RegisterRequest {
+                    addr: self.addr(i),
+                    capacity_bytes: SERVER_BYTES,
+                    slab_size_bytes: SLAB_BYTES,
+                    domain: format!("rack1/host{i}"),
+                    headroom_bytes: 0,
+                }),
+            )
+            .expect("server registers");
+        self.ids.lock().unwrap().insert(i, reply.id);
+        reply.id
+    }
+
+    fn addr(&self, i: usize) -> String {
+        self.servers.lock().unwrap()[i].as_ref().expect("running").addr().to_string()
+    }
+
+    fn slabs(&self, i: usize) -> u64 {
+        self.servers.lock().unwrap()[i].as_ref().expect("running").stats().slabs
+    }
+
+    /// Shuts server `i` down (its slabs are gone) and stops its heartbeats.
+    fn kill(&self, i: usize) -> ServerId {
+        let id = self.ids.lock().unwrap().remove(&i).expect("registered");
+        let handle = self.servers.lock().unwrap()[i].take().expect("running");
+        handle.shutdown().expect("server stops");
+        id
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.url).unwrap()
+    }
+
+    fn status(&self) -> StatusReply {
+        self.client().call::<(), _>("GET", "/v1/status", None).expect("status")
+    }
+
+    fn map(&self, region: u64) -> MapReply {
+        self.client().call::<(), _>("GET", &format!("/v1/regions/{region}/map"), None).expect("map")
+    }
+
+    fn region(&self, scheme: &str, mode: FaultMode) -> Arc<FarMemory> {
+        Arc::new(
+            FarMemory::new(PagerConfig {
+                region_bytes: REGION_BYTES,
+                local_budget_bytes: BUDGET_BYTES,
+                controller: Some(self.url.clone()),
+                fault_mode: mode,
+                redundancy: scheme.parse::<Redundancy>().unwrap(),
+                ..Default::default()
+            })
+            .expect("redundant region placed by the controller"),
+        )
+    }
+}
+
+impl Drop for Rack {
+    fn drop(&mut self) {
+        self.beating.store(false, Ordering::Relaxed);
+        if let Some(h) = self.heart.take() {
+            let _ = h.join();
+        }
+        if let Some(c) = self.controller.take() {
+            c.shutdown();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn word(page: usize, version: u64, w: usize) -> u64 {
+    let x = (page as u64) << 32 ^ version << 12 ^ w as u64;
+    x.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (x >> 29)
+}
+
+fn fill_page(region: &FarMemory, page: usize, version: u64) {
+    for w in 0..WORDS {
+        write_u64(region, page * PAGE_SIZE + w * 8, word(page, version, w));
+    }
+}
+
+fn page_is(region: &FarMemory, page: usize, version: u64) -> bool {
+    (0..WORDS).all(|w| read_u64(region, page * PAGE_SIZE + w * 8) == word(page, version, w))
+}
+
+/// The version last written to each page.
+struct Oracle(Vec<AtomicU64>);
+
+/// Threads reading (checked) and rewriting pages of their own until stopped; returns the
+/// wrong pages they saw.
+fn workload(region: Arc<FarMemory>, oracle: Arc<Oracle>, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<u64>> {
+    (0..THREADS)
+        .map(|t| {
+            let (region, oracle, stop) = (region.clone(), oracle.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut rng = 0x2545_f491_4f6c_dd1du64 ^ (t as u64) << 40;
+                let mut wrong = 0;
+                let pages = oracle.0.len();
+                while !stop.load(Ordering::Relaxed) {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let page = ((rng >> 8) as usize % (pages / THREADS)) * THREADS + t;
+                    let version = oracle.0[page].load(Ordering::Relaxed);
+                    if rng % 10 < 7 {
+                        if !page_is(&region, page, version) {
+                            wrong += 1;
+                        }
+                    } else {
+                        fill_page(&region, page, version + 1);
+                        oracle.0[page].store(version + 1, Ordering::Relaxed);
+                    }
+                }
+                wrong
+            })
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The servers of each chunk's stripe, as the controller's map has them.
+fn stripes_in_map(map: &MapReply) -> Vec<Vec<ServerId>> {
+    let width = map.region.stripe_width as usize;
+    let mut slots = vec![None; map.region.slots() as usize];
+    for e in &map.entries {
+        slots[e.chunk as usize] = Some(e.server);
+    }
+    let slots: Vec<ServerId> = slots.into_iter().map(|s| s.expect("every slot placed")).collect();
+    slots.chunks(width).map(<[ServerId]>::to_vec).collect()
+}
+
+fn distinct(stripe: &[ServerId]) -> bool {
+    let mut s = stripe.to_vec();
+    s.sort();
+    s.dedup();
+    s.len() == stripe.len()
+}
+
+/// Places a `scheme` region on the first `width` servers of a rack of `width + 1`, kills
+/// server 0 under a verified workload, checks that the controller shows degraded slots
+/// while no server can take the replacements, registers the last server, and checks that
+/// re-protection through the controller brings the region back: degraded slots 0, the
+/// replaced slots on the new server, every stripe still on distinct servers, every page
+/// as written.
+fn lose_a_server_and_reprotect(tag: &str, scheme: &str, mode: FaultMode) {
+    let width = scheme.parse::<Redundancy>().unwrap().width();
+    let rack = Rack::start(tag, width + 1, width);
+    let region = rack.region(scheme, mode);
+    let status = rack.status();
+    assert_eq!(status.regions.len(), 1);
+    let record = &status.regions[0];
+    assert_eq!((record.record.stripe_width as usize, record.record.redundancy.as_str()), (width, scheme));
+    assert_eq!(record.placed_chunks, record.record.slots(), "every fragment committed: {record:?}");
+    let region_id = record.record.id.0;
+    let stripes = stripes_in_map(&rack.map(region_id));
+    let domain_of: HashMap<ServerId, String> =
+        status.servers.iter().map(|s| (s.record.id, s.record.domain.clone())).collect();
+    for stripe in &stripes {
+        assert!(distinct(stripe), "{scheme}: a chunk's fragments share a server: {stripe:?}");
+        let mut domains: Vec<&String> = stripe.iter().map(|s| &domain_of[s]).collect();
+        domains.sort();
+        domains.dedup();
+        assert_eq!(domains.len(), width, "{scheme}: a chunk's fragments share a domain: {stripe:?}");
+    }
+
+    let pages = region.len() / PAGE_SIZE;
+    let oracle = Arc::new(Oracle((0..pages).map(|_| AtomicU64::new(1)).collect()));
+    for p in 0..pages {
+        fill_page(&region, p, 1);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = workload(region.clone(), oracle.clone(), stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let dead = rack.kill(0);
+
+    // No server outside the stripes is placeable: the slots stay degraded until one joins.
+    wait_until("the controller to count the dead server's slots as degraded", Duration::from_secs(20), || {
+        rack.status().regions[0].degraded_slots > 0
+    });
+    let degraded = rack.status().regions[0].degraded_slots;
+    assert_eq!(degraded, stripes.iter().flatten().filter(|s| **s == dead).count() as u64);
+    wait_until("the pager to lose the killed server", Duration::from_secs(20), || region.lost_servers().len() == 1);
+    let joined = rack.register(width);
+
+    wait_until("re-protection through the controller", Duration::from_secs(40), || {
+        rack.status().regions[0].degraded_slots == 0 && region.min_live_fragments() == width
+    });
+    stop.store(true, Ordering::Relaxed);
+    let wrong: u64 = threads.into_iter().map(|t| t.join().expect("worker")).sum();
+    assert_eq!(wrong, 0, "{scheme}: the workload saw wrong pages");
+    let bad: Vec<usize> = (0..pages).filter(|p| !page_is(&region, *p, oracle.0[*p].load(Ordering::Relaxed))).collect();
+    assert!(bad.is_empty(), "{scheme}: {} pages wrong, e.g. {:?}", bad.len(), &bad[..bad.len().min(8)]);
+
+    let after = stripes_in_map(&rack.map(region_id));
+    for (before, now) in stripes.iter().zip(&after) {
+        assert!(distinct(now), "{scheme}: a re-protected stripe shares a server: {now:?}");
+        for (b, n) in before.iter().zip(now) {
+            if *b == dead {
+                assert_eq!(*n, joined, "{scheme}: a replaced slot names the server that joined");
+            } else {
+                assert_eq!(b, n, "{scheme}: only the dead server's slots moved");
+            }
+        }
+    }
+    let stats = region.stats();
+    eprintln!("{scheme}: {stats:?}");
+    assert_eq!(stats.failed_faults, 0);
+    assert!(stats.reprotected_pages > 0, "{scheme}: re-protection rebuilt pages");
+    assert_eq!(rack.slabs(width), degraded, "{scheme}: the joined server holds one slab per replaced fragment");
+
+    drop(region);
+    assert!(rack.status().regions.is_empty(), "dropping the region removes it from the controller");
+    for s in rack.servers.lock().unwrap().iter().flatten() {
+        assert_eq!(s.stats().lent_bytes, 0, "every fragment's slab is freed");
+    }
+}
+
+#[test]
+fn an_ec_4_2_region_placed_by_the_controller_is_reprotected_through_it() {
+    lose_a_server_and_reprotect("ec", "ec:4+2", FaultMode::Threads);
+}
+
+#[test]
+fn a_replicate_2_region_placed_by_the_controller_is_reprotected_through_it() {
+    lose_a_server_and_reprotect("rep", "replicate:2", FaultMode::Sigbus);
+}
