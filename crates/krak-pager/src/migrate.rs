@@ -69,17 +69,7 @@ pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: MutexGuard<'_, 
     };
     let chunk_pages = shared.layout.chunk_pages;
     let (start, end) = (chunk * chunk_pages, ((chunk + 1) * chunk_pages).min(shared.region_pages()));
-    let mut pages = Vec::with_capacity(STEP_PAGES);
-    let mut next = from;
-    while next < end && pages.len() < STEP_PAGES {
-        if core.states[next] & REMOTE != 0 {
-            pages.push(next);
-        }
-        next += 1;
-    }
-    if let Some(mv) = core.moves.front_mut() {
-        mv.next_page = next;
-    }
+    let pages = next_step_pages(&mut core, from, end);
     if pages.is_empty() {
         if core.states[start..end].iter().any(|s| s & STATE_MASK == FETCHING) {
             // A fetch from the old home is in flight: switch once it has landed.
@@ -118,6 +108,24 @@ pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: MutexGuard<'_, 
             finish(shared, &mut core, id, Err(e.to_string()));
         }
     }
+}
+
+/// The `REMOTE` pages of the next step of the move at the head of the queue: at most
+/// `STEP_PAGES` of `[from, end)`; records where the step after starts. Shared by chunk moves
+/// and re-protection rebuilds, which step through a chunk alike.
+pub(crate) fn next_step_pages(core: &mut Core, from: usize, end: usize) -> Vec<usize> {
+    let mut pages = Vec::with_capacity(STEP_PAGES);
+    let mut next = from;
+    while next < end && pages.len() < STEP_PAGES {
+        if core.states[next] & REMOTE != 0 {
+            pages.push(next);
+        }
+        next += 1;
+    }
+    if let Some(mv) = core.moves.front_mut() {
+        mv.next_page = next;
+    }
+    pages
 }
 
 pub(crate) fn finish(shared: &Shared, core: &mut Core, id: u64, result: Result<u64, String>) {

@@ -21,7 +21,7 @@ use krak_uffd::PAGE_SIZE;
 use parking_lot::MutexGuard;
 
 use crate::core::{ChunkMove, Core, Shared, REMOTE};
-use crate::migrate::{admin_conn, finish, NEXT_MOVE_ID};
+use crate::migrate::{admin_conn, finish, next_step_pages, NEXT_MOVE_ID};
 use crate::rack::RackLink;
 use crate::rack_stripes::NoReplacement;
 use crate::redundancy::Coder;
@@ -312,17 +312,7 @@ pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: MutexGuard<'_, 
     }
     let chunk_pages = layout.chunk_pages;
     let end = ((chunk + 1) * chunk_pages).min(shared.region_pages());
-    let mut pages = Vec::with_capacity(STEP_PAGES);
-    let mut next = from;
-    while next < end && pages.len() < STEP_PAGES {
-        if core.states[next] & REMOTE != 0 {
-            pages.push(next);
-        }
-        next += 1;
-    }
-    if let Some(mv) = core.moves.front_mut() {
-        mv.next_page = next;
-    }
+    let pages = next_step_pages(&mut core, from, end);
     if pages.is_empty() {
         let copied = core.moves.front().map_or(0, |m| m.pages_copied);
         let result = if layout.stripes.transition(chunk, frag, FragState::Rebuilding, FragState::Live) {
