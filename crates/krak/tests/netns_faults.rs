@@ -19,48 +19,12 @@ mod netns;
 
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Stdio};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use controller_common::*;
 use netns::delay::DelayProxy;
+use netns::demo::Demo;
 use netns::Net;
-
-/// A `krak demo` on the rack at `url`, running in the background.
-struct Demo {
-    proc: Proc,
-    stdout: Option<JoinHandle<String>>,
-    stderr: Option<JoinHandle<String>>,
-}
-
-impl Demo {
-    fn start(url: &str, region: &str, local: &str, seconds: u32) -> Demo {
-        let mut child = Command::new(KRAK)
-            .args(["demo", "--controller", url, "--region", region, "--local", local])
-            .args(["--seconds", &seconds.to_string(), "--no-baseline", "--json"])
-            .args(["--secret-file", secret_file()])
-            .env_remove("RUST_BACKTRACE")
-            .env_remove("KRAK_CONTROLLER")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("demo starts (it ends by itself after --seconds)");
-        let stdout = Some(read_all(child.stdout.take().unwrap()));
-        let stderr = Some(read_all(child.stderr.take().unwrap()));
-        Demo { proc: Proc(child), stdout, stderr }
-    }
-
-    /// Waits at most `bound` for the demo to end: its exit status, stdout and stderr.
-    fn wait(mut self, bound: Duration) -> (std::process::ExitStatus, String, String) {
-        let (status, took) = wait_for(bound, "the demo to end", || self.proc.0.try_wait().ok().flatten());
-        eprintln!("demo ended after {took:?} more: {status}");
-        let stdout = self.stdout.take().unwrap().join().unwrap();
-        let stderr = self.stderr.take().unwrap().join().unwrap();
-        (status, stdout, stderr)
-    }
-}
 
 /// Asserts the demo ended verified with all `pages` checked; its report.
 fn assert_verified(status: std::process::ExitStatus, stdout: &str, stderr: &str, pages: u64) -> serde_json::Value {
@@ -108,7 +72,7 @@ fn delay_and_loss_cost_no_page() {
     let advertised: Vec<SocketAddr> = proxies.iter().map(|p| p.addr).collect();
     net.wait_alive(&url, &advertised);
 
-    let demo = Demo::start(&url, "32MiB", "8MiB", 3);
+    let demo = Demo::start(&url, &["--region", "32MiB", "--local", "8MiB", "--seconds", "3"]);
     let (status, stdout, stderr) = demo.wait(Duration::from_secs(180));
     let report = assert_verified(status, &stdout, &stderr, 32 * 256);
     // the pages went through the delay lines, not around them
@@ -133,7 +97,7 @@ fn brief_link_cut_costs_no_page() {
     let store = dir.path().join("store");
     let (url, servers) = net.rack(store.to_str().unwrap(), &[]);
 
-    let demo = Demo::start(&url, "48MiB", "12MiB", 8);
+    let demo = Demo::start(&url, &["--region", "48MiB", "--local", "12MiB", "--seconds", "8"]);
     wait_placed_on(&url, servers[0]);
     std::thread::sleep(Duration::from_secs(1));
     net.cut_link(0);
@@ -154,7 +118,7 @@ fn lasting_link_cut_fails_loudly_within_a_bound() {
     let store = dir.path().join("store");
     let (url, servers) = net.rack(store.to_str().unwrap(), &[]);
 
-    let demo = Demo::start(&url, "48MiB", "12MiB", 60);
+    let demo = Demo::start(&url, &["--region", "48MiB", "--local", "12MiB", "--seconds", "60"]);
     wait_placed_on(&url, servers[0]);
     std::thread::sleep(Duration::from_secs(1));
     net.cut_link(0);

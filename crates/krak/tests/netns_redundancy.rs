@@ -14,59 +14,34 @@ mod controller_common;
 mod netns;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use controller_common::*;
+use netns::demo::Demo;
 use netns::Net;
 
 const REGION_MIB: u64 = 32;
 
-/// A `krak demo` with redundancy on the rack at `url`, running in the background.
-struct Demo {
-    proc: Proc,
-    stdout: Option<JoinHandle<String>>,
-    stderr: Option<JoinHandle<String>>,
+/// A `krak demo` with redundancy `scheme` on the rack at `url`, for `seconds`.
+fn start_demo(url: &str, scheme: &str, seconds: u32) -> Demo {
+    let region = format!("{REGION_MIB}MiB");
+    let seconds = seconds.to_string();
+    Demo::start(url, &["--redundancy", scheme, "--region", &region, "--local", "8MiB", "--seconds", &seconds])
 }
 
-impl Demo {
-    fn start(url: &str, scheme: &str, seconds: u32) -> Demo {
-        let region = format!("{REGION_MIB}MiB");
-        let mut child = Command::new(KRAK)
-            .args(["demo", "--controller", url, "--redundancy", scheme, "--region", &region, "--local", "8MiB"])
-            .args(["--seconds", &seconds.to_string(), "--no-baseline", "--json"])
-            .args(["--secret-file", secret_file()])
-            .env_remove("RUST_BACKTRACE")
-            .env("KRAK_LOG", "info")
-            .env_remove("KRAK_CONTROLLER")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("demo starts (it ends by itself after --seconds)");
-        let stdout = Some(read_all(child.stdout.take().unwrap()));
-        let stderr = Some(read_all(child.stderr.take().unwrap()));
-        Demo { proc: Proc(child), stdout, stderr }
-    }
-
-    /// Waits at most `bound` for the demo to end; asserts it verified every page without a
-    /// failed fault, and returns its report.
-    fn verified(mut self, bound: Duration, scheme: &str) -> serde_json::Value {
-        let (status, took) = wait_for(bound, "the demo to end", || self.proc.0.try_wait().ok().flatten());
-        eprintln!("demo ended after {took:?} more: {status}");
-        let stdout = self.stdout.take().unwrap().join().unwrap();
-        let stderr = self.stderr.take().unwrap().join().unwrap();
-        assert!(status.success(), "demo failed: {status}\n{stdout}\n{stderr}");
-        let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
-        assert_eq!(report["verified"], true, "{report:#}");
-        assert_eq!(report["pages_verified"], REGION_MIB * 256, "every page checked: {report:#}");
-        assert_eq!(report["mismatches"], 0, "{report:#}");
-        assert_eq!(report["redundancy"], scheme, "{report:#}");
-        assert_eq!(report["pager"]["failed_faults"], 0, "{report:#}");
-        assert!(report["pager"]["degraded_reads"].as_u64().unwrap_or(0) > 0, "reads went around lost hosts");
-        report
-    }
+/// Waits at most `bound` for the demo to end; asserts it verified every page without a
+/// failed fault, and returns its report.
+fn verified(demo: Demo, bound: Duration, scheme: &str) -> serde_json::Value {
+    let (status, stdout, stderr) = demo.wait(bound);
+    assert!(status.success(), "demo failed: {status}\n{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["verified"], true, "{report:#}");
+    assert_eq!(report["pages_verified"], REGION_MIB * 256, "every page checked: {report:#}");
+    assert_eq!(report["mismatches"], 0, "{report:#}");
+    assert_eq!(report["redundancy"], scheme, "{report:#}");
+    assert_eq!(report["pager"]["failed_faults"], 0, "{report:#}");
+    assert!(report["pager"]["degraded_reads"].as_u64().unwrap_or(0) > 0, "reads went around lost hosts");
+    report
 }
 
 /// Starts a controller and `n` hosts' memory servers (each its own domain); the URL and
@@ -106,7 +81,7 @@ fn ec_4_2_region_across_hosts_survives_a_host_killed_and_another_cut_off() {
     let store = dir.path().join("store");
     let (url, servers) = rack(&mut net, store.to_str().unwrap(), 7);
 
-    let demo = Demo::start(&url, "ec:4+2", 16);
+    let demo = start_demo(&url, "ec:4+2", 16);
     assert_eq!(wait_placed_on(&url, servers[0]), 6);
     let st = status(&url).unwrap();
     assert_eq!(region(&st).unwrap()["redundancy"], "ec:4+2");
@@ -117,7 +92,7 @@ fn ec_4_2_region_across_hosts_survives_a_host_killed_and_another_cut_off() {
     std::thread::sleep(Duration::from_secs(4));
     net.cut_link(1);
     eprintln!("host2's link cut");
-    let report = demo.verified(Duration::from_secs(90), "ec:4+2");
+    let report = verified(demo, Duration::from_secs(90), "ec:4+2");
     let lost = report["pager"]["lost_servers"].as_u64().unwrap();
     assert!(lost >= 2, "both hosts lost for the region: {report:#}");
     assert!(report["pager"]["reprotected_pages"].as_u64().unwrap_or(0) > 0, "re-protection ran: {report:#}");
@@ -137,7 +112,7 @@ fn replicate_2_region_across_hosts_is_reprotected_through_the_controller() {
     let store = dir.path().join("store");
     let (url, servers) = rack(&mut net, store.to_str().unwrap(), 3);
 
-    let mut demo = Demo::start(&url, "replicate:2", 14);
+    let demo = start_demo(&url, "replicate:2", 14);
     assert_eq!(wait_placed_on(&url, servers[0]), 2);
     std::thread::sleep(Duration::from_secs(1));
     net.kill_host(0);
@@ -157,8 +132,7 @@ fn replicate_2_region_across_hosts_is_reprotected_through_the_controller() {
             last = st;
         }
         if waited.elapsed() > Duration::from_secs(30) {
-            demo.proc.0.kill().ok();
-            let stderr = demo.stderr.take().unwrap().join().unwrap();
+            let stderr = demo.kill();
             panic!("the dead host's slots were not re-protected within 30 s; last status {last:#}\n{stderr}");
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -167,7 +141,7 @@ fn replicate_2_region_across_hosts_is_reprotected_through_the_controller() {
     eprintln!("host1 dead and its slots re-protected {:?} after the kill", waited.elapsed());
     let text = krak_ok(&["status", "--controller", &url]);
     assert!(text.contains("replicate:2"), "krak status shows the region's redundancy:\n{text}");
-    let report = demo.verified(Duration::from_secs(90), "replicate:2");
+    let report = verified(demo, Duration::from_secs(90), "replicate:2");
     assert_eq!(report["pager"]["lost_servers"], 1, "{report:#}");
     assert!(report["pager"]["reprotected_pages"].as_u64().unwrap_or(0) > 0, "{report:#}");
     eprintln!("replicate:2 over 3 hosts, 1 killed; test took {:?}", t0.elapsed());

@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod delay;
+pub mod demo;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
