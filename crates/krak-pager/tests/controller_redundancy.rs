@@ -8,10 +8,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::oracle::*;
 use common::*;
 use krak_controller::messages::{HeartbeatRequest, MapReply, RegisterReply, RegisterRequest, StatusReply};
 use krak_controller::{Client, Controller, ControllerConfig, ControllerHandle, ServerId};
@@ -22,7 +23,6 @@ const REGION_BYTES: u64 = 8 << 20;
 const BUDGET_BYTES: u64 = 1 << 20;
 const SERVER_BYTES: u64 = 64 << 20;
 const THREADS: usize = 3;
-const WORDS: usize = PAGE_SIZE / 8;
 
 /// A controller and memory servers that register (each its own domain) and heartbeat, as
 /// `krak memserver --controller` does; a server taken out stops heartbeating.
@@ -161,55 +161,6 @@ impl Drop for Rack {
     }
 }
 
-fn word(page: usize, version: u64, w: usize) -> u64 {
-    let x = (page as u64) << 32 ^ version << 12 ^ w as u64;
-    x.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (x >> 29)
-}
-
-fn fill_page(region: &FarMemory, page: usize, version: u64) {
-    for w in 0..WORDS {
-        write_u64(region, page * PAGE_SIZE + w * 8, word(page, version, w));
-    }
-}
-
-fn page_is(region: &FarMemory, page: usize, version: u64) -> bool {
-    (0..WORDS).all(|w| read_u64(region, page * PAGE_SIZE + w * 8) == word(page, version, w))
-}
-
-/// The version last written to each page.
-struct Oracle(Vec<AtomicU64>);
-
-/// Threads reading (checked) and rewriting pages of their own until stopped; returns the
-/// wrong pages they saw.
-fn workload(region: Arc<FarMemory>, oracle: Arc<Oracle>, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<u64>> {
-    (0..THREADS)
-        .map(|t| {
-            let (region, oracle, stop) = (region.clone(), oracle.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut rng = 0x2545_f491_4f6c_dd1du64 ^ (t as u64) << 40;
-                let mut wrong = 0;
-                let pages = oracle.0.len();
-                while !stop.load(Ordering::Relaxed) {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    let page = ((rng >> 8) as usize % (pages / THREADS)) * THREADS + t;
-                    let version = oracle.0[page].load(Ordering::Relaxed);
-                    if rng % 10 < 7 {
-                        if !page_is(&region, page, version) {
-                            wrong += 1;
-                        }
-                    } else {
-                        fill_page(&region, page, version + 1);
-                        oracle.0[page].store(version + 1, Ordering::Relaxed);
-                    }
-                }
-                wrong
-            })
-        })
-        .collect()
-}
-
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
@@ -264,12 +215,12 @@ fn lose_a_server_and_reprotect(tag: &str, scheme: &str, mode: FaultMode) {
     }
 
     let pages = region.len() / PAGE_SIZE;
-    let oracle = Arc::new(Oracle((0..pages).map(|_| AtomicU64::new(1)).collect()));
+    let oracle = Arc::new(Oracle::at(pages, 1));
     for p in 0..pages {
         fill_page(&region, p, 1);
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let threads = workload(region.clone(), oracle.clone(), stop.clone());
+    let threads = workload(region.clone(), oracle.clone(), stop.clone(), THREADS);
     std::thread::sleep(Duration::from_millis(500));
     let dead = rack.kill(0);
 
@@ -286,7 +237,7 @@ fn lose_a_server_and_reprotect(tag: &str, scheme: &str, mode: FaultMode) {
         rack.status().regions[0].degraded_slots == 0 && region.min_live_fragments() == width
     });
     stop.store(true, Ordering::Relaxed);
-    let wrong: u64 = threads.into_iter().map(|t| t.join().expect("worker")).sum();
+    let wrong: u64 = threads.into_iter().map(|t| t.join().expect("worker").1).sum();
     assert_eq!(wrong, 0, "{scheme}: the workload saw wrong pages");
     let bad: Vec<usize> = (0..pages).filter(|p| !page_is(&region, *p, oracle.0[*p].load(Ordering::Relaxed))).collect();
     assert!(bad.is_empty(), "{scheme}: {} pages wrong, e.g. {:?}", bad.len(), &bad[..bad.len().min(8)]);

@@ -11,33 +11,18 @@ mod common;
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::oracle::*;
 use common::*;
 use krak_memserver::ServerHandle;
 use krak_pager::{FarMemory, FaultMode, PagerConfig, Redundancy, PAGE_SIZE};
 
-const WORDS: usize = PAGE_SIZE / 8;
 const REGION_BYTES: u64 = 8 << 20;
 const BUDGET_BYTES: u64 = 1 << 20;
 const THREADS: usize = 3;
-
-fn word(page: usize, version: u64, w: usize) -> u64 {
-    let x = (page as u64) << 32 ^ version << 12 ^ w as u64;
-    x.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (x >> 29)
-}
-
-fn fill_page(region: &FarMemory, page: usize, version: u64) {
-    for w in 0..WORDS {
-        write_u64(region, page * PAGE_SIZE + w * 8, word(page, version, w));
-    }
-}
-
-fn page_is(region: &FarMemory, page: usize, version: u64) -> bool {
-    (0..WORDS).all(|w| read_u64(region, page * PAGE_SIZE + w * 8) == word(page, version, w))
-}
 
 fn redundant_region(servers: &[Option<ServerHandle>], scheme: &str, mode: FaultMode) -> FarMemory {
     FarMemory::new(PagerConfig {
@@ -53,15 +38,6 @@ fn redundant_region(servers: &[Option<ServerHandle>], scheme: &str, mode: FaultM
 
 fn six_servers() -> Vec<Option<ServerHandle>> {
     servers(6, 64 << 20).into_iter().map(Some).collect()
-}
-
-/// The oracle: the version last written to each page (0: never written, reads zero).
-struct Oracle(Vec<AtomicU64>);
-
-impl Oracle {
-    fn new(pages: usize) -> Oracle {
-        Oracle((0..pages).map(|_| AtomicU64::new(0)).collect())
-    }
 }
 
 fn fill_all(region: &FarMemory, oracle: &Oracle) {
@@ -83,42 +59,6 @@ fn verify_every_page(region: &FarMemory, oracle: &Oracle) -> Vec<usize> {
     (0..oracle.0.len()).filter(|p| !page_is(region, *p, oracle.0[*p].load(Ordering::Relaxed))).collect()
 }
 
-/// Threads reading (checked) and rewriting pages of their own (page % THREADS) until
-/// stopped; returns (operations, wrong pages seen).
-fn workload(
-    region: Arc<FarMemory>,
-    oracle: Arc<Oracle>,
-    stop: Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<(u64, u64)>> {
-    (0..THREADS)
-        .map(|t| {
-            let (region, oracle, stop) = (region.clone(), oracle.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut rng = 0x1234_5678_9abc_def0u64 ^ (t as u64) << 40;
-                let (mut ops, mut wrong) = (0u64, 0u64);
-                let pages = oracle.0.len();
-                while !stop.load(Ordering::Relaxed) {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    let page = ((rng >> 8) as usize % (pages / THREADS)) * THREADS + t;
-                    let version = oracle.0[page].load(Ordering::Relaxed);
-                    if rng % 10 < 7 {
-                        if !page_is(&region, page, version) {
-                            wrong += 1;
-                        }
-                    } else {
-                        fill_page(&region, page, version + 1);
-                        oracle.0[page].store(version + 1, Ordering::Relaxed);
-                    }
-                    ops += 1;
-                }
-                (ops, wrong)
-            })
-        })
-        .collect()
-}
-
 /// Runs the verified workload, shutting down `kills` servers one after the other while it
 /// runs; then checks every page and the counters.
 fn survive(scheme: &str, mode: FaultMode, kills: &[usize]) {
@@ -129,7 +69,7 @@ fn survive(scheme: &str, mode: FaultMode, kills: &[usize]) {
     fill_all(&region, &oracle);
     wait_written_back(&region, (pages / 2) as u64);
     let stop = Arc::new(AtomicBool::new(false));
-    let threads = workload(region.clone(), oracle.clone(), stop.clone());
+    let threads = workload(region.clone(), oracle.clone(), stop.clone(), THREADS);
     let mut ops_at_kill = Vec::new();
     for &k in kills {
         std::thread::sleep(Duration::from_millis(700));
@@ -194,7 +134,7 @@ fn reprotect_then_survive(scheme: &str, servers_n: usize, first: usize, then: &[
     fill_all(&region, &oracle);
     wait_written_back(&region, (pages / 2) as u64);
     let stop = Arc::new(AtomicBool::new(false));
-    let threads = workload(region.clone(), oracle.clone(), stop.clone());
+    let threads = workload(region.clone(), oracle.clone(), stop.clone(), THREADS);
     std::thread::sleep(Duration::from_millis(500));
     servers[first].take().unwrap().shutdown().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
