@@ -55,12 +55,17 @@ fn run_in_cgroup(name: &str, used_bytes: &(dyn Fn() -> u64 + Sync)) -> PathBuf {
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
-        // Under a busy host the kernel's reclaim to swap can fall behind and the cgroup's
-        // OOM killer ends the worker; one retry tells that apart from a real failure.
-        let r = spawn_worker(worker_exe(), &args).or_else(|e| {
-            eprintln!("{name}: worker failed once ({e:#}); retrying");
-            spawn_worker(worker_exe(), &args)
-        });
+        // Under a busy host the kernel's reclaim to swap (a file on this VM's disk) can fall
+        // behind and the cgroup's OOM killer ends the worker; CI saw it twice in a row once.
+        // Up to ATTEMPTS runs tell that apart from a real failure, which fails every time.
+        const ATTEMPTS: usize = 4;
+        let mut r = spawn_worker(worker_exe(), &args);
+        for attempt in 2..=ATTEMPTS {
+            let Err(e) = &r else { break };
+            eprintln!("{name}: worker failed ({e:#}); attempt {attempt} of {ATTEMPTS}");
+            std::thread::sleep(Duration::from_secs(1));
+            r = spawn_worker(worker_exe(), &args);
+        }
         done.store(true, Ordering::Relaxed);
         r
     })
