@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 
 fn zero_hello() -> krak_proto::ServerHello {
     krak_proto::ServerHello {
-        version: 2,
+        version: krak_proto::PROTOCOL_VERSION,
         page_size: 4096,
         slab_size_bytes: 1 << 20,
         capacity_bytes: 1 << 30,
@@ -28,12 +28,12 @@ fuzz_target!(|data: &[u8]| {
             let _ = (version, client_id, nonce);
         }
         if let Ok(Request::Auth { proof }) = decode_request(&h, data) {
-            let t = Transcript { version: 2, client_id: 1, client_nonce: [0; 32], server: zero_hello() };
+            let t = Transcript { version: krak_proto::PROTOCOL_VERSION, client_id: 1, client_nonce: [0; 32], server: zero_hello() };
             let _ = proof_matches(&t.client_proof(&secret), &proof);
         }
         let h = Header { kind: kind | RESPONSE_BIT, ..h };
         if let Ok(Response::Hello(server)) = decode_response(&h, data) {
-            let t = Transcript { version: 2, client_id: 1, client_nonce: [0; 32], server };
+            let t = Transcript { version: krak_proto::PROTOCOL_VERSION, client_id: 1, client_nonce: [0; 32], server };
             let _ = proof_matches(&t.server_proof(&secret), &server.proof);
             let _ = t.session_key(&secret);
         }

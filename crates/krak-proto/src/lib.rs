@@ -20,7 +20,7 @@ pub use krak_auth::{MacKey, RackSecret};
 pub use message::*;
 
 /// Version spoken by this build; a server refuses a hello with any other.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The unit of transfer: every page on the wire is exactly this long.
 pub const PAGE_SIZE: usize = 4096;
 /// Smallest unit a slab may store (a page's fragment under erasure coding).
