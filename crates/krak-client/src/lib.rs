@@ -10,9 +10,13 @@
 //! secret, and every later frame in either direction carries a MAC under a key of this
 //! connection alone.
 
-use std::io::{self, Read, Write};
+mod inbox;
+
+use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
+
+use inbox::Inbox;
 
 use krak_proto::{
     decode_response, encode_alloc_slab, encode_auth, encode_free_slab, encode_hello, encode_read_pages, encode_stats,
@@ -83,7 +87,7 @@ pub struct Connection {
     timeout_ms: u64,
     spin: Duration,
     send_buf: Vec<u8>,
-    recv_buf: Vec<u8>,
+    inbox: Inbox,
     /// Seals and checks frames once the server's hello proved it knows the secret.
     mac: Option<FrameMac>,
 }
@@ -116,7 +120,7 @@ impl Connection {
             timeout_ms: opts.timeout_ms,
             spin: Duration::from_micros(opts.spin_us),
             send_buf: Vec::with_capacity(64 << 10),
-            recv_buf: Vec::with_capacity(64 << 10),
+            inbox: Inbox::new(),
             mac: None,
         };
         let nonce: [u8; NONCE_LEN] = rand::random();
@@ -316,7 +320,7 @@ impl Connection {
         if let Some(mac) = self.mac.as_mut() {
             mac.seal(&mut self.send_buf, 0);
         }
-        self.stream.write_all(&self.send_buf).map_err(|e| self.io_error(e))?;
+        self.inbox.write_all(&self.stream, &self.send_buf).map_err(|e| self.io_error(e))?;
         self.in_flight.push_back((id, op));
         Ok(id)
     }
@@ -331,29 +335,24 @@ impl Connection {
             let detail = format!("waiting for id {id} but the oldest request is {expected}");
             return Err(ClientError::Protocol { addr, detail });
         }
-        spin_until_readable(&self.stream, self.spin).map_err(|e| self.io_error(e))?;
+        self.inbox.fill(&self.stream, HEADER_LEN, self.spin).map_err(|e| self.io_error(e))?;
         let mut head = [0u8; HEADER_LEN];
-        self.stream.read_exact(&mut head).map_err(|e| self.io_error(e))?;
+        head.copy_from_slice(self.inbox.take(HEADER_LEN));
         let header = Header::decode(&head).map_err(|source| ClientError::Decode { addr, source })?;
-        self.recv_buf.resize(header.body_len as usize, 0);
-        self.stream.read_exact(&mut self.recv_buf).map_err(|e| {
-            if is_timeout(&e) {
-                ClientError::Timeout { addr, timeout_ms: self.timeout_ms }
-            } else {
-                ClientError::Io { addr, source: e }
-            }
-        })?;
+        let trailer_len = if self.mac.is_some() { MAC_LEN } else { 0 };
+        let frame_rest = header.body_len as usize + trailer_len;
+        self.inbox.fill(&self.stream, frame_rest, self.spin).map_err(|e| self.io_error(e))?;
+        let rest = self.inbox.take(frame_rest);
+        let (body, trailer) = rest.split_at(header.body_len as usize);
         if let Some(mac) = self.mac.as_mut() {
-            let mut trailer = [0u8; MAC_LEN];
-            self.stream.read_exact(&mut trailer).map_err(|e| ClientError::Io { addr, source: e })?;
-            mac.open(&head, &self.recv_buf, &trailer).map_err(|e| ClientError::Auth { addr, detail: e.to_string() })?;
+            let trailer: &[u8; MAC_LEN] = trailer.try_into().expect("split at the body's length");
+            mac.open(&head, body, trailer).map_err(|e| ClientError::Auth { addr, detail: e.to_string() })?;
         }
         if header.request_id != id || header.kind != (op as u16 | RESPONSE_BIT) {
             let detail = format!("expected {} #{id}, got kind {:#06x} #{}", op.name(), header.kind, header.request_id);
             return Err(ClientError::Protocol { addr, detail });
         }
-        let response =
-            decode_response(&header, &self.recv_buf).map_err(|source| ClientError::Decode { addr, source })?;
+        let response = decode_response(&header, body).map_err(|source| ClientError::Decode { addr, source })?;
         if let Response::Error { code, message } = response {
             return Err(ClientError::Refused { addr, op: op.name(), code, message: message.to_string() });
         }

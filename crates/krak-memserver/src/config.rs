@@ -15,6 +15,12 @@ pub const DEFAULT_GRACE_MS: u64 = 10_000;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// Bound on reading one frame once its first byte arrived, and on writing an answer.
 pub const DEFAULT_IO_TIMEOUT_MS: u64 = 30_000;
+/// How long a connection busy-waits for the next request before it sleeps in a read. A
+/// pager's next request often follows within microseconds, and a sleeping thread's wake-up
+/// costs tens of microseconds on a virtual machine; longer spins buy latency with CPU.
+pub const DEFAULT_SPIN_US: u64 = 50;
+/// Longest spin a config may ask for.
+pub const MAX_SPIN_US: u64 = 100_000;
 /// Connections one client id may hold at once (a pager uses one per handler thread and a
 /// few more), so one client cannot take every connection slot.
 pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 64;
@@ -44,6 +50,8 @@ pub struct ServerConfig {
     pub max_connections_per_client: usize,
     /// Most bytes lent to one client id; `None`: up to the whole capacity.
     pub max_bytes_per_client: Option<u64>,
+    /// Busy-wait of each connection for its next request (0: sleep at once).
+    pub spin_us: u64,
 }
 
 impl ServerConfig {
@@ -60,6 +68,7 @@ impl ServerConfig {
             secret: None,
             max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
             max_bytes_per_client: None,
+            spin_us: DEFAULT_SPIN_US,
         }
     }
 
@@ -72,6 +81,9 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<(), ServerError> {
         let bad = |msg: String| Err(ServerError::Config(msg));
         let page = PAGE_SIZE as u64;
+        if self.spin_us > MAX_SPIN_US {
+            return bad(format!("spin of {} us is more than the {MAX_SPIN_US} us allowed", self.spin_us));
+        }
         if self.slab_size_bytes == 0 || !self.slab_size_bytes.is_multiple_of(page) {
             return bad(format!("slab size {} must be a non-zero multiple of {page} bytes", self.slab_size_bytes));
         }

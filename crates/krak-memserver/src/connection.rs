@@ -12,8 +12,6 @@ use crate::requests::{self, decode_error_code, Next, Session};
 use crate::server::Shared;
 
 /// Read buffer: large enough to hold many small pipelined requests at once.
-/// How long a connection busy-waits for the next request before sleeping in a read.
-const SPIN: Duration = Duration::from_micros(50);
 const READ_BUF_BYTES: usize = 256 << 10;
 /// Answers are held back while further requests are already buffered, up to this much.
 const FLUSH_BYTES: usize = 1 << 20;
@@ -40,12 +38,12 @@ pub(crate) fn serve(stream: TcpStream, shared: &Shared, peer: SocketAddr) {
     tracing::debug!("{peer}: connected");
     let mut session = Session::new(peer);
     let io_timeout = Duration::from_millis(shared.config.io_timeout_ms);
-    let mut conn = Conn::new(&stream, io_timeout);
+    let mut conn = Conn::new(&stream, io_timeout, Duration::from_micros(shared.config.spin_us));
     let result = conn.setup().and_then(|()| conn.serve_frames(shared, &mut session));
     match result {
         Ok(End::Closed) => tracing::debug!("{peer}: closed"),
         Ok(End::Violation) => {
-            if conn.flush().is_ok() {
+            if conn.flush().is_ok() && conn.set_nonblocking(false).is_ok() {
                 linger_close(&stream);
             }
         }
@@ -68,7 +66,7 @@ pub(crate) fn serve(stream: TcpStream, shared: &Shared, peer: SocketAddr) {
 pub(crate) fn refuse(stream: TcpStream, shared: &Shared, peer: SocketAddr) {
     shared.counters.add_error();
     let timeout = REFUSE_TIMEOUT.min(Duration::from_millis(shared.config.io_timeout_ms));
-    let mut conn = Conn::new(&stream, timeout);
+    let mut conn = Conn::new(&stream, timeout, Duration::ZERO);
     let result = conn.setup().and_then(|()| {
         conn.set_idle(false)?;
         let mut head = [0u8; HEADER_LEN];
@@ -92,8 +90,13 @@ struct Conn<'s> {
     stream: &'s TcpStream,
     reader: BufReader<&'s TcpStream>,
     io_timeout: Duration,
+    /// Busy-wait for the next request (`ServerConfig::spin_us`).
+    spin: Duration,
     /// Whether the read timeout is off (waiting between frames) rather than `io_timeout`.
     idle: Option<bool>,
+    /// The socket is non-blocking while the connection busy-waits for requests, and stays
+    /// so while whole frames arrive in time: no mode switch per request.
+    nonblocking: bool,
     body: Vec<u8>,
     out: Vec<u8>,
     /// Answers in `out` not yet written.
@@ -101,12 +104,14 @@ struct Conn<'s> {
 }
 
 impl<'s> Conn<'s> {
-    fn new(stream: &'s TcpStream, io_timeout: Duration) -> Conn<'s> {
+    fn new(stream: &'s TcpStream, io_timeout: Duration, spin: Duration) -> Conn<'s> {
         Conn {
             stream,
             reader: BufReader::with_capacity(READ_BUF_BYTES, stream),
             io_timeout,
+            spin,
             idle: None,
+            nonblocking: false,
             body: Vec::new(),
             out: Vec::with_capacity(64 << 10),
             pending: 0,
@@ -122,7 +127,8 @@ impl<'s> Conn<'s> {
         loop {
             // Every frame after our hello carries a MAC, ours and theirs (docs/protocol.md).
             let start = self.out.len();
-            let (header, head) = match self.read_header(session.client_id.is_some())? {
+            let trailer = if session.mac.is_some() { MAC_LEN } else { 0 };
+            let (header, head) = match self.read_header(session.client_id.is_some(), trailer)? {
                 None => return Ok(End::Closed),
                 Some(Ok(h)) => h,
                 Some(Err((e, head))) => {
@@ -166,32 +172,70 @@ impl<'s> Conn<'s> {
 
     /// The next header, `None` on a clean close between frames, or a header that failed
     /// to decode (with its raw bytes). Waits forever for a frame's first byte (`may_idle`,
-    /// else at most `io_timeout`), then at most `io_timeout` for each read of the rest.
+    /// else at most `io_timeout`), then at most `io_timeout` for each read of the rest
+    /// (a frame of `trailer` MAC bytes after its body).
     #[allow(clippy::type_complexity)]
     fn read_header(
         &mut self,
         may_idle: bool,
+        trailer: usize,
     ) -> io::Result<Option<Result<(Header, [u8; HEADER_LEN]), (DecodeError, [u8; HEADER_LEN])>>> {
         if self.reader.buffer().is_empty() {
             self.flush()?;
             // A pager's next request usually follows within microseconds: catch it awake.
-            krak_client::spin_until_readable(self.stream, SPIN)?;
-            // Only an authenticated connection may wait forever between frames: one that has
-            // not proved the secret gets `io_timeout` for each step of the handshake.
-            self.set_idle(may_idle)?;
-            loop {
-                match self.reader.fill_buf() {
-                    Ok([]) => return Ok(None),
-                    Ok(_) => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
+            if !self.spin_for_bytes()? {
+                // Only an authenticated connection may wait forever between frames: one that
+                // has not proved the secret gets `io_timeout` for each step of the handshake.
+                self.set_nonblocking(false)?;
+                self.set_idle(may_idle)?;
+                loop {
+                    match self.reader.fill_buf() {
+                        Ok(_) => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    }
                 }
             }
+            if self.reader.buffer().is_empty() {
+                return Ok(None);
+            }
         }
-        self.set_idle(false)?;
+        // The rest of a frame that is not all here yet is read blocking, bounded per read.
+        if self.nonblocking && !self.next_frame_buffered(trailer) {
+            self.set_nonblocking(false)?;
+        }
+        if !self.nonblocking {
+            self.set_idle(false)?;
+        }
         let mut head = [0u8; HEADER_LEN];
         self.reader.read_exact(&mut head)?;
         Ok(Some(Header::decode(&head).map(|h| (h, head)).map_err(|e| (e, head))))
+    }
+
+    /// Busy-waits up to `spin` with non-blocking reads into the read buffer; true when
+    /// bytes (or the peer's close) arrived.
+    fn spin_for_bytes(&mut self) -> io::Result<bool> {
+        self.set_nonblocking(true)?;
+        let start = Instant::now();
+        loop {
+            match self.reader.fill_buf() {
+                Ok(_) => return Ok(true),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                Err(e) => return Err(e),
+            }
+            if start.elapsed() >= self.spin {
+                return Ok(false);
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    fn set_nonblocking(&mut self, on: bool) -> io::Result<()> {
+        if self.nonblocking != on {
+            self.stream.set_nonblocking(on)?;
+            self.nonblocking = on;
+        }
+        Ok(())
     }
 
     fn read_body(&mut self, len: usize) -> io::Result<()> {
@@ -227,13 +271,29 @@ impl<'s> Conn<'s> {
     fn flush(&mut self) -> io::Result<()> {
         self.pending = 0;
         if !self.out.is_empty() {
-            let result = (&mut &*self.stream).write_all(&self.out);
+            let result = self.write_out();
             self.out.clear();
             result?;
         }
         // Keep one large buffer, not the largest answer ever sent, alive per connection.
         if self.out.capacity() > 2 * FLUSH_BYTES {
             self.out.shrink_to(FLUSH_BYTES);
+        }
+        Ok(())
+    }
+
+    /// Writes `out`; a socket left non-blocking goes back to blocking (bounded by the write
+    /// timeout) only when the kernel's send buffer is full.
+    fn write_out(&mut self) -> io::Result<()> {
+        let mut done = 0;
+        while done < self.out.len() {
+            match (&mut &*self.stream).write(&self.out[done..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if self.nonblocking && e.kind() == io::ErrorKind::WouldBlock => self.set_nonblocking(false)?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }

@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 
 pub use config::{
     ServerConfig, DEFAULT_GRACE_MS, DEFAULT_IO_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
-    DEFAULT_SLAB_SIZE_BYTES,
+    DEFAULT_SLAB_SIZE_BYTES, DEFAULT_SPIN_US, MAX_SPIN_US,
 };
 pub use krak_proto::ServerStats;
 pub use server::{spawn, MemServer, ServerHandle, Stopper};

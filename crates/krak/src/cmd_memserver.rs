@@ -55,6 +55,11 @@ pub struct MemserverArgs {
     /// Give up on a peer that stalls this long in the middle of a frame.
     #[arg(long, value_name = "MS", default_value_t = krak_memserver::DEFAULT_IO_TIMEOUT_MS)]
     io_timeout_ms: u64,
+    /// Busy-wait of each connection for the client's next request before sleeping, in
+    /// microseconds (0: sleep at once). Longer spins cut fault latency (a sleeping thread's
+    /// wake-up is slow on virtual machines) at the cost of CPU on this host.
+    #[arg(long, value_name = "US", default_value_t = krak_memserver::DEFAULT_SPIN_US)]
+    spin_us: u64,
     /// Lock slab memory into RAM (mlock) so it is never swapped out; failures only warn.
     #[arg(long)]
     mlock: bool,
@@ -94,6 +99,7 @@ pub fn run(args: MemserverArgs) -> anyhow::Result<()> {
         secret: args.secret.load()?,
         max_connections_per_client: args.max_client_connections,
         max_bytes_per_client: args.max_client_capacity.map(|b| b.0),
+        spin_us: args.spin_us,
     };
     let secret = config.secret;
     let server = MemServer::bind(config).context("starting the memory server")?;
