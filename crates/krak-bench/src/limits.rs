@@ -29,6 +29,10 @@ pub struct Limits {
     /// by the pager): the network floor without scheduler wake-ups.
     #[serde(default)]
     pub tcp_rtt_4k_spinning_p50_us: Option<f64>,
+    /// Median userfaultfd fault served from local memory on the faulting thread itself
+    /// (SIGBUS, as krak's default fault mode serves them; set by the pager): no wake-up.
+    #[serde(default)]
+    pub uffd_fault_self_served_p50_us: Option<f64>,
 }
 
 /// Latency percentiles of a measurement.
@@ -120,5 +124,6 @@ pub fn measure() -> Result<Limits, BenchError> {
         uffd_fault_p99_us: None,
         memcpy_4k_p50_us: Some(copy.p50_us),
         tcp_rtt_4k_spinning_p50_us: None,
+        uffd_fault_self_served_p50_us: None,
     })
 }

@@ -221,12 +221,13 @@ impl BenchReport {
             let opt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}"));
             let _ = writeln!(
                 out,
-                "{bullet}limits: tcp rtt 4 KiB p50 {:.2} us / p99 {:.2} us (both ends spinning: p50 {} us); uffd fault p50 {} us / p99 {} us; memcpy 4 KiB p50 {} us",
+                "{bullet}limits: tcp rtt 4 KiB p50 {:.2} us / p99 {:.2} us (both ends spinning: p50 {} us); uffd fault p50 {} us / p99 {} us (self-served: p50 {} us); memcpy 4 KiB p50 {} us",
                 l.tcp_rtt_4k_p50_us,
                 l.tcp_rtt_4k_p99_us,
                 opt(l.tcp_rtt_4k_spinning_p50_us),
                 opt(l.uffd_fault_p50_us),
                 opt(l.uffd_fault_p99_us),
+                opt(l.uffd_fault_self_served_p50_us),
                 opt(l.memcpy_4k_p50_us)
             );
         }

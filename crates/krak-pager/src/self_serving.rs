@@ -22,7 +22,20 @@ struct Entry {
     id: u64,
     start: usize,
     end: usize,
-    shared: Weak<Shared>,
+    target: Target,
+}
+
+/// Who serves the faults of a registered range.
+enum Target {
+    Region(Weak<Shared>),
+    /// The floor measurement of `limits.rs`: every fault installs this page from local
+    /// memory, as a region installs a fetched one, minus the fetch.
+    Probe(Arc<Probe>),
+}
+
+pub(crate) struct Probe {
+    pub uffd: krak_uffd::Uffd,
+    pub page: Vec<u8>,
 }
 
 static REGIONS: RwLock<Vec<Entry>> = RwLock::new(Vec::new());
@@ -38,7 +51,20 @@ pub(crate) fn register(shared: &Arc<Shared>) -> Result<u64, PagerError> {
     sigbus::install(on_fault).map_err(PagerError::Mapping)?;
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let start = shared.map.as_ptr() as usize;
-    REGIONS.write().push(Entry { id, start, end: start + shared.map.len(), shared: Arc::downgrade(shared) });
+    REGIONS.write().push(Entry {
+        id,
+        start,
+        end: start + shared.map.len(),
+        target: Target::Region(Arc::downgrade(shared)),
+    });
+    Ok(id)
+}
+
+/// Routes faults of `start..start + len` to `probe` (see `limits.rs`); returns its id.
+pub(crate) fn register_probe(start: usize, len: usize, probe: Arc<Probe>) -> Result<u64, PagerError> {
+    sigbus::install(on_fault).map_err(PagerError::Mapping)?;
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    REGIONS.write().push(Entry { id, start, end: start + len, target: Target::Probe(probe) });
     Ok(id)
 }
 
@@ -49,9 +75,16 @@ pub(crate) fn unregister(id: u64) {
 fn on_fault(addr: usize, write: bool) -> Verdict {
     let found = {
         let regions = REGIONS.read();
-        regions.iter().find(|e| addr >= e.start && addr < e.end).and_then(|e| Some((e.id, e.shared.upgrade()?)))
+        regions.iter().find(|e| addr >= e.start && addr < e.end).and_then(|e| match &e.target {
+            Target::Region(shared) => Some(Ok((e.id, shared.upgrade()?))),
+            Target::Probe(probe) => Some(Err(probe.clone())),
+        })
     };
-    let Some((id, shared)) = found else { return Verdict::NotOurs };
+    let (id, shared) = match found {
+        Some(Ok(region)) => region,
+        Some(Err(probe)) => return serve_probe(&probe, addr),
+        None => return Verdict::NotOurs,
+    };
     let page = (addr - shared.map.as_ptr() as usize) / PAGE_SIZE;
     let served = PARTS.with(|cell| {
         // A fault while this thread is already serving one would be a pager bug: refuse it
@@ -82,6 +115,17 @@ fn on_fault(addr: usize, write: bool) -> Verdict {
         Err(e) => {
             Counters::add(&shared.counters.failed_faults, 1);
             tracing::error!("cannot serve page {page} of the region: {e}; the access fails with SIGBUS");
+            Verdict::NotOurs
+        }
+    }
+}
+
+fn serve_probe(probe: &Probe, addr: usize) -> Verdict {
+    let at = addr & !(PAGE_SIZE - 1);
+    match probe.uffd.copy(at, &probe.page, false, true) {
+        Ok(_) | Err(krak_uffd::CopyError::Exists) | Err(krak_uffd::CopyError::Again { .. }) => Verdict::Resolved,
+        Err(krak_uffd::CopyError::Other(e)) => {
+            tracing::error!("floor measurement: cannot install page at {at:#x}: {e}");
             Verdict::NotOurs
         }
     }

@@ -180,6 +180,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         report.limits = combine(before, after);
         if let Some(limits) = report.limits.as_mut() {
             limits.tcp_rtt_4k_spinning_p50_us = spinning_rtt();
+            limits.uffd_fault_self_served_p50_us = krak_pager::limits::measure_local_fault_self_served(20_000)
+                .map_err(|e| eprintln!("  self-served uffd limit: {e}"))
+                .ok()
+                .map(|l| l.p50_us);
         }
     }
     println!("{}", report.human_table());
@@ -246,16 +250,20 @@ fn print_goals(report: &krak_bench::BenchReport) {
         if let (Some(uffd), Some(p50), Some(p99)) = (limits.uffd_fault_p50_us, k.fault_p50_us, k.fault_p99_us) {
             let floor = limits.tcp_rtt_4k_p50_us + uffd;
             println!(
-                "  remote fault p50 {p50:.1} us = {:.2}x (TCP 4K RTT {:.1} + uffd fault {uffd:.1} = {floor:.1} us; goal <= 1.5x); p99 {p99:.1} us = {:.2}x (goal <= 3x)",
+                "  remote fault p50 {p50:.1} us = {:.2}x (TCP 4K RTT {:.1} + uffd fault by a handler thread {uffd:.1} = {floor:.1} us; goal <= 1.5x); p99 {p99:.1} us = {:.2}x (goal <= 3x)",
                 p50 / floor,
                 limits.tcp_rtt_4k_p50_us,
                 p99 / floor
             );
-            if let Some(spin) = limits.tcp_rtt_4k_spinning_p50_us {
+            // The strictest yardstick: the faster round trip and a fault with no wake-up.
+            let rtt =
+                limits.tcp_rtt_4k_spinning_p50_us.map_or(limits.tcp_rtt_4k_p50_us, |s| s.min(limits.tcp_rtt_4k_p50_us));
+            if let Some(own) = limits.uffd_fault_self_served_p50_us {
+                let strict = rtt + own.min(uffd);
                 println!(
-                    "  stricter floor, a round trip with both ends spinning and no fault at all: {spin:.1} us; remote fault p50 = {:.2}x, p99 = {:.2}x",
-                    p50 / spin,
-                    p99 / spin
+                    "  strict floor: the faster TCP 4K RTT {rtt:.1} + a self-served uffd fault {own:.1} = {strict:.1} us; remote fault p50 = {:.2}x (goal <= 1.5x), p99 = {:.2}x (goal <= 3x)",
+                    p50 / strict,
+                    p99 / strict
                 );
             }
         }
