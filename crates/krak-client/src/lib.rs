@@ -19,10 +19,10 @@ use std::time::Duration;
 use inbox::Inbox;
 
 use krak_proto::{
-    decode_response, encode_alloc_slab, encode_auth, encode_free_slab, encode_hello, encode_read_pages, encode_stats,
-    encode_write_pages, page_crc, proof_matches, DecodeError, ErrorCode, FrameMac, Header, Op, PageRef, RackSecret,
-    Response, ServerHello, ServerStats, Side, SlabId, Transcript, HEADER_LEN, MAC_LEN, MAX_BATCH_PAGES, NONCE_LEN,
-    PAGE_SIZE, PROOF_LEN, PROTOCOL_VERSION, RESPONSE_BIT,
+    decode_response, encode_alloc_slab, encode_auth, encode_copy_pages, encode_free_slab, encode_hello,
+    encode_read_pages, encode_stats, encode_write_pages, page_crc, proof_matches, DecodeError, ErrorCode, FrameMac,
+    Header, Op, PageRef, RackSecret, Response, ServerHello, ServerStats, Side, SlabId, Transcript, HEADER_LEN, MAC_LEN,
+    MAX_BATCH_PAGES, NONCE_LEN, PAGE_SIZE, PROOF_LEN, PROTOCOL_VERSION, RESPONSE_BIT,
 };
 
 /// Why a call to a memory server failed.
@@ -240,6 +240,26 @@ impl Connection {
         assert!(pages.len() <= MAX_BATCH_PAGES, "caller must split batches");
         let unit_bytes = pages.first().map_or(PAGE_SIZE, |(_, d)| d.len()) as u32;
         self.send_with(Op::WritePages, |buf, id| encode_write_pages(buf, id, unit_bytes, pages.iter().copied()))
+    }
+
+    /// Queues a copy of up to `MAX_BATCH_PAGES` units, all of one size: stored like a write,
+    /// except units a write stored since their slab was allocated, which keep that write
+    /// (the copy of a moving chunk must not undo a newer write-back). Answer with
+    /// [`Connection::recv_copied`].
+    pub fn send_copy_pages(&mut self, pages: &[(PageRef, &[u8])]) -> Result<u64, ClientError> {
+        assert!(pages.len() <= MAX_BATCH_PAGES, "caller must split batches");
+        let unit_bytes = pages.first().map_or(PAGE_SIZE, |(_, d)| d.len()) as u32;
+        self.send_with(Op::CopyPages, |buf, id| encode_copy_pages(buf, id, unit_bytes, pages.iter().copied()))
+    }
+
+    /// Receives the answer to a copy sent with [`Connection::send_copy_pages`]: how many
+    /// units it stored.
+    pub fn recv_copied(&mut self, id: u64) -> Result<u32, ClientError> {
+        let addr = self.addr;
+        match self.recv(id)? {
+            Response::Written { count } => Ok(count),
+            other => Err(unexpected(addr, Op::CopyPages, &other)),
+        }
     }
 
     /// Receives the answer to a read sent with [`Connection::send_read_units`] (or

@@ -243,6 +243,16 @@ impl Registry {
 
     /// Stores a batch of pages for `owner`: all of it, or (on any error) none of it.
     pub(crate) fn write_pages(&self, owner: u64, entries: WriteEntries<'_>) -> Result<(), RegistryError> {
+        self.store_pages(owner, entries, false).map(|_| ())
+    }
+
+    /// Stores the units of a batch that no write stored since their slab was allocated
+    /// (see `CopyPages` in docs/protocol.md); returns how many. On any error, none.
+    pub(crate) fn copy_pages(&self, owner: u64, entries: WriteEntries<'_>) -> Result<u32, RegistryError> {
+        self.store_pages(owner, entries, true)
+    }
+
+    fn store_pages(&self, owner: u64, entries: WriteEntries<'_>, copy: bool) -> Result<u32, RegistryError> {
         let slabs = self.slabs.read();
         for e in entries.iter() {
             check(&slabs, owner, e.at, entries.unit_bytes())?;
@@ -252,6 +262,7 @@ impl Registry {
         }
         // Keep one slab locked across a run of pages of that slab: batches are usually sequential.
         let mut current: Option<(SlabId, parking_lot::RwLockWriteGuard<'_, Slab>)> = None;
+        let mut stored = 0;
         for e in entries.iter() {
             if current.as_ref().map(|(id, _)| *id) != Some(e.at.slab) {
                 drop(current.take()); // unlock before locking the next slab: no lock-order cycles
@@ -259,10 +270,15 @@ impl Registry {
                 current = Some((e.at.slab, lent.slab.write()));
             }
             if let Some((_, slab)) = current.as_mut() {
-                slab.store(e.at.page, e.crc, e.data);
+                let done = if copy {
+                    slab.store_if_unwritten(e.at.page, e.crc, e.data)
+                } else {
+                    slab.store(e.at.page, e.crc, e.data)
+                };
+                stored += u32::from(done);
             }
         }
-        Ok(())
+        Ok(stored)
     }
 
     /// Reads a batch of pages of `owner`, handing each page's stored CRC and contents to

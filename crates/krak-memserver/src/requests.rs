@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use krak_proto::{
     begin_pages_response, decode_request, encode_authenticated, encode_error, encode_hello_ok, encode_slab_allocated,
     encode_slab_freed, encode_stats_response, encode_written, proof_matches, DecodeError, ErrorCode, FrameMac, Header,
-    Request, ServerHello, Side, Transcript, PAGE_SIZE, PROOF_LEN, PROTOCOL_VERSION,
+    Op, Request, ServerHello, Side, Transcript, PAGE_SIZE, PROOF_LEN, PROTOCOL_VERSION,
 };
 
 use crate::registry::RegistryError;
@@ -91,7 +91,11 @@ pub(crate) fn answer(shared: &Shared, session: &mut Session, header: &Header, bo
         }),
         Request::WritePages(entries) => registry.write_pages(client_id, entries).map(|()| {
             shared.counters.add_pages_written(entries.len());
-            encode_written(out, id, entries.len() as u32);
+            encode_written(out, Op::WritePages, id, entries.len() as u32);
+        }),
+        Request::CopyPages(entries) => registry.copy_pages(client_id, entries).map(|stored| {
+            shared.counters.add_pages_written(stored as usize);
+            encode_written(out, Op::CopyPages, id, stored);
         }),
         Request::ReadPages(entries) => {
             let start = out.len();

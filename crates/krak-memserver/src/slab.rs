@@ -30,6 +30,8 @@ pub(crate) struct Slab {
     len_bytes: usize,
     unit_bytes: usize,
     crcs: Vec<u32>,
+    /// One bit per unit: stored by a write (not a copy) since the slab was mapped.
+    written: Vec<u64>,
 }
 
 // SAFETY: the mapping is owned by this value alone (never aliased elsewhere); reads go
@@ -63,7 +65,13 @@ impl Slab {
             return Err(io::Error::last_os_error());
         }
         let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        let slab = Slab { base, len_bytes, unit_bytes, crcs: vec![zero_unit_crc(unit_bytes); units as usize] };
+        let slab = Slab {
+            base,
+            len_bytes,
+            unit_bytes,
+            crcs: vec![zero_unit_crc(unit_bytes); units as usize],
+            written: vec![0; (units as usize).div_ceil(64)],
+        };
         if mlock {
             // SAFETY: the range is exactly the mapping created above, owned by `slab`.
             if unsafe { libc::mlock(ptr, len_bytes) } != 0 {
@@ -103,9 +111,24 @@ impl Slab {
         Some((crc, data))
     }
 
-    /// Stores one unit and its (already verified) CRC. Returns false past the end or for a
-    /// unit of the wrong size.
+    /// Stores one unit and its (already verified) CRC, and marks it written. Returns false
+    /// past the end or for a unit of the wrong size.
     pub(crate) fn store(&mut self, index: u32, crc: u32, data: &[u8]) -> bool {
+        let stored = self.put(index, crc, data);
+        if stored {
+            self.written[index as usize / 64] |= 1 << (index % 64);
+        }
+        stored
+    }
+
+    /// Stores one unit like [`Slab::store`], but only if no write stored it since the slab
+    /// was mapped (a copy never overwrites newer data). Returns whether it was stored.
+    pub(crate) fn store_if_unwritten(&mut self, index: u32, crc: u32, data: &[u8]) -> bool {
+        let unwritten = self.written.get(index as usize / 64).is_some_and(|w| w & (1 << (index % 64)) == 0);
+        unwritten && self.put(index, crc, data)
+    }
+
+    fn put(&mut self, index: u32, crc: u32, data: &[u8]) -> bool {
         let u = self.unit_bytes;
         let Some(slot) = self.crcs.get_mut(index as usize) else { return false };
         if data.len() != u {
@@ -164,6 +187,22 @@ mod tests {
         let (crc, data) = slab.page(1).unwrap();
         assert_eq!((crc, data), (page_crc(&page), page.as_slice()));
         assert_eq!(slab.page(0).unwrap().0, zero_unit_crc(PAGE_SIZE), "neighbour untouched");
+    }
+
+    #[test]
+    fn a_copy_never_overwrites_a_write() {
+        let mut slab = Slab::map(70, PAGE_SIZE, false).unwrap();
+        let (old, new) = (vec![1u8; PAGE_SIZE], vec![2u8; PAGE_SIZE]);
+        assert!(slab.store(65, page_crc(&new), &new));
+        assert!(!slab.store_if_unwritten(65, page_crc(&old), &old), "written first: the copy is dropped");
+        assert_eq!(slab.page(65).unwrap().1, new.as_slice());
+        assert!(slab.store_if_unwritten(64, page_crc(&old), &old), "unwritten: the copy lands");
+        assert!(slab.store(64, page_crc(&new), &new), "and a later write replaces it");
+        assert!(!slab.store_if_unwritten(64, page_crc(&old), &old));
+        assert_eq!(slab.page(64).unwrap(), (page_crc(&new), new.as_slice()));
+        assert!(slab.store_if_unwritten(3, page_crc(&old), &old));
+        assert!(slab.store_if_unwritten(3, page_crc(&new), &new), "copies do not mark a unit written");
+        assert!(!slab.store_if_unwritten(70, page_crc(&old), &old), "past the end");
     }
 
     #[test]

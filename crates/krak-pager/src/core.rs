@@ -76,6 +76,11 @@ pub(crate) struct Core {
     pub wb_parked_since: Option<std::time::Instant>,
     /// Pages whose faults (handler-thread mode) wait for an EVICTING page to be dropped.
     pub evict_waiters: Vec<usize>,
+    /// Write-back batches taken off the queue, and of those the ones whose writes have all
+    /// been answered: a chunk move waits until every batch taken before it began is done,
+    /// so that no write located before the move can land after its copy read the page.
+    pub wb_batches_taken: u64,
+    pub wb_batches_done: u64,
     /// Chunk moves waiting for (or being run by) the write-back thread, oldest first.
     pub moves: VecDeque<ChunkMove>,
     /// Outcome of finished moves by id: pages copied, or why it failed.

@@ -2,16 +2,21 @@
 //! no fault waits for it.
 //!
 //! While a chunk moves, every write-back of its pages goes to both the old and the new slab,
-//! and faults keep reading the old one. The write-back thread copies the chunk's remote
-//! pages to the new slab in steps between write-back batches; since it is the only thread
-//! that writes to memory servers, every copy lands after the writes queued before it and
-//! before the writes queued after it. Once all pages are copied it switches the chunk's home
-//! at a moment when none of the chunk's pages is being fetched, so no fetch straddles the
-//! switch; the caller then frees the old slab.
+//! and faults keep reading the old one. The thread that asked for the move copies the
+//! chunk's remote pages to the new slab itself, several steps in flight at once, with
+//! `CopyPages`: the new server stores a copied page only if no write-back stored it since
+//! the slab was allocated, so a copy read before a write-back can never undo it, whatever
+//! order the two arrive in. (The move first waits for the write-back batch in flight when
+//! it began, whose writes may still reach only the old slab.) Once all pages are copied, the
+//! write-back thread switches the chunk's home between two batches, at a moment when none of
+//! the chunk's pages is being fetched, so no fetch or write straddles the switch; the caller
+//! then frees the old slab.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use std::collections::VecDeque;
 
 use krak_client::{ClientError, Connection};
 use krak_proto::PageRef;
@@ -23,8 +28,13 @@ use crate::remote::{free_quietly, ChunkHome, Links, RemoteLayout};
 use crate::stats::Counters;
 use crate::{FarMemory, PagerError};
 
-/// Pages copied per step: one read and one write request of a full batch.
+/// Pages per step of a rebuild (`reprotect.rs`): one read and one write of a full batch.
 const STEP_PAGES: usize = krak_proto::MAX_BATCH_PAGES;
+/// Pages per step of a move's copy: small enough that the CPU a step takes in one burst
+/// (MACs, checksums, copies) does not hold up the faults sharing the host for long.
+const COPY_STEP_PAGES: usize = 64;
+/// Copy steps of one move in flight at once, of reads and of copies each.
+const COPY_DEPTH: usize = 2;
 /// Most time one move may take before its caller gives up waiting.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -69,45 +79,77 @@ pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: MutexGuard<'_, 
     };
     let chunk_pages = shared.layout.chunk_pages;
     let (start, end) = (chunk * chunk_pages, ((chunk + 1) * chunk_pages).min(shared.region_pages()));
-    let pages = next_step_pages(&mut core, from, end);
-    if pages.is_empty() {
-        if core.states[start..end].iter().any(|s| s & STATE_MASK == FETCHING) {
-            // A fetch from the old home is in flight: switch once it has landed.
-            drop(core);
-            std::thread::sleep(Duration::from_millis(1));
-            return;
-        }
-        shared.layout.set_chunk(chunk, ChunkHome { server: to, slab: to_slab, moving_to: None });
-        let copied = core.moves.front().map_or(0, |m| m.pages_copied);
-        Counters::add(&shared.counters.chunks_moved, 1);
-        finish(shared, &mut core, id, Ok(copied));
+    debug_assert_eq!(from, end, "a move is queued once its copy is done");
+    if core.states[start..end].iter().any(|s| s & STATE_MASK == FETCHING) {
+        // A fetch from the old home is in flight: switch once it has landed.
+        drop(core);
+        std::thread::sleep(Duration::from_millis(1));
         return;
     }
-    drop(core);
-    let mut buf = vec![0u8; pages.len() * PAGE_SIZE];
-    let started = links.start_read(&shared.layout, home.server, &pages);
-    let copied = links.finish_read(&shared.layout, home.server, started, &pages, &mut buf).and_then(|()| {
-        let writes: Vec<(PageRef, &[u8])> = pages
-            .iter()
-            .zip(buf.chunks_exact(PAGE_SIZE))
-            .map(|(p, data)| (PageRef { slab: to_slab, page: (p % chunk_pages) as u32 }, data))
-            .collect();
-        links.write_to(&shared.layout, to, &writes).map_err(PagerError::Remote)
-    });
+    shared.layout.set_chunk(chunk, ChunkHome { server: to, slab: to_slab, moving_to: None });
+    let copied = core.moves.front().map_or(0, |m| m.pages_copied);
+    Counters::add(&shared.counters.chunks_moved, 1);
+    finish(shared, &mut core, id, Ok(copied));
+}
+
+/// Waits until every write-back batch taken off the queue before now has been answered.
+fn wait_for_writeback_in_flight(shared: &Shared) {
     let mut core = shared.core.lock();
-    match copied {
-        Ok(()) => {
-            if let Some(mv) = core.moves.front_mut() {
-                mv.pages_copied += pages.len() as u64;
-            }
-            Counters::add(&shared.counters.moved_pages, pages.len() as u64);
-        }
-        Err(e) => {
-            // The chunk stays where it was; the old home received every write meanwhile.
-            shared.layout.set_chunk(chunk, ChunkHome { moving_to: None, ..home });
-            finish(shared, &mut core, id, Err(e.to_string()));
-        }
+    let taken = core.wb_batches_taken;
+    while core.wb_batches_done < taken && !shared.stop.load(Ordering::Relaxed) {
+        shared.space.wait_for(&mut core, Duration::from_millis(10));
     }
+}
+
+/// Copies the remote pages of `chunk` from its home to `to_slab` on server `to` (the chunk
+/// is moving there, so write-backs already reach both), `COPY_DEPTH` reads and as many
+/// copies in flight;
+/// returns the pages copied.
+fn copy_chunk(shared: &Shared, chunk: usize, to: usize, to_slab: krak_proto::SlabId) -> Result<u64, PagerError> {
+    let layout = &shared.layout;
+    let home = layout.chunk(chunk);
+    let chunk_pages = layout.chunk_pages;
+    let (mut next, end) = (chunk * chunk_pages, ((chunk + 1) * chunk_pages).min(shared.region_pages()));
+    let mut src = Connection::connect(layout.server_addr(home.server), layout.connect)?;
+    let mut dst = Connection::connect(layout.server_addr(to), layout.connect)?;
+    let at = |slab, p: usize| PageRef { slab, page: (p % chunk_pages) as u32 };
+    let mut reads: VecDeque<(u64, Vec<usize>)> = VecDeque::with_capacity(COPY_DEPTH);
+    let mut copies: VecDeque<u64> = VecDeque::with_capacity(COPY_DEPTH);
+    let mut buf = vec![0u8; COPY_STEP_PAGES * PAGE_SIZE];
+    let mut refs = Vec::with_capacity(COPY_STEP_PAGES);
+    let mut copied = 0u64;
+    loop {
+        while next < end && reads.len() < COPY_DEPTH {
+            let stop = (next + COPY_STEP_PAGES).min(end);
+            let pages: Vec<usize> = {
+                let core = shared.core.lock();
+                (next..stop).filter(|&p| core.states[p] & REMOTE != 0).collect()
+            };
+            next = stop;
+            if !pages.is_empty() {
+                refs.clear();
+                refs.extend(pages.iter().map(|&p| at(home.slab, p)));
+                reads.push_back((src.send_read_pages(&refs)?, pages));
+            }
+        }
+        let Some((id, pages)) = reads.pop_front() else { break };
+        refs.clear();
+        refs.extend(pages.iter().map(|&p| at(home.slab, p)));
+        let bytes = &mut buf[..pages.len() * PAGE_SIZE];
+        src.recv_pages(id, &refs, bytes)?;
+        if copies.len() >= COPY_DEPTH {
+            dst.recv_copied(copies.pop_front().expect("not empty"))?;
+        }
+        let writes: Vec<(PageRef, &[u8])> =
+            pages.iter().zip(bytes.chunks_exact(PAGE_SIZE)).map(|(&p, d)| (at(to_slab, p), d)).collect();
+        copies.push_back(dst.send_copy_pages(&writes)?);
+        copied += pages.len() as u64;
+        Counters::add(&shared.counters.moved_pages, pages.len() as u64);
+    }
+    while let Some(id) = copies.pop_front() {
+        dst.recv_copied(id)?;
+    }
+    Ok(copied)
 }
 
 /// The `REMOTE` pages of the next step of the move at the head of the queue: at most
@@ -218,7 +260,7 @@ impl Shared {
         };
         let id = NEXT_MOVE_ID.fetch_add(1, Ordering::Relaxed);
         {
-            let mut core = shared.core.lock();
+            let core = shared.core.lock();
             let home = layout.chunk(chunk);
             if home.moving_to.is_some() {
                 drop(core);
@@ -226,13 +268,26 @@ impl Shared {
                 return Err(PagerError::Move(format!("chunk {chunk} is already moving")));
             }
             layout.set_chunk(chunk, ChunkHome { moving_to: Some((to_idx, new_slab)), ..home });
-            core.moves.push_back(ChunkMove {
-                id,
-                chunk,
-                next_page: chunk * layout.chunk_pages,
-                pages_copied: 0,
-                rebuild: None,
-            });
+        }
+        // A batch taken before the move may still write this chunk's pages to the old slab
+        // alone: let it land before the copy reads them.
+        wait_for_writeback_in_flight(shared);
+        let copied = match copy_chunk(shared, chunk, to_idx, new_slab) {
+            Ok(pages) => pages,
+            Err(e) => {
+                // The chunk stays where it was; the old home received every write meanwhile.
+                let home = layout.chunk(chunk);
+                layout.set_chunk(chunk, ChunkHome { moving_to: None, ..home });
+                wait_for_writeback_in_flight(shared);
+                free_quietly(admin_conn(&mut self.admin.lock(), layout, to_idx)?, new_slab);
+                return Err(PagerError::Move(format!("copying chunk {chunk}: {e}")));
+            }
+        };
+        {
+            // The write-back thread switches the chunk's home between two of its batches.
+            let mut core = shared.core.lock();
+            let end = ((chunk + 1) * layout.chunk_pages).min(shared.region_pages());
+            core.moves.push_back(ChunkMove { id, chunk, next_page: end, pages_copied: copied, rebuild: None });
             shared.wb_wake.notify_one();
         }
         let result = shared.wait_move(id, chunk);

@@ -224,6 +224,8 @@ impl FarMemory {
             wb_parked: Vec::new(),
             wb_parked_since: None,
             evict_waiters: Vec::new(),
+            wb_batches_taken: 0,
+            wb_batches_done: 0,
             moves: VecDeque::new(),
             moves_finished: HashMap::new(),
             repairs: VecDeque::new(),

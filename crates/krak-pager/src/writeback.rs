@@ -63,12 +63,14 @@ pub(crate) fn run(shared: Arc<Shared>) {
             moved_last = false;
             let n = core.wb_queue.len().min(shared.limits.writeback_batch_pages);
             batch.extend(core.wb_queue.drain(..n));
+            core.wb_batches_taken += 1;
         }
         let pages: Vec<(usize, &[u8])> = batch.iter().map(|(p, b)| (*p, &b[..])).collect();
         let result = links.write(&shared.layout, &pages);
         let written = pages.len();
         drop(pages);
         let mut core = shared.core.lock();
+        core.wb_batches_done = core.wb_batches_taken;
         Counters::add(&shared.counters.retries, std::mem::take(&mut links.retries));
         // Pages whose write did not land: none, some (a redundant region's chunks beyond
         // what their scheme tolerates), or all of them.

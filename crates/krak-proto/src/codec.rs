@@ -109,8 +109,29 @@ pub fn encode_write_pages<'p>(
     unit_bytes: u32,
     pages: impl ExactSizeIterator<Item = (PageRef, &'p [u8])>,
 ) {
+    encode_units(out, Op::WritePages, request_id, unit_bytes, pages);
+}
+
+/// Encodes a copy (see [`Request::CopyPages`]) of up to [`MAX_BATCH_PAGES`] units of
+/// `unit_bytes` each, computing each unit's CRC-32C.
+pub fn encode_copy_pages<'p>(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    unit_bytes: u32,
+    pages: impl ExactSizeIterator<Item = (PageRef, &'p [u8])>,
+) {
+    encode_units(out, Op::CopyPages, request_id, unit_bytes, pages);
+}
+
+fn encode_units<'p>(
+    out: &mut Vec<u8>,
+    op: Op,
+    request_id: u64,
+    unit_bytes: u32,
+    pages: impl ExactSizeIterator<Item = (PageRef, &'p [u8])>,
+) {
     assert!(pages.len() <= MAX_BATCH_PAGES, "write batch of {} pages", pages.len());
-    let mut f = FrameBuilder::begin(out, Op::WritePages as u16, 0, request_id);
+    let mut f = FrameBuilder::begin(out, op as u16, 0, request_id);
     f.put_u32(pages.len() as u32).put_u32(unit_bytes);
     for (at, data) in pages {
         assert_eq!(data.len(), unit_bytes as usize, "every unit of the batch is {unit_bytes} bytes");
@@ -147,8 +168,9 @@ pub fn encode_slab_freed(out: &mut Vec<u8>, request_id: u64) {
     FrameBuilder::begin(out, Op::FreeSlab as u16 | RESPONSE_BIT, 0, request_id).finish();
 }
 
-pub fn encode_written(out: &mut Vec<u8>, request_id: u64, count: u32) {
-    let mut f = FrameBuilder::begin(out, Op::WritePages as u16 | RESPONSE_BIT, 0, request_id);
+/// The answer to a `WritePages` (`op`) or `CopyPages`: how many units were stored.
+pub fn encode_written(out: &mut Vec<u8>, op: Op, request_id: u64, count: u32) {
+    let mut f = FrameBuilder::begin(out, op as u16 | RESPONSE_BIT, 0, request_id);
     f.put_u32(count);
     f.finish();
 }
@@ -269,6 +291,10 @@ pub fn decode_request<'a>(header: &Header, body: &'a [u8]) -> Result<Request<'a>
             let (unit_bytes, bytes) = counted(name, body, WRITE_ENTRY_HEAD, true)?;
             Request::WritePages(WriteEntries { unit_bytes, bytes })
         }
+        Op::CopyPages => {
+            let (unit_bytes, bytes) = counted(name, body, WRITE_ENTRY_HEAD, true)?;
+            Request::CopyPages(WriteEntries { unit_bytes, bytes })
+        }
         Op::Stats => {
             expect_len(name, body, 0)?;
             Request::Stats
@@ -319,7 +345,7 @@ pub fn decode_response<'a>(header: &Header, body: &'a [u8]) -> Result<Response<'
             let (unit_bytes, bytes) = counted(name, body, PAGE_ENTRY_HEAD, true)?;
             Response::Pages(PageEntries { unit_bytes, bytes })
         }
-        Op::WritePages => {
+        Op::WritePages | Op::CopyPages => {
             expect_len(name, body, 4)?;
             Response::Written { count: read_u32(body, 0) }
         }
@@ -441,6 +467,24 @@ mod tests {
         encode_alloc_slab(&mut out, 4, 1024);
         let (h, body) = split(&out);
         assert_eq!(decode_request(&h, body).unwrap(), Request::AllocSlab { unit_bytes: 1024 });
+    }
+
+    #[test]
+    fn copies_round_trip_as_their_own_kind() {
+        let page = vec![3u8; PAGE_SIZE];
+        let at = PageRef { slab: SlabId(4, 40), page: 9 };
+        let mut out = Vec::new();
+        encode_copy_pages(&mut out, 6, PAGE_SIZE as u32, std::iter::once((at, page.as_slice())));
+        let (h, body) = split(&out);
+        assert_eq!(h.kind, Op::CopyPages as u16);
+        let Request::CopyPages(entries) = decode_request(&h, body).unwrap() else { panic!("wrong kind") };
+        let got: Vec<_> = entries.iter().map(|e| (e.at, e.crc, e.data.to_vec())).collect();
+        assert_eq!(got, vec![(at, page_crc(&page), page.clone())]);
+        let mut out = Vec::new();
+        encode_written(&mut out, Op::CopyPages, 6, 0);
+        let (h, body) = split(&out);
+        assert_eq!(h.kind, Op::CopyPages as u16 | RESPONSE_BIT);
+        assert_eq!(decode_response(&h, body).unwrap(), Response::Written { count: 0 });
     }
 
     #[test]

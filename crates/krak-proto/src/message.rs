@@ -16,6 +16,7 @@ pub enum Op {
     WritePages = 5,
     Stats = 6,
     Auth = 7,
+    CopyPages = 8,
 }
 
 impl Op {
@@ -28,6 +29,7 @@ impl Op {
             5 => Op::WritePages,
             6 => Op::Stats,
             7 => Op::Auth,
+            8 => Op::CopyPages,
             _ => return None,
         })
     }
@@ -41,6 +43,7 @@ impl Op {
             Op::WritePages => "write_pages",
             Op::Stats => "stats",
             Op::Auth => "auth",
+            Op::CopyPages => "copy_pages",
         }
     }
 }
@@ -206,12 +209,25 @@ impl ServerStats {
 /// A decoded request, borrowing page data from the frame body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request<'a> {
-    Hello { version: u32, client_id: u64, nonce: [u8; NONCE_LEN] },
-    Auth { proof: [u8; PROOF_LEN] },
-    AllocSlab { unit_bytes: u32 },
-    FreeSlab { slab: SlabId },
+    Hello {
+        version: u32,
+        client_id: u64,
+        nonce: [u8; NONCE_LEN],
+    },
+    Auth {
+        proof: [u8; PROOF_LEN],
+    },
+    AllocSlab {
+        unit_bytes: u32,
+    },
+    FreeSlab {
+        slab: SlabId,
+    },
     ReadPages(ReadEntries<'a>),
     WritePages(WriteEntries<'a>),
+    /// Like `WritePages`, but each unit is stored only if no `WritePages` stored it since
+    /// its slab was allocated: the copy of a moving chunk never overwrites a newer write.
+    CopyPages(WriteEntries<'a>),
     Stats,
 }
 

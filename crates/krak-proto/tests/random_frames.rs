@@ -231,7 +231,7 @@ fn valid_frame(rng: &mut Rng) -> Vec<u8> {
         }
         9 => {
             let count = rng.next() as u32;
-            encode_written(&mut out, id, count);
+            encode_written(&mut out, Op::WritePages, id, count);
             let (h, body) = split(&out);
             assert_eq!(decode_response(&h, body).unwrap(), Response::Written { count });
         }

@@ -58,7 +58,7 @@ pub struct MemserverArgs {
     /// Busy-wait of each connection for the client's next request before sleeping, in
     /// microseconds (0: sleep at once). Longer spins cut fault latency (a sleeping thread's
     /// wake-up is slow on virtual machines) at the cost of CPU on this host.
-    #[arg(long, value_name = "US", default_value_t = krak_memserver::DEFAULT_SPIN_US)]
+    #[arg(long, value_name = "US", env = "KRAK_MEMSERVER_SPIN_US", default_value_t = krak_memserver::DEFAULT_SPIN_US)]
     spin_us: u64,
     /// Lock slab memory into RAM (mlock) so it is never swapped out; failures only warn.
     #[arg(long)]
