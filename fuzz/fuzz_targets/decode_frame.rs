@@ -19,12 +19,17 @@ fuzz_target!(|data: &[u8]| {
                 Request::ReadPages(entries) => {
                     assert_eq!(entries.iter().count(), entries.len());
                 }
-                Request::WritePages(entries) => {
+                Request::WritePages(entries) | Request::CopyPages(entries) => {
                     assert!(krak_proto::valid_unit_bytes(entries.unit_bytes()));
                     for e in entries.iter() {
                         assert_eq!(e.data.len(), entries.unit_bytes() as usize);
                         let _ = krak_proto::page_crc(e.data) == e.crc;
                     }
+                }
+                Request::PushPages(push) => {
+                    assert!(krak_proto::valid_unit_bytes(push.unit_bytes()));
+                    assert!(push.len() <= krak_proto::MAX_BATCH_PAGES && push.to.port() != 0);
+                    assert_eq!(push.iter().count(), push.len());
                 }
                 _ => {}
             }

@@ -19,10 +19,11 @@ use std::time::Duration;
 use inbox::Inbox;
 
 use krak_proto::{
-    decode_response, encode_alloc_slab, encode_auth, encode_copy_pages, encode_free_slab, encode_hello,
-    encode_read_pages, encode_stats, encode_write_pages, page_crc, proof_matches, DecodeError, ErrorCode, FrameMac,
-    Header, Op, PageRef, RackSecret, Response, ServerHello, ServerStats, Side, SlabId, Transcript, HEADER_LEN, MAC_LEN,
-    MAX_BATCH_PAGES, NONCE_LEN, PAGE_SIZE, PROOF_LEN, PROTOCOL_VERSION, RESPONSE_BIT,
+    decode_response, encode_alloc_slab, encode_auth, encode_copy_pages, encode_copy_units, encode_free_slab,
+    encode_hello, encode_push_pages, encode_read_pages, encode_stats, encode_write_pages, page_crc, proof_matches,
+    DecodeError, ErrorCode, FrameMac, Header, Op, PageRef, RackSecret, Response, ServerHello, ServerStats, Side,
+    SlabId, Transcript, HEADER_LEN, MAC_LEN, MAX_BATCH_PAGES, NONCE_LEN, PAGE_SIZE, PROOF_LEN, PROTOCOL_VERSION,
+    RESPONSE_BIT,
 };
 
 /// Why a call to a memory server failed.
@@ -250,6 +251,41 @@ impl Connection {
         assert!(pages.len() <= MAX_BATCH_PAGES, "caller must split batches");
         let unit_bytes = pages.first().map_or(PAGE_SIZE, |(_, d)| d.len()) as u32;
         self.send_with(Op::CopyPages, |buf, id| encode_copy_pages(buf, id, unit_bytes, pages.iter().copied()))
+    }
+
+    /// Queues a copy like [`Connection::send_copy_pages`], of units given with their CRC-32C
+    /// as stored (a server pushing its units to another one).
+    pub fn send_copy_units<'p>(
+        &mut self,
+        unit_bytes: u32,
+        units: impl ExactSizeIterator<Item = (PageRef, u32, &'p [u8])>,
+    ) -> Result<u64, ClientError> {
+        assert!(units.len() <= MAX_BATCH_PAGES, "caller must split batches");
+        self.send_with(Op::CopyPages, |buf, id| encode_copy_units(buf, id, unit_bytes, units))
+    }
+
+    /// Queues a push: units `pages` of slab `src` of this server go, as a copy, to the same
+    /// units of slab `dst` on the memory server at `to`, server to server. Answer with
+    /// [`Connection::recv_pushed`].
+    pub fn send_push_pages(
+        &mut self,
+        to: SocketAddr,
+        src: SlabId,
+        dst: SlabId,
+        unit_bytes: u32,
+        pages: &[u32],
+    ) -> Result<u64, ClientError> {
+        assert!(pages.len() <= MAX_BATCH_PAGES, "caller must split batches");
+        self.send_with(Op::PushPages, |buf, id| encode_push_pages(buf, id, to, src, dst, unit_bytes, pages))
+    }
+
+    /// Receives the answer to a push: how many units the target stored.
+    pub fn recv_pushed(&mut self, id: u64) -> Result<u32, ClientError> {
+        let addr = self.addr;
+        match self.recv(id)? {
+            Response::Written { count } => Ok(count),
+            other => Err(unexpected(addr, Op::PushPages, &other)),
+        }
     }
 
     /// Receives the answer to a copy sent with [`Connection::send_copy_pages`]: how many

@@ -52,6 +52,9 @@ pub struct ServerConfig {
     pub max_bytes_per_client: Option<u64>,
     /// Busy-wait of each connection for its next request (0: sleep at once).
     pub spin_us: u64,
+    /// Serve `PushPages` (copy a client's units to another server). Off for a server that
+    /// cannot reach its peers: pushes are then refused and pagers relay the copy.
+    pub push: bool,
 }
 
 impl ServerConfig {
@@ -69,6 +72,7 @@ impl ServerConfig {
             max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
             max_bytes_per_client: None,
             spin_us: DEFAULT_SPIN_US,
+            push: true,
         }
     }
 

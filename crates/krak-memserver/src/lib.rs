@@ -17,6 +17,7 @@
 
 mod config;
 mod connection;
+mod push;
 mod registry;
 mod requests;
 mod server;

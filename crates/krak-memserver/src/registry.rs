@@ -37,6 +37,8 @@ pub(crate) enum RegistryError {
     ClientCapacity { limit_bytes: u64, lent_bytes: u64 },
     #[error("slab {slab:#x} stores units of {unit_bytes} bytes, the request named {asked}")]
     WrongUnitSize { slab: u64, unit_bytes: u32, asked: u32 },
+    #[error("pushing to {to}: {detail}")]
+    PushFailed { to: std::net::SocketAddr, detail: String },
 }
 
 impl RegistryError {
@@ -49,6 +51,7 @@ impl RegistryError {
             RegistryError::Map(_) => ErrorCode::Internal,
             RegistryError::TooManyConnections { .. } | RegistryError::ClientCapacity { .. } => ErrorCode::ClientLimit,
             RegistryError::WrongUnitSize { .. } => ErrorCode::WrongUnitSize,
+            RegistryError::PushFailed { .. } => ErrorCode::PushFailed,
         }
     }
 }
@@ -287,14 +290,26 @@ impl Registry {
         &self,
         owner: u64,
         entries: ReadEntries<'_>,
+        emit: impl FnMut(u32, &[u8]),
+    ) -> Result<(), RegistryError> {
+        self.read_units(owner, entries.unit_bytes(), || entries.iter(), emit)
+    }
+
+    /// Like [`Registry::read_pages`], for the units `refs()` names (called twice: once to
+    /// validate them all, once to read).
+    pub(crate) fn read_units<I: Iterator<Item = PageRef>>(
+        &self,
+        owner: u64,
+        unit_bytes: u32,
+        refs: impl Fn() -> I,
         mut emit: impl FnMut(u32, &[u8]),
     ) -> Result<(), RegistryError> {
         let slabs = self.slabs.read();
-        for at in entries.iter() {
-            check(&slabs, owner, at, entries.unit_bytes())?;
+        for at in refs() {
+            check(&slabs, owner, at, unit_bytes)?;
         }
         let mut current: Option<(SlabId, parking_lot::RwLockReadGuard<'_, Slab>)> = None;
-        for at in entries.iter() {
+        for at in refs() {
             if current.as_ref().map(|(id, _)| *id) != Some(at.slab) {
                 drop(current.take());
                 let lent = slabs.get(&at.slab.0).ok_or(RegistryError::UnknownSlab(at.slab.0))?;

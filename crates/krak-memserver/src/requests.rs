@@ -37,11 +37,13 @@ pub(crate) struct Session {
     pub(crate) mac: Option<FrameMac>,
     /// Requests refused with `UnknownSlab` on this connection.
     pub(crate) bad_slab_requests: u32,
+    /// Links to the servers this connection's client pushes units to.
+    pub(crate) pushers: crate::push::Pushers,
 }
 
 impl Session {
     pub(crate) fn new(peer: SocketAddr) -> Session {
-        Session { peer, client_id: None, handshake: None, mac: None, bad_slab_requests: 0 }
+        Session { peer, client_id: None, handshake: None, mac: None, bad_slab_requests: 0, pushers: Default::default() }
     }
 }
 
@@ -97,6 +99,12 @@ pub(crate) fn answer(shared: &Shared, session: &mut Session, header: &Header, bo
             shared.counters.add_pages_written(stored as usize);
             encode_written(out, Op::CopyPages, id, stored);
         }),
+        Request::PushPages(entries) => {
+            crate::push::push(shared, &mut session.pushers, client_id, entries).map(|stored| {
+                shared.counters.add_pages_read(entries.len());
+                encode_written(out, Op::PushPages, id, stored);
+            })
+        }
         Request::ReadPages(entries) => {
             let start = out.len();
             out.reserve(entries.len() * (4 + entries.unit_bytes() as usize) + 64);

@@ -10,6 +10,7 @@
 //!
 //! The fault path is described in `docs/design.md`.
 
+mod chunk_copy;
 mod core;
 mod discard;
 pub mod eviction;

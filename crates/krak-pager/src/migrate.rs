@@ -16,10 +16,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use std::collections::VecDeque;
-
 use krak_client::{ClientError, Connection};
-use krak_proto::PageRef;
 use krak_uffd::PAGE_SIZE;
 use parking_lot::MutexGuard;
 
@@ -30,11 +27,6 @@ use crate::{FarMemory, PagerError};
 
 /// Pages per step of a rebuild (`reprotect.rs`): one read and one write of a full batch.
 const STEP_PAGES: usize = krak_proto::MAX_BATCH_PAGES;
-/// Pages per step of a move's copy: small enough that the CPU a step takes in one burst
-/// (MACs, checksums, copies) does not hold up the faults sharing the host for long.
-const COPY_STEP_PAGES: usize = 64;
-/// Copy steps of one move in flight at once, of reads and of copies each.
-const COPY_DEPTH: usize = 2;
 /// Most time one move may take before its caller gives up waiting.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -99,57 +91,6 @@ fn wait_for_writeback_in_flight(shared: &Shared) {
     while core.wb_batches_done < taken && !shared.stop.load(Ordering::Relaxed) {
         shared.space.wait_for(&mut core, Duration::from_millis(10));
     }
-}
-
-/// Copies the remote pages of `chunk` from its home to `to_slab` on server `to` (the chunk
-/// is moving there, so write-backs already reach both), `COPY_DEPTH` reads and as many
-/// copies in flight;
-/// returns the pages copied.
-fn copy_chunk(shared: &Shared, chunk: usize, to: usize, to_slab: krak_proto::SlabId) -> Result<u64, PagerError> {
-    let layout = &shared.layout;
-    let home = layout.chunk(chunk);
-    let chunk_pages = layout.chunk_pages;
-    let (mut next, end) = (chunk * chunk_pages, ((chunk + 1) * chunk_pages).min(shared.region_pages()));
-    let mut src = Connection::connect(layout.server_addr(home.server), layout.connect)?;
-    let mut dst = Connection::connect(layout.server_addr(to), layout.connect)?;
-    let at = |slab, p: usize| PageRef { slab, page: (p % chunk_pages) as u32 };
-    let mut reads: VecDeque<(u64, Vec<usize>)> = VecDeque::with_capacity(COPY_DEPTH);
-    let mut copies: VecDeque<u64> = VecDeque::with_capacity(COPY_DEPTH);
-    let mut buf = vec![0u8; COPY_STEP_PAGES * PAGE_SIZE];
-    let mut refs = Vec::with_capacity(COPY_STEP_PAGES);
-    let mut copied = 0u64;
-    loop {
-        while next < end && reads.len() < COPY_DEPTH {
-            let stop = (next + COPY_STEP_PAGES).min(end);
-            let pages: Vec<usize> = {
-                let core = shared.core.lock();
-                (next..stop).filter(|&p| core.states[p] & REMOTE != 0).collect()
-            };
-            next = stop;
-            if !pages.is_empty() {
-                refs.clear();
-                refs.extend(pages.iter().map(|&p| at(home.slab, p)));
-                reads.push_back((src.send_read_pages(&refs)?, pages));
-            }
-        }
-        let Some((id, pages)) = reads.pop_front() else { break };
-        refs.clear();
-        refs.extend(pages.iter().map(|&p| at(home.slab, p)));
-        let bytes = &mut buf[..pages.len() * PAGE_SIZE];
-        src.recv_pages(id, &refs, bytes)?;
-        if copies.len() >= COPY_DEPTH {
-            dst.recv_copied(copies.pop_front().expect("not empty"))?;
-        }
-        let writes: Vec<(PageRef, &[u8])> =
-            pages.iter().zip(bytes.chunks_exact(PAGE_SIZE)).map(|(&p, d)| (at(to_slab, p), d)).collect();
-        copies.push_back(dst.send_copy_pages(&writes)?);
-        copied += pages.len() as u64;
-        Counters::add(&shared.counters.moved_pages, pages.len() as u64);
-    }
-    while let Some(id) = copies.pop_front() {
-        dst.recv_copied(id)?;
-    }
-    Ok(copied)
 }
 
 /// The `REMOTE` pages of the next step of the move at the head of the queue: at most
@@ -272,7 +213,7 @@ impl Shared {
         // A batch taken before the move may still write this chunk's pages to the old slab
         // alone: let it land before the copy reads them.
         wait_for_writeback_in_flight(shared);
-        let copied = match copy_chunk(shared, chunk, to_idx, new_slab) {
+        let copied = match crate::chunk_copy::copy_chunk(shared, chunk, to_idx, new_slab) {
             Ok(pages) => pages,
             Err(e) => {
                 // The chunk stays where it was; the old home received every write meanwhile.

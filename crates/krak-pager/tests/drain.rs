@@ -14,8 +14,10 @@ use rand::{Rng, SeedableRng};
 const REGION_BYTES: u64 = 32 << 20;
 const THREADS: usize = 2;
 
-fn drain_under_load(mode: FaultMode) {
-    let servers = servers(4, 64 << 20);
+/// With `push`, the drained server copies its chunks to the others itself; without, the
+/// servers refuse to push and the pager relays every page.
+fn drain_under_load(mode: FaultMode, push: bool) {
+    let servers = servers_with(4, 64 << 20, |c| c.push = push);
     let first_three: Vec<_> = servers[..3].iter().map(|s| s.addr()).collect();
     let region = Arc::new(
         FarMemory::new(PagerConfig {
@@ -110,6 +112,8 @@ fn drain_under_load(mode: FaultMode) {
     assert_eq!(servers[0].stats().lent_bytes, 0, "the drained server ends with nothing lent");
     assert!(servers[3].stats().lent_bytes > 0, "the server that was not in the region took chunks");
     assert_eq!(stats.failed_faults, 0);
+    let refused = servers[0].stats().errors;
+    assert!(if push { refused == 0 } else { refused > 0 }, "push {push}: {refused} refusals on the drained server");
     drop(region);
     for s in &servers {
         assert_eq!(s.stats().lent_bytes, 0, "dropping the region gives every slab back, moved or not");
@@ -118,10 +122,15 @@ fn drain_under_load(mode: FaultMode) {
 
 #[test]
 fn drain_a_server_under_a_verified_workload_handler_threads() {
-    drain_under_load(FaultMode::Threads);
+    drain_under_load(FaultMode::Threads, true);
 }
 
 #[test]
 fn drain_a_server_under_a_verified_workload_self_serving() {
-    drain_under_load(FaultMode::Sigbus);
+    drain_under_load(FaultMode::Sigbus, true);
+}
+
+#[test]
+fn drain_relays_the_pages_when_servers_do_not_push() {
+    drain_under_load(FaultMode::Sigbus, false);
 }

@@ -123,6 +123,24 @@ pub fn encode_copy_pages<'p>(
     encode_units(out, Op::CopyPages, request_id, unit_bytes, pages);
 }
 
+/// Encodes a copy like [`encode_copy_pages`], with each unit's CRC-32C as stored (a
+/// server pushing its units passes on the checksum its writer sent, not a new one).
+pub fn encode_copy_units<'p>(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    unit_bytes: u32,
+    units: impl ExactSizeIterator<Item = (PageRef, u32, &'p [u8])>,
+) {
+    assert!(units.len() <= MAX_BATCH_PAGES, "copy batch of {} units", units.len());
+    let mut f = FrameBuilder::begin(out, Op::CopyPages as u16, 0, request_id);
+    f.put_u32(units.len() as u32).put_u32(unit_bytes);
+    for (at, crc, data) in units {
+        assert_eq!(data.len(), unit_bytes as usize, "every unit of the batch is {unit_bytes} bytes");
+        f.put_slab(at.slab).put_u32(at.page).put_u32(crc).put_bytes(data);
+    }
+    f.finish();
+}
+
 fn encode_units<'p>(
     out: &mut Vec<u8>,
     op: Op,
@@ -295,6 +313,7 @@ pub fn decode_request<'a>(header: &Header, body: &'a [u8]) -> Result<Request<'a>
             let (unit_bytes, bytes) = counted(name, body, WRITE_ENTRY_HEAD, true)?;
             Request::CopyPages(WriteEntries { unit_bytes, bytes })
         }
+        Op::PushPages => Request::PushPages(crate::push::decode_push(body)?),
         Op::Stats => {
             expect_len(name, body, 0)?;
             Request::Stats
@@ -345,7 +364,7 @@ pub fn decode_response<'a>(header: &Header, body: &'a [u8]) -> Result<Response<'
             let (unit_bytes, bytes) = counted(name, body, PAGE_ENTRY_HEAD, true)?;
             Response::Pages(PageEntries { unit_bytes, bytes })
         }
-        Op::WritePages | Op::CopyPages => {
+        Op::WritePages | Op::CopyPages | Op::PushPages => {
             expect_len(name, body, 4)?;
             Response::Written { count: read_u32(body, 0) }
         }

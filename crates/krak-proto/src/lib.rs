@@ -11,6 +11,7 @@ mod auth;
 mod codec;
 mod frame;
 mod message;
+mod push;
 pub mod units;
 
 pub use auth::{proof_matches, BadMac, FrameMac, Side, Transcript, MAC_LEN, NONCE_LEN, PROOF_LEN};
@@ -18,6 +19,7 @@ pub use codec::*;
 pub use frame::{DecodeError, Header, HEADER_LEN, MAGIC, MAX_BODY_BYTES};
 pub use krak_auth::{MacKey, RackSecret};
 pub use message::*;
+pub use push::{encode_push_pages, PushEntries, ADDR_LEN, PUSH_HEAD_LEN};
 
 /// Version spoken by this build; a server refuses a hello with any other.
 pub const PROTOCOL_VERSION: u32 = 3;

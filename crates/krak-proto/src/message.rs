@@ -17,6 +17,7 @@ pub enum Op {
     Stats = 6,
     Auth = 7,
     CopyPages = 8,
+    PushPages = 9,
 }
 
 impl Op {
@@ -30,6 +31,7 @@ impl Op {
             6 => Op::Stats,
             7 => Op::Auth,
             8 => Op::CopyPages,
+            9 => Op::PushPages,
             _ => return None,
         })
     }
@@ -44,6 +46,7 @@ impl Op {
             Op::Stats => "stats",
             Op::Auth => "auth",
             Op::CopyPages => "copy_pages",
+            Op::PushPages => "push_pages",
         }
     }
 }
@@ -85,6 +88,9 @@ pub enum ErrorCode {
     TooManyBadSlabs = 15,
     /// A read or write named a unit size other than the slab's.
     WrongUnitSize = 16,
+    /// A push could not copy to the server it named (unreachable, not of this rack, or it
+    /// refused the copy); nothing is known about what it stored.
+    PushFailed = 17,
 }
 
 impl ErrorCode {
@@ -107,6 +113,7 @@ impl ErrorCode {
             14 => ClientLimit,
             15 => TooManyBadSlabs,
             16 => WrongUnitSize,
+            17 => PushFailed,
             _ => return None,
         })
     }
@@ -228,6 +235,8 @@ pub enum Request<'a> {
     /// Like `WritePages`, but each unit is stored only if no `WritePages` stored it since
     /// its slab was allocated: the copy of a moving chunk never overwrites a newer write.
     CopyPages(WriteEntries<'a>),
+    /// Units of a slab of this server to copy (as `CopyPages`) into a slab of another one.
+    PushPages(crate::push::PushEntries<'a>),
     Stats,
 }
 

@@ -60,6 +60,11 @@ pub struct MemserverArgs {
     /// wake-up is slow on virtual machines) at the cost of CPU on this host.
     #[arg(long, value_name = "US", env = "KRAK_MEMSERVER_SPIN_US", default_value_t = krak_memserver::DEFAULT_SPIN_US)]
     spin_us: u64,
+    /// Refuse to copy a client's slabs to other memory servers (PushPages), e.g. when this
+    /// host cannot reach its peers: a pager moving a chunk off this server then relays the
+    /// pages itself.
+    #[arg(long)]
+    no_push: bool,
     /// Lock slab memory into RAM (mlock) so it is never swapped out; failures only warn.
     #[arg(long)]
     mlock: bool,
@@ -100,6 +105,7 @@ pub fn run(args: MemserverArgs) -> anyhow::Result<()> {
         max_connections_per_client: args.max_client_connections,
         max_bytes_per_client: args.max_client_capacity.map(|b| b.0),
         spin_us: args.spin_us,
+        push: !args.no_push,
     };
     let secret = config.secret;
     let server = MemServer::bind(config).context("starting the memory server")?;

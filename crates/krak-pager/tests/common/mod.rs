@@ -15,6 +15,11 @@ use krak_pager::{FarMemory, FaultMode, PagerConfig, PAGE_SIZE};
 pub const SLAB_BYTES: u64 = 1 << 20;
 
 pub fn servers(n: usize, capacity_bytes: u64) -> Vec<ServerHandle> {
+    servers_with(n, capacity_bytes, |_| {})
+}
+
+/// Like [`servers`], each config changed by `tune` first.
+pub fn servers_with(n: usize, capacity_bytes: u64, tune: impl Fn(&mut ServerConfig)) -> Vec<ServerHandle> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KRAK_LOG").unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
@@ -23,6 +28,7 @@ pub fn servers(n: usize, capacity_bytes: u64) -> Vec<ServerHandle> {
         .map(|_| {
             let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), capacity_bytes);
             cfg.slab_size_bytes = SLAB_BYTES;
+            tune(&mut cfg);
             spawn(cfg).expect("memory server starts")
         })
         .collect()

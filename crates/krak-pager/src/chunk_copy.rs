@@ -1,0 +1,156 @@
+//! The copy of a moving chunk's remote pages to its new slab (see `migrate.rs`), run by the
+//! thread that asked for the move, several steps in flight.
+//!
+//! First choice: the old server pushes the pages straight to the new one (`PushPages`),
+//! so the data never passes through this host. If the old server cannot reach the new one,
+//! the pages are relayed: read here, then sent as `CopyPages`. Both store a page on the new
+//! slab only where no write-back landed since it was allocated, so either may run beside
+//! the write-backs, and a relay after a failed push may copy a page twice.
+
+use std::collections::VecDeque;
+
+use krak_client::{ClientError, Connection};
+use krak_proto::{ErrorCode, PageRef, SlabId};
+use krak_uffd::PAGE_SIZE;
+
+use crate::core::{Shared, REMOTE};
+use crate::stats::Counters;
+use crate::PagerError;
+
+/// Pages per step: small enough that the CPU one step takes in a burst (MACs, checksums,
+/// copies) does not hold up the faults sharing a host for long.
+const STEP_PAGES: usize = 64;
+/// Steps in flight per stream (reads and copies each, when relaying).
+const DEPTH: usize = 2;
+/// Connections a push uses to the old server: each is served by its own thread there, so
+/// two let one step be sent while the other's answer comes back.
+const PUSH_STREAMS: usize = 2;
+
+/// The pages of one step: the `REMOTE` pages of `[from, from + STEP_PAGES)` below `end`.
+struct Steps {
+    next: usize,
+    end: usize,
+    chunk_pages: usize,
+}
+
+impl Steps {
+    fn next(&mut self, shared: &Shared) -> Option<Vec<usize>> {
+        while self.next < self.end {
+            let stop = (self.next + STEP_PAGES).min(self.end);
+            let pages: Vec<usize> = {
+                let core = shared.core.lock();
+                (self.next..stop).filter(|&p| core.states[p] & REMOTE != 0).collect()
+            };
+            self.next = stop;
+            if !pages.is_empty() {
+                return Some(pages);
+            }
+        }
+        None
+    }
+
+    fn unit(&self, page: usize) -> u32 {
+        (page % self.chunk_pages) as u32
+    }
+}
+
+/// Copies the remote pages of `chunk` from its home to `to_slab` on server `to` (the chunk
+/// is moving there, so write-backs already reach both); returns the pages copied.
+pub(crate) fn copy_chunk(shared: &Shared, chunk: usize, to: usize, to_slab: SlabId) -> Result<u64, PagerError> {
+    match push_chunk(shared, chunk, to, to_slab) {
+        Err(ClientError::Refused { code, message, .. }) if code == ErrorCode::PushFailed as u16 => {
+            let to_addr = shared.layout.server_addr(to);
+            tracing::warn!("the old server of chunk {chunk} cannot copy to {to_addr} itself ({message}); relaying");
+            Ok(relay_chunk(shared, chunk, to, to_slab)?)
+        }
+        other => Ok(other?),
+    }
+}
+
+fn steps(shared: &Shared, chunk: usize) -> Steps {
+    let chunk_pages = shared.layout.chunk_pages;
+    let end = ((chunk + 1) * chunk_pages).min(shared.region_pages());
+    Steps { next: chunk * chunk_pages, end, chunk_pages }
+}
+
+/// The old server sends each step to the new one; `PUSH_STREAMS` connections, `DEPTH` steps
+/// in flight on each.
+fn push_chunk(shared: &Shared, chunk: usize, to: usize, to_slab: SlabId) -> Result<u64, ClientError> {
+    let layout = &shared.layout;
+    let home = layout.chunk(chunk);
+    let to_addr = layout.server_addr(to);
+    let mut streams = Vec::with_capacity(PUSH_STREAMS);
+    for _ in 0..PUSH_STREAMS {
+        streams.push((Connection::connect(layout.server_addr(home.server), layout.connect)?, VecDeque::new()));
+    }
+    let mut steps = steps(shared, chunk);
+    let mut copied = 0u64;
+    let mut units = Vec::with_capacity(STEP_PAGES);
+    let mut turn = 0;
+    loop {
+        // Top every stream up, then take the oldest answer of the next stream in turn.
+        let mut more = true;
+        for (conn, in_flight) in streams.iter_mut() {
+            while more && in_flight.len() < DEPTH {
+                let Some(pages) = steps.next(shared) else {
+                    more = false;
+                    break;
+                };
+                units.clear();
+                units.extend(pages.iter().map(|&p| steps.unit(p)));
+                let id = conn.send_push_pages(to_addr, home.slab, to_slab, PAGE_SIZE as u32, &units)?;
+                in_flight.push_back((id, pages.len()));
+            }
+        }
+        let Some(i) = (0..PUSH_STREAMS).map(|k| (turn + k) % PUSH_STREAMS).find(|&k| !streams[k].1.is_empty()) else {
+            return Ok(copied);
+        };
+        turn = i + 1;
+        let (conn, in_flight) = &mut streams[i];
+        let (id, n) = in_flight.pop_front().expect("found not empty");
+        conn.recv_pushed(id)?;
+        copied += n as u64;
+        Counters::add(&shared.counters.moved_pages, n as u64);
+    }
+}
+
+/// Each step is read from the old server and sent to the new one as `CopyPages`, `DEPTH`
+/// reads and as many copies in flight.
+fn relay_chunk(shared: &Shared, chunk: usize, to: usize, to_slab: SlabId) -> Result<u64, ClientError> {
+    let layout = &shared.layout;
+    let home = layout.chunk(chunk);
+    let mut src = Connection::connect(layout.server_addr(home.server), layout.connect)?;
+    let mut dst = Connection::connect(layout.server_addr(to), layout.connect)?;
+    let mut steps = steps(shared, chunk);
+    let at = |slab, unit| PageRef { slab, page: unit };
+    let mut reads: VecDeque<(u64, Vec<usize>)> = VecDeque::with_capacity(DEPTH);
+    let mut copies: VecDeque<u64> = VecDeque::with_capacity(DEPTH);
+    let mut buf = vec![0u8; STEP_PAGES * PAGE_SIZE];
+    let mut refs = Vec::with_capacity(STEP_PAGES);
+    let mut copied = 0u64;
+    loop {
+        while reads.len() < DEPTH {
+            let Some(pages) = steps.next(shared) else { break };
+            refs.clear();
+            refs.extend(pages.iter().map(|&p| at(home.slab, steps.unit(p))));
+            reads.push_back((src.send_read_pages(&refs)?, pages));
+        }
+        let Some((id, pages)) = reads.pop_front() else { break };
+        refs.clear();
+        refs.extend(pages.iter().map(|&p| at(home.slab, steps.unit(p))));
+        let bytes = &mut buf[..pages.len() * PAGE_SIZE];
+        src.recv_pages(id, &refs, bytes)?;
+        if copies.len() >= DEPTH {
+            dst.recv_copied(copies.pop_front().expect("not empty"))?;
+        }
+        let writes: Vec<(PageRef, &[u8])> =
+            pages.iter().zip(bytes.chunks_exact(PAGE_SIZE)).map(|(&p, d)| (at(to_slab, steps.unit(p)), d)).collect();
+        copies.push_back(dst.send_copy_pages(&writes)?);
+        copied += pages.len() as u64;
+        Counters::add(&shared.counters.moved_pages, pages.len() as u64);
+    }
+    while let Some(id) = copies.pop_front() {
+        dst.recv_copied(id)?;
+    }
+    Ok(copied)
+}
