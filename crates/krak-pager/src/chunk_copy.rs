@@ -20,11 +20,13 @@ use crate::PagerError;
 /// Pages per step: small enough that the CPU one step takes in a burst (MACs, checksums,
 /// copies) does not hold up the faults sharing a host for long.
 const STEP_PAGES: usize = 64;
-/// Steps in flight per stream (reads and copies each, when relaying).
+/// Steps in flight per stream (reads and copies each, when relaying): the next step is
+/// already waiting at the old server when it finishes one.
 const DEPTH: usize = 2;
-/// Connections a push uses to the old server: each is served by its own thread there, so
-/// two let one step be sent while the other's answer comes back.
-const PUSH_STREAMS: usize = 2;
+/// Connections a push uses to the old server. Each is served by its own thread there, one
+/// step at a time: one stream keeps a move to about one core's worth of copying on the
+/// servers, more would go faster on idle hosts but take the CPU faults need on a busy one.
+const PUSH_STREAMS: usize = 1;
 
 /// The pages of one step: the `REMOTE` pages of `[from, from + STEP_PAGES)` below `end`.
 struct Steps {
