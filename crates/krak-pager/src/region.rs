@@ -107,7 +107,7 @@ impl Default for PagerConfig {
             controller: None,
             owner: default_owner(),
             handler_threads: 2,
-            max_prefetch_pages: 64,
+            max_prefetch_pages: 256,
             writeback_batch_pages: 64,
             writeback_buffer_pages: 1024,
             io_timeout_ms: 5_000,
