@@ -45,6 +45,15 @@ pub struct RunArgs {
     /// Allocations of at least this size go to far memory.
     #[arg(long, value_name = "SIZE", default_value = "1MiB")]
     threshold: ByteSize,
+    /// Who serves malloc and friends. auto: the program's own allocator when malloc resolves
+    /// to a library other than glibc (redis-server with libjemalloc), else krak. krak: krak
+    /// serves them (large blocks in far memory, the rest from glibc). program: forward them
+    /// to the program's allocator. When the program's allocator serves them, its own large
+    /// mappings (jemalloc's extents) are far memory, so its small blocks are too; a forked
+    /// child (without exec) of such a program dies with SIGSEGV at once (the allocator's
+    /// fork handler touches far memory).
+    #[arg(long, value_enum, value_name = "WHO", default_value = "auto")]
+    allocator: Allocator,
     /// Memory servers to use (HOST:PORT,...), instead of starting some on loopback.
     #[arg(long, value_name = "ADDRS", value_delimiter = ',', conflicts_with = "controller")]
     servers: Vec<std::net::SocketAddr>,
@@ -69,6 +78,23 @@ pub struct RunArgs {
     /// The program and its arguments.
     #[arg(required = true, last = true, value_name = "PROGRAM")]
     program: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Allocator {
+    Auto,
+    Krak,
+    Program,
+}
+
+impl Allocator {
+    fn as_env(self) -> &'static str {
+        match self {
+            Allocator::Auto => "auto",
+            Allocator::Krak => "krak",
+            Allocator::Program => "program",
+        }
+    }
 }
 
 /// The preload library: $KRAK_PRELOAD, or beside the krak binary (both are built by
@@ -135,6 +161,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         .env(env::LOCAL_BYTES, args.local.0.to_string())
         .env(env::MAX_FAR_BYTES, args.max_far.0.to_string())
         .env(env::THRESHOLD_BYTES, args.threshold.0.to_string())
+        .env(env::ALLOCATOR, args.allocator.as_env())
         .env(env::STATS_FILE, &stats_base)
         .env(env::REDUNDANCY, args.redundancy.to_string());
     match &rack {
@@ -197,6 +224,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
             "local_budget_bytes": args.local.0,
             "max_far_bytes": args.max_far.0,
             "threshold_bytes": args.threshold.0,
+            "allocator": args.allocator.as_env(),
             "peak_rss_bytes": peak_rss_bytes,
             "arena": pager,
         });
