@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "common/redis.rs"]
+mod redis;
+
 const KRAK: &str = env!("CARGO_BIN_EXE_krak");
 const MIB: u64 = 1 << 20;
 /// Peak resident set allowed above the local budget: the program's own small memory and
@@ -296,153 +299,33 @@ fn installed(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file())
 }
 
+/// 900k keys of 1000 bytes: about 1 GiB resident in a plain run.
 const REDIS_KEYS: u64 = 900_000;
-const REDIS_VALUE_BYTES: usize = 1000;
 
-/// Key `i`'s value: 1000 printable bytes from a fixed seed.
-fn redis_value(i: u64) -> Vec<u8> {
-    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = vec![0u8; REDIS_VALUE_BYTES];
-    for chunk in v.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        for (j, b) in chunk.iter_mut().enumerate() {
-            *b = b'a' + ((x >> (j * 8)) % 26) as u8;
+/// redis-server on a free port, plain or under `krak run --local BUDGET --stats FILE`.
+fn start_redis(krak_run: Option<(u64, &Path)>) -> redis::Redis {
+    let port = redis::free_port();
+    let dir = scratch(&format!("redis-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = match krak_run {
+        Some((local_bytes, stats)) => {
+            let mut cmd = krak();
+            cmd.args(["run", "--local", &local_bytes.to_string(), "--stats", stats.to_str().unwrap(), "--"]);
+            cmd.arg("redis-server");
+            cmd
         }
-    }
-    v
+        None => Command::new("redis-server"),
+    };
+    cmd.args(redis::server_args(port, &dir));
+    redis::Redis::spawn(&mut cmd, port)
 }
 
-fn resp_command(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
-/// One RESP reply: a status or integer as text, a bulk string's bytes, None for nil.
-fn resp_reply(r: &mut impl std::io::BufRead) -> Option<Vec<u8>> {
-    let mut line = Vec::new();
-    r.read_until(b'\n', &mut line).unwrap();
-    assert!(line.ends_with(b"\r\n"), "redis closed the connection or sent {line:?}");
-    let text = &line[1..line.len() - 2];
-    match line[0] {
-        b'+' | b':' => Some(text.to_vec()),
-        b'$' => {
-            let len: i64 = std::str::from_utf8(text).unwrap().parse().unwrap();
-            if len < 0 {
-                return None;
-            }
-            let mut body = vec![0u8; len as usize + 2];
-            r.read_exact(&mut body).unwrap();
-            body.truncate(len as usize);
-            Some(body)
-        }
-        _ => panic!("redis error: {}", String::from_utf8_lossy(&line)),
-    }
-}
-
-/// A redis-server (plain or under krak run) on a loopback port, its log in the scratch dir.
-struct Redis {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start(krak_run: Option<(u64, &Path)>) -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = scratch(&format!("redis-{port}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut cmd = match krak_run {
-            Some((local_bytes, stats)) => {
-                let mut cmd = krak();
-                cmd.args(["run", "--local", &local_bytes.to_string(), "--stats", stats.to_str().unwrap(), "--"]);
-                cmd.arg("redis-server");
-                cmd
-            }
-            None => Command::new("redis-server"),
-        };
-        // No persistence: a background save is a fork, whose child cannot read far memory.
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--enable-debug-command", "yes", "--daemonize", "no", "--dir", dir.to_str().unwrap()])
-            .args(["--logfile", dir.join("redis.log").to_str().unwrap()])
-            .stdout(Stdio::null());
-        let mut child = cmd.spawn().expect("start redis-server");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(child.try_wait().unwrap().is_none(), "redis-server exited; log in {}", dir.display());
-            assert!(started.elapsed() < Duration::from_secs(60), "redis-server did not listen within 60 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Redis { child, port }
-    }
-
-    fn connect(&self) -> (std::net::TcpStream, std::io::BufReader<std::net::TcpStream>) {
-        let stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
-        (stream.try_clone().unwrap(), std::io::BufReader::new(stream))
-    }
-
-    fn command(&self, args: &[&[u8]]) -> Option<Vec<u8>> {
-        let (mut w, mut r) = self.connect();
-        w.write_all(&resp_command(args)).unwrap();
-        resp_reply(&mut r)
-    }
-
-    /// SETs every key with `redis-cli --pipe`, fed from a thread.
-    fn load(&self) {
-        let mut cli = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "--pipe"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("redis-cli");
-        let mut stdin = std::io::BufWriter::new(cli.stdin.take().unwrap());
-        let feeder = std::thread::spawn(move || {
-            for i in 0..REDIS_KEYS {
-                let key = format!("key:{i}");
-                stdin.write_all(&resp_command(&[b"SET", key.as_bytes(), &redis_value(i)])).unwrap();
-            }
-            stdin.flush().unwrap();
-        });
-        let out = cli.wait_with_output().unwrap();
-        feeder.join().unwrap();
-        let out = String::from_utf8_lossy(&out.stdout);
-        assert!(out.contains(&format!("errors: 0, replies: {REDIS_KEYS}")), "redis-cli --pipe: {out}");
-    }
-
-    /// The digest of the whole data set, after checking its size and reading keys back.
-    fn check_contents(&self) -> Vec<u8> {
-        assert_eq!(self.command(&[b"DBSIZE"]).unwrap(), REDIS_KEYS.to_string().as_bytes());
-        let digest = self.command(&[b"DEBUG", b"DIGEST"]).unwrap();
-        assert_eq!(digest.len(), 40, "DEBUG DIGEST: {}", String::from_utf8_lossy(&digest));
-        // 4000 keys spread over the data set and the last one, pipelined, byte by byte.
-        let keys: Vec<u64> = (0..REDIS_KEYS).step_by((REDIS_KEYS / 4000) as usize).chain([REDIS_KEYS - 1]).collect();
-        let (mut w, mut r) = self.connect();
-        let mut batch = Vec::new();
-        for i in &keys {
-            batch.extend(resp_command(&[b"GET", format!("key:{i}").as_bytes()]));
-        }
-        w.write_all(&batch).unwrap();
-        for &i in &keys {
-            assert!(resp_reply(&mut r).as_deref() == Some(&redis_value(i)[..]), "key:{i} reads back wrong");
-        }
-        assert_eq!(self.command(&[b"GET", b"key:never-set"]), None);
-        digest
-    }
-
-    /// SHUTDOWN NOSAVE, then reaps the server: (exit code, peak resident set in bytes).
-    fn stop(self) -> (Option<i32>, u64) {
-        let (mut w, mut r) = self.connect();
-        w.write_all(&resp_command(&[b"SHUTDOWN", b"NOSAVE"])).unwrap();
-        // The server closes the connection as it exits.
-        let _ = r.read_to_end(&mut Vec::new());
-        wait_peak(&self.child)
-    }
+/// The data set's digest, after reading back 4000 keys spread over it and the last one.
+fn redis_contents(r: &redis::Redis) -> Vec<u8> {
+    let digest = r.digest(REDIS_KEYS);
+    let keys: Vec<u64> = (0..REDIS_KEYS).step_by((REDIS_KEYS / 4000) as usize).chain([REDIS_KEYS - 1]).collect();
+    r.read_back(&keys);
+    digest
 }
 
 #[test]
@@ -456,10 +339,10 @@ fn redis_with_its_own_allocator_keeps_its_data_in_far_memory() {
     }
     // ~1 GiB resident plain: 900k keys of 1000 bytes in jemalloc's small blocks.
     let started = Instant::now();
-    let plain = Redis::start(None);
-    plain.load();
-    let expected = plain.check_contents();
-    let (code, plain_peak) = plain.stop();
+    let plain = start_redis(None);
+    plain.load(REDIS_KEYS);
+    let expected = redis_contents(&plain);
+    let (code, plain_peak) = wait_peak(&plain.stop());
     assert_eq!(code, Some(0), "plain redis-server");
     assert!(plain_peak > 768 * MIB, "plain redis-server peaked at {} MiB, not about 1 GiB", plain_peak / MIB);
     eprintln!("plain redis-server: {:.1} s, peak {} MiB", started.elapsed().as_secs_f64(), plain_peak / MIB);
@@ -467,10 +350,10 @@ fn redis_with_its_own_allocator_keeps_its_data_in_far_memory() {
     let budget = plain_peak / 4;
     let stats_path = scratch("redis-stats.json");
     let started = Instant::now();
-    let redis = Redis::start(Some((budget, &stats_path)));
-    redis.load();
-    assert!(redis.check_contents() == expected, "DEBUG DIGEST under krak run differs from the plain run's");
-    let (code, _) = redis.stop();
+    let under_krak = start_redis(Some((budget, &stats_path)));
+    under_krak.load(REDIS_KEYS);
+    assert!(redis_contents(&under_krak) == expected, "DEBUG DIGEST under krak run differs from the plain run's");
+    let (code, _) = wait_peak(&under_krak.stop());
     assert_eq!(code, Some(0), "krak run redis-server");
     let stats: Value = serde_json::from_str(&std::fs::read_to_string(&stats_path).unwrap()).unwrap();
     let peak = stats["peak_rss_bytes"].as_u64().unwrap();
