@@ -21,7 +21,9 @@ const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, 
 /// anonymous private mmap) are served from a far-memory arena of --max-far bytes, of which at
 /// most --local bytes are resident on this machine; the rest lives on memory servers. The
 /// pager runs inside the program's process; the program's code is unchanged. Smaller
-/// allocations, files, stacks and the program itself stay in ordinary memory.
+/// allocations, files, stacks and the program itself stay in ordinary memory. A program
+/// linked with its own allocator (redis-server with jemalloc) keeps it, and that
+/// allocator's large mappings are far memory (see --allocator).
 ///
 /// With no rack given (--servers or --controller), 3 memory servers are started on loopback
 /// for the run, as `krak demo` does. stdin, stdout and stderr are the program's; SIGINT,
@@ -32,7 +34,7 @@ const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, 
 /// budget each. See docs/design.md.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  krak run --local 256MiB -- python3 big.py\n  krak run --local 1GiB --servers 10.0.0.5:7070,10.0.0.6:7070 -- sort -S 4G huge.txt\n  krak run --local 512MiB --stats run.json -- sqlite3 :memory: < queries.sql"
+    after_help = "Examples:\n  krak run --local 256MiB -- python3 big.py\n  krak run --local 1GiB --servers 10.0.0.5:7070,10.0.0.6:7070 -- sort -S 4G huge.txt\n  krak run --local 512MiB --stats run.json -- sqlite3 :memory: < queries.sql\n  krak run --local 256MiB -- redis-server --save '' --appendonly no"
 )]
 pub struct RunArgs {
     /// Most of the program's far memory resident on this machine at any moment.

@@ -91,6 +91,12 @@ pub fn route() -> Option<Route> {
     }
 }
 
+/// Whether `forward.rs` handles the malloc family (forwarding, or not yet resolved): for
+/// calls on existing blocks, which need no route.
+pub fn active() -> bool {
+    STATE.load(Acquire) != KRAK
+}
+
 fn remember(p: *mut c_void) -> *mut c_void {
     if p.is_null() {
         return p;

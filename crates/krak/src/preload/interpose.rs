@@ -43,7 +43,7 @@ pub unsafe extern "C" fn malloc(size: size_t) -> *mut c_void {
 /// As free(3).
 #[no_mangle]
 pub unsafe extern "C" fn free(ptr: *mut c_void) {
-    if route().is_some() {
+    if forward::active() {
         // SAFETY: as free(3).
         return unsafe { forward::free(ptr) };
     }
@@ -223,7 +223,7 @@ pub unsafe extern "C" fn pvalloc(size: size_t) -> *mut c_void {
 pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> size_t {
     if ptr.is_null() {
         0
-    } else if route().is_some() {
+    } else if forward::active() {
         // SAFETY: as malloc_usable_size(3), ptr not null.
         unsafe { forward::usable_size(ptr) }
     } else if in_arena(ptr as usize) {
