@@ -240,6 +240,58 @@ fn memory_calls_keep_contents_under_the_pager() {
 }
 
 #[test]
+fn a_programs_own_allocator_serves_it_from_far_memory() {
+    if unprivileged() {
+        return;
+    }
+    // A strict allocator of the program's (aborts on any block it did not hand out) and a
+    // program linked with it, writing ~200 MiB of blocks from four threads.
+    let lib = scratch("libownalloc.so");
+    let exe = scratch("own_alloc_main");
+    let (lib_s, exe_s) = (lib.to_str().unwrap(), exe.to_str().unwrap());
+    let dir = lib.parent().unwrap().to_str().unwrap();
+    let cc = |args: &[&str]| assert!(Command::new("cc").args(args).status().unwrap().success(), "cc {args:?}");
+    cc(&[
+        "-O2",
+        "-Wall",
+        "-Werror",
+        "-pthread",
+        "-fPIC",
+        "-shared",
+        "-o",
+        lib_s,
+        data("own_alloc.c").to_str().unwrap(),
+    ]);
+    cc(&["-O2", "-Wall", "-Werror", "-pthread", "-o", exe_s, data("own_alloc_main.c").to_str().unwrap()]
+        .into_iter()
+        .chain([&format!("-L{dir}")[..], "-lownalloc", &format!("-Wl,-rpath,{dir}")])
+        .collect::<Vec<_>>());
+    let (code, plain, _) = run_measured(&mut Command::new(&exe));
+    assert_eq!(code, Some(0), "plain run: {}", String::from_utf8_lossy(&plain));
+
+    let (code, out, stats) = krak_run(32 * MIB, &[], &[exe.to_str().unwrap()], None);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(code, Some(0), "{out}\n{stats}");
+    assert!(out.starts_with("ownalloc: ok, 0 bad blocks, 25 chunks"), "{out}");
+    let arena = &stats["arena"];
+    assert_eq!(arena["malloc"]["allocator"], "program", "{stats}");
+    assert!(arena["malloc"]["allocator_object"].as_str().unwrap().ends_with("libownalloc.so"), "{stats}");
+    assert!(arena["far_allocations"].as_u64().unwrap() >= 25, "its chunks are far memory: {stats}");
+    assert!(arena["pager"]["remote_reads"].as_u64().unwrap() > 10_000, "{stats}");
+    assert_eq!(arena["pager"]["failed_faults"], 0, "{stats}");
+    assert!(stats["peak_rss_bytes"].as_u64().unwrap() <= 32 * MIB + OVERHEAD_BYTES, "{stats}");
+
+    // --allocator krak: krak serves the malloc family, the program's allocator sees nothing.
+    let (code, out, stats) = krak_run(32 * MIB, &["--allocator", "krak"], &[exe.to_str().unwrap()], None);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(code, Some(0), "{out}\n{stats}");
+    assert!(out.starts_with("ownalloc: ok, 0 bad blocks, 0 chunks"), "{out}");
+    assert_eq!(stats["arena"]["malloc"]["allocator"], "krak", "{stats}");
+    let _ = std::fs::remove_file(&exe);
+    let _ = std::fs::remove_file(&lib);
+}
+
+#[test]
 fn exit_status_signals_and_stdio_pass_through() {
     if unprivileged() {
         return;
