@@ -52,8 +52,8 @@ pub struct RunArgs {
     /// serves them (large blocks in far memory, the rest from glibc). program: forward them
     /// to the program's allocator. When the program's allocator serves them, its own large
     /// mappings (jemalloc's extents) are far memory, so its small blocks are too; a forked
-    /// child (without exec) of such a program dies with SIGSEGV at once (the allocator's
-    /// fork handler touches far memory).
+    /// child (without exec) of such a program dies with SIGSEGV when it allocates (its
+    /// allocator's state is far memory, which the child does not have).
     #[arg(long, value_enum, value_name = "WHO", default_value = "auto")]
     allocator: Allocator,
     /// Memory servers to use (HOST:PORT,...), instead of starting some on loopback.
