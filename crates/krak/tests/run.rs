@@ -287,8 +287,23 @@ fn a_programs_own_allocator_serves_it_from_far_memory() {
     assert_eq!(code, Some(0), "{out}\n{stats}");
     assert!(out.starts_with("ownalloc: ok, 0 bad blocks, 0 chunks"), "{out}");
     assert_eq!(stats["arena"]["malloc"]["allocator"], "krak", "{stats}");
+
+    // Without its own posix_memalign, glibc's would hand out blocks the allocator cannot
+    // free: forwarding is refused, with the reason, never half done.
+    let partial = scratch("partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    let partial_lib = partial.join("libownalloc.so");
+    let own_alloc_c = data("own_alloc.c");
+    cc(&["-O2", "-pthread", "-fPIC", "-shared", "-DOWNALLOC_NO_POSIX_MEMALIGN", "-o"]
+        .into_iter()
+        .chain([partial_lib.to_str().unwrap(), own_alloc_c.to_str().unwrap()])
+        .collect::<Vec<_>>());
+    let out = krak().args(["run", "--", exe_s]).env("LD_LIBRARY_PATH", &partial).output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("posix_memalign"), "{out:?}");
     let _ = std::fs::remove_file(&exe);
     let _ = std::fs::remove_file(&lib);
+    let _ = std::fs::remove_dir_all(&partial);
 }
 
 #[test]

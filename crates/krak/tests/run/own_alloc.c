@@ -111,6 +111,7 @@ void *realloc(void *p, size_t size) {
     return q;
 }
 
+#ifndef OWNALLOC_NO_POSIX_MEMALIGN /* built without it: krak run must refuse to forward */
 int posix_memalign(void **out, size_t align, size_t size) {
     if (align < sizeof(void *) || (align & (align - 1))) return EINVAL;
     void *p = carve(size, align < 16 ? 16 : align);
@@ -118,6 +119,7 @@ int posix_memalign(void **out, size_t align, size_t size) {
     *out = p;
     return 0;
 }
+#endif
 
 size_t malloc_usable_size(void *p) { return p ? header_of(p, "malloc_usable_size of a block not mine:")->size : 0; }
 
