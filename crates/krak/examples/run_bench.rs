@@ -1,9 +1,11 @@
 //! Unmodified programs under `krak run` against kernel swap, side by side in one run
 //! (BENCHMARKS.md, "krak run"). As root:
 //!
-//!   cargo build --release -p krak && cargo run --release -p krak --example run_bench [python3|sort|sqlite3...]
+//!   cargo build --release -p krak && cargo run --release -p krak --example run_bench [python3|sort|sqlite3|redis...]
 //!
-//! Each program runs plain (its peak resident set is its footprint F), under `krak run
+//! redis-server is driven from here over loopback (outside its cgroup): 900k SETs of 1000
+//! bytes with `redis-cli --pipe`, DEBUG DIGEST, then 100k GETs of random keys, each checked;
+//! its "output" is the digest. Each program runs plain (its peak resident set is its footprint F), under `krak run
 //! --local` at 25% and 50% of F (loopback memory servers), and in a memory cgroup limited
 //! to 25% and 50% of F with a swap file on disk as the only swap. Every run's output must
 //! equal the plain run's; the table gives wall-clock slowdowns against the plain run and
@@ -17,10 +19,16 @@ use std::time::Instant;
 
 use krak_bench::swap::{MemoryCgroup, Session, SwapFile, DEFAULT_SWAP_FILE};
 
+#[path = "../tests/common/redis.rs"]
+mod redis;
+
 const MIB: u64 = 1 << 20;
+const REDIS_KEYS: u64 = 900_000;
+const REDIS_GETS: u64 = 100_000;
 
 struct Program {
     name: &'static str,
+    /// The program and its arguments; empty for redis-server, which is started by `run_redis`.
     argv: Vec<String>,
     stdin: Option<PathBuf>,
     /// krak run options beyond --local.
@@ -33,19 +41,30 @@ struct Outcome {
     peak_bytes: u64,
 }
 
-/// Runs a program to completion; None when the memory cgroup's OOM killer ended it.
-fn run(argv: &[String], stdin: Option<&Path>, cgroup: Option<&MemoryCgroup>) -> Option<Outcome> {
+fn command(argv: &[String], cgroup: Option<&MemoryCgroup>) -> Command {
     let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]).env("LC_ALL", "C").stdout(Stdio::piped());
-    if let Some(input) = stdin {
-        cmd.stdin(std::fs::File::open(input).expect("stdin file"));
-    }
+    cmd.args(&argv[1..]).env("LC_ALL", "C");
     if let Some(cg) = cgroup {
         let procs = cg.procs_path();
         // SAFETY: only a write of our own pid to a file between fork and exec.
         unsafe {
             cmd.pre_exec(move || std::fs::write(&procs, std::process::id().to_string()));
         }
+    }
+    cmd
+}
+
+/// Runs a program to completion; None when the memory cgroup's OOM killer ended it.
+/// `argv` is `prefix` (krak run ... --, or nothing) then the program's.
+fn run(p: &Program, prefix: &[String], dir: &Path, cgroup: Option<&MemoryCgroup>) -> Option<Outcome> {
+    if p.argv.is_empty() {
+        return Some(run_redis(prefix, dir, cgroup));
+    }
+    let argv: Vec<String> = prefix.iter().chain(&p.argv).cloned().collect();
+    let mut cmd = command(&argv, cgroup);
+    cmd.stdout(Stdio::piped());
+    if let Some(input) = &p.stdin {
+        cmd.stdin(std::fs::File::open(input).expect("stdin file"));
     }
     let started = Instant::now();
     let mut child = cmd.spawn().expect("run program");
@@ -58,6 +77,33 @@ fn run(argv: &[String], stdin: Option<&Path>, cgroup: Option<&MemoryCgroup>) -> 
     }
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{argv:?} failed: status {status:#x}");
     Some(Outcome { seconds, output, peak_bytes })
+}
+
+/// redis-server (after `prefix`) loaded, digested and read back from here; its output is
+/// the digest. An OOM kill ends the bench (the client's calls fail).
+fn run_redis(prefix: &[String], dir: &Path, cgroup: Option<&MemoryCgroup>) -> Outcome {
+    let port = redis::free_port();
+    let mut argv: Vec<String> = prefix.to_vec();
+    argv.push("redis-server".into());
+    argv.extend(redis::server_args(port, dir));
+    let started = Instant::now();
+    let server = redis::Redis::spawn(&mut command(&argv, cgroup), port);
+    server.load(REDIS_KEYS);
+    let digest = server.digest(REDIS_KEYS);
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let keys: Vec<u64> = (0..REDIS_GETS)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % REDIS_KEYS
+        })
+        .collect();
+    server.read_back(&keys);
+    let child = server.stop();
+    let (status, peak_bytes) = wait_peak(child);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{argv:?} failed: status {status:#x}");
+    Outcome { seconds: started.elapsed().as_secs_f64(), output: digest, peak_bytes }
 }
 
 /// Reaps `child`: its wait status and its own peak resident set (wait4's ru_maxrss).
@@ -102,6 +148,12 @@ fn main() -> anyhow::Result<()> {
             stdin: Some(sql.clone()),
             krak_opts: vec!["--threshold", "64KiB"],
         },
+        Program {
+            name: "redis-server (jemalloc), 900k SETs of 1000 bytes, DEBUG DIGEST, 100k random GETs",
+            argv: vec![],
+            stdin: None,
+            krak_opts: vec![],
+        },
     ];
     let _session = Session::begin(5_000)?;
     let _swap = SwapFile::enable(Path::new(DEFAULT_SWAP_FILE), 4 << 30)?;
@@ -112,7 +164,7 @@ fn main() -> anyhow::Result<()> {
         if !only.is_empty() && !only.iter().any(|o| p.name.starts_with(o.as_str())) {
             continue;
         }
-        let plain = run(&p.argv, p.stdin.as_deref(), None).expect("plain run");
+        let plain = run(p, &[], &dir, None).expect("plain run");
         let footprint = plain.peak_bytes;
         eprintln!("{}: plain {:.1} s, footprint {} MiB", p.name, plain.seconds, footprint / MIB);
         let mut cells = vec![format!("{:.1} s, {} MiB", plain.seconds, footprint / MIB)];
@@ -120,11 +172,10 @@ fn main() -> anyhow::Result<()> {
         for pct in [25, 50] {
             let budget = footprint * pct / 100;
             let stats = dir.join(format!("stats-{pct}.json"));
-            let mut argv = vec![krak.display().to_string(), "run".into(), "--local".into(), budget.to_string()];
-            argv.extend(p.krak_opts.iter().map(|s| s.to_string()));
-            argv.extend(["--stats".into(), stats.display().to_string(), "--".into()]);
-            argv.extend(p.argv.iter().cloned());
-            let mut o = run(&argv, p.stdin.as_deref(), None).expect("krak run");
+            let mut prefix = vec![krak.display().to_string(), "run".into(), "--local".into(), budget.to_string()];
+            prefix.extend(p.krak_opts.iter().map(|s| s.to_string()));
+            prefix.extend(["--stats".into(), stats.display().to_string(), "--".into()]);
+            let mut o = run(p, &prefix, &dir, None).expect("krak run");
             assert!(o.output == plain.output, "{}: output under krak run at {pct}% differs", p.name);
             let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats)?)?;
             o.peak_bytes = s["peak_rss_bytes"].as_u64().unwrap_or(0);
@@ -136,7 +187,7 @@ fn main() -> anyhow::Result<()> {
         }
         for pct in [25, 50] {
             let cg = MemoryCgroup::create(&format!("run-{pct}"), footprint * pct / 100)?;
-            let Some(o) = run(&p.argv, p.stdin.as_deref(), Some(&cg)) else {
+            let Some(o) = run(p, &[], &dir, Some(&cg)) else {
                 eprintln!("{}: swap-disk {pct}%: killed by the cgroup's OOM killer", p.name);
                 cells.push("OOM-killed".into());
                 continue;

@@ -21,7 +21,9 @@ const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, 
 /// anonymous private mmap) are served from a far-memory arena of --max-far bytes, of which at
 /// most --local bytes are resident on this machine; the rest lives on memory servers. The
 /// pager runs inside the program's process; the program's code is unchanged. Smaller
-/// allocations, files, stacks and the program itself stay in ordinary memory.
+/// allocations, files, stacks and the program itself stay in ordinary memory. A program
+/// linked with its own allocator (redis-server with jemalloc) keeps it, and that
+/// allocator's large mappings are far memory (see --allocator).
 ///
 /// With no rack given (--servers or --controller), 3 memory servers are started on loopback
 /// for the run, as `krak demo` does. stdin, stdout and stderr are the program's; SIGINT,
@@ -32,7 +34,7 @@ const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, 
 /// budget each. See docs/design.md.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  krak run --local 256MiB -- python3 big.py\n  krak run --local 1GiB --servers 10.0.0.5:7070,10.0.0.6:7070 -- sort -S 4G huge.txt\n  krak run --local 512MiB --stats run.json -- sqlite3 :memory: < queries.sql"
+    after_help = "Examples:\n  krak run --local 256MiB -- python3 big.py\n  krak run --local 1GiB --servers 10.0.0.5:7070,10.0.0.6:7070 -- sort -S 4G huge.txt\n  krak run --local 512MiB --stats run.json -- sqlite3 :memory: < queries.sql\n  krak run --local 256MiB -- redis-server --save '' --appendonly no"
 )]
 pub struct RunArgs {
     /// Most of the program's far memory resident on this machine at any moment.
@@ -45,6 +47,15 @@ pub struct RunArgs {
     /// Allocations of at least this size go to far memory.
     #[arg(long, value_name = "SIZE", default_value = "1MiB")]
     threshold: ByteSize,
+    /// Who serves malloc and friends. auto: the program's own allocator when malloc resolves
+    /// to a library other than glibc (redis-server with libjemalloc), else krak. krak: krak
+    /// serves them (large blocks in far memory, the rest from glibc). program: forward them
+    /// to the program's allocator. When the program's allocator serves them, its own large
+    /// mappings (jemalloc's extents) are far memory, so its small blocks are too; a forked
+    /// child (without exec) of such a program dies with SIGSEGV when it allocates (its
+    /// allocator's state is far memory, which the child does not have).
+    #[arg(long, value_enum, value_name = "WHO", default_value = "auto")]
+    allocator: Allocator,
     /// Memory servers to use (HOST:PORT,...), instead of starting some on loopback.
     #[arg(long, value_name = "ADDRS", value_delimiter = ',', conflicts_with = "controller")]
     servers: Vec<std::net::SocketAddr>,
@@ -69,6 +80,23 @@ pub struct RunArgs {
     /// The program and its arguments.
     #[arg(required = true, last = true, value_name = "PROGRAM")]
     program: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Allocator {
+    Auto,
+    Krak,
+    Program,
+}
+
+impl Allocator {
+    fn as_env(self) -> &'static str {
+        match self {
+            Allocator::Auto => "auto",
+            Allocator::Krak => "krak",
+            Allocator::Program => "program",
+        }
+    }
 }
 
 /// The preload library: $KRAK_PRELOAD, or beside the krak binary (both are built by
@@ -135,6 +163,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         .env(env::LOCAL_BYTES, args.local.0.to_string())
         .env(env::MAX_FAR_BYTES, args.max_far.0.to_string())
         .env(env::THRESHOLD_BYTES, args.threshold.0.to_string())
+        .env(env::ALLOCATOR, args.allocator.as_env())
         .env(env::STATS_FILE, &stats_base)
         .env(env::REDUNDANCY, args.redundancy.to_string());
     match &rack {
@@ -197,6 +226,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
             "local_budget_bytes": args.local.0,
             "max_far_bytes": args.max_far.0,
             "threshold_bytes": args.threshold.0,
+            "allocator": args.allocator.as_env(),
             "peak_rss_bytes": peak_rss_bytes,
             "arena": pager,
         });

@@ -2,7 +2,8 @@
 //! plain run, with a local budget of a quarter of the plain run's peak resident set, and
 //! their peak resident set within that budget plus the overhead docs/design.md states.
 //! Memory calls (realloc, munmap, mremap, madvise, fork, threads, system calls) are checked
-//! by contents in a C program compiled here. Needs root (userfaultfd for kernel faults).
+//! by contents in a C program compiled here; redis-server, which brings its own allocator
+//! (jemalloc), is checked by its contents' digest. Needs root (userfaultfd for kernel faults).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -10,6 +11,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+#[path = "common/redis.rs"]
+mod redis;
 
 const KRAK: &str = env!("CARGO_BIN_EXE_krak");
 const MIB: u64 = 1 << 20;
@@ -59,6 +63,12 @@ fn run_measured(cmd: &mut Command) -> (Option<i32>, Vec<u8>, u64) {
     let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn");
     let mut out = Vec::new();
     child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    let (code, peak) = wait_peak(&child);
+    (code, out, peak)
+}
+
+/// Reaps `child`: (exit code, its own peak resident set in bytes, from wait4).
+fn wait_peak(child: &std::process::Child) -> (Option<i32>, u64) {
     let mut status = 0;
     // SAFETY: rusage is plain data that wait4 fills, for our own child.
     let usage = unsafe {
@@ -67,7 +77,7 @@ fn run_measured(cmd: &mut Command) -> (Option<i32>, Vec<u8>, u64) {
         usage
     };
     let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
-    (code, out, usage.ru_maxrss as u64 * 1024)
+    (code, usage.ru_maxrss as u64 * 1024)
 }
 
 /// `krak run --local BUDGET --stats FILE -- program...`: (exit code, stdout, stats).
@@ -230,6 +240,73 @@ fn memory_calls_keep_contents_under_the_pager() {
 }
 
 #[test]
+fn a_programs_own_allocator_serves_it_from_far_memory() {
+    if unprivileged() {
+        return;
+    }
+    // A strict allocator of the program's (aborts on any block it did not hand out) and a
+    // program linked with it, writing ~200 MiB of blocks from four threads.
+    let lib = scratch("libownalloc.so");
+    let exe = scratch("own_alloc_main");
+    let (lib_s, exe_s) = (lib.to_str().unwrap(), exe.to_str().unwrap());
+    let dir = lib.parent().unwrap().to_str().unwrap();
+    let cc = |args: &[&str]| assert!(Command::new("cc").args(args).status().unwrap().success(), "cc {args:?}");
+    cc(&[
+        "-O2",
+        "-Wall",
+        "-Werror",
+        "-pthread",
+        "-fPIC",
+        "-shared",
+        "-o",
+        lib_s,
+        data("own_alloc.c").to_str().unwrap(),
+    ]);
+    cc(&["-O2", "-Wall", "-Werror", "-pthread", "-o", exe_s, data("own_alloc_main.c").to_str().unwrap()]
+        .into_iter()
+        .chain([&format!("-L{dir}")[..], "-lownalloc", &format!("-Wl,-rpath,{dir}")])
+        .collect::<Vec<_>>());
+    let (code, plain, _) = run_measured(&mut Command::new(&exe));
+    assert_eq!(code, Some(0), "plain run: {}", String::from_utf8_lossy(&plain));
+
+    let (code, out, stats) = krak_run(32 * MIB, &[], &[exe.to_str().unwrap()], None);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(code, Some(0), "{out}\n{stats}");
+    assert!(out.starts_with("ownalloc: ok, 0 bad blocks, 25 chunks"), "{out}");
+    let arena = &stats["arena"];
+    assert_eq!(arena["malloc"]["allocator"], "program", "{stats}");
+    assert!(arena["malloc"]["allocator_object"].as_str().unwrap().ends_with("libownalloc.so"), "{stats}");
+    assert!(arena["far_allocations"].as_u64().unwrap() >= 25, "its chunks are far memory: {stats}");
+    assert!(arena["pager"]["remote_reads"].as_u64().unwrap() > 10_000, "{stats}");
+    assert_eq!(arena["pager"]["failed_faults"], 0, "{stats}");
+    assert!(stats["peak_rss_bytes"].as_u64().unwrap() <= 32 * MIB + OVERHEAD_BYTES, "{stats}");
+
+    // --allocator krak: krak serves the malloc family, the program's allocator sees nothing.
+    let (code, out, stats) = krak_run(32 * MIB, &["--allocator", "krak"], &[exe.to_str().unwrap()], None);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(code, Some(0), "{out}\n{stats}");
+    assert!(out.starts_with("ownalloc: ok, 0 bad blocks, 0 chunks"), "{out}");
+    assert_eq!(stats["arena"]["malloc"]["allocator"], "krak", "{stats}");
+
+    // Without its own posix_memalign, glibc's would hand out blocks the allocator cannot
+    // free: forwarding is refused, with the reason, never half done.
+    let partial = scratch("partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    let partial_lib = partial.join("libownalloc.so");
+    let own_alloc_c = data("own_alloc.c");
+    cc(&["-O2", "-pthread", "-fPIC", "-shared", "-DOWNALLOC_NO_POSIX_MEMALIGN", "-o"]
+        .into_iter()
+        .chain([partial_lib.to_str().unwrap(), own_alloc_c.to_str().unwrap()])
+        .collect::<Vec<_>>());
+    let out = krak().args(["run", "--", exe_s]).env("LD_LIBRARY_PATH", &partial).output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("posix_memalign"), "{out:?}");
+    let _ = std::fs::remove_file(&exe);
+    let _ = std::fs::remove_file(&lib);
+    let _ = std::fs::remove_dir_all(&partial);
+}
+
+#[test]
 fn exit_status_signals_and_stdio_pass_through() {
     if unprivileged() {
         return;
@@ -282,4 +359,82 @@ fn bad_settings_are_refused_with_a_reason() {
         .unwrap();
     assert_eq!(out.status.code(), Some(125), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("KRAK_RUN_LOCAL_BYTES"), "{out:?}");
+}
+
+/// The program's path in $PATH, if installed.
+fn installed(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// 900k keys of 1000 bytes: about 1 GiB resident in a plain run.
+const REDIS_KEYS: u64 = 900_000;
+
+/// redis-server on a free port, plain or under `krak run --local BUDGET --stats FILE`.
+fn start_redis(krak_run: Option<(u64, &Path)>) -> redis::Redis {
+    let port = redis::free_port();
+    let dir = scratch(&format!("redis-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = match krak_run {
+        Some((local_bytes, stats)) => {
+            let mut cmd = krak();
+            cmd.args(["run", "--local", &local_bytes.to_string(), "--stats", stats.to_str().unwrap(), "--"]);
+            cmd.arg("redis-server");
+            cmd
+        }
+        None => Command::new("redis-server"),
+    };
+    cmd.args(redis::server_args(port, &dir));
+    redis::Redis::spawn(&mut cmd, port)
+}
+
+/// The data set's digest, after reading back 4000 keys spread over it and the last one.
+fn redis_contents(r: &redis::Redis) -> Vec<u8> {
+    let digest = r.digest(REDIS_KEYS);
+    let keys: Vec<u64> = (0..REDIS_KEYS).step_by((REDIS_KEYS / 4000) as usize).chain([REDIS_KEYS - 1]).collect();
+    r.read_back(&keys);
+    digest
+}
+
+#[test]
+fn redis_with_its_own_allocator_keeps_its_data_in_far_memory() {
+    if unprivileged() {
+        return;
+    }
+    if installed("redis-server").is_none() || installed("redis-cli").is_none() {
+        skip("redis-server or redis-cli is not installed (Debian package redis-server)");
+        return;
+    }
+    // ~1 GiB resident plain: 900k keys of 1000 bytes in jemalloc's small blocks.
+    let started = Instant::now();
+    let plain = start_redis(None);
+    plain.load(REDIS_KEYS);
+    let expected = redis_contents(&plain);
+    let (code, plain_peak) = wait_peak(&plain.stop());
+    assert_eq!(code, Some(0), "plain redis-server");
+    assert!(plain_peak > 768 * MIB, "plain redis-server peaked at {} MiB, not about 1 GiB", plain_peak / MIB);
+    eprintln!("plain redis-server: {:.1} s, peak {} MiB", started.elapsed().as_secs_f64(), plain_peak / MIB);
+
+    let budget = plain_peak / 4;
+    let stats_path = scratch("redis-stats.json");
+    let started = Instant::now();
+    let under_krak = start_redis(Some((budget, &stats_path)));
+    under_krak.load(REDIS_KEYS);
+    assert!(redis_contents(&under_krak) == expected, "DEBUG DIGEST under krak run differs from the plain run's");
+    let (code, _) = wait_peak(&under_krak.stop());
+    assert_eq!(code, Some(0), "krak run redis-server");
+    let stats: Value = serde_json::from_str(&std::fs::read_to_string(&stats_path).unwrap()).unwrap();
+    let peak = stats["peak_rss_bytes"].as_u64().unwrap();
+    eprintln!(
+        "redis-server under krak run: {:.1} s, budget {} MiB, peak {} MiB",
+        started.elapsed().as_secs_f64(),
+        budget / MIB,
+        peak / MIB
+    );
+    let arena = &stats["arena"];
+    assert_eq!(arena["malloc"]["allocator"], "program", "{stats}");
+    assert!(arena["malloc"]["allocator_object"].as_str().unwrap().contains("jemalloc"), "{stats}");
+    assert!(peak <= budget + OVERHEAD_BYTES, "peak RSS {peak} above budget {budget} + {OVERHEAD_BYTES}: {stats}");
+    assert_eq!(arena["fallback_allocations"], 0, "{stats}");
+    assert!(arena["pager"]["remote_reads"].as_u64().unwrap() > 10_000, "{stats}");
+    assert_eq!(arena["pager"]["failed_faults"], 0, "{stats}");
 }

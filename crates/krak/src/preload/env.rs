@@ -21,6 +21,9 @@ pub const SECRET_FILE: &str = "KRAK_RUN_SECRET_FILE";
 pub const INSECURE: &str = "KRAK_RUN_INSECURE";
 /// Redundancy of the arena (`none`, `replicate:N`, `ec:K+M`; default `none`).
 pub const REDUNDANCY: &str = "KRAK_RUN_REDUNDANCY";
+/// Whose allocator serves the malloc family: `auto` (default), `krak` or `program`
+/// (`krak run --allocator`; see `forward.rs`).
+pub const ALLOCATOR: &str = "KRAK_RUN_ALLOCATOR";
 
 /// The default threshold: 1 MiB, at and above which allocations live in far memory.
 pub const DEFAULT_THRESHOLD_BYTES: u64 = 1 << 20;

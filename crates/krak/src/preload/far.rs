@@ -39,6 +39,9 @@ thread_local! {
     /// Set while this thread runs pager code from an interposed call (or starts the pager),
     /// so that allocations the pager itself makes never land in the arena.
     static BUSY: Cell<bool> = const { Cell::new(false) };
+    /// Set for good in the pager's own threads (`threads.rs`): their C-level allocations
+    /// (thread bookkeeping in glibc) must not land in far memory either.
+    static PAGER_THREAD: Cell<bool> = const { Cell::new(false) };
 }
 
 pub struct Far {
@@ -64,8 +67,9 @@ fn bytes_var(name: &str, default: Option<u64>) -> u64 {
     }
 }
 
-/// Reads the configuration; run once, from the library's constructor.
-pub fn load_config() {
+/// Reads the configuration; run once, from the library's constructor. Returns the
+/// allocator choice, for `forward::resolve`.
+pub fn load_config() -> crate::forward::Choice {
     let servers: Vec<SocketAddr> = match std::env::var(env::SERVERS) {
         Ok(list) => list
             .split(',')
@@ -105,6 +109,11 @@ pub fn load_config() {
     if config.local_bytes < (krak_pager::MIN_BUDGET_PAGES * PAGE_SIZE) as u64 || config.max_far_bytes == 0 {
         die("the local budget or the arena size is too small");
     }
+    let allocator = match std::env::var(env::ALLOCATOR) {
+        Ok(s) => crate::forward::Choice::parse(&s)
+            .unwrap_or_else(|| die(&format!("${}: {s:?} is not auto, krak or program", env::ALLOCATOR))),
+        Err(_) => crate::forward::Choice::Auto,
+    };
     THRESHOLD.store(config.threshold_bytes as usize, Relaxed);
     let wants_stats = config.stats_file.is_some();
     let _ = CONFIG.set(config);
@@ -115,6 +124,7 @@ pub fn load_config() {
             libc::atexit(write_stats);
         }
     }
+    allocator
 }
 
 extern "C" fn in_fork_child() {
@@ -136,18 +146,28 @@ pub fn forked_child() -> bool {
     FORKED_CHILD.load(Relaxed)
 }
 
-/// Runs `f` with the re-entrancy guard set.
+/// Runs `f` with the re-entrancy guard set (restored after, so that guards nest).
 pub fn guarded<T>(f: impl FnOnce() -> T) -> T {
-    BUSY.with(|b| b.set(true));
+    let was = BUSY.with(|b| b.replace(true));
     let out = f();
-    BUSY.with(|b| b.set(false));
+    BUSY.with(|b| b.set(was));
     out
+}
+
+/// Whether this thread runs pager code: inside `guarded`, or a thread of the pager's.
+pub fn pager_context() -> bool {
+    BUSY.with(|b| b.get()) || PAGER_THREAD.with(|t| t.get())
+}
+
+/// Marks this thread as one of the pager's, for its lifetime.
+pub fn mark_pager_thread() {
+    PAGER_THREAD.with(|t| t.set(true));
 }
 
 /// The arena, started on first use; None where it must not be used (a fork child, or from
 /// pager code).
 pub fn far() -> Option<&'static Far> {
-    if forked_child() || BUSY.with(|b| b.get()) {
+    if forked_child() || pager_context() {
         return None;
     }
     Some(FAR.get_or_init(|| guarded(start)))
@@ -352,8 +372,9 @@ extern "C" fn write_stats() {
             "far_allocations": far.far_allocations.load(Relaxed),
             "fallback_allocations": far.fallbacks.load(Relaxed),
             "pager": far.region.stats(),
+            "malloc": crate::forward::describe(),
         }),
-        None => serde_json::json!({ "pager_started": false }),
+        None => serde_json::json!({ "pager_started": false, "malloc": crate::forward::describe() }),
     });
     // One file per process (children run their own pager): suffix all but krak run's child.
     let _ = std::fs::write(format!("{path}.{}", std::process::id()), json.to_string());

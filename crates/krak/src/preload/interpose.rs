@@ -1,6 +1,7 @@
 //! The interposed C functions. Each one decides: arena (far memory) or glibc/the kernel.
 //! Arena addresses are recognised by range, so memory from before the pager started, or
-//! from glibc, is always handed back to glibc.
+//! from glibc, is always handed back to glibc. When the program brings its own allocator,
+//! the malloc family is forwarded (`forward.rs`) and only the memory calls decide.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -8,12 +9,13 @@ use libc::{c_int, c_void, off_t, size_t};
 
 use crate::alloc::*;
 use crate::far::{self, die, in_arena, THRESHOLD};
+use crate::forward::{self, route};
 
 fn large(size: usize) -> bool {
     size >= THRESHOLD.load(Relaxed)
 }
 
-fn set_errno(e: c_int) {
+pub fn set_errno(e: c_int) {
     // SAFETY: errno is this thread's own variable.
     unsafe { *libc::__errno_location() = e };
 }
@@ -30,6 +32,9 @@ fn far_alloc(size: usize, align: usize, growable: bool) -> Option<*mut c_void> {
 /// As malloc(3).
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: size_t) -> *mut c_void {
+    if let Some(route) = route() {
+        return forward::malloc(route, size);
+    }
     // SAFETY: glibc's malloc for everything the arena does not take.
     far_alloc(size, 1, true).unwrap_or_else(|| unsafe { __libc_malloc(size) })
 }
@@ -38,6 +43,10 @@ pub unsafe extern "C" fn malloc(size: size_t) -> *mut c_void {
 /// As free(3).
 #[no_mangle]
 pub unsafe extern "C" fn free(ptr: *mut c_void) {
+    if forward::active() {
+        // SAFETY: as free(3).
+        return unsafe { forward::free(ptr) };
+    }
     if in_arena(ptr as usize) {
         // In a fork child the arena is fenced off: nothing to give back.
         if !far::forked_child() {
@@ -57,13 +66,16 @@ pub unsafe extern "C" fn calloc(n: size_t, size: size_t) -> *mut c_void {
         set_errno(libc::ENOMEM);
         return std::ptr::null_mut();
     };
+    if let Some(route) = route() {
+        return forward::calloc(route, n, size);
+    }
     // Arena runs are handed out discarded: they read as zeros without being touched.
     // SAFETY: glibc's calloc otherwise.
     far_alloc(total, 1, true).unwrap_or_else(|| unsafe { __libc_calloc(n, size) })
 }
 
 /// glibc's `malloc_usable_size`, which the one below hides.
-fn glibc_usable_size(ptr: *mut c_void) -> usize {
+pub fn glibc_usable_size(ptr: *mut c_void) -> usize {
     static REAL: AtomicUsize = AtomicUsize::new(0);
     let mut f = REAL.load(Relaxed);
     if f == 0 {
@@ -94,6 +106,10 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: size_t) -> *mut c_void 
     if ptr.is_null() {
         // SAFETY: realloc(NULL, n) is malloc(n).
         return unsafe { malloc(size) };
+    }
+    if let Some(route) = route() {
+        // SAFETY: as realloc(3), ptr not null.
+        return unsafe { forward::realloc(route, ptr, size) };
     }
     if in_arena(ptr as usize) {
         if far::forked_child() {
@@ -142,6 +158,9 @@ pub unsafe extern "C" fn memalign(align: size_t, size: size_t) -> *mut c_void {
         set_errno(libc::EINVAL);
         return std::ptr::null_mut();
     }
+    if let Some(route) = route() {
+        return forward::memalign(route, align, size);
+    }
     // SAFETY: glibc's memalign otherwise.
     far_alloc(size, align, false).unwrap_or_else(|| unsafe { __libc_memalign(align, size) })
 }
@@ -176,6 +195,9 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: size_t, si
 /// As valloc(3).
 #[no_mangle]
 pub unsafe extern "C" fn valloc(size: size_t) -> *mut c_void {
+    if let Some(route) = route() {
+        return forward::memalign(route, krak_pager::PAGE_SIZE, size);
+    }
     // SAFETY: glibc's valloc otherwise.
     far_alloc(size, krak_pager::PAGE_SIZE, false).unwrap_or_else(|| unsafe { __libc_valloc(size) })
 }
@@ -184,6 +206,13 @@ pub unsafe extern "C" fn valloc(size: size_t) -> *mut c_void {
 /// As pvalloc(3).
 #[no_mangle]
 pub unsafe extern "C" fn pvalloc(size: size_t) -> *mut c_void {
+    if let Some(route) = route() {
+        let Some(rounded) = size.max(1).checked_next_multiple_of(krak_pager::PAGE_SIZE) else {
+            set_errno(libc::ENOMEM);
+            return std::ptr::null_mut();
+        };
+        return forward::memalign(route, krak_pager::PAGE_SIZE, rounded);
+    }
     // SAFETY: glibc's pvalloc otherwise.
     far_alloc(size, krak_pager::PAGE_SIZE, false).unwrap_or_else(|| unsafe { __libc_pvalloc(size) })
 }
@@ -194,6 +223,9 @@ pub unsafe extern "C" fn pvalloc(size: size_t) -> *mut c_void {
 pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> size_t {
     if ptr.is_null() {
         0
+    } else if forward::active() {
+        // SAFETY: as malloc_usable_size(3), ptr not null.
+        unsafe { forward::usable_size(ptr) }
     } else if in_arena(ptr as usize) {
         if far::forked_child() {
             0

@@ -3,7 +3,8 @@
 //! (`env.rs`). It interposes the malloc family and `mmap`/`munmap`/`mremap`/`madvise`/
 //! `mprotect`: allocations at or above the threshold (1 MiB by default) are served from one
 //! far-memory arena, a `FarMemory` region whose pager runs inside the process, in handler
-//! threads; everything smaller goes to glibc. The mechanism and its limits are in
+//! threads; everything smaller goes to glibc. A program that brings its own allocator
+//! (jemalloc) keeps it, and that allocator's large mappings land in the arena (`forward.rs`). The mechanism and its limits are in
 //! `docs/design.md` ("Unmodified programs: krak run").
 
 #[cfg(not(test))]
@@ -13,8 +14,12 @@ mod env;
 #[cfg(not(test))]
 mod far;
 #[cfg(not(test))]
+mod forward;
+#[cfg(not(test))]
 mod interpose;
 mod runs;
+#[cfg(not(test))]
+mod threads;
 
 #[cfg(not(test))]
 #[global_allocator]
@@ -22,7 +27,9 @@ static HEAP: alloc::LibcHeap = alloc::LibcHeap;
 
 #[cfg(not(test))]
 extern "C" fn init() {
-    far::load_config();
+    let allocator = far::load_config();
+    threads::resolve();
+    forward::resolve(allocator);
 }
 
 /// Reads the configuration when the library loads, before the program's `main`.
