@@ -20,13 +20,9 @@ use crate::PagerError;
 /// Pages per step: small enough that the CPU one step takes in a burst (MACs, checksums,
 /// copies) does not hold up the faults sharing a host for long.
 const STEP_PAGES: usize = 64;
-/// Steps in flight per stream (reads and copies each, when relaying): the next step is
-/// already waiting at the old server when it finishes one.
+/// Steps in flight (reads and copies each, when relaying): the next step is already
+/// waiting at the old server when it finishes one.
 const DEPTH: usize = 2;
-/// Connections a push uses to the old server. Each is served by its own thread there, one
-/// step at a time: one stream keeps a move to about one core's worth of copying on the
-/// servers, more would go faster on idle hosts but take the CPU faults need on a busy one.
-const PUSH_STREAMS: usize = 1;
 
 /// The pages of one step: the `REMOTE` pages of `[from, from + STEP_PAGES)` below `end`.
 struct Steps {
@@ -75,42 +71,28 @@ fn steps(shared: &Shared, chunk: usize) -> Steps {
     Steps { next: chunk * chunk_pages, end, chunk_pages }
 }
 
-/// The old server sends each step to the new one; `PUSH_STREAMS` connections, `DEPTH` steps
-/// in flight on each.
+/// The old server sends each step to the new one, `DEPTH` steps in flight on one
+/// connection (served by one thread there, one step at a time): a move takes about one
+/// core's worth of copying on the servers, and leaves the rest to the faults of a busy host.
 fn push_chunk(shared: &Shared, chunk: usize, to: usize, to_slab: SlabId) -> Result<u64, ClientError> {
     let layout = &shared.layout;
     let home = layout.chunk(chunk);
     let to_addr = layout.server_addr(to);
-    let mut streams = Vec::with_capacity(PUSH_STREAMS);
-    for _ in 0..PUSH_STREAMS {
-        streams.push((Connection::connect(layout.server_addr(home.server), layout.connect)?, VecDeque::new()));
-    }
+    let mut src = Connection::connect(layout.server_addr(home.server), layout.connect)?;
     let mut steps = steps(shared, chunk);
-    let mut copied = 0u64;
+    let mut in_flight: VecDeque<(u64, usize)> = VecDeque::with_capacity(DEPTH);
     let mut units = Vec::with_capacity(STEP_PAGES);
-    let mut turn = 0;
+    let mut copied = 0u64;
     loop {
-        // Top every stream up, then take the oldest answer of the next stream in turn.
-        let mut more = true;
-        for (conn, in_flight) in streams.iter_mut() {
-            while more && in_flight.len() < DEPTH {
-                let Some(pages) = steps.next(shared) else {
-                    more = false;
-                    break;
-                };
-                units.clear();
-                units.extend(pages.iter().map(|&p| steps.unit(p)));
-                let id = conn.send_push_pages(to_addr, home.slab, to_slab, PAGE_SIZE as u32, &units)?;
-                in_flight.push_back((id, pages.len()));
-            }
+        while in_flight.len() < DEPTH {
+            let Some(pages) = steps.next(shared) else { break };
+            units.clear();
+            units.extend(pages.iter().map(|&p| steps.unit(p)));
+            let id = src.send_push_pages(to_addr, home.slab, to_slab, PAGE_SIZE as u32, &units)?;
+            in_flight.push_back((id, pages.len()));
         }
-        let Some(i) = (0..PUSH_STREAMS).map(|k| (turn + k) % PUSH_STREAMS).find(|&k| !streams[k].1.is_empty()) else {
-            return Ok(copied);
-        };
-        turn = i + 1;
-        let (conn, in_flight) = &mut streams[i];
-        let (id, n) = in_flight.pop_front().expect("found not empty");
-        conn.recv_pushed(id)?;
+        let Some((id, n)) = in_flight.pop_front() else { return Ok(copied) };
+        src.recv_pushed(id)?;
         copied += n as u64;
         Counters::add(&shared.counters.moved_pages, n as u64);
     }
