@@ -15,6 +15,10 @@ use crate::server::Shared;
 const MAX_TARGETS: usize = 4;
 /// Bound on connecting to a target and on each of its answers.
 const PUSH_TIMEOUT_MS: u64 = 5_000;
+/// Nice value of a thread serving a connection that copies (pushes or `CopyPages`): a
+/// chunk's move is background work, and must not take the CPU from the threads that serve
+/// faults on the same host. It still gets every cycle they leave.
+const COPY_NICE: i32 = 5;
 
 /// The links of one client connection to the servers it pushes to, newest last.
 #[derive(Debug, Default)]
@@ -23,6 +27,8 @@ pub(crate) struct Pushers {
     /// The units of one push, staged so that no slab stays locked across the network.
     stage: Vec<u8>,
     crcs: Vec<u32>,
+    /// This connection's thread runs at `COPY_NICE`.
+    niced: bool,
 }
 
 /// Copies the units `entries` names from this server to its target; returns how many the
@@ -73,6 +79,22 @@ pub(crate) fn push(
 }
 
 impl Pushers {
+    /// Lowers the priority of the calling thread (the one serving this connection) once,
+    /// on the connection's first copy: copies come on connections of their own.
+    pub(crate) fn background(&mut self, peer: SocketAddr) {
+        if self.niced {
+            return;
+        }
+        self.niced = true;
+        // SAFETY: setpriority takes plain integers and touches no memory of ours; with
+        // PRIO_PROCESS and the thread id of the caller it changes only this thread's nice.
+        let tid = unsafe { libc::gettid() };
+        // SAFETY: as above.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, COPY_NICE) } != 0 {
+            tracing::debug!("{peer}: cannot lower the copy thread's priority: {}", std::io::Error::last_os_error());
+        }
+    }
+
     /// The index of the link to `to`, connecting first if there is none.
     fn link(&mut self, shared: &Shared, client_id: u64, to: SocketAddr) -> Result<usize, krak_client::ClientError> {
         if let Some(i) = self.links.iter().position(|(addr, _)| *addr == to) {

@@ -96,10 +96,12 @@ pub(crate) fn answer(shared: &Shared, session: &mut Session, header: &Header, bo
             encode_written(out, Op::WritePages, id, entries.len() as u32);
         }),
         Request::CopyPages(entries) => registry.copy_pages(client_id, entries).map(|stored| {
+            session.pushers.background(session.peer);
             shared.counters.add_pages_written(stored as usize);
             encode_written(out, Op::CopyPages, id, stored);
         }),
         Request::PushPages(entries) => {
+            session.pushers.background(session.peer);
             crate::push::push(shared, &mut session.pushers, client_id, entries).map(|stored| {
                 shared.counters.add_pages_read(entries.len());
                 encode_written(out, Op::PushPages, id, stored);

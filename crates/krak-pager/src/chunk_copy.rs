@@ -23,6 +23,8 @@ const STEP_PAGES: usize = 64;
 /// Steps in flight (reads and copies each, when relaying): the next step is already
 /// waiting at the old server when it finishes one.
 const DEPTH: usize = 2;
+/// Connections a push uses to the old server, each served by a thread of its own there.
+const PUSH_CONNECTIONS: usize = 2;
 
 /// The pages of one step: the `REMOTE` pages of `[from, from + STEP_PAGES)` below `end`.
 struct Steps {
@@ -71,27 +73,38 @@ fn steps(shared: &Shared, chunk: usize) -> Steps {
     Steps { next: chunk * chunk_pages, end, chunk_pages }
 }
 
-/// The old server sends each step to the new one, `DEPTH` steps in flight on one
-/// connection (served by one thread there, one step at a time): a move takes about one
-/// core's worth of copying on the servers, and leaves the rest to the faults of a busy host.
+/// The old server sends each step to the new one, `DEPTH` steps in flight on each of
+/// `PUSH_CONNECTIONS` connections (each served by one thread there, one step at a time).
 fn push_chunk(shared: &Shared, chunk: usize, to: usize, to_slab: SlabId) -> Result<u64, ClientError> {
     let layout = &shared.layout;
     let home = layout.chunk(chunk);
     let to_addr = layout.server_addr(to);
-    let mut src = Connection::connect(layout.server_addr(home.server), layout.connect)?;
+    let mut links: Vec<(Connection, VecDeque<(u64, usize)>)> = Vec::with_capacity(PUSH_CONNECTIONS);
+    for _ in 0..PUSH_CONNECTIONS {
+        links.push((Connection::connect(layout.server_addr(home.server), layout.connect)?, VecDeque::new()));
+    }
     let mut steps = steps(shared, chunk);
-    let mut in_flight: VecDeque<(u64, usize)> = VecDeque::with_capacity(DEPTH);
     let mut units = Vec::with_capacity(STEP_PAGES);
     let mut copied = 0u64;
+    let mut turn = 0;
     loop {
-        while in_flight.len() < DEPTH {
-            let Some(pages) = steps.next(shared) else { break };
-            units.clear();
-            units.extend(pages.iter().map(|&p| steps.unit(p)));
-            let id = src.send_push_pages(to_addr, home.slab, to_slab, PAGE_SIZE as u32, &units)?;
-            in_flight.push_back((id, pages.len()));
+        for (src, in_flight) in links.iter_mut() {
+            while in_flight.len() < DEPTH {
+                let Some(pages) = steps.next(shared) else { break };
+                units.clear();
+                units.extend(pages.iter().map(|&p| steps.unit(p)));
+                let id = src.send_push_pages(to_addr, home.slab, to_slab, PAGE_SIZE as u32, &units)?;
+                in_flight.push_back((id, pages.len()));
+            }
         }
-        let Some((id, n)) = in_flight.pop_front() else { return Ok(copied) };
+        // The oldest answer of the next connection in turn that waits for one.
+        let n_links = links.len();
+        let Some(i) = (0..n_links).map(|k| (turn + k) % n_links).find(|&k| !links[k].1.is_empty()) else {
+            return Ok(copied);
+        };
+        turn = (i + 1) % n_links;
+        let (src, in_flight) = &mut links[i];
+        let (id, n) = in_flight.pop_front().expect("found waiting");
         src.recv_pushed(id)?;
         copied += n as u64;
         Counters::add(&shared.counters.moved_pages, n as u64);
