@@ -57,14 +57,17 @@ impl Steps {
 /// Copies the remote pages of `chunk` from its home to `to_slab` on server `to` (the chunk
 /// is moving there, so write-backs already reach both); returns the pages copied.
 pub(crate) fn copy_chunk(shared: &Shared, chunk: usize, to: usize, to_slab: SlabId) -> Result<u64, PagerError> {
-    match push_chunk(shared, chunk, to, to_slab) {
+    let copied = match push_chunk(shared, chunk, to, to_slab) {
         Err(ClientError::Refused { code, message, .. }) if code == ErrorCode::PushFailed as u16 => {
             let to_addr = shared.layout.server_addr(to);
             tracing::warn!("the old server of chunk {chunk} cannot copy to {to_addr} itself ({message}); relaying");
-            Ok(relay_chunk(shared, chunk, to, to_slab)?)
+            relay_chunk(shared, chunk, to, to_slab)?
         }
-        other => Ok(other?),
-    }
+        other => other?,
+    };
+    // Counted once the copy is whole: a push given up for a relay copies some pages twice.
+    Counters::add(&shared.counters.moved_pages, copied);
+    Ok(copied)
 }
 
 fn steps(shared: &Shared, chunk: usize) -> Steps {
@@ -107,7 +110,6 @@ fn push_chunk(shared: &Shared, chunk: usize, to: usize, to_slab: SlabId) -> Resu
         let (id, n) = in_flight.pop_front().expect("found waiting");
         src.recv_pushed(id)?;
         copied += n as u64;
-        Counters::add(&shared.counters.moved_pages, n as u64);
     }
 }
 
@@ -144,7 +146,6 @@ fn relay_chunk(shared: &Shared, chunk: usize, to: usize, to_slab: SlabId) -> Res
             pages.iter().zip(bytes.chunks_exact(PAGE_SIZE)).map(|(&p, d)| (at(to_slab, steps.unit(p)), d)).collect();
         copies.push_back(dst.send_copy_pages(&writes)?);
         copied += pages.len() as u64;
-        Counters::add(&shared.counters.moved_pages, pages.len() as u64);
     }
     while let Some(id) = copies.pop_front() {
         dst.recv_copied(id)?;
