@@ -3,7 +3,8 @@
 //!
 //! First choice: the old server pushes the pages straight to the new one (`PushPages`),
 //! so the data never passes through this host. If the old server cannot reach the new one,
-//! the pages are relayed: read here, then sent as `CopyPages`. Both store a page on the new
+//! the pages are relayed: read here, then sent as `CopyPages` (and later moves between the
+//! same two servers relay at once). Both store a page on the new
 //! slab only where no write-back landed since it was allocated, so either may run beside
 //! the write-backs, and a relay after a failed push may copy a page twice.
 
@@ -57,13 +58,18 @@ impl Steps {
 /// Copies the remote pages of `chunk` from its home to `to_slab` on server `to` (the chunk
 /// is moving there, so write-backs already reach both); returns the pages copied.
 pub(crate) fn copy_chunk(shared: &Shared, chunk: usize, to: usize, to_slab: SlabId) -> Result<u64, PagerError> {
-    let copied = match push_chunk(shared, chunk, to, to_slab) {
-        Err(ClientError::Refused { code, message, .. }) if code == ErrorCode::PushFailed as u16 => {
+    let from = shared.layout.chunk(chunk).server;
+    let refused_before = shared.push_refused.lock().contains(&(from, to));
+    let pushed = if refused_before { None } else { Some(push_chunk(shared, chunk, to, to_slab)) };
+    let copied = match pushed {
+        Some(Err(ClientError::Refused { code, message, .. })) if code == ErrorCode::PushFailed as u16 => {
             let to_addr = shared.layout.server_addr(to);
             tracing::warn!("the old server of chunk {chunk} cannot copy to {to_addr} itself ({message}); relaying");
+            shared.push_refused.lock().push((from, to));
             relay_chunk(shared, chunk, to, to_slab)?
         }
-        other => other?,
+        Some(other) => other?,
+        None => relay_chunk(shared, chunk, to, to_slab)?,
     };
     // Counted once the copy is whole: a push given up for a relay copies some pages twice.
     Counters::add(&shared.counters.moved_pages, copied);

@@ -122,6 +122,9 @@ pub(crate) struct Shared {
     pub limits: Limits,
     pub stop: AtomicBool,
     pub peak_resident: AtomicUsize,
+    /// Pairs of servers (by layout index, from → to) where a push was refused: their moves
+    /// relay at once instead of trying again (bounded by the pairs of servers).
+    pub push_refused: Mutex<Vec<(usize, usize)>>,
 }
 
 impl Shared {

@@ -250,6 +250,7 @@ impl FarMemory {
             },
             stop: AtomicBool::new(false),
             peak_resident: AtomicUsize::new(0),
+            push_refused: Mutex::new(Vec::new()),
         });
         let mut region =
             FarMemory { shared: shared.clone(), threads: Vec::new(), self_serving_id: None, rack: rack.clone() };
