@@ -113,7 +113,10 @@ fn drain_under_load(mode: FaultMode, push: bool) {
     assert!(servers[3].stats().lent_bytes > 0, "the server that was not in the region took chunks");
     assert_eq!(stats.failed_faults, 0);
     let refused = servers[0].stats().errors;
-    assert!(if push { refused == 0 } else { refused > 0 }, "push {push}: {refused} refusals on the drained server");
+    // Without pushes, one refused move per target (up to 4 pushes in flight each): later
+    // moves to it relay at once.
+    let ok = if push { refused == 0 } else { refused > 0 && refused <= 4 * targets.len() as u64 };
+    assert!(ok, "push {push}: {refused} refusals on the drained server");
     drop(region);
     for s in &servers {
         assert_eq!(s.stats().lent_bytes, 0, "dropping the region gives every slab back, moved or not");
