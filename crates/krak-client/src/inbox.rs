@@ -6,9 +6,11 @@
 //! while spinning costs one `recv` for its header, body and MAC together, with no mode
 //! switch: on a virtual machine every system call on the fault path counts.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
+
+use crate::SocketMode;
 
 /// Bytes asked of the kernel per read at least, so that pipelined answers come in together.
 const MIN_READ_BYTES: usize = 64 << 10;
@@ -21,21 +23,12 @@ pub(crate) struct Inbox {
     /// Unconsumed bytes are `buf[start..end]`.
     start: usize,
     end: usize,
-    /// The socket's current mode.
-    nonblocking: bool,
+    mode: SocketMode,
 }
 
 impl Inbox {
     pub fn new() -> Inbox {
-        Inbox { buf: vec![0; MIN_READ_BYTES], start: 0, end: 0, nonblocking: false }
-    }
-
-    fn set_nonblocking(&mut self, stream: &TcpStream, on: bool) -> io::Result<()> {
-        if self.nonblocking != on {
-            stream.set_nonblocking(on)?;
-            self.nonblocking = on;
-        }
-        Ok(())
+        Inbox { buf: vec![0; MIN_READ_BYTES], start: 0, end: 0, mode: SocketMode::default() }
     }
 
     /// Makes sure at least `n` unconsumed bytes are buffered: busy-waits (non-blocking reads,
@@ -61,17 +54,10 @@ impl Inbox {
                 self.buf.resize(n.max(MIN_READ_BYTES), 0);
             }
         }
-        let spin_until = Instant::now() + spin;
+        // Each read takes as much as fits past `n`, so that pipelined answers come together.
+        let spin_until = (!spin.is_zero()).then(|| Instant::now() + spin);
         while self.end - self.start < n {
-            let blocking = spin.is_zero() || Instant::now() >= spin_until;
-            self.set_nonblocking(stream, !blocking)?;
-            match (&mut &*stream).read(&mut self.buf[self.end..]) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(got) => self.end += got,
-                Err(e) if !blocking && e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+            self.end += self.mode.read_spinning(stream, &mut self.buf[self.end..], spin_until)?;
         }
         Ok(())
     }
@@ -84,28 +70,16 @@ impl Inbox {
         &self.buf[at..at + n]
     }
 
-    /// Writes all of `bytes`; a socket left non-blocking is switched back to blocking (its
-    /// write timeout then bounds the wait) only if the kernel's send buffer is full.
+    /// Writes all of `bytes` (see [`SocketMode::write_all`]).
     pub fn write_all(&mut self, stream: &TcpStream, bytes: &[u8]) -> io::Result<()> {
-        let mut done = 0;
-        while done < bytes.len() {
-            match (&mut &*stream).write(&bytes[done..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => done += n,
-                Err(e) if self.nonblocking && e.kind() == io::ErrorKind::WouldBlock => {
-                    self.set_nonblocking(stream, false)?;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        self.mode.write_all(stream, bytes)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
 
     fn pair() -> (TcpStream, TcpStream) {
@@ -159,7 +133,7 @@ mod tests {
         let (client, mut server) = pair();
         let mut inbox = Inbox::new();
         // Leave the socket non-blocking, as a spin that caught an answer does.
-        inbox.set_nonblocking(&client, true).unwrap();
+        inbox.mode.set_nonblocking(&client, true).unwrap();
         let bytes: Vec<u8> = (0..(8 << 20)).map(|i| (i % 253) as u8).collect();
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();

@@ -11,19 +11,20 @@
 //! connection alone.
 
 mod inbox;
+mod socket_mode;
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use inbox::Inbox;
+pub use socket_mode::SocketMode;
 
 use krak_proto::{
-    decode_response, encode_alloc_slab, encode_auth, encode_copy_pages, encode_copy_units, encode_free_slab,
-    encode_hello, encode_push_pages, encode_read_pages, encode_stats, encode_write_pages, page_crc, proof_matches,
-    DecodeError, ErrorCode, FrameMac, Header, Op, PageRef, RackSecret, Response, ServerHello, ServerStats, Side,
-    SlabId, Transcript, HEADER_LEN, MAC_LEN, MAX_BATCH_PAGES, NONCE_LEN, PAGE_SIZE, PROOF_LEN, PROTOCOL_VERSION,
-    RESPONSE_BIT,
+    decode_response, encode_alloc_slab, encode_auth, encode_copy_units, encode_free_slab, encode_hello,
+    encode_push_pages, encode_read_pages, encode_stats, encode_write_pages, page_crc, proof_matches, DecodeError,
+    ErrorCode, FrameMac, Header, Op, PageRef, RackSecret, Response, ServerHello, ServerStats, Side, SlabId, Transcript,
+    HEADER_LEN, MAC_LEN, MAX_BATCH_PAGES, NONCE_LEN, PAGE_SIZE, PROOF_LEN, PROTOCOL_VERSION, RESPONSE_BIT,
 };
 
 /// Why a call to a memory server failed.
@@ -248,9 +249,8 @@ impl Connection {
     /// (the copy of a moving chunk must not undo a newer write-back). Answer with
     /// [`Connection::recv_copied`].
     pub fn send_copy_pages(&mut self, pages: &[(PageRef, &[u8])]) -> Result<u64, ClientError> {
-        assert!(pages.len() <= MAX_BATCH_PAGES, "caller must split batches");
         let unit_bytes = pages.first().map_or(PAGE_SIZE, |(_, d)| d.len()) as u32;
-        self.send_with(Op::CopyPages, |buf, id| encode_copy_pages(buf, id, unit_bytes, pages.iter().copied()))
+        self.send_copy_units(unit_bytes, pages.iter().map(|&(at, data)| (at, page_crc(data), data)))
     }
 
     /// Queues a copy like [`Connection::send_copy_pages`], of units given with their CRC-32C
@@ -281,21 +281,13 @@ impl Connection {
 
     /// Receives the answer to a push: how many units the target stored.
     pub fn recv_pushed(&mut self, id: u64) -> Result<u32, ClientError> {
-        let addr = self.addr;
-        match self.recv(id)? {
-            Response::Written { count } => Ok(count),
-            other => Err(unexpected(addr, Op::PushPages, &other)),
-        }
+        self.recv_stored(id, Op::PushPages)
     }
 
     /// Receives the answer to a copy sent with [`Connection::send_copy_pages`]: how many
     /// units it stored.
     pub fn recv_copied(&mut self, id: u64) -> Result<u32, ClientError> {
-        let addr = self.addr;
-        match self.recv(id)? {
-            Response::Written { count } => Ok(count),
-            other => Err(unexpected(addr, Op::CopyPages, &other)),
-        }
+        self.recv_stored(id, Op::CopyPages)
     }
 
     /// Receives the answer to a read sent with [`Connection::send_read_units`] (or
@@ -361,10 +353,15 @@ impl Connection {
 
     /// Receives the answer to a write sent with [`Connection::send_write_pages`].
     pub fn recv_written(&mut self, id: u64) -> Result<(), ClientError> {
+        self.recv_stored(id, Op::WritePages).map(|_| ())
+    }
+
+    /// The answer to a write, copy or push (`op`): how many units were stored.
+    fn recv_stored(&mut self, id: u64, op: Op) -> Result<u32, ClientError> {
         let addr = self.addr;
         match self.recv(id)? {
-            Response::Written { .. } => Ok(()),
-            other => Err(unexpected(addr, Op::WritePages, &other)),
+            Response::Written { count } => Ok(count),
+            other => Err(unexpected(addr, op, &other)),
         }
     }
 
@@ -422,35 +419,6 @@ impl Connection {
             ClientError::Io { addr: self.addr, source: e }
         }
     }
-}
-
-/// Busy-waits up to `spin` for `stream` to have bytes to read (or be closed), yielding the
-/// CPU between looks. Returns true when a read would not block.
-///
-/// On a loopback rack an answer often comes back within tens of microseconds; catching it
-/// while still running saves the sleep and wake-up of a blocking read, which on a virtual
-/// machine can cost as much as the round trip itself.
-pub fn spin_until_readable(stream: &TcpStream, spin: Duration) -> io::Result<bool> {
-    if spin.is_zero() {
-        return Ok(false);
-    }
-    stream.set_nonblocking(true)?;
-    let start = std::time::Instant::now();
-    let mut probe = [0u8; 1];
-    let ready = loop {
-        match stream.peek(&mut probe) {
-            Ok(_) => break true,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break true, // let the blocking read report it
-        }
-        if start.elapsed() >= spin {
-            break false;
-        }
-        std::thread::yield_now();
-    };
-    stream.set_nonblocking(false)?;
-    Ok(ready)
 }
 
 fn unexpected(addr: SocketAddr, op: Op, got: &Response<'_>) -> ClientError {

@@ -2,10 +2,11 @@
 //! breaks the protocol. Buffers are reused across frames; answers to pipelined requests
 //! that are already buffered are batched into one write.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use krak_client::SocketMode;
 use krak_proto::{encode_error, DecodeError, ErrorCode, Header, HEADER_LEN, MAC_LEN, MAX_BODY_BYTES};
 
 use crate::requests::{self, decode_error_code, Next, Session};
@@ -43,7 +44,7 @@ pub(crate) fn serve(stream: TcpStream, shared: &Shared, peer: SocketAddr) {
     match result {
         Ok(End::Closed) => tracing::debug!("{peer}: closed"),
         Ok(End::Violation) => {
-            if conn.flush().is_ok() && conn.set_nonblocking(false).is_ok() {
+            if conn.flush().is_ok() && conn.mode.set_nonblocking(&stream, false).is_ok() {
                 linger_close(&stream);
             }
         }
@@ -96,7 +97,7 @@ struct Conn<'s> {
     idle: Option<bool>,
     /// The socket is non-blocking while the connection busy-waits for requests, and stays
     /// so while whole frames arrive in time: no mode switch per request.
-    nonblocking: bool,
+    mode: SocketMode,
     body: Vec<u8>,
     out: Vec<u8>,
     /// Answers in `out` not yet written.
@@ -111,7 +112,7 @@ impl<'s> Conn<'s> {
             io_timeout,
             spin,
             idle: None,
-            nonblocking: false,
+            mode: SocketMode::default(),
             body: Vec::new(),
             out: Vec::with_capacity(64 << 10),
             pending: 0,
@@ -186,7 +187,7 @@ impl<'s> Conn<'s> {
             if !self.spin_for_bytes()? {
                 // Only an authenticated connection may wait forever between frames: one that
                 // has not proved the secret gets `io_timeout` for each step of the handshake.
-                self.set_nonblocking(false)?;
+                self.mode.set_nonblocking(self.stream, false)?;
                 self.set_idle(may_idle)?;
                 loop {
                     match self.reader.fill_buf() {
@@ -201,10 +202,10 @@ impl<'s> Conn<'s> {
             }
         }
         // The rest of a frame that is not all here yet is read blocking, bounded per read.
-        if self.nonblocking && !self.next_frame_buffered(trailer) {
-            self.set_nonblocking(false)?;
+        if self.mode.is_nonblocking() && !self.next_frame_buffered(trailer) {
+            self.mode.set_nonblocking(self.stream, false)?;
         }
-        if !self.nonblocking {
+        if !self.mode.is_nonblocking() {
             self.set_idle(false)?;
         }
         let mut head = [0u8; HEADER_LEN];
@@ -215,7 +216,7 @@ impl<'s> Conn<'s> {
     /// Busy-waits up to `spin` with non-blocking reads into the read buffer; true when
     /// bytes (or the peer's close) arrived.
     fn spin_for_bytes(&mut self) -> io::Result<bool> {
-        self.set_nonblocking(true)?;
+        self.mode.set_nonblocking(self.stream, true)?;
         let start = Instant::now();
         loop {
             match self.reader.fill_buf() {
@@ -228,14 +229,6 @@ impl<'s> Conn<'s> {
             }
             std::thread::yield_now();
         }
-    }
-
-    fn set_nonblocking(&mut self, on: bool) -> io::Result<()> {
-        if self.nonblocking != on {
-            self.stream.set_nonblocking(on)?;
-            self.nonblocking = on;
-        }
-        Ok(())
     }
 
     fn read_body(&mut self, len: usize) -> io::Result<()> {
@@ -271,29 +264,13 @@ impl<'s> Conn<'s> {
     fn flush(&mut self) -> io::Result<()> {
         self.pending = 0;
         if !self.out.is_empty() {
-            let result = self.write_out();
+            let result = self.mode.write_all(self.stream, &self.out);
             self.out.clear();
             result?;
         }
         // Keep one large buffer, not the largest answer ever sent, alive per connection.
         if self.out.capacity() > 2 * FLUSH_BYTES {
             self.out.shrink_to(FLUSH_BYTES);
-        }
-        Ok(())
-    }
-
-    /// Writes `out`; a socket left non-blocking goes back to blocking (bounded by the write
-    /// timeout) only when the kernel's send buffer is full.
-    fn write_out(&mut self) -> io::Result<()> {
-        let mut done = 0;
-        while done < self.out.len() {
-            match (&mut &*self.stream).write(&self.out[done..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => done += n,
-                Err(e) if self.nonblocking && e.kind() == io::ErrorKind::WouldBlock => self.set_nonblocking(false)?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
         }
         Ok(())
     }

@@ -49,17 +49,26 @@ pub fn measure_local_fault(pages: usize) -> Result<FaultLatency, PagerError> {
             Ok(())
         })
     };
+    let timed = time_first_touches(&map, pages);
+    stop.store(true, Ordering::Relaxed);
+    handler.join().map_err(|_| PagerError::Install("fault handler thread panicked".into()))??;
+    timed
+}
+
+/// Reads the first byte of each of the first `pages` pages of `map` once (each touch
+/// faults, and whoever serves it installs a page of `0x5a`), timing each; checks the bytes.
+fn time_first_touches(map: &AnonMapping, pages: usize) -> Result<FaultLatency, PagerError> {
+    let base = map.as_ptr() as usize;
+    let pages = pages.min(map.len() / PAGE_SIZE);
     let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("static bounds");
     let mut sum = 0u64;
     for p in 0..pages {
         let t = Instant::now();
-        // SAFETY: page `p` lies inside the mapping, which lives until after the loop; the
-        // handler thread installs it on this first touch.
+        // SAFETY: page `p` lies inside the mapping (`pages` is capped to its length), which
+        // `map` keeps alive; the fault it takes is served before the read returns.
         sum += unsafe { ((base + p * PAGE_SIZE) as *const u8).read_volatile() } as u64;
         hist.saturating_record(t.elapsed().as_nanos().max(1) as u64);
     }
-    stop.store(true, Ordering::Relaxed);
-    handler.join().map_err(|_| PagerError::Install("fault handler thread panicked".into()))??;
     if sum != 0x5a * pages as u64 {
         return Err(PagerError::Install("local fault measurement read the wrong bytes".into()));
     }
@@ -80,30 +89,15 @@ pub fn measure_local_fault_self_served(pages: usize) -> Result<FaultLatency, Pag
     uffd.register(base, map.len())?;
     let probe = Arc::new(crate::self_serving::Probe { uffd, page: vec![0x5au8; PAGE_SIZE] });
     let id = crate::self_serving::register_probe(base, map.len(), probe)?;
-    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("static bounds");
-    let mut sum = 0u64;
-    for p in 0..pages {
-        let t = Instant::now();
-        // SAFETY: page `p` lies inside the mapping, which lives until after the loop; the
-        // SIGBUS handler installs it on this first touch.
-        sum += unsafe { ((base + p * PAGE_SIZE) as *const u8).read_volatile() } as u64;
-        hist.saturating_record(t.elapsed().as_nanos().max(1) as u64);
-    }
+    let timed = time_first_touches(&map, pages);
     crate::self_serving::unregister(id);
-    if sum != 0x5a * pages as u64 {
-        return Err(PagerError::Install("local fault measurement read the wrong bytes".into()));
-    }
-    Ok(FaultLatency {
-        samples: hist.len(),
-        p50_us: hist.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_us: hist.value_at_quantile(0.99) as f64 / 1000.0,
-    })
+    timed
 }
 
 /// A 4 KiB loopback TCP ping-pong where both ends busy-wait for data as the pager and the
-/// memory server do (`spin_us`): the network floor without any sleep or wake-up.
+/// memory server do (`spin_us`, non-blocking reads with `SocketMode`): the network floor
+/// without any sleep or wake-up.
 pub fn tcp_rtt_4k_spinning(round_trips: u32, spin_us: u64) -> std::io::Result<FaultLatency> {
-    use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::time::Duration;
 
@@ -111,27 +105,27 @@ pub fn tcp_rtt_4k_spinning(round_trips: u32, spin_us: u64) -> std::io::Result<Fa
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let echo = std::thread::spawn(move || -> std::io::Result<()> {
-        let (mut s, _) = listener.accept()?;
+        let (s, _) = listener.accept()?;
         s.set_nodelay(true)?;
+        let mut mode = krak_client::SocketMode::default();
         let mut buf = vec![0u8; PAGE_SIZE];
         loop {
-            krak_client::spin_until_readable(&s, spin)?;
-            if s.read_exact(&mut buf).is_err() {
+            if mode.read_exact_spinning(&s, &mut buf, spin).is_err() {
                 return Ok(());
             }
-            s.write_all(&buf)?;
+            mode.write_all(&s, &buf)?;
         }
     });
-    let mut c = TcpStream::connect(addr)?;
+    let c = TcpStream::connect(addr)?;
     c.set_nodelay(true)?;
+    let mut mode = krak_client::SocketMode::default();
     let mut buf = vec![7u8; PAGE_SIZE];
     let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).expect("static bounds");
     let warmup = round_trips / 10;
     for i in 0..round_trips + warmup {
         let t = Instant::now();
-        c.write_all(&buf)?;
-        krak_client::spin_until_readable(&c, spin)?;
-        c.read_exact(&mut buf)?;
+        mode.write_all(&c, &buf)?;
+        mode.read_exact_spinning(&c, &mut buf, spin)?;
         if i >= warmup {
             hist.saturating_record(t.elapsed().as_nanos().max(1) as u64);
         }

@@ -109,36 +109,20 @@ pub fn encode_write_pages<'p>(
     unit_bytes: u32,
     pages: impl ExactSizeIterator<Item = (PageRef, &'p [u8])>,
 ) {
-    encode_units(out, Op::WritePages, request_id, unit_bytes, pages);
+    let units = pages.map(|(at, data)| (at, page_crc(data), data));
+    encode_units(out, Op::WritePages, request_id, unit_bytes, units);
 }
 
 /// Encodes a copy (see [`Request::CopyPages`]) of up to [`MAX_BATCH_PAGES`] units of
-/// `unit_bytes` each, computing each unit's CRC-32C.
-pub fn encode_copy_pages<'p>(
-    out: &mut Vec<u8>,
-    request_id: u64,
-    unit_bytes: u32,
-    pages: impl ExactSizeIterator<Item = (PageRef, &'p [u8])>,
-) {
-    encode_units(out, Op::CopyPages, request_id, unit_bytes, pages);
-}
-
-/// Encodes a copy like [`encode_copy_pages`], with each unit's CRC-32C as stored (a
-/// server pushing its units passes on the checksum its writer sent, not a new one).
+/// `unit_bytes` each, each with its CRC-32C: computed by the caller, or as stored (a server
+/// pushing its units passes on the checksum its writer sent, not a new one).
 pub fn encode_copy_units<'p>(
     out: &mut Vec<u8>,
     request_id: u64,
     unit_bytes: u32,
     units: impl ExactSizeIterator<Item = (PageRef, u32, &'p [u8])>,
 ) {
-    assert!(units.len() <= MAX_BATCH_PAGES, "copy batch of {} units", units.len());
-    let mut f = FrameBuilder::begin(out, Op::CopyPages as u16, 0, request_id);
-    f.put_u32(units.len() as u32).put_u32(unit_bytes);
-    for (at, crc, data) in units {
-        assert_eq!(data.len(), unit_bytes as usize, "every unit of the batch is {unit_bytes} bytes");
-        f.put_slab(at.slab).put_u32(at.page).put_u32(crc).put_bytes(data);
-    }
-    f.finish();
+    encode_units(out, Op::CopyPages, request_id, unit_bytes, units);
 }
 
 fn encode_units<'p>(
@@ -146,14 +130,14 @@ fn encode_units<'p>(
     op: Op,
     request_id: u64,
     unit_bytes: u32,
-    pages: impl ExactSizeIterator<Item = (PageRef, &'p [u8])>,
+    units: impl ExactSizeIterator<Item = (PageRef, u32, &'p [u8])>,
 ) {
-    assert!(pages.len() <= MAX_BATCH_PAGES, "write batch of {} pages", pages.len());
+    assert!(units.len() <= MAX_BATCH_PAGES, "batch of {} units", units.len());
     let mut f = FrameBuilder::begin(out, op as u16, 0, request_id);
-    f.put_u32(pages.len() as u32).put_u32(unit_bytes);
-    for (at, data) in pages {
+    f.put_u32(units.len() as u32).put_u32(unit_bytes);
+    for (at, crc, data) in units {
         assert_eq!(data.len(), unit_bytes as usize, "every unit of the batch is {unit_bytes} bytes");
-        f.put_slab(at.slab).put_u32(at.page).put_u32(page_crc(data)).put_bytes(data);
+        f.put_slab(at.slab).put_u32(at.page).put_u32(crc).put_bytes(data);
     }
     f.finish();
 }
@@ -493,7 +477,7 @@ mod tests {
         let page = vec![3u8; PAGE_SIZE];
         let at = PageRef { slab: SlabId(4, 40), page: 9 };
         let mut out = Vec::new();
-        encode_copy_pages(&mut out, 6, PAGE_SIZE as u32, std::iter::once((at, page.as_slice())));
+        encode_copy_units(&mut out, 6, PAGE_SIZE as u32, std::iter::once((at, page_crc(&page), page.as_slice())));
         let (h, body) = split(&out);
         assert_eq!(h.kind, Op::CopyPages as u16);
         let Request::CopyPages(entries) = decode_request(&h, body).unwrap() else { panic!("wrong kind") };
