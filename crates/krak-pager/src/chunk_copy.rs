@@ -128,21 +128,17 @@ fn relay_chunk(shared: &Shared, chunk: usize, to: usize, to_slab: SlabId) -> Res
     let mut dst = Connection::connect(layout.server_addr(to), layout.connect)?;
     let mut steps = steps(shared, chunk);
     let at = |slab, unit| PageRef { slab, page: unit };
-    let mut reads: VecDeque<(u64, Vec<usize>)> = VecDeque::with_capacity(DEPTH);
+    let mut reads: VecDeque<(u64, Vec<usize>, Vec<PageRef>)> = VecDeque::with_capacity(DEPTH);
     let mut copies: VecDeque<u64> = VecDeque::with_capacity(DEPTH);
     let mut buf = vec![0u8; STEP_PAGES * PAGE_SIZE];
-    let mut refs = Vec::with_capacity(STEP_PAGES);
     let mut copied = 0u64;
     loop {
         while reads.len() < DEPTH {
             let Some(pages) = steps.next(shared) else { break };
-            refs.clear();
-            refs.extend(pages.iter().map(|&p| at(home.slab, steps.unit(p))));
-            reads.push_back((src.send_read_pages(&refs)?, pages));
+            let refs: Vec<PageRef> = pages.iter().map(|&p| at(home.slab, steps.unit(p))).collect();
+            reads.push_back((src.send_read_pages(&refs)?, pages, refs));
         }
-        let Some((id, pages)) = reads.pop_front() else { break };
-        refs.clear();
-        refs.extend(pages.iter().map(|&p| at(home.slab, steps.unit(p))));
+        let Some((id, pages, refs)) = reads.pop_front() else { break };
         let bytes = &mut buf[..pages.len() * PAGE_SIZE];
         src.recv_pages(id, &refs, bytes)?;
         if copies.len() >= DEPTH {

@@ -20,13 +20,11 @@ use krak_client::{ClientError, Connection};
 use krak_uffd::PAGE_SIZE;
 use parking_lot::MutexGuard;
 
-use crate::core::{ChunkMove, Core, Shared, FETCHING, REMOTE, STATE_MASK};
+use crate::core::{ChunkMove, Core, Shared, FETCHING, STATE_MASK};
 use crate::remote::{free_quietly, ChunkHome, Links, RemoteLayout};
 use crate::stats::Counters;
 use crate::{FarMemory, PagerError};
 
-/// Pages per step of a rebuild (`reprotect.rs`): one read and one write of a full batch.
-const STEP_PAGES: usize = krak_proto::MAX_BATCH_PAGES;
 /// Most time one move may take before its caller gives up waiting.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -91,24 +89,6 @@ fn wait_for_writeback_in_flight(shared: &Shared) {
     while core.wb_batches_done < taken && !shared.stop.load(Ordering::Relaxed) {
         shared.space.wait_for(&mut core, Duration::from_millis(10));
     }
-}
-
-/// The `REMOTE` pages of the next step of the move at the head of the queue: at most
-/// `STEP_PAGES` of `[from, end)`; records where the step after starts. Shared by chunk moves
-/// and re-protection rebuilds, which step through a chunk alike.
-pub(crate) fn next_step_pages(core: &mut Core, from: usize, end: usize) -> Vec<usize> {
-    let mut pages = Vec::with_capacity(STEP_PAGES);
-    let mut next = from;
-    while next < end && pages.len() < STEP_PAGES {
-        if core.states[next] & REMOTE != 0 {
-            pages.push(next);
-        }
-        next += 1;
-    }
-    if let Some(mv) = core.moves.front_mut() {
-        mv.next_page = next;
-    }
-    pages
 }
 
 pub(crate) fn finish(shared: &Shared, core: &mut Core, id: u64, result: Result<u64, String>) {

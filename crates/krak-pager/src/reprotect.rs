@@ -21,7 +21,7 @@ use krak_uffd::PAGE_SIZE;
 use parking_lot::MutexGuard;
 
 use crate::core::{ChunkMove, Core, Shared, REMOTE};
-use crate::migrate::{admin_conn, finish, next_step_pages, NEXT_MOVE_ID};
+use crate::migrate::{admin_conn, finish, NEXT_MOVE_ID};
 use crate::rack::RackLink;
 use crate::rack_stripes::NoReplacement;
 use crate::redundancy::Coder;
@@ -362,4 +362,21 @@ fn rebuild_pages(
     let at = |p: usize| PageRef { slab: target.slab, page: (p % layout.chunk_pages) as u32 };
     let writes: Vec<(PageRef, &[u8])> = pages.iter().zip(units.chunks_exact(unit)).map(|(p, u)| (at(*p), u)).collect();
     links.write_to(layout, target.server, &writes).map_err(PagerError::Remote)
+}
+
+/// The `REMOTE` pages of the next step of the rebuild at the head of the move queue: at
+/// most `STEP_PAGES` of `[from, end)`; records where the step after starts.
+pub(crate) fn next_step_pages(core: &mut Core, from: usize, end: usize) -> Vec<usize> {
+    let mut pages = Vec::with_capacity(STEP_PAGES);
+    let mut next = from;
+    while next < end && pages.len() < STEP_PAGES {
+        if core.states[next] & REMOTE != 0 {
+            pages.push(next);
+        }
+        next += 1;
+    }
+    if let Some(mv) = core.moves.front_mut() {
+        mv.next_page = next;
+    }
+    pages
 }
