@@ -98,9 +98,19 @@ pub(crate) struct ChunkMove {
     /// Next page of the chunk (region page index) to copy.
     pub next_page: usize,
     pub pages_copied: u64,
-    /// Set when this is no move but the rebuild of fragment `i` of a redundant chunk's
-    /// stripe onto its replacement slab (see `reprotect.rs`).
-    pub rebuild: Option<usize>,
+    pub kind: MoveKind,
+}
+
+/// What a job on the write-back thread's move queue does with its chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MoveKind {
+    /// Switches the chunk's home, its pages copied by the mover (`migrate.rs`).
+    Chunk,
+    /// Fills the replacement slab of lost fragment `i` of a redundant chunk's stripe
+    /// (`reprotect.rs`).
+    Rebuild(usize),
+    /// Fills the slab fragment `i` moves to, then switches (`frag_move.rs`).
+    Fragment(usize),
 }
 
 pub(crate) struct Shared {

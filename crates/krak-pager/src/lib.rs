@@ -14,6 +14,7 @@ mod chunk_copy;
 mod core;
 mod discard;
 pub mod eviction;
+mod frag_move;
 mod handler;
 pub mod limits;
 mod migrate;

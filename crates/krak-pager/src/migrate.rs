@@ -20,7 +20,7 @@ use krak_client::{ClientError, Connection};
 use krak_uffd::PAGE_SIZE;
 use parking_lot::MutexGuard;
 
-use crate::core::{ChunkMove, Core, Shared, FETCHING, STATE_MASK};
+use crate::core::{ChunkMove, Core, MoveKind, Shared, FETCHING, STATE_MASK};
 use crate::remote::{free_quietly, ChunkHome, Links, RemoteLayout};
 use crate::stats::Counters;
 use crate::{FarMemory, PagerError};
@@ -57,9 +57,10 @@ pub(crate) fn admin_conn<'a>(
 /// One step of the oldest move, run by the write-back thread with the core lock held.
 pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: MutexGuard<'_, Core>) {
     let Some(mv) = core.moves.front() else { return };
-    if let Some(frag) = mv.rebuild {
-        crate::reprotect::step(shared, links, core, frag);
-        return;
+    match mv.kind {
+        MoveKind::Chunk => {}
+        MoveKind::Rebuild(frag) => return crate::reprotect::step(shared, links, core, frag, false),
+        MoveKind::Fragment(frag) => return crate::reprotect::step(shared, links, core, frag, true),
     }
     let (id, chunk, from) = (mv.id, mv.chunk, mv.next_page);
     let home = shared.layout.chunk(chunk);
@@ -83,7 +84,7 @@ pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: MutexGuard<'_, 
 }
 
 /// Waits until every write-back batch taken off the queue before now has been answered.
-fn wait_for_writeback_in_flight(shared: &Shared) {
+pub(crate) fn wait_for_writeback_in_flight(shared: &Shared) {
     let mut core = shared.core.lock();
     let taken = core.wb_batches_taken;
     while core.wb_batches_done < taken && !shared.stop.load(Ordering::Relaxed) {
@@ -106,13 +107,17 @@ impl FarMemory {
     }
 
     /// Moves every chunk of the region off the server at `from`, each to the server of
-    /// `targets` that holds the fewest of the region's chunks.
+    /// `targets` that holds the fewest of the region's chunks. A redundant region moves its
+    /// fragments instead, each to a target that holds none of its chunk's others.
     pub fn drain_server(&self, from: SocketAddr, targets: &[SocketAddr]) -> Result<DrainReport, PagerError> {
         let started = Instant::now();
         let layout = &self.shared.layout;
         let targets: Vec<SocketAddr> = targets.iter().copied().filter(|t| *t != from).collect();
         if targets.is_empty() {
             return Err(PagerError::Config(format!("no server to drain {from} to")));
+        }
+        if !layout.redundancy().is_none() {
+            return self.drain_fragments(from, &targets);
         }
         let mut report = DrainReport::default();
         while let Some(&chunk) = layout.chunks_on(from, 1).first() {
@@ -159,7 +164,7 @@ impl Shared {
         let layout = &shared.layout;
         if !layout.redundancy().is_none() {
             return Err(PagerError::Move(format!(
-                "chunks of a region with redundancy {} do not move (not built yet)",
+                "a region with redundancy {} moves its chunks' fragments one at a time (move_fragment)",
                 layout.redundancy()
             )));
         }
@@ -208,7 +213,7 @@ impl Shared {
             // The write-back thread switches the chunk's home between two of its batches.
             let mut core = shared.core.lock();
             let end = ((chunk + 1) * layout.chunk_pages).min(shared.region_pages());
-            core.moves.push_back(ChunkMove { id, chunk, next_page: end, pages_copied: copied, rebuild: None });
+            core.moves.push_back(ChunkMove { id, chunk, next_page: end, pages_copied: copied, kind: MoveKind::Chunk });
             shared.wb_wake.notify_one();
         }
         let result = shared.wait_move(id, chunk);

@@ -6,8 +6,10 @@
 //! follower thread then long-polls the region's map: when a server is draining, it moves
 //! each of the region's chunks off that server to one the controller places it on, while
 //! the region stays in use, and commits the new home. A redundant region's fragments are
-//! placed in `rack_stripes.rs`; its follower only loses servers the map calls dead (for
-//! re-protection to replace) and moves nothing.
+//! placed in `rack_stripes.rs`; its follower loses servers the map calls dead (for
+//! re-protection to replace) and moves fragments, one at a time, off servers that drain or
+//! whose host is short of memory (`frag_move.rs`), each to a server the controller places
+//! that slot on.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -179,8 +181,6 @@ fn place_and_commit(
 pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
     let mut reported_dead = HashSet::new();
     let redundant = !shared.layout.redundancy().is_none();
-    // Moves of a redundant region's fragments are not built: said once, then skipped.
-    let mut told_no_moves = false;
     // Its own client for the long-poll, so that re-protection's and moves' calls do not
     // wait behind it.
     let mut poller = link.client.lock().clone();
@@ -197,7 +197,7 @@ pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
         };
         let avoid: Vec<ServerId> = map.servers.iter().filter(|s| s.state != ServerState::Alive).map(|s| s.id).collect();
         if redundant {
-            follow_redundant(&shared, &map, &mut told_no_moves);
+            follow_redundant(&shared, &link, &map, &avoid);
             link.epoch.fetch_max(map.epoch, Ordering::Relaxed);
             continue;
         }
@@ -239,37 +239,79 @@ pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
 }
 
 /// What a redundant region takes from a map: a server the controller calls dead is lost
-/// for the region (re-protection replaces its fragments); drains, hosts short of memory and
-/// consolidation would move fragments, which is not built: logged once and left alone.
-fn follow_redundant(shared: &Shared, map: &MapReply, told_no_moves: &mut bool) {
+/// for the region (re-protection replaces its fragments); the fragments on a draining
+/// server move off it, and one fragment moves off a server whose host is short of memory
+/// (its next heartbeat says whether it needs more). The controller asks no consolidation
+/// moves of a striped region (a move chosen by slab counts could put two fragments of a
+/// chunk on one server).
+fn follow_redundant(shared: &Shared, link: &RackLink, map: &MapReply, avoid: &[ServerId]) {
     let layout = &shared.layout;
     for server in &map.servers {
-        let asks_move = match server.state {
+        match server.state {
             ServerState::Dead => {
                 let addr = server.addr.parse::<SocketAddr>().ok();
                 if let Some(i) = addr.and_then(|a| layout.find_server(a)).filter(|i| !layout.stripes.is_lost(*i)) {
                     crate::stripe::lose(layout, i, "the rack controller reports it dead");
                 }
-                false
             }
-            ServerState::Draining => true,
-            ServerState::Alive => server.shed_bytes > 0,
-            _ => false,
-        };
-        if asks_move && !*told_no_moves {
-            *told_no_moves = true;
-            tracing::warn!(
-                "{} is draining or short of memory, but a {} region's fragments are not moved; they stay \
-                 until the server is gone, then re-protection replaces them",
-                server.addr,
-                layout.redundancy()
-            );
+            ServerState::Draining => {
+                if let Err(e) = move_fragments_off(shared, link, &server.addr, avoid, usize::MAX) {
+                    tracing::error!("moving the region's fragments off {}: {e}", server.addr);
+                }
+            }
+            ServerState::Alive if server.shed_bytes > 0 => {
+                let mut avoid = avoid.to_vec();
+                avoid.push(server.id);
+                if let Err(e) = move_fragments_off(shared, link, &server.addr, &avoid, 1) {
+                    tracing::error!("moving a fragment off {} (its host is short of memory): {e}", server.addr);
+                }
+            }
+            _ => {}
         }
     }
-    if !map.moves.is_empty() && !*told_no_moves {
-        *told_no_moves = true;
-        tracing::warn!("the controller asks for consolidation moves; a redundant region's fragments are not moved");
+}
+
+/// Moves up to `limit` fragments whose home is `addr`, each to the server the controller
+/// places its slot on (off `avoid`, the servers the region lost and, by the controller's
+/// own rule, the servers of the chunk's other fragments), and commits each.
+fn move_fragments_off(
+    shared: &Shared,
+    link: &RackLink,
+    addr: &str,
+    avoid: &[ServerId],
+    limit: usize,
+) -> Result<(), PagerError> {
+    let layout = &shared.layout;
+    let Some(from) = layout.find_server(parse_addr(addr)?) else { return Ok(()) };
+    let width = layout.redundancy().width();
+    for (chunk, frag) in layout.stripes.fragments_on(from, limit) {
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let slot = (chunk * width + frag) as u64;
+        let mut exclude = avoid.to_vec();
+        {
+            let ids = link.ids.lock();
+            exclude.extend(layout.stripes.lost_servers().iter().filter_map(|s| ids.get(&layout.server_addr(*s))));
+        }
+        let placed: PlaceReply = link
+            .client
+            .lock()
+            .call(
+                "POST",
+                &format!("/v1/regions/{}/place", link.region.0),
+                Some(&PlaceRequest { chunks: vec![slot], exclude }),
+            )
+            .map_err(controller_error)?;
+        let Some(ChunkServer { server, addr: to, .. }) = placed.placements.into_iter().find(|p| p.chunk == slot) else {
+            return Err(controller_error(format!("no server to move slot {slot} to")));
+        };
+        let to = parse_addr(&to)?;
+        let moved = shared.move_fragment(chunk, frag, to)?;
+        link.ids.lock().insert(to, server);
+        commit_slot(shared, link, slot, server, moved.slab)?;
     }
+    Ok(())
 }
 
 /// Carries out one move the map asks for: up to `mv.slabs` chunks from `from` to `mv.to`.

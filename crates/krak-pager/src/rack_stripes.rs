@@ -156,9 +156,7 @@ fn place_all(
                 return Err(controller_error(format!("{addr} lends slabs smaller than the region's chunks")));
             }
             let slab = conn.alloc_slab_units(scheme.unit_bytes() as u32)?;
-            if let Some((old, _)) =
-                placed.frags[slot].replace((Frag { server, slab, state: FragState::Live }, p.server))
-            {
+            if let Some((old, _)) = placed.frags[slot].replace((Frag::new(server, slab, FragState::Live), p.server)) {
                 free_quietly(placed.admin[old.server].as_mut().expect("allocated there"), old.slab);
             }
         }
@@ -219,7 +217,7 @@ pub(crate) fn place_replacement(
     };
     let addr = parse_addr(&addr).map_err(|e| NoReplacement::Failed(e.to_string()))?;
     let server = layout.server_index(addr);
-    if layout.stripes.is_lost(server) || layout.stripes.with(chunk, |s| s.iter().any(|f| f.server == server)) {
+    if layout.stripes.is_lost(server) || layout.stripes.with(chunk, |s| s.iter().any(|f| f.uses(server))) {
         return Err(NoReplacement::Failed(format!(
             "the controller chose {addr}, which is lost for the region or already holds a fragment of chunk {chunk}"
         )));
@@ -238,9 +236,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                s.map(|server| {
-                    (Frag { server, slab: SlabId(i as u64, 0), state: FragState::Live }, ServerId(server as u32 + 1))
-                })
+                s.map(|server| (Frag::new(server, SlabId(i as u64, 0), FragState::Live), ServerId(server as u32 + 1)))
             })
             .collect();
         Placed { servers: Vec::new(), admin: Vec::new(), frags }

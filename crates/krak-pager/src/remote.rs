@@ -219,7 +219,9 @@ impl RemoteLayout {
             let unit = self.redundancy().unit_bytes();
             for stripe in stripes {
                 for f in stripe {
-                    out[f.server].1 += (self.chunk_pages * unit) as u64;
+                    for server in std::iter::once(f.server).chain(f.moving_to.map(|(s, _)| s)) {
+                        out[server].1 += (self.chunk_pages * unit) as u64;
+                    }
                 }
             }
             return out;

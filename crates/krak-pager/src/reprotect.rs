@@ -20,7 +20,7 @@ use krak_proto::PageRef;
 use krak_uffd::PAGE_SIZE;
 use parking_lot::MutexGuard;
 
-use crate::core::{ChunkMove, Core, Shared, REMOTE};
+use crate::core::{ChunkMove, Core, MoveKind, Shared, FETCHING, REMOTE, STATE_MASK};
 use crate::migrate::{admin_conn, finish, NEXT_MOVE_ID};
 use crate::rack::RackLink;
 use crate::rack_stripes::NoReplacement;
@@ -220,7 +220,7 @@ fn rebuild_fragment(shared: &Shared, link: Option<&RackLink>, chunk: usize, frag
             free_quietly(conn, slab);
         }
     };
-    if !layout.stripes.replace_lost(chunk, frag, Frag { server, slab, state: FragState::Rebuilding }) {
+    if !layout.stripes.replace_lost(chunk, frag, Frag::new(server, slab, FragState::Rebuilding)) {
         free(shared);
         return Ok(());
     }
@@ -228,7 +228,13 @@ fn rebuild_fragment(shared: &Shared, link: Option<&RackLink>, chunk: usize, frag
     {
         let mut core = shared.core.lock();
         let next_page = chunk * layout.chunk_pages;
-        core.moves.push_back(ChunkMove { id: id_move, chunk, next_page, pages_copied: 0, rebuild: Some(frag) });
+        core.moves.push_back(ChunkMove {
+            id: id_move,
+            chunk,
+            next_page,
+            pages_copied: 0,
+            kind: MoveKind::Rebuild(frag),
+        });
         shared.wb_wake.notify_one();
     }
     match shared.wait_move(id_move, chunk) {
@@ -267,7 +273,7 @@ fn choose_replacement(shared: &Shared, chunk: usize, frag: usize) -> Result<(usi
         load[f.server] += 1;
     }
     let mut candidates: Vec<usize> = (0..layout.server_count())
-        .filter(|s| !layout.stripes.is_lost(*s) && !stripe.iter().any(|f| f.server == *s))
+        .filter(|s| !layout.stripes.is_lost(*s) && !stripe.iter().any(|f| f.uses(*s)))
         .collect();
     // A domain the stripe's other fragments do not use first, then the least loaded.
     candidates.sort_by_key(|s| (layout.stripes.same_domain(&stripe, *s, Some(frag)), load[*s]));
@@ -298,28 +304,40 @@ fn choose_replacement(shared: &Shared, chunk: usize, frag: usize) -> Result<(usi
     placed.ok_or_else(|| Rebuild::Failed(format!("no survivor could lend a slab: {why}")))
 }
 
-/// One copy step of the rebuild at the head of the move queue, run by the write-back
-/// thread with the core lock held: rebuilds fragment `frag` of the next remote pages of the
-/// chunk from the survivors and writes it to the replacement.
-pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: MutexGuard<'_, Core>, frag: usize) {
+/// One copy step of the rebuild (or fragment move, `moving`) at the head of the move queue,
+/// run by the write-back thread with the core lock held: rebuilds fragment `frag` of the
+/// next remote pages of the chunk from the stripe and writes it to the replacement (or to
+/// the slab the fragment moves to). Past the last page a replacement becomes live; a moved
+/// fragment switches to its new slab once no fetch of the chunk is in flight, since the
+/// mover then frees the old one.
+pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: MutexGuard<'_, Core>, frag: usize, moving: bool) {
     let Some(mv) = core.moves.front() else { return };
     let (id, chunk, from) = (mv.id, mv.chunk, mv.next_page);
     let layout = &shared.layout;
-    let target = layout.stripes.with(chunk, |s| s[frag]);
-    if target.state != FragState::Rebuilding {
-        finish(shared, &mut core, id, Err("the replacement's server was lost meanwhile".into()));
+    let target = layout.stripes.with(chunk, |s| match moving {
+        true => s[frag].moving_to.map(|(server, slab)| Frag::new(server, slab, FragState::Rebuilding)),
+        false => Some(s[frag]).filter(|f| f.state == FragState::Rebuilding),
+    });
+    let Some(target) = target else {
+        finish(shared, &mut core, id, Err("the new slab's server was lost meanwhile".into()));
         return;
-    }
+    };
     let chunk_pages = layout.chunk_pages;
-    let end = ((chunk + 1) * chunk_pages).min(shared.region_pages());
+    let (start, end) = (chunk * chunk_pages, ((chunk + 1) * chunk_pages).min(shared.region_pages()));
     let pages = next_step_pages(&mut core, from, end);
     if pages.is_empty() {
+        if moving && core.states[start..end].iter().any(|s| s & STATE_MASK == FETCHING) {
+            // A fetch may be reading the old slab: switch once it has landed.
+            drop(core);
+            std::thread::sleep(Duration::from_millis(1));
+            return;
+        }
         let copied = core.moves.front().map_or(0, |m| m.pages_copied);
-        let result = if layout.stripes.transition(chunk, frag, FragState::Rebuilding, FragState::Live) {
-            Ok(copied)
-        } else {
-            Err("the replacement's server was lost meanwhile".into())
+        let done = match moving {
+            true => layout.stripes.finish_move(chunk, frag, (target.server, target.slab)).is_some(),
+            false => layout.stripes.transition(chunk, frag, FragState::Rebuilding, FragState::Live),
         };
+        let result = if done { Ok(copied) } else { Err("the new slab's server was lost meanwhile".into()) };
         finish(shared, &mut core, id, result);
         return;
     }
@@ -333,7 +351,9 @@ pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: MutexGuard<'_, 
             if let Some(mv) = core.moves.front_mut() {
                 mv.pages_copied += pages.len() as u64;
             }
-            Counters::add(&shared.counters.reprotected_pages, pages.len() as u64);
+            if !moving {
+                Counters::add(&shared.counters.reprotected_pages, pages.len() as u64);
+            }
         }
         Err(e) => finish(shared, &mut core, id, Err(e.to_string())),
     }

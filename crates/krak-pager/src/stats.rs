@@ -21,6 +21,7 @@ pub(crate) struct Counters {
     pub failed_faults: AtomicU64,
     pub moved_pages: AtomicU64,
     pub chunks_moved: AtomicU64,
+    pub fragments_moved: AtomicU64,
     pub degraded_reads: AtomicU64,
     pub corrupt_fragments: AtomicU64,
     pub corrupt_fragments_repaired: AtomicU64,
@@ -49,6 +50,7 @@ impl Counters {
             failed_faults: z(),
             moved_pages: z(),
             chunks_moved: z(),
+            fragments_moved: z(),
             degraded_reads: z(),
             corrupt_fragments: z(),
             corrupt_fragments_repaired: z(),
@@ -93,6 +95,7 @@ impl Counters {
             failed_faults: g(&self.failed_faults),
             moved_pages: g(&self.moved_pages),
             chunks_moved: g(&self.chunks_moved),
+            fragments_moved: g(&self.fragments_moved),
             redundancy: crate::Redundancy::None,
             lost_servers: 0,
             degraded_reads: g(&self.degraded_reads),
@@ -144,6 +147,9 @@ pub struct PagerStats {
     pub moved_pages: u64,
     /// Chunks moved to another server while the region was in use.
     pub chunks_moved: u64,
+    /// Fragments (or copies) of a redundant region's chunks moved to another server while
+    /// the region was in use.
+    pub fragments_moved: u64,
     /// The region's redundancy scheme.
     pub redundancy: crate::Redundancy,
     /// Memory servers lost for this region (their fragments are no longer used).

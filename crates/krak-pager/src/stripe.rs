@@ -37,9 +37,21 @@ pub(crate) struct Frag {
     pub server: usize,
     pub slab: SlabId,
     pub state: FragState,
+    /// While the fragment moves (`frag_move.rs`): the server and slab it moves to, written
+    /// with it and read only once the move switches over.
+    pub moving_to: Option<(usize, SlabId)>,
 }
 
 impl Frag {
+    pub fn new(server: usize, slab: SlabId, state: FragState) -> Frag {
+        Frag { server, slab, state, moving_to: None }
+    }
+
+    /// Whether this fragment, or the slab it moves to, is on `server`.
+    pub fn uses(&self, server: usize) -> bool {
+        self.server == server || self.moving_to.is_some_and(|(s, _)| s == server)
+    }
+
     pub fn is_live(&self) -> bool {
         self.state == FragState::Live
     }
@@ -92,25 +104,86 @@ impl StripeTable {
         shares_domain(&self.domains, stripe, server, except)
     }
 
-    /// Fragments lost and not yet replaced: (chunk, fragment index).
+    /// Fragments lost and not yet replaced: (chunk, fragment index). One lost while it
+    /// moves is left to its move, which fills the new slab from the other fragments.
     pub fn lost_fragments(&self) -> Vec<(usize, usize)> {
         let stripes = self.stripes.read();
         let mut out = Vec::new();
         for (c, s) in stripes.iter().enumerate() {
-            out.extend(s.iter().enumerate().filter(|(_, f)| f.state == FragState::Lost).map(|(i, _)| (c, i)));
+            let lost = s.iter().enumerate().filter(|(_, f)| f.state == FragState::Lost && f.moving_to.is_none());
+            out.extend(lost.map(|(i, _)| (c, i)));
         }
         out
     }
 
-    /// Puts `replacement` in place of fragment `frag` of `chunk` if it is still lost.
+    /// Puts `replacement` in place of fragment `frag` of `chunk` if it is still lost and
+    /// its server holds no other fragment of the chunk.
     pub fn replace_lost(&self, chunk: usize, frag: usize, replacement: Frag) -> bool {
         let mut stripes = self.stripes.write();
-        let f = &mut stripes[chunk][frag];
-        if f.state != FragState::Lost {
+        let stripe = &mut stripes[chunk];
+        if stripe[frag].state != FragState::Lost
+            || stripe[frag].moving_to.is_some()
+            || stripe.iter().any(|f| f.uses(replacement.server))
+        {
             return false;
         }
-        *f = replacement;
+        stripe[frag] = replacement;
         true
+    }
+
+    /// Starts moving live fragment `frag` of `chunk` to `to` (server, slab): from now on
+    /// every write of the fragment reaches `to` too. Returns the fragment as it was.
+    pub fn start_move(&self, chunk: usize, frag: usize, to: (usize, SlabId)) -> Result<Frag, String> {
+        // `lost` before `stripes`, as `mark_lost` takes them
+        let lost = self.lost.lock();
+        if lost.iter().any(|(s, _)| *s == to.0) {
+            return Err("the target is lost for this region".into());
+        }
+        let mut stripes = self.stripes.write();
+        let stripe = &mut stripes[chunk];
+        let f = stripe[frag];
+        if f.state != FragState::Live || f.moving_to.is_some() {
+            return Err(format!("fragment {frag} of chunk {chunk} is not live or already moving"));
+        }
+        if let Some(i) = stripe.iter().position(|g| g.uses(to.0)) {
+            return Err(format!("the target already holds fragment {i} of chunk {chunk}"));
+        }
+        stripe[frag].moving_to = Some(to);
+        Ok(f)
+    }
+
+    /// Makes the slab fragment `frag` of `chunk` moves to its home, if it still moves
+    /// there; returns the fragment as it was (its old slab is the caller's to free).
+    pub fn finish_move(&self, chunk: usize, frag: usize, to: (usize, SlabId)) -> Option<Frag> {
+        let mut stripes = self.stripes.write();
+        let f = &mut stripes[chunk][frag];
+        if f.moving_to != Some(to) {
+            return None;
+        }
+        let old = *f;
+        *f = Frag::new(to.0, to.1, FragState::Live);
+        Some(old)
+    }
+
+    /// Gives up moving fragment `frag` of `chunk` to `to`, if it still moves there.
+    pub fn cancel_move(&self, chunk: usize, frag: usize, to: (usize, SlabId)) {
+        let mut stripes = self.stripes.write();
+        let f = &mut stripes[chunk][frag];
+        if f.moving_to == Some(to) {
+            f.moving_to = None;
+        }
+    }
+
+    /// Up to `limit` live fragments on `server` that are not moving: (chunk, fragment).
+    pub fn fragments_on(&self, server: usize, limit: usize) -> Vec<(usize, usize)> {
+        let stripes = self.stripes.read();
+        let on = stripes.iter().enumerate().flat_map(|(c, s)| {
+            s.iter()
+                .enumerate()
+                .filter(|(_, f)| f.server == server && f.is_live() && f.moving_to.is_none())
+                .map(move |(i, _)| (c, i))
+        });
+        on.take(limit).collect()
     }
 
     /// Sets the state of fragment `frag` of `chunk` if it is `from`.
@@ -147,7 +220,7 @@ impl StripeTable {
     }
 
     /// Marks `server` lost; true the first time.
-    fn mark_lost(&self, server: usize, why: &str) -> bool {
+    pub(crate) fn mark_lost(&self, server: usize, why: &str) -> bool {
         let mut lost = self.lost.lock();
         if lost.iter().any(|(s, _)| *s == server) {
             return false;
@@ -155,8 +228,14 @@ impl StripeTable {
         lost.push((server, why.to_string()));
         self.degraded_since.lock().get_or_insert_with(std::time::Instant::now);
         for stripe in self.stripes.write().iter_mut() {
-            for f in stripe.iter_mut().filter(|f| f.server == server) {
-                f.state = FragState::Lost;
+            for f in stripe.iter_mut() {
+                if f.server == server {
+                    f.state = FragState::Lost;
+                }
+                // a move there fails at its next step
+                if f.moving_to.is_some_and(|(s, _)| s == server) {
+                    f.moving_to = None;
+                }
             }
         }
         true
@@ -241,13 +320,13 @@ fn allocate_fragment(
     for new_domain_only in [true, false] {
         for k in 0..n {
             let server = (preferred + k) % n;
-            if stripe.iter().any(|f| f.server == server)
+            if stripe.iter().any(|f| f.uses(server))
                 || (new_domain_only && shares_domain(domains, stripe, server, None))
             {
                 continue;
             }
             match admin[server].alloc_slab_units(unit_bytes) {
-                Ok(slab) => return Ok(Frag { server, slab, state: FragState::Live }),
+                Ok(slab) => return Ok(Frag::new(server, slab, FragState::Live)),
                 Err(e) if e.is_no_capacity() => last = Some(e),
                 Err(e) => return Err(e),
             }
@@ -452,13 +531,16 @@ impl Links {
         for (j, (p, _)) in pages.iter().enumerate() {
             let at = (p % layout.chunk_pages) as u32;
             layout.stripes.with(p / layout.chunk_pages, |stripe| {
-                for (i, f) in stripe.iter().enumerate().filter(|(_, f)| f.is_written()) {
-                    // a replacement may have just landed on a server new to the region
-                    if f.server >= groups.len() {
-                        groups.resize_with(f.server + 1, Vec::new);
+                for (i, f) in stripe.iter().enumerate() {
+                    let unit_bytes = &frags[(j * width + i) * unit..][..unit];
+                    let home = f.is_written().then_some((f.server, f.slab));
+                    for (server, slab) in home.into_iter().chain(f.moving_to) {
+                        // a replacement may have just landed on a server new to the region
+                        if server >= groups.len() {
+                            groups.resize_with(server + 1, Vec::new);
+                        }
+                        groups[server].push((PageRef { slab, page: at }, unit_bytes));
                     }
-                    groups[f.server]
-                        .push((PageRef { slab: f.slab, page: at }, &frags[(j * width + i) * unit..][..unit]));
                 }
             });
         }

@@ -275,3 +275,58 @@ fn an_ec_4_2_region_placed_by_the_controller_is_reprotected_through_it() {
 fn a_replicate_2_region_placed_by_the_controller_is_reprotected_through_it() {
     lose_a_server_and_reprotect("rep", "replicate:2", FaultMode::Sigbus);
 }
+
+/// Places an `ec:4+2` region on the first six servers of a rack of seven, registers the
+/// seventh, and has the controller drain server 0 under a verified workload: the pager
+/// moves each fragment there to the slot's new server the controller places, and commits
+/// it; the drained server ends with nothing, the map never shows two fragments of a chunk
+/// on one server, and every page is as written.
+#[test]
+fn a_controller_drain_moves_an_ec_region_s_fragments_off_the_server() {
+    let rack = Rack::start("drain", 7, 6);
+    let region = rack.region("ec:4+2", FaultMode::Threads);
+    let region_id = rack.status().regions[0].record.id.0;
+    let pages = region.len() / PAGE_SIZE;
+    let oracle = Arc::new(Oracle::at(pages, 1));
+    for p in 0..pages {
+        fill_page(&region, p, 1);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = workload(region.clone(), oracle.clone(), stop.clone(), THREADS);
+    std::thread::sleep(Duration::from_millis(300));
+    let spare = rack.register(6);
+    let drained = rack.ids.lock().unwrap()[&0];
+    let before = stripes_in_map(&rack.map(region_id));
+    let on_drained = before.iter().flatten().filter(|s| **s == drained).count();
+    assert!(on_drained > 0, "the region uses server 0");
+    let _: serde_json::Value =
+        rack.client().call::<(), _>("POST", &format!("/v1/servers/{}/drain", drained.0), None).expect("drain accepted");
+    wait_until("the pager to move every fragment off the drained server", Duration::from_secs(40), || {
+        rack.slabs(0) == 0 && stripes_in_map(&rack.map(region_id)).iter().flatten().all(|s| *s != drained)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let wrong: u64 = threads.into_iter().map(|t| t.join().expect("worker").1).sum();
+    assert_eq!(wrong, 0, "the workload saw wrong pages during the drain");
+    let bad: Vec<usize> = (0..pages).filter(|p| !page_is(&region, *p, oracle.0[*p].load(Ordering::Relaxed))).collect();
+    assert!(bad.is_empty(), "{} pages wrong, e.g. {:?}", bad.len(), &bad[..bad.len().min(8)]);
+    let after = stripes_in_map(&rack.map(region_id));
+    for (b, a) in before.iter().zip(&after) {
+        assert!(distinct(a), "a drained stripe shares a server: {a:?}");
+        for (old, new) in b.iter().zip(a) {
+            if *old == drained {
+                assert_eq!(*new, spare, "the only server outside the stripe took the fragment");
+            } else {
+                assert_eq!(old, new, "only the drained server's fragments moved");
+            }
+        }
+    }
+    let stats = region.stats();
+    assert_eq!(stats.fragments_moved, on_drained as u64);
+    assert_eq!((stats.failed_faults, stats.lost_servers), (0, 0), "{stats:?}");
+    assert_eq!(region.min_live_fragments(), 6);
+    assert_eq!(rack.slabs(6), on_drained as u64);
+    let status = rack.status();
+    let s0 = status.servers.iter().find(|s| s.record.id == drained).expect("drained server listed");
+    assert_eq!(s0.mapped_slabs, 0, "the controller maps nothing on the drained server: {s0:?}");
+}

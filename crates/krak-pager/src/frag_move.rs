@@ -1,0 +1,217 @@
+//! Live fragment moves: one fragment (or copy) of a redundant region's chunk moves to
+//! another server while the region is in use, without ever lowering the chunk's
+//! redundancy.
+//!
+//! The old slab stays live, read and written, until the switch. From the moment the move
+//! starts, every write-back of the chunk's pages also writes the fragment to the new slab.
+//! The write-back thread fills the new slab between its batches, as re-protection fills a
+//! replacement (`reprotect.rs`): each step reads the next remote pages from the stripe,
+//! encodes them and writes the moving fragment, so every copy is ordered with the writes of
+//! the same pages. Past the last page it switches the fragment to the new slab at a moment
+//! when no fetch of the chunk is in flight; the mover then frees the old slab. If the old
+//! server is lost meanwhile, the move goes on from the other fragments (it is then a
+//! rebuild); if the new one is, the move fails and the fragment stays where it was.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::core::{ChunkMove, MoveKind, Shared};
+use crate::migrate::{admin_conn, wait_for_writeback_in_flight, DrainReport, NEXT_MOVE_ID};
+use crate::remote::free_quietly;
+use crate::stats::Counters;
+use crate::{FarMemory, PagerError};
+use krak_proto::SlabId;
+
+/// Where a fragment moved to and what it took.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FragmentMoved {
+    pub slab: SlabId,
+    pub pages: u64,
+}
+
+impl FarMemory {
+    /// Moves fragment `frag` (a copy under `replicate:N`) of chunk `chunk` of a redundant
+    /// region to the memory server at `to` while the region is in use; returns the pages
+    /// copied. `to` must hold no other fragment of the chunk.
+    pub fn move_fragment(&self, chunk: usize, frag: usize, to: SocketAddr) -> Result<u64, PagerError> {
+        self.shared.move_fragment(chunk, frag, to).map(|m| m.pages)
+    }
+
+    /// The memory server of each fragment of each chunk of a redundant region (empty for a
+    /// region without redundancy), in chunk and fragment order.
+    pub fn fragment_servers(&self) -> Vec<Vec<SocketAddr>> {
+        let layout = &self.shared.layout;
+        layout.stripes.all().iter().map(|s| s.iter().map(|f| layout.server_addr(f.server)).collect()).collect()
+    }
+
+    /// `drain_server` for a redundant region: every fragment on `from` moves to the server
+    /// of `targets` that holds none of its chunk's fragments (one of a failure domain the
+    /// chunk does not use yet first) and the fewest of the region's.
+    pub(crate) fn drain_fragments(&self, from: SocketAddr, targets: &[SocketAddr]) -> Result<DrainReport, PagerError> {
+        let started = Instant::now();
+        let layout = &self.shared.layout;
+        let mut report = DrainReport::default();
+        let Some(server) = layout.find_server(from) else { return Ok(report) };
+        let targets: Vec<usize> = targets.iter().map(|t| layout.server_index(*t)).collect();
+        while let Some(&(chunk, frag)) = layout.stripes.fragments_on(server, 1).first() {
+            let stripes = layout.stripes.all();
+            let load = |t: usize| stripes.iter().flatten().filter(|f| f.uses(t)).count();
+            let stripe = &stripes[chunk];
+            let to = targets
+                .iter()
+                .copied()
+                .filter(|t| !layout.stripes.is_lost(*t) && !stripe.iter().any(|f| f.uses(*t)))
+                .min_by_key(|t| (layout.stripes.same_domain(stripe, *t, Some(frag)), load(*t)))
+                .ok_or_else(|| {
+                    PagerError::Config(format!(
+                        "no server to move fragment {frag} of chunk {chunk} to: every target given holds a \
+                         fragment of that chunk or is lost ({} needs {} distinct servers per chunk)",
+                        layout.redundancy(),
+                        layout.redundancy().width()
+                    ))
+                })?;
+            let moved = self.shared.move_fragment(chunk, frag, layout.server_addr(to))?;
+            report.pages_copied += moved.pages;
+            report.chunks_moved += 1;
+        }
+        report.bytes_copied = report.pages_copied * layout.redundancy().unit_bytes() as u64;
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+        Ok(report)
+    }
+}
+
+impl Shared {
+    pub(crate) fn move_fragment(&self, chunk: usize, frag: usize, to: SocketAddr) -> Result<FragmentMoved, PagerError> {
+        let layout = &self.layout;
+        let scheme = layout.redundancy();
+        if scheme.is_none() {
+            return Err(PagerError::Config("a region without redundancy has no fragments to move".into()));
+        }
+        if chunk >= layout.chunk_count() || frag >= scheme.width() {
+            return Err(PagerError::Config(format!(
+                "no fragment {frag} of chunk {chunk}: the region has {} chunks of {} fragments",
+                layout.chunk_count(),
+                scheme.width()
+            )));
+        }
+        let to_idx = layout.server_index(to);
+        let current = layout.stripes.with(chunk, |s| s[frag]);
+        if current.server == to_idx {
+            return Ok(FragmentMoved { slab: current.slab, pages: 0 });
+        }
+        let slab = {
+            let mut admin = self.admin.lock();
+            let conn = admin_conn(&mut admin, layout, to_idx)?;
+            if (conn.slab_pages() as usize) < layout.chunk_pages {
+                return Err(PagerError::Config(format!("{to} lends slabs smaller than this region's chunks")));
+            }
+            conn.alloc_slab_units(scheme.unit_bytes() as u32)?
+        };
+        let free_new = |shared: &Shared| {
+            if let Ok(conn) = admin_conn(&mut shared.admin.lock(), layout, to_idx) {
+                free_quietly(conn, slab);
+            }
+        };
+        let old = match layout.stripes.start_move(chunk, frag, (to_idx, slab)) {
+            Ok(old) => old,
+            Err(why) => {
+                free_new(self);
+                return Err(PagerError::Move(format!("moving fragment {frag} of chunk {chunk} to {to}: {why}")));
+            }
+        };
+        let id = NEXT_MOVE_ID.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut core = self.core.lock();
+            let next_page = chunk * layout.chunk_pages;
+            core.moves.push_back(ChunkMove { id, chunk, next_page, pages_copied: 0, kind: MoveKind::Fragment(frag) });
+            self.wb_wake.notify_one();
+        }
+        match self.wait_move(id, chunk) {
+            Ok(pages) => {
+                // A lost server may not answer at all: its slab is left to its grace period.
+                if !layout.stripes.is_lost(old.server) {
+                    if let Ok(conn) = admin_conn(&mut self.admin.lock(), layout, old.server) {
+                        free_quietly(conn, old.slab);
+                    }
+                }
+                Counters::add(&self.counters.fragments_moved, 1);
+                tracing::info!(
+                    "moved fragment {frag} of chunk {chunk} ({pages} pages, {} KiB) from {} to {to}",
+                    pages * scheme.unit_bytes() as u64 / 1024,
+                    layout.server_addr(old.server)
+                );
+                Ok(FragmentMoved { slab, pages })
+            }
+            Err(why) => {
+                layout.stripes.cancel_move(chunk, frag, (to_idx, slab));
+                // a batch taken before the cancel may still be writing to the new slab
+                wait_for_writeback_in_flight(self);
+                free_new(self);
+                Err(PagerError::Move(format!("moving fragment {frag} of chunk {chunk} to {to}: {why}")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::redundancy::Redundancy;
+    use crate::stripe::{Frag, FragState, StripeTable};
+    use krak_proto::SlabId;
+
+    /// Two chunks of `replicate:2` over servers 0..4: chunk c on servers c and c + 1.
+    fn table() -> StripeTable {
+        let frag = |server: usize, slab: u64| Frag::new(server, SlabId(slab, 0), FragState::Live);
+        let stripes = vec![vec![frag(0, 1), frag(1, 2)], vec![frag(1, 3), frag(2, 4)]];
+        StripeTable::new("replicate:2".parse::<Redundancy>().unwrap(), stripes, 4)
+    }
+
+    #[test]
+    fn a_move_switches_the_fragment_and_hands_back_the_old_slab() {
+        let t = table();
+        let to = (3, SlabId(9, 0));
+        let old = t.start_move(0, 1, to).unwrap();
+        assert_eq!((old.server, old.slab), (1, SlabId(2, 0)));
+        assert!(t.with(0, |s| s[1].uses(3) && s[1].uses(1) && s[1].is_live()), "old slab serves meanwhile");
+        assert_eq!(t.fragments_on(1, 9), vec![(1, 0)], "a moving fragment is not offered again");
+        assert!(t.start_move(0, 1, (2, SlabId(10, 0))).is_err(), "one move at a time");
+        let finished = t.finish_move(0, 1, to).unwrap();
+        assert_eq!(finished.slab, SlabId(2, 0));
+        assert_eq!(t.with(0, |s| s[1]), Frag::new(3, SlabId(9, 0), FragState::Live));
+        assert!(t.finish_move(0, 1, to).is_none(), "finished once");
+    }
+
+    #[test]
+    fn a_move_never_puts_two_fragments_of_a_chunk_on_one_server() {
+        let t = table();
+        let err = t.start_move(0, 1, (0, SlabId(9, 0))).unwrap_err();
+        assert!(err.contains("already holds fragment 0"), "{err}");
+        t.start_move(0, 1, (3, SlabId(9, 0))).unwrap();
+        // a replacement of the chunk's other fragment may not land where this one moves
+        t.mark_lost(0, "test");
+        assert_eq!(t.lost_fragments(), vec![(0, 0)]);
+        assert!(!t.replace_lost(0, 0, Frag::new(3, SlabId(11, 0), FragState::Rebuilding)));
+        assert!(t.replace_lost(0, 0, Frag::new(2, SlabId(11, 0), FragState::Rebuilding)));
+    }
+
+    #[test]
+    fn losing_the_target_cancels_the_move_and_losing_the_source_leaves_it_to_the_move() {
+        let t = table();
+        let to = (3, SlabId(9, 0));
+        t.start_move(1, 0, to).unwrap();
+        t.mark_lost(3, "test");
+        assert_eq!(t.with(1, |s| s[0].moving_to), None);
+        assert!(t.finish_move(1, 0, to).is_none());
+        assert!(t.start_move(1, 0, (3, SlabId(12, 0))).unwrap_err().contains("lost"));
+
+        let t = table();
+        t.start_move(1, 0, to).unwrap();
+        t.mark_lost(1, "test");
+        assert!(t.lost_fragments().iter().all(|f| *f != (1, 0)), "the move rebuilds it, not re-protection");
+        t.finish_move(1, 0, to).unwrap();
+        assert!(t.with(1, |s| s[0].is_live() && s[0].server == 3));
+        t.cancel_move(1, 0, to);
+        assert!(t.with(1, |s| s[0].is_live()), "a cancel after the switch changes nothing");
+    }
+}
