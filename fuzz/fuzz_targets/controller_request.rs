@@ -4,14 +4,14 @@
 //! Anything may be refused; nothing may panic.
 #![no_main]
 
+use krak_auth::RackSecret;
 use krak_controller::auth::{parse_header, verify_request, ReplayGuard};
 use krak_controller::client::parse_response;
 use krak_controller::http::decode_request;
 use krak_controller::messages::{
-    parse_region, parse_server, CommitRequest, CreateRegionRequest, HeartbeatRequest, PlaceRequest, PolicyBody,
-    RegisterRequest,
+    parse_region, parse_server, CommitRequest, CreateRegionRequest, HeartbeatRequest, MoveStartRequest, PlaceRequest,
+    PolicyBody, RegisterRequest,
 };
-use krak_auth::RackSecret;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<CreateRegionRequest>(data);
     let _ = serde_json::from_slice::<PlaceRequest>(data);
     let _ = serde_json::from_slice::<CommitRequest>(data);
+    let _ = serde_json::from_slice::<MoveStartRequest>(data);
     let _ = serde_json::from_slice::<PolicyBody>(data);
     let _ = parse_response(data);
     if let Ok(request) = decode_request(data, 1 << 10) {

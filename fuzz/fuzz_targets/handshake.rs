@@ -3,8 +3,7 @@
 #![no_main]
 
 use krak_proto::{
-    decode_request, decode_response, proof_matches, Header, Op, RackSecret, Request, Response, Transcript,
-    RESPONSE_BIT,
+    decode_request, decode_response, proof_matches, Header, Op, RackSecret, Request, Response, Transcript, RESPONSE_BIT,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -28,7 +27,12 @@ fuzz_target!(|data: &[u8]| {
             let _ = (version, client_id, nonce);
         }
         if let Ok(Request::Auth { proof }) = decode_request(&h, data) {
-            let t = Transcript { version: krak_proto::PROTOCOL_VERSION, client_id: 1, client_nonce: [0; 32], server: zero_hello() };
+            let t = Transcript {
+                version: krak_proto::PROTOCOL_VERSION,
+                client_id: 1,
+                client_nonce: [0; 32],
+                server: zero_hello(),
+            };
             let _ = proof_matches(&t.client_proof(&secret), &proof);
         }
         let h = Header { kind: kind | RESPONSE_BIT, ..h };

@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use crate::controller::Shared;
 use crate::http::{Request, Response};
 use crate::messages::{
-    parse_region, parse_server, CommitReply, CommitRequest, CreateRegionRequest, HeartbeatRequest, PlaceReply,
-    PlaceRequest, PolicyBody, RegionReply, RegisterRequest, ServersReply,
+    parse_region, parse_server, CommitReply, CommitRequest, CreateRegionRequest, HeartbeatRequest, MoveStartRequest,
+    PlaceReply, PlaceRequest, PolicyBody, RegionReply, RegisterRequest, ServersReply,
 };
 use crate::placement::{PlacementError, POLICY_NAMES};
 use crate::rack::RackError;
@@ -130,6 +130,18 @@ fn route(shared: &Shared, req: &Request) -> Result<Response, RackError> {
             shared.metrics.committed();
             shared.changed.notify_all();
             Ok(Response::json(200, &CommitReply { epoch }))
+        }
+        ("POST", ["v1", "regions", id, "moves"]) => {
+            let id = parse_region(id).ok_or_else(bad_id)?;
+            let body: MoveStartRequest = decode(&req.body)?;
+            shared.rack.lock().start_move(id, &body)?;
+            Ok(Response::json(200, &serde_json::json!({})))
+        }
+        ("DELETE", ["v1", "regions", id, "moves", slot]) => {
+            let id = parse_region(id).ok_or_else(bad_id)?;
+            let slot: u64 = slot.parse().map_err(|_| RackError::BadRequest(format!("bad slot {slot:?}")))?;
+            shared.rack.lock().abandon_move(id, slot)?;
+            Ok(Response::json(200, &serde_json::json!({})))
         }
         ("GET", ["v1", "regions", id, "map"]) => {
             let id = parse_region(id).ok_or_else(bad_id)?;

@@ -29,6 +29,7 @@ pub mod membership;
 pub mod messages;
 pub mod metrics;
 pub mod model;
+pub mod moves;
 pub mod persist;
 pub mod placement;
 pub mod rack;

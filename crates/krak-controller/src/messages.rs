@@ -156,6 +156,16 @@ pub struct MapMove {
     pub slabs: u32,
 }
 
+/// `POST /v1/regions/{id}/moves`: the pager starts moving `slot` from server `from` to
+/// `to`; the slot's commit (or `DELETE /v1/regions/{id}/moves/{slot}`) ends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveStartRequest {
+    pub slot: u64,
+    pub from: ServerId,
+    pub to: ServerId,
+}
+
 /// `GET /v1/policy`, `PUT /v1/policy`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -203,7 +213,8 @@ pub struct StatusReply {
     pub map_epoch: u64,
     pub servers: Vec<ServerStatus>,
     pub regions: Vec<RegionStatus>,
-    /// Moves being carried out (none until the mover of issue 3's rebalancing exists).
+    /// Moves pagers are carrying out (started, not yet committed or given up), per region
+    /// and pair of servers.
     pub moves_in_flight: Vec<Move>,
     /// Moves the current policy proposes (consolidation).
     pub proposed_moves: Vec<Move>,

@@ -76,7 +76,17 @@ impl Metrics {
         gauge(&mut out, "krak_degraded_slots", "Slabs in the map on dead servers.", rack.degraded_slots());
         gauge(&mut out, "krak_regions", "Regions.", rack.regions.len() as u64);
         gauge(&mut out, "krak_map_epoch", "The slab map's global epoch.", rack.map_epoch());
-        gauge(&mut out, "krak_moves_in_flight", "Slab moves being carried out.", 0);
+        gauge(&mut out, "krak_moves_in_flight", "Slab moves pagers are carrying out.", rack.moves.len() as u64);
+        let totals = rack.moves.totals;
+        help(&mut out, "krak_moves_total", "counter", "Slab moves since the controller started, by outcome.");
+        for (outcome, n) in [
+            ("started", totals.started),
+            ("committed", totals.committed),
+            ("abandoned", totals.abandoned),
+            ("expired", totals.expired),
+        ] {
+            let _ = writeln!(out, "krak_moves_total{{outcome=\"{outcome}\"}} {n}");
+        }
         gauge(&mut out, "krak_moves_proposed", "Slabs the policy proposes to move (consolidation).", moves);
         help(&mut out, "krak_server_lent_bytes", "gauge", "Bytes lent per server.");
         for s in rack.servers.values() {

@@ -14,15 +14,16 @@ use crate::config::{
     MAX_STRIPE_WIDTH,
 };
 use crate::messages::{
-    ChunkServer, CommitChunk, CreateRegionRequest, MapEntry, MapMove, MapReply, MapServer, RegionStatus, RemoteBytes,
-    ServerStatus, StatusReply,
+    ChunkServer, CommitChunk, CreateRegionRequest, MapEntry, MapMove, MapReply, MapServer, MoveStartRequest,
+    RegionStatus, RemoteBytes, ServerStatus, StatusReply,
 };
 use crate::model::{
     now_unix_ms, ChunkMap, Counters, Placement, PolicyRecord, RegionId, RegionRecord, ServerId, ServerRecord,
     ServerState,
 };
+use crate::moves::MovesInFlight;
 use crate::persist::{self, LoadError};
-use crate::placement::{self, Move, PlacementError, PlacementPolicy};
+use crate::placement::{self, PlacementError, PlacementPolicy};
 use crate::stripe;
 use crate::view::RackView;
 
@@ -68,6 +69,8 @@ pub struct Rack {
     /// Bytes each server asked to shed at its last heartbeat (its host fell below its
     /// headroom); pagers see it in their maps and move chunks away.
     pub(crate) shedding: HashMap<ServerId, u64>,
+    /// Moves pagers said they started and have not committed (memory only).
+    pub(crate) moves: MovesInFlight,
 }
 
 impl std::fmt::Debug for Rack {
@@ -109,6 +112,7 @@ impl Rack {
             policy,
             counters,
             shedding: HashMap::new(),
+            moves: MovesInFlight::default(),
         };
         let now = Instant::now();
         for s in loaded.servers {
@@ -234,6 +238,7 @@ impl Rack {
         persist::write(&*self.store, ops, &counters)?;
         self.counters = counters;
         let entry = self.regions.remove(&id).expect("present above");
+        self.moves.region_deleted(id);
         for (_, p) in entry.map.iter() {
             self.view.remove_slab(id, p.server);
         }
@@ -300,6 +305,7 @@ impl Rack {
         let entry = self.regions.get_mut(&id).expect("checked above");
         entry.epoch = epoch;
         for c in chunks {
+            self.moves.committed(id, c.chunk);
             if let Some(old) = entry.map.set(c.chunk, Placement { server: c.server, slab: c.slab, epoch }) {
                 self.view.remove_slab(id, old.server);
             }
@@ -309,6 +315,41 @@ impl Rack {
             }
         }
         Ok(epoch)
+    }
+
+    /// Records that a pager started moving a slot of region `id` (see `moves.rs`).
+    pub fn start_move(&mut self, id: RegionId, req: &MoveStartRequest) -> Result<(), RackError> {
+        let entry = self.regions.get(&id).ok_or_else(|| RackError::NotFound(format!("no region {id}")))?;
+        if req.slot >= entry.record.slots() {
+            return Err(RackError::BadRequest(format!(
+                "slot {} is past the region's {}",
+                req.slot,
+                entry.record.slots()
+            )));
+        }
+        for server in [req.from, req.to] {
+            if !self.servers.contains_key(&server) {
+                return Err(RackError::BadRequest(format!("no server {server}")));
+            }
+        }
+        if !self.moves.start(id, req.slot, req.from, req.to, Instant::now()) {
+            return Err(RackError::Conflict(format!(
+                "{} moves are listed already; this one goes on unlisted",
+                crate::moves::MAX_MOVES_IN_FLIGHT
+            )));
+        }
+        Ok(())
+    }
+
+    /// Ends the listed move of slot `slot` of region `id` that its pager gave up.
+    pub fn abandon_move(&mut self, id: RegionId, slot: u64) -> Result<(), RackError> {
+        if !self.regions.contains_key(&id) {
+            return Err(RackError::NotFound(format!("no region {id}")));
+        }
+        if !self.moves.abandon(id, slot) {
+            return Err(RackError::NotFound(format!("no move of slot {slot} of region {id} is listed")));
+        }
+        Ok(())
     }
 
     /// The region's epoch, if it exists.
@@ -403,7 +444,7 @@ impl Rack {
             map_epoch: self.counters.map_epoch,
             servers: self.server_statuses(),
             regions,
-            moves_in_flight: Vec::<Move>::new(),
+            moves_in_flight: self.moves.listed(MAX_LISTED_MOVES),
             proposed_moves: proposed,
             drains: self.servers.values().filter(|s| s.drain_requested_unix_ms.is_some()).map(|s| s.id).collect(),
         }

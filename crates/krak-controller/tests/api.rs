@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use common::memstore::MemStore;
 use krak_controller::messages::{
     CommitChunk, CommitReply, CommitRequest, CreateRegionRequest, HeartbeatReply, HeartbeatRequest, MapReply,
-    PlaceReply, PlaceRequest, PolicyBody, RegionReply, RegisterReply, RegisterRequest, ServersReply, StatusReply,
+    MoveStartRequest, PlaceReply, PlaceRequest, PolicyBody, RegionReply, RegisterReply, RegisterRequest, ServersReply,
+    StatusReply,
 };
-use krak_controller::{Client, Controller, ControllerConfig, ControllerHandle, ServerId, ServerState};
+use krak_controller::{Client, Controller, ControllerConfig, ControllerHandle, Move, ServerId, ServerState};
 use krak_meta::MetaStore;
 
 const SLAB: u64 = 1 << 20;
@@ -164,6 +165,24 @@ fn the_rack_over_http_and_a_restart() {
         .unwrap();
     assert_eq!((placed.policy.as_str(), placed.placements[0].server), ("pack", a));
 
+    // moves in flight: listed from the pager's start until the slot's commit or give-up
+    let moves = format!("/v1/regions/{}/moves", region.id);
+    let from = map.entries[1].server;
+    let to = if from == a { b } else { a };
+    for slot in [1, 2] {
+        let start = MoveStartRequest { slot, from, to };
+        let _: serde_json::Value = c.call("POST", &moves, Some(&start)).unwrap();
+    }
+    let status: StatusReply = c.call::<(), _>("GET", "/v1/status", None).unwrap();
+    assert_eq!(status.moves_in_flight, vec![Move { region: region.id, from, to, slabs: 2 }]);
+    let done = CommitRequest { chunks: vec![CommitChunk { chunk: 1, server: to, slab: 9 }] };
+    let _: CommitReply = c.call("POST", &format!("/v1/regions/{}/commit", region.id), Some(&done)).unwrap();
+    let status: StatusReply = c.call::<(), _>("GET", "/v1/status", None).unwrap();
+    assert_eq!(status.moves_in_flight, vec![Move { region: region.id, from, to, slabs: 1 }]);
+    let _: serde_json::Value = c.call::<(), _>("DELETE", &format!("{moves}/2"), None).unwrap();
+    let status: StatusReply = c.call::<(), _>("GET", "/v1/status", None).unwrap();
+    assert!(status.moves_in_flight.is_empty(), "{:?}", status.moves_in_flight);
+
     // status and metrics
     let status: StatusReply = c.call::<(), _>("GET", "/v1/status", None).unwrap();
     assert_eq!(status.policy, "pack");
@@ -184,6 +203,10 @@ fn the_rack_over_http_and_a_restart() {
         "krak_placement_decision_seconds_count 2",
         "krak_policy{name=\"pack\"} 1",
         "krak_capacity_bytes 134217728",
+        "krak_moves_in_flight 0",
+        "krak_moves_total{outcome=\"started\"} 2",
+        "krak_moves_total{outcome=\"committed\"} 1",
+        "krak_moves_total{outcome=\"abandoned\"} 1",
     ] {
         assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
     }
@@ -198,6 +221,11 @@ fn the_rack_over_http_and_a_restart() {
         ("GET", "/v1/regions/x/map", &b""[..], 400),
         ("GET", "/v1/regions/1/map?since_epoch=abc", &b""[..], 400),
         ("PUT", "/v1/policy", &b"{\"name\":\"nope\"}"[..], 400),
+        ("POST", "/v1/regions/1/moves", &b"{\"slot\":8,\"from\":1,\"to\":2}"[..], 400),
+        ("POST", "/v1/regions/1/moves", &b"{\"slot\":0,\"from\":1,\"to\":99}"[..], 400),
+        ("POST", "/v1/regions/99/moves", &b"{\"slot\":0,\"from\":1,\"to\":2}"[..], 404),
+        ("DELETE", "/v1/regions/1/moves/0", &b""[..], 404),
+        ("DELETE", "/v1/regions/1/moves/x", &b""[..], 400),
         ("DELETE", "/v1/status", &b""[..], 405),
         ("GET", "/nothing", &b""[..], 404),
     ] {

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use krak_client::{ConnectOptions, Connection};
 use krak_controller::messages::{
-    ChunkServer, CommitChunk, CommitReply, CommitRequest, CreateRegionRequest, MapMove, MapReply, PlaceReply,
-    PlaceRequest, RegionReply,
+    ChunkServer, CommitChunk, CommitReply, CommitRequest, CreateRegionRequest, MapMove, MapReply, MapServer,
+    MoveStartRequest, PlaceReply, PlaceRequest, RegionReply,
 };
 use krak_controller::{RackClient, RegionId, ServerId, ServerState};
 use krak_proto::PAGE_SIZE;
@@ -204,7 +204,7 @@ pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
         for server in &map.servers {
             match server.state {
                 ServerState::Draining => {
-                    if let Err(e) = move_off(&shared, &link, &server.addr, &avoid, usize::MAX) {
+                    if let Err(e) = move_off(&shared, &link, server, &avoid, usize::MAX) {
                         tracing::error!("moving the region off {}: {e}", server.addr);
                     }
                 }
@@ -213,7 +213,7 @@ pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
                 ServerState::Alive if server.shed_bytes > 0 => {
                     let mut avoid = avoid.clone();
                     avoid.push(server.id);
-                    if let Err(e) = move_off(&shared, &link, &server.addr, &avoid, 1) {
+                    if let Err(e) = move_off(&shared, &link, server, &avoid, 1) {
                         tracing::error!("moving a chunk off {} (its host is short of memory): {e}", server.addr);
                     }
                 }
@@ -255,14 +255,14 @@ fn follow_redundant(shared: &Shared, link: &RackLink, map: &MapReply, avoid: &[S
                 }
             }
             ServerState::Draining => {
-                if let Err(e) = move_fragments_off(shared, link, &server.addr, avoid, usize::MAX) {
+                if let Err(e) = move_fragments_off(shared, link, server, avoid, usize::MAX) {
                     tracing::error!("moving the region's fragments off {}: {e}", server.addr);
                 }
             }
             ServerState::Alive if server.shed_bytes > 0 => {
                 let mut avoid = avoid.to_vec();
                 avoid.push(server.id);
-                if let Err(e) = move_fragments_off(shared, link, &server.addr, &avoid, 1) {
+                if let Err(e) = move_fragments_off(shared, link, server, &avoid, 1) {
                     tracing::error!("moving a fragment off {} (its host is short of memory): {e}", server.addr);
                 }
             }
@@ -277,12 +277,13 @@ fn follow_redundant(shared: &Shared, link: &RackLink, map: &MapReply, avoid: &[S
 fn move_fragments_off(
     shared: &Shared,
     link: &RackLink,
-    addr: &str,
+    server: &MapServer,
     avoid: &[ServerId],
     limit: usize,
 ) -> Result<(), PagerError> {
     let layout = &shared.layout;
-    let Some(from) = layout.find_server(parse_addr(addr)?) else { return Ok(()) };
+    let Some(from) = layout.find_server(parse_addr(&server.addr)?) else { return Ok(()) };
+    let from_id = server.id;
     let width = layout.redundancy().width();
     for (chunk, frag) in layout.stripes.fragments_on(from, limit) {
         if shared.stop.load(Ordering::Relaxed) {
@@ -303,13 +304,15 @@ fn move_fragments_off(
                 Some(&PlaceRequest { chunks: vec![slot], exclude }),
             )
             .map_err(controller_error)?;
-        let Some(ChunkServer { server, addr: to, .. }) = placed.placements.into_iter().find(|p| p.chunk == slot) else {
+        let Some(ChunkServer { server: to_id, addr: to, .. }) = placed.placements.into_iter().find(|p| p.chunk == slot)
+        else {
             return Err(controller_error(format!("no server to move slot {slot} to")));
         };
         let to = parse_addr(&to)?;
-        let moved = shared.move_fragment(chunk, frag, to)?;
-        link.ids.lock().insert(to, server);
-        commit_slot(shared, link, slot, server, moved.slab)?;
+        announce_move(link, slot, from_id, to_id);
+        let moved = shared.move_fragment(chunk, frag, to).inspect_err(|_| abandon_move(link, slot))?;
+        link.ids.lock().insert(to, to_id);
+        commit_slot(shared, link, slot, to_id, moved.slab).inspect_err(|_| abandon_move(link, slot))?;
     }
     Ok(())
 }
@@ -318,8 +321,10 @@ fn move_fragments_off(
 fn move_to(shared: &Shared, link: &RackLink, from: &str, mv: &MapMove) -> Result<(), PagerError> {
     let (from, to) = (parse_addr(from)?, parse_addr(&mv.to_addr)?);
     for chunk in shared.layout.chunks_on(from, mv.slabs as usize) {
-        let pages = shared.move_chunk(chunk, to)?;
-        commit_home(shared, link, chunk, mv.to)?;
+        let slot = chunk as u64;
+        announce_move(link, slot, mv.from, mv.to);
+        let pages = shared.move_chunk(chunk, to).inspect_err(|_| abandon_move(link, slot))?;
+        commit_home(shared, link, chunk, mv.to).inspect_err(|_| abandon_move(link, slot))?;
         tracing::info!("consolidated chunk {chunk} ({pages} pages) from {from} to {to}");
     }
     Ok(())
@@ -363,8 +368,14 @@ pub(crate) fn commit_slot(
 }
 
 /// Moves up to `limit` chunks whose home is `addr` to servers the controller chooses.
-fn move_off(shared: &Shared, link: &RackLink, addr: &str, avoid: &[ServerId], limit: usize) -> Result<(), PagerError> {
-    let from = parse_addr(addr)?;
+fn move_off(
+    shared: &Shared,
+    link: &RackLink,
+    server: &MapServer,
+    avoid: &[ServerId],
+    limit: usize,
+) -> Result<(), PagerError> {
+    let from = parse_addr(&server.addr)?;
     for chunk in shared.layout.chunks_on(from, limit) {
         let placed: PlaceReply = link
             .client
@@ -375,15 +386,38 @@ fn move_off(shared: &Shared, link: &RackLink, addr: &str, avoid: &[ServerId], li
                 Some(&PlaceRequest { chunks: vec![chunk as u64], exclude: avoid.to_vec() }),
             )
             .map_err(controller_error)?;
-        let Some(ChunkServer { server, addr: to, .. }) = placed.placements.into_iter().next() else {
+        let Some(ChunkServer { server: to_id, addr: to, .. }) = placed.placements.into_iter().next() else {
             return Err(controller_error("no server to move to"));
         };
         let to = parse_addr(&to)?;
-        let pages = shared.move_chunk(chunk, to)?;
-        commit_home(shared, link, chunk, server)?;
+        let slot = chunk as u64;
+        announce_move(link, slot, server.id, to_id);
+        let pages = shared.move_chunk(chunk, to).inspect_err(|_| abandon_move(link, slot))?;
+        commit_home(shared, link, chunk, to_id).inspect_err(|_| abandon_move(link, slot))?;
         tracing::info!("moved chunk {chunk} ({pages} pages) from {from} to {to}");
     }
     Ok(())
+}
+
+/// Tells the controller that a move of `slot` from `from` to `to` starts, so that status
+/// lists it until the slot's commit. For status only: a refusal is logged and the move
+/// goes on.
+fn announce_move(link: &RackLink, slot: u64, from: ServerId, to: ServerId) {
+    let path = format!("/v1/regions/{}/moves", link.region.0);
+    let started: Result<serde_json::Value, _> =
+        link.client.lock().call("POST", &path, Some(&MoveStartRequest { slot, from, to }));
+    if let Err(e) = started {
+        tracing::warn!("telling the controller that slot {slot} moves: {e}");
+    }
+}
+
+/// Tells the controller that the move of `slot` was given up.
+fn abandon_move(link: &RackLink, slot: u64) {
+    let path = format!("/v1/regions/{}/moves/{slot}", link.region.0);
+    let ended: Result<serde_json::Value, _> = link.client.lock().call::<(), _>("DELETE", &path, None);
+    if let Err(e) = ended {
+        tracing::warn!("telling the controller that slot {slot}'s move was given up: {e}");
+    }
 }
 
 /// Tells the controller the region is gone (after its slabs were freed).

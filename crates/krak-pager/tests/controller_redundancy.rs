@@ -329,4 +329,12 @@ fn a_controller_drain_moves_an_ec_region_s_fragments_off_the_server() {
     let status = rack.status();
     let s0 = status.servers.iter().find(|s| s.record.id == drained).expect("drained server listed");
     assert_eq!(s0.mapped_slabs, 0, "the controller maps nothing on the drained server: {s0:?}");
+    // every move was listed while it ran, and its commit ended it
+    assert!(status.moves_in_flight.is_empty(), "{:?}", status.moves_in_flight);
+    let (_, metrics) = rack.client().raw("GET", "/metrics", None, Duration::ZERO).expect("metrics");
+    let metrics = String::from_utf8(metrics).unwrap();
+    for outcome in ["started", "committed"] {
+        let line = format!("krak_moves_total{{outcome=\"{outcome}\"}} {on_drained}");
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
+    }
 }
