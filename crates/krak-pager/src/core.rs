@@ -49,6 +49,7 @@ pub(crate) struct Limits {
     pub writeback_batch_pages: usize,
     pub writeback_buffer_pages: usize,
     pub spin_us: u64,
+    pub scrub_interval_ms: u64,
 }
 
 pub(crate) struct Core {
@@ -135,6 +136,10 @@ pub(crate) struct Shared {
     /// Pairs of servers (by layout index, from → to) where a push was refused: their moves
     /// relay at once instead of trying again (bounded by the pairs of servers).
     pub push_refused: Mutex<Vec<(usize, usize)>>,
+    /// Held (shared) by each step of a scrub, and (exclusive) by a fragment move before it
+    /// frees the old slab, so that a scrub never reads a slab freed under it (which would
+    /// lose its server for the region).
+    pub scrub_gate: parking_lot::RwLock<()>,
 }
 
 impl Shared {

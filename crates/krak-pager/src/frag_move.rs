@@ -129,6 +129,8 @@ impl Shared {
         }
         match self.wait_move(id, chunk) {
             Ok(pages) => {
+                // A scrub step that read the old stripe finishes first.
+                let _gate = self.scrub_gate.write();
                 // A lost server may not answer at all: its slab is left to its grace period.
                 if !layout.stripes.is_lost(old.server) {
                     if let Ok(conn) = admin_conn(&mut self.admin.lock(), layout, old.server) {

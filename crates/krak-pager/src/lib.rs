@@ -35,7 +35,9 @@ pub use eviction::{Clock, EvictionPolicy, Fifo};
 pub use migrate::DrainReport;
 pub use prefetch::{NoPrefetch, PrefetchPolicy, StrideDetector};
 pub use redundancy::{ParseRedundancyError, Redundancy};
-pub use region::{FarMemory, FaultMode, PagerConfig, ResidencySample, DEFAULT_SPIN_US, MIN_BUDGET_PAGES};
+pub use region::{
+    FarMemory, FaultMode, PagerConfig, ResidencySample, DEFAULT_SCRUB_INTERVAL_MS, DEFAULT_SPIN_US, MIN_BUDGET_PAGES,
+};
 pub use stats::PagerStats;
 
 pub use krak_uffd::OpenMode as UffdMode;

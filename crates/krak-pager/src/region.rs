@@ -45,6 +45,9 @@ pub struct ResidencySample {
 /// machine a loopback round trip falls from ~70 us to ~12 us when both ends spin this long.
 pub const DEFAULT_SPIN_US: u64 = 50;
 
+/// Default time between scrubs of a redundant region; see [`PagerConfig::scrub_interval_ms`].
+pub const DEFAULT_SCRUB_INTERVAL_MS: u64 = 600_000;
+
 /// The smallest local budget a region runs with, in pages.
 pub const MIN_BUDGET_PAGES: usize = 16;
 
@@ -96,6 +99,10 @@ pub struct PagerConfig {
     /// unknown. A redundant region puts the fragments of a chunk in distinct domains where
     /// it can (and on distinct servers always).
     pub server_domains: Vec<String>,
+    /// How often a redundant region scrubs itself in the background (every fragment read
+    /// and checked, corrupt ones rewritten: [`FarMemory::scrub`]); 0 never. Not while the
+    /// region is degraded.
+    pub scrub_interval_ms: u64,
 }
 
 impl Default for PagerConfig {
@@ -119,6 +126,7 @@ impl Default for PagerConfig {
             secret: None,
             redundancy: Redundancy::None,
             server_domains: Vec::new(),
+            scrub_interval_ms: DEFAULT_SCRUB_INTERVAL_MS,
         }
     }
 }
@@ -247,10 +255,12 @@ impl FarMemory {
                 writeback_batch_pages: config.writeback_batch_pages,
                 writeback_buffer_pages: config.writeback_buffer_pages,
                 spin_us: config.spin_us,
+                scrub_interval_ms: config.scrub_interval_ms,
             },
             stop: AtomicBool::new(false),
             peak_resident: AtomicUsize::new(0),
             push_refused: Mutex::new(Vec::new()),
+            scrub_gate: parking_lot::RwLock::new(()),
         });
         let mut region =
             FarMemory { shared: shared.clone(), threads: Vec::new(), self_serving_id: None, rack: rack.clone() };

@@ -46,6 +46,7 @@ const STEP_PAGES: usize = krak_proto::MAX_BATCH_PAGES;
 pub(crate) fn run(shared: Arc<Shared>, link: Option<Arc<RackLink>>) {
     let layout = &shared.layout;
     let mut last_probe = Instant::now();
+    let mut last_scrub = Instant::now();
     let mut failures: HashMap<(usize, usize), u32> = HashMap::new();
     // Lost servers when "no spare server" was last said, so it is said once per loss.
     let mut no_spare_told = 0;
@@ -57,6 +58,15 @@ pub(crate) fn run(shared: Arc<Shared>, link: Option<Arc<RackLink>>) {
         }
         let lost = layout.stripes.lost_fragments();
         if lost.is_empty() {
+            let every = shared.limits.scrub_interval_ms;
+            if every > 0 && last_scrub.elapsed() >= Duration::from_millis(every) {
+                match scrub(&shared) {
+                    Ok(0) => tracing::debug!("scheduled scrub: every fragment checked, none corrupt"),
+                    Ok(n) => tracing::warn!("scheduled scrub: {n} corrupt fragments found; rewriting their pages"),
+                    Err(e) => tracing::warn!("scheduled scrub: {e}"),
+                }
+                last_scrub = Instant::now();
+            }
             continue;
         }
         let mut rebuilt_any = false;
@@ -151,38 +161,47 @@ impl crate::FarMemory {
     /// copies) are found too; the pages found are rewritten by the write-back thread, as
     /// corruption a fault finds (`corrupt_fragments`, `corrupt_fragments_repaired`).
     /// Returns the corrupt fragments found. Runs on the caller's thread while the region
-    /// is in use; a region without redundancy has nothing to check against.
+    /// is in use; a region without redundancy has nothing to check against. The region
+    /// also scrubs itself every `scrub_interval_ms`.
     pub fn scrub(&self) -> Result<u64, PagerError> {
-        let shared = &self.shared;
-        let layout = &shared.layout;
-        if layout.redundancy().is_none() {
-            return Ok(0);
-        }
-        let mut links = Links::new(layout.server_count());
-        let mut found = 0;
-        let mut buf = vec![0u8; STEP_PAGES * PAGE_SIZE];
-        let mut next = 0;
-        while next < shared.region_pages() {
-            let pages: Vec<usize> = {
-                let core = shared.core.lock();
-                let end = (next + STEP_PAGES).min(shared.region_pages());
-                let remote = (next..end).filter(|p| core.states[*p] & REMOTE != 0).collect();
-                next = end;
-                remote
-            };
-            if pages.is_empty() {
-                continue;
-            }
-            let read = links.start_stripe_read_with(layout, &pages, true);
-            // A page read while it is rewritten may rebuild wrong (fragments of two
-            // versions): only the checksums matter here.
-            let _ = links.finish_stripe_read(layout, read, &mut buf[..pages.len() * PAGE_SIZE]);
-            found += links.found.corrupt_fragments;
-            links.found.degraded_pages = 0;
-            shared.take_found(&mut links);
-        }
-        Ok(found)
+        scrub(&self.shared)
     }
+}
+
+fn scrub(shared: &Shared) -> Result<u64, PagerError> {
+    let layout = &shared.layout;
+    if layout.redundancy().is_none() {
+        return Ok(0);
+    }
+    let mut links = Links::new(layout.server_count());
+    let mut found = 0;
+    let mut buf = vec![0u8; STEP_PAGES * PAGE_SIZE];
+    let mut next = 0;
+    while next < shared.region_pages() {
+        let pages: Vec<usize> = {
+            let core = shared.core.lock();
+            let end = (next + STEP_PAGES).min(shared.region_pages());
+            let remote = (next..end).filter(|p| core.states[*p] & REMOTE != 0).collect();
+            next = end;
+            remote
+        };
+        if pages.is_empty() {
+            continue;
+        }
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let _gate = shared.scrub_gate.read();
+        let read = links.start_stripe_read_with(layout, &pages, true);
+        // A page read while it is rewritten may rebuild wrong (fragments of two
+        // versions): only the checksums matter here.
+        let _ = links.finish_stripe_read(layout, read, &mut buf[..pages.len() * PAGE_SIZE]);
+        found += links.found.corrupt_fragments;
+        links.found.degraded_pages = 0;
+        shared.take_found(&mut links);
+    }
+    Counters::add(&shared.counters.scrubs, 1);
+    Ok(found)
 }
 
 /// Why a fragment was not rebuilt.

@@ -22,6 +22,7 @@ pub(crate) struct Counters {
     pub moved_pages: AtomicU64,
     pub chunks_moved: AtomicU64,
     pub fragments_moved: AtomicU64,
+    pub scrubs: AtomicU64,
     pub degraded_reads: AtomicU64,
     pub corrupt_fragments: AtomicU64,
     pub corrupt_fragments_repaired: AtomicU64,
@@ -51,6 +52,7 @@ impl Counters {
             moved_pages: z(),
             chunks_moved: z(),
             fragments_moved: z(),
+            scrubs: z(),
             degraded_reads: z(),
             corrupt_fragments: z(),
             corrupt_fragments_repaired: z(),
@@ -96,6 +98,7 @@ impl Counters {
             moved_pages: g(&self.moved_pages),
             chunks_moved: g(&self.chunks_moved),
             fragments_moved: g(&self.fragments_moved),
+            scrubs: g(&self.scrubs),
             redundancy: crate::Redundancy::None,
             lost_servers: 0,
             degraded_reads: g(&self.degraded_reads),
@@ -150,6 +153,8 @@ pub struct PagerStats {
     /// Fragments (or copies) of a redundant region's chunks moved to another server while
     /// the region was in use.
     pub fragments_moved: u64,
+    /// Scrubs of a redundant region completed (scheduled or asked for).
+    pub scrubs: u64,
     /// The region's redundancy scheme.
     pub redundancy: crate::Redundancy,
     /// Memory servers lost for this region (their fragments are no longer used).

@@ -254,6 +254,50 @@ fn corrupt_fragments_are_rebuilt_rewritten_and_counted() {
     assert_eq!(region.stats().failed_faults, 0);
 }
 
+#[test]
+fn a_scheduled_scrub_finds_and_rewrites_corruption_no_read_asked_for() {
+    let mut servers = six_servers();
+    let region = FarMemory::new(PagerConfig {
+        region_bytes: REGION_BYTES,
+        local_budget_bytes: BUDGET_BYTES,
+        servers: servers.iter().flatten().map(|s| s.addr()).collect(),
+        redundancy: "ec:4+2".parse::<Redundancy>().unwrap(),
+        scrub_interval_ms: 300,
+        ..Default::default()
+    })
+    .expect("region");
+    let pages = region.len() / PAGE_SIZE;
+    let oracle = Oracle::new(pages);
+    fill_all(&region, &oracle);
+    wait_written_back(&region, (pages - pages / 4) as u64);
+    // Nothing reads the region meanwhile: only a scrub can find it.
+    let damaged = servers[5].as_ref().unwrap().corrupt_stored_units();
+    assert!(damaged > 0);
+    let scrubs_before = region.stats().scrubs;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = |s: &krak_pager::PagerStats| s.scrubs > scrubs_before && s.corrupt_fragments_repaired > 0;
+    while !done(&region.stats()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stats = region.stats();
+    assert!(stats.scrubs > scrubs_before, "the region scrubbed itself: {stats:?}");
+    assert!(stats.corrupt_fragments > 0 && stats.corrupt_fragments_repaired > 0, "{stats:?}");
+    assert_eq!((stats.failed_faults, stats.lost_servers), (0, 0));
+    // Wait for a whole clean pass after the repairs, then make the repaired parity needed.
+    let after = region.stats().scrubs;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while region.stats().scrubs < after + 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(region.scrub().expect("scrub"), 0, "nothing corrupt is left");
+    for k in [0, 1] {
+        servers[k].take().unwrap().shutdown().unwrap();
+    }
+    let bad = verify_every_page(&region, &oracle);
+    assert!(bad.is_empty(), "{} pages wrong once the rewritten parity was needed", bad.len());
+    assert_eq!(region.stats().failed_faults, 0);
+}
+
 // ---- beyond tolerance: SIGBUS, never a wrong page (child processes) ----
 
 const CHILD_ENV: &str = "KRAK_REDUNDANCY_CHILD";
