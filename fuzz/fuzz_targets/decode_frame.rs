@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         let h = Header { kind, ..header };
         if let Ok(request) = decode_request(&h, body) {
             match request {
-                Request::ReadPages(entries) => {
+                Request::ReadPages(entries) | Request::DiscardPages(entries) => {
                     assert_eq!(entries.iter().count(), entries.len());
                 }
                 Request::WritePages(entries) | Request::CopyPages(entries) => {

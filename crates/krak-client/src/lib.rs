@@ -21,10 +21,11 @@ use inbox::Inbox;
 pub use socket_mode::SocketMode;
 
 use krak_proto::{
-    decode_response, encode_alloc_slab, encode_auth, encode_copy_units, encode_free_slab, encode_hello,
-    encode_push_pages, encode_read_pages, encode_stats, encode_write_pages, page_crc, proof_matches, DecodeError,
-    ErrorCode, FrameMac, Header, Op, PageRef, RackSecret, Response, ServerHello, ServerStats, Side, SlabId, Transcript,
-    HEADER_LEN, MAC_LEN, MAX_BATCH_PAGES, NONCE_LEN, PAGE_SIZE, PROOF_LEN, PROTOCOL_VERSION, RESPONSE_BIT,
+    decode_response, encode_alloc_slab, encode_auth, encode_copy_units, encode_discard_pages, encode_free_slab,
+    encode_hello, encode_push_pages, encode_read_pages, encode_stats, encode_write_pages, page_crc, proof_matches,
+    DecodeError, ErrorCode, FrameMac, Header, Op, PageRef, RackSecret, Response, ServerHello, ServerStats, Side,
+    SlabId, Transcript, HEADER_LEN, MAC_LEN, MAX_BATCH_PAGES, NONCE_LEN, PAGE_SIZE, PROOF_LEN, PROTOCOL_VERSION,
+    RESPONSE_BIT,
 };
 
 /// Why a call to a memory server failed.
@@ -234,6 +235,15 @@ impl Connection {
     pub fn send_read_units(&mut self, unit_bytes: u32, pages: &[PageRef]) -> Result<u64, ClientError> {
         assert!(pages.len() <= MAX_BATCH_PAGES, "caller must split batches");
         self.send_with(Op::ReadPages, |buf, id| encode_read_pages(buf, id, unit_bytes, pages))
+    }
+
+    /// Discards up to `MAX_BATCH_PAGES` units of `unit_bytes` (the size of every slab named):
+    /// they read as zeros from now on and the server may give their memory back. Returns how
+    /// many were discarded.
+    pub fn discard_units(&mut self, unit_bytes: u32, pages: &[PageRef]) -> Result<u32, ClientError> {
+        assert!(pages.len() <= MAX_BATCH_PAGES, "caller must split batches");
+        let id = self.send_with(Op::DiscardPages, |buf, id| encode_discard_pages(buf, id, unit_bytes, pages))?;
+        self.recv_stored(id, Op::DiscardPages)
     }
 
     /// Queues a write of up to `MAX_BATCH_PAGES` units, all of one size (that of the slabs

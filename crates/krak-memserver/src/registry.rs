@@ -286,6 +286,28 @@ impl Registry {
 
     /// Reads a batch of pages of `owner`, handing each page's stored CRC and contents to
     /// `emit` in request order. `emit` is called only once the whole batch was validated.
+    /// Discards the units `entries` names (see `DiscardPages` in docs/protocol.md); returns
+    /// how many. On any error (checked first), none.
+    pub(crate) fn discard_pages(&self, owner: u64, entries: ReadEntries<'_>) -> Result<u32, RegistryError> {
+        let slabs = self.slabs.read();
+        for at in entries.iter() {
+            check(&slabs, owner, at, entries.unit_bytes())?;
+        }
+        let mut current: Option<(SlabId, parking_lot::RwLockWriteGuard<'_, Slab>)> = None;
+        let mut discarded = 0;
+        for at in entries.iter() {
+            if current.as_ref().map(|(id, _)| *id) != Some(at.slab) {
+                drop(current.take());
+                let lent = slabs.get(&at.slab.0).ok_or(RegistryError::UnknownSlab(at.slab.0))?;
+                current = Some((at.slab, lent.slab.write()));
+            }
+            if let Some((_, slab)) = current.as_mut() {
+                discarded += u32::from(slab.discard(at.page));
+            }
+        }
+        Ok(discarded)
+    }
+
     pub(crate) fn read_pages(
         &self,
         owner: u64,

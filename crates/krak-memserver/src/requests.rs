@@ -107,6 +107,10 @@ pub(crate) fn answer(shared: &Shared, session: &mut Session, header: &Header, bo
                 encode_written(out, Op::PushPages, id, stored);
             })
         }
+        Request::DiscardPages(entries) => registry.discard_pages(client_id, entries).map(|discarded| {
+            shared.counters.add_units_discarded(discarded as usize);
+            encode_written(out, Op::DiscardPages, id, discarded);
+        }),
         Request::ReadPages(entries) => {
             let start = out.len();
             out.reserve(entries.len() * (4 + entries.unit_bytes() as usize) + 64);

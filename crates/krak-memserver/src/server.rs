@@ -26,6 +26,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct Counters {
     pages_read: AtomicU64,
     pages_written: AtomicU64,
+    units_discarded: AtomicU64,
     errors: AtomicU64,
 }
 
@@ -33,6 +34,10 @@ impl Counters {
     pub(crate) fn add_pages_read(&self, n: usize) {
         self.pages_read.fetch_add(n as u64, Ordering::Relaxed);
     }
+    pub(crate) fn add_units_discarded(&self, n: usize) {
+        self.units_discarded.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     pub(crate) fn add_pages_written(&self, n: usize) {
         self.pages_written.fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -94,6 +99,7 @@ impl Shared {
             pages_read: self.counters.pages_read.load(Ordering::Relaxed),
             pages_written: self.counters.pages_written.load(Ordering::Relaxed),
             errors: self.counters.errors.load(Ordering::Relaxed),
+            units_discarded: self.counters.units_discarded.load(Ordering::Relaxed),
         }
     }
 

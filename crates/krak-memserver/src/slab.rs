@@ -32,6 +32,8 @@ pub(crate) struct Slab {
     crcs: Vec<u32>,
     /// One bit per unit: stored by a write (not a copy) since the slab was mapped.
     written: Vec<u64>,
+    /// Locked in RAM (`mlock`): discarded pages stay, zeroed.
+    locked: bool,
 }
 
 // SAFETY: the mapping is owned by this value alone (never aliased elsewhere); reads go
@@ -65,8 +67,9 @@ impl Slab {
             return Err(io::Error::last_os_error());
         }
         let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        let slab = Slab {
+        let mut slab = Slab {
             base,
+            locked: false,
             len_bytes,
             unit_bytes,
             crcs: vec![zero_unit_crc(unit_bytes); units as usize],
@@ -74,7 +77,8 @@ impl Slab {
         };
         if mlock {
             // SAFETY: the range is exactly the mapping created above, owned by `slab`.
-            if unsafe { libc::mlock(ptr, len_bytes) } != 0 {
+            slab.locked = unsafe { libc::mlock(ptr, len_bytes) } == 0;
+            if !slab.locked {
                 tracing::warn!(
                     "mlock of a {len_bytes}-byte slab failed ({}); its pages may be swapped",
                     io::Error::last_os_error()
@@ -142,6 +146,38 @@ impl Slab {
         true
     }
 
+    /// Forgets unit `index`: it reads as zeros (with the zero CRC) from now on and counts as
+    /// written, so that no copy stores into it later. Once every unit sharing its host page
+    /// is zero, the page goes back to the host (`MADV_DONTNEED`: a private anonymous page
+    /// then reads as zeros again). Returns false past the end.
+    pub(crate) fn discard(&mut self, index: u32) -> bool {
+        let u = self.unit_bytes;
+        let zero_crc = zero_unit_crc(u);
+        let Some(slot) = self.crcs.get_mut(index as usize) else { return false };
+        *slot = zero_crc;
+        self.written[index as usize / 64] |= 1 << (index % 64);
+        let per_page = PAGE_SIZE / u;
+        let first = index as usize / per_page * per_page;
+        let page_offset = first * u;
+        // SAFETY: `index` is in range (checked through `crcs`) and the mapping is whole host
+        // pages, so the host page holding the unit lies inside the live mapping; `&mut self`
+        // makes this the only access to it.
+        let page = unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(page_offset), PAGE_SIZE) };
+        page[(index as usize - first) * u..][..u].fill(0);
+        let neighbours = first..(first + per_page).min(self.crcs.len());
+        // Every unit of the page zero (its bytes, not only its CRC, are checked).
+        if !self.locked && self.crcs[neighbours].iter().all(|c| *c == zero_crc) && page.iter().all(|b| *b == 0) {
+            // SAFETY: the range is one whole host page inside the mapping owned by `self`;
+            // nothing borrows it (the slice above is not used past this point).
+            let rc =
+                unsafe { libc::madvise(self.base.as_ptr().add(page_offset).cast(), PAGE_SIZE, libc::MADV_DONTNEED) };
+            if rc != 0 {
+                tracing::warn!("madvise(MADV_DONTNEED) of a discarded page failed: {}", io::Error::last_os_error());
+            }
+        }
+        true
+    }
+
     /// Test support: flips the first byte of every unit, leaving the stored CRCs as they
     /// were, so that every read of this slab fails its checksum at the client.
     pub(crate) fn corrupt_every_unit(&mut self) {
@@ -150,6 +186,19 @@ impl Slab {
             // live mapping; `&mut self` makes this the only access to it.
             unsafe { *self.base.as_ptr().add(i * self.unit_bytes) ^= 0x5a };
         }
+    }
+}
+
+#[cfg(test)]
+impl Slab {
+    /// Whether the host page at byte `offset` of the slab is in RAM.
+    fn resident(&self, offset: usize) -> bool {
+        let mut vec = [0u8; 1];
+        // SAFETY: `offset` is page-aligned inside the mapping owned by `self`, and `vec` has
+        // room for the one page asked about.
+        let rc = unsafe { libc::mincore(self.base.as_ptr().add(offset).cast(), PAGE_SIZE, vec.as_mut_ptr()) };
+        assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
+        vec[0] & 1 == 1
     }
 }
 
@@ -187,6 +236,32 @@ mod tests {
         let (crc, data) = slab.page(1).unwrap();
         assert_eq!((crc, data), (page_crc(&page), page.as_slice()));
         assert_eq!(slab.page(0).unwrap().0, zero_unit_crc(PAGE_SIZE), "neighbour untouched");
+    }
+
+    #[test]
+    fn a_discarded_unit_reads_zero_keeps_copies_out_and_leaves_its_neighbours() {
+        for unit in [PAGE_SIZE, 1024] {
+            let mut slab = Slab::map(8, unit, false).unwrap();
+            let data = vec![7u8; unit];
+            for i in 0..8 {
+                assert!(slab.store(i, page_crc(&data), &data));
+            }
+            assert!(slab.discard(1));
+            assert!(!slab.discard(8), "past the end");
+            assert_eq!(slab.page(1).unwrap(), (zero_unit_crc(unit), vec![0u8; unit].as_slice()));
+            assert_eq!(slab.page(0).unwrap().1, data.as_slice(), "a neighbour keeps its bytes");
+            assert_eq!(slab.page(2).unwrap().1, data.as_slice());
+            assert!(!slab.store_if_unwritten(1, page_crc(&data), &data), "no copy lands in a discarded unit");
+            assert!(slab.store(1, page_crc(&data), &data), "a write does");
+            assert_eq!(slab.page(1).unwrap().1, data.as_slice());
+            // a whole host page of units discarded: still zeros after MADV_DONTNEED
+            for i in 0..(PAGE_SIZE / unit) as u32 {
+                assert!(slab.discard(i));
+            }
+            assert!(!slab.resident(0), "{unit}: the host page went back");
+            assert!(slab.page(0).unwrap().1.iter().all(|b| *b == 0));
+            assert!(slab.resident(PAGE_SIZE), "{unit}: the next page holds data");
+        }
     }
 
     #[test]

@@ -112,3 +112,35 @@ fn fragment_slabs_store_small_units_and_refuse_the_wrong_size() {
     assert!(out[..1024] == units[0][..], "nothing of the refused write was stored");
     server.shutdown().unwrap();
 }
+
+#[test]
+fn discarded_units_read_zero_take_no_copy_and_only_their_owner_may_discard() {
+    let server = start(config(8 * SLAB_BYTES));
+    let mut c = connect(server.addr(), 7);
+    let slab = c.alloc_slab().unwrap();
+    let pages = random_pages(7, 16);
+    let at = refs(slab, 0, 16);
+    write(&mut c, &at, &pages);
+    assert_eq!(c.discard_units(PAGE_SIZE as u32, &at[4..12]).unwrap(), 8);
+    let got = read(&mut c, &at);
+    for (i, page) in got.iter().enumerate() {
+        if (4..12).contains(&i) {
+            assert!(page.iter().all(|&b| b == 0), "unit {i} reads zeros after its discard");
+        } else {
+            assert_eq!(page, &pages[i], "unit {i} untouched");
+        }
+    }
+    // A copy (a moving chunk's) never lands in a discarded unit; a write does.
+    let copy: Vec<(PageRef, &[u8])> = vec![(at[5], pages[5].as_slice())];
+    let id = c.send_copy_pages(&copy).unwrap();
+    assert_eq!(c.recv_copied(id).unwrap(), 0);
+    write(&mut c, &at[5..6], &pages[5..6]);
+    assert_eq!(read(&mut c, &at[5..6])[0], pages[5]);
+    // Another client's discard of this slab is refused like any access to it.
+    let mut other = connect(server.addr(), 8);
+    let err = other.discard_units(PAGE_SIZE as u32, &at[..1]).unwrap_err();
+    assert!(err.to_string().contains("slab"), "{err}");
+    assert_eq!(read(&mut c, &at[..1])[0], pages[0], "the refused discard changed nothing");
+    assert_eq!(server.stats().units_discarded, 8);
+    server.shutdown().unwrap();
+}

@@ -37,6 +37,9 @@ pub const STATE_MASK: u8 = 0x7f;
 /// left for the next read of the page to find again.
 pub const MAX_REPAIRS: usize = 4096;
 
+/// Most ranges of discarded pages waiting to be told to the servers.
+pub const MAX_PENDING_DISCARDS: usize = 4096;
+
 /// Most free frames the reclaimer keeps ahead of need.
 const MAX_WATERMARK_PAGES: usize = 256;
 /// How long an evictor waits for the write-back thread before it looks again.
@@ -89,6 +92,10 @@ pub(crate) struct Core {
     /// Pages of a redundant region a read found a corrupt fragment of, for the write-back
     /// thread to rewrite (bounded by `MAX_REPAIRS`).
     pub repairs: VecDeque<usize>,
+    /// Ranges of pages discarded whose remote copies the servers may forget, for the
+    /// write-back thread to tell them, ordered with its writes (bounded by
+    /// `MAX_PENDING_DISCARDS`; past it the servers keep those copies until the region goes).
+    pub discards: VecDeque<std::ops::Range<usize>>,
 }
 
 /// A chunk being copied to its new home by the write-back thread (see `migrate.rs`).

@@ -34,7 +34,11 @@ impl FarMemory {
             shared.space.wait_for(&mut core, Duration::from_millis(10));
         }
         let mut mapped = 0;
+        let mut remote: Option<std::ops::Range<usize>> = None;
         for page in first..end {
+            if core.states[page] & REMOTE != 0 {
+                remote = Some(remote.map_or(page..page + 1, |r| r.start..page + 1));
+            }
             match core.states[page] & STATE_MASK {
                 CLEAN | DIRTY => {
                     mapped += 1;
@@ -45,6 +49,16 @@ impl FarMemory {
                 _ => {}
             }
             core.states[page] = ABSENT;
+        }
+        // Queued write-backs of these pages are stale now: never sent.
+        let queued = core.wb_queue.len();
+        core.wb_queue.retain(|(p, _)| !(first..end).contains(p));
+        core.wb_pending -= queued - core.wb_queue.len();
+        if let Some(range) = remote {
+            if core.discards.len() < MAX_PENDING_DISCARDS {
+                core.discards.push_back(range);
+                shared.wb_wake.notify_one();
+            }
         }
         if mapped > 0 {
             shared.map.discard(offset, len).map_err(PagerError::Mapping)?;

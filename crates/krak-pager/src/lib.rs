@@ -25,6 +25,7 @@ mod reclaim;
 pub mod redundancy;
 mod region;
 mod remote;
+mod remote_discard;
 mod reprotect;
 mod self_serving;
 mod stats;

@@ -237,6 +237,7 @@ impl FarMemory {
             moves: VecDeque::new(),
             moves_finished: HashMap::new(),
             repairs: VecDeque::new(),
+            discards: VecDeque::new(),
         };
         let shared = Arc::new(Shared {
             core: Mutex::new(core),

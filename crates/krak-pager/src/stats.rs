@@ -23,6 +23,7 @@ pub(crate) struct Counters {
     pub chunks_moved: AtomicU64,
     pub fragments_moved: AtomicU64,
     pub scrubs: AtomicU64,
+    pub remote_discards: AtomicU64,
     pub degraded_reads: AtomicU64,
     pub corrupt_fragments: AtomicU64,
     pub corrupt_fragments_repaired: AtomicU64,
@@ -53,6 +54,7 @@ impl Counters {
             chunks_moved: z(),
             fragments_moved: z(),
             scrubs: z(),
+            remote_discards: z(),
             degraded_reads: z(),
             corrupt_fragments: z(),
             corrupt_fragments_repaired: z(),
@@ -99,6 +101,7 @@ impl Counters {
             chunks_moved: g(&self.chunks_moved),
             fragments_moved: g(&self.fragments_moved),
             scrubs: g(&self.scrubs),
+            remote_discards: g(&self.remote_discards),
             redundancy: crate::Redundancy::None,
             lost_servers: 0,
             degraded_reads: g(&self.degraded_reads),
@@ -155,6 +158,8 @@ pub struct PagerStats {
     pub fragments_moved: u64,
     /// Scrubs of a redundant region completed (scheduled or asked for).
     pub scrubs: u64,
+    /// Units (pages, or fragments) the servers were told to forget after a discard.
+    pub remote_discards: u64,
     /// The region's redundancy scheme.
     pub redundancy: crate::Redundancy,
     /// Memory servers lost for this region (their fragments are no longer used).

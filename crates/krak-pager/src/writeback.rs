@@ -31,7 +31,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 if shared.stop.load(Ordering::Relaxed) {
                     return;
                 }
-                if !core.moves.is_empty() || !core.repairs.is_empty() {
+                if !core.moves.is_empty() || !core.repairs.is_empty() || !core.discards.is_empty() {
                     break;
                 }
                 let wait = match core.wb_parked_since {
@@ -42,6 +42,15 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 };
                 shared.wb_wake.wait_for(&mut core, wait.min(Duration::from_millis(100)));
                 unpark_due(&mut core);
+            }
+            if !core.discards.is_empty() {
+                // Before any batch taken after them: a page rewritten after its discard is
+                // written after it, so the discard never drops the newer write.
+                let ranges: Vec<std::ops::Range<usize>> = core.discards.drain(..).collect();
+                drop(core);
+                let units = links.discard_remote(&shared.layout, ranges);
+                Counters::add(&shared.counters.remote_discards, units);
+                continue;
             }
             if !core.repairs.is_empty() && (core.wb_queue.is_empty() || !repaired_last) {
                 // Rewriting here orders the repair with every write-back of the same pages.

@@ -92,8 +92,18 @@ pub fn encode_stats(out: &mut Vec<u8>, request_id: u64) {
 
 /// Encodes a read of up to [`MAX_BATCH_PAGES`] units of `unit_bytes` each.
 pub fn encode_read_pages(out: &mut Vec<u8>, request_id: u64, unit_bytes: u32, pages: &[PageRef]) {
-    assert!(pages.len() <= MAX_BATCH_PAGES, "read batch of {} pages", pages.len());
-    let mut f = FrameBuilder::begin(out, Op::ReadPages as u16, 0, request_id);
+    encode_unit_refs(out, Op::ReadPages, request_id, unit_bytes, pages);
+}
+
+/// Encodes a discard (see [`Request::DiscardPages`]) of up to [`MAX_BATCH_PAGES`] units of
+/// `unit_bytes` each.
+pub fn encode_discard_pages(out: &mut Vec<u8>, request_id: u64, unit_bytes: u32, pages: &[PageRef]) {
+    encode_unit_refs(out, Op::DiscardPages, request_id, unit_bytes, pages);
+}
+
+fn encode_unit_refs(out: &mut Vec<u8>, op: Op, request_id: u64, unit_bytes: u32, pages: &[PageRef]) {
+    assert!(pages.len() <= MAX_BATCH_PAGES, "{} batch of {} pages", op.name(), pages.len());
+    let mut f = FrameBuilder::begin(out, op as u16, 0, request_id);
     f.put_u32(pages.len() as u32).put_u32(unit_bytes);
     for p in pages {
         f.put_slab(p.slab).put_u32(p.page);
@@ -298,6 +308,10 @@ pub fn decode_request<'a>(header: &Header, body: &'a [u8]) -> Result<Request<'a>
             Request::CopyPages(WriteEntries { unit_bytes, bytes })
         }
         Op::PushPages => Request::PushPages(crate::push::decode_push(body)?),
+        Op::DiscardPages => {
+            let (unit_bytes, bytes) = counted(name, body, READ_ENTRY_LEN, false)?;
+            Request::DiscardPages(ReadEntries { unit_bytes, bytes })
+        }
         Op::Stats => {
             expect_len(name, body, 0)?;
             Request::Stats
@@ -348,7 +362,7 @@ pub fn decode_response<'a>(header: &Header, body: &'a [u8]) -> Result<Response<'
             let (unit_bytes, bytes) = counted(name, body, PAGE_ENTRY_HEAD, true)?;
             Response::Pages(PageEntries { unit_bytes, bytes })
         }
-        Op::WritePages | Op::CopyPages | Op::PushPages => {
+        Op::WritePages | Op::CopyPages | Op::PushPages | Op::DiscardPages => {
             expect_len(name, body, 4)?;
             Response::Written { count: read_u32(body, 0) }
         }
@@ -439,6 +453,7 @@ mod tests {
             pages_read: 7,
             pages_written: 8,
             errors: 9,
+            units_discarded: 10,
         };
         encode_stats_response(&mut out, 2, &stats);
         let (h, body) = split(&out);
@@ -470,6 +485,22 @@ mod tests {
         encode_alloc_slab(&mut out, 4, 1024);
         let (h, body) = split(&out);
         assert_eq!(decode_request(&h, body).unwrap(), Request::AllocSlab { unit_bytes: 1024 });
+    }
+
+    #[test]
+    fn discards_round_trip_as_their_own_kind() {
+        let refs = [PageRef { slab: SlabId(4, 40), page: 9 }, PageRef { slab: SlabId(4, 40), page: 10 }];
+        let mut out = Vec::new();
+        encode_discard_pages(&mut out, 7, 1024, &refs);
+        let (h, body) = split(&out);
+        assert_eq!(h.kind, Op::DiscardPages as u16);
+        let Request::DiscardPages(entries) = decode_request(&h, body).unwrap() else { panic!("wrong kind") };
+        assert_eq!(entries.unit_bytes(), 1024);
+        assert_eq!(entries.iter().collect::<Vec<_>>(), refs.to_vec());
+        let mut out = Vec::new();
+        encode_written(&mut out, Op::DiscardPages, 7, 2);
+        let (h, body) = split(&out);
+        assert_eq!(decode_response(&h, body).unwrap(), Response::Written { count: 2 });
     }
 
     #[test]

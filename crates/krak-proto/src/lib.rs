@@ -22,7 +22,7 @@ pub use message::*;
 pub use push::{encode_push_pages, PushEntries, ADDR_LEN, PUSH_HEAD_LEN};
 
 /// Version spoken by this build; a server refuses a hello with any other.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The unit of transfer: every page on the wire is exactly this long.
 pub const PAGE_SIZE: usize = 4096;
 /// Smallest unit a slab may store (a page's fragment under erasure coding).

@@ -18,6 +18,7 @@ pub enum Op {
     Auth = 7,
     CopyPages = 8,
     PushPages = 9,
+    DiscardPages = 10,
 }
 
 impl Op {
@@ -32,6 +33,7 @@ impl Op {
             7 => Op::Auth,
             8 => Op::CopyPages,
             9 => Op::PushPages,
+            10 => Op::DiscardPages,
             _ => return None,
         })
     }
@@ -47,6 +49,7 @@ impl Op {
             Op::Auth => "auth",
             Op::CopyPages => "copy_pages",
             Op::PushPages => "push_pages",
+            Op::DiscardPages => "discard_pages",
         }
     }
 }
@@ -179,10 +182,12 @@ pub struct ServerStats {
     pub pages_read: u64,
     pub pages_written: u64,
     pub errors: u64,
+    /// Units discarded (`DiscardPages`) since the server started.
+    pub units_discarded: u64,
 }
 
 impl ServerStats {
-    pub(crate) const FIELDS: usize = 9;
+    pub(crate) const FIELDS: usize = 10;
 
     pub(crate) fn to_array(self) -> [u64; Self::FIELDS] {
         [
@@ -195,6 +200,7 @@ impl ServerStats {
             self.pages_read,
             self.pages_written,
             self.errors,
+            self.units_discarded,
         ]
     }
 
@@ -209,6 +215,7 @@ impl ServerStats {
             pages_read: a[6],
             pages_written: a[7],
             errors: a[8],
+            units_discarded: a[9],
         }
     }
 }
@@ -237,6 +244,10 @@ pub enum Request<'a> {
     CopyPages(WriteEntries<'a>),
     /// Units of a slab of this server to copy (as `CopyPages`) into a slab of another one.
     PushPages(crate::push::PushEntries<'a>),
+    /// Units whose contents the client no longer needs: each reads as zeros from now on,
+    /// counts as written (no later copy stores into it), and its memory is given back to
+    /// the server's host where the unit fills its own host pages.
+    DiscardPages(ReadEntries<'a>),
     Stats,
 }
 

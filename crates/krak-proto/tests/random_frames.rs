@@ -59,7 +59,7 @@ fn decode_everything(data: &[u8], seen: &mut Seen) {
         if let Ok(request) = decode_request(&h, body) {
             seen.requests_ok += 1;
             match request {
-                Request::ReadPages(entries) => {
+                Request::ReadPages(entries) | Request::DiscardPages(entries) => {
                     assert!(entries.len() <= MAX_BATCH_PAGES);
                     assert_eq!(entries.iter().count(), entries.len());
                     assert_eq!(entries.is_empty(), entries.iter().next().is_none());
@@ -246,6 +246,7 @@ fn valid_frame(rng: &mut Rng) -> Vec<u8> {
                 pages_read: rng.next(),
                 pages_written: rng.next(),
                 errors: rng.next(),
+                units_discarded: rng.next(),
             };
             encode_stats_response(&mut out, id, &stats);
             let (h, body) = split(&out);
