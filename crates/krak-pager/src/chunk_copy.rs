@@ -1,5 +1,6 @@
-//! The copy of a moving chunk's remote pages to its new slab (see `migrate.rs`), run by the
-//! thread that asked for the move, several steps in flight.
+//! The copy of a moving chunk's remote pages to its new slab (see `migrate.rs`), or of a
+//! moving fragment's units to its new slab (`frag_move.rs`), run by the thread that asked
+//! for the move, several steps in flight.
 //!
 //! First choice: the old server pushes the pages straight to the new one (`PushPages`),
 //! so the data never passes through this host. If the old server cannot reach the new one,
@@ -26,6 +27,16 @@ const STEP_PAGES: usize = 64;
 const DEPTH: usize = 2;
 /// Connections a push uses to the old server, each served by a thread of its own there.
 const PUSH_CONNECTIONS: usize = 2;
+
+/// What to copy: the units of `chunk`'s remote pages, from one slab to another.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CopySpec {
+    pub chunk: usize,
+    pub from: (usize, SlabId),
+    pub to: (usize, SlabId),
+    /// A page, or a fragment of one.
+    pub unit_bytes: usize,
+}
 
 /// The pages of one step: the `REMOTE` pages of `[from, from + STEP_PAGES)` below `end`.
 struct Steps {
@@ -58,22 +69,31 @@ impl Steps {
 /// Copies the remote pages of `chunk` from its home to `to_slab` on server `to` (the chunk
 /// is moving there, so write-backs already reach both); returns the pages copied.
 pub(crate) fn copy_chunk(shared: &Shared, chunk: usize, to: usize, to_slab: SlabId) -> Result<u64, PagerError> {
-    let from = shared.layout.chunk(chunk).server;
-    let refused_before = shared.push_refused.lock().contains(&(from, to));
-    let pushed = if refused_before { None } else { Some(push_chunk(shared, chunk, to, to_slab)) };
-    let copied = match pushed {
-        Some(Err(ClientError::Refused { code, message, .. })) if code == ErrorCode::PushFailed as u16 => {
-            let to_addr = shared.layout.server_addr(to);
-            tracing::warn!("the old server of chunk {chunk} cannot copy to {to_addr} itself ({message}); relaying");
-            shared.push_refused.lock().push((from, to));
-            relay_chunk(shared, chunk, to, to_slab)?
-        }
-        Some(other) => other?,
-        None => relay_chunk(shared, chunk, to, to_slab)?,
-    };
+    let home = shared.layout.chunk(chunk);
+    let spec = CopySpec { chunk, from: (home.server, home.slab), to: (to, to_slab), unit_bytes: PAGE_SIZE };
+    let copied = copy_units(shared, spec).map_err(PagerError::Remote)?;
     // Counted once the copy is whole: a push given up for a relay copies some pages twice.
     Counters::add(&shared.counters.moved_pages, copied);
     Ok(copied)
+}
+
+/// Copies what `spec` names (write-backs already reach both slabs); returns the units
+/// copied.
+pub(crate) fn copy_units(shared: &Shared, spec: CopySpec) -> Result<u64, ClientError> {
+    let (from, to) = (spec.from.0, spec.to.0);
+    let refused_before = shared.push_refused.lock().contains(&(from, to));
+    let pushed = if refused_before { None } else { Some(push_units(shared, spec)) };
+    match pushed {
+        Some(Err(ClientError::Refused { code, message, .. })) if code == ErrorCode::PushFailed as u16 => {
+            let to_addr = shared.layout.server_addr(to);
+            let chunk = spec.chunk;
+            tracing::warn!("the old server of chunk {chunk} cannot copy to {to_addr} itself ({message}); relaying");
+            shared.push_refused.lock().push((from, to));
+            relay_units(shared, spec)
+        }
+        Some(other) => other,
+        None => relay_units(shared, spec),
+    }
 }
 
 fn steps(shared: &Shared, chunk: usize) -> Steps {
@@ -84,15 +104,15 @@ fn steps(shared: &Shared, chunk: usize) -> Steps {
 
 /// The old server sends each step to the new one, `DEPTH` steps in flight on each of
 /// `PUSH_CONNECTIONS` connections (each served by one thread there, one step at a time).
-fn push_chunk(shared: &Shared, chunk: usize, to: usize, to_slab: SlabId) -> Result<u64, ClientError> {
+fn push_units(shared: &Shared, spec: CopySpec) -> Result<u64, ClientError> {
     let layout = &shared.layout;
-    let home = layout.chunk(chunk);
+    let ((from, from_slab), (to, to_slab)) = (spec.from, spec.to);
     let to_addr = layout.server_addr(to);
     let mut links: Vec<(Connection, VecDeque<(u64, usize)>)> = Vec::with_capacity(PUSH_CONNECTIONS);
     for _ in 0..PUSH_CONNECTIONS {
-        links.push((Connection::connect(layout.server_addr(home.server), layout.connect)?, VecDeque::new()));
+        links.push((Connection::connect(layout.server_addr(from), layout.connect)?, VecDeque::new()));
     }
-    let mut steps = steps(shared, chunk);
+    let mut steps = steps(shared, spec.chunk);
     let mut units = Vec::with_capacity(STEP_PAGES);
     let mut copied = 0u64;
     let mut turn = 0;
@@ -102,7 +122,7 @@ fn push_chunk(shared: &Shared, chunk: usize, to: usize, to_slab: SlabId) -> Resu
                 let Some(pages) = steps.next(shared) else { break };
                 units.clear();
                 units.extend(pages.iter().map(|&p| steps.unit(p)));
-                let id = src.send_push_pages(to_addr, home.slab, to_slab, PAGE_SIZE as u32, &units)?;
+                let id = src.send_push_pages(to_addr, from_slab, to_slab, spec.unit_bytes as u32, &units)?;
                 in_flight.push_back((id, pages.len()));
             }
         }
@@ -121,31 +141,32 @@ fn push_chunk(shared: &Shared, chunk: usize, to: usize, to_slab: SlabId) -> Resu
 
 /// Each step is read from the old server and sent to the new one as `CopyPages`, `DEPTH`
 /// reads and as many copies in flight.
-fn relay_chunk(shared: &Shared, chunk: usize, to: usize, to_slab: SlabId) -> Result<u64, ClientError> {
+fn relay_units(shared: &Shared, spec: CopySpec) -> Result<u64, ClientError> {
     let layout = &shared.layout;
-    let home = layout.chunk(chunk);
-    let mut src = Connection::connect(layout.server_addr(home.server), layout.connect)?;
+    let ((from, from_slab), (to, to_slab)) = (spec.from, spec.to);
+    let unit = spec.unit_bytes;
+    let mut src = Connection::connect(layout.server_addr(from), layout.connect)?;
     let mut dst = Connection::connect(layout.server_addr(to), layout.connect)?;
-    let mut steps = steps(shared, chunk);
+    let mut steps = steps(shared, spec.chunk);
     let at = |slab, unit| PageRef { slab, page: unit };
     let mut reads: VecDeque<(u64, Vec<usize>, Vec<PageRef>)> = VecDeque::with_capacity(DEPTH);
     let mut copies: VecDeque<u64> = VecDeque::with_capacity(DEPTH);
-    let mut buf = vec![0u8; STEP_PAGES * PAGE_SIZE];
+    let mut buf = vec![0u8; STEP_PAGES * unit];
     let mut copied = 0u64;
     loop {
         while reads.len() < DEPTH {
             let Some(pages) = steps.next(shared) else { break };
-            let refs: Vec<PageRef> = pages.iter().map(|&p| at(home.slab, steps.unit(p))).collect();
-            reads.push_back((src.send_read_pages(&refs)?, pages, refs));
+            let refs: Vec<PageRef> = pages.iter().map(|&p| at(from_slab, steps.unit(p))).collect();
+            reads.push_back((src.send_read_units(unit as u32, &refs)?, pages, refs));
         }
         let Some((id, pages, refs)) = reads.pop_front() else { break };
-        let bytes = &mut buf[..pages.len() * PAGE_SIZE];
+        let bytes = &mut buf[..pages.len() * unit];
         src.recv_pages(id, &refs, bytes)?;
         if copies.len() >= DEPTH {
             dst.recv_copied(copies.pop_front().expect("not empty"))?;
         }
         let writes: Vec<(PageRef, &[u8])> =
-            pages.iter().zip(bytes.chunks_exact(PAGE_SIZE)).map(|(&p, d)| (at(to_slab, steps.unit(p)), d)).collect();
+            pages.iter().zip(bytes.chunks_exact(unit)).map(|(&p, d)| (at(to_slab, steps.unit(p)), d)).collect();
         copies.push_back(dst.send_copy_pages(&writes)?);
         copied += pages.len() as u64;
     }

@@ -4,18 +4,21 @@
 //!
 //! The old slab stays live, read and written, until the switch. From the moment the move
 //! starts, every write-back of the chunk's pages also writes the fragment to the new slab.
-//! The write-back thread fills the new slab between its batches, as re-protection fills a
-//! replacement (`reprotect.rs`): each step reads the next remote pages from the stripe,
-//! encodes them and writes the moving fragment, so every copy is ordered with the writes of
-//! the same pages. Past the last page it switches the fragment to the new slab at a moment
-//! when no fetch of the chunk is in flight; the mover then frees the old slab. If the old
-//! server is lost meanwhile, the move goes on from the other fragments (it is then a
-//! rebuild); if the new one is, the move fails and the fragment stays where it was.
+//! The mover then copies the fragment's units as a chunk move copies pages (`chunk_copy.rs`:
+//! the old server pushes them to the new one, else the mover relays them), with `CopyPages`
+//! semantics, so a copy never undoes a newer write-back. If that copy fails (the old server
+//! is lost, say), the write-back thread fills the new slab instead, between its batches, as
+//! re-protection fills a replacement (`reprotect.rs`): each step reads the next remote pages
+//! from the stripe, encodes them and writes the moving fragment. Either way the write-back
+//! thread then switches the fragment to the new slab at a moment when no fetch of the chunk
+//! is in flight, and the mover frees the old slab. If the new server is lost meanwhile, the
+//! move fails and the fragment stays where it was.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use crate::chunk_copy::{copy_units, CopySpec};
 use crate::core::{ChunkMove, MoveKind, Shared};
 use crate::migrate::{admin_conn, wait_for_writeback_in_flight, DrainReport, NEXT_MOVE_ID};
 use crate::remote::free_quietly;
@@ -120,11 +123,26 @@ impl Shared {
                 return Err(PagerError::Move(format!("moving fragment {frag} of chunk {chunk} to {to}: {why}")));
             }
         };
+        // A batch taken before the move may still write this fragment to the old slab alone.
+        wait_for_writeback_in_flight(self);
+        let spec =
+            CopySpec { chunk, from: (old.server, old.slab), to: (to_idx, slab), unit_bytes: scheme.unit_bytes() };
+        let (start, end) = (chunk * layout.chunk_pages, ((chunk + 1) * layout.chunk_pages).min(self.region_pages()));
+        // Where the write-back thread's steps begin: past the end once the copy is whole.
+        let (next_page, pages_copied) = match copy_units(self, spec) {
+            Ok(units) => (end, units),
+            Err(e) => {
+                tracing::warn!(
+                    "copying fragment {frag} of chunk {chunk} from {} failed ({e}); rebuilding it from the stripe",
+                    layout.server_addr(old.server)
+                );
+                (start, 0)
+            }
+        };
         let id = NEXT_MOVE_ID.fetch_add(1, Ordering::Relaxed);
         {
             let mut core = self.core.lock();
-            let next_page = chunk * layout.chunk_pages;
-            core.moves.push_back(ChunkMove { id, chunk, next_page, pages_copied: 0, kind: MoveKind::Fragment(frag) });
+            core.moves.push_back(ChunkMove { id, chunk, next_page, pages_copied, kind: MoveKind::Fragment(frag) });
             self.wb_wake.notify_one();
         }
         match self.wait_move(id, chunk) {

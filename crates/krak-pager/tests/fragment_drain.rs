@@ -1,7 +1,8 @@
 //! Draining a server under a redundant region: every fragment (or copy) it holds moves to
 //! another server while threads keep reading and rewriting the region against an oracle,
 //! the chunk's redundancy never drops, no two fragments of a chunk ever share a server,
-//! and the drained server ends with nothing lent. A drain whose source dies half way loses
+//! and the drained server ends with nothing lent, whether the servers push the fragments
+//! to each other or the pager relays them. A drain whose source dies half way loses
 //! no page either: re-protection finishes what the drain left. Every page is checked during
 //! the workload and at the end.
 
@@ -79,9 +80,12 @@ fn assert_stripes_distinct(region: &FarMemory) {
     }
 }
 
-fn drain_under_load(scheme: &str, mode: FaultMode, spares: usize) {
+/// With `push`, the drained server copies each fragment to its new server itself; without,
+/// the servers refuse to push and the pager relays the units.
+fn drain_under_load(scheme: &str, mode: FaultMode, spares: usize, push: bool) {
     let width = scheme.parse::<Redundancy>().unwrap().width();
-    let servers: Vec<Option<ServerHandle>> = servers(width + spares, 64 << 20).into_iter().map(Some).collect();
+    let servers: Vec<Option<ServerHandle>> =
+        servers_with(width + spares, 64 << 20, |c| c.push = push).into_iter().map(Some).collect();
     let region = region_over(&servers, scheme, mode);
     let oracle = fill(&region);
     let stop = Arc::new(AtomicBool::new(false));
@@ -112,6 +116,8 @@ fn drain_under_load(scheme: &str, mode: FaultMode, spares: usize) {
     assert_eq!((stats.failed_faults, stats.lost_servers, stats.reprotected_pages), (0, 0, 0));
     assert_eq!(servers[0].as_ref().unwrap().stats().lent_bytes, 0, "the drained server ends with nothing lent");
     assert!(servers[width..].iter().flatten().all(|s| s.stats().lent_bytes > 0), "the spare servers took fragments");
+    let refused = servers[0].as_ref().unwrap().stats().errors;
+    assert_eq!(refused > 0, !push, "push {push}: {refused} refusals on the drained server");
     drop(region);
     for s in servers.iter().flatten() {
         assert_eq!(s.stats().lent_bytes, 0, "dropping the region gives every slab back, moved or not");
@@ -120,12 +126,17 @@ fn drain_under_load(scheme: &str, mode: FaultMode, spares: usize) {
 
 #[test]
 fn ec_4_2_drain_moves_every_fragment_off_the_server_under_a_verified_workload() {
-    drain_under_load("ec:4+2", FaultMode::Threads, 2);
+    drain_under_load("ec:4+2", FaultMode::Threads, 2, true);
+}
+
+#[test]
+fn ec_4_2_drain_relays_the_fragments_when_servers_do_not_push() {
+    drain_under_load("ec:4+2", FaultMode::Sigbus, 1, false);
 }
 
 #[test]
 fn replicate_2_drain_moves_every_copy_off_the_server_with_self_serving_faults() {
-    drain_under_load("replicate:2", FaultMode::Sigbus, 1);
+    drain_under_load("replicate:2", FaultMode::Sigbus, 1, true);
 }
 
 /// The drained server dies half way through its drain: moves off it go on from the other
