@@ -20,6 +20,7 @@ pub mod limits;
 mod migrate;
 pub mod prefetch;
 mod rack;
+mod rack_moves;
 mod rack_stripes;
 mod reclaim;
 pub mod redundancy;

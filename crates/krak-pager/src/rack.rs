@@ -19,13 +19,13 @@ use std::time::Duration;
 
 use krak_client::{ConnectOptions, Connection};
 use krak_controller::messages::{
-    ChunkServer, CommitChunk, CommitReply, CommitRequest, CreateRegionRequest, MapMove, MapReply, MapServer,
-    MoveStartRequest, PlaceReply, PlaceRequest, RegionReply,
+    CommitChunk, CommitReply, CommitRequest, CreateRegionRequest, MapReply, PlaceReply, PlaceRequest, RegionReply,
 };
 use krak_controller::{RackClient, RegionId, ServerId, ServerState};
 use krak_proto::PAGE_SIZE;
 
 use crate::core::Shared;
+use crate::rack_moves::{move_fragments_off, move_off, move_to};
 use crate::remote::{free_quietly, ChunkHome, RemoteLayout};
 use crate::{PagerError, Redundancy};
 
@@ -37,7 +37,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most consolidation moves carried out per map round.
 const MAX_MOVES_PER_ROUND: usize = 8;
 /// Pause after the controller could not be reached.
-const RETRY_PAUSE_MS: u64 = 1_000;
+pub(crate) const RETRY_PAUSE_MS: u64 = 1_000;
 
 pub(crate) fn controller_error(e: impl std::fmt::Display) -> PagerError {
     PagerError::Controller(e.to_string())
@@ -230,7 +230,7 @@ pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
         // commit brings a new epoch and the next round sees what is still asked.
         for mv in map.moves.iter().take(MAX_MOVES_PER_ROUND) {
             let Some(from) = map.servers.iter().find(|s| s.id == mv.from) else { continue };
-            if let Err(e) = move_to(&shared, &link, &from.addr, mv) {
+            if let Err(e) = move_to(&shared, &link, from, mv) {
                 tracing::error!("consolidating {} into {}: {e}", from.addr, mv.to_addr);
             }
         }
@@ -268,155 +268,6 @@ fn follow_redundant(shared: &Shared, link: &RackLink, map: &MapReply, avoid: &[S
             }
             _ => {}
         }
-    }
-}
-
-/// Moves up to `limit` fragments whose home is `addr`, each to the server the controller
-/// places its slot on (off `avoid`, the servers the region lost and, by the controller's
-/// own rule, the servers of the chunk's other fragments), and commits each.
-fn move_fragments_off(
-    shared: &Shared,
-    link: &RackLink,
-    server: &MapServer,
-    avoid: &[ServerId],
-    limit: usize,
-) -> Result<(), PagerError> {
-    let layout = &shared.layout;
-    let Some(from) = layout.find_server(parse_addr(&server.addr)?) else { return Ok(()) };
-    let from_id = server.id;
-    let width = layout.redundancy().width();
-    for (chunk, frag) in layout.stripes.fragments_on(from, limit) {
-        if shared.stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let slot = (chunk * width + frag) as u64;
-        let mut exclude = avoid.to_vec();
-        {
-            let ids = link.ids.lock();
-            exclude.extend(layout.stripes.lost_servers().iter().filter_map(|s| ids.get(&layout.server_addr(*s))));
-        }
-        let placed: PlaceReply = link
-            .client
-            .lock()
-            .call(
-                "POST",
-                &format!("/v1/regions/{}/place", link.region.0),
-                Some(&PlaceRequest { chunks: vec![slot], exclude }),
-            )
-            .map_err(controller_error)?;
-        let Some(ChunkServer { server: to_id, addr: to, .. }) = placed.placements.into_iter().find(|p| p.chunk == slot)
-        else {
-            return Err(controller_error(format!("no server to move slot {slot} to")));
-        };
-        let to = parse_addr(&to)?;
-        announce_move(link, slot, from_id, to_id);
-        let moved = shared.move_fragment(chunk, frag, to).inspect_err(|_| abandon_move(link, slot))?;
-        link.ids.lock().insert(to, to_id);
-        commit_slot(shared, link, slot, to_id, moved.slab).inspect_err(|_| abandon_move(link, slot))?;
-    }
-    Ok(())
-}
-
-/// Carries out one move the map asks for: up to `mv.slabs` chunks from `from` to `mv.to`.
-fn move_to(shared: &Shared, link: &RackLink, from: &str, mv: &MapMove) -> Result<(), PagerError> {
-    let (from, to) = (parse_addr(from)?, parse_addr(&mv.to_addr)?);
-    for chunk in shared.layout.chunks_on(from, mv.slabs as usize) {
-        let slot = chunk as u64;
-        announce_move(link, slot, mv.from, mv.to);
-        let pages = shared.move_chunk(chunk, to).inspect_err(|_| abandon_move(link, slot))?;
-        commit_home(shared, link, chunk, mv.to).inspect_err(|_| abandon_move(link, slot))?;
-        tracing::info!("consolidated chunk {chunk} ({pages} pages) from {from} to {to}");
-    }
-    Ok(())
-}
-
-/// Records a chunk's new home in the controller's map.
-/// The chunk already lives at its new home (the old slab is freed), so a failed commit is
-/// retried a few times: until it lands, only the controller's map is stale, not the data.
-fn commit_home(shared: &Shared, link: &RackLink, chunk: usize, server: ServerId) -> Result<(), PagerError> {
-    commit_slot(shared, link, chunk as u64, server, shared.layout.chunk(chunk).slab)
-}
-
-/// Records that map slot `slot` (a chunk, or a fragment of a redundant region) now lives in
-/// `slab` on `server`; retried a few times, since the data is already there.
-pub(crate) fn commit_slot(
-    shared: &Shared,
-    link: &RackLink,
-    slot: u64,
-    server: ServerId,
-    slab: krak_proto::SlabId,
-) -> Result<(), PagerError> {
-    const ATTEMPTS: u32 = 5;
-    let chunk = slot;
-    let request = CommitRequest { chunks: vec![CommitChunk { chunk: slot, server, slab: slab.0 }] };
-    let path = format!("/v1/regions/{}/commit", link.region.0);
-    let mut attempt = 1;
-    loop {
-        match link.client.lock().call::<_, CommitReply>("POST", &path, Some(&request)) {
-            Ok(reply) => {
-                link.epoch.fetch_max(reply.epoch, Ordering::Relaxed);
-                return Ok(());
-            }
-            Err(e) if attempt < ATTEMPTS && !shared.stop.load(Ordering::Relaxed) => {
-                tracing::warn!("committing slot {chunk}'s new home failed ({e}); retrying");
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(RETRY_PAUSE_MS / 4));
-            }
-            Err(e) => return Err(controller_error(e)),
-        }
-    }
-}
-
-/// Moves up to `limit` chunks whose home is `addr` to servers the controller chooses.
-fn move_off(
-    shared: &Shared,
-    link: &RackLink,
-    server: &MapServer,
-    avoid: &[ServerId],
-    limit: usize,
-) -> Result<(), PagerError> {
-    let from = parse_addr(&server.addr)?;
-    for chunk in shared.layout.chunks_on(from, limit) {
-        let placed: PlaceReply = link
-            .client
-            .lock()
-            .call(
-                "POST",
-                &format!("/v1/regions/{}/place", link.region.0),
-                Some(&PlaceRequest { chunks: vec![chunk as u64], exclude: avoid.to_vec() }),
-            )
-            .map_err(controller_error)?;
-        let Some(ChunkServer { server: to_id, addr: to, .. }) = placed.placements.into_iter().next() else {
-            return Err(controller_error("no server to move to"));
-        };
-        let to = parse_addr(&to)?;
-        let slot = chunk as u64;
-        announce_move(link, slot, server.id, to_id);
-        let pages = shared.move_chunk(chunk, to).inspect_err(|_| abandon_move(link, slot))?;
-        commit_home(shared, link, chunk, to_id).inspect_err(|_| abandon_move(link, slot))?;
-        tracing::info!("moved chunk {chunk} ({pages} pages) from {from} to {to}");
-    }
-    Ok(())
-}
-
-/// Tells the controller that a move of `slot` from `from` to `to` starts, so that status
-/// lists it until the slot's commit. For status only: a refusal is logged and the move
-/// goes on.
-fn announce_move(link: &RackLink, slot: u64, from: ServerId, to: ServerId) {
-    let path = format!("/v1/regions/{}/moves", link.region.0);
-    let started: Result<serde_json::Value, _> =
-        link.client.lock().call("POST", &path, Some(&MoveStartRequest { slot, from, to }));
-    if let Err(e) = started {
-        tracing::warn!("telling the controller that slot {slot} moves: {e}");
-    }
-}
-
-/// Tells the controller that the move of `slot` was given up.
-fn abandon_move(link: &RackLink, slot: u64) {
-    let path = format!("/v1/regions/{}/moves/{slot}", link.region.0);
-    let ended: Result<serde_json::Value, _> = link.client.lock().call::<(), _>("DELETE", &path, None);
-    if let Err(e) = ended {
-        tracing::warn!("telling the controller that slot {slot}'s move was given up: {e}");
     }
 }
 

@@ -196,12 +196,7 @@ pub(crate) fn place_replacement(
         layout.stripes.lost_servers().iter().filter_map(|s| ids.get(&layout.server_addr(*s)).copied()).collect()
     };
     let slot = (chunk * width + frag) as u64;
-    let reply: Result<PlaceReply, _> = link.client.lock().call(
-        "POST",
-        &format!("/v1/regions/{}/place", link.region.0),
-        Some(&PlaceRequest { chunks: vec![slot], exclude }),
-    );
-    let reply = match reply {
+    let reply = match crate::rack_moves::place_one(link, slot, exclude) {
         Ok(r) => r,
         Err(ControllerClientError::Status { status: NO_CAPACITY, message }) => {
             return Err(NoReplacement::NoSpare(format!("the controller has no server for a replacement: {message}")))
@@ -212,7 +207,7 @@ pub(crate) fn place_replacement(
         }
         Err(e) => return Err(NoReplacement::Failed(format!("asking the controller for a replacement: {e}"))),
     };
-    let Some(ChunkServer { server: id, addr, .. }) = reply.placements.into_iter().find(|p| p.chunk == slot) else {
+    let Some(ChunkServer { server: id, addr, .. }) = reply else {
         return Err(NoReplacement::Failed("the controller placed no server for the replacement".into()));
     };
     let addr = parse_addr(&addr).map_err(|e| NoReplacement::Failed(e.to_string()))?;

@@ -265,7 +265,7 @@ fn rebuild_fragment(shared: &Shared, link: Option<&RackLink>, chunk: usize, frag
             if let (Some(link), Some(id)) = (link, id) {
                 let slot = (chunk * layout.redundancy().width() + frag) as u64;
                 // The fragment is live either way; a failed commit leaves the map stale.
-                if let Err(e) = crate::rack::commit_slot(shared, link, slot, id, slab) {
+                if let Err(e) = crate::rack_moves::commit_slot(shared, link, slot, id, slab) {
                     tracing::error!("recording fragment {frag} of chunk {chunk} with the controller: {e}");
                 }
             }

@@ -180,6 +180,18 @@ fn stripes_in_map(map: &MapReply) -> Vec<Vec<ServerId>> {
     slots.chunks(width).map(<[ServerId]>::to_vec).collect()
 }
 
+/// Checks that every slot of `before` on `from` is on `to` in `after`, that no other slot
+/// changed, and that every stripe of `after` is on distinct servers.
+fn only_moved(before: &[Vec<ServerId>], after: &[Vec<ServerId>], from: ServerId, to: ServerId) {
+    for (b, a) in before.iter().zip(after) {
+        assert!(distinct(a), "a stripe shares a server: {a:?}");
+        for (old, new) in b.iter().zip(a) {
+            let want = if *old == from { to } else { *old };
+            assert_eq!(*new, want, "slots of {from} go to {to}, the others stay: {b:?} -> {a:?}");
+        }
+    }
+}
+
 fn distinct(stripe: &[ServerId]) -> bool {
     let mut s = stripe.to_vec();
     s.sort();
@@ -242,17 +254,7 @@ fn lose_a_server_and_reprotect(tag: &str, scheme: &str, mode: FaultMode) {
     let bad: Vec<usize> = (0..pages).filter(|p| !page_is(&region, *p, oracle.0[*p].load(Ordering::Relaxed))).collect();
     assert!(bad.is_empty(), "{scheme}: {} pages wrong, e.g. {:?}", bad.len(), &bad[..bad.len().min(8)]);
 
-    let after = stripes_in_map(&rack.map(region_id));
-    for (before, now) in stripes.iter().zip(&after) {
-        assert!(distinct(now), "{scheme}: a re-protected stripe shares a server: {now:?}");
-        for (b, n) in before.iter().zip(now) {
-            if *b == dead {
-                assert_eq!(*n, joined, "{scheme}: a replaced slot names the server that joined");
-            } else {
-                assert_eq!(b, n, "{scheme}: only the dead server's slots moved");
-            }
-        }
-    }
+    only_moved(&stripes, &stripes_in_map(&rack.map(region_id)), dead, joined);
     let stats = region.stats();
     eprintln!("{scheme}: {stats:?}");
     assert_eq!(stats.failed_faults, 0);
@@ -310,17 +312,7 @@ fn a_controller_drain_moves_an_ec_region_s_fragments_off_the_server() {
     assert_eq!(wrong, 0, "the workload saw wrong pages during the drain");
     let bad: Vec<usize> = (0..pages).filter(|p| !page_is(&region, *p, oracle.0[*p].load(Ordering::Relaxed))).collect();
     assert!(bad.is_empty(), "{} pages wrong, e.g. {:?}", bad.len(), &bad[..bad.len().min(8)]);
-    let after = stripes_in_map(&rack.map(region_id));
-    for (b, a) in before.iter().zip(&after) {
-        assert!(distinct(a), "a drained stripe shares a server: {a:?}");
-        for (old, new) in b.iter().zip(a) {
-            if *old == drained {
-                assert_eq!(*new, spare, "the only server outside the stripe took the fragment");
-            } else {
-                assert_eq!(old, new, "only the drained server's fragments moved");
-            }
-        }
-    }
+    only_moved(&before, &stripes_in_map(&rack.map(region_id)), drained, spare);
     let stats = region.stats();
     assert_eq!(stats.fragments_moved, on_drained as u64);
     assert_eq!((stats.failed_faults, stats.lost_servers), (0, 0), "{stats:?}");

@@ -1,0 +1,172 @@
+//! The moves a region's follower carries out for the controller (`rack.rs`): chunks or
+//! fragments off a draining server or a host short of memory, and consolidation moves.
+//! Each move is announced to the controller (so status lists it), carried out while the
+//! region is in use, and committed; a failed one withdraws its announcement.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use krak_controller::messages::{
+    ChunkServer, CommitChunk, CommitReply, CommitRequest, MapMove, MapServer, MoveStartRequest, PlaceReply,
+    PlaceRequest,
+};
+use krak_controller::{ClientError as ControllerClientError, ServerId};
+use krak_proto::SlabId;
+
+use crate::core::Shared;
+use crate::rack::{controller_error, parse_addr, RackLink, RETRY_PAUSE_MS};
+use crate::PagerError;
+
+/// The server the controller places `slot` on (off `exclude`), if it names one.
+pub(crate) fn place_one(
+    link: &RackLink,
+    slot: u64,
+    exclude: Vec<ServerId>,
+) -> Result<Option<ChunkServer>, ControllerClientError> {
+    let placed: PlaceReply = link.client.lock().call(
+        "POST",
+        &format!("/v1/regions/{}/place", link.region.0),
+        Some(&PlaceRequest { chunks: vec![slot], exclude }),
+    )?;
+    Ok(placed.placements.into_iter().find(|p| p.chunk == slot))
+}
+
+/// Announces the move of `slot` from `from` to `to`, runs it (`go` answers the slot's new
+/// slab), and commits it; withdraws the announcement if either fails.
+fn carry_out(
+    shared: &Shared,
+    link: &RackLink,
+    slot: u64,
+    (from, to): (ServerId, ServerId),
+    go: impl FnOnce() -> Result<SlabId, PagerError>,
+) -> Result<(), PagerError> {
+    announce_move(link, slot, from, to);
+    go().and_then(|slab| commit_slot(shared, link, slot, to, slab)).inspect_err(|_| abandon_move(link, slot))
+}
+
+/// Moves `chunk` to `to`; answers its new slab.
+fn move_chunk(shared: &Shared, chunk: usize, to: SocketAddr, done: &str) -> Result<SlabId, PagerError> {
+    let from = shared.layout.server_addr(shared.layout.chunk(chunk).server);
+    let pages = shared.move_chunk(chunk, to)?;
+    tracing::info!("{done} chunk {chunk} ({pages} pages) from {from} to {to}");
+    Ok(shared.layout.chunk(chunk).slab)
+}
+
+/// Moves up to `limit` chunks on `server` to servers the controller chooses (off `avoid`).
+pub(crate) fn move_off(
+    shared: &Shared,
+    link: &RackLink,
+    server: &MapServer,
+    avoid: &[ServerId],
+    limit: usize,
+) -> Result<(), PagerError> {
+    let from = parse_addr(&server.addr)?;
+    for chunk in shared.layout.chunks_on(from, limit) {
+        let slot = chunk as u64;
+        let placed = place_one(link, slot, avoid.to_vec()).map_err(controller_error)?;
+        let Some(ChunkServer { server: to_id, addr: to, .. }) = placed else {
+            return Err(controller_error("no server to move to"));
+        };
+        let to = parse_addr(&to)?;
+        carry_out(shared, link, slot, (server.id, to_id), || move_chunk(shared, chunk, to, "moved"))?;
+    }
+    Ok(())
+}
+
+/// Moves up to `limit` fragments on `server`, each to the server the controller places its
+/// slot on (off `avoid`, the servers the region lost and, by the controller's own rule,
+/// the servers of the chunk's other fragments).
+pub(crate) fn move_fragments_off(
+    shared: &Shared,
+    link: &RackLink,
+    server: &MapServer,
+    avoid: &[ServerId],
+    limit: usize,
+) -> Result<(), PagerError> {
+    let layout = &shared.layout;
+    let Some(from) = layout.find_server(parse_addr(&server.addr)?) else { return Ok(()) };
+    let width = layout.redundancy().width();
+    for (chunk, frag) in layout.stripes.fragments_on(from, limit) {
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let slot = (chunk * width + frag) as u64;
+        let mut exclude = avoid.to_vec();
+        {
+            let ids = link.ids.lock();
+            exclude.extend(layout.stripes.lost_servers().iter().filter_map(|s| ids.get(&layout.server_addr(*s))));
+        }
+        let placed = place_one(link, slot, exclude).map_err(controller_error)?;
+        let Some(ChunkServer { server: to_id, addr: to, .. }) = placed else {
+            return Err(controller_error(format!("no server to move slot {slot} to")));
+        };
+        let to = parse_addr(&to)?;
+        carry_out(shared, link, slot, (server.id, to_id), || {
+            let moved = shared.move_fragment(chunk, frag, to)?;
+            link.ids.lock().insert(to, to_id);
+            Ok(moved.slab)
+        })?;
+    }
+    Ok(())
+}
+
+/// Carries out one move the map asks for: up to `mv.slabs` chunks from `from` to `mv.to`.
+pub(crate) fn move_to(shared: &Shared, link: &RackLink, from: &MapServer, mv: &MapMove) -> Result<(), PagerError> {
+    let (from_addr, to) = (parse_addr(&from.addr)?, parse_addr(&mv.to_addr)?);
+    for chunk in shared.layout.chunks_on(from_addr, mv.slabs as usize) {
+        carry_out(shared, link, chunk as u64, (mv.from, mv.to), || move_chunk(shared, chunk, to, "consolidated"))?;
+    }
+    Ok(())
+}
+
+/// Records that map slot `slot` (a chunk, or a fragment of a redundant region) now lives in
+/// `slab` on `server`. The data already lives there (the old slab is freed), so a failed
+/// commit is retried a few times: until it lands, only the controller's map is stale.
+pub(crate) fn commit_slot(
+    shared: &Shared,
+    link: &RackLink,
+    slot: u64,
+    server: ServerId,
+    slab: SlabId,
+) -> Result<(), PagerError> {
+    const ATTEMPTS: u32 = 5;
+    let request = CommitRequest { chunks: vec![CommitChunk { chunk: slot, server, slab: slab.0 }] };
+    let path = format!("/v1/regions/{}/commit", link.region.0);
+    let mut attempt = 1;
+    loop {
+        match link.client.lock().call::<_, CommitReply>("POST", &path, Some(&request)) {
+            Ok(reply) => {
+                link.epoch.fetch_max(reply.epoch, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(e) if attempt < ATTEMPTS && !shared.stop.load(Ordering::Relaxed) => {
+                tracing::warn!("committing slot {slot}'s new home failed ({e}); retrying");
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(RETRY_PAUSE_MS / 4));
+            }
+            Err(e) => return Err(controller_error(e)),
+        }
+    }
+}
+
+/// Tells the controller that a move of `slot` from `from` to `to` starts, so that status
+/// lists it until the slot's commit. For status only: a refusal is logged and the move
+/// goes on.
+fn announce_move(link: &RackLink, slot: u64, from: ServerId, to: ServerId) {
+    let path = format!("/v1/regions/{}/moves", link.region.0);
+    let started: Result<serde_json::Value, _> =
+        link.client.lock().call("POST", &path, Some(&MoveStartRequest { slot, from, to }));
+    if let Err(e) = started {
+        tracing::warn!("telling the controller that slot {slot} moves: {e}");
+    }
+}
+
+/// Tells the controller that the move of `slot` was given up.
+fn abandon_move(link: &RackLink, slot: u64) {
+    let path = format!("/v1/regions/{}/moves/{slot}", link.region.0);
+    let ended: Result<serde_json::Value, _> = link.client.lock().call::<(), _>("DELETE", &path, None);
+    if let Err(e) = ended {
+        tracing::warn!("telling the controller that slot {slot}'s move was given up: {e}");
+    }
+}
