@@ -88,6 +88,7 @@ fn main() {
             chunk_bytes: None,
             stripe_width: None,
             redundancy: None,
+            slot_divisor: None,
         };
         let region = rack.create_region(&req).expect("region");
         let chunks: Vec<u64> = (0..chunks_per_region as u64).collect();
@@ -133,6 +134,7 @@ fn main() {
                 chunk_bytes: None,
                 stripe_width: None,
                 redundancy: None,
+                slot_divisor: None,
             })
             .expect("probe region");
         let placed = rack.place(fresh.id, &(0..256).collect::<Vec<_>>(), &[]).expect("probe place");

@@ -65,6 +65,10 @@ pub struct CreateRegionRequest {
     /// The redundancy scheme's name, for status (default `none`).
     #[serde(default)]
     pub redundancy: Option<String>,
+    /// Each slot's slab holds `chunk_bytes / slot_divisor` bytes (K for the fragments of an
+    /// `ec:K+M` chunk); placement counts that much per slot. Default 1: a whole chunk.
+    #[serde(default)]
+    pub slot_divisor: Option<u32>,
 }
 
 /// `POST /v1/regions/{id}/place`.

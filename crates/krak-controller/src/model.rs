@@ -110,6 +110,10 @@ pub struct RegionRecord {
     /// status; the controller only relies on `stripe_width`.
     #[serde(default = "no_redundancy")]
     pub redundancy: String,
+    /// Bytes one slot's slab holds: `chunk_bytes` (0 in older records means that), or a
+    /// fragment's share of the chunk under erasure coding (`chunk_bytes / K`).
+    #[serde(default)]
+    pub slot_bytes: u64,
 }
 
 fn one() -> u32 {
@@ -124,6 +128,12 @@ impl RegionRecord {
     /// Chunks in the region (the last one may be partly used).
     pub fn chunks(&self) -> u64 {
         self.size_bytes.div_ceil(self.chunk_bytes.max(1))
+    }
+
+    /// What one of its slabs needs of a server.
+    pub fn slot_size(&self) -> crate::view::SlotSize {
+        let cost = if self.slot_bytes == 0 { self.chunk_bytes } else { self.slot_bytes };
+        crate::view::SlotSize { slab_bytes: self.chunk_bytes, cost_bytes: cost }
     }
 
     /// Slots in the region's map: every fragment of every chunk.
@@ -257,6 +267,7 @@ mod tests {
             created_unix_ms: 1,
             stripe_width: 3,
             redundancy: "replicate:3".into(),
+            slot_bytes: 0,
         };
         let back: RegionRecord = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);

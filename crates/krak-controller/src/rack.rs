@@ -122,7 +122,7 @@ impl Rack {
             rack.servers.insert(s.id, s);
         }
         for (record, chunks) in loaded.regions {
-            rack.view.add_region(record.id, record.chunk_bytes);
+            rack.view.add_region(record.id, record.slot_size());
             let mut map = ChunkMap::default();
             let mut epoch = 0;
             for (chunk, p) in chunks {
@@ -199,6 +199,13 @@ impl Rack {
         }
         let redundancy = req.redundancy.clone().unwrap_or_else(|| "none".into());
         validate_name("redundancy", &redundancy)?;
+        let divisor = u64::from(req.slot_divisor.unwrap_or(1));
+        if divisor == 0 || divisor > u64::from(MAX_STRIPE_WIDTH) || !chunk_bytes.is_multiple_of(divisor) {
+            return Err(RackError::BadRequest(format!(
+                "slot_divisor must be 1 to {MAX_STRIPE_WIDTH} and divide chunk_bytes ({chunk_bytes})"
+            )));
+        }
+        let slot_bytes = chunk_bytes / divisor;
         let slots = req.size_bytes.div_ceil(chunk_bytes).saturating_mul(u64::from(stripe_width));
         if req.size_bytes == 0 || slots > MAX_CHUNKS_PER_REGION {
             return Err(RackError::BadRequest(format!(
@@ -217,12 +224,13 @@ impl Rack {
             created_unix_ms: now_unix_ms(),
             stripe_width,
             redundancy,
+            slot_bytes,
         };
         let mut counters = self.counters;
         counters.next_region_id += 1;
         persist::write(&*self.store, vec![persist::put(persist::region_key(record.id), &record)], &counters)?;
         self.counters = counters;
-        self.view.add_region(record.id, chunk_bytes);
+        self.view.add_region(record.id, record.slot_size());
         self.regions.insert(record.id, RegionEntry { record: record.clone(), map: ChunkMap::default(), epoch: 0 });
         Ok(record)
     }
@@ -432,7 +440,7 @@ impl Rack {
                 remote_bytes: self
                     .region_servers(e.record.id)
                     .into_iter()
-                    .map(|(s, n)| RemoteBytes { server: s.id, bytes: u64::from(n) * e.record.chunk_bytes })
+                    .map(|(s, n)| RemoteBytes { server: s.id, bytes: u64::from(n) * e.record.slot_size().cost_bytes })
                     .collect(),
                 degraded_slots: self.degraded_slots_of(&e.map),
             })

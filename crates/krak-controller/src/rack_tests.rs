@@ -33,6 +33,7 @@ fn setup(store: &Arc<MemStore>) -> (Rack, RegionId) {
         chunk_bytes: Some(SLAB),
         stripe_width: None,
         redundancy: None,
+        slot_divisor: None,
     };
     let id = r.create_region(&req).unwrap().id;
     (r, id)
@@ -123,6 +124,7 @@ fn a_striped_region_keeps_fragments_apart_counts_degraded_slots_and_reloads() {
         chunk_bytes: Some(SLAB),
         stripe_width: Some(3),
         redundancy: Some("ec:2+1".into()),
+        slot_divisor: None,
     };
     let region = r.create_region(&req).unwrap();
     assert_eq!((region.stripe_width, region.slots()), (3, 30));
@@ -159,4 +161,51 @@ fn a_striped_region_keeps_fragments_apart_counts_degraded_slots_and_reloads() {
     let reloaded = rack(&store);
     assert_eq!(reloaded.regions[&region.id].record, r.regions[&region.id].record);
     assert_eq!(reloaded.map(region.id, 0).unwrap().entries.len(), 30);
+}
+
+#[test]
+fn an_erasure_coded_region_is_placed_by_what_its_fragments_cost() {
+    let store = Arc::new(MemStore::default());
+    let mut r = rack(&store);
+    for i in 0..6 {
+        let req = RegisterRequest {
+            addr: format!("h{i}:1"),
+            capacity_bytes: 2 * SLAB,
+            slab_size_bytes: SLAB,
+            domain: format!("d{i}"),
+            headroom_bytes: 0,
+        };
+        r.register(&req).unwrap();
+    }
+    // ec:4+2 over 8 chunks: 48 fragments of a quarter chunk, 12 MiB, exactly the rack's
+    // capacity; counted as whole chunks it would need 48 MiB.
+    let create = |divisor| CreateRegionRequest {
+        owner: "o".into(),
+        size_bytes: 8 * SLAB,
+        local_budget_bytes: 0,
+        chunk_bytes: Some(SLAB),
+        stripe_width: Some(6),
+        redundancy: Some("ec:4+2".into()),
+        slot_divisor: divisor,
+    };
+    let whole = r.create_region(&create(None)).unwrap();
+    assert!(matches!(r.place(whole.id, &(0..48).collect::<Vec<_>>(), &[]), Err(RackError::Placement(_))));
+    r.delete_region(whole.id).unwrap();
+    let region = r.create_region(&create(Some(4))).unwrap();
+    assert_eq!(region.slot_size().cost_bytes, SLAB / 4);
+    let placed = r.place(region.id, &(0..48).collect::<Vec<_>>(), &[]).unwrap();
+    let commit: Vec<CommitChunk> =
+        placed.iter().map(|p| CommitChunk { chunk: p.chunk, server: p.server, slab: p.chunk }).collect();
+    r.commit(region.id, &commit).unwrap();
+    let status = r.status();
+    let remote: u64 = status.regions[0].remote_bytes.iter().map(|b| b.bytes).sum();
+    assert_eq!(remote, 12 * SLAB, "remote bytes count fragments, not chunks");
+    assert!(r.view.servers().iter().all(|s| s.free_bytes == 0), "every server full, none past it");
+    assert!(r.place(region.id, &[0], &[]).is_err(), "nothing left");
+    for bad in [Some(0), Some(3), Some(64)] {
+        assert!(matches!(r.create_region(&create(bad)), Err(RackError::BadRequest(_))), "{bad:?}");
+    }
+    let reloaded = rack(&store);
+    assert_eq!(reloaded.regions[&region.id].record.slot_bytes, SLAB / 4);
+    assert_eq!(reloaded.view.region(region.id).unwrap().slot_bytes, SLAB / 4, "a restart counts the same");
 }

@@ -26,7 +26,7 @@ pub(crate) fn place_slots(
     if region.stripe_width <= 1 {
         return policy.choose(view, region.id, slots.len(), exclude);
     }
-    let chunk_bytes = region.chunk_bytes;
+    let slot_bytes = region.slot_size().cost_bytes;
     let mut chosen: HashMap<u64, ServerId> = HashMap::new();
     let mut planned: HashMap<ServerId, u64> = HashMap::new();
     let mut out = Vec::with_capacity(slots.len());
@@ -38,7 +38,7 @@ pub(crate) fn place_slots(
             .collect();
         // servers this call already filled up (a policy only plans within one call)
         let full = planned.iter().filter(|(id, n)| {
-            view.server(**id).is_none_or(|s| s.free_bytes.saturating_sub(**n * chunk_bytes) < chunk_bytes)
+            view.server(**id).is_none_or(|s| s.free_bytes.saturating_sub(**n * slot_bytes) < slot_bytes)
         });
         let mut avoid: Vec<ServerId> = exclude.iter().chain(&taken).chain(full.map(|(id, _)| id)).copied().collect();
         let servers_only = avoid.len();
@@ -118,7 +118,7 @@ mod tests {
         for (i, d) in domains.iter().enumerate() {
             v.upsert_server(ServerId(i as u32 + 1), d, ServerState::Alive, 100 * CHUNK, 100 * CHUNK, CHUNK);
         }
-        v.add_region(RegionId(1), CHUNK);
+        v.add_region(RegionId(1), crate::view::SlotSize::whole(CHUNK));
         let region = RegionRecord {
             id: RegionId(1),
             owner: String::new(),
@@ -128,6 +128,7 @@ mod tests {
             created_unix_ms: 0,
             stripe_width: width,
             redundancy: format!("test:{width}"),
+            slot_bytes: 0,
         };
         (v, region)
     }

@@ -44,10 +44,28 @@ pub struct DomainStat {
     pub free_bytes: u64,
 }
 
+/// What one slab of a region needs of a server: slabs of `slab_bytes` (the region's chunk
+/// size), and `cost_bytes` of its free memory (less than a chunk for a fragment of an
+/// erasure-coded chunk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SlotSize {
+    pub slab_bytes: u64,
+    pub cost_bytes: u64,
+}
+
+impl SlotSize {
+    /// A whole chunk per slot.
+    pub fn whole(chunk_bytes: u64) -> SlotSize {
+        SlotSize { slab_bytes: chunk_bytes, cost_bytes: chunk_bytes }
+    }
+}
+
 /// One region, as placement sees it.
 #[derive(Debug, Clone, Default)]
 pub struct RegionStat {
     pub chunk_bytes: u64,
+    /// Bytes of free memory one of its slabs takes (`chunk_bytes`, or a fragment's share).
+    pub slot_bytes: u64,
     pub slabs: u64,
     /// Slabs of this region per server index.
     pub per_server: HashMap<u32, u32>,
@@ -58,6 +76,10 @@ pub struct RegionStat {
 impl RegionStat {
     pub fn on_server(&self, index: u32) -> u32 {
         self.per_server.get(&index).copied().unwrap_or(0)
+    }
+
+    pub fn slot(&self) -> SlotSize {
+        SlotSize { slab_bytes: self.chunk_bytes, cost_bytes: self.slot_bytes }
     }
     pub fn in_domain(&self, domain: u32) -> u32 {
         self.per_domain.get(&domain).copied().unwrap_or(0)
@@ -94,13 +116,13 @@ impl RackView {
         self.regions.iter()
     }
 
-    /// Whether server `index` can take one more chunk of `chunk_bytes` on top of
-    /// `extra_bytes` already planned for it, and is not excluded.
-    pub fn fits(&self, index: u32, chunk_bytes: u64, extra_bytes: u64, exclude: &[ServerId]) -> bool {
+    /// Whether server `index` can take one more slab of `slot` on top of `extra_bytes`
+    /// already planned for it, and is not excluded.
+    pub fn fits(&self, index: u32, slot: SlotSize, extra_bytes: u64, exclude: &[ServerId]) -> bool {
         let s = &self.servers[index as usize];
         s.placeable()
-            && s.slab_size_bytes == chunk_bytes
-            && s.free_bytes.saturating_sub(extra_bytes) >= chunk_bytes
+            && s.slab_size_bytes == slot.slab_bytes
+            && s.free_bytes.saturating_sub(extra_bytes) >= slot.cost_bytes
             && !exclude.contains(&s.id)
     }
 
@@ -165,8 +187,9 @@ impl RackView {
         }
     }
 
-    pub(crate) fn add_region(&mut self, id: RegionId, chunk_bytes: u64) {
-        self.regions.insert(id, RegionStat { chunk_bytes, ..RegionStat::default() });
+    pub(crate) fn add_region(&mut self, id: RegionId, slot: SlotSize) {
+        let stat = RegionStat { chunk_bytes: slot.slab_bytes, slot_bytes: slot.cost_bytes, ..RegionStat::default() };
+        self.regions.insert(id, stat);
     }
 
     /// Forgets a region; the caller has removed its slabs first.
@@ -178,7 +201,7 @@ impl RackView {
     pub(crate) fn add_slab(&mut self, region: RegionId, server: ServerId) {
         let Some(i) = self.index_of(server) else { return };
         let Some(r) = self.regions.get_mut(&region) else { return };
-        let chunk = r.chunk_bytes;
+        let chunk = r.slot_bytes;
         let domain = self.servers[i as usize].domain;
         r.slabs += 1;
         *r.per_server.entry(i).or_insert(0) += 1;
@@ -192,7 +215,7 @@ impl RackView {
     pub(crate) fn remove_slab(&mut self, region: RegionId, server: ServerId) {
         let Some(i) = self.index_of(server) else { return };
         let Some(r) = self.regions.get_mut(&region) else { return };
-        let chunk = r.chunk_bytes;
+        let chunk = r.slot_bytes;
         let domain = self.servers[i as usize].domain;
         r.slabs = r.slabs.saturating_sub(1);
         decrement(&mut r.per_server, i);
@@ -251,7 +274,7 @@ mod tests {
         v.upsert_server(ServerId(3), "r2", ServerState::Alive, 100, 100, 10);
         assert_eq!(v.domains().len(), 2);
         assert_eq!(v.domains()[0].free_bytes, 200);
-        v.add_region(RegionId(1), 10);
+        v.add_region(RegionId(1), SlotSize::whole(10));
         v.add_slab(RegionId(1), ServerId(2));
         v.add_slab(RegionId(1), ServerId(2));
         let r = v.region(RegionId(1)).unwrap();
@@ -267,9 +290,9 @@ mod tests {
         v.upsert_server(ServerId(2), "r2", ServerState::Alive, 100, 90, 10);
         assert_eq!(v.domains()[0].free_bytes, 0);
         assert_eq!(v.domains()[1].free_bytes, 190);
-        assert!(v.fits(2, 10, 0, &[]));
-        assert!(!v.fits(2, 10, 0, &[ServerId(3)]));
-        assert!(!v.fits(2, 20, 0, &[]));
-        assert!(!v.fits(0, 10, 0, &[]));
+        assert!(v.fits(2, SlotSize::whole(10), 0, &[]));
+        assert!(!v.fits(2, SlotSize::whole(10), 0, &[ServerId(3)]));
+        assert!(!v.fits(2, SlotSize::whole(20), 0, &[]));
+        assert!(!v.fits(0, SlotSize::whole(10), 0, &[]));
     }
 }

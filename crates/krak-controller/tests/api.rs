@@ -98,6 +98,7 @@ fn the_rack_over_http_and_a_restart() {
         chunk_bytes: Some(SLAB),
         stripe_width: None,
         redundancy: None,
+        slot_divisor: None,
     };
     let region = c.call::<_, RegionReply>("POST", "/v1/regions", Some(&create)).unwrap().region;
     let place = PlaceRequest { chunks: (0..8).collect(), exclude: vec![] };

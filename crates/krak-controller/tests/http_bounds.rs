@@ -298,6 +298,7 @@ fn a_long_poll_waits_for_the_controller_and_answers() {
         chunk_bytes: Some(1 << 20),
         stripe_width: None,
         redundancy: None,
+        slot_divisor: None,
     };
     let region: RegionReply = c.call("POST", "/v1/regions", Some(&create)).unwrap();
     let id = region.region.id;

@@ -77,6 +77,8 @@ pub(crate) fn allocate(
         chunk_bytes: None,
         stripe_width: (!redundancy.is_none()).then_some(redundancy.width() as u32),
         redundancy: (!redundancy.is_none()).then(|| redundancy.to_string()),
+        // a fragment's slab holds a K-th of the chunk under ec:K+M
+        slot_divisor: Some((PAGE_SIZE / redundancy.unit_bytes()) as u32),
     };
     let created: RegionReply = client.call("POST", "/v1/regions", Some(&request)).map_err(controller_error)?;
     let region = created.region;

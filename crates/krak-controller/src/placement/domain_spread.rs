@@ -31,7 +31,8 @@ impl PlacementPolicy for DomainSpread {
         exclude: &[ServerId],
     ) -> Result<Vec<ServerId>, PlacementError> {
         let stat = view.region(region).ok_or(PlacementError::UnknownRegion(region))?;
-        let chunk = stat.chunk_bytes;
+        let slot = stat.slot();
+        let chunk = slot.cost_bytes;
         // this region's chunks per domain and per server, as dense arrays for this decision
         let mut in_domain = vec![0u32; view.domains().len()];
         for (&d, &n) in &stat.per_domain {
@@ -54,7 +55,7 @@ impl PlacementPolicy for DomainSpread {
             for (i, s) in view.servers().iter().enumerate() {
                 let i = i as u32;
                 let extra = planned.bytes(i);
-                if !view.fits(i, chunk, extra, exclude) {
+                if !view.fits(i, slot, extra, exclude) {
                     continue;
                 }
                 let d = s.domain as usize;

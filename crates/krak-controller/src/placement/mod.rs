@@ -100,7 +100,7 @@ pub(crate) mod testing {
         for (i, (domain, cap, free)) in servers.iter().enumerate() {
             v.upsert_server(ServerId(i as u32 + 1), domain, ServerState::Alive, cap * CHUNK, free * CHUNK, CHUNK);
         }
-        v.add_region(RegionId(1), CHUNK);
+        v.add_region(RegionId(1), crate::view::SlotSize::whole(CHUNK));
         v
     }
 

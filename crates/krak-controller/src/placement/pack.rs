@@ -5,7 +5,7 @@
 
 use super::{Move, PlacementError, PlacementPolicy, Planned};
 use crate::model::{RegionId, ServerId};
-use crate::view::RackView;
+use crate::view::{RackView, SlotSize};
 
 /// Most moves one consolidation pass proposes.
 pub const MAX_CONSOLIDATION_MOVES: usize = 1024;
@@ -35,13 +35,13 @@ impl PlacementPolicy for Pack {
         count: usize,
         exclude: &[ServerId],
     ) -> Result<Vec<ServerId>, PlacementError> {
-        let chunk = view.region(region).ok_or(PlacementError::UnknownRegion(region))?.chunk_bytes;
+        let slot = view.region(region).ok_or(PlacementError::UnknownRegion(region))?.slot();
         let mut planned = Planned::default();
         let mut out = Vec::with_capacity(count);
         for placed in 0..count {
-            let best = fullest(view, chunk, |i| planned.bytes(i), exclude, &[])
+            let best = fullest(view, slot, |i| planned.bytes(i), exclude, &[])
                 .ok_or(PlacementError::NoCapacity { wanted: count, placed })?;
-            planned.add(best, chunk);
+            planned.add(best, slot.cost_bytes);
             out.push(view.servers()[best as usize].id);
         }
         Ok(out)
@@ -67,11 +67,11 @@ impl PlacementPolicy for Pack {
             }
             let src_id = view.servers()[src as usize].id;
             // this server's slabs per region (a pass over regions, not over the slab map)
-            let mut held: Vec<(RegionId, u64, u32)> = view
+            let mut held: Vec<(RegionId, SlotSize, u32)> = view
                 .regions()
                 .filter_map(|(id, r)| {
                     let n = r.on_server(src);
-                    (n > 0).then_some((*id, r.chunk_bytes, n))
+                    (n > 0).then_some((*id, r.slot(), n))
                 })
                 .collect();
             held.sort_by_key(|h| h.0);
@@ -81,14 +81,14 @@ impl PlacementPolicy for Pack {
             let mut blocked = emptied.clone();
             blocked.push(src);
             let ok = 'plan: {
-                for &(region, chunk, n) in &held {
+                for &(region, slot, n) in &held {
                     for _ in 0..n {
                         let extra = |i: u32| {
                             planned.bytes(i)
                                 + trial_planned.iter().filter(|(j, _)| *j == i).map(|(_, b)| b).sum::<u64>()
                         };
-                        let Some(to) = fullest(view, chunk, extra, &[], &blocked) else { break 'plan false };
-                        trial_planned.push((to, chunk));
+                        let Some(to) = fullest(view, slot, extra, &[], &blocked) else { break 'plan false };
+                        trial_planned.push((to, slot.cost_bytes));
                         trial.push((region, to));
                     }
                 }
@@ -115,11 +115,17 @@ impl PlacementPolicy for Pack {
 
 /// The placeable server, not excluded nor skipped, with the most bytes in use (counting
 /// `extra` planned bytes) that fits one more chunk.
-fn fullest(view: &RackView, chunk: u64, extra: impl Fn(u32) -> u64, exclude: &[ServerId], skip: &[u32]) -> Option<u32> {
+fn fullest(
+    view: &RackView,
+    slot: SlotSize,
+    extra: impl Fn(u32) -> u64,
+    exclude: &[ServerId],
+    skip: &[u32],
+) -> Option<u32> {
     let mut best: Option<(u64, u64, u32)> = None;
     for i in 0..view.servers().len() as u32 {
         let planned = extra(i);
-        if !view.fits(i, chunk, planned, exclude) || skip.contains(&i) {
+        if !view.fits(i, slot, planned, exclude) || skip.contains(&i) {
             continue;
         }
         let s = &view.servers()[i as usize];

@@ -6,7 +6,7 @@ use rand::Rng;
 
 use super::{PlacementError, PlacementPolicy, Planned};
 use crate::model::{RegionId, ServerId};
-use crate::view::RackView;
+use crate::view::{RackView, SlotSize};
 
 /// Random draws before falling back to listing the placeable servers (a mostly full or
 /// mostly dead rack).
@@ -27,18 +27,18 @@ impl PlacementPolicy for Spread {
         count: usize,
         exclude: &[ServerId],
     ) -> Result<Vec<ServerId>, PlacementError> {
-        let chunk = view.region(region).ok_or(PlacementError::UnknownRegion(region))?.chunk_bytes;
+        let slot = view.region(region).ok_or(PlacementError::UnknownRegion(region))?.slot();
         let mut rng = rand::thread_rng();
         let mut planned = Planned::default();
         let mut out = Vec::with_capacity(count);
         for placed in 0..count {
-            let Some(a) = draw(view, chunk, &planned, exclude, &mut rng) else {
+            let Some(a) = draw(view, slot, &planned, exclude, &mut rng) else {
                 return Err(PlacementError::NoCapacity { wanted: count, placed });
             };
-            let b = draw(view, chunk, &planned, exclude, &mut rng).unwrap_or(a);
+            let b = draw(view, slot, &planned, exclude, &mut rng).unwrap_or(a);
             let free = |i: u32| view.servers()[i as usize].free_bytes.saturating_sub(planned.bytes(i));
             let pick = if free(b) > free(a) { b } else { a };
-            planned.add(pick, chunk);
+            planned.add(pick, slot.cost_bytes);
             out.push(view.servers()[pick as usize].id);
         }
         Ok(out)
@@ -46,18 +46,18 @@ impl PlacementPolicy for Spread {
 }
 
 /// A uniformly random server that fits, if any.
-fn draw(view: &RackView, chunk: u64, planned: &Planned, exclude: &[ServerId], rng: &mut impl Rng) -> Option<u32> {
+fn draw(view: &RackView, slot: SlotSize, planned: &Planned, exclude: &[ServerId], rng: &mut impl Rng) -> Option<u32> {
     let n = view.servers().len();
     if n == 0 {
         return None;
     }
     for _ in 0..DRAWS {
         let i = rng.gen_range(0..n) as u32;
-        if view.fits(i, chunk, planned.bytes(i), exclude) {
+        if view.fits(i, slot, planned.bytes(i), exclude) {
             return Some(i);
         }
     }
-    let fitting: Vec<u32> = (0..n as u32).filter(|&i| view.fits(i, chunk, planned.bytes(i), exclude)).collect();
+    let fitting: Vec<u32> = (0..n as u32).filter(|&i| view.fits(i, slot, planned.bytes(i), exclude)).collect();
     (!fitting.is_empty()).then(|| fitting[rng.gen_range(0..fitting.len())])
 }
 
