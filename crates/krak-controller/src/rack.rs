@@ -375,13 +375,13 @@ impl Rack {
             .map(|(chunk, p)| MapEntry { chunk, server: p.server, slab: p.slab, epoch: p.epoch })
             .collect();
         let servers = self.region_servers(id).into_iter().map(|(s, _)| s).collect();
-        // a striped region is not consolidated: a move picked by slab count could put two
-        // fragments of one chunk on one server
+        // (a striped region's pager moves each fragment whose stripe already uses `to` to
+        // where `place` puts that slot instead: fragments of a chunk stay apart)
         let moves = self
             .policy
             .consolidation_moves(&self.view)
             .into_iter()
-            .filter(|m| m.region == id && entry.record.stripe_width <= 1)
+            .filter(|m| m.region == id)
             .filter_map(|m| {
                 let to_addr = self.servers.get(&m.to)?.addr.clone();
                 Some(MapMove { from: m.from, to: m.to, to_addr, slabs: m.slabs })

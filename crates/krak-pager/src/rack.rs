@@ -25,7 +25,7 @@ use krak_controller::{RackClient, RegionId, ServerId, ServerState};
 use krak_proto::PAGE_SIZE;
 
 use crate::core::Shared;
-use crate::rack_moves::{move_fragments_off, move_off, move_to};
+use crate::rack_moves::{consolidate_fragments, move_fragments_off, move_off, move_to};
 use crate::remote::{free_quietly, ChunkHome, RemoteLayout};
 use crate::{PagerError, Redundancy};
 
@@ -183,6 +183,9 @@ fn place_and_commit(
 pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
     let mut reported_dead = HashSet::new();
     let redundant = !shared.layout.redundancy().is_none();
+    // Map epoch at which a redundant region's consolidation last moved nothing: not tried
+    // again until the map changes.
+    let mut stuck_at_epoch = None;
     // Its own client for the long-poll, so that re-protection's and moves' calls do not
     // wait behind it.
     let mut poller = link.client.lock().clone();
@@ -200,6 +203,7 @@ pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
         let avoid: Vec<ServerId> = map.servers.iter().filter(|s| s.state != ServerState::Alive).map(|s| s.id).collect();
         if redundant {
             follow_redundant(&shared, &link, &map, &avoid);
+            consolidate_redundant(&shared, &link, &map, &mut stuck_at_epoch);
             link.epoch.fetch_max(map.epoch, Ordering::Relaxed);
             continue;
         }
@@ -240,12 +244,31 @@ pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
     }
 }
 
+/// The consolidation moves (`pack`) a map asks of a redundant region, a bounded number per
+/// round; a round that moved nothing is not tried again until the map changes (every
+/// fragment left may share its chunk with every other server).
+fn consolidate_redundant(shared: &Shared, link: &RackLink, map: &MapReply, stuck_at_epoch: &mut Option<u64>) {
+    if map.moves.is_empty() || *stuck_at_epoch == Some(map.epoch) {
+        return;
+    }
+    let mut moved = 0;
+    for mv in map.moves.iter().take(MAX_MOVES_PER_ROUND) {
+        let Some(from) = map.servers.iter().find(|s| s.id == mv.from) else { continue };
+        match consolidate_fragments(shared, link, from, mv) {
+            Ok(n) => moved += n,
+            Err(e) => tracing::error!("consolidating fragments of {} into {}: {e}", from.addr, mv.to_addr),
+        }
+    }
+    if moved == 0 {
+        tracing::debug!("no fragment could be consolidated at map epoch {}", map.epoch);
+        *stuck_at_epoch = Some(map.epoch);
+    }
+}
+
 /// What a redundant region takes from a map: a server the controller calls dead is lost
 /// for the region (re-protection replaces its fragments); the fragments on a draining
 /// server move off it, and one fragment moves off a server whose host is short of memory
-/// (its next heartbeat says whether it needs more). The controller asks no consolidation
-/// moves of a striped region (a move chosen by slab counts could put two fragments of a
-/// chunk on one server).
+/// (its next heartbeat says whether it needs more).
 fn follow_redundant(shared: &Shared, link: &RackLink, map: &MapReply, avoid: &[ServerId]) {
     let layout = &shared.layout;
     for server in &map.servers {

@@ -111,6 +111,60 @@ pub(crate) fn move_fragments_off(
     Ok(())
 }
 
+/// Carries out one consolidation move of a redundant region: up to `mv.slabs` fragments
+/// from `from` to `mv.to`, or, for a fragment whose chunk already has one on `mv.to`, to
+/// where the controller places its slot now (off `from` and the servers the region lost),
+/// if that server already holds some of the region. Returns the fragments moved; one that
+/// has nowhere to go stays.
+pub(crate) fn consolidate_fragments(
+    shared: &Shared,
+    link: &RackLink,
+    from: &MapServer,
+    mv: &MapMove,
+) -> Result<usize, PagerError> {
+    let layout = &shared.layout;
+    let Some(from_idx) = layout.find_server(parse_addr(&from.addr)?) else { return Ok(0) };
+    let to_addr = parse_addr(&mv.to_addr)?;
+    let width = layout.redundancy().width();
+    let mut moved = 0;
+    for (chunk, frag) in layout.stripes.fragments_on(from_idx, mv.slabs as usize) {
+        let slot = (chunk * width + frag) as u64;
+        let to_idx = layout.find_server(to_addr);
+        let clash = to_idx.is_some_and(|t| layout.stripes.with(chunk, |s| s.iter().any(|f| f.uses(t))));
+        let (to, to_id) = if clash {
+            let mut exclude = vec![from.id];
+            {
+                let ids = link.ids.lock();
+                exclude.extend(layout.stripes.lost_servers().iter().filter_map(|s| ids.get(&layout.server_addr(*s))));
+            }
+            let target = match place_one(link, slot, exclude) {
+                Ok(Some(p)) => (parse_addr(&p.addr)?, p.server),
+                // no other server qualifies: this fragment stays
+                Ok(None) | Err(ControllerClientError::Status { status: 507, .. }) => continue,
+                Err(e) => return Err(controller_error(e)),
+            };
+            // Consolidating onto a server that holds none of the region would refill one
+            // that an earlier round emptied: the fragment stays instead.
+            let holds_some = layout
+                .find_server(target.0)
+                .is_some_and(|t| layout.stripes.all().iter().flatten().any(|f| f.server == t && f.is_live()));
+            if !holds_some {
+                continue;
+            }
+            target
+        } else {
+            (to_addr, mv.to)
+        };
+        carry_out(shared, link, slot, (from.id, to_id), || {
+            let m = shared.move_fragment(chunk, frag, to)?;
+            link.ids.lock().insert(to, to_id);
+            Ok(m.slab)
+        })?;
+        moved += 1;
+    }
+    Ok(moved)
+}
+
 /// Carries out one move the map asks for: up to `mv.slabs` chunks from `from` to `mv.to`.
 pub(crate) fn move_to(shared: &Shared, link: &RackLink, from: &MapServer, mv: &MapMove) -> Result<(), PagerError> {
     let (from_addr, to) = (parse_addr(&from.addr)?, parse_addr(&mv.to_addr)?);

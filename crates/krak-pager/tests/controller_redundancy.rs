@@ -330,3 +330,46 @@ fn a_controller_drain_moves_an_ec_region_s_fragments_off_the_server() {
         assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
     }
 }
+
+/// An `ec:4+2` region spread over eight servers; the policy switches to `pack`, whose
+/// consolidation the pager carries out fragment by fragment under a verified workload:
+/// a server empties, no stripe ever shares a server, and every page is as written.
+#[test]
+fn switching_to_pack_consolidates_an_ec_region_so_a_server_empties() {
+    let rack = Rack::start("pack", 8, 8);
+    let region = rack.region("ec:4+2", FaultMode::Threads);
+    let region_id = rack.status().regions[0].record.id.0;
+    let used = || (0..8).filter(|i| rack.slabs(*i) > 0).count();
+    assert_eq!(used(), 8, "spread placed fragments on every server");
+    let pages = region.len() / PAGE_SIZE;
+    let oracle = Arc::new(Oracle::at(pages, 1));
+    for p in 0..pages {
+        fill_page(&region, p, 1);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = workload(region.clone(), oracle.clone(), stop.clone(), THREADS);
+    std::thread::sleep(Duration::from_millis(300));
+    let _: serde_json::Value =
+        rack.client().call("PUT", "/v1/policy", Some(&serde_json::json!({ "name": "pack" }))).expect("policy switched");
+    wait_until("pack to empty a server", Duration::from_secs(40), || used() < 8);
+    // Consolidation settles (with stripes six wide, at most two of eight servers can empty).
+    let mut last = stripes_in_map(&rack.map(region_id));
+    wait_until("consolidation to settle", Duration::from_secs(40), || {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = stripes_in_map(&rack.map(region_id));
+        std::mem::replace(&mut last, now.clone()) == now
+    });
+    stop.store(true, Ordering::Relaxed);
+    let wrong: u64 = threads.into_iter().map(|t| t.join().expect("worker").1).sum();
+    assert_eq!(wrong, 0, "the workload saw wrong pages while fragments consolidated");
+    let bad: Vec<usize> = (0..pages).filter(|p| !page_is(&region, *p, oracle.0[*p].load(Ordering::Relaxed))).collect();
+    assert!(bad.is_empty(), "{} pages wrong, e.g. {:?}", bad.len(), &bad[..bad.len().min(8)]);
+    assert!(last.iter().all(|s| distinct(s)), "a stripe shares a server: {last:?}");
+    let emptied: Vec<_> = rack.status().servers.into_iter().filter(|s| s.empty).collect();
+    assert!(!emptied.is_empty() && emptied.len() <= 2, "{emptied:?}");
+    let stats = region.stats();
+    assert!(stats.fragments_moved > 0);
+    assert_eq!((stats.failed_faults, stats.lost_servers), (0, 0), "{stats:?}");
+    assert_eq!(region.min_live_fragments(), 6);
+    assert!(rack.status().moves_in_flight.is_empty());
+}

@@ -54,7 +54,7 @@ impl PlacementPolicy for Pack {
                 let s = &view.servers()[i as usize];
                 s.placeable()
                     && s.slabs > 0
-                    && ((s.slabs * s.slab_size_bytes) as f64) < self.consolidate_below_share * s.capacity_bytes as f64
+                    && (s.used_bytes() as f64) < self.consolidate_below_share * s.capacity_bytes as f64
             })
             .collect();
         sources.sort_by_key(|&i| (view.servers()[i as usize].slabs, i));
