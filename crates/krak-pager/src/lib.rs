@@ -10,12 +10,14 @@
 //!
 //! The fault path is described in `docs/design.md`.
 
+pub mod arena_wire;
 mod chunk_copy;
 mod core;
 mod discard;
 pub mod eviction;
 mod handler;
 pub mod limits;
+mod memory;
 mod migrate;
 pub mod prefetch;
 mod rack;

@@ -261,6 +261,22 @@ impl SeqPacket {
         Ok(Some((n, fds)))
     }
 
+    /// Waits up to `timeout_ms` for a message (or the peer's hang-up); true when `recv`
+    /// would not block.
+    pub fn wait_readable(&self, timeout_ms: i32) -> io::Result<bool> {
+        poll_one(self.fd.as_raw_fd(), libc::POLLIN, timeout_ms)
+    }
+
+    /// Closes this process's descriptor of the socket without dropping the value: for a
+    /// `fork(2)` child, so that only the parent holds the connection. Async-signal-safe.
+    ///
+    /// # Safety
+    /// The value must never be used nor dropped afterwards (its fd number may be reused).
+    pub unsafe fn close_in_child(&self) {
+        // SAFETY: the caller's contract: this fd is not used again through this value.
+        unsafe { libc::close(self.fd.as_raw_fd()) };
+    }
+
     /// Blocks until the peer closes its end (or the socket fails); never reads, so it can
     /// run beside threads that send and receive.
     pub fn wait_hangup(&self) {

@@ -44,6 +44,26 @@ pub enum OpenMode {
     Device,
 }
 
+impl OpenMode {
+    /// The mode as one byte, to send with a userfaultfd to another process.
+    pub fn code(self) -> u8 {
+        match self {
+            OpenMode::Syscall => 0,
+            OpenMode::UserModeOnly => 1,
+            OpenMode::Device => 2,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<OpenMode> {
+        match code {
+            0 => Some(OpenMode::Syscall),
+            1 => Some(OpenMode::UserModeOnly),
+            2 => Some(OpenMode::Device),
+            _ => None,
+        }
+    }
+}
+
 /// One event read from a userfaultfd.
 #[derive(Debug)]
 pub enum Event {
