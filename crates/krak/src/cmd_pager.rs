@@ -200,6 +200,7 @@ fn serve(conn: &SeqPacket, config: &PagerConfig, stop: &AtomicBool, peer: PeerCr
             break;
         }
     }
+    drop(region);
     tracing::info!("pid {} hung up: its arena is released", peer.pid);
 }
 

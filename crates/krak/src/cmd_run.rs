@@ -245,7 +245,12 @@ fn stop_host(mut child: std::process::Child) -> serde_json::Value {
         let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
         line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
     });
-    drop(child.stdin.take());
+    match child.try_wait() {
+        Ok(Some(status)) => {
+            eprintln!("krak: the pager process (pid {}) ended before the program: {status}", child.id())
+        }
+        _ => drop(child.stdin.take()),
+    }
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(HOST_STOP_MS);
     let status = loop {
         match child.try_wait() {
