@@ -18,6 +18,8 @@ pub enum UffdError {
     Ioctl { op: &'static str, start: usize, len: usize, source: io::Error },
     #[error("reading a userfaultfd event: {0}")]
     Read(io::Error),
+    #[error("the descriptor received is not a userfaultfd: {0}")]
+    NotUserfaultfd(io::Error),
 }
 
 /// Why `UFFDIO_COPY` did not copy the whole range.
@@ -111,9 +113,11 @@ impl Uffd {
     /// A userfaultfd another process opened and sent us (`SCM_RIGHTS`), with the features
     /// and mode it negotiated. Refuses an fd that is not a userfaultfd.
     pub fn from_received(fd: OwnedFd, features: u64, mode: OpenMode) -> Result<Uffd, UffdError> {
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(UffdError::Open)?;
+        let link =
+            std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(UffdError::NotUserfaultfd)?;
         if link.as_os_str() != "anon_inode:[userfaultfd]" {
-            return Err(UffdError::Open(io::Error::new(io::ErrorKind::InvalidInput, "not a userfaultfd")));
+            let what = format!("it is {}", link.display());
+            return Err(UffdError::NotUserfaultfd(io::Error::new(io::ErrorKind::InvalidInput, what)));
         }
         let needed = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
         if features & needed != needed {

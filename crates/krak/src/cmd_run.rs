@@ -20,7 +20,8 @@ const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, 
 /// least --threshold bytes (malloc, calloc, realloc, posix_memalign and friends, and
 /// anonymous private mmap) are served from a far-memory arena of --max-far bytes, of which at
 /// most --local bytes are resident on this machine; the rest lives on memory servers. The
-/// pager runs inside the program's process; the program's code is unchanged. Smaller
+/// pager runs inside the program's process (or, with --pager separate, in a krak process
+/// of its own); the program's code is unchanged. Smaller
 /// allocations, files, stacks and the program itself stay in ordinary memory. A program
 /// linked with its own allocator (redis-server with jemalloc) keeps it, and that
 /// allocator's large mappings are far memory (see --allocator).
@@ -181,6 +182,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
             let dir = SocketDir::new()?;
             let mut host_cmd = Command::new(std::env::current_exe().context("finding the krak binary")?);
             pager_env(&mut host_cmd, &args, rack.as_ref(), &stats_base)?;
+            // SAFETY: as for the program below: only the child's own signal mask.
+            unsafe {
+                host_cmd.pre_exec(move || {
+                    libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                    Ok(())
+                });
+            }
             let child = crate::cmd_pager::spawn_host(host_cmd, &dir.socket())?;
             cmd.env(env::PAGER_SOCKET, dir.socket());
             Some((child, dir))

@@ -547,3 +547,38 @@ fn a_killed_pager_process_stops_the_program_with_the_reason() {
     assert!(out.stdout.is_empty(), "no checksum may be printed: {:?}", String::from_utf8_lossy(&out.stdout));
     let _ = std::fs::remove_file(&log);
 }
+
+#[test]
+fn the_separate_pager_refuses_bad_messages_and_keeps_serving() {
+    if unprivileged() {
+        return;
+    }
+    let stats_path = scratch(&format!("stats-{}.json", rand_suffix()));
+    let out = krak()
+        .args(["run", "--pager", "separate", "--local", "16MiB", "--max-far", "1GiB"])
+        .args(["--stats", stats_path.to_str().unwrap(), "--", "python3"])
+        .arg(data("bad_peer.py"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for case in [
+        "unknown tag",
+        "empty hello",
+        "discard before hello",
+        "hello without fds",
+        "wrong version",
+        "a file for the memfd",
+        "a memfd for the userfaultfd",
+        "arena larger than the memfd",
+        "unaligned arena",
+        "arena larger than --max-far",
+    ] {
+        assert!(stdout.contains(&format!("{case}: refused: ")), "{case} not refused: {stdout}");
+    }
+    assert!(stdout.contains("still served"), "{stdout}");
+    let stats: Value = serde_json::from_str(&std::fs::read_to_string(&stats_path).unwrap()).unwrap();
+    assert_eq!(stats["pager_process"]["exit_code"], 0, "{stats}");
+    assert!(stats["arena"]["pager"]["remote_reads"].as_u64().unwrap() > 1000, "64 MiB at 16 MiB local: {stats}");
+    let _ = std::fs::remove_file(&stats_path);
+}
