@@ -78,14 +78,17 @@ pub struct RunArgs {
     /// Let the pager log (info and above) to FILE; by default it logs nothing.
     #[arg(long, value_name = "FILE")]
     log: Option<PathBuf>,
-    /// Where the pager runs. in-process: in the program's own threads (private anonymous
-    /// arena). separate: in a krak process of its own, which each program hands its arena
-    /// to (a memfd and its userfaultfd, over a Unix socket in a 0700 directory): the
-    /// program's address space holds no pager state and no pager threads, at the cost of a
-    /// round trip to that process for each free(3)/munmap of far memory and of page
-    /// drops by hole punching. If the pager process dies, the program is stopped (exit
-    /// 125, with the reason), never served a wrong page.
-    #[arg(long, value_enum, value_name = "WHERE", default_value = "in-process")]
+    /// Where the pager runs. separate: in a krak process of its own, which each program
+    /// (and every program it execs) hands its arena to, a memfd and its userfaultfd over a
+    /// Unix socket in a 0700 directory; the program holds no pager state and no pager
+    /// threads. Needs Linux 6.0+ (write-protection of shared memory). If the pager process
+    /// dies, the program is stopped (exit 125, with the reason), never served a wrong page.
+    /// in-process: in the program's own threads, over private anonymous memory; use it on
+    /// older kernels, and for programs that change their uid, chroot or close descriptors
+    /// they did not open before their first large allocation (they could not reach, or
+    /// would lose, the pager's socket). Measured as fast or faster separate
+    /// (BENCHMARKS.md).
+    #[arg(long, value_enum, value_name = "WHERE", default_value = "separate")]
     pager: PagerPlace,
     /// The program and its arguments.
     #[arg(required = true, last = true, value_name = "PROGRAM")]
@@ -154,7 +157,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     drop(uffd);
     if args.pager == PagerPlace::Separate {
         krak_uffd::Uffd::open_for_shmem()
-            .context("--pager separate needs userfaultfd write-protection on shared memory (Linux 6.0+)")?;
+            .context("--pager separate (the default) needs userfaultfd write-protection on shared memory (Linux 6.0+); run with --pager in-process")?;
     }
     // Block the forwarded signals before any thread exists, so that only the forwarding
     // thread takes them; children get an unblocked mask back before exec.

@@ -3,7 +3,10 @@
 //! their peak resident set within that budget plus the overhead docs/design.md states.
 //! Memory calls (realloc, munmap, mremap, madvise, fork, threads, system calls) are checked
 //! by contents in a C program compiled here; redis-server, which brings its own allocator
-//! (jemalloc), is checked by its contents' digest. Needs root (userfaultfd for kernel faults).
+//! (jemalloc), is checked by its contents' digest. The pager runs in a process of its own
+//! (the default, `--pager separate`) unless a test says `--pager in-process`; the separate
+//! pager's own cases (children sharing it, its death, bad messages) are at the end. Needs
+//! root (userfaultfd for kernel faults).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -152,18 +155,10 @@ fn python_building_a_gib_prints_the_plain_checksum() {
         return;
     }
     // A 768 MiB bytearray and a list of 4M distinct ints (~180 MiB of objects and pointers).
-    let script = data("big.py");
-    matches_plain_run_at_quarter_budget(&[], &["/usr/bin/python3", script.to_str().unwrap(), "768", "4000000"], None);
-}
-
-#[test]
-fn python_under_a_separate_pager_prints_the_plain_checksum() {
-    if unprivileged() {
-        return;
-    }
+    // The default: the pager in a process of its own.
     let script = data("big.py");
     let stats = matches_plain_run_at_quarter_budget(
-        &["--pager", "separate"],
+        &[],
         &["/usr/bin/python3", script.to_str().unwrap(), "768", "4000000"],
         None,
     );
@@ -171,6 +166,21 @@ fn python_under_a_separate_pager_prints_the_plain_checksum() {
     let host = &stats["pager_process"];
     assert_eq!(host["exit_code"], 0, "the pager process did not stop cleanly: {stats}");
     assert_eq!(stats["arena"]["pager_pid"], host["pid"], "the arena was served by another process: {stats}");
+}
+
+#[test]
+fn python_with_the_pager_in_process_prints_the_plain_checksum() {
+    if unprivileged() {
+        return;
+    }
+    let script = data("big.py");
+    let stats = matches_plain_run_at_quarter_budget(
+        &["--pager", "in-process"],
+        &["/usr/bin/python3", script.to_str().unwrap(), "768", "4000000"],
+        None,
+    );
+    assert_eq!(stats["pager_place"], "in-process", "{stats}");
+    assert!(stats["pager_process"].is_null(), "{stats}");
 }
 
 /// 1 GiB of random printable lines of 4000 bytes each, from a fixed seed.
@@ -229,9 +239,9 @@ fn memory_calls_keep_contents_under_the_pager() {
     let (code, plain, _) = run_measured(&mut Command::new(&exe));
     assert_eq!(code, Some(0), "plain run: {}", String::from_utf8_lossy(&plain));
     // 32 MiB local for ~400 MiB touched: most checks read pages back from the servers; then
-    // the same on an erasure-coded arena (7 loopback servers).
-    // And with the pager in a process of its own.
-    for opts in [&[][..], &["--redundancy", "ec:4+2"][..], &["--pager", "separate"][..]] {
+    // the same on an erasure-coded arena (7 loopback servers), and with the pager in the
+    // program's own threads instead of a process of its own (the default).
+    for opts in [&[][..], &["--redundancy", "ec:4+2"][..], &["--pager", "in-process"][..]] {
         let (code, out, stats) = krak_run(32 * MIB, opts, &[exe.to_str().unwrap()], None);
         let out = String::from_utf8_lossy(&out);
         assert_eq!(code, Some(0), "{opts:?}: {out}\n{stats}");
@@ -332,6 +342,8 @@ fn exit_status_signals_and_stdio_pass_through() {
     }
     let status = |args: &[&str]| krak().arg("run").arg("--").args(args).status().unwrap().code();
     assert_eq!(status(&["sh", "-c", "exit 7"]), Some(7));
+    let in_process = krak().args(["run", "--pager", "in-process", "--", "sh", "-c", "exit 9"]).status().unwrap();
+    assert_eq!(in_process.code(), Some(9));
     assert_eq!(status(&["sh", "-c", "kill -TERM $$"]), Some(128 + libc::SIGTERM));
 
     // stdin to the program, its stdout and stderr back, unchanged.
