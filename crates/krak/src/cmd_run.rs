@@ -20,8 +20,8 @@ const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, 
 /// least --threshold bytes (malloc, calloc, realloc, posix_memalign and friends, and
 /// anonymous private mmap) are served from a far-memory arena of --max-far bytes, of which at
 /// most --local bytes are resident on this machine; the rest lives on memory servers. The
-/// pager runs inside the program's process (or, with --pager separate, in a krak process
-/// of its own); the program's code is unchanged. Smaller
+/// pager runs in a krak process of its own (or, with --pager in-process, inside the
+/// program's process); the program's code is unchanged. Smaller
 /// allocations, files, stacks and the program itself stay in ordinary memory. A program
 /// linked with its own allocator (redis-server with jemalloc) keeps it, and that
 /// allocator's large mappings are far memory (see --allocator).
@@ -31,8 +31,8 @@ const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, 
 /// SIGTERM, SIGHUP and SIGQUIT sent to krak are passed on; krak exits with the program's
 /// status (128+N if signal N ended it), or 125 if the program could not be run under the
 /// pager. A forked child (without exec) cannot touch its parent's far memory (it crashes
-/// with SIGSEGV if it does); programs it execs run under their own pager, with the same
-/// budget each. See docs/design.md.
+/// with SIGSEGV if it does); programs it execs get their own arena, with the same budget
+/// each (served by the same pager process). See docs/design.md.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  krak run --local 256MiB -- python3 big.py\n  krak run --local 1GiB --servers 10.0.0.5:7070,10.0.0.6:7070 -- sort -S 4G huge.txt\n  krak run --local 512MiB --stats run.json -- sqlite3 :memory: < queries.sql\n  krak run --local 256MiB -- redis-server --save '' --appendonly no"
