@@ -14,6 +14,12 @@ use parking_lot::Mutex;
 /// Bound on any answer of the pager (a discard waits at most a minute for pages in flight).
 const ANSWER_TIMEOUT_MS: u64 = 120_000;
 
+/// What the program says when its pager process is gone (the watcher and a request that
+/// finds the socket closed say the same).
+fn gone_message(pid: i32) -> String {
+    format!("the pager process (pid {pid}) is gone: far memory cannot be served; stopping the program")
+}
+
 pub struct Separate {
     map: SharedMapping,
     /// Kept open for the arena's life: with the pager process gone, a fault then waits (and
@@ -69,9 +75,7 @@ impl Separate {
             .spawn(move || {
                 conn.wait_hangup();
                 // Nobody serves the arena's faults any more: stop, never read a wrong page.
-                crate::far::die(&format!(
-                    "the pager process (pid {pid}) is gone: far memory cannot be served; stopping the program"
-                ));
+                crate::far::die(&gone_message(pid));
             })
             .map_err(|e| format!("starting the pager watcher: {e}"))?;
         Ok(sep)
@@ -91,13 +95,13 @@ impl Separate {
 
     fn ask(&self, request: &Request, fds: &[std::os::fd::RawFd]) -> Result<Answer, String> {
         let mut buf = self.exchange.lock();
-        let gone = |e: std::io::Error| format!("the pager process (pid {}): {e}", self.pager_pid);
+        let gone = |e: std::io::Error| format!("{} ({e})", gone_message(self.pager_pid));
         self.conn.send(&request.encode(), fds).map_err(gone)?;
         let (n, _fds) = self
             .conn
             .recv(&mut buf)
             .map_err(gone)?
-            .ok_or_else(|| format!("the pager process (pid {}) hung up", self.pager_pid))?;
+            .ok_or_else(|| format!("{} (hung up)", gone_message(self.pager_pid)))?;
         Answer::decode(&buf[..n]).map_err(|e| format!("the pager process's answer: {e}"))
     }
 
