@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use krak_uffd::{AnonMapping, CopyError, Uffd, PAGE_SIZE};
+use krak_uffd::{CopyError, Uffd, PAGE_SIZE};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::eviction::EvictionPolicy;
+use crate::memory::RegionMemory;
 use crate::prefetch::PrefetchPolicy;
 use crate::remote::RemoteLayout;
 use crate::stats::Counters;
@@ -132,7 +133,7 @@ pub(crate) struct Shared {
     /// Wakes callers waiting for a chunk move to finish.
     pub moved: Condvar,
     pub uffd: Uffd,
-    pub map: AnonMapping,
+    pub map: RegionMemory,
     pub layout: RemoteLayout,
     /// One connection per server for slab allocation and release, indexed like the layout.
     pub admin: Mutex<Vec<Option<krak_client::Connection>>>,
@@ -173,7 +174,7 @@ impl Shared {
     }
 
     pub fn addr(&self, page: usize) -> usize {
-        self.map.as_ptr() as usize + page * PAGE_SIZE
+        self.map.base() + page * PAGE_SIZE
     }
 
     /// Most pages one fault may fetch ahead, so that the reservations of all handlers
@@ -330,7 +331,7 @@ impl Shared {
         let mut bytes = vec![0u8; PAGE_SIZE];
         // SAFETY: present and write-protected, and protection is lifted only by the holder
         // of the core lock for a CLEAN page, which this one is not (caller's contract).
-        unsafe { self.map.copy_out(page * PAGE_SIZE, &mut bytes) };
+        unsafe { self.map.copy_page(page, &mut bytes) }.map_err(PagerError::Mapping)?;
         Ok(bytes)
     }
 

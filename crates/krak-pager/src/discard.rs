@@ -71,12 +71,12 @@ impl FarMemory {
 
     /// Keeps the region out of `fork(2)` children (see [`krak_uffd::AnonMapping::exclude_from_fork`]).
     pub fn exclude_from_fork(&self) -> Result<(), PagerError> {
-        self.shared.map.exclude_from_fork().map_err(PagerError::Mapping)
+        self.shared.map.own().and_then(|m| m.exclude_from_fork()).map_err(PagerError::Mapping)
     }
 
     /// Called in a `fork(2)` child only: makes the region's addresses inaccessible there.
     /// The region must not be used (nor dropped) in the child afterwards.
     pub fn fence_in_child(&self) -> Result<(), PagerError> {
-        self.shared.map.fence_in_child().map_err(PagerError::Mapping)
+        self.shared.map.own().and_then(|m| m.fence_in_child()).map_err(PagerError::Mapping)
     }
 }

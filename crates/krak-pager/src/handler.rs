@@ -99,7 +99,7 @@ impl Handler {
     }
 
     fn on_fault(&mut self, addr: usize, write: bool, wp: bool, thread_id: Option<u32>) {
-        let base = self.shared.map.as_ptr() as usize;
+        let base = self.shared.map.base();
         if addr < base || addr >= base + self.shared.map.len() {
             tracing::error!("fault at {addr:#x} outside the region");
             return;
@@ -110,7 +110,7 @@ impl Handler {
             Counters::add(&counters.failed_faults, 1);
             tracing::error!("cannot serve page {page} of the region: {e}; failing the access with SIGBUS");
             if let Some(tid) = thread_id {
-                if let Err(err) = krak_uffd::signal_thread(tid, libc::SIGBUS) {
+                if let Err(err) = self.shared.map.fail_thread(tid) {
                     tracing::error!("could not signal thread {tid}: {err}");
                 }
             }

@@ -10,6 +10,7 @@
 //!
 //! The fault path is described in `docs/design.md`.
 
+pub mod arena_wire;
 mod chunk_copy;
 mod core;
 mod discard;
@@ -17,6 +18,7 @@ pub mod eviction;
 mod frag_move;
 mod handler;
 pub mod limits;
+mod memory;
 mod migrate;
 pub mod prefetch;
 mod rack;

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use krak_client::ConnectOptions;
-use krak_uffd::{AnonMapping, Uffd, PAGE_SIZE};
+use krak_uffd::{AnonMapping, RemoteMapping, Uffd, PAGE_SIZE};
 use parking_lot::{Condvar, Mutex};
 
 use crate::core::*;
 use crate::eviction::{Clock, EvictionPolicy};
 use crate::handler::{Handler, Parts};
+use crate::memory::RegionMemory;
 use crate::prefetch::{PrefetchPolicy, StrideDetector};
 use crate::remote::RemoteLayout;
 use crate::stats::{Counters, PagerStats};
@@ -151,39 +152,35 @@ impl std::fmt::Debug for FarMemory {
 
 impl FarMemory {
     pub fn new(config: PagerConfig) -> Result<FarMemory, PagerError> {
-        if config.servers.is_empty() && config.controller.is_none() {
-            return Err(PagerError::NoServers);
-        }
-        if config.region_bytes == 0 {
-            return Err(PagerError::Config("region_bytes must be above 0".into()));
-        }
-        if config.handler_threads == 0 || config.writeback_batch_pages == 0 || config.writeback_buffer_pages == 0 {
-            return Err(PagerError::Config("thread and buffer counts must be above 0".into()));
-        }
-        if !config.server_domains.is_empty() && config.server_domains.len() != config.servers.len() {
-            return Err(PagerError::Config(format!(
-                "{} server domains given for {} servers (one per server, or none)",
-                config.server_domains.len(),
-                config.servers.len()
-            )));
-        }
-        if !config.redundancy.is_none() {
-            let distinct: std::collections::HashSet<&SocketAddr> = config.servers.iter().collect();
-            if distinct.len() != config.servers.len() {
-                return Err(PagerError::Config(format!(
-                    "redundancy {} keeps each fragment on a different server; a server is listed twice",
-                    config.redundancy
-                )));
-            }
-        }
-        let region_pages = config.region_bytes.div_ceil(PAGE_SIZE as u64) as usize;
-        if region_pages > u32::MAX as usize {
-            return Err(PagerError::Config(format!("a region holds at most {} pages", u32::MAX)));
-        }
+        let region_pages = check_config(&config)?;
         let map = AnonMapping::new(region_pages * PAGE_SIZE).map_err(PagerError::Mapping)?;
         let uffd = Uffd::open_with(config.fault_mode == FaultMode::Sigbus)?;
         uffd.register(map.as_ptr() as usize, map.len())?;
+        FarMemory::start(config, RegionMemory::Own(map), uffd)
+    }
 
+    /// Serves the arena of another process (`pid`), mapped there from `map`'s memfd and
+    /// registered with `uffd`, both received from it: the pager installs pages through
+    /// `uffd` and reads and drops them through the memfd. Faults are served by handler
+    /// threads (`FaultMode::Threads` only); `region_bytes` is the arena's length. Dropping
+    /// the region leaves the program's registration in place: a fault nobody serves then
+    /// waits, never reads a zero page.
+    pub fn serve_remote(
+        mut config: PagerConfig,
+        map: RemoteMapping,
+        uffd: Uffd,
+        pid: i32,
+    ) -> Result<FarMemory, PagerError> {
+        if config.fault_mode != FaultMode::Threads {
+            return Err(PagerError::Config("another process's faults are served by handler threads only".into()));
+        }
+        config.region_bytes = map.len() as u64;
+        check_config(&config)?;
+        FarMemory::start(config, RegionMemory::Remote { map, pid }, uffd)
+    }
+
+    fn start(config: PagerConfig, map: RegionMemory, uffd: Uffd) -> Result<FarMemory, PagerError> {
+        let region_pages = map.len() / PAGE_SIZE;
         let connect = ConnectOptions {
             client_id: config.client_id.unwrap_or_else(rand::random),
             timeout_ms: config.io_timeout_ms,
@@ -294,9 +291,10 @@ impl FarMemory {
         Ok(region)
     }
 
-    /// Start of the region. Pages are faulted in on first touch.
+    /// Start of the region. Pages are faulted in on first touch. For a region served for
+    /// another process ([`FarMemory::serve_remote`]), its address there, not usable here.
     pub fn as_ptr(&self) -> *mut u8 {
-        self.shared.map.as_ptr()
+        self.shared.map.base() as *mut u8
     }
 
     /// Length of the region in bytes.
@@ -439,6 +437,40 @@ impl FarMemory {
     }
 }
 
+/// Refuses a configuration no region can run with; returns the region's pages.
+fn check_config(config: &PagerConfig) -> Result<usize, PagerError> {
+    if config.servers.is_empty() && config.controller.is_none() {
+        return Err(PagerError::NoServers);
+    }
+    if config.region_bytes == 0 {
+        return Err(PagerError::Config("region_bytes must be above 0".into()));
+    }
+    if config.handler_threads == 0 || config.writeback_batch_pages == 0 || config.writeback_buffer_pages == 0 {
+        return Err(PagerError::Config("thread and buffer counts must be above 0".into()));
+    }
+    if !config.server_domains.is_empty() && config.server_domains.len() != config.servers.len() {
+        return Err(PagerError::Config(format!(
+            "{} server domains given for {} servers (one per server, or none)",
+            config.server_domains.len(),
+            config.servers.len()
+        )));
+    }
+    if !config.redundancy.is_none() {
+        let distinct: std::collections::HashSet<&SocketAddr> = config.servers.iter().collect();
+        if distinct.len() != config.servers.len() {
+            return Err(PagerError::Config(format!(
+                "redundancy {} keeps each fragment on a different server; a server is listed twice",
+                config.redundancy
+            )));
+        }
+    }
+    let region_pages = config.region_bytes.div_ceil(PAGE_SIZE as u64) as usize;
+    if region_pages > u32::MAX as usize {
+        return Err(PagerError::Config(format!("a region holds at most {} pages", u32::MAX)));
+    }
+    Ok(region_pages)
+}
+
 fn default_owner() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}/pid{}", host.trim(), std::process::id())
@@ -459,7 +491,9 @@ impl Drop for FarMemory {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        let _ = self.shared.uffd.unregister(self.shared.map.as_ptr() as usize, self.shared.map.len());
+        if let RegionMemory::Own(map) = &self.shared.map {
+            let _ = self.shared.uffd.unregister(map.as_ptr() as usize, map.len());
+        }
         let mut admin = self.shared.admin.lock();
         let layout = &self.shared.layout;
         let slabs: Vec<(usize, krak_proto::SlabId)> = if layout.redundancy().is_none() {

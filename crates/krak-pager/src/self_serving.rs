@@ -50,7 +50,7 @@ thread_local! {
 pub(crate) fn register(shared: &Arc<Shared>) -> Result<u64, PagerError> {
     sigbus::install(on_fault).map_err(PagerError::Mapping)?;
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let start = shared.map.as_ptr() as usize;
+    let start = shared.map.base();
     REGIONS.write().push(Entry {
         id,
         start,
@@ -85,7 +85,7 @@ fn on_fault(addr: usize, write: bool) -> Verdict {
         Some(Err(probe)) => return serve_probe(&probe, addr),
         None => return Verdict::NotOurs,
     };
-    let page = (addr - shared.map.as_ptr() as usize) / PAGE_SIZE;
+    let page = (addr - shared.map.base()) / PAGE_SIZE;
     let served = PARTS.with(|cell| {
         // A fault while this thread is already serving one would be a pager bug: refuse it
         // rather than alias the connections.

@@ -213,23 +213,40 @@ impl Drop for AnonMapping {
 /// # Safety
 /// As `mmap(2)` for an anonymous mapping: with `MAP_FIXED`, `addr..addr+len` must be
 /// memory the caller owns.
-unsafe fn sys_mmap(addr: *mut libc::c_void, len: usize, prot: libc::c_int, flags: libc::c_int) -> *mut libc::c_void {
+pub(crate) unsafe fn sys_mmap(
+    addr: *mut libc::c_void,
+    len: usize,
+    prot: libc::c_int,
+    flags: libc::c_int,
+) -> *mut libc::c_void {
     // SAFETY: the caller's contract; an anonymous mapping takes no file descriptor.
-    unsafe {
-        libc::syscall(libc::SYS_mmap, addr, len, prot, flags, -1 as libc::c_int, 0 as libc::off_t) as *mut libc::c_void
-    }
+    unsafe { sys_mmap_fd(addr, len, prot, flags, -1) }
+}
+
+/// # Safety
+/// As `mmap(2)` of `fd` from offset 0 (or anonymous with `fd` -1): with `MAP_FIXED`,
+/// `addr..addr+len` must be memory the caller owns.
+pub(crate) unsafe fn sys_mmap_fd(
+    addr: *mut libc::c_void,
+    len: usize,
+    prot: libc::c_int,
+    flags: libc::c_int,
+    fd: libc::c_int,
+) -> *mut libc::c_void {
+    // SAFETY: the caller's contract.
+    unsafe { libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, 0 as libc::off_t) as *mut libc::c_void }
 }
 
 /// # Safety
 /// As `madvise(2)`: the advice must not drop contents the caller still needs.
-unsafe fn sys_madvise(addr: *mut libc::c_void, len: usize, advice: libc::c_int) -> libc::c_int {
+pub(crate) unsafe fn sys_madvise(addr: *mut libc::c_void, len: usize, advice: libc::c_int) -> libc::c_int {
     // SAFETY: the caller's contract.
     unsafe { libc::syscall(libc::SYS_madvise, addr, len, advice) as libc::c_int }
 }
 
 /// # Safety
 /// As `munmap(2)`: nothing may use the range afterwards.
-unsafe fn sys_munmap(addr: *mut libc::c_void, len: usize) -> libc::c_int {
+pub(crate) unsafe fn sys_munmap(addr: *mut libc::c_void, len: usize) -> libc::c_int {
     // SAFETY: the caller's contract.
     unsafe { libc::syscall(libc::SYS_munmap, addr, len) as libc::c_int }
 }

@@ -29,6 +29,8 @@ pub const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
 pub const UFFD_FEATURE_EVENT_UNMAP: u64 = 1 << 6;
 pub const UFFD_FEATURE_SIGBUS: u64 = 1 << 7;
 pub const UFFD_FEATURE_THREAD_ID: u64 = 1 << 8;
+/// Write-protect faults on shmem (and hugetlbfs) mappings, Linux 6.0+.
+pub const UFFD_FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
 
 /// Flag of the `userfaultfd(2)` syscall: handle only user-mode faults (allowed unprivileged).
 pub const UFFD_USER_MODE_ONLY: libc::c_int = 1;

@@ -18,6 +18,8 @@ pub enum UffdError {
     Ioctl { op: &'static str, start: usize, len: usize, source: io::Error },
     #[error("reading a userfaultfd event: {0}")]
     Read(io::Error),
+    #[error("the descriptor received is not a userfaultfd: {0}")]
+    NotUserfaultfd(io::Error),
 }
 
 /// Why `UFFDIO_COPY` did not copy the whole range.
@@ -42,6 +44,26 @@ pub enum OpenMode {
     UserModeOnly,
     /// `/dev/userfaultfd`, for systems that restrict the syscall.
     Device,
+}
+
+impl OpenMode {
+    /// The mode as one byte, to send with a userfaultfd to another process.
+    pub fn code(self) -> u8 {
+        match self {
+            OpenMode::Syscall => 0,
+            OpenMode::UserModeOnly => 1,
+            OpenMode::Device => 2,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<OpenMode> {
+        match code {
+            0 => Some(OpenMode::Syscall),
+            1 => Some(OpenMode::UserModeOnly),
+            2 => Some(OpenMode::Device),
+            _ => None,
+        }
+    }
 }
 
 /// One event read from a userfaultfd.
@@ -79,6 +101,32 @@ impl Uffd {
     /// thread can resolve its own fault without sleeping. Kernel accesses to such a range
     /// (a syscall reading or writing it) then fail with EFAULT instead of waiting.
     pub fn open_with(sigbus: bool) -> Result<Uffd, UffdError> {
+        Uffd::open_features(if sigbus { UFFD_FEATURE_SIGBUS } else { 0 })
+    }
+
+    /// Like [`Uffd::open`], for a shared memfd mapping (`SharedMapping`): write-protect
+    /// faults on shmem need their own feature (Linux 6.0+).
+    pub fn open_for_shmem() -> Result<Uffd, UffdError> {
+        Uffd::open_features(UFFD_FEATURE_WP_HUGETLBFS_SHMEM)
+    }
+
+    /// A userfaultfd another process opened and sent us (`SCM_RIGHTS`), with the features
+    /// and mode it negotiated. Refuses an fd that is not a userfaultfd.
+    pub fn from_received(fd: OwnedFd, features: u64, mode: OpenMode) -> Result<Uffd, UffdError> {
+        let link =
+            std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(UffdError::NotUserfaultfd)?;
+        if link.as_os_str() != "anon_inode:[userfaultfd]" {
+            let what = format!("it is {}", link.display());
+            return Err(UffdError::NotUserfaultfd(io::Error::new(io::ErrorKind::InvalidInput, what)));
+        }
+        let needed = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+        if features & needed != needed {
+            return Err(UffdError::MissingFeatures { missing: needed & !features });
+        }
+        Ok(Uffd { fd, mode, features })
+    }
+
+    fn open_features(extra: u64) -> Result<Uffd, UffdError> {
         let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
         let (fd, mode) = match syscall_userfaultfd(flags) {
             Ok(fd) => (fd, OpenMode::Syscall),
@@ -87,7 +135,7 @@ impl Uffd {
                 Err(_) => (device_userfaultfd(flags).map_err(|_| UffdError::Open(first))?, OpenMode::Device),
             },
         };
-        let wanted = UFFD_FEATURE_PAGEFAULT_FLAG_WP | if sigbus { UFFD_FEATURE_SIGBUS } else { 0 };
+        let wanted = UFFD_FEATURE_PAGEFAULT_FLAG_WP | extra;
         // The faulting thread's id lets the pager send it SIGBUS when a page cannot be had.
         let mut api = UffdioApi { api: UFFD_API, features: wanted | UFFD_FEATURE_THREAD_ID, ioctls: 0 };
         // SAFETY: fd is a fresh userfaultfd; `api` is a live, correctly laid out uffdio_api
@@ -283,8 +331,15 @@ fn device_userfaultfd(flags: libc::c_int) -> io::Result<OwnedFd> {
 /// Sends `signal` to one thread of this process: how a fault that cannot be served is
 /// failed (SIGBUS) rather than answered with a wrong page.
 pub fn signal_thread(thread_id: u32, signal: libc::c_int) -> io::Result<()> {
-    // SAFETY: tgkill takes plain integers; the target is a thread of our own process.
-    let rc = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), thread_id as libc::pid_t, signal) };
+    // SAFETY: getpid takes nothing and cannot fail.
+    signal_thread_of(unsafe { libc::getpid() }, thread_id, signal)
+}
+
+/// Sends `signal` to thread `thread_id` of process `pid` (a program whose arena a pager
+/// process serves).
+pub fn signal_thread_of(pid: i32, thread_id: u32, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: tgkill takes plain integers; it fails unless `thread_id` belongs to `pid`.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid, thread_id as libc::pid_t, signal) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }

@@ -10,6 +10,11 @@
 //! to 25% and 50% of F with a swap file on disk as the only swap. Every run's output must
 //! equal the plain run's; the table gives wall-clock slowdowns against the plain run and
 //! the peak resident set under krak next to its budget.
+//!
+//!   cargo run --release -p krak --example run_bench pager [python3|sort|...]
+//!
+//! compares where the pager runs instead (`krak run --pager in-process` against `--pager
+//! separate`, at 25% of F, each twice, alternating; no swap runs).
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -120,8 +125,13 @@ fn wait_peak(child: std::process::Child) -> (i32, u64) {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Optional arguments: which programs to run, by the start of their name (python3, sort, sqlite3).
-    let only: Vec<String> = std::env::args().skip(1).collect();
+    // Optional arguments: `pager` first to compare the pager's places, then which programs
+    // to run, by the start of their name (python3, sort, sqlite3).
+    let mut only: Vec<String> = std::env::args().skip(1).collect();
+    let compare_pagers = only.first().is_some_and(|a| a == "pager");
+    if compare_pagers {
+        only.remove(0);
+    }
     let krak = std::env::current_exe()?.parent().unwrap().parent().unwrap().join("krak");
     let dir = std::env::temp_dir().join(format!("krak-run-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -155,6 +165,12 @@ fn main() -> anyhow::Result<()> {
             krak_opts: vec![],
         },
     ];
+    if compare_pagers {
+        let table = pager_places(&programs, &only, &krak, &dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        print!("{table}");
+        return Ok(());
+    }
     let _session = Session::begin(5_000)?;
     let _swap = SwapFile::enable(Path::new(DEFAULT_SWAP_FILE), 4 << 30)?;
     let mut table = String::from(
@@ -203,6 +219,60 @@ fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     print!("{table}");
     Ok(())
+}
+
+/// Each program plain, then under `krak run` at 25% of its footprint with the pager in
+/// process and in a process of its own, twice each, alternating: the table of medians (of
+/// two: the mean) and the ratio separate / in-process.
+fn pager_places(programs: &[Program], only: &[String], krak: &Path, dir: &Path) -> String {
+    let mut table = String::from(
+        "| program | plain | in-process 25% | separate 25% | separate / in-process | peak RSS in-process / separate (budget) | pager process peak RSS |\n|---|---|---|---|---|---|---|\n",
+    );
+    for p in programs {
+        if !only.is_empty() && !only.iter().any(|o| p.name.starts_with(o.as_str())) {
+            continue;
+        }
+        let plain = run(p, &[], dir, None).expect("plain run");
+        let budget = plain.peak_bytes / 4;
+        let mut secs = [Vec::new(), Vec::new()];
+        let mut peaks = [0u64; 2];
+        let mut host_peak = 0u64;
+        for round in 0..2 {
+            for (i, place) in ["in-process", "separate"].into_iter().enumerate() {
+                let stats = dir.join(format!("stats-{place}-{round}.json"));
+                let mut prefix = vec![krak.display().to_string(), "run".into(), "--local".into(), budget.to_string()];
+                prefix.extend(["--pager".into(), place.into()]);
+                prefix.extend(p.krak_opts.iter().map(|s| s.to_string()));
+                prefix.extend(["--stats".into(), stats.display().to_string(), "--".into()]);
+                let o = run(p, &prefix, dir, None).expect("krak run");
+                assert!(o.output == plain.output, "{}: output under --pager {place} differs", p.name);
+                let s: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats")).expect("stats JSON");
+                peaks[i] = peaks[i].max(s["peak_rss_bytes"].as_u64().unwrap_or(0));
+                host_peak = host_peak.max(s["pager_process"]["peak_rss_bytes"].as_u64().unwrap_or(0));
+                eprintln!("{}: --pager {place} round {round}: {:.1} s", p.name, o.seconds);
+                secs[i].push(o.seconds);
+            }
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let (inp, sep) = (mean(&secs[0]), mean(&secs[1]));
+        let runs = |v: &[f64]| v.iter().map(|s| format!("{s:.1}")).collect::<Vec<_>>().join(", ");
+        table.push_str(&format!(
+            "| {} | {:.1} s, {} MiB | {inp:.1} s ({}) | {sep:.1} s ({}) | {:.2}x | {} / {} MiB ({} MiB) | {} MiB |\n",
+            p.name,
+            plain.seconds,
+            plain.peak_bytes / MIB,
+            runs(&secs[0]),
+            runs(&secs[1]),
+            sep / inp,
+            peaks[0] / MIB,
+            peaks[1] / MIB,
+            budget / MIB,
+            host_peak / MIB,
+        ));
+        std::io::stderr().write_all(table.as_bytes()).expect("stderr");
+    }
+    table
 }
 
 fn generate_lines(path: &Path, bytes: u64) -> std::io::Result<()> {

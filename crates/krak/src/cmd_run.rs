@@ -20,7 +20,8 @@ const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, 
 /// least --threshold bytes (malloc, calloc, realloc, posix_memalign and friends, and
 /// anonymous private mmap) are served from a far-memory arena of --max-far bytes, of which at
 /// most --local bytes are resident on this machine; the rest lives on memory servers. The
-/// pager runs inside the program's process; the program's code is unchanged. Smaller
+/// pager runs in a krak process of its own (or, with --pager in-process, inside the
+/// program's process); the program's code is unchanged. Smaller
 /// allocations, files, stacks and the program itself stay in ordinary memory. A program
 /// linked with its own allocator (redis-server with jemalloc) keeps it, and that
 /// allocator's large mappings are far memory (see --allocator).
@@ -30,8 +31,8 @@ const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, 
 /// SIGTERM, SIGHUP and SIGQUIT sent to krak are passed on; krak exits with the program's
 /// status (128+N if signal N ended it), or 125 if the program could not be run under the
 /// pager. A forked child (without exec) cannot touch its parent's far memory (it crashes
-/// with SIGSEGV if it does); programs it execs run under their own pager, with the same
-/// budget each. See docs/design.md.
+/// with SIGSEGV if it does); programs it execs get their own arena, with the same budget
+/// each (served by the same pager process). See docs/design.md.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  krak run --local 256MiB -- python3 big.py\n  krak run --local 1GiB --servers 10.0.0.5:7070,10.0.0.6:7070 -- sort -S 4G huge.txt\n  krak run --local 512MiB --stats run.json -- sqlite3 :memory: < queries.sql\n  krak run --local 256MiB -- redis-server --save '' --appendonly no"
@@ -77,9 +78,27 @@ pub struct RunArgs {
     /// Let the pager log (info and above) to FILE; by default it logs nothing.
     #[arg(long, value_name = "FILE")]
     log: Option<PathBuf>,
+    /// Where the pager runs. separate: in a krak process of its own, which each program
+    /// (and every program it execs) hands its arena to, a memfd and its userfaultfd over a
+    /// Unix socket in a 0700 directory; the program holds no pager state and no pager
+    /// threads. Needs Linux 6.0+ (write-protection of shared memory). If the pager process
+    /// dies, the program is stopped (exit 125, with the reason), never served a wrong page.
+    /// in-process: in the program's own threads, over private anonymous memory; use it on
+    /// older kernels, and for programs that change their uid, chroot or close descriptors
+    /// they did not open before their first large allocation (they could not reach, or
+    /// would lose, the pager's socket). Measured as fast or faster separate
+    /// (BENCHMARKS.md).
+    #[arg(long, value_enum, value_name = "WHERE", default_value = "separate")]
+    pager: PagerPlace,
     /// The program and its arguments.
     #[arg(required = true, last = true, value_name = "PROGRAM")]
     program: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PagerPlace {
+    InProcess,
+    Separate,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -136,6 +155,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         bail!("userfaultfd serves user-mode faults only here (not root, vm.unprivileged_userfaultfd = 0): a program's system calls on far memory would fail with EFAULT; run as root or set vm.unprivileged_userfaultfd = 1");
     }
     drop(uffd);
+    if args.pager == PagerPlace::Separate {
+        krak_uffd::Uffd::open_for_shmem()
+            .context("--pager separate (the default) needs userfaultfd write-protection on shared memory (Linux 6.0+); run with --pager in-process")?;
+    }
     // Block the forwarded signals before any thread exists, so that only the forwarding
     // thread takes them; children get an unblocked mask back before exec.
     let set = signal_set();
@@ -155,46 +178,30 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
 
     let mut cmd = Command::new(&args.program[0]);
     cmd.args(&args.program[1..]);
+    pager_env(&mut cmd, &args, rack.as_ref(), &stats_base)?;
+    let host = match args.pager {
+        PagerPlace::InProcess => None,
+        PagerPlace::Separate => {
+            let dir = SocketDir::new()?;
+            let mut host_cmd = Command::new(std::env::current_exe().context("finding the krak binary")?);
+            pager_env(&mut host_cmd, &args, rack.as_ref(), &stats_base)?;
+            // SAFETY: as for the program below: only the child's own signal mask.
+            unsafe {
+                host_cmd.pre_exec(move || {
+                    libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                    Ok(())
+                });
+            }
+            let child = crate::cmd_pager::spawn_host(host_cmd, &dir.socket())?;
+            cmd.env(env::PAGER_SOCKET, dir.socket());
+            Some((child, dir))
+        }
+    };
     let ld_preload = match std::env::var("LD_PRELOAD") {
         Ok(old) if !old.is_empty() => format!("{}:{old}", preload.display()),
         _ => preload.display().to_string(),
     };
-    cmd.env("LD_PRELOAD", ld_preload)
-        .env(env::LOCAL_BYTES, args.local.0.to_string())
-        .env(env::MAX_FAR_BYTES, args.max_far.0.to_string())
-        .env(env::THRESHOLD_BYTES, args.threshold.0.to_string())
-        .env(env::ALLOCATOR, args.allocator.as_env())
-        .env(env::STATS_FILE, &stats_base)
-        .env(env::REDUNDANCY, args.redundancy.to_string());
-    match &rack {
-        Some(rack) => {
-            cmd.env(env::SECRET_FILE, rack.secret_file());
-        }
-        None => match (args.secret.load()?, &args.secret.secret_file) {
-            (Some(_), Some(path)) => {
-                cmd.env(env::SECRET_FILE, path);
-            }
-            _ => {
-                cmd.env(env::INSECURE, "1");
-            }
-        },
-    }
-    match (&rack, &args.controller) {
-        (Some(rack), _) => {
-            let list: Vec<String> = rack.addrs().iter().map(|a| a.to_string()).collect();
-            cmd.env(env::SERVERS, list.join(","));
-        }
-        (None, Some(url)) => {
-            cmd.env(env::CONTROLLER, url);
-        }
-        (None, None) => {
-            let list: Vec<String> = args.servers.iter().map(|a| a.to_string()).collect();
-            cmd.env(env::SERVERS, list.join(","));
-        }
-    }
-    if let Some(log) = &args.log {
-        cmd.env(env::LOG_FILE, log);
-    }
+    cmd.env("LD_PRELOAD", ld_preload);
     // SAFETY: sigprocmask is async-signal-safe and touches only the child's own mask.
     unsafe {
         cmd.pre_exec(move || {
@@ -212,6 +219,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         (None, Some(sig)) => 128u8.saturating_add(sig as u8),
         _ => 1,
     };
+    let pager_process = host.map(|(child, _dir)| stop_host(child));
     drop(rack);
     let stats_file = format!("{}.{pid}", stats_base.display());
     let pager: serde_json::Value =
@@ -227,6 +235,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
             "max_far_bytes": args.max_far.0,
             "threshold_bytes": args.threshold.0,
             "allocator": args.allocator.as_env(),
+            "pager_place": if args.pager == PagerPlace::Separate { "separate" } else { "in-process" },
+            "pager_process": pager_process,
             "peak_rss_bytes": peak_rss_bytes,
             "arena": pager,
         });
@@ -234,6 +244,112 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(code)
+}
+
+/// Most time the pager process gets to release its arenas once the program is done.
+const HOST_STOP_MS: u64 = 30_000;
+
+/// Tells the pager process to stop (closes its stdin), waits for it (bounded), and returns
+/// its figures: its peak resident set (VmHWM, read before it exits) and how it ended.
+fn stop_host(mut child: std::process::Child) -> serde_json::Value {
+    let peak = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok().and_then(|s| {
+        let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
+    });
+    match child.try_wait() {
+        Ok(Some(status)) => {
+            eprintln!("krak: the pager process (pid {}) ended before the program: {status}", child.id())
+        }
+        _ => drop(child.stdin.take()),
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(HOST_STOP_MS);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            _ => {
+                eprintln!("krak: the pager process did not stop within {HOST_STOP_MS} ms; killed");
+                let _ = child.kill();
+                break child.wait().ok();
+            }
+        }
+    };
+    serde_json::json!({
+        "pid": child.id(),
+        "peak_rss_bytes": peak,
+        "exit_code": status.and_then(|s| s.code()),
+        "signal": status.and_then(|s| s.signal()),
+    })
+}
+
+/// A directory only this user can enter, holding the pager's socket; removed on drop.
+struct SocketDir(PathBuf);
+
+impl SocketDir {
+    fn new() -> anyhow::Result<SocketDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path =
+            std::env::temp_dir().join(format!("krak-pager-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+        std::fs::DirBuilder::new().mode(0o700).create(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(SocketDir(path))
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.0.join("pager.sock")
+    }
+}
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The `KRAK_RUN_*` configuration, for the program's library and the pager process alike.
+fn pager_env(
+    cmd: &mut Command,
+    args: &RunArgs,
+    rack: Option<&LocalRack>,
+    stats_base: &std::path::Path,
+) -> anyhow::Result<()> {
+    cmd.env(env::LOCAL_BYTES, args.local.0.to_string())
+        .env(env::MAX_FAR_BYTES, args.max_far.0.to_string())
+        .env(env::THRESHOLD_BYTES, args.threshold.0.to_string())
+        .env(env::ALLOCATOR, args.allocator.as_env())
+        .env(env::STATS_FILE, stats_base)
+        .env(env::REDUNDANCY, args.redundancy.to_string());
+    match rack {
+        Some(rack) => {
+            cmd.env(env::SECRET_FILE, rack.secret_file());
+        }
+        None => match (args.secret.load()?, &args.secret.secret_file) {
+            (Some(_), Some(path)) => {
+                cmd.env(env::SECRET_FILE, path);
+            }
+            _ => {
+                cmd.env(env::INSECURE, "1");
+            }
+        },
+    }
+    match (rack, &args.controller) {
+        (Some(rack), _) => {
+            let list: Vec<String> = rack.addrs().iter().map(|a| a.to_string()).collect();
+            cmd.env(env::SERVERS, list.join(","));
+        }
+        (None, Some(url)) => {
+            cmd.env(env::CONTROLLER, url);
+        }
+        (None, None) => {
+            let list: Vec<String> = args.servers.iter().map(|a| a.to_string()).collect();
+            cmd.env(env::SERVERS, list.join(","));
+        }
+    }
+    if let Some(log) = &args.log {
+        cmd.env(env::LOG_FILE, log);
+    }
+    Ok(())
 }
 
 fn remove_stats_files(base: &std::path::Path) {

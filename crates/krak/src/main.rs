@@ -4,6 +4,7 @@ mod agent;
 mod cmd_bench;
 mod cmd_controller;
 mod cmd_memserver;
+mod cmd_pager;
 mod cmd_run;
 mod cmd_status;
 mod ctl;
@@ -38,17 +39,23 @@ enum Command {
     Run(cmd_run::RunArgs),
     #[command(hide = true)]
     BenchWorker(krak_bench::WorkerArgs),
+    /// The pager process of `krak run --pager separate` (started by it).
+    #[command(hide = true)]
+    PagerHost(cmd_pager::PagerHostArgs),
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KRAK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // The pager process logs only where `krak run --log` says, as the in-process pager does.
+    if !matches!(cli.command, Command::PagerHost(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("KRAK_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let result = match cli.command {
         Command::Memserver(args) => cmd_memserver::run(args),
         Command::Controller(args) => cmd_controller::run(args),
@@ -59,6 +66,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => cmd_bench::run(args),
         Command::Secret(cmd) => secret_opts::run(cmd),
         Command::BenchWorker(args) => cmd_bench::worker(args),
+        Command::PagerHost(args) => cmd_pager::run(args),
         Command::Run(args) => {
             return match cmd_run::run(args) {
                 Ok(code) => std::process::ExitCode::from(code),

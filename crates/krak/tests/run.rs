@@ -3,7 +3,10 @@
 //! their peak resident set within that budget plus the overhead docs/design.md states.
 //! Memory calls (realloc, munmap, mremap, madvise, fork, threads, system calls) are checked
 //! by contents in a C program compiled here; redis-server, which brings its own allocator
-//! (jemalloc), is checked by its contents' digest. Needs root (userfaultfd for kernel faults).
+//! (jemalloc), is checked by its contents' digest. The pager runs in a process of its own
+//! (the default, `--pager separate`) unless a test says `--pager in-process`; the separate
+//! pager's own cases (children sharing it, its death, bad messages) are at the end. Needs
+//! root (userfaultfd for kernel faults).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -109,7 +112,7 @@ fn rand_suffix() -> u64 {
 
 /// Runs `program` plain, then under krak run at a quarter of its plain peak: same output,
 /// peak within budget + overhead, and the arena really paged (pages came back from servers).
-fn matches_plain_run_at_quarter_budget(opts: &[&str], program: &[&str], stdin: Option<&Path>) {
+fn matches_plain_run_at_quarter_budget(opts: &[&str], program: &[&str], stdin: Option<&Path>) -> Value {
     let mut plain = Command::new(program[0]);
     plain.args(&program[1..]).env("LC_ALL", "C");
     if let Some(input) = stdin {
@@ -143,6 +146,7 @@ fn matches_plain_run_at_quarter_budget(opts: &[&str], program: &[&str], stdin: O
         "pages never came back from the servers: {stats}"
     );
     assert_eq!(arena["pager"]["failed_faults"], 0, "{stats}");
+    stats
 }
 
 #[test]
@@ -151,8 +155,32 @@ fn python_building_a_gib_prints_the_plain_checksum() {
         return;
     }
     // A 768 MiB bytearray and a list of 4M distinct ints (~180 MiB of objects and pointers).
+    // The default: the pager in a process of its own.
     let script = data("big.py");
-    matches_plain_run_at_quarter_budget(&[], &["/usr/bin/python3", script.to_str().unwrap(), "768", "4000000"], None);
+    let stats = matches_plain_run_at_quarter_budget(
+        &[],
+        &["/usr/bin/python3", script.to_str().unwrap(), "768", "4000000"],
+        None,
+    );
+    assert_eq!(stats["pager_place"], "separate", "{stats}");
+    let host = &stats["pager_process"];
+    assert_eq!(host["exit_code"], 0, "the pager process did not stop cleanly: {stats}");
+    assert_eq!(stats["arena"]["pager_pid"], host["pid"], "the arena was served by another process: {stats}");
+}
+
+#[test]
+fn python_with_the_pager_in_process_prints_the_plain_checksum() {
+    if unprivileged() {
+        return;
+    }
+    let script = data("big.py");
+    let stats = matches_plain_run_at_quarter_budget(
+        &["--pager", "in-process"],
+        &["/usr/bin/python3", script.to_str().unwrap(), "768", "4000000"],
+        None,
+    );
+    assert_eq!(stats["pager_place"], "in-process", "{stats}");
+    assert!(stats["pager_process"].is_null(), "{stats}");
 }
 
 /// 1 GiB of random printable lines of 4000 bytes each, from a fixed seed.
@@ -211,8 +239,9 @@ fn memory_calls_keep_contents_under_the_pager() {
     let (code, plain, _) = run_measured(&mut Command::new(&exe));
     assert_eq!(code, Some(0), "plain run: {}", String::from_utf8_lossy(&plain));
     // 32 MiB local for ~400 MiB touched: most checks read pages back from the servers; then
-    // the same on an erasure-coded arena (7 loopback servers).
-    for opts in [&[][..], &["--redundancy", "ec:4+2"][..]] {
+    // the same on an erasure-coded arena (7 loopback servers), and with the pager in the
+    // program's own threads instead of a process of its own (the default).
+    for opts in [&[][..], &["--redundancy", "ec:4+2"][..], &["--pager", "in-process"][..]] {
         let (code, out, stats) = krak_run(32 * MIB, opts, &[exe.to_str().unwrap()], None);
         let out = String::from_utf8_lossy(&out);
         assert_eq!(code, Some(0), "{opts:?}: {out}\n{stats}");
@@ -313,6 +342,8 @@ fn exit_status_signals_and_stdio_pass_through() {
     }
     let status = |args: &[&str]| krak().arg("run").arg("--").args(args).status().unwrap().code();
     assert_eq!(status(&["sh", "-c", "exit 7"]), Some(7));
+    let in_process = krak().args(["run", "--pager", "in-process", "--", "sh", "-c", "exit 9"]).status().unwrap();
+    assert_eq!(in_process.code(), Some(9));
     assert_eq!(status(&["sh", "-c", "kill -TERM $$"]), Some(128 + libc::SIGTERM));
 
     // stdin to the program, its stdout and stderr back, unchanged.
@@ -437,4 +468,129 @@ fn redis_with_its_own_allocator_keeps_its_data_in_far_memory() {
     assert_eq!(arena["fallback_allocations"], 0, "{stats}");
     assert!(arena["pager"]["remote_reads"].as_u64().unwrap() > 10_000, "{stats}");
     assert_eq!(arena["pager"]["failed_faults"], 0, "{stats}");
+}
+
+/// `krak run --pager separate` with `--log`: (the child, the log's path).
+fn spawn_separate(local_bytes: u64, program: &[&str]) -> (std::process::Child, PathBuf) {
+    let log = scratch(&format!("pager-{}.log", rand_suffix()));
+    let child = krak()
+        .args(["run", "--pager", "separate", "--local", &local_bytes.to_string(), "--log", log.to_str().unwrap()])
+        .arg("--")
+        .args(program)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (child, log)
+}
+
+/// The pids whose arenas the pager process served, and those it released.
+fn served_and_released(log: &Path) -> (Vec<String>, Vec<String>) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let pids = |marker: &str, end: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.split(marker).nth(1))
+            .filter_map(|rest| rest.split(end).next().map(str::to_owned))
+            .collect()
+    };
+    (pids("serving the arena of pid ", ":"), pids("krak::cmd_pager: pid ", " hung up"))
+}
+
+#[test]
+fn programs_a_program_starts_share_the_separate_pager_and_release_their_arenas() {
+    if unprivileged() {
+        return;
+    }
+    // Two children at once, each ~150 MiB of far memory at a 48 MiB budget of their own,
+    // then one killed mid-allocation: its arena is released all the same.
+    let script = data("big.py");
+    let s = script.to_str().unwrap();
+    let shell = format!(
+        "python3 {s} 128 100000 & python3 {s} 128 100000; \
+         python3 -c 'import os; b = bytearray(300 << 20); os.kill(os.getpid(), 9)'; wait"
+    );
+    let plain = Command::new("python3").args([s, "128", "100000"]).output().unwrap();
+    assert!(plain.status.success());
+    let (child, log) = spawn_separate(48 * MIB, &["sh", "-c", &shell]);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(out.stdout, [plain.stdout.clone(), plain.stdout].concat(), "{out:?}");
+    let (mut served, mut released) = served_and_released(&log);
+    served.sort();
+    released.sort();
+    assert_eq!(served.len(), 3, "three programs, three arenas: {served:?}");
+    assert_eq!(served, released, "every arena released when its program ended");
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn a_killed_pager_process_stops_the_program_with_the_reason() {
+    if unprivileged() {
+        return;
+    }
+    let script = data("big.py");
+    let (mut child, log) = spawn_separate(64 * MIB, &["python3", script.to_str().unwrap(), "768", "4000000"]);
+    // Wait for the arena to be served, then a little more so that pages are in flight.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let host_pid: libc::pid_t = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let pid = text
+            .lines()
+            .find_map(|l| l.split("served by the pager process (pid ").nth(1))
+            .and_then(|rest| rest.split(')').next()?.parse().ok());
+        if let Some(pid) = pid {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the arena was never served: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill to the pager process krak run started for this test.
+    assert_eq!(unsafe { libc::kill(host_pid, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the program hangs after its pager died");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains(&format!("the pager process (pid {host_pid}) is gone")), "{stderr}");
+    assert!(out.stdout.is_empty(), "no checksum may be printed: {:?}", String::from_utf8_lossy(&out.stdout));
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn the_separate_pager_refuses_bad_messages_and_keeps_serving() {
+    if unprivileged() {
+        return;
+    }
+    let stats_path = scratch(&format!("stats-{}.json", rand_suffix()));
+    let out = krak()
+        .args(["run", "--pager", "separate", "--local", "16MiB", "--max-far", "1GiB"])
+        .args(["--stats", stats_path.to_str().unwrap(), "--", "python3"])
+        .arg(data("bad_peer.py"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for case in [
+        "unknown tag",
+        "empty hello",
+        "discard before hello",
+        "hello without fds",
+        "wrong version",
+        "a file for the memfd",
+        "a memfd for the userfaultfd",
+        "arena larger than the memfd",
+        "unaligned arena",
+        "arena larger than --max-far",
+    ] {
+        assert!(stdout.contains(&format!("{case}: refused: ")), "{case} not refused: {stdout}");
+    }
+    assert!(stdout.contains("still served"), "{stdout}");
+    let stats: Value = serde_json::from_str(&std::fs::read_to_string(&stats_path).unwrap()).unwrap();
+    assert_eq!(stats["pager_process"]["exit_code"], 0, "{stats}");
+    assert!(stats["arena"]["pager"]["remote_reads"].as_u64().unwrap() > 1000, "64 MiB at 16 MiB local: {stats}");
+    let _ = std::fs::remove_file(&stats_path);
 }

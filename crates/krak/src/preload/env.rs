@@ -25,6 +25,10 @@ pub const REDUNDANCY: &str = "KRAK_RUN_REDUNDANCY";
 /// (`krak run --allocator`; see `forward.rs`).
 pub const ALLOCATOR: &str = "KRAK_RUN_ALLOCATOR";
 
+/// The pager process's Unix socket (`krak run --pager separate`); unset: the pager runs
+/// inside the program.
+pub const PAGER_SOCKET: &str = "KRAK_RUN_PAGER_SOCKET";
+
 /// The default threshold: 1 MiB, at and above which allocations live in far memory.
 pub const DEFAULT_THRESHOLD_BYTES: u64 = 1 << 20;
 /// Exit status when the pager cannot start in the program (as `env(1)` uses for itself).

@@ -24,6 +24,8 @@ pub struct Config {
     log_file: Option<String>,
     secret: Option<krak_proto::RackSecret>,
     redundancy: krak_pager::Redundancy,
+    /// The pager process's socket (`--pager separate`); None: the pager runs in here.
+    pager_socket: Option<std::path::PathBuf>,
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -44,8 +46,32 @@ thread_local! {
     static PAGER_THREAD: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Where the arena's pager runs.
+enum Arena {
+    /// In this process's threads, over a private anonymous mapping.
+    InProcess(FarMemory),
+    /// In a pager process, over a memfd mapped shared (see `separate.rs`).
+    Separate(crate::separate::Separate),
+}
+
+impl Arena {
+    fn as_ptr(&self) -> *mut u8 {
+        match self {
+            Arena::InProcess(r) => r.as_ptr(),
+            Arena::Separate(s) => s.as_ptr(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Arena::InProcess(r) => r.len(),
+            Arena::Separate(s) => s.len(),
+        }
+    }
+}
+
 pub struct Far {
-    region: FarMemory,
+    region: Arena,
     runs: Mutex<Runs>,
     far_allocations: AtomicU64,
     /// Large allocations served by glibc because the arena was full.
@@ -105,6 +131,7 @@ pub fn load_config() -> crate::forward::Choice {
             Ok(s) => s.parse().unwrap_or_else(|e| die(&format!("${}: {e}", env::REDUNDANCY))),
             Err(_) => krak_pager::Redundancy::None,
         },
+        pager_socket: std::env::var_os(env::PAGER_SOCKET).filter(|s| !s.is_empty()).map(Into::into),
     };
     if config.local_bytes < (krak_pager::MIN_BUDGET_PAGES * PAGE_SIZE) as u64 || config.max_far_bytes == 0 {
         die("the local budget or the arena size is too small");
@@ -130,9 +157,12 @@ pub fn load_config() -> crate::forward::Choice {
 extern "C" fn in_fork_child() {
     FORKED_CHILD.store(true, Relaxed);
     if let Some(far) = FAR.get() {
-        // Only an mmap: allowed between fork and exec. Failing leaves the range unmapped,
-        // which faults loudly too.
-        let _ = far.region.fence_in_child();
+        // Only an mmap (and a close): allowed between fork and exec. Failing leaves the
+        // range unmapped, which faults loudly too.
+        match &far.region {
+            Arena::InProcess(r) => drop(r.fence_in_child()),
+            Arena::Separate(s) => s.in_fork_child(),
+        }
     }
 }
 
@@ -192,6 +222,12 @@ fn start() -> Far {
             .with_writer(std::sync::Mutex::new(file))
             .try_init();
     }
+    if let Some(socket) = &config.pager_socket {
+        let sep = crate::separate::Separate::start(config.max_far_bytes as usize, socket)
+            .unwrap_or_else(|e| die(&format!("cannot start the arena: {e}")));
+        tracing::info!("krak arena served by the pager process (pid {})", sep.pager_pid());
+        return far_over(Arena::Separate(sep), config);
+    }
     let pager = PagerConfig {
         region_bytes: config.max_far_bytes,
         local_budget_bytes: config.local_bytes,
@@ -209,6 +245,10 @@ fn start() -> Far {
              system calls on far memory would fail with EFAULT; run as root or set vm.unprivileged_userfaultfd = 1");
     }
     region.exclude_from_fork().unwrap_or_else(|e| die(&format!("MADV_DONTFORK on the arena: {e}")));
+    far_over(Arena::InProcess(region), config)
+}
+
+fn far_over(region: Arena, config: &Config) -> Far {
     let start = region.as_ptr() as usize;
     let runs = Runs::new(start / PAGE_SIZE, region.len() / PAGE_SIZE);
     ARENA_END.store(start + region.len(), Relaxed);
@@ -225,7 +265,11 @@ impl Far {
     /// Forgets pages `[first, first+count)` (absolute page numbers) in the pager.
     fn discard(&self, first: usize, count: usize) {
         let offset = first * PAGE_SIZE - self.region.as_ptr() as usize;
-        if let Err(e) = guarded(|| self.region.discard(offset, count * PAGE_SIZE)) {
+        let done = guarded(|| match &self.region {
+            Arena::InProcess(r) => r.discard(offset, count * PAGE_SIZE).map_err(|e| e.to_string()),
+            Arena::Separate(s) => s.discard(offset, count * PAGE_SIZE),
+        });
+        if let Err(e) = done {
             die(&format!("discarding far memory: {e}"));
         }
     }
@@ -363,17 +407,26 @@ extern "C" fn write_stats() {
         return;
     }
     let Some(path) = CONFIG.get().and_then(|c| c.stats_file.as_ref()) else { return };
-    let json = guarded(|| match FAR.get() {
-        Some(far) => serde_json::json!({
+    let json = guarded(|| match FAR.get().map(|far| (far, &far.region)) {
+        Some((far, Arena::InProcess(region))) => serde_json::json!({
             "pager_started": true,
-            "arena_bytes": far.region.len(),
-            "local_budget_bytes": far.region.local_budget_bytes(),
-            "peak_resident_bytes": far.region.peak_resident_bytes(),
+            "arena_bytes": region.len(),
+            "local_budget_bytes": region.local_budget_bytes(),
+            "peak_resident_bytes": region.peak_resident_bytes(),
             "far_allocations": far.far_allocations.load(Relaxed),
             "fallback_allocations": far.fallbacks.load(Relaxed),
-            "pager": far.region.stats(),
+            "pager": region.stats(),
             "malloc": crate::forward::describe(),
         }),
+        Some((far, Arena::Separate(sep))) => {
+            // The pager process's figures for this arena, with the program's own.
+            let mut json = sep.stats().unwrap_or_else(|e| serde_json::json!({ "pager_error": e }));
+            json["pager_started"] = true.into();
+            json["far_allocations"] = far.far_allocations.load(Relaxed).into();
+            json["fallback_allocations"] = far.fallbacks.load(Relaxed).into();
+            json["malloc"] = crate::forward::describe();
+            json
+        }
         None => serde_json::json!({ "pager_started": false, "malloc": crate::forward::describe() }),
     });
     // One file per process (children run their own pager): suffix all but krak run's child.

@@ -19,6 +19,8 @@ mod forward;
 mod interpose;
 mod runs;
 #[cfg(not(test))]
+mod separate;
+#[cfg(not(test))]
 mod threads;
 
 #[cfg(not(test))]
