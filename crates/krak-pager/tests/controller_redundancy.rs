@@ -46,8 +46,10 @@ impl Rack {
         let store = Arc::new(krak_meta_file::FileStore::open(&dir).expect("file store"));
         let mut config = ControllerConfig::new("127.0.0.1:0".parse().unwrap());
         config.default_chunk_bytes = SLAB_BYTES;
-        config.suspect_after_ms = 400;
-        config.dead_after_ms = 800;
+        // Heartbeats come every 100 ms; on a loaded 2-core host a test thread may miss a few,
+        // and a live server called dead would be lost for the region (one loss too many).
+        config.suspect_after_ms = 1_000;
+        config.dead_after_ms = 2_500;
         let controller = Controller::start(config, store).expect("controller starts");
         let url = controller.url();
         let servers = Arc::new(Mutex::new(handles.into_iter().map(Some).collect::<Vec<_>>()));
