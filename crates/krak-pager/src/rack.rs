@@ -59,6 +59,14 @@ pub(crate) struct RackLink {
     pub ids: parking_lot::Mutex<HashMap<SocketAddr, ServerId>>,
 }
 
+impl RackLink {
+    /// The controller's ids of the servers the region has lost (those it knows).
+    pub(crate) fn lost_ids(&self, layout: &RemoteLayout) -> Vec<ServerId> {
+        let ids = self.ids.lock();
+        layout.stripes.lost_servers().iter().filter_map(|s| ids.get(&layout.server_addr(*s)).copied()).collect()
+    }
+}
+
 /// Registers a region of `region_pages` with the controller at `url`, has it placed, and
 /// allocates and commits every chunk's slab.
 pub(crate) fn allocate(

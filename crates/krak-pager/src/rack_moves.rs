@@ -32,6 +32,15 @@ pub(crate) fn place_one(
     Ok(placed.placements.into_iter().find(|p| p.chunk == slot))
 }
 
+/// Where the controller places `slot` (off `exclude`): its address and id.
+fn place_target(link: &RackLink, slot: u64, exclude: Vec<ServerId>) -> Result<(SocketAddr, ServerId), PagerError> {
+    let placed = place_one(link, slot, exclude).map_err(controller_error)?;
+    let Some(ChunkServer { server, addr, .. }) = placed else {
+        return Err(controller_error(format!("no server to move slot {slot} to")));
+    };
+    Ok((parse_addr(&addr)?, server))
+}
+
 /// Announces the move of `slot` from `from` to `to`, runs it (`go` answers the slot's new
 /// slab), and commits it; withdraws the announcement if either fails.
 fn carry_out(
@@ -64,11 +73,7 @@ pub(crate) fn move_off(
     let from = parse_addr(&server.addr)?;
     for chunk in shared.layout.chunks_on(from, limit) {
         let slot = chunk as u64;
-        let placed = place_one(link, slot, avoid.to_vec()).map_err(controller_error)?;
-        let Some(ChunkServer { server: to_id, addr: to, .. }) = placed else {
-            return Err(controller_error("no server to move to"));
-        };
-        let to = parse_addr(&to)?;
+        let (to, to_id) = place_target(link, slot, avoid.to_vec())?;
         carry_out(shared, link, slot, (server.id, to_id), || move_chunk(shared, chunk, to, "moved"))?;
     }
     Ok(())
@@ -92,16 +97,8 @@ pub(crate) fn move_fragments_off(
             break;
         }
         let slot = (chunk * width + frag) as u64;
-        let mut exclude = avoid.to_vec();
-        {
-            let ids = link.ids.lock();
-            exclude.extend(layout.stripes.lost_servers().iter().filter_map(|s| ids.get(&layout.server_addr(*s))));
-        }
-        let placed = place_one(link, slot, exclude).map_err(controller_error)?;
-        let Some(ChunkServer { server: to_id, addr: to, .. }) = placed else {
-            return Err(controller_error(format!("no server to move slot {slot} to")));
-        };
-        let to = parse_addr(&to)?;
+        let exclude = avoid.iter().copied().chain(link.lost_ids(layout)).collect();
+        let (to, to_id) = place_target(link, slot, exclude)?;
         carry_out(shared, link, slot, (server.id, to_id), || {
             let moved = shared.move_fragment(chunk, frag, to)?;
             link.ids.lock().insert(to, to_id);
@@ -133,10 +130,7 @@ pub(crate) fn consolidate_fragments(
         let clash = to_idx.is_some_and(|t| layout.stripes.with(chunk, |s| s.iter().any(|f| f.uses(t))));
         let (to, to_id) = if clash {
             let mut exclude = vec![from.id];
-            {
-                let ids = link.ids.lock();
-                exclude.extend(layout.stripes.lost_servers().iter().filter_map(|s| ids.get(&layout.server_addr(*s))));
-            }
+            exclude.extend(link.lost_ids(layout));
             let target = match place_one(link, slot, exclude) {
                 Ok(Some(p)) => (parse_addr(&p.addr)?, p.server),
                 // no other server qualifies: this fragment stays

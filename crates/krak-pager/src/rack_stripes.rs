@@ -191,10 +191,7 @@ pub(crate) fn place_replacement(
     frag: usize,
 ) -> Result<(usize, ServerId), NoReplacement> {
     let width = layout.redundancy().width();
-    let exclude: Vec<ServerId> = {
-        let ids = link.ids.lock();
-        layout.stripes.lost_servers().iter().filter_map(|s| ids.get(&layout.server_addr(*s)).copied()).collect()
-    };
+    let exclude = link.lost_ids(layout);
     let slot = (chunk * width + frag) as u64;
     let reply = match crate::rack_moves::place_one(link, slot, exclude) {
         Ok(r) => r,

@@ -72,12 +72,8 @@ impl AnonMapping {
     /// touches it faults on unmapped memory instead of seeing zero pages where pages were
     /// evicted, since no pager serves the child.
     pub fn exclude_from_fork(&self) -> io::Result<()> {
-        // SAFETY: the range is exactly our mapping; the advice changes only what fork copies.
-        let rc = unsafe { sys_madvise(self.ptr.as_ptr().cast(), self.len, libc::MADV_DONTFORK) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        // SAFETY: the range is exactly our mapping.
+        unsafe { exclude_range_from_fork(self.ptr, self.len) }
     }
 
     /// In a child made by `fork(2)` of a process whose mapping was excluded from fork: puts
@@ -85,20 +81,8 @@ impl AnonMapping {
     /// of them crashes (SIGSEGV) and no later mapping of the child takes their place.
     /// Async-signal-safe (one mmap), as code run right after fork must be.
     pub fn fence_in_child(&self) -> io::Result<()> {
-        // SAFETY: in the child the range holds nothing (MADV_DONTFORK left it unmapped);
-        // MAP_FIXED over our own addresses replaces only what this type owns.
-        let ptr = unsafe {
-            sys_mmap(
-                self.ptr.as_ptr().cast(),
-                self.len,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        // SAFETY: the range is exactly our mapping, excluded from fork.
+        unsafe { fence_range_in_child(self.ptr, self.len) }
     }
 
     /// Drops the pages of `[offset, offset+len)`; a later touch faults again.
@@ -213,6 +197,41 @@ impl Drop for AnonMapping {
 /// # Safety
 /// As `mmap(2)` for an anonymous mapping: with `MAP_FIXED`, `addr..addr+len` must be
 /// memory the caller owns.
+/// `MADV_DONTFORK` on `[ptr, ptr + len)`.
+///
+/// # Safety
+/// The range must be a whole mapping owned by the caller.
+pub(crate) unsafe fn exclude_range_from_fork(ptr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: the caller owns the mapping; the advice changes only what fork copies.
+    if unsafe { sys_madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTFORK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// In a `fork(2)` child: an inaccessible reservation (`PROT_NONE`) over `[ptr, ptr + len)`.
+/// Async-signal-safe (one mmap).
+///
+/// # Safety
+/// The range must be a mapping of the caller's that was excluded from fork, so that in the
+/// child it holds nothing that `MAP_FIXED` could replace.
+pub(crate) unsafe fn fence_range_in_child(ptr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: per the contract the range holds nothing in the child; MAP_FIXED over it
+    // replaces only addresses the caller owns.
+    let mapped = unsafe {
+        sys_mmap(
+            ptr.as_ptr().cast(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+        )
+    };
+    if mapped == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub(crate) unsafe fn sys_mmap(
     addr: *mut libc::c_void,
     len: usize,

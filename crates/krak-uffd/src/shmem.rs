@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
-use crate::mapping::{sys_madvise, sys_mmap, sys_mmap_fd, sys_munmap};
+use crate::mapping::{sys_madvise, sys_mmap_fd, sys_munmap};
 use crate::PAGE_SIZE;
 
 /// A memfd of `len` bytes mapped shared in this process, unmapped on drop.
@@ -89,30 +89,15 @@ impl SharedMapping {
     /// Keeps the mapping out of `fork(2)` children (`MADV_DONTFORK`), as
     /// [`crate::AnonMapping::exclude_from_fork`].
     pub fn exclude_from_fork(&self) -> io::Result<()> {
-        // SAFETY: the range is exactly our mapping; the advice changes only what fork copies.
-        if unsafe { sys_madvise(self.ptr.as_ptr().cast(), self.len, libc::MADV_DONTFORK) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        // SAFETY: the range is exactly our mapping.
+        unsafe { crate::mapping::exclude_range_from_fork(self.ptr, self.len) }
     }
 
     /// In a `fork(2)` child: an inaccessible reservation over the mapping's addresses, as
     /// [`crate::AnonMapping::fence_in_child`]. Async-signal-safe (one mmap).
     pub fn fence_in_child(&self) -> io::Result<()> {
-        // SAFETY: in the child the range holds nothing (MADV_DONTFORK left it unmapped);
-        // MAP_FIXED over our own addresses replaces only what this type owns.
-        let ptr = unsafe {
-            sys_mmap(
-                self.ptr.as_ptr().cast(),
-                self.len,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        // SAFETY: the range is exactly our mapping, excluded from fork.
+        unsafe { crate::mapping::fence_range_in_child(self.ptr, self.len) }
     }
 }
 
