@@ -163,6 +163,38 @@ impl Drop for Rack {
     }
 }
 
+/// Every page filled at version 1, then threads reading (checked) and rewriting them.
+struct Checked {
+    oracle: Arc<Oracle>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(u64, u64)>>,
+}
+
+impl Checked {
+    fn start(region: &Arc<FarMemory>) -> Checked {
+        let pages = region.len() / PAGE_SIZE;
+        let oracle = Arc::new(Oracle::at(pages, 1));
+        for p in 0..pages {
+            fill_page(region, p, 1);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = workload(region.clone(), oracle.clone(), stop.clone(), THREADS);
+        Checked { oracle, stop, threads }
+    }
+
+    /// Stops the threads; no read may have been wrong (`during` says when), and every
+    /// page must be as last written.
+    fn finish(self, region: &FarMemory, during: &str) {
+        self.stop.store(true, Ordering::Relaxed);
+        let wrong: u64 = self.threads.into_iter().map(|t| t.join().expect("worker").1).sum();
+        assert_eq!(wrong, 0, "the workload saw wrong pages ({during})");
+        let oracle = &self.oracle;
+        let bad: Vec<usize> =
+            (0..oracle.0.len()).filter(|p| !page_is(region, *p, oracle.0[*p].load(Ordering::Relaxed))).collect();
+        assert!(bad.is_empty(), "{during}: {} pages wrong, e.g. {:?}", bad.len(), &bad[..bad.len().min(8)]);
+    }
+}
+
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
@@ -228,13 +260,7 @@ fn lose_a_server_and_reprotect(tag: &str, scheme: &str, mode: FaultMode) {
         assert_eq!(domains.len(), width, "{scheme}: a chunk's fragments share a domain: {stripe:?}");
     }
 
-    let pages = region.len() / PAGE_SIZE;
-    let oracle = Arc::new(Oracle::at(pages, 1));
-    for p in 0..pages {
-        fill_page(&region, p, 1);
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let threads = workload(region.clone(), oracle.clone(), stop.clone(), THREADS);
+    let checked = Checked::start(&region);
     std::thread::sleep(Duration::from_millis(500));
     let dead = rack.kill(0);
 
@@ -250,11 +276,7 @@ fn lose_a_server_and_reprotect(tag: &str, scheme: &str, mode: FaultMode) {
     wait_until("re-protection through the controller", Duration::from_secs(40), || {
         rack.status().regions[0].degraded_slots == 0 && region.min_live_fragments() == width
     });
-    stop.store(true, Ordering::Relaxed);
-    let wrong: u64 = threads.into_iter().map(|t| t.join().expect("worker").1).sum();
-    assert_eq!(wrong, 0, "{scheme}: the workload saw wrong pages");
-    let bad: Vec<usize> = (0..pages).filter(|p| !page_is(&region, *p, oracle.0[*p].load(Ordering::Relaxed))).collect();
-    assert!(bad.is_empty(), "{scheme}: {} pages wrong, e.g. {:?}", bad.len(), &bad[..bad.len().min(8)]);
+    checked.finish(&region, scheme);
 
     only_moved(&stripes, &stripes_in_map(&rack.map(region_id)), dead, joined);
     let stats = region.stats();
@@ -290,13 +312,7 @@ fn a_controller_drain_moves_an_ec_region_s_fragments_off_the_server() {
     let rack = Rack::start("drain", 7, 6);
     let region = rack.region("ec:4+2", FaultMode::Threads);
     let region_id = rack.status().regions[0].record.id.0;
-    let pages = region.len() / PAGE_SIZE;
-    let oracle = Arc::new(Oracle::at(pages, 1));
-    for p in 0..pages {
-        fill_page(&region, p, 1);
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let threads = workload(region.clone(), oracle.clone(), stop.clone(), THREADS);
+    let checked = Checked::start(&region);
     std::thread::sleep(Duration::from_millis(300));
     let spare = rack.register(6);
     let drained = rack.ids.lock().unwrap()[&0];
@@ -309,11 +325,7 @@ fn a_controller_drain_moves_an_ec_region_s_fragments_off_the_server() {
         rack.slabs(0) == 0 && stripes_in_map(&rack.map(region_id)).iter().flatten().all(|s| *s != drained)
     });
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let wrong: u64 = threads.into_iter().map(|t| t.join().expect("worker").1).sum();
-    assert_eq!(wrong, 0, "the workload saw wrong pages during the drain");
-    let bad: Vec<usize> = (0..pages).filter(|p| !page_is(&region, *p, oracle.0[*p].load(Ordering::Relaxed))).collect();
-    assert!(bad.is_empty(), "{} pages wrong, e.g. {:?}", bad.len(), &bad[..bad.len().min(8)]);
+    checked.finish(&region, "during the drain");
     only_moved(&before, &stripes_in_map(&rack.map(region_id)), drained, spare);
     let stats = region.stats();
     assert_eq!(stats.fragments_moved, on_drained as u64);
@@ -343,13 +355,7 @@ fn switching_to_pack_consolidates_an_ec_region_so_a_server_empties() {
     let region_id = rack.status().regions[0].record.id.0;
     let used = || (0..8).filter(|i| rack.slabs(*i) > 0).count();
     assert_eq!(used(), 8, "spread placed fragments on every server");
-    let pages = region.len() / PAGE_SIZE;
-    let oracle = Arc::new(Oracle::at(pages, 1));
-    for p in 0..pages {
-        fill_page(&region, p, 1);
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let threads = workload(region.clone(), oracle.clone(), stop.clone(), THREADS);
+    let checked = Checked::start(&region);
     std::thread::sleep(Duration::from_millis(300));
     let _: serde_json::Value =
         rack.client().call("PUT", "/v1/policy", Some(&serde_json::json!({ "name": "pack" }))).expect("policy switched");
@@ -361,11 +367,7 @@ fn switching_to_pack_consolidates_an_ec_region_so_a_server_empties() {
         let now = stripes_in_map(&rack.map(region_id));
         std::mem::replace(&mut last, now.clone()) == now
     });
-    stop.store(true, Ordering::Relaxed);
-    let wrong: u64 = threads.into_iter().map(|t| t.join().expect("worker").1).sum();
-    assert_eq!(wrong, 0, "the workload saw wrong pages while fragments consolidated");
-    let bad: Vec<usize> = (0..pages).filter(|p| !page_is(&region, *p, oracle.0[*p].load(Ordering::Relaxed))).collect();
-    assert!(bad.is_empty(), "{} pages wrong, e.g. {:?}", bad.len(), &bad[..bad.len().min(8)]);
+    checked.finish(&region, "while fragments consolidated");
     assert!(last.iter().all(|s| distinct(s)), "a stripe shares a server: {last:?}");
     let emptied: Vec<_> = rack.status().servers.into_iter().filter(|s| s.empty).collect();
     assert!(!emptied.is_empty() && emptied.len() <= 2, "{emptied:?}");
