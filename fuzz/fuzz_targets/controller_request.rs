@@ -5,10 +5,11 @@
 #![no_main]
 
 use krak_auth::RackSecret;
-use krak_controller::auth::{parse_header, verify_request, ReplayGuard};
-use krak_controller::client::parse_response;
+use krak_api::signing::parse_header;
+use krak_controller::auth::{verify_request, ReplayGuard};
+use krak_api::client::parse_response;
 use krak_controller::http::decode_request;
-use krak_controller::messages::{
+use krak_api::messages::{
     parse_region, parse_server, CommitRequest, CreateRegionRequest, HeartbeatRequest, MoveStartRequest, PlaceRequest,
     PolicyBody, RegisterRequest,
 };

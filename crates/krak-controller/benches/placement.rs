@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use krak_controller::messages::{CommitChunk, CreateRegionRequest, RegisterRequest};
+use krak_api::messages::{CommitChunk, CreateRegionRequest, RegisterRequest};
 use krak_controller::{ControllerConfig, Rack, RegionId};
 use krak_meta::{Condition, KeyValue, LeaseId, MetaError, MetaStore, Op};
 use rand::Rng;

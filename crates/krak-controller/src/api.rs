@@ -9,12 +9,12 @@ use serde::de::DeserializeOwned;
 
 use crate::controller::Shared;
 use crate::http::{Request, Response};
-use crate::messages::{
+use crate::placement::{PlacementError, POLICY_NAMES};
+use crate::rack::RackError;
+use krak_api::messages::{
     parse_region, parse_server, CommitReply, CommitRequest, CreateRegionRequest, HeartbeatRequest, MoveStartRequest,
     PlaceReply, PlaceRequest, PolicyBody, RegionReply, RegisterRequest, ServersReply,
 };
-use crate::placement::{PlacementError, POLICY_NAMES};
-use crate::rack::RackError;
 
 /// Answers one request: checks its signature first when the controller has a secret
 /// (all but `GET /metrics`, which stays open for scrapers), and signs the answer.
@@ -29,7 +29,7 @@ pub fn handle(shared: &Shared, req: Request) -> Response {
         shared.metrics.http_request(response.status);
         return response;
     }
-    let now = crate::auth::now_ms();
+    let now = krak_api::signing::now_ms();
     let checked = crate::auth::verify_request(
         secret,
         &shared.replays,
@@ -42,12 +42,12 @@ pub fn handle(shared: &Shared, req: Request) -> Response {
     let response = match checked {
         Ok(nonce) => {
             let mut r = route(shared, &req).unwrap_or_else(|e| error_response(shared, &e));
-            r.auth = Some(crate::auth::sign_response(secret, &nonce, r.status, &r.body));
+            r.auth = Some(krak_api::signing::sign_response(secret, &nonce, r.status, &r.body));
             r
         }
         Err(e) => {
             tracing::warn!("refused {} {}: {e}", req.method, req.path);
-            let status = if e == crate::auth::AuthError::Busy { 503 } else { 401 };
+            let status = if e == krak_api::signing::AuthError::Busy { 503 } else { 401 };
             Response::error(status, &e.to_string())
         }
     };

@@ -5,22 +5,11 @@ use std::net::SocketAddr;
 /// Default chunk (slab) size of a region: the memory server's default slab size.
 pub const DEFAULT_CHUNK_BYTES: u64 = 64 << 20;
 
-/// Bounds on what clients may ask for.
+/// Bounds on what the controller holds (what one request may ask for: `krak_api::limits`).
 pub const MAX_SERVERS: usize = 65_536;
 pub const MAX_REGIONS: usize = 65_536;
-/// Most slots of one region's slab map (chunks times stripe width; a 64 TiB region at 64 MiB
-/// per chunk without redundancy).
-pub const MAX_CHUNKS_PER_REGION: u64 = 1 << 20;
-/// Most chunks in one place or commit request.
-pub const MAX_CHUNKS_PER_REQUEST: usize = 4096;
-/// Most fragments one chunk may be kept as (replicas, or data plus parity fragments).
-pub const MAX_STRIPE_WIDTH: u32 = 32;
-/// Most servers in a place request's `exclude`.
-pub const MAX_EXCLUDE: usize = 256;
 /// Most HTTP connections a controller may be configured to keep open (a thread each).
 pub const MAX_HTTP_CONNECTIONS: usize = 4096;
-/// Longest address, domain or owner string.
-pub const MAX_NAME_BYTES: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {

@@ -89,7 +89,7 @@ impl Response {
     }
 
     pub fn error(status: u16, message: &str) -> Response {
-        let body = serde_json::to_vec(&crate::messages::ErrorBody { error: message.to_string() })
+        let body = serde_json::to_vec(&krak_api::messages::ErrorBody { error: message.to_string() })
             .unwrap_or_else(|_| b"{\"error\":\"?\"}".to_vec());
         Response { status, content_type: "application/json", body, auth: None }
     }

@@ -216,7 +216,7 @@ pub fn encode_response(status: u16, content_type: &str, body: &[u8], auth: Optio
         body.len()
     );
     if let Some(auth) = auth {
-        let _ = write!(out, "{}: {auth}\r\n", crate::auth::RESPONSE_HEADER);
+        let _ = write!(out, "{}: {auth}\r\n", krak_api::signing::RESPONSE_HEADER);
     }
     out.extend_from_slice(if keep_alive { b"Connection: keep-alive\r\n\r\n" } else { b"Connection: close\r\n\r\n" });
     out.extend_from_slice(body);

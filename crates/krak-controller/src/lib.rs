@@ -1,6 +1,6 @@
 //! krak rack controller: membership of memory servers, slab placement behind switchable
 //! policies, the slab map with epochs, an HTTP/JSON API (`docs/api.md`) and Prometheus
-//! metrics, with all state in a [`krak_meta::MetaStore`] so a restarted controller loses
+//! metrics (the API's bodies, paths and client: `krak-api`), with all state in a [`krak_meta::MetaStore`] so a restarted controller loses
 //! nothing.
 //!
 //! Std threads and blocking I/O: a bounded HTTP front end (connections in all and per
@@ -19,14 +19,12 @@
 
 mod api;
 pub mod auth;
-pub mod client;
 pub mod config;
 mod controller;
 pub mod http;
 mod http_gate;
 mod http_wire;
 pub mod membership;
-pub mod messages;
 pub mod metrics;
 pub mod model;
 pub mod moves;
@@ -38,7 +36,6 @@ pub mod view;
 
 use std::net::SocketAddr;
 
-pub use client::{Client, ClientError, RackClient};
 pub use config::ControllerConfig;
 pub use controller::{Controller, ControllerHandle};
 pub use model::{Placement, RegionId, RegionRecord, ServerId, ServerRecord, ServerState};

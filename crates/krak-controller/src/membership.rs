@@ -9,10 +9,10 @@
 use std::time::Instant;
 
 use crate::config::MAX_SERVERS;
-use crate::messages::{HeartbeatReply, HeartbeatRequest, RegisterReply, RegisterRequest};
 use crate::model::{now_unix_ms, ServerId, ServerRecord, ServerState};
 use crate::persist;
 use crate::rack::{validate_name, Rack, RackError};
+use krak_api::messages::{HeartbeatReply, HeartbeatRequest, RegisterReply, RegisterRequest};
 
 /// A change of state seen by [`Rack::tick`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

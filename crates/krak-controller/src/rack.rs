@@ -9,14 +9,7 @@ use std::time::Instant;
 
 use krak_meta::{MetaError, MetaStore};
 
-use crate::config::{
-    ControllerConfig, MAX_CHUNKS_PER_REGION, MAX_CHUNKS_PER_REQUEST, MAX_EXCLUDE, MAX_NAME_BYTES, MAX_REGIONS,
-    MAX_STRIPE_WIDTH,
-};
-use crate::messages::{
-    ChunkServer, CommitChunk, CreateRegionRequest, MapEntry, MapMove, MapReply, MapServer, MoveStartRequest,
-    RegionStatus, RemoteBytes, ServerStatus, StatusReply,
-};
+use crate::config::{ControllerConfig, MAX_REGIONS};
 use crate::model::{
     now_unix_ms, ChunkMap, Counters, Placement, PolicyRecord, RegionId, RegionRecord, ServerId, ServerRecord,
     ServerState,
@@ -26,6 +19,11 @@ use crate::persist::{self, LoadError};
 use crate::placement::{self, PlacementError, PlacementPolicy};
 use crate::stripe;
 use crate::view::RackView;
+use krak_api::limits::{MAX_CHUNKS_PER_REGION, MAX_CHUNKS_PER_REQUEST, MAX_EXCLUDE, MAX_NAME_BYTES, MAX_STRIPE_WIDTH};
+use krak_api::messages::{
+    ChunkServer, CommitChunk, CreateRegionRequest, MapEntry, MapMove, MapReply, MapServer, MoveStartRequest,
+    RegionStatus, RemoteBytes, ServerStatus, StatusReply,
+};
 
 /// Most moves status lists.
 const MAX_LISTED_MOVES: usize = 256;
@@ -122,7 +120,7 @@ impl Rack {
             rack.servers.insert(s.id, s);
         }
         for (record, chunks) in loaded.regions {
-            rack.view.add_region(record.id, record.slot_size());
+            rack.view.add_region(record.id, crate::view::SlotSize::of(&record));
             let mut map = ChunkMap::default();
             let mut epoch = 0;
             for (chunk, p) in chunks {
@@ -230,7 +228,7 @@ impl Rack {
         counters.next_region_id += 1;
         persist::write(&*self.store, vec![persist::put(persist::region_key(record.id), &record)], &counters)?;
         self.counters = counters;
-        self.view.add_region(record.id, record.slot_size());
+        self.view.add_region(record.id, crate::view::SlotSize::of(&record));
         self.regions.insert(record.id, RegionEntry { record: record.clone(), map: ChunkMap::default(), epoch: 0 });
         Ok(record)
     }
@@ -440,7 +438,7 @@ impl Rack {
                 remote_bytes: self
                     .region_servers(e.record.id)
                     .into_iter()
-                    .map(|(s, n)| RemoteBytes { server: s.id, bytes: u64::from(n) * e.record.slot_size().cost_bytes })
+                    .map(|(s, n)| RemoteBytes { server: s.id, bytes: u64::from(n) * e.record.slot_cost_bytes() })
                     .collect(),
                 degraded_slots: self.degraded_slots_of(&e.map),
             })

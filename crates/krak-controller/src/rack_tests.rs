@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::memstore::MemStore;
-use crate::messages::RegisterRequest;
+use krak_api::messages::RegisterRequest;
 
 const SLAB: u64 = 1 << 20;
 
@@ -192,7 +192,7 @@ fn an_erasure_coded_region_is_placed_by_what_its_fragments_cost() {
     assert!(matches!(r.place(whole.id, &(0..48).collect::<Vec<_>>(), &[]), Err(RackError::Placement(_))));
     r.delete_region(whole.id).unwrap();
     let region = r.create_region(&create(Some(4))).unwrap();
-    assert_eq!(region.slot_size().cost_bytes, SLAB / 4);
+    assert_eq!(region.slot_cost_bytes(), SLAB / 4);
     let placed = r.place(region.id, &(0..48).collect::<Vec<_>>(), &[]).unwrap();
     let commit: Vec<CommitChunk> =
         placed.iter().map(|p| CommitChunk { chunk: p.chunk, server: p.server, slab: p.chunk }).collect();

@@ -7,10 +7,10 @@
 
 use std::collections::HashMap;
 
-use crate::messages::CommitChunk;
 use crate::model::{ChunkMap, RegionRecord, ServerId};
 use crate::placement::{PlacementError, PlacementPolicy};
 use crate::view::RackView;
+use krak_api::messages::CommitChunk;
 
 /// Servers for `slots` of `region` (its map is `map`): each avoids `exclude`, the servers
 /// holding the other fragments of its stripe (placed, or chosen earlier in this call) and,
@@ -26,7 +26,7 @@ pub(crate) fn place_slots(
     if region.stripe_width <= 1 {
         return policy.choose(view, region.id, slots.len(), exclude);
     }
-    let slot_bytes = region.slot_size().cost_bytes;
+    let slot_bytes = region.slot_cost_bytes();
     let mut chosen: HashMap<u64, ServerId> = HashMap::new();
     let mut planned: HashMap<ServerId, u64> = HashMap::new();
     let mut out = Vec::with_capacity(slots.len());

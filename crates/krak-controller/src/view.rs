@@ -58,6 +58,11 @@ impl SlotSize {
     pub fn whole(chunk_bytes: u64) -> SlotSize {
         SlotSize { slab_bytes: chunk_bytes, cost_bytes: chunk_bytes }
     }
+
+    /// What one of `region`'s slots needs of a server.
+    pub fn of(region: &crate::model::RegionRecord) -> SlotSize {
+        SlotSize { slab_bytes: region.chunk_bytes, cost_bytes: region.slot_cost_bytes() }
+    }
 }
 
 /// One region, as placement sees it.

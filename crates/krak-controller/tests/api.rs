@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::memstore::MemStore;
-use krak_controller::messages::{
+use krak_api::messages::{
     CommitChunk, CommitReply, CommitRequest, CreateRegionRequest, HeartbeatReply, HeartbeatRequest, MapReply,
     MoveStartRequest, PlaceReply, PlaceRequest, PolicyBody, RegionReply, RegisterReply, RegisterRequest, ServersReply,
     StatusReply,
 };
-use krak_controller::{Client, Controller, ControllerConfig, ControllerHandle, Move, ServerId, ServerState};
+use krak_api::Client;
+use krak_controller::{Controller, ControllerConfig, ControllerHandle, Move, ServerId, ServerState};
 use krak_meta::MetaStore;
 
 const SLAB: u64 = 1 << 20;

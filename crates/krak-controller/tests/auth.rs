@@ -9,11 +9,12 @@ use std::net::TcpStream;
 use std::sync::Arc;
 
 use common::memstore::MemStore;
+use krak_api::client::parse_response;
+use krak_api::messages::{PolicyBody, StatusReply};
+use krak_api::signing::{now_ms, sign_request, verify_response, WINDOW_MS};
+use krak_api::{Client, ClientError};
 use krak_auth::RackSecret;
-use krak_controller::auth::{now_ms, sign_request, verify_response, WINDOW_MS};
-use krak_controller::client::parse_response;
-use krak_controller::messages::{PolicyBody, StatusReply};
-use krak_controller::{Client, ClientError, Controller, ControllerConfig, ControllerHandle};
+use krak_controller::{Controller, ControllerConfig, ControllerHandle};
 use krak_meta::MetaStore;
 
 fn start(secret: Option<RackSecret>) -> ControllerHandle {

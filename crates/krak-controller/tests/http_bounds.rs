@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::memstore::MemStore;
-use krak_controller::messages::{CreateRegionRequest, MapReply, RegionReply, StatusReply};
-use krak_controller::{Client, Controller, ControllerConfig, ControllerHandle};
+use krak_api::messages::{CreateRegionRequest, MapReply, RegionReply, StatusReply};
+use krak_api::Client;
+use krak_controller::{Controller, ControllerConfig, ControllerHandle};
 use krak_meta::MetaStore;
 
 /// Far above any honest wait on a slow shared host.

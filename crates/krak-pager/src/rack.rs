@@ -17,11 +17,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use krak_api::messages::{CommitChunk, CommitRequest, CreateRegionRequest, MapReply, PlaceRequest};
+use krak_api::{Api, RackClient, RegionId, ServerId, ServerState};
 use krak_client::{ConnectOptions, Connection};
-use krak_controller::messages::{
-    CommitChunk, CommitReply, CommitRequest, CreateRegionRequest, MapReply, PlaceReply, PlaceRequest, RegionReply,
-};
-use krak_controller::{RackClient, RegionId, ServerId, ServerState};
 use krak_proto::PAGE_SIZE;
 
 use crate::core::Shared;
@@ -88,7 +86,7 @@ pub(crate) fn allocate(
         // a fragment's slab holds a K-th of the chunk under ec:K+M
         slot_divisor: Some((PAGE_SIZE / redundancy.unit_bytes()) as u32),
     };
-    let created: RegionReply = client.call("POST", "/v1/regions", Some(&request)).map_err(controller_error)?;
+    let created = client.create_region(&request).map_err(controller_error)?;
     let region = created.region;
     let link = RackLink {
         client: parking_lot::Mutex::new(client),
@@ -115,19 +113,15 @@ pub(crate) fn allocate(
 
 fn place_and_commit(
     link: &RackLink,
-    region: &krak_controller::RegionRecord,
+    region: &krak_api::RegionRecord,
     connect: ConnectOptions,
 ) -> Result<(RemoteLayout, Vec<Option<Connection>>, u64), PagerError> {
     let chunk_pages = (region.chunk_bytes / PAGE_SIZE as u64) as usize;
     let chunks = region.chunks();
-    let placed: PlaceReply = link
+    let placed = link
         .client
         .lock()
-        .call(
-            "POST",
-            &format!("/v1/regions/{}/place", region.id.0),
-            Some(&PlaceRequest { chunks: (0..chunks).collect(), exclude: vec![] }),
-        )
+        .place(region.id, &PlaceRequest { chunks: (0..chunks).collect(), exclude: vec![] })
         .map_err(controller_error)?;
     let mut servers: Vec<SocketAddr> = Vec::new();
     let mut admin: Vec<Option<Connection>> = Vec::new();
@@ -173,11 +167,7 @@ fn place_and_commit(
         free_all(&mut admin, &homes);
         return Err(controller_error("the controller left chunks unplaced"));
     };
-    let committed: Result<CommitReply, _> = link.client.lock().call(
-        "POST",
-        &format!("/v1/regions/{}/commit", region.id.0),
-        Some(&CommitRequest { chunks: commits }),
-    );
+    let committed = link.client.lock().commit(region.id, &CommitRequest { chunks: commits });
     match committed {
         Ok(reply) => Ok((RemoteLayout::from_parts(connect, chunk_pages, servers, homes), admin, reply.epoch)),
         Err(e) => {
@@ -199,8 +189,7 @@ pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
     let mut poller = link.client.lock().clone();
     while !shared.stop.load(Ordering::Relaxed) {
         let since = link.epoch.load(Ordering::Relaxed);
-        let path = format!("/v1/regions/{}/map?since_epoch={since}&wait_ms={MAP_POLL_MS}", link.region.0);
-        let map: MapReply = match poller.call_waiting::<(), _>("GET", &path, None, Duration::from_millis(MAP_POLL_MS)) {
+        let map = match poller.map_since(link.region, since, Duration::from_millis(MAP_POLL_MS)) {
             Ok(map) => map,
             Err(e) => {
                 tracing::warn!("controller unreachable ({e}); the region keeps its current placement");
@@ -306,9 +295,7 @@ fn follow_redundant(shared: &Shared, link: &RackLink, map: &MapReply, avoid: &[S
 
 /// Tells the controller the region is gone (after its slabs were freed).
 pub(crate) fn release(link: &RackLink) {
-    let deleted: Result<serde_json::Value, _> =
-        link.client.lock().call::<(), _>("DELETE", &format!("/v1/regions/{}", link.region.0), None);
-    if let Err(e) = deleted {
+    if let Err(e) = link.client.lock().delete_region(link.region) {
         tracing::warn!("removing the region from the controller: {e}");
     }
 }

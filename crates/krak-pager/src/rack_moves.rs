@@ -7,11 +7,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use krak_controller::messages::{
-    ChunkServer, CommitChunk, CommitReply, CommitRequest, MapMove, MapServer, MoveStartRequest, PlaceReply,
-    PlaceRequest,
-};
-use krak_controller::{ClientError as ControllerClientError, ServerId};
+use krak_api::messages::{ChunkServer, CommitChunk, CommitRequest, MapMove, MapServer, MoveStartRequest, PlaceRequest};
+use krak_api::{Api, ClientError as ControllerClientError, ServerId};
 use krak_proto::SlabId;
 
 use crate::core::Shared;
@@ -24,11 +21,7 @@ pub(crate) fn place_one(
     slot: u64,
     exclude: Vec<ServerId>,
 ) -> Result<Option<ChunkServer>, ControllerClientError> {
-    let placed: PlaceReply = link.client.lock().call(
-        "POST",
-        &format!("/v1/regions/{}/place", link.region.0),
-        Some(&PlaceRequest { chunks: vec![slot], exclude }),
-    )?;
+    let placed = link.client.lock().place(link.region, &PlaceRequest { chunks: vec![slot], exclude })?;
     Ok(placed.placements.into_iter().find(|p| p.chunk == slot))
 }
 
@@ -180,10 +173,9 @@ pub(crate) fn commit_slot(
 ) -> Result<(), PagerError> {
     const ATTEMPTS: u32 = 5;
     let request = CommitRequest { chunks: vec![CommitChunk { chunk: slot, server, slab: slab.0 }] };
-    let path = format!("/v1/regions/{}/commit", link.region.0);
     let mut attempt = 1;
     loop {
-        match link.client.lock().call::<_, CommitReply>("POST", &path, Some(&request)) {
+        match link.client.lock().commit(link.region, &request) {
             Ok(reply) => {
                 link.epoch.fetch_max(reply.epoch, Ordering::Relaxed);
                 return Ok(());
@@ -202,19 +194,14 @@ pub(crate) fn commit_slot(
 /// lists it until the slot's commit. For status only: a refusal is logged and the move
 /// goes on.
 fn announce_move(link: &RackLink, slot: u64, from: ServerId, to: ServerId) {
-    let path = format!("/v1/regions/{}/moves", link.region.0);
-    let started: Result<serde_json::Value, _> =
-        link.client.lock().call("POST", &path, Some(&MoveStartRequest { slot, from, to }));
-    if let Err(e) = started {
+    if let Err(e) = link.client.lock().start_move(link.region, &MoveStartRequest { slot, from, to }) {
         tracing::warn!("telling the controller that slot {slot} moves: {e}");
     }
 }
 
 /// Tells the controller that the move of `slot` was given up.
 fn abandon_move(link: &RackLink, slot: u64) {
-    let path = format!("/v1/regions/{}/moves/{slot}", link.region.0);
-    let ended: Result<serde_json::Value, _> = link.client.lock().call::<(), _>("DELETE", &path, None);
-    if let Err(e) = ended {
+    if let Err(e) = link.client.lock().abandon_move(link.region, slot) {
         tracing::warn!("telling the controller that slot {slot}'s move was given up: {e}");
     }
 }

@@ -8,10 +8,10 @@
 
 use std::net::SocketAddr;
 
+use krak_api::limits::MAX_CHUNKS_PER_REQUEST;
+use krak_api::messages::{ChunkServer, CommitChunk, CommitRequest, PlaceRequest};
+use krak_api::{Api, ClientError as ControllerClientError, RegionRecord, ServerId};
 use krak_client::{ConnectOptions, Connection};
-use krak_controller::config::MAX_CHUNKS_PER_REQUEST;
-use krak_controller::messages::{ChunkServer, CommitChunk, CommitReply, CommitRequest, PlaceReply, PlaceRequest};
-use krak_controller::{ClientError as ControllerClientError, RegionRecord, ServerId};
 use krak_proto::PAGE_SIZE;
 
 use crate::rack::{controller_error, parse_addr, RackLink};
@@ -52,11 +52,7 @@ pub(crate) fn place_and_commit(
     let commits: Vec<CommitChunk> = placed.commits(link);
     let mut epoch = 0;
     for batch in commits.chunks(MAX_CHUNKS_PER_REQUEST) {
-        let committed: Result<CommitReply, _> = link.client.lock().call(
-            "POST",
-            &format!("/v1/regions/{}/commit", region.id.0),
-            Some(&CommitRequest { chunks: batch.to_vec() }),
-        );
+        let committed = link.client.lock().commit(region.id, &CommitRequest { chunks: batch.to_vec() });
         match committed {
             Ok(reply) => epoch = epoch.max(reply.epoch),
             Err(e) => {
@@ -128,14 +124,10 @@ fn place_all(
     let per_request = (MAX_CHUNKS_PER_REQUEST / width).max(1) * width;
     for first in (0..slots).step_by(per_request) {
         let batch: Vec<u64> = (first..(first + per_request).min(slots)).map(|s| s as u64).collect();
-        let reply: PlaceReply = link
+        let reply = link
             .client
             .lock()
-            .call(
-                "POST",
-                &format!("/v1/regions/{}/place", region.id.0),
-                Some(&PlaceRequest { chunks: batch, exclude: vec![] }),
-            )
+            .place(region.id, &PlaceRequest { chunks: batch, exclude: vec![] })
             .map_err(|e| placement_error(e, (slots * chunk_pages * scheme.unit_bytes()) as u64))?;
         for p in &reply.placements {
             let slot = p.chunk as usize;

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use krak_controller::messages::{HeartbeatRequest, RegisterReply, RegisterRequest, StatusReply};
-use krak_controller::{Client, Controller, ControllerConfig, ControllerHandle, ServerId};
+use krak_api::messages::{HeartbeatRequest, RegisterReply, RegisterRequest, StatusReply};
+use krak_api::Client;
+use krak_controller::{Controller, ControllerConfig, ControllerHandle, ServerId};
 use krak_memserver::ServerHandle;
 use krak_pager::{FarMemory, FaultMode, PagerConfig, PAGE_SIZE};
 use rand::{Rng, SeedableRng};

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::oracle::*;
 use common::*;
-use krak_controller::messages::{HeartbeatRequest, MapReply, RegisterReply, RegisterRequest, StatusReply};
-use krak_controller::{Client, Controller, ControllerConfig, ControllerHandle, ServerId};
+use krak_api::messages::{HeartbeatRequest, MapReply, RegisterReply, RegisterRequest, StatusReply};
+use krak_api::Client;
+use krak_controller::{Controller, ControllerConfig, ControllerHandle, ServerId};
 use krak_memserver::ServerHandle;
 use krak_pager::{FarMemory, FaultMode, PagerConfig, Redundancy, PAGE_SIZE};
 

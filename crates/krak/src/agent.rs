@@ -7,8 +7,10 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
-use krak_controller::messages::{HeartbeatReply, HeartbeatRequest, RegisterReply, RegisterRequest};
-use krak_controller::{ClientError, ServerId, ServerState};
+use krak_api::messages::{HeartbeatRequest, RegisterRequest};
+use krak_api::Api;
+use krak_api::ClientError;
+use krak_api::{ServerId, ServerState};
 use krak_proto::units::ByteSize;
 use krak_proto::ServerStats;
 
@@ -93,7 +95,7 @@ impl Agent {
                 domain: m.domain.clone(),
                 headroom_bytes: m.headroom_bytes,
             };
-            let reply: RegisterReply = client.call("POST", "/v1/servers", Some(&request))?;
+            let reply = client.register(&request)?;
             self.recovered(client);
             tracing::info!(
                 "registered with the controller at {} as server {} ({}; heartbeat every {} ms)",
@@ -114,7 +116,7 @@ impl Agent {
             slabs: stats.slabs,
             host_free_bytes: host_free_bytes(),
         };
-        match client.call::<_, HeartbeatReply>("POST", &format!("/v1/servers/{}/heartbeat", id.0), Some(&request)) {
+        match client.heartbeat(id, &request) {
             Ok(reply) => {
                 self.recovered(client);
                 self.note_state(id, reply.state);

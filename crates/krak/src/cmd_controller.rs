@@ -10,9 +10,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use krak_api::Api;
+use krak_api::Client;
 use krak_controller::http::{HttpServer, Request, Response};
-use krak_controller::messages::PolicyBody;
-use krak_controller::{Client, Controller, ControllerConfig, ControllerError, ControllerHandle};
+use krak_controller::{Controller, ControllerConfig, ControllerError, ControllerHandle};
 use krak_meta::{FencedStore, Leadership, MetaStore};
 
 /// Run the rack controller: membership and liveness of memory servers, slab placement, the
@@ -231,9 +232,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
         if let Some(p) = policy_to_set.take() {
             let mut client = Client::new(&handle.url())?.with_secret(args.secret.load()?);
             client.timeout = Duration::from_secs(5);
-            let set: Result<PolicyBody, _> =
-                client.call("PUT", "/v1/policy", Some(&PolicyBody { name: p.clone(), available: Vec::new() }));
-            set.with_context(|| format!("setting the policy to {p}"))?;
+            client.set_policy(&p).with_context(|| format!("setting the policy to {p}"))?;
         }
         // Lead until stopped or the lease is lost.
         let renew_every = Duration::from_millis((args.lease_ms / 3).max(50));
@@ -355,7 +354,7 @@ impl Standby {
                 let checked = krak_controller::auth::verify_request(
                     secret,
                     &replays,
-                    krak_controller::auth::now_ms(),
+                    krak_api::signing::now_ms(),
                     &request.method,
                     &request.url,
                     &request.body,
@@ -364,7 +363,7 @@ impl Standby {
                 match checked {
                     Ok(nonce) => {
                         response.auth =
-                            Some(krak_controller::auth::sign_response(secret, &nonce, response.status, &response.body));
+                            Some(krak_api::signing::sign_response(secret, &nonce, response.status, &response.body));
                     }
                     Err(e) => response = Response::error(401, &e.to_string()),
                 }

@@ -4,8 +4,9 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use krak_controller::messages::{PolicyBody, ServerStatus, ServersReply, StatusReply};
-use krak_controller::ServerRecord;
+use krak_api::messages::{PolicyBody, ServerStatus, StatusReply};
+use krak_api::ServerRecord;
+use krak_api::{Api, Transport};
 use krak_proto::units::ByteSize;
 
 use crate::ctl::ControllerArg;
@@ -37,13 +38,13 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     if args.json {
         // Print what the controller said, field for field (typed decoding would drop fields
         // this binary does not know).
-        let value: serde_json::Value =
-            client.call::<(), _>("GET", "/v1/status", None).context("asking the controller for status")?;
+        let value: serde_json::Value = client
+            .send::<(), _>("GET", krak_api::paths::STATUS, None, Duration::ZERO)
+            .context("asking the controller for status")?;
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    let status: StatusReply =
-        client.call::<(), _>("GET", "/v1/status", None).context("asking the controller for status")?;
+    let status = client.status().context("asking the controller for status")?;
     print!("{}", render(&status, client.url(), now_ms()));
     Ok(())
 }
@@ -78,7 +79,7 @@ fn ago(now_ms: u64, then_ms: u64) -> String {
     }
 }
 
-fn server_name(servers: &[ServerStatus], id: krak_controller::ServerId) -> String {
+fn server_name(servers: &[ServerStatus], id: krak_api::ServerId) -> String {
     match servers.iter().find(|s| s.record.id == id) {
         Some(s) => format!("{} ({})", id.0, s.record.addr),
         None => id.0.to_string(),
@@ -88,7 +89,7 @@ fn server_name(servers: &[ServerStatus], id: krak_controller::ServerId) -> Strin
 /// The human-readable status.
 fn render(s: &StatusReply, url: &str, now_ms: u64) -> String {
     let mut out = String::new();
-    let alive = s.servers.iter().filter(|x| x.record.state == krak_controller::ServerState::Alive).count();
+    let alive = s.servers.iter().filter(|x| x.record.state == krak_api::ServerState::Alive).count();
     let _ = writeln!(
         out,
         "rack at {url}: policy {}, map epoch {}, {} servers ({alive} alive), {} regions",
@@ -98,7 +99,7 @@ fn render(s: &StatusReply, url: &str, now_ms: u64) -> String {
         s.regions.len()
     );
     let sum = |f: fn(&ServerRecord) -> u64| -> u64 {
-        s.servers.iter().filter(|x| x.record.state != krak_controller::ServerState::Dead).map(|x| f(&x.record)).sum()
+        s.servers.iter().filter(|x| x.record.state != krak_api::ServerState::Dead).map(|x| f(&x.record)).sum()
     };
     let _ = writeln!(
         out,
@@ -179,7 +180,7 @@ fn render(s: &StatusReply, url: &str, now_ms: u64) -> String {
         out.push_str(&table(&rows));
     }
     out.push('\n');
-    let moves = |label: &str, moves: &[krak_controller::Move], out: &mut String| {
+    let moves = |label: &str, moves: &[krak_api::Move], out: &mut String| {
         if moves.is_empty() {
             let _ = writeln!(out, "{label}: none");
         } else {
@@ -236,10 +237,9 @@ enum PolicyAction {
 pub fn policy(args: PolicyArgs) -> anyhow::Result<()> {
     let mut client = args.controller.client(TIMEOUT)?;
     let answer: PolicyBody = match args.action {
-        PolicyAction::Get => client.call::<(), _>("GET", "/v1/policy", None).context("asking for the policy")?,
+        PolicyAction::Get => client.policy().context("asking for the policy")?,
         PolicyAction::Set { name } => {
-            let body = PolicyBody { name: name.clone(), available: Vec::new() };
-            client.call("PUT", "/v1/policy", Some(&body)).with_context(|| format!("setting the policy to {name}"))?
+            client.set_policy(&name).with_context(|| format!("setting the policy to {name}"))?
         }
     };
     println!("{}", answer.name);
@@ -263,8 +263,7 @@ pub struct DrainArgs {
 
 pub fn drain(args: DrainArgs) -> anyhow::Result<()> {
     let mut client = args.controller.client(TIMEOUT)?;
-    let servers: ServersReply =
-        client.call::<(), _>("GET", "/v1/servers", None).context("asking the controller for its servers")?;
+    let servers = client.servers().context("asking the controller for its servers")?;
     let wanted = args.server.trim();
     let found = match wanted.parse::<u32>() {
         Ok(id) => servers.servers.iter().find(|s| s.record.id.0 == id),
@@ -279,8 +278,8 @@ pub fn drain(args: DrainArgs) -> anyhow::Result<()> {
         );
     };
     let id = server.record.id.0;
-    let record: ServerRecord = client
-        .call::<(), _>("POST", &format!("/v1/servers/{id}/drain"), None)
+    let record = client
+        .drain(server.record.id)
         .with_context(|| format!("asking to drain server {id} ({})", server.record.addr))?;
     println!(
         "drain of server {id} ({}) requested: state {}, {} slabs held; the pagers move them away \

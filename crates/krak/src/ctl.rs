@@ -37,4 +37,4 @@ pub struct OptionalControllerArg {
     pub controller: Option<String>,
 }
 
-pub use krak_controller::RackClient;
+pub use krak_api::RackClient;

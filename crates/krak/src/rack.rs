@@ -121,11 +121,11 @@ impl LocalRack {
     }
 
     fn wait_alive(&self, url: &str) -> anyhow::Result<()> {
-        let client = krak_controller::Client::new(url)?.with_secret(Some(self.secret));
+        let mut client = krak_api::Client::new(url)?.with_secret(Some(self.secret));
         let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
         loop {
-            let status: krak_controller::messages::StatusReply = client.call::<(), _>("GET", "/v1/status", None)?;
-            let alive = status.servers.iter().filter(|s| s.record.state == krak_controller::ServerState::Alive).count();
+            let status = krak_api::Api::status(&mut client)?;
+            let alive = status.servers.iter().filter(|s| s.record.state == krak_api::ServerState::Alive).count();
             if alive >= self.servers.len() {
                 return Ok(());
             }

@@ -12,6 +12,8 @@ pub use domain_spread::DomainSpread;
 pub use pack::Pack;
 pub use spread::Spread;
 
+pub use krak_api::Move;
+
 use crate::model::{RegionId, ServerId};
 use crate::view::RackView;
 
@@ -26,16 +28,6 @@ pub enum PlacementError {
     /// Not enough room on placeable servers of the region's slab size.
     #[error("no capacity: {placed} of {wanted} chunks placed before the rack ran out of room")]
     NoCapacity { wanted: usize, placed: usize },
-}
-
-/// A proposal to move `slabs` of `region`'s slabs from one server to another (the mover
-/// picks which chunks).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Move {
-    pub region: RegionId,
-    pub from: ServerId,
-    pub to: ServerId,
-    pub slabs: u32,
 }
 
 /// A placement policy.

@@ -69,7 +69,7 @@ impl Client {
         stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
         let body = body.unwrap_or_default();
         let signed =
-            self.secret.as_ref().map(|s| crate::auth::sign_request(s, method, path, body, crate::auth::now_ms()));
+            self.secret.as_ref().map(|s| crate::signing::sign_request(s, method, path, body, crate::signing::now_ms()));
         let authorization = signed.as_ref().map(|(h, _)| format!("Authorization: {h}\r\n")).unwrap_or_default();
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\n{authorization}Content-Length: {}\r\n\r\n",
@@ -88,7 +88,7 @@ impl Client {
         };
         if let (Some(secret), Some((_, nonce))) = (&self.secret, &signed) {
             // A refusal of our signature cannot be signed for us: report it as it is.
-            if status != 401 && !crate::auth::verify_response(secret, nonce, status, &body, auth.as_deref()) {
+            if status != 401 && !crate::signing::verify_response(secret, nonce, status, &body, auth.as_deref()) {
                 return Err(ClientError::Auth { addr: self.host.clone() });
             }
         }
@@ -225,7 +225,7 @@ pub fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>, Option<String>), Clie
             length = v.parse::<usize>().ok();
         } else if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
             chunked = true;
-        } else if k == crate::auth::RESPONSE_HEADER.to_ascii_lowercase() {
+        } else if k == crate::signing::RESPONSE_HEADER.to_ascii_lowercase() {
             auth = Some(v.to_string());
         }
     }

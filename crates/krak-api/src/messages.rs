@@ -1,9 +1,8 @@
-//! The JSON bodies of the HTTP API (see `docs/api.md`), shared by the server and the client.
+//! The JSON bodies of the HTTP API (see `docs/api.md`), shared by the controller and its clients.
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{RegionId, RegionRecord, ServerId, ServerRecord, ServerState};
-use crate::placement::Move;
+use crate::records::{Move, RegionId, RegionRecord, ServerId, ServerRecord, ServerState};
 
 /// `POST /v1/servers`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
