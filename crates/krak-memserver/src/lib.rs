@@ -6,7 +6,8 @@
 //! connections are gone for longer than the grace period, its slabs are freed.
 //! The wire protocol is `krak-proto`, described in `docs/protocol.md`. Clients prove they
 //! know the rack secret, every frame carries a MAC, and slab handles are capabilities
-//! bound to the client they were lent to (`docs/threat-model.md`).
+//! bound to the client they were lent to (`docs/threat-model.md`). A server that joins a
+//! rack registers with its controller and heartbeats ([`membership`]).
 //!
 //! ```no_run
 //! let config = krak_memserver::ServerConfig::new("127.0.0.1:0".parse().unwrap(), 1 << 30);
@@ -17,6 +18,7 @@
 
 mod config;
 mod connection;
+pub mod membership;
 mod push;
 mod registry;
 mod requests;

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use krak_api::messages::{HeartbeatRequest, RegisterReply, RegisterRequest, StatusReply};
-use krak_api::Client;
+use krak_api::messages::StatusReply;
+use krak_api::{Api, Client};
 use krak_controller::{Controller, ControllerConfig, ControllerHandle, ServerId};
+use krak_memserver::membership::{self, Figures, MemberHandle, Membership};
 use krak_memserver::ServerHandle;
 use krak_pager::{FarMemory, FaultMode, PagerConfig, PAGE_SIZE};
 use rand::{Rng, SeedableRng};
@@ -20,16 +21,15 @@ use rand::{Rng, SeedableRng};
 const REGION_BYTES: u64 = 16 << 20;
 const HEADROOM_BYTES: u64 = 1 << 30;
 
-/// A controller (file store in a temp dir) and three memory servers that register and
-/// heartbeat, as `krak memserver --controller` does; server 0 reports a host short of
+/// A controller (file store in a temp dir) and three memory servers that join it with the
+/// membership agent of `krak memserver --controller`; server 0 reports a host short of
 /// `host_short_bytes` below its headroom, plus whatever it has given back since.
 struct Rack {
     servers: Arc<Vec<ServerHandle>>,
     ids: Vec<ServerId>,
     controller: Option<ControllerHandle>,
     url: String,
-    beating: Arc<AtomicBool>,
-    heart: Option<std::thread::JoinHandle<()>>,
+    members: Vec<MemberHandle>,
     dir: std::path::PathBuf,
     host_short_bytes: Arc<AtomicU64>,
 }
@@ -42,57 +42,33 @@ impl Rack {
         let store = Arc::new(krak_meta_file::FileStore::open(&dir).expect("file store"));
         let mut config = ControllerConfig::new("127.0.0.1:0".parse().unwrap());
         config.default_chunk_bytes = SLAB_BYTES;
+        config.heartbeat_interval_ms = 100;
         let controller = Controller::start(config, store).expect("controller starts");
         let url = controller.url();
-        let client = Client::new(&url).unwrap();
-        let ids: Vec<ServerId> = servers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let reply: RegisterReply = client
-                    .call(
-                        "POST",
-                        "/v1/servers",
-                        Some(&RegisterRequest {
-                            addr: s.addr().to_string(),
-                            capacity_bytes: 64 << 20,
-                            slab_size_bytes: SLAB_BYTES,
-                            domain: format!("rack1/host{i}"),
-                            headroom_bytes: HEADROOM_BYTES,
-                        }),
-                    )
-                    .unwrap();
-                reply.id
+        let host_short_bytes = Arc::new(AtomicU64::new(0));
+        let lent_at_start = servers[0].stats().lent_bytes;
+        let members: Vec<MemberHandle> = (0..servers.len())
+            .map(|i| {
+                let (lenders, short) = (servers.clone(), host_short_bytes.clone());
+                let figures = move || {
+                    let stats = lenders[i].stats();
+                    // Host 0 is short of memory; what it gives back makes up for it.
+                    let given_back = lent_at_start.saturating_sub(stats.lent_bytes);
+                    let short = if i == 0 { short.load(Ordering::Relaxed).saturating_sub(given_back) } else { 0 };
+                    Figures { stats, host_free_bytes: Some(HEADROOM_BYTES + 4096 - short.min(HEADROOM_BYTES)) }
+                };
+                let m = Membership {
+                    controller: url.clone(),
+                    addr: servers[i].addr().to_string(),
+                    domain: format!("rack1/host{i}"),
+                    headroom_bytes: HEADROOM_BYTES,
+                    secret: None,
+                };
+                membership::spawn(m, Box::new(figures)).expect("membership thread")
             })
             .collect();
-        let beating = Arc::new(AtomicBool::new(true));
-        let host_short_bytes = Arc::new(AtomicU64::new(0));
-        let heart = {
-            let (beating, ids, url, servers, short) =
-                (beating.clone(), ids.clone(), url.clone(), servers.clone(), host_short_bytes.clone());
-            std::thread::spawn(move || {
-                let client = Client::new(&url).unwrap();
-                let lent_at_start = servers[0].stats().lent_bytes;
-                while beating.load(Ordering::Relaxed) {
-                    for (i, (id, server)) in ids.iter().zip(servers.iter()).enumerate() {
-                        let stats = server.stats();
-                        // Host 0 is short of memory; what it gives back makes up for it.
-                        let given_back = lent_at_start.saturating_sub(stats.lent_bytes);
-                        let short = if i == 0 { short.load(Ordering::Relaxed).saturating_sub(given_back) } else { 0 };
-                        let beat = HeartbeatRequest {
-                            lent_bytes: stats.lent_bytes,
-                            free_bytes: stats.capacity_bytes - stats.lent_bytes,
-                            slabs: stats.slabs,
-                            host_free_bytes: Some(HEADROOM_BYTES + 4096 - short.min(HEADROOM_BYTES)),
-                        };
-                        let _: Result<serde_json::Value, _> =
-                            client.call("POST", &format!("/v1/servers/{}/heartbeat", id.0), Some(&beat));
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            })
-        };
-        Rack { servers, ids, controller: Some(controller), url, beating, heart: Some(heart), dir, host_short_bytes }
+        let ids = members.iter().map(|m| m.wait_registered(10_000).expect("server registers")).collect();
+        Rack { servers, ids, controller: Some(controller), url, members, dir, host_short_bytes }
     }
 
     fn client(&self) -> Client {
@@ -115,10 +91,7 @@ impl Rack {
 
 impl Drop for Rack {
     fn drop(&mut self) {
-        self.beating.store(false, Ordering::Relaxed);
-        if let Some(h) = self.heart.take() {
-            let _ = h.join();
-        }
+        self.members.clear();
         if let Some(c) = self.controller.take() {
             c.shutdown();
         }
@@ -169,21 +142,20 @@ fn a_controller_drain_moves_the_region_off_the_server_under_load() {
     std::thread::sleep(Duration::from_millis(300));
 
     let client = rack.client();
-    let _: serde_json::Value =
-        client.call::<(), _>("POST", &format!("/v1/servers/{}/drain", rack.ids[0].0), None).expect("drain accepted");
+    client.clone().drain(rack.ids[0]).expect("drain accepted");
     wait_until("the pager to follow the drain", Duration::from_secs(30), || !region.chunk_servers().contains(&drained));
     stop.store(true, Ordering::Relaxed);
     assert_eq!(worker.join().unwrap(), 0, "a page read back wrong during or after the drain");
     assert_eq!(rack.servers[0].stats().lent_bytes, 0, "the drained server ends with nothing lent");
 
     // The controller's map agrees: nothing placed on the drained server.
-    let status: StatusReply = client.call::<(), _>("GET", "/v1/status", None).unwrap();
+    let status: StatusReply = client.clone().status().unwrap();
     let drained_status = status.servers.iter().find(|s| s.record.id == rack.ids[0]).expect("drained server listed");
     assert_eq!(drained_status.mapped_slabs, 0, "{status:?}");
     assert_eq!(region.stats().failed_faults, 0);
 
     drop(region);
-    let status: StatusReply = client.call::<(), _>("GET", "/v1/status", None).unwrap();
+    let status: StatusReply = client.clone().status().unwrap();
     assert!(status.regions.is_empty(), "dropping the region removes it from the controller");
     for s in rack.servers.iter() {
         assert_eq!(s.stats().lent_bytes, 0);
@@ -235,8 +207,7 @@ fn switching_to_pack_consolidates_the_region_so_a_server_empties() {
     std::thread::sleep(Duration::from_millis(300));
 
     let client = rack.client();
-    let _: serde_json::Value =
-        client.call("PUT", "/v1/policy", Some(&serde_json::json!({ "name": "pack" }))).expect("policy switched");
+    client.clone().set_policy("pack").expect("policy switched");
     wait_until("pack to empty a server", Duration::from_secs(30), || used() < 3);
     // Consolidation settles (pack may empty more than one server) rather than moving chunks
     // back and forth.
@@ -250,7 +221,7 @@ fn switching_to_pack_consolidates_the_region_so_a_server_empties() {
     stop.store(true, Ordering::Relaxed);
     assert_eq!(worker.join().unwrap(), 0, "a page read back wrong while chunks consolidated");
 
-    let status: StatusReply = client.call::<(), _>("GET", "/v1/status", None).unwrap();
+    let status: StatusReply = client.clone().status().unwrap();
     let emptied: Vec<_> = status.servers.iter().filter(|s| s.empty).collect();
     assert!(!emptied.is_empty(), "the controller shows a server holding nothing: {status:?}");
     for s in &emptied {

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use common::oracle::*;
 use common::*;
-use krak_api::messages::{HeartbeatRequest, MapReply, RegisterReply, RegisterRequest, StatusReply};
-use krak_api::Client;
+use krak_api::messages::{MapReply, StatusReply};
+use krak_api::{Api, Client, RegionId};
 use krak_controller::{Controller, ControllerConfig, ControllerHandle, ServerId};
+use krak_memserver::membership::{self, Figures, MemberHandle, Membership};
 use krak_memserver::ServerHandle;
 use krak_pager::{FarMemory, FaultMode, PagerConfig, Redundancy, PAGE_SIZE};
 
@@ -25,16 +26,16 @@ const BUDGET_BYTES: u64 = 1 << 20;
 const SERVER_BYTES: u64 = 64 << 20;
 const THREADS: usize = 3;
 
-/// A controller and memory servers that register (each its own domain) and heartbeat, as
-/// `krak memserver --controller` does; a server taken out stops heartbeating.
+/// A controller and memory servers that join it (each its own domain) with the membership
+/// agent of `krak memserver --controller`; a server taken out stops heartbeating.
 struct Rack {
     servers: Arc<Mutex<Vec<Option<ServerHandle>>>>,
     /// Controller id of each registered server (by index in `servers`).
     ids: Arc<Mutex<HashMap<usize, ServerId>>>,
+    /// The membership agent of each registered server.
+    members: Mutex<HashMap<usize, MemberHandle>>,
     controller: Option<ControllerHandle>,
     url: String,
-    beating: Arc<AtomicBool>,
-    heart: Option<std::thread::JoinHandle<()>>,
     dir: std::path::PathBuf,
 }
 
@@ -47,65 +48,47 @@ impl Rack {
         let store = Arc::new(krak_meta_file::FileStore::open(&dir).expect("file store"));
         let mut config = ControllerConfig::new("127.0.0.1:0".parse().unwrap());
         config.default_chunk_bytes = SLAB_BYTES;
+        config.heartbeat_interval_ms = 100;
         // Heartbeats come every 100 ms; on a loaded 2-core host a test thread may miss a few,
         // and a live server called dead would be lost for the region (one loss too many).
         config.suspect_after_ms = 1_000;
         config.dead_after_ms = 2_500;
         let controller = Controller::start(config, store).expect("controller starts");
         let url = controller.url();
-        let servers = Arc::new(Mutex::new(handles.into_iter().map(Some).collect::<Vec<_>>()));
-        let ids = Arc::new(Mutex::new(HashMap::new()));
-        let beating = Arc::new(AtomicBool::new(true));
-        let mut rack = Rack {
-            servers: servers.clone(),
-            ids: ids.clone(),
+        let rack = Rack {
+            servers: Arc::new(Mutex::new(handles.into_iter().map(Some).collect::<Vec<_>>())),
+            ids: Arc::new(Mutex::new(HashMap::new())),
+            members: Mutex::new(HashMap::new()),
             controller: Some(controller),
-            url: url.clone(),
-            beating: beating.clone(),
-            heart: None,
+            url,
             dir,
         };
         for i in 0..registered {
             rack.register(i);
         }
-        rack.heart = Some(std::thread::spawn(move || {
-            let client = Client::new(&url).unwrap();
-            while beating.load(Ordering::Relaxed) {
-                let registered: Vec<(usize, ServerId)> = ids.lock().unwrap().iter().map(|(i, id)| (*i, *id)).collect();
-                for (i, id) in registered {
-                    let Some(stats) = servers.lock().unwrap()[i].as_ref().map(ServerHandle::stats) else { continue };
-                    let beat = HeartbeatRequest {
-                        lent_bytes: stats.lent_bytes,
-                        free_bytes: stats.capacity_bytes - stats.lent_bytes,
-                        slabs: stats.slabs,
-                        host_free_bytes: None,
-                    };
-                    let _: Result<serde_json::Value, _> =
-                        client.call("POST", &format!("/v1/servers/{}/heartbeat", id.0), Some(&beat));
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }));
         rack
     }
 
+    /// Server `i` joins the rack; its controller id.
     fn register(&self, i: usize) -> ServerId {
-        let reply: RegisterReply = self
-            .client()
-            .call(
-                "POST",
-                "/v1/servers",
-                Some(&RegisterRequest {
-                    addr: self.addr(i),
-                    capacity_bytes: SERVER_BYTES,
-                    slab_size_bytes: SLAB_BYTES,
-                    domain: format!("rack1/host{i}"),
-                    headroom_bytes: 0,
-                }),
-            )
-            .expect("server registers");
-        self.ids.lock().unwrap().insert(i, reply.id);
-        reply.id
+        let servers = self.servers.clone();
+        // a server is taken out only after its agent stopped, so it is always there
+        let figures = move || Figures {
+            stats: servers.lock().unwrap()[i].as_ref().map(ServerHandle::stats).unwrap_or_default(),
+            host_free_bytes: None,
+        };
+        let m = Membership {
+            controller: self.url.clone(),
+            addr: self.addr(i),
+            domain: format!("rack1/host{i}"),
+            headroom_bytes: 0,
+            secret: None,
+        };
+        let member = membership::spawn(m, Box::new(figures)).expect("membership thread");
+        let id = member.wait_registered(10_000).expect("server registers");
+        self.members.lock().unwrap().insert(i, member);
+        self.ids.lock().unwrap().insert(i, id);
+        id
     }
 
     fn addr(&self, i: usize) -> String {
@@ -119,6 +102,7 @@ impl Rack {
     /// Shuts server `i` down (its slabs are gone) and stops its heartbeats.
     fn kill(&self, i: usize) -> ServerId {
         let id = self.ids.lock().unwrap().remove(&i).expect("registered");
+        self.members.lock().unwrap().remove(&i).expect("a member").stop();
         let handle = self.servers.lock().unwrap()[i].take().expect("running");
         handle.shutdown().expect("server stops");
         id
@@ -129,11 +113,11 @@ impl Rack {
     }
 
     fn status(&self) -> StatusReply {
-        self.client().call::<(), _>("GET", "/v1/status", None).expect("status")
+        self.client().status().expect("status")
     }
 
     fn map(&self, region: u64) -> MapReply {
-        self.client().call::<(), _>("GET", &format!("/v1/regions/{region}/map"), None).expect("map")
+        self.client().map(RegionId(region)).expect("map")
     }
 
     fn region(&self, scheme: &str, mode: FaultMode) -> Arc<FarMemory> {
@@ -153,10 +137,7 @@ impl Rack {
 
 impl Drop for Rack {
     fn drop(&mut self) {
-        self.beating.store(false, Ordering::Relaxed);
-        if let Some(h) = self.heart.take() {
-            let _ = h.join();
-        }
+        self.members.lock().unwrap().clear();
         if let Some(c) = self.controller.take() {
             c.shutdown();
         }
@@ -320,8 +301,7 @@ fn a_controller_drain_moves_an_ec_region_s_fragments_off_the_server() {
     let before = stripes_in_map(&rack.map(region_id));
     let on_drained = before.iter().flatten().filter(|s| **s == drained).count();
     assert!(on_drained > 0, "the region uses server 0");
-    let _: serde_json::Value =
-        rack.client().call::<(), _>("POST", &format!("/v1/servers/{}/drain", drained.0), None).expect("drain accepted");
+    rack.client().drain(drained).expect("drain accepted");
     wait_until("the pager to move every fragment off the drained server", Duration::from_secs(40), || {
         rack.slabs(0) == 0 && stripes_in_map(&rack.map(region_id)).iter().flatten().all(|s| *s != drained)
     });
@@ -358,8 +338,7 @@ fn switching_to_pack_consolidates_an_ec_region_so_a_server_empties() {
     assert_eq!(used(), 8, "spread placed fragments on every server");
     let checked = Checked::start(&region);
     std::thread::sleep(Duration::from_millis(300));
-    let _: serde_json::Value =
-        rack.client().call("PUT", "/v1/policy", Some(&serde_json::json!({ "name": "pack" }))).expect("policy switched");
+    rack.client().set_policy("pack").expect("policy switched");
     wait_until("pack to empty a server", Duration::from_secs(40), || used() < 8);
     // Consolidation settles (with stripes six wide, at most two of eight servers can empty).
     let mut last = stripes_in_map(&rack.map(region_id));

@@ -7,8 +7,8 @@ use anyhow::Context;
 use krak_memserver::{MemServer, ServerConfig};
 use krak_proto::units::ByteSize;
 
-use crate::agent::{self, Membership};
 use crate::ctl::OptionalControllerArg;
+use krak_memserver::membership::{self, Figures, Membership};
 
 /// Serve slabs of this machine's memory to krak pagers over TCP.
 ///
@@ -110,8 +110,10 @@ pub fn run(args: MemserverArgs) -> anyhow::Result<()> {
     let secret = config.secret;
     let server = MemServer::bind(config).context("starting the memory server")?;
     let membership = args.controller.controller.as_deref().filter(|c| !c.trim().is_empty()).map(|controller| {
-        let addr =
-            args.advertise.clone().unwrap_or_else(|| agent::advertised(server.local_addr(), controller).to_string());
+        let addr = args
+            .advertise
+            .clone()
+            .unwrap_or_else(|| membership::advertised(server.local_addr(), controller).to_string());
         Membership {
             controller: controller.to_string(),
             addr,
@@ -146,7 +148,7 @@ pub fn run(args: MemserverArgs) -> anyhow::Result<()> {
     };
     let handle = server.spawn().context("starting the memory server")?;
     // The heartbeat loop runs on this thread until SIGINT/SIGTERM; the server serves on its own.
-    agent::run(&membership, &|| handle.stats(), &agent_stop);
+    membership::run(&membership, &|| Figures::of_this_host(handle.stats()), &agent_stop);
     handle.shutdown().context("serving")?;
     Ok(())
 }

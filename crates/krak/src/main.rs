@@ -1,6 +1,5 @@
 //! The `krak` command: every role of a krak rack in one binary.
 
-mod agent;
 mod cmd_bench;
 mod cmd_controller;
 mod cmd_memserver;

@@ -2,19 +2,20 @@
 //! interval it asks with the server's own figures, re-register when it forgot us, and keep
 //! retrying with bounded backoff when it cannot be reached. The memory server keeps serving
 //! its clients whatever the controller does.
+//!
+//! [`run`] keeps a calling thread (the `krak memserver` binary's main thread);
+//! [`spawn`] runs the same loop on a thread of its own, stopped when its handle drops.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use krak_api::messages::{HeartbeatRequest, RegisterRequest};
-use krak_api::Api;
-use krak_api::ClientError;
-use krak_api::{ServerId, ServerState};
+use krak_api::{Api, ClientError, RackClient, ServerId, ServerState};
 use krak_proto::units::ByteSize;
 use krak_proto::ServerStats;
-
-use crate::ctl::RackClient;
 
 /// First wait after a failed call; doubled after each further failure.
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -35,8 +36,90 @@ pub struct Membership {
     pub secret: Option<krak_proto::RackSecret>,
 }
 
-/// Runs until a message (or a hang-up) arrives on `stop`.
-pub fn run(m: &Membership, stats: &dyn Fn() -> ServerStats, stop: &Receiver<()>) {
+/// What each heartbeat reports: the server's own figures and its host's free memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Figures {
+    pub stats: ServerStats,
+    /// `None` when the host's free memory is not known (no headroom path).
+    pub host_free_bytes: Option<u64>,
+}
+
+impl Figures {
+    /// `stats` with this host's free memory as `/proc/meminfo` tells it.
+    pub fn of_this_host(stats: ServerStats) -> Figures {
+        Figures { stats, host_free_bytes: host_free_bytes() }
+    }
+}
+
+/// Runs until a message (or a hang-up) arrives on `stop`. The server's controller id, once
+/// registered, is kept in `id` (0 before).
+pub fn run(m: &Membership, figures: &dyn Fn() -> Figures, stop: &Receiver<()>) {
+    run_noting(m, figures, stop, &AtomicU32::new(0));
+}
+
+/// A membership loop on a thread of its own.
+#[derive(Debug)]
+pub struct MemberHandle {
+    stop: Option<Sender<()>>,
+    id: Arc<AtomicU32>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts [`run`] on a thread; dropping the handle (or [`MemberHandle::stop`]) stops the
+/// heartbeats.
+pub fn spawn(m: Membership, figures: Box<dyn Fn() -> Figures + Send>) -> std::io::Result<MemberHandle> {
+    let (stop, stopped) = std::sync::mpsc::channel();
+    let id = Arc::new(AtomicU32::new(0));
+    let noted = id.clone();
+    let thread = std::thread::Builder::new()
+        .name("krak-member".into())
+        .spawn(move || run_noting(&m, &*figures, &stopped, &noted))?;
+    Ok(MemberHandle { stop: Some(stop), id, thread: Some(thread) })
+}
+
+impl MemberHandle {
+    /// The id the controller gave this server, once it registered.
+    pub fn server_id(&self) -> Option<ServerId> {
+        let id = self.id.load(Ordering::Acquire);
+        (id != 0).then_some(ServerId(id))
+    }
+
+    /// Waits up to `timeout_ms` for the registration; its id, or `None` when it took longer.
+    pub fn wait_registered(&self, timeout_ms: u64) -> Option<ServerId> {
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        loop {
+            if let Some(id) = self.server_id() {
+                return Some(id);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops the heartbeats and waits for the thread.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for MemberHandle {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+fn run_noting(m: &Membership, figures: &dyn Fn() -> Figures, stop: &Receiver<()>, id: &AtomicU32) {
     let mut client = match RackClient::new(&m.controller, CALL_TIMEOUT) {
         Ok(c) => c.with_secret(m.secret),
         Err(e) => {
@@ -48,8 +131,9 @@ pub fn run(m: &Membership, stats: &dyn Fn() -> ServerStats, stop: &Receiver<()>)
     let mut agent = Agent { id: None, state: None, interval: Duration::from_secs(1), failing: None, shed: 0 };
     let mut backoff = BACKOFF_START;
     loop {
-        let wait = match agent.step(m, &mut client, &stats()) {
+        let wait = match agent.step(m, &mut client, &figures()) {
             Ok(wait) => {
+                id.store(agent.id.map_or(0, |i| i.0), Ordering::Release);
                 backoff = BACKOFF_START;
                 wait
             }
@@ -86,7 +170,8 @@ struct Agent {
 
 impl Agent {
     /// Registers or heartbeats once; returns how long to wait before the next step.
-    fn step(&mut self, m: &Membership, client: &mut RackClient, stats: &ServerStats) -> Result<Duration, ClientError> {
+    fn step(&mut self, m: &Membership, client: &mut RackClient, figures: &Figures) -> Result<Duration, ClientError> {
+        let stats = &figures.stats;
         let Some(id) = self.id else {
             let request = RegisterRequest {
                 addr: m.addr.clone(),
@@ -114,7 +199,7 @@ impl Agent {
             lent_bytes: stats.lent_bytes,
             free_bytes: stats.capacity_bytes.saturating_sub(stats.lent_bytes),
             slabs: stats.slabs,
-            host_free_bytes: host_free_bytes(),
+            host_free_bytes: figures.host_free_bytes,
         };
         match client.heartbeat(id, &request) {
             Ok(reply) => {
