@@ -111,6 +111,11 @@ impl ControllerHandle {
         format!("http://{}", self.addr)
     }
 
+    /// Switches the placement policy (stored in the rack, as `PUT /v1/policy` does).
+    pub fn set_policy(&self, name: &str) -> Result<(), crate::rack::RackError> {
+        self.shared.rack.lock().set_policy(name)
+    }
+
     /// Stops serving: long-polls answer at once, workers finish their request, the listener
     /// closes. The store keeps everything.
     pub fn shutdown(mut self) {

@@ -21,6 +21,7 @@ mod api;
 pub mod auth;
 pub mod config;
 mod controller;
+pub mod election;
 pub mod http;
 mod http_gate;
 mod http_wire;
@@ -31,6 +32,7 @@ pub mod moves;
 pub mod persist;
 pub mod placement;
 pub mod rack;
+mod standby;
 mod stripe;
 pub mod view;
 
@@ -38,6 +40,7 @@ use std::net::SocketAddr;
 
 pub use config::ControllerConfig;
 pub use controller::{Controller, ControllerHandle};
+pub use election::{serve_elected, Candidate, ElectionError};
 pub use model::{Placement, RegionId, RegionRecord, ServerId, ServerRecord, ServerState};
 pub use placement::{Move, PlacementError, PlacementPolicy};
 pub use rack::{Rack, RackError};

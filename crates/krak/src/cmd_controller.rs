@@ -1,20 +1,16 @@
 //! `krak controller`: the rack manager, with its state in the embedded file store or etcd,
-//! and leader election so that of several controllers on one etcd only one serves.
+//! and leader election (`krak_controller::election`) so that of several controllers on one
+//! etcd only one serves. This module only turns flags into a configuration.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use krak_api::Api;
-use krak_api::Client;
-use krak_controller::http::{HttpServer, Request, Response};
-use krak_controller::{Controller, ControllerConfig, ControllerError, ControllerHandle};
-use krak_meta::{FencedStore, Leadership, MetaStore};
+use krak_controller::election::{default_id, resolve_port};
+use krak_controller::{serve_elected, Candidate, ControllerConfig};
+use krak_meta::MetaStore;
 
 /// Run the rack controller: membership and liveness of memory servers, slab placement, the
 /// slab map, an HTTP/JSON API (docs/api.md) and Prometheus metrics at /metrics.
@@ -92,11 +88,6 @@ pub struct ControllerArgs {
     http_max_connections_per_client: usize,
 }
 
-/// How long a standby waits between attempts to become leader.
-const ACQUIRE_EVERY: Duration = Duration::from_millis(500);
-/// How long starting the API may retry binding an address a standby just released.
-const BIND_RETRY: Duration = Duration::from_secs(3);
-
 /// The default directory of the file store.
 pub fn default_store_path() -> PathBuf {
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
@@ -151,234 +142,31 @@ fn config(args: &ControllerArgs, listen: SocketAddr) -> anyhow::Result<Controlle
     Ok(c)
 }
 
-/// The concrete address: port 0 is resolved now, so that the leader's id and a standby's
-/// API name the same port.
-fn resolve_port(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
-    if listen.port() != 0 {
-        return Ok(listen);
-    }
-    let l = TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
-    Ok(l.local_addr()?)
-}
-
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into a buffer we own.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    if rc == 0 && end > 0 {
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    } else {
-        "localhost".into()
-    }
-}
-
-fn announce(printed: &mut bool, addr: SocketAddr) -> anyhow::Result<()> {
-    if !*printed {
-        // Scripts and tests parse the address from this exact line.
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "krak controller listening on http://{addr}")?;
-        out.flush()?;
-        *printed = true;
-    }
-    Ok(())
+/// The line scripts and tests parse the API's address from (printed once).
+fn announce(addr: SocketAddr) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "krak controller listening on http://{addr}")?;
+    out.flush()
 }
 
 pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
-    let base = config(&args, args.listen)?;
+    // flags are checked before the store is opened
+    let mut config = config(&args, args.listen)?;
     let (store, store_name) = open_store(&args)?;
     let listen = resolve_port(args.listen)?;
-    let id = args.id.clone().unwrap_or_else(|| {
-        let host = if listen.ip().is_unspecified() { hostname() } else { listen.ip().to_string() };
-        let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host };
-        format!("http://{host}:{}", listen.port())
-    });
+    config.listen = listen;
+    let candidate = Candidate {
+        id: args.id.clone().unwrap_or_else(|| default_id(listen)),
+        lease_ms: args.lease_ms,
+        policy: args.policy.clone(),
+        announce_terms: args.etcd.is_some(),
+    };
     let (stop_tx, stop) = std::sync::mpsc::channel::<()>();
     if let Err(e) = ctrlc::set_handler(move || {
         let _ = stop_tx.send(());
     }) {
         tracing::warn!("cannot handle SIGINT/SIGTERM ({e}); stop the controller with SIGKILL");
     }
-    let etcd = args.etcd.is_some();
-    tracing::info!("controller {id}: state in the {store_name}");
-    let mut printed = false;
-    let mut policy_to_set = args.policy.clone();
-    loop {
-        // Standby until this controller leads.
-        let Some(leadership) =
-            acquire(&*store, &base, &id, args.lease_ms, listen, &stop, &mut printed, args.secret.load()?)?
-        else {
-            return Ok(());
-        };
-        if etcd {
-            tracing::warn!("controller {id} is the leader");
-        }
-        // Every write of this term is fenced by the leader key: once another controller
-        // leads, what this one still tries to write is refused by the store.
-        let fenced: Arc<dyn MetaStore> = Arc::new(FencedStore::new(store.clone(), leadership.revision()));
-        let handle = match start(base.clone(), listen, fenced) {
-            Ok(h) => h,
-            Err(ControllerError::Store(e)) => {
-                tracing::warn!("cannot load the rack from the {store_name}: {e}; retrying");
-                let _ = leadership.resign(&*store);
-                if wait_or_stop(&stop, Duration::from_secs(1)) {
-                    return Ok(());
-                }
-                continue;
-            }
-            Err(e) => return Err(e).context("starting the controller"),
-        };
-        announce(&mut printed, handle.addr())?;
-        if let Some(p) = policy_to_set.take() {
-            let mut client = Client::new(&handle.url())?.with_secret(args.secret.load()?);
-            client.timeout = Duration::from_secs(5);
-            client.set_policy(&p).with_context(|| format!("setting the policy to {p}"))?;
-        }
-        // Lead until stopped or the lease is lost.
-        let renew_every = Duration::from_millis((args.lease_ms / 3).max(50));
-        loop {
-            if wait_or_stop(&stop, renew_every) {
-                handle.shutdown();
-                let _ = leadership.resign(&*store);
-                return Ok(());
-            }
-            if let Err(e) = leadership.renew(&*store) {
-                tracing::warn!("controller {id} lost the leadership ({e}); stopping the API and standing by");
-                handle.shutdown();
-                break;
-            }
-        }
-    }
-}
-
-/// Waits up to `d`; true when asked to stop.
-fn wait_or_stop(stop: &Receiver<()>, d: Duration) -> bool {
-    !matches!(stop.recv_timeout(d), Err(RecvTimeoutError::Timeout))
-}
-
-/// Tries to become leader until it does (`Some`) or is asked to stop (`None`), serving 503
-/// from a standby API meanwhile.
-#[allow(clippy::too_many_arguments)]
-fn acquire(
-    store: &dyn MetaStore,
-    config: &ControllerConfig,
-    id: &str,
-    lease_ms: u64,
-    listen: SocketAddr,
-    stop: &Receiver<()>,
-    printed: &mut bool,
-    secret: Option<krak_proto::RackSecret>,
-) -> anyhow::Result<Option<Leadership>> {
-    let mut standby: Option<Standby> = None;
-    let mut last_error = None;
-    loop {
-        let leader = match Leadership::try_acquire(store, id, lease_ms) {
-            Ok(Some(l)) => {
-                drop(standby);
-                return Ok(Some(l));
-            }
-            Ok(None) => {
-                last_error = None;
-                Leadership::current(store).ok().flatten().unwrap_or_else(|| "unknown".into())
-            }
-            Err(e) => {
-                let message = e.to_string();
-                if last_error.as_ref() != Some(&message) {
-                    tracing::warn!("cannot reach the metadata store to elect a leader: {message}; retrying");
-                    last_error = Some(message);
-                }
-                "unknown (the metadata store cannot be reached)".into()
-            }
-        };
-        match &standby {
-            Some(s) => *s.leader.lock().unwrap_or_else(|p| p.into_inner()) = leader,
-            None => {
-                let s = Standby::start(config, listen, leader.clone(), secret)
-                    .with_context(|| format!("cannot listen on {listen}"))?;
-                tracing::warn!("controller {id} is a standby; the leader is {leader}");
-                announce(printed, s.addr)?;
-                standby = Some(s);
-            }
-        }
-        if wait_or_stop(stop, ACQUIRE_EVERY) {
-            return Ok(None);
-        }
-    }
-}
-
-/// Starts the API, retrying a bind that fails while a standby's listener is being closed.
-fn start(
-    mut config: ControllerConfig,
-    listen: SocketAddr,
-    store: Arc<dyn MetaStore>,
-) -> Result<ControllerHandle, ControllerError> {
-    config.listen = listen;
-    let deadline = Instant::now() + BIND_RETRY;
-    loop {
-        match Controller::start(config.clone(), store.clone()) {
-            Err(ControllerError::Bind { .. }) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
-            other => return other,
-        }
-    }
-}
-
-/// The API of a standby: 503 to everything, naming the leader, behind the same bounded HTTP
-/// front end as the leader's.
-#[derive(Debug)]
-struct Standby {
-    addr: SocketAddr,
-    leader: Arc<Mutex<String>>,
-    server: Option<HttpServer>,
-}
-
-impl Standby {
-    fn start(
-        config: &ControllerConfig,
-        listen: SocketAddr,
-        leader: String,
-        secret: Option<krak_proto::RackSecret>,
-    ) -> std::io::Result<Standby> {
-        let leader = Arc::new(Mutex::new(leader));
-        let replays = krak_controller::auth::ReplayGuard::default();
-        let answer_leader = leader.clone();
-        let handler = move |request: Request| -> Response {
-            let leader = answer_leader.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let body = serde_json::json!({
-                "error": format!("standby controller; the leader is {leader}"),
-                "leader": leader,
-            });
-            let mut response = Response::json(503, &body);
-            // With a secret, only signed requests learn who leads, and the answer is signed
-            // so clients can trust it and move on.
-            if let Some(secret) = &secret {
-                let checked = krak_controller::auth::verify_request(
-                    secret,
-                    &replays,
-                    krak_api::signing::now_ms(),
-                    &request.method,
-                    &request.url,
-                    &request.body,
-                    request.authorization.as_deref(),
-                );
-                match checked {
-                    Ok(nonce) => {
-                        response.auth =
-                            Some(krak_api::signing::sign_response(secret, &nonce, response.status, &response.body));
-                    }
-                    Err(e) => response = Response::error(401, &e.to_string()),
-                }
-            }
-            response
-        };
-        let server = HttpServer::start(listen, config.http_limits(), Arc::default(), Arc::new(handler))?;
-        Ok(Standby { addr: server.addr(), leader, server: Some(server) })
-    }
-}
-
-impl Drop for Standby {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.shutdown();
-        }
-    }
+    tracing::info!("controller {}: state in the {store_name}", candidate.id);
+    serve_elected(&config, store, &candidate, &stop, &mut announce).context("running the controller")
 }
