@@ -1,9 +1,9 @@
-//! The messages of `krak run --pager separate`'s socket (`krak_pager::arena_wire`): any
+//! The messages of `krak run --pager separate`'s socket (`krak_arena::wire`): any
 //! bytes must decode to a request, an answer or a typed error, never a panic, and whatever
 //! decodes must encode back to the same bytes (answers: within the encoder's bounds).
 #![no_main]
 
-use krak_pager::arena_wire::{Answer, Request, MAX_REASON_BYTES};
+use krak_arena::wire::{Answer, Request, MAX_REASON_BYTES};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -10,7 +10,6 @@
 //!
 //! The fault path is described in `docs/design.md`.
 
-pub mod arena_wire;
 mod chunk_copy;
 mod core;
 mod discard;

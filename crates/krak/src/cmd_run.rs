@@ -7,8 +7,9 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use krak_proto::units::ByteSize;
 
+use krak_arena::contract::{AllocatorChoice, Backing, RunConfig, SecretSource};
+
 use crate::rack::LocalRack;
-use crate::run_env as env;
 
 /// Signals passed on to the program when sent to krak alone (a terminal's ^C or ^\ reaches
 /// the program directly: it is in krak's process group).
@@ -109,29 +110,37 @@ enum Allocator {
 }
 
 impl Allocator {
-    fn as_env(self) -> &'static str {
+    fn choice(self) -> AllocatorChoice {
         match self {
-            Allocator::Auto => "auto",
-            Allocator::Krak => "krak",
-            Allocator::Program => "program",
+            Allocator::Auto => AllocatorChoice::Auto,
+            Allocator::Krak => AllocatorChoice::Krak,
+            Allocator::Program => AllocatorChoice::Program,
         }
     }
 }
 
-/// The preload library: $KRAK_PRELOAD, or beside the krak binary (both are built by
-/// `cargo build --release -p krak`).
+/// The preload library (crate krak-preload): $KRAK_PRELOAD, or beside the krak binary, or
+/// in cargo's `deps/` beside it (where a build of the workspace's tests leaves it).
 fn preload_path() -> anyhow::Result<PathBuf> {
-    let path = match std::env::var_os("KRAK_PRELOAD") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::current_exe().context("finding the krak binary")?.with_file_name("libkrak_preload.so"),
-    };
-    if !path.is_file() {
-        bail!(
-            "preload library {} not found (build it with `cargo build --release -p krak`, or set $KRAK_PRELOAD)",
-            path.display()
-        );
+    const NAME: &str = "libkrak_preload.so";
+    if let Some(p) = std::env::var_os("KRAK_PRELOAD") {
+        let path = PathBuf::from(p);
+        if !path.is_file() {
+            bail!("$KRAK_PRELOAD names {}, which is not a file", path.display());
+        }
+        return Ok(path);
     }
-    Ok(path)
+    let exe = std::env::current_exe().context("finding the krak binary")?;
+    let beside = exe.with_file_name(NAME);
+    let in_deps = exe.with_file_name("deps").join(NAME);
+    match [beside, in_deps].into_iter().find(|p| p.is_file()) {
+        Some(path) => Ok(path),
+        None => bail!(
+            "preload library {NAME} not found beside {} (build it with `cargo build --release`, which \
+             builds the whole workspace, or set $KRAK_PRELOAD)",
+            exe.display()
+        ),
+    }
 }
 
 fn signal_set() -> libc::sigset_t {
@@ -178,13 +187,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
 
     let mut cmd = Command::new(&args.program[0]);
     cmd.args(&args.program[1..]);
-    pager_env(&mut cmd, &args, rack.as_ref(), &stats_base)?;
+    let mut run_config = run_config(&args, rack.as_ref(), &stats_base)?;
     let host = match args.pager {
         PagerPlace::InProcess => None,
         PagerPlace::Separate => {
             let dir = SocketDir::new()?;
             let mut host_cmd = Command::new(std::env::current_exe().context("finding the krak binary")?);
-            pager_env(&mut host_cmd, &args, rack.as_ref(), &stats_base)?;
+            host_cmd.envs(run_config.to_vars());
             // SAFETY: as for the program below: only the child's own signal mask.
             unsafe {
                 host_cmd.pre_exec(move || {
@@ -193,10 +202,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
                 });
             }
             let child = crate::cmd_pager::spawn_host(host_cmd, &dir.socket())?;
-            cmd.env(env::PAGER_SOCKET, dir.socket());
+            run_config.pager_socket = Some(dir.socket());
             Some((child, dir))
         }
     };
+    cmd.envs(run_config.to_vars());
     let ld_preload = match std::env::var("LD_PRELOAD") {
         Ok(old) if !old.is_empty() => format!("{}:{old}", preload.display()),
         _ => preload.display().to_string(),
@@ -234,7 +244,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
             "local_budget_bytes": args.local.0,
             "max_far_bytes": args.max_far.0,
             "threshold_bytes": args.threshold.0,
-            "allocator": args.allocator.as_env(),
+            "allocator": args.allocator.choice().as_str(),
             "pager_place": if args.pager == PagerPlace::Separate { "separate" } else { "in-process" },
             "pager_process": pager_process,
             "peak_rss_bytes": peak_rss_bytes,
@@ -308,48 +318,31 @@ impl Drop for SocketDir {
 }
 
 /// The `KRAK_RUN_*` configuration, for the program's library and the pager process alike.
-fn pager_env(
-    cmd: &mut Command,
-    args: &RunArgs,
-    rack: Option<&LocalRack>,
-    stats_base: &std::path::Path,
-) -> anyhow::Result<()> {
-    cmd.env(env::LOCAL_BYTES, args.local.0.to_string())
-        .env(env::MAX_FAR_BYTES, args.max_far.0.to_string())
-        .env(env::THRESHOLD_BYTES, args.threshold.0.to_string())
-        .env(env::ALLOCATOR, args.allocator.as_env())
-        .env(env::STATS_FILE, stats_base)
-        .env(env::REDUNDANCY, args.redundancy.to_string());
-    match rack {
-        Some(rack) => {
-            cmd.env(env::SECRET_FILE, rack.secret_file());
-        }
+fn run_config(args: &RunArgs, rack: Option<&LocalRack>, stats_base: &std::path::Path) -> anyhow::Result<RunConfig> {
+    let secret = match rack {
+        Some(rack) => SecretSource::File(rack.secret_file()),
         None => match (args.secret.load()?, &args.secret.secret_file) {
-            (Some(_), Some(path)) => {
-                cmd.env(env::SECRET_FILE, path);
-            }
-            _ => {
-                cmd.env(env::INSECURE, "1");
-            }
+            (Some(_), Some(path)) => SecretSource::File(path.clone()),
+            _ => SecretSource::Insecure,
         },
-    }
-    match (rack, &args.controller) {
-        (Some(rack), _) => {
-            let list: Vec<String> = rack.addrs().iter().map(|a| a.to_string()).collect();
-            cmd.env(env::SERVERS, list.join(","));
-        }
-        (None, Some(url)) => {
-            cmd.env(env::CONTROLLER, url);
-        }
-        (None, None) => {
-            let list: Vec<String> = args.servers.iter().map(|a| a.to_string()).collect();
-            cmd.env(env::SERVERS, list.join(","));
-        }
-    }
-    if let Some(log) = &args.log {
-        cmd.env(env::LOG_FILE, log);
-    }
-    Ok(())
+    };
+    let backing = match (rack, &args.controller) {
+        (Some(rack), _) => Backing::Servers(rack.addrs()),
+        (None, Some(url)) => Backing::Controller(url.clone()),
+        (None, None) => Backing::Servers(args.servers.clone()),
+    };
+    Ok(RunConfig {
+        backing,
+        local_bytes: args.local.0,
+        max_far_bytes: args.max_far.0,
+        threshold_bytes: args.threshold.0,
+        stats_file: Some(stats_base.to_path_buf()),
+        log_file: args.log.clone(),
+        secret,
+        redundancy: args.redundancy,
+        allocator: args.allocator.choice(),
+        pager_socket: None,
+    })
 }
 
 fn remove_stats_files(base: &std::path::Path) {

@@ -10,9 +10,6 @@ mod ctl;
 mod demo;
 mod pager_opts;
 mod rack;
-#[path = "preload/env.rs"]
-#[allow(dead_code)]
-mod run_env;
 mod secret_opts;
 
 use clap::{Parser, Subcommand};
@@ -71,7 +68,7 @@ fn main() -> std::process::ExitCode {
                 Ok(code) => std::process::ExitCode::from(code),
                 Err(e) => {
                     eprintln!("krak: error: {e:#}");
-                    std::process::ExitCode::from(run_env::EXIT_PAGER_FAILED as u8)
+                    std::process::ExitCode::from(krak_arena::contract::EXIT_PAGER_FAILED as u8)
                 }
             }
         }

@@ -493,7 +493,7 @@ fn served_and_released(log: &Path) -> (Vec<String>, Vec<String>) {
             .filter_map(|rest| rest.split(end).next().map(str::to_owned))
             .collect()
     };
-    (pids("serving the arena of pid ", ":"), pids("krak::cmd_pager: pid ", " hung up"))
+    (pids("serving the arena of pid ", ":"), pids("krak_arena::host: pid ", " hung up"))
 }
 
 #[test]

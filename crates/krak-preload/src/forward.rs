@@ -14,33 +14,12 @@ use std::ffi::CStr;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::OnceLock;
 
+use krak_arena::contract::AllocatorChoice;
 use libc::{c_int, c_void, size_t};
 use parking_lot::Mutex;
 
 use crate::alloc::*;
 use crate::far::{self, die};
-
-/// `krak run --allocator`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Choice {
-    /// The program's allocator when `malloc` resolves to an object other than glibc, else krak's.
-    Auto,
-    /// The library serves the malloc family (large blocks in the arena, the rest from glibc).
-    Krak,
-    /// Forward to whatever `malloc` follows this library, glibc's included.
-    Program,
-}
-
-impl Choice {
-    pub fn parse(s: &str) -> Option<Choice> {
-        match s {
-            "auto" => Some(Choice::Auto),
-            "krak" => Some(Choice::Krak),
-            "program" => Some(Choice::Program),
-            _ => None,
-        }
-    }
-}
 
 /// The program's allocator: the functions everything else is built on.
 pub struct Program {
@@ -277,14 +256,14 @@ fn next_symbol(name: &CStr) -> Option<(usize, (usize, String))> {
 
 /// Decides whose allocator serves the malloc family; run once, from the library's
 /// constructor, after the configuration is read.
-pub fn resolve(choice: Choice) {
+pub fn resolve(choice: AllocatorChoice) {
     let glibc = object_of(__libc_malloc as *const c_void).unwrap_or_else(|| die("cannot find glibc's malloc"));
     let next = next_symbol(c"malloc");
     let foreign = next.as_ref().is_some_and(|(_, (base, _))| *base != glibc.0);
     let forward = match choice {
-        Choice::Auto => foreign,
-        Choice::Krak => false,
-        Choice::Program => true,
+        AllocatorChoice::Auto => foreign,
+        AllocatorChoice::Krak => false,
+        AllocatorChoice::Program => true,
     };
     if !forward {
         GLIBC_BLOCKS.lock().clear();

@@ -1,6 +1,6 @@
 //! `libkrak_preload.so`: runs an unmodified program's large anonymous memory on krak far
 //! memory. `krak run` preloads it (LD_PRELOAD) and configures it through the environment
-//! (`env.rs`). It interposes the malloc family and `mmap`/`munmap`/`mremap`/`madvise`/
+//! (`krak_arena::contract`). It interposes the malloc family and `mmap`/`munmap`/`mremap`/`madvise`/
 //! `mprotect`: allocations at or above the threshold (1 MiB by default) are served from one
 //! far-memory arena, a `FarMemory` region whose pager runs inside the process, in handler
 //! threads; everything smaller goes to glibc. A program that brings its own allocator
@@ -9,8 +9,6 @@
 
 #[cfg(not(test))]
 mod alloc;
-#[cfg_attr(test, allow(dead_code))]
-mod env;
 #[cfg(not(test))]
 mod far;
 #[cfg(not(test))]
@@ -18,8 +16,6 @@ mod forward;
 #[cfg(not(test))]
 mod interpose;
 mod runs;
-#[cfg(not(test))]
-mod separate;
 #[cfg(not(test))]
 mod threads;
 

@@ -2,33 +2,18 @@
 //! allocation, and the page runs the program holds in it.
 
 use std::cell::Cell;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::OnceLock;
 
-use krak_pager::{FarMemory, FaultMode, PagerConfig, UffdMode, PAGE_SIZE};
+use krak_arena::contract::{AllocatorChoice, RunConfig, EXIT_PAGER_FAILED};
+use krak_arena::program::Separate;
+use krak_pager::{FarMemory, FaultMode, UffdMode, PAGE_SIZE};
 use parking_lot::Mutex;
 
-use crate::env;
 use crate::runs::Runs;
 
-/// What `krak run` asked for (see `env.rs`).
-#[derive(Debug)]
-pub struct Config {
-    servers: Vec<SocketAddr>,
-    controller: Option<String>,
-    local_bytes: u64,
-    max_far_bytes: u64,
-    threshold_bytes: u64,
-    stats_file: Option<String>,
-    log_file: Option<String>,
-    secret: Option<krak_proto::RackSecret>,
-    redundancy: krak_pager::Redundancy,
-    /// The pager process's socket (`--pager separate`); None: the pager runs in here.
-    pager_socket: Option<std::path::PathBuf>,
-}
-
-static CONFIG: OnceLock<Config> = OnceLock::new();
+/// What `krak run` asked for (`krak_arena::contract`).
+static CONFIG: OnceLock<RunConfig> = OnceLock::new();
 /// Allocations of at least this many bytes go to the arena (none until configured).
 pub static THRESHOLD: AtomicUsize = AtomicUsize::new(usize::MAX);
 static ARENA_START: AtomicUsize = AtomicUsize::new(0);
@@ -50,8 +35,8 @@ thread_local! {
 enum Arena {
     /// In this process's threads, over a private anonymous mapping.
     InProcess(FarMemory),
-    /// In a pager process, over a memfd mapped shared (see `separate.rs`).
-    Separate(crate::separate::Separate),
+    /// In a pager process, over a memfd mapped shared (`krak_arena::program`).
+    Separate(Separate),
 }
 
 impl Arena {
@@ -82,65 +67,14 @@ pub struct Far {
 pub fn die(why: &str) -> ! {
     eprintln!("krak: {why}");
     // SAFETY: _exit ends the process at once; no Rust state needs to survive it.
-    unsafe { libc::_exit(env::EXIT_PAGER_FAILED) }
-}
-
-fn bytes_var(name: &str, default: Option<u64>) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v.parse().unwrap_or_else(|_| die(&format!("${name} is not a number of bytes: {v:?}"))),
-        Err(std::env::VarError::NotPresent) => default.unwrap_or_else(|| die(&format!("${name} is not set"))),
-        Err(e) => die(&format!("${name}: {e}")),
-    }
+    unsafe { libc::_exit(EXIT_PAGER_FAILED) }
 }
 
 /// Reads the configuration; run once, from the library's constructor. Returns the
 /// allocator choice, for `forward::resolve`.
-pub fn load_config() -> crate::forward::Choice {
-    let servers: Vec<SocketAddr> = match std::env::var(env::SERVERS) {
-        Ok(list) => list
-            .split(',')
-            .map(|a| a.trim().parse().unwrap_or_else(|_| die(&format!("${}: bad address {a:?}", env::SERVERS))))
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    let controller = std::env::var(env::CONTROLLER).ok().filter(|c| !c.is_empty());
-    if servers.is_empty() && controller.is_none() {
-        die(&format!(
-            "libkrak_preload.so needs ${} or ${} (run programs with `krak run`)",
-            env::SERVERS,
-            env::CONTROLLER
-        ));
-    }
-    let config = Config {
-        servers,
-        controller,
-        local_bytes: bytes_var(env::LOCAL_BYTES, None),
-        max_far_bytes: bytes_var(env::MAX_FAR_BYTES, None),
-        threshold_bytes: bytes_var(env::THRESHOLD_BYTES, Some(env::DEFAULT_THRESHOLD_BYTES)).max(PAGE_SIZE as u64),
-        stats_file: std::env::var(env::STATS_FILE).ok(),
-        log_file: std::env::var(env::LOG_FILE).ok(),
-        secret: match (std::env::var(env::SECRET_FILE), std::env::var(env::INSECURE).as_deref()) {
-            (Ok(path), _) => Some(
-                krak_auth::load_secret_file(std::path::Path::new(&path))
-                    .unwrap_or_else(|e| die(&format!("${}: {e}", env::SECRET_FILE))),
-            ),
-            (Err(_), Ok("1")) => None,
-            (Err(_), _) => die(&format!("${} is not set (and ${} is not 1)", env::SECRET_FILE, env::INSECURE)),
-        },
-        redundancy: match std::env::var(env::REDUNDANCY) {
-            Ok(s) => s.parse().unwrap_or_else(|e| die(&format!("${}: {e}", env::REDUNDANCY))),
-            Err(_) => krak_pager::Redundancy::None,
-        },
-        pager_socket: std::env::var_os(env::PAGER_SOCKET).filter(|s| !s.is_empty()).map(Into::into),
-    };
-    if config.local_bytes < (krak_pager::MIN_BUDGET_PAGES * PAGE_SIZE) as u64 || config.max_far_bytes == 0 {
-        die("the local budget or the arena size is too small");
-    }
-    let allocator = match std::env::var(env::ALLOCATOR) {
-        Ok(s) => crate::forward::Choice::parse(&s)
-            .unwrap_or_else(|| die(&format!("${}: {s:?} is not auto, krak or program", env::ALLOCATOR))),
-        Err(_) => crate::forward::Choice::Auto,
-    };
+pub fn load_config() -> AllocatorChoice {
+    let config = RunConfig::from_env().unwrap_or_else(|e| die(&e.to_string()));
+    let allocator = config.allocator;
     THRESHOLD.store(config.threshold_bytes as usize, Relaxed);
     let wants_stats = config.stats_file.is_some();
     let _ = CONFIG.set(config);
@@ -215,7 +149,7 @@ fn start() -> Far {
             .create(true)
             .append(true)
             .open(path)
-            .unwrap_or_else(|e| die(&format!("log file {path}: {e}")));
+            .unwrap_or_else(|e| die(&format!("log file {}: {e}", path.display())));
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
             .with_ansi(false)
@@ -223,22 +157,13 @@ fn start() -> Far {
             .try_init();
     }
     if let Some(socket) = &config.pager_socket {
-        let sep = crate::separate::Separate::start(config.max_far_bytes as usize, socket)
+        let sep = Separate::start(config.max_far_bytes as usize, socket, die)
             .unwrap_or_else(|e| die(&format!("cannot start the arena: {e}")));
         tracing::info!("krak arena served by the pager process (pid {})", sep.pager_pid());
         return far_over(Arena::Separate(sep), config);
     }
-    let pager = PagerConfig {
-        region_bytes: config.max_far_bytes,
-        local_budget_bytes: config.local_bytes,
-        servers: config.servers.clone(),
-        controller: config.controller.clone(),
-        secret: config.secret,
-        redundancy: config.redundancy,
-        // Programs hand heap buffers to system calls: faults must be served for the kernel too.
-        fault_mode: FaultMode::Threads,
-        ..PagerConfig::default()
-    };
+    // Programs hand heap buffers to system calls: faults must be served for the kernel too.
+    let pager = config.pager_config(FaultMode::Threads).unwrap_or_else(|e| die(&e.to_string()));
     let region = FarMemory::new(pager).unwrap_or_else(|e| die(&format!("cannot start the pager: {e}")));
     if region.uffd_mode() == UffdMode::UserModeOnly {
         die("userfaultfd here serves user-mode faults only (not root, vm.unprivileged_userfaultfd = 0): \
@@ -248,7 +173,7 @@ fn start() -> Far {
     far_over(Arena::InProcess(region), config)
 }
 
-fn far_over(region: Arena, config: &Config) -> Far {
+fn far_over(region: Arena, config: &RunConfig) -> Far {
     let start = region.as_ptr() as usize;
     let runs = Runs::new(start / PAGE_SIZE, region.len() / PAGE_SIZE);
     ARENA_END.store(start + region.len(), Relaxed);
@@ -267,7 +192,7 @@ impl Far {
         let offset = first * PAGE_SIZE - self.region.as_ptr() as usize;
         let done = guarded(|| match &self.region {
             Arena::InProcess(r) => r.discard(offset, count * PAGE_SIZE).map_err(|e| e.to_string()),
-            Arena::Separate(s) => s.discard(offset, count * PAGE_SIZE),
+            Arena::Separate(s) => s.discard(offset, count * PAGE_SIZE).map_err(|e| e.to_string()),
         });
         if let Err(e) = done {
             die(&format!("discarding far memory: {e}"));
@@ -420,7 +345,7 @@ extern "C" fn write_stats() {
         }),
         Some((far, Arena::Separate(sep))) => {
             // The pager process's figures for this arena, with the program's own.
-            let mut json = sep.stats().unwrap_or_else(|e| serde_json::json!({ "pager_error": e }));
+            let mut json = sep.stats().unwrap_or_else(|e| serde_json::json!({ "pager_error": e.to_string() }));
             json["pager_started"] = true.into();
             json["far_allocations"] = far.far_allocations.load(Relaxed).into();
             json["fallback_allocations"] = far.fallbacks.load(Relaxed).into();
@@ -430,5 +355,5 @@ extern "C" fn write_stats() {
         None => serde_json::json!({ "pager_started": false, "malloc": crate::forward::describe() }),
     });
     // One file per process (children run their own pager): suffix all but krak run's child.
-    let _ = std::fs::write(format!("{path}.{}", std::process::id()), json.to_string());
+    let _ = std::fs::write(format!("{}.{}", path.display(), std::process::id()), json.to_string());
 }
