@@ -2,8 +2,11 @@
 //! the pager allocates ever goes through the interposed `malloc` (and into the arena).
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use libc::c_void;
+use libc::{c_int, c_void, size_t};
+
+use crate::far::die;
 
 extern "C" {
     pub fn __libc_malloc(size: usize) -> *mut c_void;
@@ -69,4 +72,35 @@ unsafe impl GlobalAlloc for LibcHeap {
             new
         }
     }
+}
+
+/// Sets this thread's `errno`, as a failing libc call does.
+pub fn set_errno(e: c_int) {
+    // SAFETY: errno is this thread's own variable.
+    unsafe { *libc::__errno_location() = e };
+}
+
+/// glibc's `malloc_usable_size`, which the one below hides.
+pub fn glibc_usable_size(ptr: *mut c_void) -> usize {
+    static REAL: AtomicUsize = AtomicUsize::new(0);
+    let mut f = REAL.load(Relaxed);
+    if f == 0 {
+        // glibc's own, not the next in search order: a program linked with another
+        // allocator (redis with jemalloc) has that one's first, and its blocks are glibc's now.
+        // SAFETY: dlopen of the already loaded libc (RTLD_NOLOAD) and dlsym, with constant
+        // NUL-terminated names.
+        f = unsafe {
+            let libc_handle = libc::dlopen(c"libc.so.6".as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD);
+            if libc_handle.is_null() {
+                die("cannot find glibc (libc.so.6)");
+            }
+            libc::dlsym(libc_handle, c"malloc_usable_size".as_ptr())
+        } as usize;
+        if f == 0 {
+            die("cannot find glibc's malloc_usable_size");
+        }
+        REAL.store(f, Relaxed);
+    }
+    // SAFETY: f is glibc's malloc_usable_size, of this signature; ptr is glibc's.
+    unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(*mut c_void) -> size_t>(f)(ptr) }
 }

@@ -357,3 +357,71 @@ extern "C" fn write_stats() {
     // One file per process (children run their own pager): suffix all but krak run's child.
     let _ = std::fs::write(format!("{}.{}", path.display(), std::process::id()), json.to_string());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The arena's allocation calls over a real region on a memory server: contents move
+    /// with realloc and mremap, and freed, unmapped or dropped pages read as zeros after.
+    #[test]
+    fn allocation_calls_keep_and_forget_contents_as_libc_would() {
+        let server = krak_memserver::spawn(krak_memserver::ServerConfig::new("127.0.0.1:0".parse().unwrap(), 64 << 20))
+            .expect("memory server");
+        let region = FarMemory::new(krak_pager::PagerConfig {
+            region_bytes: 32 << 20,
+            local_budget_bytes: 1 << 20,
+            servers: vec![server.addr()],
+            fault_mode: FaultMode::Threads,
+            ..Default::default()
+        })
+        .expect("region");
+        let config = RunConfig::from_vars(&|name| {
+            let v = match name {
+                krak_arena::contract::SERVERS => server.addr().to_string(),
+                krak_arena::contract::LOCAL_BYTES => (1u64 << 20).to_string(),
+                krak_arena::contract::MAX_FAR_BYTES => (32u64 << 20).to_string(),
+                krak_arena::contract::INSECURE => "1".into(),
+                _ => return None,
+            };
+            Some(v.into())
+        })
+        .unwrap();
+        let far = far_over(Arena::InProcess(region), &config);
+        let fill = |p: usize, len: usize, seed: u8| {
+            // SAFETY: [p, p+len) is a run of the arena this test holds.
+            let s = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, len) };
+            s.iter_mut().enumerate().for_each(|(i, b)| *b = seed ^ (i as u8) ^ ((i >> 12) as u8));
+        };
+        let check = |p: usize, len: usize, seed: Option<u8>| {
+            // SAFETY: as above.
+            let s = unsafe { std::slice::from_raw_parts(p as *const u8, len) };
+            let want = |i: usize| seed.map_or(0, |seed| seed ^ (i as u8) ^ ((i >> 12) as u8));
+            assert!(s.iter().enumerate().all(|(i, b)| *b == want(i)), "contents at {p:#x} (+{len})");
+        };
+        // 8 MiB written (8x the budget), grown by realloc, every byte kept
+        let a = far.alloc(8 << 20, PAGE_SIZE, true).expect("room") as usize;
+        assert!(in_arena(a));
+        fill(a, 8 << 20, 7);
+        let b = far.realloc(a, 12 << 20) as usize;
+        check(b, 8 << 20, Some(7));
+        assert_eq!(far.usable_size(b), 12 << 20);
+        // a run freed reads as zeros when handed out again
+        far.free(b);
+        let c = far.alloc(12 << 20, PAGE_SIZE, false).expect("room") as usize;
+        check(c, 12 << 20, None);
+        // madvise(DONTNEED) zeroes only its range
+        fill(c, 4 << 20, 3);
+        far.dont_need(c + (1 << 20), 1 << 20);
+        check(c, 1 << 20, Some(3));
+        check(c + (1 << 20), 1 << 20, None);
+        // mremap: shrink in place, then grow (moved if it must), contents kept
+        assert_eq!(far.remap(c, 12 << 20, 1 << 20, false), Ok(c));
+        let d = far.remap(c, 1 << 20, 16 << 20, true).expect("room");
+        check(d, 1 << 20, Some(3));
+        assert_eq!(far.remap(d + 1, 1 << 20, 2 << 20, true), Err(libc::EINVAL));
+        far.unmap(d, 16 << 20);
+        assert!(!far.in_use(d, PAGE_SIZE));
+        assert_eq!(far.fallbacks.load(Relaxed), 0);
+    }
+}

@@ -149,7 +149,7 @@ pub fn memalign(route: Route, align: size_t, size: size_t) -> *mut c_void {
             match unsafe { (p.posix_memalign)(&mut out, align, size) } {
                 0 => out,
                 e => {
-                    crate::interpose::set_errno(e);
+                    crate::alloc::set_errno(e);
                     std::ptr::null_mut()
                 }
             }
@@ -203,7 +203,7 @@ pub unsafe fn realloc(route: Route, ptr: *mut c_void, size: size_t) -> *mut c_vo
             unsafe {
                 let new = (p.malloc)(size);
                 if !new.is_null() {
-                    let old = crate::interpose::glibc_usable_size(ptr);
+                    let old = crate::alloc::glibc_usable_size(ptr);
                     std::ptr::copy_nonoverlapping(ptr.cast::<u8>(), new.cast::<u8>(), old.min(size));
                     free(ptr);
                 }
@@ -227,7 +227,7 @@ pub unsafe fn usable_size(ptr: *mut c_void) -> size_t {
     match program() {
         // SAFETY: the program allocator's block.
         Some(p) if !is_glibc(ptr) => unsafe { (p.usable_size)(ptr) },
-        _ => crate::interpose::glibc_usable_size(ptr),
+        _ => crate::alloc::glibc_usable_size(ptr),
     }
 }
 

@@ -3,7 +3,7 @@
 //! from glibc, is always handed back to glibc. When the program brings its own allocator,
 //! the malloc family is forwarded (`forward.rs`) and only the memory calls decide.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
 use libc::{c_int, c_void, off_t, size_t};
 
@@ -13,11 +13,6 @@ use crate::forward::{self, route};
 
 fn large(size: usize) -> bool {
     size >= THRESHOLD.load(Relaxed)
-}
-
-pub fn set_errno(e: c_int) {
-    // SAFETY: errno is this thread's own variable.
-    unsafe { *libc::__errno_location() = e };
 }
 
 /// An arena run for a large request, or None (small, a fork child, pager code, arena full).
@@ -72,31 +67,6 @@ pub unsafe extern "C" fn calloc(n: size_t, size: size_t) -> *mut c_void {
     // Arena runs are handed out discarded: they read as zeros without being touched.
     // SAFETY: glibc's calloc otherwise.
     far_alloc(total, 1, true).unwrap_or_else(|| unsafe { __libc_calloc(n, size) })
-}
-
-/// glibc's `malloc_usable_size`, which the one below hides.
-pub fn glibc_usable_size(ptr: *mut c_void) -> usize {
-    static REAL: AtomicUsize = AtomicUsize::new(0);
-    let mut f = REAL.load(Relaxed);
-    if f == 0 {
-        // glibc's own, not the next in search order: a program linked with another
-        // allocator (redis with jemalloc) has that one's first, and its blocks are glibc's now.
-        // SAFETY: dlopen of the already loaded libc (RTLD_NOLOAD) and dlsym, with constant
-        // NUL-terminated names.
-        f = unsafe {
-            let libc_handle = libc::dlopen(c"libc.so.6".as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD);
-            if libc_handle.is_null() {
-                die("cannot find glibc (libc.so.6)");
-            }
-            libc::dlsym(libc_handle, c"malloc_usable_size".as_ptr())
-        } as usize;
-        if f == 0 {
-            die("cannot find glibc's malloc_usable_size");
-        }
-        REAL.store(f, Relaxed);
-    }
-    // SAFETY: f is glibc's malloc_usable_size, of this signature; ptr is glibc's.
-    unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(*mut c_void) -> size_t>(f)(ptr) }
 }
 
 /// # Safety
