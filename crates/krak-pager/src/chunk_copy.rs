@@ -15,7 +15,7 @@ use krak_client::{ClientError, Connection};
 use krak_proto::{ErrorCode, PageRef, SlabId};
 use krak_uffd::PAGE_SIZE;
 
-use crate::core::{Shared, REMOTE};
+use crate::core::Shared;
 use crate::stats::Counters;
 use crate::PagerError;
 
@@ -51,7 +51,7 @@ impl Steps {
             let stop = (self.next + STEP_PAGES).min(self.end);
             let pages: Vec<usize> = {
                 let core = shared.core.lock();
-                (self.next..stop).filter(|&p| core.states[p] & REMOTE != 0).collect()
+                core.pages.remote_in(self.next..stop).collect()
             };
             self.next = stop;
             if !pages.is_empty() {

@@ -1,6 +1,6 @@
-//! The state every fault handler shares: each page's state, the resident count against the
-//! budget, the policies, and the write-back buffer. One mutex guards it all; it is never
-//! held across network I/O, only across a few page-sized ioctls.
+//! The state every fault handler shares: the page table (each page's state and the resident
+//! count against the budget), the policies, and the write-back buffer. One mutex guards it
+//! all; it is never held across network I/O, only across a few page-sized ioctls.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,27 +12,11 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::eviction::EvictionPolicy;
 use crate::memory::RegionMemory;
+use crate::page_table::{Kind, PageTable, Victim};
 use crate::prefetch::PrefetchPolicy;
 use crate::remote::RemoteLayout;
 use crate::stats::Counters;
 use crate::PagerError;
-
-/// Not resident. Its contents are zero unless [`REMOTE`] is set.
-pub const ABSENT: u8 = 0;
-/// A handler is fetching it; its frame is already counted against the budget.
-pub const FETCHING: u8 = 1;
-/// Resident and write-protected: identical to its remote copy (or zero).
-pub const CLEAN: u8 = 2;
-/// Resident and writable: must be written back before it is dropped.
-pub const DIRTY: u8 = 3;
-/// Evicted dirty: not mapped, its bytes wait in the write-back buffer.
-pub const STAGED: u8 = 4;
-/// Resident, being dropped by the reclaimer outside the lock (write-protected if it was
-/// dirty); faults on it wait until it is gone.
-pub const EVICTING: u8 = 5;
-/// Flag: a memory server holds (or is about to hold) this page.
-pub const REMOTE: u8 = 0x80;
-pub const STATE_MASK: u8 = 0x7f;
 
 /// Most pages with a corrupt fragment waiting to be rewritten; past it a corruption is
 /// left for the next read of the page to find again.
@@ -57,17 +41,14 @@ pub(crate) struct Limits {
 }
 
 pub(crate) struct Core {
-    pub states: Vec<u8>,
-    /// Pages FETCHING, CLEAN or DIRTY: what the budget bounds.
-    pub resident: usize,
+    /// Every page's state, the resident count the budget bounds, and staged pages' bytes.
+    pub pages: PageTable,
     pub budget_pages: usize,
     /// While a shrink evicts down to `budget_pages`, the budget it started from: the bound
     /// still in force for anyone watching until the shrink is done.
     pub shrinking_from: Option<usize>,
     pub eviction: Box<dyn EvictionPolicy>,
     pub prefetch: Box<dyn PrefetchPolicy>,
-    /// Latest bytes of each STAGED page.
-    pub staged: HashMap<usize, Arc<[u8]>>,
     /// Evicted pages not yet taken by the write-back thread, oldest first.
     pub wb_queue: VecDeque<(usize, Arc<[u8]>)>,
     /// Pages queued or being written: bounded by `writeback_buffer_pages`.
@@ -188,8 +169,8 @@ impl Shared {
     /// enough free frames that this finds nothing to do; when it cannot keep up, the fault
     /// path evicts just what it needs.
     pub fn make_room(&self, core: &mut MutexGuard<'_, Core>, n: usize) -> Result<(), PagerError> {
-        while core.resident + n > core.budget_pages {
-            let needed = core.resident + n - core.budget_pages;
+        while core.pages.resident() + n > core.budget_pages {
+            let needed = core.pages.resident() + n - core.budget_pages;
             if self.evict_batch(core, needed)? == 0 {
                 // Failing write-backs fail the fault only once the buffer is full and nothing
                 // in it waits but pages that failed (parked): some pages of a redundant
@@ -205,7 +186,7 @@ impl Shared {
                 self.space.wait_for(core, Duration::from_millis(SPACE_WAIT_MS));
             }
         }
-        if core.resident + self.low_watermark(core) > core.budget_pages {
+        if core.pages.resident() + self.low_watermark(core) > core.budget_pages {
             self.reclaim_wake.notify_one();
         }
         Ok(())
@@ -220,53 +201,59 @@ impl Shared {
     /// not keep up); the clean ones share one TLB flush. Returns how many.
     pub fn evict_batch(&self, core: &mut Core, count: usize) -> Result<usize, PagerError> {
         let mut clean = Vec::with_capacity(count);
-        let mut evicted = 0;
-        while evicted < count && core.wb_pending < self.limits.writeback_buffer_pages {
+        let mut dirty = 0;
+        let mut saved = Ok(());
+        while clean.len() + dirty < count && core.wb_pending < self.limits.writeback_buffer_pages {
             let Some(victim) = core.eviction.pick_victim() else { break };
-            let state = core.states[victim];
-            match state & STATE_MASK {
-                CLEAN => {
-                    core.states[victim] = ABSENT | (state & REMOTE);
-                    clean.push(victim);
-                }
-                DIRTY => self.evict_dirty(core, victim)?,
+            match core.pages.kind(victim) {
+                Kind::Clean => clean.push(victim),
+                Kind::Dirty => match self.evict_dirty(core, victim) {
+                    Ok(()) => dirty += 1,
+                    Err(e) => {
+                        // still mapped and dirty: the policy keeps it
+                        core.eviction.inserted(victim);
+                        saved = Err(e);
+                        break;
+                    }
+                },
                 other => {
                     // The policy only ever holds resident pages; anything else is a bug.
-                    debug_assert!(false, "policy named page {victim} in state {other}");
-                    tracing::error!("eviction policy named page {victim} in state {other}; skipped");
-                    continue;
+                    debug_assert!(false, "policy named page {victim} in state {other:?}");
+                    tracing::error!("eviction policy named page {victim} in state {other:?}; skipped");
                 }
             }
-            evicted += 1;
         }
         if !clean.is_empty() {
-            self.map.discard_pages(&clean).map_err(PagerError::Mapping)?;
+            // Absent only once unmapped: a page still mapped must stay in the policy.
+            if let Err(e) = self.map.discard_pages(&clean) {
+                clean.iter().for_each(|&page| core.eviction.inserted(page));
+                return Err(PagerError::Mapping(e));
+            }
+            clean.iter().for_each(|&page| core.pages.evict_clean(page));
             Counters::add(&self.counters.evictions_clean, clean.len() as u64);
         }
-        core.resident -= evicted;
-        Ok(evicted)
+        saved.map(|()| clean.len() + dirty)
     }
 
     /// Evicts up to `count` pages like [`Shared::evict_batch`], but makes the expensive
     /// calls (write-protect, copy, drop; each a TLB flush on other CPUs) with the lock
     /// released, so that faults never wait behind them. The victims are EVICTING meanwhile.
     pub fn evict_batch_unlocked(&self, core: &mut MutexGuard<'_, Core>, count: usize) -> Result<usize, PagerError> {
-        let mut victims: Vec<(usize, u8)> = Vec::with_capacity(count);
+        let mut victims: Vec<Victim> = Vec::with_capacity(count);
         let mut dirty = 0;
         // At most one dirty victim per batch: each costs a flush of its own (the write
         // protection), and a long batch delays the faults that wait for its victims.
         while victims.len() < count && dirty == 0 && core.wb_pending < self.limits.writeback_buffer_pages {
             let Some(victim) = core.eviction.pick_victim() else { break };
-            let state = core.states[victim];
-            match state & STATE_MASK {
-                CLEAN | DIRTY => {
-                    dirty += usize::from(state & STATE_MASK == DIRTY);
-                    core.states[victim] = EVICTING | (state & REMOTE);
-                    victims.push((victim, state));
+            match core.pages.kind(victim) {
+                Kind::Clean | Kind::Dirty => {
+                    let v = core.pages.start_evicting(victim);
+                    dirty += usize::from(v.dirty());
+                    victims.push(v);
                 }
                 other => {
-                    debug_assert!(false, "policy named page {victim} in state {other}");
-                    tracing::error!("eviction policy named page {victim} in state {other}; skipped");
+                    debug_assert!(false, "policy named page {victim} in state {other:?}");
+                    tracing::error!("eviction policy named page {victim} in state {other:?}; skipped");
                 }
             }
         }
@@ -275,52 +262,67 @@ impl Shared {
         }
         // Reserve write-back room for the dirty ones before letting go of the lock.
         core.wb_pending += dirty;
-        let copied = MutexGuard::unlocked(core, || self.drop_victims(&victims));
-        let mut bytes = match copied {
-            Ok(bytes) => bytes.into_iter(),
-            Err(e) => {
-                // Nothing was dropped that was not saved; put every victim back as it was.
-                for &(page, state) in &victims {
-                    core.states[page] = state;
-                    core.eviction.inserted(page);
+        let dropped = MutexGuard::unlocked(core, || self.drop_victims(&victims));
+        let (copies, failed) = match dropped {
+            Dropped::All(copies) => (copies, None),
+            Dropped::SavedOnly(copies, e) => (copies, Some(e)),
+            Dropped::Nothing(e) => {
+                // Nothing was dropped: put every victim back as it was.
+                for v in victims {
+                    core.pages.cancel_evicting(v);
+                    core.eviction.inserted(v.page);
                 }
                 core.wb_pending -= dirty;
+                self.wake_evict_waiters(core);
                 return Err(e);
             }
         };
-        for &(page, state) in &victims {
-            if state & STATE_MASK == DIRTY {
-                self.stage(core, page, bytes.next().expect("one copy per dirty victim"));
-            } else {
-                core.states[page] = ABSENT | (state & REMOTE);
+        // Every dirty victim's bytes are saved: staged, they are safe whether or not its
+        // mapping went (a page left mapped faults on its write protection and is served
+        // from them).
+        let mut copies = copies.into_iter();
+        for &v in &victims {
+            let bytes = v.dirty().then(|| copies.next().expect("one copy per dirty victim").into());
+            if let Some(bytes) = &bytes {
+                core.wb_queue.push_back((v.page, Arc::clone(bytes)));
             }
+            core.pages.finish_evicting(v, bytes);
         }
-        core.resident -= victims.len();
         Counters::add(&self.counters.evictions_dirty, dirty as u64);
         Counters::add(&self.counters.evictions_clean, (victims.len() - dirty) as u64);
         if dirty > 0 {
             self.wb_wake.notify_one();
         }
+        self.wake_evict_waiters(core);
+        failed.map_or(Ok(victims.len()), Err)
+    }
+
+    /// Wakes the faults that waited for EVICTING pages to settle.
+    fn wake_evict_waiters(&self, core: &mut Core) {
         for page in std::mem::take(&mut core.evict_waiters) {
             let _ = self.uffd.wake(self.addr(page), PAGE_SIZE);
         }
         self.space.notify_all();
-        Ok(victims.len())
     }
 
     /// Write-protects and copies the dirty victims, then drops every victim with one flush.
     /// Runs without the lock: the victims are EVICTING, so only this thread touches them.
-    fn drop_victims(&self, victims: &[(usize, u8)]) -> Result<Vec<Vec<u8>>, PagerError> {
+    fn drop_victims(&self, victims: &[Victim]) -> Dropped {
         let mut copies = Vec::new();
-        for &(page, state) in victims {
-            if state & STATE_MASK == DIRTY {
-                // EVICTING: no thread lifts its protection or drops it but this one.
-                copies.push(self.save_dirty(page)?);
+        for v in victims.iter().filter(|v| v.dirty()) {
+            // EVICTING: no thread lifts its protection or drops it but this one.
+            match self.save_dirty(v.page) {
+                Ok(bytes) => copies.push(bytes),
+                Err(e) => return Dropped::Nothing(e),
             }
         }
-        let pages: Vec<usize> = victims.iter().map(|(p, _)| *p).collect();
-        self.map.discard_pages(&pages).map_err(PagerError::Mapping)?;
-        Ok(copies)
+        let pages: Vec<usize> = victims.iter().map(|v| v.page).collect();
+        if let Err(e) = self.map.discard_pages(&pages) {
+            // Some may still be mapped: a clean one is the same as its copy (or zeros), a
+            // dirty one is saved; none is lost.
+            return Dropped::SavedOnly(copies, PagerError::Mapping(e));
+        }
+        Dropped::All(copies)
     }
 
     /// Write-protects a dirty page (a writer now blocks on a fault served after the copy)
@@ -335,38 +337,27 @@ impl Shared {
         Ok(bytes)
     }
 
-    /// Hands an evicted dirty page's bytes to the write-back thread.
-    fn stage(&self, core: &mut Core, page: usize, bytes: Vec<u8>) {
-        let bytes: Arc<[u8]> = bytes.into();
-        core.states[page] = STAGED | REMOTE;
-        core.staged.insert(page, bytes.clone());
-        core.wb_queue.push_back((page, bytes));
-    }
-
     fn evict_dirty(&self, core: &mut Core, page: usize) -> Result<(), PagerError> {
-        let bytes = self.save_dirty(page)?;
-        self.map.discard(page * PAGE_SIZE, PAGE_SIZE).map_err(PagerError::Mapping)?;
-        self.stage(core, page, bytes);
+        let bytes: Arc<[u8]> = self.save_dirty(page)?.into();
+        // Staged before the mapping goes: if dropping it fails, the bytes are safe and a
+        // fault on the page (still write-protected) is served from them.
+        core.pages.stage(page, bytes.clone());
+        core.wb_queue.push_back((page, bytes));
         core.wb_pending += 1;
         self.wb_wake.notify_one();
         Counters::add(&self.counters.evictions_dirty, 1);
-        Ok(())
+        self.map.discard(page * PAGE_SIZE, PAGE_SIZE).map_err(PagerError::Mapping)
     }
 
     /// Installs `bytes` (whole pages) at `first_page` and records them resident. The caller
-    /// reserved their frames and holds the core lock.
-    pub fn install(
-        &self,
-        core: &mut Core,
-        first_page: usize,
-        bytes: &[u8],
-        dirty: bool,
-        remote: bool,
-    ) -> Result<(), PagerError> {
+    /// reserved their frames and holds the core lock. On an error the pages mapped before it
+    /// are recorded as installed all the same; the caller gives back the rest.
+    pub fn install(&self, core: &mut Core, first_page: usize, bytes: &[u8], dirty: bool) -> Result<(), PagerError> {
         let addr = self.addr(first_page);
         let mut done = 0;
         let mut again = 0;
         let mut already_present = Vec::new();
+        let mut result = Ok(());
         while done < bytes.len() {
             match self.uffd.copy(addr + done, &bytes[done..], !dirty, true) {
                 Ok(n) => done += n,
@@ -378,24 +369,38 @@ impl Shared {
                     // Someone mapped it behind our back: wake waiters, and keep it as dirty so
                     // that whatever is there is never dropped unwritten.
                     tracing::warn!("page at {:#x} already present while being installed", addr + done);
-                    self.uffd.wake(addr + done, PAGE_SIZE).map_err(PagerError::Uffd)?;
+                    let _ = self.uffd.wake(addr + done, PAGE_SIZE);
                     already_present.push(first_page + done / PAGE_SIZE);
                     done += PAGE_SIZE;
-                    continue;
                 }
-                Err(CopyError::Again { .. }) => return Err(PagerError::Install("mapping kept changing".into())),
-                Err(CopyError::Other(e)) => return Err(PagerError::Uffd(e)),
+                Err(CopyError::Again { copied }) => {
+                    done += copied;
+                    result = Err(PagerError::Install("mapping kept changing".into()));
+                    break;
+                }
+                Err(CopyError::Other(e)) => {
+                    result = Err(PagerError::Uffd(e));
+                    break;
+                }
             }
         }
-        let remote_flag = if remote { REMOTE } else { 0 };
-        for page in first_page..first_page + bytes.len() / PAGE_SIZE {
-            let dirty = dirty || already_present.contains(&page);
-            core.states[page] = if dirty { DIRTY } else { CLEAN } | remote_flag;
+        for page in first_page..first_page + done / PAGE_SIZE {
+            core.pages.installed(page, dirty || already_present.contains(&page));
             core.eviction.inserted(page);
         }
-        self.peak_resident.fetch_max(core.resident, Ordering::Relaxed);
+        self.peak_resident.fetch_max(core.pages.resident(), Ordering::Relaxed);
         // Self-serving threads waiting for this page to land wait on `space`.
         self.space.notify_all();
-        Ok(())
+        result
     }
+}
+
+/// What [`Shared::drop_victims`] got done.
+enum Dropped {
+    /// Every victim unmapped; the dirty ones' bytes, in victim order.
+    All(Vec<Vec<u8>>),
+    /// The dirty ones' bytes saved, but some victims may still be mapped.
+    SavedOnly(Vec<Vec<u8>>, PagerError),
+    /// Nothing dropped, nothing saved.
+    Nothing(PagerError),
 }

@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use krak_uffd::PAGE_SIZE;
 
-use crate::core::*;
+use crate::core::MAX_PENDING_DISCARDS;
+use crate::page_table::Kind;
 use crate::stats::Counters;
 use crate::{FarMemory, PagerError};
 
@@ -27,28 +28,26 @@ impl FarMemory {
         let shared = &self.shared;
         let mut core = shared.core.lock();
         let deadline = Instant::now() + Duration::from_millis(BUSY_WAIT_MS);
-        while core.states[first..end].iter().any(|s| matches!(s & STATE_MASK, FETCHING | EVICTING)) {
+        while core.pages.any_in_flight(first..end) {
             if Instant::now() > deadline {
                 return Err(PagerError::Install("pages being discarded stayed in flight".into()));
             }
             shared.space.wait_for(&mut core, Duration::from_millis(10));
         }
-        let mut mapped = 0;
+        // Unmapped first (under the lock, so nothing maps them again meanwhile): on an
+        // error every page is still as it was.
+        if (first..end).any(|p| matches!(core.pages.kind(p), Kind::Clean | Kind::Dirty)) {
+            shared.map.discard(offset, len).map_err(PagerError::Mapping)?;
+        }
         let mut remote: Option<std::ops::Range<usize>> = None;
         for page in first..end {
-            if core.states[page] & REMOTE != 0 {
+            let forgotten = core.pages.forget(page);
+            if forgotten.remote {
                 remote = Some(remote.map_or(page..page + 1, |r| r.start..page + 1));
             }
-            match core.states[page] & STATE_MASK {
-                CLEAN | DIRTY => {
-                    mapped += 1;
-                    core.eviction.removed(page);
-                }
-                // Its queued write may still land; only a newer staged copy would be kept.
-                STAGED => drop(core.staged.remove(&page)),
-                _ => {}
+            if forgotten.mapped {
+                core.eviction.removed(page);
             }
-            core.states[page] = ABSENT;
         }
         // Queued write-backs of these pages are stale now: never sent.
         let queued = core.wb_queue.len();
@@ -59,10 +58,6 @@ impl FarMemory {
                 core.discards.push_back(range);
                 shared.wb_wake.notify_one();
             }
-        }
-        if mapped > 0 {
-            shared.map.discard(offset, len).map_err(PagerError::Mapping)?;
-            core.resident -= mapped;
         }
         Counters::add(&shared.counters.discarded_pages, (end - first) as u64);
         shared.space.notify_all();

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use krak_uffd::{Event, PAGE_SIZE};
 
-use crate::core::*;
+use crate::core::{Core, Shared};
+use crate::page_table::{Kind, PageState};
 use crate::remote::Links;
 use crate::stats::Counters;
 use crate::PagerError;
@@ -123,86 +124,87 @@ impl Handler {
         let addr = shared.addr(page);
         let started = Instant::now();
         let mut core = shared.core.lock();
-        let state = core.states[page];
-        match state & STATE_MASK {
+        let state = core.pages.get(page);
+        match state.kind() {
             // A fault on a present, clean page can only be a write, whatever the fault said
             // (a self-serving thread may not know which it was).
-            CLEAN if write || self.self_serving => {
+            Kind::Clean if write || self.self_serving => {
                 // First write to a clean page: from now on it must be written back.
-                core.states[page] = DIRTY | (state & REMOTE);
+                core.pages.mark_dirty(page);
                 core.eviction.touched(page);
                 Counters::add(&shared.counters.write_protect_faults, 1);
                 shared.uffd.write_protect(addr, PAGE_SIZE, false, true).map_err(PagerError::Uffd)
             }
-            CLEAN | DIRTY => {
+            Kind::Clean | Kind::Dirty => {
                 // Served meanwhile by another handler; a stale write-protect fault on a dirty
                 // page only needs its protection (already off) and a wake.
-                if wp && state & STATE_MASK == DIRTY {
+                if wp && state.kind() == Kind::Dirty {
                     shared.uffd.write_protect(addr, PAGE_SIZE, false, true).map_err(PagerError::Uffd)
                 } else {
                     shared.uffd.wake(addr, PAGE_SIZE).map_err(PagerError::Uffd)
                 }
             }
             // Another handler is fetching it; its UFFDIO_COPY wakes every waiter.
-            FETCHING if !self.self_serving => Ok(()),
+            Kind::Fetching if !self.self_serving => Ok(()),
             // The reclaimer is dropping it outside the lock; it wakes this address when done.
-            EVICTING if !self.self_serving => {
+            Kind::Evicting if !self.self_serving => {
                 core.evict_waiters.push(page);
                 Ok(())
             }
-            FETCHING | EVICTING => {
+            Kind::Fetching | Kind::Evicting => {
                 // Nobody wakes a self-serving thread: wait for the fetch or eviction to finish
                 // (the retried access then faults again if the page is still missing).
-                let busy = state & STATE_MASK;
+                let busy = state.kind();
                 let deadline = Instant::now() + Duration::from_millis(FETCH_WAIT_MS);
-                while core.states[page] & STATE_MASK == busy && Instant::now() < deadline {
+                while core.pages.kind(page) == busy && Instant::now() < deadline {
                     shared.space.wait_until(&mut core, deadline);
                 }
                 Ok(())
             }
-            STAGED => {
+            Kind::Staged => {
                 Counters::add(&shared.counters.missing_faults, 1);
                 // Claim the bytes and the frame before making room: making room may wait, and
                 // meanwhile neither the write-back nor another handler may touch this page.
-                let bytes = core.staged.remove(&page).expect("a STAGED page has staged bytes");
-                core.states[page] = FETCHING | REMOTE;
-                core.resident += 1;
-                if let Err(e) = shared.make_room(&mut core, 0) {
-                    core.states[page] = STAGED | REMOTE;
-                    core.staged.insert(page, bytes);
-                    core.resident -= 1;
+                let bytes = core.pages.take_staged(page);
+                let installed = shared.make_room(&mut core, 0).and_then(|()| {
+                    // Dirty, since its write-back may not have landed yet.
+                    shared.install(&mut core, page, &bytes, true)
+                });
+                if let Err(e) = installed {
+                    // the only current copy: back to the write-back buffer
+                    core.pages.restage(page, bytes);
+                    shared.space.notify_all();
                     return Err(e);
                 }
-                // Dirty, since its write-back may not have landed yet.
-                shared.install(&mut core, page, &bytes, true, true)?;
                 Counters::add(&shared.counters.staged_hits, 1);
                 Ok(())
             }
-            _ if state & REMOTE == 0 => {
+            Kind::Absent if !state.remote() => {
                 Counters::add(&shared.counters.missing_faults, 1);
                 // The never-written pages right after it come in with it (one copy): a
                 // program filling fresh memory in order takes one fault per window, not per
                 // page. Installed like the faulting page: writable after a write fault.
                 let cap = shared.prefetch_cap(&core).min(ZERO_WINDOW_PAGES - 1);
                 let mut n = 1;
-                while n <= cap && page + n < shared.region_pages() && core.states[page + n] == ABSENT {
+                while n <= cap && page + n < shared.region_pages() && core.pages.get(page + n) == PageState::Absent {
                     n += 1;
                 }
-                core.states[page..page + n].fill(FETCHING);
-                core.resident += n;
-                if let Err(e) = shared.make_room(&mut core, 0) {
-                    core.states[page..page + n].fill(ABSENT);
-                    core.resident -= n;
+                (page..page + n).for_each(|q| core.pages.reserve_zero(q));
+                let installed = shared
+                    .make_room(&mut core, 0)
+                    .and_then(|()| shared.install(&mut core, page, &ZERO_WINDOW[..n * PAGE_SIZE], write));
+                if let Err(e) = installed {
+                    let window: Vec<usize> = (page..page + n).collect();
+                    self.abandon(&mut core, &window);
                     return Err(e);
                 }
-                shared.install(&mut core, page, &ZERO_WINDOW[..n * PAGE_SIZE], write, false)?;
                 Counters::add(&shared.counters.zero_fills, n as u64);
                 Ok(())
             }
-            _ => {
+            Kind::Absent => {
                 Counters::add(&shared.counters.missing_faults, 1);
-                core.states[page] = FETCHING | REMOTE;
-                core.resident += 1;
+                let reserved = core.pages.try_reserve_remote(page);
+                debug_assert!(reserved, "an absent remote page is reserved");
                 self.p.candidates.clear();
                 let cap = shared.prefetch_cap(&core);
                 if cap > 0 {
@@ -216,13 +218,11 @@ impl Handler {
                 }
                 let mut extra = 0;
                 for &q in &self.p.candidates {
-                    if core.states[q] == ABSENT | REMOTE {
-                        core.states[q] = FETCHING | REMOTE;
+                    if core.pages.try_reserve_remote(q) {
                         self.p.groups[shared.layout.read_group(q)].push(q);
                         extra += 1;
                     }
                 }
-                core.resident += extra;
                 if let Err(e) = shared.make_room(&mut core, 0) {
                     self.abandon(&mut core, &[page]);
                     let groups = std::mem::take(&mut self.p.groups);
@@ -253,7 +253,7 @@ impl Handler {
         Counters::add(&shared.counters.remote_read_requests, 1 + prefetch_sent.len() as u64);
         let got = self.p.links.finish_read(layout, server, first, &[page], &mut self.p.page_buf);
         let mut core = shared.core.lock();
-        let served = got.and_then(|()| shared.install(&mut core, page, &self.p.page_buf, write, true));
+        let served = got.and_then(|()| shared.install(&mut core, page, &self.p.page_buf, write));
         if served.is_err() {
             self.abandon(&mut core, &[page]);
         } else {
@@ -280,7 +280,7 @@ impl Handler {
                     while j < group.len() && group[j] == group[j - 1] + 1 {
                         j += 1;
                     }
-                    shared.install(&mut core, group[i], &buf[i * PAGE_SIZE..j * PAGE_SIZE], write, true)?;
+                    shared.install(&mut core, group[i], &buf[i * PAGE_SIZE..j * PAGE_SIZE], write)?;
                     i = j;
                 }
                 Ok(())
@@ -292,9 +292,8 @@ impl Handler {
                 }
                 Err(e) => {
                     tracing::warn!("prefetch of {} pages failed: {e}", group.len());
-                    let still_fetching: Vec<usize> =
-                        group.iter().copied().filter(|q| core.states[*q] & STATE_MASK == FETCHING).collect();
-                    self.abandon(&mut core, &still_fetching);
+                    // those installed before the error stay; the rest give their frames back
+                    self.abandon(&mut core, group);
                 }
             }
             shared.space.notify_all();
@@ -308,9 +307,7 @@ impl Handler {
     /// Gives back the frames of pages whose fetch failed; their waiters retry and fault again.
     fn abandon(&self, core: &mut Core, pages: &[usize]) {
         for &q in pages {
-            if core.states[q] & STATE_MASK == FETCHING {
-                core.states[q] = ABSENT | REMOTE;
-                core.resident -= 1;
+            if core.pages.abandon(q) {
                 let _ = self.shared.uffd.wake(self.shared.addr(q), PAGE_SIZE);
             }
         }

@@ -19,6 +19,7 @@ mod handler;
 pub mod limits;
 mod memory;
 mod migrate;
+mod page_table;
 pub mod prefetch;
 mod rack;
 mod rack_moves;

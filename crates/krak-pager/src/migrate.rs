@@ -20,7 +20,7 @@ use krak_client::{ClientError, Connection};
 use krak_uffd::PAGE_SIZE;
 use parking_lot::MutexGuard;
 
-use crate::core::{ChunkMove, Core, MoveKind, Shared, FETCHING, STATE_MASK};
+use crate::core::{ChunkMove, Core, MoveKind, Shared};
 use crate::remote::{free_quietly, ChunkHome, Links, RemoteLayout};
 use crate::stats::Counters;
 use crate::{FarMemory, PagerError};
@@ -71,7 +71,7 @@ pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: MutexGuard<'_, 
     let chunk_pages = shared.layout.chunk_pages;
     let (start, end) = (chunk * chunk_pages, ((chunk + 1) * chunk_pages).min(shared.region_pages()));
     debug_assert_eq!(from, end, "a move is queued once its copy is done");
-    if core.states[start..end].iter().any(|s| s & STATE_MASK == FETCHING) {
+    if core.pages.any_fetching(start..end) {
         // A fetch from the old home is in flight: switch once it has landed.
         drop(core);
         std::thread::sleep(Duration::from_millis(1));

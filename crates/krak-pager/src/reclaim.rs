@@ -14,13 +14,13 @@ pub(crate) fn run(shared: Arc<Shared>) {
     let mut core = shared.core.lock();
     while !shared.stop.load(Ordering::Relaxed) {
         let low = shared.low_watermark(&core);
-        if core.resident + low <= core.budget_pages {
+        if core.pages.resident() + low <= core.budget_pages {
             shared.reclaim_wake.wait_for(&mut core, Duration::from_millis(100));
             continue;
         }
         // Evict until twice the low watermark is free, a batch per lock hold.
         let target_free = 2 * low;
-        let excess = core.resident + target_free - core.budget_pages;
+        let excess = core.pages.resident() + target_free - core.budget_pages;
         match shared.evict_batch_unlocked(&mut core, excess.min(BATCH_PAGES)) {
             Ok(0) => {
                 shared.space.wait_for(&mut core, Duration::from_millis(10));

@@ -14,6 +14,7 @@ use crate::core::*;
 use crate::eviction::{Clock, EvictionPolicy};
 use crate::handler::{Handler, Parts};
 use crate::memory::RegionMemory;
+use crate::page_table::PageTable;
 use crate::prefetch::{PrefetchPolicy, StrideDetector};
 use crate::remote::RemoteLayout;
 use crate::stats::{Counters, PagerStats};
@@ -216,13 +217,11 @@ impl FarMemory {
         let prefetch: Box<dyn PrefetchPolicy> =
             if config.no_prefetch { Box::new(crate::NoPrefetch) } else { Box::<StrideDetector>::default() };
         let core = Core {
-            states: vec![ABSENT; region_pages],
-            resident: 0,
+            pages: PageTable::new(region_pages),
             budget_pages: budget_pages(config.local_budget_bytes),
             shrinking_from: None,
             eviction,
             prefetch,
-            staged: HashMap::new(),
             wb_queue: VecDeque::new(),
             wb_pending: 0,
             failure: None,
@@ -333,7 +332,7 @@ impl FarMemory {
 
     /// Bytes of the region resident (or being fetched), as the pager counts them.
     pub fn resident_bytes(&self) -> u64 {
-        (self.shared.core.lock().resident * PAGE_SIZE) as u64
+        (self.shared.core.lock().pages.resident() * PAGE_SIZE) as u64
     }
 
     /// Largest resident set the pager has counted.
@@ -347,10 +346,12 @@ impl FarMemory {
     pub fn sample_residency(&self) -> std::io::Result<ResidencySample> {
         let mut scratch = Vec::new();
         let core = self.shared.core.lock();
+        #[cfg(debug_assertions)]
+        core.pages.validate();
         let kernel = self.shared.map.resident_pages(&mut scratch)?;
         Ok(ResidencySample {
             kernel_resident_bytes: (kernel * PAGE_SIZE) as u64,
-            counted_resident_bytes: (core.resident * PAGE_SIZE) as u64,
+            counted_resident_bytes: (core.pages.resident() * PAGE_SIZE) as u64,
             budget_bytes: (core.shrinking_from.unwrap_or(core.budget_pages) * PAGE_SIZE) as u64,
         })
     }
@@ -404,8 +405,8 @@ impl FarMemory {
         let mut out: Vec<(SocketAddr, u64)> = layout.servers().into_iter().map(|a| (a, 0)).collect();
         let core = self.shared.core.lock();
         let mut servers = Vec::new();
-        for (page, state) in core.states.iter().enumerate() {
-            if *state & REMOTE != 0 && matches!(*state & STATE_MASK, ABSENT | STAGED) {
+        for page in 0..core.pages.len() {
+            if core.pages.only_remote(page) {
                 layout.page_servers(page, &mut servers);
                 for s in &servers {
                     // a replacement may have just landed on a server new to the region
@@ -491,6 +492,10 @@ impl Drop for FarMemory {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // Every thread is gone: the page table must be whole (a pass over every page, so
+        // in debug builds only).
+        #[cfg(debug_assertions)]
+        self.shared.core.lock().pages.validate();
         if let RegionMemory::Own(map) = &self.shared.map {
             let _ = self.shared.uffd.unregister(map.as_ptr() as usize, map.len());
         }

@@ -20,7 +20,7 @@ use krak_proto::PageRef;
 use krak_uffd::PAGE_SIZE;
 use parking_lot::MutexGuard;
 
-use crate::core::{ChunkMove, Core, MoveKind, Shared, FETCHING, REMOTE, STATE_MASK};
+use crate::core::{ChunkMove, Core, MoveKind, Shared};
 use crate::migrate::{admin_conn, finish, NEXT_MOVE_ID};
 use crate::rack::RackLink;
 use crate::rack_stripes::NoReplacement;
@@ -181,7 +181,7 @@ fn scrub(shared: &Shared) -> Result<u64, PagerError> {
         let pages: Vec<usize> = {
             let core = shared.core.lock();
             let end = (next + STEP_PAGES).min(shared.region_pages());
-            let remote = (next..end).filter(|p| core.states[*p] & REMOTE != 0).collect();
+            let remote = core.pages.remote_in(next..end).collect();
             next = end;
             remote
         };
@@ -345,7 +345,7 @@ pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: MutexGuard<'_, 
     let (start, end) = (chunk * chunk_pages, ((chunk + 1) * chunk_pages).min(shared.region_pages()));
     let pages = next_step_pages(&mut core, from, end);
     if pages.is_empty() {
-        if moving && core.states[start..end].iter().any(|s| s & STATE_MASK == FETCHING) {
+        if moving && core.pages.any_fetching(start..end) {
             // A fetch may be reading the old slab: switch once it has landed.
             drop(core);
             std::thread::sleep(Duration::from_millis(1));
@@ -409,7 +409,7 @@ pub(crate) fn next_step_pages(core: &mut Core, from: usize, end: usize) -> Vec<u
     let mut pages = Vec::with_capacity(STEP_PAGES);
     let mut next = from;
     while next < end && pages.len() < STEP_PAGES {
-        if core.states[next] & REMOTE != 0 {
+        if core.pages.is_remote(next) {
             pages.push(next);
         }
         next += 1;

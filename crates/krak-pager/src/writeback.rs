@@ -97,10 +97,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
             }
             // Only the newest staged copy turns the page remote; an older write that
             // completes after the page was faulted back in changes nothing.
-            if core.staged.get(&page).is_some_and(|s| Arc::ptr_eq(s, &bytes)) {
-                core.staged.remove(&page);
-                core.states[page] = ABSENT | REMOTE;
-            }
+            core.pages.landed(page, &bytes);
             core.wb_pending -= 1;
             landed += 1;
         }
@@ -129,7 +126,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
 /// Keeps a failed write-back for a later try, if it is still its page's newest copy (an
 /// older copy written after a newer one would overwrite it); drops it otherwise.
 fn park(core: &mut Core, page: usize, bytes: Arc<[u8]>) {
-    if core.staged.get(&page).is_some_and(|s| Arc::ptr_eq(s, &bytes)) {
+    if core.pages.is_newest(page, &bytes) {
         core.wb_parked.push((page, bytes));
     } else {
         core.wb_pending -= 1;
@@ -144,7 +141,7 @@ fn unpark_due(core: &mut Core) {
     }
     core.wb_parked_since = None;
     for (page, bytes) in std::mem::take(&mut core.wb_parked).into_iter().rev() {
-        if core.staged.get(&page).is_some_and(|s| Arc::ptr_eq(s, &bytes)) {
+        if core.pages.is_newest(page, &bytes) {
             core.wb_queue.push_front((page, bytes));
         } else {
             core.wb_pending -= 1;
