@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::lock_order::{level, Condvar, Mutex, MutexGuard, RwLock};
 use krak_uffd::{CopyError, Uffd, PAGE_SIZE};
-use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::eviction::EvictionPolicy;
 use crate::memory::RegionMemory;
@@ -39,6 +39,9 @@ pub(crate) struct Limits {
     pub spin_us: u64,
     pub scrub_interval_ms: u64,
 }
+
+/// The core lock held.
+pub(crate) type CoreGuard<'a> = MutexGuard<'a, Core, { level::CORE }>;
 
 pub(crate) struct Core {
     /// Every page's state, the resident count the budget bounds, and staged pages' bytes.
@@ -104,7 +107,7 @@ pub(crate) enum MoveKind {
 }
 
 pub(crate) struct Shared {
-    pub core: Mutex<Core>,
+    pub core: Mutex<Core, { level::CORE }>,
     /// Wakes the write-back thread.
     pub wb_wake: Condvar,
     /// Wakes evictors waiting for write-back space or for fetches to land.
@@ -117,18 +120,18 @@ pub(crate) struct Shared {
     pub map: RegionMemory,
     pub layout: RemoteLayout,
     /// One connection per server for slab allocation and release, indexed like the layout.
-    pub admin: Mutex<Vec<Option<krak_client::Connection>>>,
+    pub admin: Mutex<Vec<Option<krak_client::Connection>>, { level::ADMIN }>,
     pub counters: Counters,
     pub limits: Limits,
     pub stop: AtomicBool,
     pub peak_resident: AtomicUsize,
     /// Pairs of servers (by layout index, from → to) where a push was refused: their moves
     /// relay at once instead of trying again (bounded by the pairs of servers).
-    pub push_refused: Mutex<Vec<(usize, usize)>>,
+    pub push_refused: Mutex<Vec<(usize, usize)>, { level::PUSH_REFUSED }>,
     /// Held (shared) by each step of a scrub, and (exclusive) by a fragment move before it
     /// frees the old slab, so that a scrub never reads a slab freed under it (which would
     /// lose its server for the region).
-    pub scrub_gate: parking_lot::RwLock<()>,
+    pub scrub_gate: RwLock<(), { level::SCRUB_GATE }>,
 }
 
 impl Shared {
@@ -168,7 +171,7 @@ impl Shared {
     /// Evicts until `n` more pages fit in the budget. The reclaimer thread normally keeps
     /// enough free frames that this finds nothing to do; when it cannot keep up, the fault
     /// path evicts just what it needs.
-    pub fn make_room(&self, core: &mut MutexGuard<'_, Core>, n: usize) -> Result<(), PagerError> {
+    pub fn make_room(&self, core: &mut CoreGuard<'_>, n: usize) -> Result<(), PagerError> {
         while core.pages.resident() + n > core.budget_pages {
             let needed = core.pages.resident() + n - core.budget_pages;
             if self.evict_batch(core, needed)? == 0 {
@@ -238,7 +241,7 @@ impl Shared {
     /// Evicts up to `count` pages like [`Shared::evict_batch`], but makes the expensive
     /// calls (write-protect, copy, drop; each a TLB flush on other CPUs) with the lock
     /// released, so that faults never wait behind them. The victims are EVICTING meanwhile.
-    pub fn evict_batch_unlocked(&self, core: &mut MutexGuard<'_, Core>, count: usize) -> Result<usize, PagerError> {
+    pub fn evict_batch_unlocked(&self, core: &mut CoreGuard<'_>, count: usize) -> Result<usize, PagerError> {
         let mut victims: Vec<Victim> = Vec::with_capacity(count);
         let mut dirty = 0;
         // At most one dirty victim per batch: each costs a flush of its own (the write

@@ -17,6 +17,7 @@ pub mod eviction;
 mod frag_move;
 mod handler;
 pub mod limits;
+mod lock_order;
 mod memory;
 mod migrate;
 mod page_table;

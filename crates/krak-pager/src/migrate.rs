@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 
 use krak_client::{ClientError, Connection};
 use krak_uffd::PAGE_SIZE;
-use parking_lot::MutexGuard;
 
-use crate::core::{ChunkMove, Core, MoveKind, Shared};
+use crate::core::{ChunkMove, Core, CoreGuard, MoveKind, Shared};
 use crate::remote::{free_quietly, ChunkHome, Links, RemoteLayout};
 use crate::stats::Counters;
 use crate::{FarMemory, PagerError};
@@ -55,7 +54,7 @@ pub(crate) fn admin_conn<'a>(
 }
 
 /// One step of the oldest move, run by the write-back thread with the core lock held.
-pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: MutexGuard<'_, Core>) {
+pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: CoreGuard<'_>) {
     let Some(mv) = core.moves.front() else { return };
     match mv.kind {
         MoveKind::Chunk => {}

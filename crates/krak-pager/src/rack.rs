@@ -23,6 +23,7 @@ use krak_client::{ConnectOptions, Connection};
 use krak_proto::PAGE_SIZE;
 
 use crate::core::Shared;
+use crate::lock_order::{level, Mutex};
 use crate::rack_moves::{consolidate_fragments, move_fragments_off, move_off, move_to};
 use crate::remote::{free_quietly, ChunkHome, RemoteLayout};
 use crate::{PagerError, Redundancy};
@@ -49,12 +50,12 @@ pub(crate) fn parse_addr(addr: &str) -> Result<SocketAddr, PagerError> {
 #[derive(Debug)]
 pub(crate) struct RackLink {
     /// Every URL the rack's controller may answer on (leader and standbys).
-    pub client: parking_lot::Mutex<RackClient>,
+    pub client: Mutex<RackClient, { level::CONTROLLER_CLIENT }>,
     pub region: RegionId,
     /// Map epoch the pager has caught up with.
     pub epoch: std::sync::atomic::AtomicU64,
     /// The controller's id of each server the region was placed on.
-    pub ids: parking_lot::Mutex<HashMap<SocketAddr, ServerId>>,
+    pub ids: Mutex<HashMap<SocketAddr, ServerId>, { level::SERVER_IDS }>,
 }
 
 impl RackLink {
@@ -88,12 +89,8 @@ pub(crate) fn allocate(
     };
     let created = client.create_region(&request).map_err(controller_error)?;
     let region = created.region;
-    let link = RackLink {
-        client: parking_lot::Mutex::new(client),
-        region: region.id,
-        epoch: Default::default(),
-        ids: Default::default(),
-    };
+    let link =
+        RackLink { client: Mutex::new(client), region: region.id, epoch: Default::default(), ids: Default::default() };
     let placed = if redundancy.is_none() {
         place_and_commit(&link, &region, connect)
     } else {

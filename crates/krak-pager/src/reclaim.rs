@@ -27,7 +27,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
             }
             Ok(_) => {
                 shared.space.notify_all();
-                parking_lot::MutexGuard::bump(&mut core);
+                crate::lock_order::MutexGuard::bump(&mut core);
             }
             Err(e) => {
                 tracing::error!("reclaimer: {e}");

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::lock_order::{Condvar, Mutex, RwLock};
 use krak_client::ConnectOptions;
 use krak_uffd::{AnonMapping, RemoteMapping, Uffd, PAGE_SIZE};
-use parking_lot::{Condvar, Mutex};
 
 use crate::core::*;
 use crate::eviction::{Clock, EvictionPolicy};
@@ -257,7 +257,7 @@ impl FarMemory {
             stop: AtomicBool::new(false),
             peak_resident: AtomicUsize::new(0),
             push_refused: Mutex::new(Vec::new()),
-            scrub_gate: parking_lot::RwLock::new(()),
+            scrub_gate: RwLock::new(()),
         });
         let mut region =
             FarMemory { shared: shared.clone(), threads: Vec::new(), self_serving_id: None, rack: rack.clone() };

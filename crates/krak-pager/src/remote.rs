@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use parking_lot::RwLock;
+use crate::lock_order::{level, RwLock};
 
 use krak_client::{ClientError, ConnectOptions, Connection};
 use krak_proto::{PageRef, SlabId, MAX_BATCH_PAGES, PAGE_SIZE};
@@ -32,10 +32,10 @@ pub(crate) struct ChunkHome {
 pub(crate) struct RemoteLayout {
     pub connect: ConnectOptions,
     pub chunk_pages: usize,
-    servers: RwLock<Vec<SocketAddr>>,
+    servers: RwLock<Vec<SocketAddr>, { level::SERVERS }>,
     /// Chunk homes of a region without redundancy. A redundant region keeps its stripe's
     /// first slab here (so chunk counts hold) and every slab in `stripes`.
-    chunks: RwLock<Vec<ChunkHome>>,
+    chunks: RwLock<Vec<ChunkHome>, { level::CHUNKS }>,
     /// The stripe of each chunk of a redundant region (empty for `none`).
     pub stripes: StripeTable,
 }
@@ -314,6 +314,7 @@ impl Links {
     /// without redundancy all on `server` (at most a batch); with it, the fragments of each
     /// page from the servers of its stripe (`server` unused).
     pub fn start_read(&mut self, layout: &RemoteLayout, server: usize, pages: &[usize]) -> Started {
+        crate::lock_order::assert_none_held_from(crate::lock_order::level::CORE, "a read from a memory server");
         if !layout.redundancy().is_none() {
             return Started::Stripe(Box::new(self.start_stripe_read(layout, pages)));
         }
@@ -401,6 +402,7 @@ impl Links {
     /// redundant region every live fragment), pipelining one request per server and batch,
     /// retrying each failed batch a bounded number of times.
     pub fn write(&mut self, layout: &RemoteLayout, pages: &[(usize, &[u8])]) -> Result<(), PagerError> {
+        crate::lock_order::assert_none_held_from(crate::lock_order::level::CORE, "a write to a memory server");
         if !layout.redundancy().is_none() {
             return self.write_stripes(layout, pages);
         }

@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 use krak_client::ClientError;
 use krak_proto::PageRef;
 use krak_uffd::PAGE_SIZE;
-use parking_lot::MutexGuard;
 
-use crate::core::{ChunkMove, Core, MoveKind, Shared};
+use crate::core::{ChunkMove, Core, CoreGuard, MoveKind, Shared};
 use crate::migrate::{admin_conn, finish, NEXT_MOVE_ID};
 use crate::rack::RackLink;
 use crate::rack_stripes::NoReplacement;
@@ -329,7 +328,7 @@ fn choose_replacement(shared: &Shared, chunk: usize, frag: usize) -> Result<(usi
 /// the slab the fragment moves to). Past the last page a replacement becomes live; a moved
 /// fragment switches to its new slab once no fetch of the chunk is in flight, since the
 /// mover then frees the old one.
-pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: MutexGuard<'_, Core>, frag: usize, moving: bool) {
+pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: CoreGuard<'_>, frag: usize, moving: bool) {
     let Some(mv) = core.moves.front() else { return };
     let (id, chunk, from) = (mv.id, mv.chunk, mv.next_page);
     let layout = &shared.layout;

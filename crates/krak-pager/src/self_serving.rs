@@ -9,9 +9,9 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
+use crate::lock_order::{level, RwLock};
 use krak_uffd::sigbus::{self, Verdict};
 use krak_uffd::PAGE_SIZE;
-use parking_lot::RwLock;
 
 use crate::core::Shared;
 use crate::handler::{Handler, Parts};
@@ -38,7 +38,7 @@ pub(crate) struct Probe {
     pub page: Vec<u8>,
 }
 
-static REGIONS: RwLock<Vec<Entry>> = RwLock::new(Vec::new());
+static REGIONS: RwLock<Vec<Entry>, { level::REGIONS }> = RwLock::new(Vec::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use parking_lot::Mutex;
+use crate::lock_order::{level, Mutex};
 
 /// Live counters, updated by the fault handlers and the write-back thread.
 #[derive(Debug)]
@@ -31,7 +31,7 @@ pub(crate) struct Counters {
     /// Time from the first loss to full redundancy, of the last re-protection.
     pub reprotect_ms: AtomicU64,
     pub discarded_pages: AtomicU64,
-    latency_ns: Mutex<hdrhistogram::Histogram<u64>>,
+    latency_ns: Mutex<hdrhistogram::Histogram<u64>, { level::LATENCY }>,
 }
 
 impl Counters {

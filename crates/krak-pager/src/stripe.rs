@@ -13,9 +13,9 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::lock_order::{level, Mutex, RwLock};
 use krak_client::{ClientError, Connection};
 use krak_proto::{ErrorCode, PageRef, SlabId, MAX_BATCH_PAGES, PAGE_SIZE};
-use parking_lot::{Mutex, RwLock};
 
 use crate::redundancy::{Coder, Redundancy};
 use crate::remote::{free_quietly, Links, RemoteLayout, MAX_ATTEMPTS};
@@ -69,14 +69,14 @@ pub(crate) type Stripe = Vec<Frag>;
 #[derive(Debug)]
 pub(crate) struct StripeTable {
     pub scheme: Redundancy,
-    stripes: RwLock<Vec<Stripe>>,
+    stripes: RwLock<Vec<Stripe>, { level::STRIPES }>,
     /// Failed requests in a row per server (index of the layout's server table); grows
     /// when a replacement lands on a server the region did not use yet.
-    failures: RwLock<Vec<AtomicU32>>,
+    failures: RwLock<Vec<AtomicU32>, { level::FAILURES }>,
     /// Servers lost for this region and why, in the order they were lost.
-    lost: Mutex<Vec<(usize, String)>>,
+    lost: Mutex<Vec<(usize, String)>, { level::LOST }>,
     /// When the region last went from full redundancy to less.
-    pub degraded_since: Mutex<Option<std::time::Instant>>,
+    pub degraded_since: Mutex<Option<std::time::Instant>, { level::DEGRADED_SINCE }>,
     /// Failure domain of each server, when declared (empty: none known).
     domains: Vec<String>,
 }
