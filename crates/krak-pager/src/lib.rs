@@ -10,73 +10,25 @@
 //!
 //! The fault path is described in `docs/design.md`.
 
-mod chunk_copy;
-mod core;
-mod discard;
-pub mod eviction;
-mod frag_move;
-mod handler;
+mod error;
+mod fault;
+mod follow;
 pub mod limits;
-mod lock_order;
-mod memory;
-mod migrate;
-mod page_table;
-pub mod prefetch;
-mod rack;
-mod rack_moves;
-mod rack_stripes;
-mod reclaim;
-pub mod redundancy;
+mod moves;
+mod policy;
 mod region;
 mod remote;
-mod remote_discard;
-mod reprotect;
-mod self_serving;
-mod stats;
-mod stripe;
-mod writeback;
+mod state;
 
-pub use eviction::{Clock, EvictionPolicy, Fifo};
-pub use migrate::DrainReport;
-pub use prefetch::{NoPrefetch, PrefetchPolicy, StrideDetector};
-pub use redundancy::{ParseRedundancyError, Redundancy};
+pub use error::PagerError;
+pub use moves::chunk::DrainReport;
+pub use policy::eviction::{self, Clock, EvictionPolicy, Fifo};
+pub use policy::prefetch::{self, NoPrefetch, PrefetchPolicy, StrideDetector};
 pub use region::{
     FarMemory, FaultMode, PagerConfig, ResidencySample, DEFAULT_SCRUB_INTERVAL_MS, DEFAULT_SPIN_US, MIN_BUDGET_PAGES,
 };
-pub use stats::PagerStats;
+pub use remote::redundancy::{self, ParseRedundancyError, Redundancy};
+pub use state::stats::PagerStats;
 
 pub use krak_uffd::OpenMode as UffdMode;
 pub use krak_uffd::PAGE_SIZE;
-
-/// Why a region could not be made or a page could not be served.
-#[derive(Debug, thiserror::Error)]
-pub enum PagerError {
-    #[error("invalid pager configuration: {0}")]
-    Config(String),
-    #[error("no memory servers given")]
-    NoServers,
-    #[error("the rack is full: the region needs {needed_bytes} bytes of remote memory, the {servers} servers could lend only {got_bytes}")]
-    RackFull { needed_bytes: u64, got_bytes: u64, servers: usize },
-    #[error(transparent)]
-    Remote(#[from] krak_client::ClientError),
-    #[error(transparent)]
-    Uffd(#[from] krak_uffd::UffdError),
-    #[error("region memory: {0}")]
-    Mapping(std::io::Error),
-    #[error("installing a page: {0}")]
-    Install(String),
-    #[error("write-back to the memory servers keeps failing: {0}")]
-    WritebackFailed(String),
-    #[error("rack controller: {0}")]
-    Controller(String),
-    #[error("moving a chunk: {0}")]
-    Move(String),
-    #[error("page {page} of the region cannot be read: {detail}")]
-    Unrecoverable { page: usize, detail: String },
-    #[error("{} pages could not be written to enough fragments: {detail}", pages.len())]
-    Unwritable { pages: Vec<usize>, detail: String },
-    #[error("erasure coding: {0}")]
-    Coding(String),
-    #[error("starting a pager thread: {0}")]
-    Thread(std::io::Error),
-}

@@ -87,10 +87,10 @@ pub fn measure_local_fault_self_served(pages: usize) -> Result<FaultLatency, Pag
     let map = AnonMapping::new(pages.max(1) * PAGE_SIZE).map_err(PagerError::Mapping)?;
     let base = map.as_ptr() as usize;
     uffd.register(base, map.len())?;
-    let probe = Arc::new(crate::self_serving::Probe { uffd, page: vec![0x5au8; PAGE_SIZE] });
-    let id = crate::self_serving::register_probe(base, map.len(), probe)?;
+    let probe = Arc::new(crate::fault::self_serving::Probe { uffd, page: vec![0x5au8; PAGE_SIZE] });
+    let id = crate::fault::self_serving::register_probe(base, map.len(), probe)?;
     let timed = time_first_touches(&map, pages);
-    crate::self_serving::unregister(id);
+    crate::fault::self_serving::unregister(id);
     timed
 }
 

@@ -6,18 +6,19 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::lock_order::{Condvar, Mutex, RwLock};
+use crate::state::lock_order::{Condvar, Mutex, RwLock};
 use krak_client::ConnectOptions;
 use krak_uffd::{AnonMapping, RemoteMapping, Uffd, PAGE_SIZE};
 
-use crate::core::*;
-use crate::eviction::{Clock, EvictionPolicy};
-use crate::handler::{Handler, Parts};
-use crate::memory::RegionMemory;
-use crate::page_table::PageTable;
-use crate::prefetch::{PrefetchPolicy, StrideDetector};
+use crate::fault::handler::{Handler, Parts};
+use crate::moves::chunk::DrainReport;
+use crate::policy::eviction::{Clock, EvictionPolicy};
+use crate::policy::prefetch::{PrefetchPolicy, StrideDetector};
 use crate::remote::RemoteLayout;
-use crate::stats::{Counters, PagerStats};
+use crate::state::core::*;
+use crate::state::memory::RegionMemory;
+use crate::state::page_table::PageTable;
+use crate::state::stats::{Counters, PagerStats};
 use crate::{PagerError, Redundancy, UffdMode};
 
 /// Who serves a region's faults.
@@ -142,7 +143,7 @@ pub struct FarMemory {
     /// Set when the region's faults are served by the faulting threads.
     self_serving_id: Option<u64>,
     /// Set when a rack controller placed the region.
-    rack: Option<Arc<crate::rack::RackLink>>,
+    rack: Option<Arc<crate::follow::link::RackLink>>,
 }
 
 impl std::fmt::Debug for FarMemory {
@@ -190,7 +191,7 @@ impl FarMemory {
         };
         let (layout, admin, rack) = match &config.controller {
             Some(url) => {
-                let (layout, admin, link) = crate::rack::allocate(
+                let (layout, admin, link) = crate::follow::place::allocate(
                     url,
                     &config.owner,
                     region_pages,
@@ -262,7 +263,7 @@ impl FarMemory {
         let mut region =
             FarMemory { shared: shared.clone(), threads: Vec::new(), self_serving_id: None, rack: rack.clone() };
         if config.fault_mode == FaultMode::Sigbus {
-            region.self_serving_id = Some(crate::self_serving::register(&shared)?);
+            region.self_serving_id = Some(crate::fault::self_serving::register(&shared)?);
         }
         let handler_threads = if config.fault_mode == FaultMode::Sigbus { 0 } else { config.handler_threads };
         for i in 0..handler_threads {
@@ -271,20 +272,23 @@ impl FarMemory {
             region.threads.push(t.map_err(PagerError::Thread)?);
         }
         let s = shared.clone();
-        let t = std::thread::Builder::new().name("krak-writeback".into()).spawn(move || crate::writeback::run(s));
+        let t =
+            std::thread::Builder::new().name("krak-writeback".into()).spawn(move || crate::fault::writeback::run(s));
         region.threads.push(t.map_err(PagerError::Thread)?);
         let s = shared.clone();
-        let t = std::thread::Builder::new().name("krak-reclaim".into()).spawn(move || crate::reclaim::run(s));
+        let t = std::thread::Builder::new().name("krak-reclaim".into()).spawn(move || crate::fault::reclaim::run(s));
         region.threads.push(t.map_err(PagerError::Thread)?);
         if !config.redundancy.is_none() {
             let (s, link) = (shared.clone(), rack.clone());
-            let t =
-                std::thread::Builder::new().name("krak-reprotect".into()).spawn(move || crate::reprotect::run(s, link));
+            let t = std::thread::Builder::new()
+                .name("krak-reprotect".into())
+                .spawn(move || crate::moves::reprotect::run(s, link));
             region.threads.push(t.map_err(PagerError::Thread)?);
         }
         if let Some(link) = rack {
             let s = shared.clone();
-            let t = std::thread::Builder::new().name("krak-follow".into()).spawn(move || crate::rack::follow(s, link));
+            let t =
+                std::thread::Builder::new().name("krak-follow".into()).spawn(move || crate::follow::follow(s, link));
             region.threads.push(t.map_err(PagerError::Thread)?);
         }
         Ok(region)
@@ -436,6 +440,68 @@ impl FarMemory {
     pub fn eviction_policy_name(&self) -> &'static str {
         self.shared.core.lock().eviction.name()
     }
+
+    /// Forgets the pages of `[offset, offset + len)` (page-aligned): local copies are
+    /// dropped and remote copies forgotten, so the next touch of each reads a zero page, as
+    /// after `munmap` and a fresh `mmap`, or `madvise(MADV_DONTNEED)` on private memory.
+    /// Waits for fetches and evictions in flight on those pages first.
+    pub fn discard(&self, offset: usize, len: usize) -> Result<(), PagerError> {
+        self.shared.discard(offset, len)
+    }
+
+    /// Keeps the region out of `fork(2)` children (see [`krak_uffd::AnonMapping::exclude_from_fork`]).
+    pub fn exclude_from_fork(&self) -> Result<(), PagerError> {
+        self.shared.exclude_from_fork()
+    }
+
+    /// Called in a `fork(2)` child only: makes the region's addresses inaccessible there.
+    /// The region must not be used (nor dropped) in the child afterwards.
+    pub fn fence_in_child(&self) -> Result<(), PagerError> {
+        self.shared.fence_in_child()
+    }
+
+    /// Moves chunk `chunk` of the region to the memory server at `to` while the region is
+    /// in use; returns the pages copied. Faults keep being served from the old server until
+    /// the switch, and nothing waits on the copy.
+    pub fn move_chunk(&self, chunk: usize, to: SocketAddr) -> Result<u64, PagerError> {
+        self.shared.move_chunk(chunk, to)
+    }
+
+    /// Moves every chunk of the region off the server at `from`, each to the server of
+    /// `targets` that holds the fewest of the region's chunks. A redundant region moves its
+    /// fragments instead, each to a target that holds none of its chunk's others.
+    pub fn drain_server(&self, from: SocketAddr, targets: &[SocketAddr]) -> Result<DrainReport, PagerError> {
+        self.shared.drain_server(from, targets)
+    }
+
+    /// The memory server holding each chunk of the region, in chunk order.
+    pub fn chunk_servers(&self) -> Vec<SocketAddr> {
+        self.shared.chunk_servers()
+    }
+
+    /// Moves fragment `frag` (a copy under `replicate:N`) of chunk `chunk` of a redundant
+    /// region to the memory server at `to` while the region is in use; returns the pages
+    /// copied. `to` must hold no other fragment of the chunk.
+    pub fn move_fragment(&self, chunk: usize, frag: usize, to: SocketAddr) -> Result<u64, PagerError> {
+        self.shared.move_fragment(chunk, frag, to).map(|m| m.pages)
+    }
+
+    /// The memory server of each fragment of each chunk of a redundant region (empty for a
+    /// region without redundancy), in chunk and fragment order.
+    pub fn fragment_servers(&self) -> Vec<Vec<SocketAddr>> {
+        self.shared.fragment_servers()
+    }
+
+    /// Reads every live fragment (or copy) of every remote page of a redundant region and
+    /// checks each CRC, so that corrupt fragments a read never asks for (parity, second
+    /// copies) are found too; the pages found are rewritten by the write-back thread, as
+    /// corruption a fault finds (`corrupt_fragments`, `corrupt_fragments_repaired`).
+    /// Returns the corrupt fragments found. Runs on the caller's thread while the region
+    /// is in use; a region without redundancy has nothing to check against. The region
+    /// also scrubs itself every `scrub_interval_ms`.
+    pub fn scrub(&self) -> Result<u64, PagerError> {
+        crate::moves::reprotect::scrub(&self.shared)
+    }
 }
 
 /// Refuses a configuration no region can run with; returns the region's pages.
@@ -484,7 +550,7 @@ fn budget_pages(bytes: u64) -> usize {
 impl Drop for FarMemory {
     fn drop(&mut self) {
         if let Some(id) = self.self_serving_id {
-            crate::self_serving::unregister(id);
+            crate::fault::self_serving::unregister(id);
         }
         self.shared.stop.store(true, Ordering::Relaxed);
         self.shared.wb_wake.notify_all();
@@ -508,13 +574,13 @@ impl Drop for FarMemory {
             layout.stripes.all().iter().flatten().filter(|f| f.is_live()).map(|f| (f.server, f.slab)).collect()
         };
         for (server, slab) in slabs {
-            if let Ok(conn) = crate::migrate::admin_conn(&mut admin, layout, server) {
+            if let Ok(conn) = crate::remote::admin_conn(&mut admin, layout, server) {
                 crate::remote::free_quietly(conn, slab);
             }
         }
         drop(admin);
         if let Some(link) = &self.rack {
-            crate::rack::release(link);
+            crate::follow::link::release(link);
         }
     }
 }

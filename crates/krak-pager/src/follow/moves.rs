@@ -1,29 +1,20 @@
-//! The moves a region's follower carries out for the controller (`rack.rs`): chunks or
+//! The moves a region's follower carries out for the controller (`follow/mod.rs`): chunks or
 //! fragments off a draining server or a host short of memory, and consolidation moves.
 //! Each move is announced to the controller (so status lists it), carried out while the
 //! region is in use, and committed; a failed one withdraws its announcement.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use krak_api::messages::{ChunkServer, CommitChunk, CommitRequest, MapMove, MapServer, MoveStartRequest, PlaceRequest};
-use krak_api::{Api, ClientError as ControllerClientError, ServerId};
+use krak_api::messages::{ChunkServer, MapMove, MapServer};
+use krak_api::{ClientError as ControllerClientError, ServerId};
 use krak_proto::SlabId;
 
-use crate::core::Shared;
-use crate::rack::{controller_error, parse_addr, RackLink, RETRY_PAUSE_MS};
+use crate::follow::link::{
+    abandon_move, announce_move, commit_slot, controller_error, parse_addr, place_one, RackLink,
+};
+use crate::state::core::Shared;
 use crate::PagerError;
-
-/// The server the controller places `slot` on (off `exclude`), if it names one.
-pub(crate) fn place_one(
-    link: &RackLink,
-    slot: u64,
-    exclude: Vec<ServerId>,
-) -> Result<Option<ChunkServer>, ControllerClientError> {
-    let placed = link.client.lock().place(link.region, &PlaceRequest { chunks: vec![slot], exclude })?;
-    Ok(placed.placements.into_iter().find(|p| p.chunk == slot))
-}
 
 /// Where the controller places `slot` (off `exclude`): its address and id.
 fn place_target(link: &RackLink, slot: u64, exclude: Vec<ServerId>) -> Result<(SocketAddr, ServerId), PagerError> {
@@ -159,49 +150,4 @@ pub(crate) fn move_to(shared: &Shared, link: &RackLink, from: &MapServer, mv: &M
         carry_out(shared, link, chunk as u64, (mv.from, mv.to), || move_chunk(shared, chunk, to, "consolidated"))?;
     }
     Ok(())
-}
-
-/// Records that map slot `slot` (a chunk, or a fragment of a redundant region) now lives in
-/// `slab` on `server`. The data already lives there (the old slab is freed), so a failed
-/// commit is retried a few times: until it lands, only the controller's map is stale.
-pub(crate) fn commit_slot(
-    shared: &Shared,
-    link: &RackLink,
-    slot: u64,
-    server: ServerId,
-    slab: SlabId,
-) -> Result<(), PagerError> {
-    const ATTEMPTS: u32 = 5;
-    let request = CommitRequest { chunks: vec![CommitChunk { chunk: slot, server, slab: slab.0 }] };
-    let mut attempt = 1;
-    loop {
-        match link.client.lock().commit(link.region, &request) {
-            Ok(reply) => {
-                link.epoch.fetch_max(reply.epoch, Ordering::Relaxed);
-                return Ok(());
-            }
-            Err(e) if attempt < ATTEMPTS && !shared.stop.load(Ordering::Relaxed) => {
-                tracing::warn!("committing slot {slot}'s new home failed ({e}); retrying");
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(RETRY_PAUSE_MS / 4));
-            }
-            Err(e) => return Err(controller_error(e)),
-        }
-    }
-}
-
-/// Tells the controller that a move of `slot` from `from` to `to` starts, so that status
-/// lists it until the slot's commit. For status only: a refusal is logged and the move
-/// goes on.
-fn announce_move(link: &RackLink, slot: u64, from: ServerId, to: ServerId) {
-    if let Err(e) = link.client.lock().start_move(link.region, &MoveStartRequest { slot, from, to }) {
-        tracing::warn!("telling the controller that slot {slot} moves: {e}");
-    }
-}
-
-/// Tells the controller that the move of `slot` was given up.
-fn abandon_move(link: &RackLink, slot: u64) {
-    if let Err(e) = link.client.lock().abandon_move(link.region, slot) {
-        tracing::warn!("telling the controller that slot {slot}'s move was given up: {e}");
-    }
 }

@@ -1,5 +1,5 @@
-//! The copy of a moving chunk's remote pages to its new slab (see `migrate.rs`), or of a
-//! moving fragment's units to its new slab (`frag_move.rs`), run by the thread that asked
+//! The copy of a moving chunk's remote pages to its new slab (see `moves/chunk.rs`), or of a
+//! moving fragment's units to its new slab (`moves/fragment.rs`), run by the thread that asked
 //! for the move, several steps in flight.
 //!
 //! First choice: the old server pushes the pages straight to the new one (`PushPages`),
@@ -15,8 +15,8 @@ use krak_client::{ClientError, Connection};
 use krak_proto::{ErrorCode, PageRef, SlabId};
 use krak_uffd::PAGE_SIZE;
 
-use crate::core::Shared;
-use crate::stats::Counters;
+use crate::state::core::Shared;
+use crate::state::stats::Counters;
 use crate::PagerError;
 
 /// Pages per step: small enough that the CPU one step takes in a burst (MACs, checksums,

@@ -1,15 +1,19 @@
 //! Where each page of a region lives remotely, and the connections that move it there.
 
+pub(crate) mod discard;
+pub mod redundancy;
+pub(crate) mod stripe;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::lock_order::{level, RwLock};
+use crate::state::lock_order::{level, RwLock};
 
 use krak_client::{ClientError, ConnectOptions, Connection};
 use krak_proto::{PageRef, SlabId, MAX_BATCH_PAGES, PAGE_SIZE};
 
-use crate::redundancy::{Coder, Redundancy};
-use crate::stripe::{Stripe, StripeRead, StripeTable};
+use crate::remote::redundancy::{Coder, Redundancy};
+use crate::remote::stripe::{Stripe, StripeRead, StripeTable};
 use crate::PagerError;
 
 /// Attempts per request before the pager gives up on a page (each with a fresh connection).
@@ -27,7 +31,7 @@ pub(crate) struct ChunkHome {
 
 /// The region is cut into chunks of one slab each; chunk `c` starts on server `c % n`, so
 /// a region's pages are spread over every server it was given. Chunks can move to other
-/// servers while the region is in use (see `migrate.rs`), so both tables are behind locks.
+/// servers while the region is in use (see `moves/chunk.rs`), so both tables are behind locks.
 #[derive(Debug)]
 pub(crate) struct RemoteLayout {
     pub connect: ConnectOptions,
@@ -58,7 +62,7 @@ impl RemoteLayout {
         let chunk_pages = admin.iter().map(|c| c.slab_pages() as usize).min().ok_or(PagerError::NoServers)?;
         let n_chunks = region_pages.div_ceil(chunk_pages);
         if !redundancy.is_none() {
-            let stripes = crate::stripe::allocate(&mut admin, domains, n_chunks, chunk_pages, redundancy)?;
+            let stripes = crate::remote::stripe::allocate(&mut admin, domains, n_chunks, chunk_pages, redundancy)?;
             let layout =
                 RemoteLayout::from_stripes(connect, chunk_pages, servers.to_vec(), domains, redundancy, stripes);
             return Ok((layout, admin));
@@ -285,7 +289,7 @@ pub(crate) struct Links {
     /// Encoder and decoder of a redundant region, made on first use.
     pub(crate) coder: Option<Coder>,
     /// What this thread's redundant reads found, for the caller to count and act on.
-    pub(crate) found: crate::stripe::Found,
+    pub(crate) found: crate::remote::stripe::Found,
 }
 
 impl Links {
@@ -314,7 +318,10 @@ impl Links {
     /// without redundancy all on `server` (at most a batch); with it, the fragments of each
     /// page from the servers of its stripe (`server` unused).
     pub fn start_read(&mut self, layout: &RemoteLayout, server: usize, pages: &[usize]) -> Started {
-        crate::lock_order::assert_none_held_from(crate::lock_order::level::CORE, "a read from a memory server");
+        crate::state::lock_order::assert_none_held_from(
+            crate::state::lock_order::level::CORE,
+            "a read from a memory server",
+        );
         if !layout.redundancy().is_none() {
             return Started::Stripe(Box::new(self.start_stripe_read(layout, pages)));
         }
@@ -402,7 +409,10 @@ impl Links {
     /// redundant region every live fragment), pipelining one request per server and batch,
     /// retrying each failed batch a bounded number of times.
     pub fn write(&mut self, layout: &RemoteLayout, pages: &[(usize, &[u8])]) -> Result<(), PagerError> {
-        crate::lock_order::assert_none_held_from(crate::lock_order::level::CORE, "a write to a memory server");
+        crate::state::lock_order::assert_none_held_from(
+            crate::state::lock_order::level::CORE,
+            "a write to a memory server",
+        );
         if !layout.redundancy().is_none() {
             return self.write_stripes(layout, pages);
         }
@@ -469,4 +479,19 @@ impl Links {
         }
         outcome
     }
+}
+
+/// The admin connection to `server`, opened on first use.
+pub(crate) fn admin_conn<'a>(
+    admin: &'a mut Vec<Option<Connection>>,
+    layout: &RemoteLayout,
+    server: usize,
+) -> Result<&'a mut Connection, ClientError> {
+    if admin.len() <= server {
+        admin.resize_with(server + 1, || None);
+    }
+    if admin[server].is_none() {
+        admin[server] = Some(Connection::connect(layout.server_addr(server), layout.connect)?);
+    }
+    Ok(admin[server].as_mut().expect("just connected"))
 }

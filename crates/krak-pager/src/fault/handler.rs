@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use krak_uffd::{Event, PAGE_SIZE};
 
-use crate::core::{Core, Shared};
-use crate::page_table::{Kind, PageState};
 use crate::remote::Links;
-use crate::stats::Counters;
+use crate::state::core::{Core, Shared};
+use crate::state::page_table::{Kind, PageState};
+use crate::state::stats::Counters;
 use crate::PagerError;
 
 /// Bound on a self-serving thread's wait for another thread's fetch of the same page.

@@ -4,28 +4,29 @@ use std::time::{Duration, Instant};
 
 use krak_uffd::PAGE_SIZE;
 
-use crate::core::MAX_PENDING_DISCARDS;
-use crate::page_table::Kind;
-use crate::stats::Counters;
-use crate::{FarMemory, PagerError};
+use crate::state::core::Shared;
+use crate::state::core::MAX_PENDING_DISCARDS;
+use crate::state::page_table::Kind;
+use crate::state::stats::Counters;
+use crate::PagerError;
 
 /// Bound on waiting for fetches and evictions in flight on the discarded pages.
 const BUSY_WAIT_MS: u64 = 60_000;
 
-impl FarMemory {
+impl Shared {
     /// Forgets the pages of `[offset, offset + len)` (page-aligned): local copies are
     /// dropped and remote copies forgotten, so the next touch of each reads a zero page, as
     /// after `munmap` and a fresh `mmap`, or `madvise(MADV_DONTNEED)` on private memory.
     /// Waits for fetches and evictions in flight on those pages first.
-    pub fn discard(&self, offset: usize, len: usize) -> Result<(), PagerError> {
+    pub(crate) fn discard(&self, offset: usize, len: usize) -> Result<(), PagerError> {
         if !offset.is_multiple_of(PAGE_SIZE)
             || !len.is_multiple_of(PAGE_SIZE)
-            || offset.checked_add(len).is_none_or(|end| end > self.len())
+            || offset.checked_add(len).is_none_or(|end| end > self.map.len())
         {
             return Err(PagerError::Config(format!("discard of {len} bytes at {offset} is unaligned or outside")));
         }
         let (first, end) = (offset / PAGE_SIZE, (offset + len) / PAGE_SIZE);
-        let shared = &self.shared;
+        let shared = self;
         let mut core = shared.core.lock();
         let deadline = Instant::now() + Duration::from_millis(BUSY_WAIT_MS);
         while core.pages.any_in_flight(first..end) {
@@ -65,13 +66,13 @@ impl FarMemory {
     }
 
     /// Keeps the region out of `fork(2)` children (see [`krak_uffd::AnonMapping::exclude_from_fork`]).
-    pub fn exclude_from_fork(&self) -> Result<(), PagerError> {
-        self.shared.map.own().and_then(|m| m.exclude_from_fork()).map_err(PagerError::Mapping)
+    pub(crate) fn exclude_from_fork(&self) -> Result<(), PagerError> {
+        self.map.own().and_then(|m| m.exclude_from_fork()).map_err(PagerError::Mapping)
     }
 
     /// Called in a `fork(2)` child only: makes the region's addresses inaccessible there.
     /// The region must not be used (nor dropped) in the child afterwards.
-    pub fn fence_in_child(&self) -> Result<(), PagerError> {
-        self.shared.map.own().and_then(|m| m.fence_in_child()).map_err(PagerError::Mapping)
+    pub(crate) fn fence_in_child(&self) -> Result<(), PagerError> {
+        self.map.own().and_then(|m| m.fence_in_child()).map_err(PagerError::Mapping)
     }
 }

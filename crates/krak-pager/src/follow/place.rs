@@ -1,31 +1,32 @@
-//! Redundant regions placed by the rack controller: the controller chooses a server for
-//! every fragment (slot = chunk × width + fragment, distinct servers and, while there are
-//! enough, distinct failure domains per chunk), the pager allocates each fragment's slab
-//! on the named server and commits them all; the stripes are then those of a region given
-//! a list of servers (`RemoteLayout::from_stripes`). A lost fragment's replacement is also
-//! placed by the controller (`place` on its slot, excluding the lost servers) and committed
-//! once re-protection has filled it.
+//! Placing a region through the rack controller: registering it, having the controller
+//! choose a server for every chunk (or, for a redundant region, every fragment: slot =
+//! chunk × width + fragment, distinct servers and, while there are enough, distinct failure
+//! domains per chunk), allocating each slab on the named server and committing them all. A
+//! lost fragment's replacement is also placed here (`place` on its slot, excluding the lost
+//! servers) and committed once re-protection has filled it.
 
 use std::net::SocketAddr;
 
 use krak_api::limits::MAX_CHUNKS_PER_REQUEST;
-use krak_api::messages::{ChunkServer, CommitChunk, CommitRequest, PlaceRequest};
-use krak_api::{Api, ClientError as ControllerClientError, RegionRecord, ServerId};
+use krak_api::messages::{ChunkServer, CommitChunk, CommitRequest, CreateRegionRequest, PlaceRequest};
+use krak_api::{Api, ClientError as ControllerClientError, RackClient, RegionRecord, ServerId};
 use krak_client::{ConnectOptions, Connection};
 use krak_proto::PAGE_SIZE;
 
-use crate::rack::{controller_error, parse_addr, RackLink};
-use crate::redundancy::Redundancy;
-use crate::remote::{free_quietly, RemoteLayout};
-use crate::stripe::{Frag, FragState, Stripe};
+use crate::follow::link::{controller_error, parse_addr, place_one, release, RackLink, CALL_TIMEOUT};
+use crate::remote::redundancy::Redundancy;
+use crate::remote::stripe::{Frag, FragState, Stripe};
+use crate::remote::{free_quietly, ChunkHome, RemoteLayout};
+use crate::state::lock_order::Mutex;
 use crate::PagerError;
+use std::sync::atomic::Ordering;
 
 /// HTTP status of a placement the rack has no room for.
 const NO_CAPACITY: u16 = 507;
 
 /// Places, allocates and commits every fragment of `region` (created `width()` wide);
 /// frees every slab allocated on failure (the caller deletes the region).
-pub(crate) fn place_and_commit(
+pub(crate) fn place_stripes_and_commit(
     link: &RackLink,
     region: &RegionRecord,
     connect: ConnectOptions,
@@ -185,7 +186,7 @@ pub(crate) fn place_replacement(
     let width = layout.redundancy().width();
     let exclude = link.lost_ids(layout);
     let slot = (chunk * width + frag) as u64;
-    let reply = match crate::rack_moves::place_one(link, slot, exclude) {
+    let reply = match place_one(link, slot, exclude) {
         Ok(r) => r,
         Err(ControllerClientError::Status { status: NO_CAPACITY, message }) => {
             return Err(NoReplacement::NoSpare(format!("the controller has no server for a replacement: {message}")))
@@ -208,6 +209,114 @@ pub(crate) fn place_replacement(
     }
     link.ids.lock().insert(addr, id);
     Ok((server, id))
+}
+
+/// Registers a region of `region_pages` with the controller at `url`, has it placed, and
+/// allocates and commits every chunk's slab.
+pub(crate) fn allocate(
+    url: &str,
+    owner: &str,
+    region_pages: usize,
+    local_budget_bytes: u64,
+    connect: ConnectOptions,
+    redundancy: Redundancy,
+) -> Result<(RemoteLayout, Vec<Option<Connection>>, RackLink), PagerError> {
+    let mut client = RackClient::new(url, CALL_TIMEOUT).map_err(controller_error)?.with_secret(connect.secret);
+    let request = CreateRegionRequest {
+        owner: owner.to_string(),
+        size_bytes: (region_pages * PAGE_SIZE) as u64,
+        local_budget_bytes,
+        chunk_bytes: None,
+        stripe_width: (!redundancy.is_none()).then_some(redundancy.width() as u32),
+        redundancy: (!redundancy.is_none()).then(|| redundancy.to_string()),
+        // a fragment's slab holds a K-th of the chunk under ec:K+M
+        slot_divisor: Some((PAGE_SIZE / redundancy.unit_bytes()) as u32),
+    };
+    let created = client.create_region(&request).map_err(controller_error)?;
+    let region = created.region;
+    let link =
+        RackLink { client: Mutex::new(client), region: region.id, epoch: Default::default(), ids: Default::default() };
+    let placed = if redundancy.is_none() {
+        place_chunks_and_commit(&link, &region, connect)
+    } else {
+        place_stripes_and_commit(&link, &region, connect, redundancy)
+    };
+    match placed {
+        Ok((layout, admin, epoch)) => {
+            link.epoch.store(epoch, Ordering::Relaxed);
+            Ok((layout, admin, link))
+        }
+        Err(e) => {
+            release(&link);
+            Err(e)
+        }
+    }
+}
+
+fn place_chunks_and_commit(
+    link: &RackLink,
+    region: &krak_api::RegionRecord,
+    connect: ConnectOptions,
+) -> Result<(RemoteLayout, Vec<Option<Connection>>, u64), PagerError> {
+    let chunk_pages = (region.chunk_bytes / PAGE_SIZE as u64) as usize;
+    let chunks = region.chunks();
+    let placed = link
+        .client
+        .lock()
+        .place(region.id, &PlaceRequest { chunks: (0..chunks).collect(), exclude: vec![] })
+        .map_err(controller_error)?;
+    let mut servers: Vec<SocketAddr> = Vec::new();
+    let mut admin: Vec<Option<Connection>> = Vec::new();
+    let mut homes: Vec<Option<ChunkHome>> = vec![None; chunks as usize];
+    let mut commits = Vec::with_capacity(chunks as usize);
+    let result = (|| {
+        for p in &placed.placements {
+            let addr = parse_addr(&p.addr)?;
+            let idx = match servers.iter().position(|a| *a == addr) {
+                Some(i) => i,
+                None => {
+                    admin.push(Some(Connection::connect(addr, connect)?));
+                    servers.push(addr);
+                    servers.len() - 1
+                }
+            };
+            let conn = admin[idx].as_mut().expect("connected above");
+            if (conn.slab_pages() as usize) < chunk_pages {
+                return Err(controller_error(format!("{addr} lends slabs smaller than the region's chunks")));
+            }
+            let slab = conn.alloc_slab()?;
+            let chunk = p.chunk as usize;
+            if chunk >= homes.len() {
+                return Err(controller_error(format!("placement named chunk {chunk} of {chunks}")));
+            }
+            homes[chunk] = Some(ChunkHome { server: idx, slab, moving_to: None });
+            commits.push(CommitChunk { chunk: p.chunk, server: p.server, slab: slab.0 });
+        }
+        Ok(())
+    })();
+    let free_all = |admin: &mut Vec<Option<Connection>>, homes: &[Option<ChunkHome>]| {
+        for home in homes.iter().flatten() {
+            if let Some(conn) = admin[home.server].as_mut() {
+                free_quietly(conn, home.slab);
+            }
+        }
+    };
+    if let Err(e) = result {
+        free_all(&mut admin, &homes);
+        return Err(e);
+    }
+    let Some(homes) = homes.iter().copied().collect::<Option<Vec<ChunkHome>>>() else {
+        free_all(&mut admin, &homes);
+        return Err(controller_error("the controller left chunks unplaced"));
+    };
+    let committed = link.client.lock().commit(region.id, &CommitRequest { chunks: commits });
+    match committed {
+        Ok(reply) => Ok((RemoteLayout::from_parts(connect, chunk_pages, servers, homes), admin, reply.epoch)),
+        Err(e) => {
+            free_all(&mut admin, &homes.into_iter().map(Some).collect::<Vec<_>>());
+            Err(controller_error(e))
+        }
+    }
 }
 
 #[cfg(test)]

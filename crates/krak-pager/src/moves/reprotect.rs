@@ -4,7 +4,7 @@
 //!
 //! A background thread finds lost fragments (and probes the region's servers, so a loss is
 //! noticed even when no fault touches it), allocates the replacement and queues its
-//! rebuild on the write-back thread, like a live chunk move (`migrate.rs`): write-backs
+//! rebuild on the write-back thread, like a live chunk move (`moves/chunk.rs`): write-backs
 //! reach the replacement from the moment it is placed, and copy steps between write-back
 //! batches fill in every remote page; being on the thread that writes, each copy is ordered
 //! with the writes of the same page. Past the last page the replacement is read like any
@@ -19,14 +19,15 @@ use krak_client::ClientError;
 use krak_proto::PageRef;
 use krak_uffd::PAGE_SIZE;
 
-use crate::core::{ChunkMove, Core, CoreGuard, MoveKind, Shared};
-use crate::migrate::{admin_conn, finish, NEXT_MOVE_ID};
-use crate::rack::RackLink;
-use crate::rack_stripes::NoReplacement;
-use crate::redundancy::Coder;
+use crate::follow::link::RackLink;
+use crate::follow::place::NoReplacement;
+use crate::moves::queue::{finish, NEXT_MOVE_ID};
+use crate::remote::admin_conn;
+use crate::remote::redundancy::Coder;
+use crate::remote::stripe::{Frag, FragState};
 use crate::remote::{free_quietly, Links};
-use crate::stats::Counters;
-use crate::stripe::{Frag, FragState};
+use crate::state::core::{ChunkMove, Core, CoreGuard, MoveKind, Shared};
+use crate::state::stats::Counters;
 use crate::PagerError;
 
 /// How often the thread looks for lost fragments.
@@ -141,33 +142,22 @@ fn probe(shared: &Shared) {
         });
         match answer {
             Ok(id) if known_id.is_some_and(|k| k != id) => {
-                crate::stripe::lose(layout, server, "the server restarted (its slabs are gone)");
+                crate::remote::stripe::lose(layout, server, "the server restarted (its slabs are gone)");
             }
             Ok(_) => {}
             Err(e) => {
                 admin[server] = None;
                 if matches!(e, ClientError::Connect { .. }) {
-                    crate::stripe::lose(layout, server, &format!("health check: {e}"));
+                    crate::remote::stripe::lose(layout, server, &format!("health check: {e}"));
                 }
             }
         }
     }
 }
 
-impl crate::FarMemory {
-    /// Reads every live fragment (or copy) of every remote page of a redundant region and
-    /// checks each CRC, so that corrupt fragments a read never asks for (parity, second
-    /// copies) are found too; the pages found are rewritten by the write-back thread, as
-    /// corruption a fault finds (`corrupt_fragments`, `corrupt_fragments_repaired`).
-    /// Returns the corrupt fragments found. Runs on the caller's thread while the region
-    /// is in use; a region without redundancy has nothing to check against. The region
-    /// also scrubs itself every `scrub_interval_ms`.
-    pub fn scrub(&self) -> Result<u64, PagerError> {
-        scrub(&self.shared)
-    }
-}
+impl Shared {}
 
-fn scrub(shared: &Shared) -> Result<u64, PagerError> {
+pub(crate) fn scrub(shared: &Shared) -> Result<u64, PagerError> {
     let layout = &shared.layout;
     if layout.redundancy().is_none() {
         return Ok(0);
@@ -218,7 +208,7 @@ fn rebuild_fragment(shared: &Shared, link: Option<&RackLink>, chunk: usize, frag
     let (server, slab, id) = match link {
         Some(link) => {
             let (server, id) =
-                crate::rack_stripes::place_replacement(link, layout, chunk, frag).map_err(|e| match e {
+                crate::follow::place::place_replacement(link, layout, chunk, frag).map_err(|e| match e {
                     NoReplacement::NoSpare(why) => Rebuild::NoSpare(why),
                     NoReplacement::Failed(why) => Rebuild::Failed(why),
                 })?;
@@ -264,7 +254,7 @@ fn rebuild_fragment(shared: &Shared, link: Option<&RackLink>, chunk: usize, frag
             if let (Some(link), Some(id)) = (link, id) {
                 let slot = (chunk * layout.redundancy().width() + frag) as u64;
                 // The fragment is live either way; a failed commit leaves the map stale.
-                if let Err(e) = crate::rack_moves::commit_slot(shared, link, slot, id, slab) {
+                if let Err(e) = crate::follow::link::commit_slot(shared, link, slot, id, slab) {
                     tracing::error!("recording fragment {frag} of chunk {chunk} with the controller: {e}");
                 }
             }

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::core::Shared;
+use crate::state::core::Shared;
 
 /// Pages evicted per lock hold: small, so fault handlers never wait long for the lock.
 const BATCH_PAGES: usize = 8;
@@ -27,7 +27,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
             }
             Ok(_) => {
                 shared.space.notify_all();
-                crate::lock_order::MutexGuard::bump(&mut core);
+                crate::state::lock_order::MutexGuard::bump(&mut core);
             }
             Err(e) => {
                 tracing::error!("reclaimer: {e}");

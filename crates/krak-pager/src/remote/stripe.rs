@@ -13,11 +13,11 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::lock_order::{level, Mutex, RwLock};
+use crate::state::lock_order::{level, Mutex, RwLock};
 use krak_client::{ClientError, Connection};
 use krak_proto::{ErrorCode, PageRef, SlabId, MAX_BATCH_PAGES, PAGE_SIZE};
 
-use crate::redundancy::{Coder, Redundancy};
+use crate::remote::redundancy::{Coder, Redundancy};
 use crate::remote::{free_quietly, Links, RemoteLayout, MAX_ATTEMPTS};
 use crate::PagerError;
 
@@ -37,7 +37,7 @@ pub(crate) struct Frag {
     pub server: usize,
     pub slab: SlabId,
     pub state: FragState,
-    /// While the fragment moves (`frag_move.rs`): the server and slab it moves to, written
+    /// While the fragment moves (`moves/fragment.rs`): the server and slab it moves to, written
     /// with it and read only once the move switches over.
     pub moving_to: Option<(usize, SlabId)>,
 }

@@ -13,21 +13,16 @@
 //! then frees the old slab.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use krak_client::{ClientError, Connection};
 use krak_uffd::PAGE_SIZE;
 
-use crate::core::{ChunkMove, Core, CoreGuard, MoveKind, Shared};
-use crate::remote::{free_quietly, ChunkHome, Links, RemoteLayout};
-use crate::stats::Counters;
-use crate::{FarMemory, PagerError};
-
-/// Most time one move may take before its caller gives up waiting.
-const MOVE_TIMEOUT: Duration = Duration::from_secs(600);
-
-pub(crate) static NEXT_MOVE_ID: AtomicU64 = AtomicU64::new(1);
+use crate::moves::queue::{finish, wait_for_writeback_in_flight, NEXT_MOVE_ID};
+use crate::remote::{admin_conn, free_quietly, ChunkHome, Links};
+use crate::state::core::{ChunkMove, CoreGuard, MoveKind, Shared};
+use crate::state::stats::Counters;
+use crate::PagerError;
 
 /// What a drain did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
@@ -38,28 +33,13 @@ pub struct DrainReport {
     pub elapsed_ms: u64,
 }
 
-/// The admin connection to `server`, opened on first use.
-pub(crate) fn admin_conn<'a>(
-    admin: &'a mut Vec<Option<Connection>>,
-    layout: &RemoteLayout,
-    server: usize,
-) -> Result<&'a mut Connection, ClientError> {
-    if admin.len() <= server {
-        admin.resize_with(server + 1, || None);
-    }
-    if admin[server].is_none() {
-        admin[server] = Some(Connection::connect(layout.server_addr(server), layout.connect)?);
-    }
-    Ok(admin[server].as_mut().expect("just connected"))
-}
-
 /// One step of the oldest move, run by the write-back thread with the core lock held.
 pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: CoreGuard<'_>) {
     let Some(mv) = core.moves.front() else { return };
     match mv.kind {
         MoveKind::Chunk => {}
-        MoveKind::Rebuild(frag) => return crate::reprotect::step(shared, links, core, frag, false),
-        MoveKind::Fragment(frag) => return crate::reprotect::step(shared, links, core, frag, true),
+        MoveKind::Rebuild(frag) => return crate::moves::reprotect::step(shared, links, core, frag, false),
+        MoveKind::Fragment(frag) => return crate::moves::reprotect::step(shared, links, core, frag, true),
     }
     let (id, chunk, from) = (mv.id, mv.chunk, mv.next_page);
     let home = shared.layout.chunk(chunk);
@@ -82,35 +62,13 @@ pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: CoreGuard<'_>) 
     finish(shared, &mut core, id, Ok(copied));
 }
 
-/// Waits until every write-back batch taken off the queue before now has been answered.
-pub(crate) fn wait_for_writeback_in_flight(shared: &Shared) {
-    let mut core = shared.core.lock();
-    let taken = core.wb_batches_taken;
-    while core.wb_batches_done < taken && !shared.stop.load(Ordering::Relaxed) {
-        shared.space.wait_for(&mut core, Duration::from_millis(10));
-    }
-}
-
-pub(crate) fn finish(shared: &Shared, core: &mut Core, id: u64, result: Result<u64, String>) {
-    core.moves.retain(|m| m.id != id);
-    core.moves_finished.insert(id, result);
-    shared.moved.notify_all();
-}
-
-impl FarMemory {
-    /// Moves chunk `chunk` of the region to the memory server at `to` while the region is
-    /// in use; returns the pages copied. Faults keep being served from the old server until
-    /// the switch, and nothing waits on the copy.
-    pub fn move_chunk(&self, chunk: usize, to: SocketAddr) -> Result<u64, PagerError> {
-        self.shared.move_chunk(chunk, to)
-    }
-
+impl Shared {
     /// Moves every chunk of the region off the server at `from`, each to the server of
     /// `targets` that holds the fewest of the region's chunks. A redundant region moves its
     /// fragments instead, each to a target that holds none of its chunk's others.
-    pub fn drain_server(&self, from: SocketAddr, targets: &[SocketAddr]) -> Result<DrainReport, PagerError> {
+    pub(crate) fn drain_server(&self, from: SocketAddr, targets: &[SocketAddr]) -> Result<DrainReport, PagerError> {
         let started = Instant::now();
-        let layout = &self.shared.layout;
+        let layout = &self.layout;
         let targets: Vec<SocketAddr> = targets.iter().copied().filter(|t| *t != from).collect();
         if targets.is_empty() {
             return Err(PagerError::Config(format!("no server to drain {from} to")));
@@ -135,28 +93,13 @@ impl FarMemory {
     }
 
     /// The memory server holding each chunk of the region, in chunk order.
-    pub fn chunk_servers(&self) -> Vec<SocketAddr> {
-        let layout = &self.shared.layout;
+    pub(crate) fn chunk_servers(&self) -> Vec<SocketAddr> {
+        let layout = &self.layout;
         layout.chunks().iter().map(|h| layout.server_addr(h.server)).collect()
     }
 }
 
 impl Shared {
-    /// Waits for the move (or rebuild) `id` of `chunk` queued for the write-back thread.
-    pub(crate) fn wait_move(&self, id: u64, chunk: usize) -> Result<u64, String> {
-        let deadline = Instant::now() + MOVE_TIMEOUT;
-        let mut core = self.core.lock();
-        loop {
-            if let Some(r) = core.moves_finished.remove(&id) {
-                return r;
-            }
-            if Instant::now() > deadline || self.stop.load(Ordering::Relaxed) {
-                return Err(format!("chunk {chunk} did not finish moving in {} s", MOVE_TIMEOUT.as_secs()));
-            }
-            self.moved.wait_for(&mut core, Duration::from_millis(100));
-        }
-    }
-
     pub(crate) fn move_chunk(&self, chunk: usize, to: SocketAddr) -> Result<u64, PagerError> {
         let shared = self;
 
@@ -197,7 +140,7 @@ impl Shared {
         // A batch taken before the move may still write this chunk's pages to the old slab
         // alone: let it land before the copy reads them.
         wait_for_writeback_in_flight(shared);
-        let copied = match crate::chunk_copy::copy_chunk(shared, chunk, to_idx, new_slab) {
+        let copied = match crate::moves::copy::copy_chunk(shared, chunk, to_idx, new_slab) {
             Ok(pages) => pages,
             Err(e) => {
                 // The chunk stays where it was; the old home received every write meanwhile.

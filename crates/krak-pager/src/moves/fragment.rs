@@ -4,11 +4,11 @@
 //!
 //! The old slab stays live, read and written, until the switch. From the moment the move
 //! starts, every write-back of the chunk's pages also writes the fragment to the new slab.
-//! The mover then copies the fragment's units as a chunk move copies pages (`chunk_copy.rs`:
+//! The mover then copies the fragment's units as a chunk move copies pages (`moves/copy.rs`:
 //! the old server pushes them to the new one, else the mover relays them), with `CopyPages`
 //! semantics, so a copy never undoes a newer write-back. If that copy fails (the old server
 //! is lost, say), the write-back thread fills the new slab instead, between its batches, as
-//! re-protection fills a replacement (`reprotect.rs`): each step reads the next remote pages
+//! re-protection fills a replacement (`moves/reprotect.rs`): each step reads the next remote pages
 //! from the stripe, encodes them and writes the moving fragment. Either way the write-back
 //! thread then switches the fragment to the new slab at a moment when no fetch of the chunk
 //! is in flight, and the mover frees the old slab. If the new server is lost meanwhile, the
@@ -18,12 +18,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::chunk_copy::{copy_units, CopySpec};
-use crate::core::{ChunkMove, MoveKind, Shared};
-use crate::migrate::{admin_conn, wait_for_writeback_in_flight, DrainReport, NEXT_MOVE_ID};
+use crate::moves::chunk::DrainReport;
+use crate::moves::copy::{copy_units, CopySpec};
+use crate::moves::queue::{wait_for_writeback_in_flight, NEXT_MOVE_ID};
+use crate::remote::admin_conn;
 use crate::remote::free_quietly;
-use crate::stats::Counters;
-use crate::{FarMemory, PagerError};
+use crate::state::core::{ChunkMove, MoveKind, Shared};
+use crate::state::stats::Counters;
+use crate::PagerError;
 use krak_proto::SlabId;
 
 /// Where a fragment moved to and what it took.
@@ -33,18 +35,11 @@ pub(crate) struct FragmentMoved {
     pub pages: u64,
 }
 
-impl FarMemory {
-    /// Moves fragment `frag` (a copy under `replicate:N`) of chunk `chunk` of a redundant
-    /// region to the memory server at `to` while the region is in use; returns the pages
-    /// copied. `to` must hold no other fragment of the chunk.
-    pub fn move_fragment(&self, chunk: usize, frag: usize, to: SocketAddr) -> Result<u64, PagerError> {
-        self.shared.move_fragment(chunk, frag, to).map(|m| m.pages)
-    }
-
+impl Shared {
     /// The memory server of each fragment of each chunk of a redundant region (empty for a
     /// region without redundancy), in chunk and fragment order.
-    pub fn fragment_servers(&self) -> Vec<Vec<SocketAddr>> {
-        let layout = &self.shared.layout;
+    pub(crate) fn fragment_servers(&self) -> Vec<Vec<SocketAddr>> {
+        let layout = &self.layout;
         layout.stripes.all().iter().map(|s| s.iter().map(|f| layout.server_addr(f.server)).collect()).collect()
     }
 
@@ -53,7 +48,7 @@ impl FarMemory {
     /// chunk does not use yet first) and the fewest of the region's.
     pub(crate) fn drain_fragments(&self, from: SocketAddr, targets: &[SocketAddr]) -> Result<DrainReport, PagerError> {
         let started = Instant::now();
-        let layout = &self.shared.layout;
+        let layout = &self.layout;
         let mut report = DrainReport::default();
         let Some(server) = layout.find_server(from) else { return Ok(report) };
         let targets: Vec<usize> = targets.iter().map(|t| layout.server_index(*t)).collect();
@@ -74,7 +69,7 @@ impl FarMemory {
                         layout.redundancy().width()
                     ))
                 })?;
-            let moved = self.shared.move_fragment(chunk, frag, layout.server_addr(to))?;
+            let moved = self.move_fragment(chunk, frag, layout.server_addr(to))?;
             report.pages_copied += moved.pages;
             report.chunks_moved += 1;
         }
@@ -176,8 +171,8 @@ impl Shared {
 
 #[cfg(test)]
 mod tests {
-    use crate::redundancy::Redundancy;
-    use crate::stripe::{Frag, FragState, StripeTable};
+    use crate::remote::redundancy::Redundancy;
+    use crate::remote::stripe::{Frag, FragState, StripeTable};
     use krak_proto::SlabId;
 
     /// Two chunks of `replicate:2` over servers 0..4: chunk c on servers c and c + 1.

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use krak_uffd::PAGE_SIZE;
 
-use crate::core::*;
 use crate::remote::Links;
-use crate::stats::Counters;
+use crate::state::core::*;
+use crate::state::stats::Counters;
 
 /// Pause after a batch failed every retry, before its pages are tried again.
 const FAILURE_PAUSE: Duration = Duration::from_millis(500);
@@ -66,7 +66,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
                 // Copy the next piece of a moving chunk. Doing it on this thread orders every
                 // write to the new home after the writes queued before it.
                 moved_last = true;
-                crate::migrate::step(&shared, &mut links, core);
+                crate::moves::chunk::step(&shared, &mut links, core);
                 continue;
             }
             moved_last = false;

@@ -7,15 +7,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::lock_order::{level, Condvar, Mutex, MutexGuard, RwLock};
+use crate::state::lock_order::{level, Condvar, Mutex, MutexGuard, RwLock};
 use krak_uffd::{CopyError, Uffd, PAGE_SIZE};
 
-use crate::eviction::EvictionPolicy;
-use crate::memory::RegionMemory;
-use crate::page_table::{Kind, PageTable, Victim};
-use crate::prefetch::PrefetchPolicy;
+use crate::policy::eviction::EvictionPolicy;
+use crate::policy::prefetch::PrefetchPolicy;
 use crate::remote::RemoteLayout;
-use crate::stats::Counters;
+use crate::state::memory::RegionMemory;
+use crate::state::page_table::{Kind, PageTable, Victim};
+use crate::state::stats::Counters;
 use crate::PagerError;
 
 /// Most pages with a corrupt fragment waiting to be rewritten; past it a corruption is
@@ -83,7 +83,7 @@ pub(crate) struct Core {
     pub discards: VecDeque<std::ops::Range<usize>>,
 }
 
-/// A chunk being copied to its new home by the write-back thread (see `migrate.rs`).
+/// A chunk being copied to its new home by the write-back thread (see `moves/chunk.rs`).
 #[derive(Debug)]
 pub(crate) struct ChunkMove {
     pub id: u64,
@@ -97,12 +97,12 @@ pub(crate) struct ChunkMove {
 /// What a job on the write-back thread's move queue does with its chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum MoveKind {
-    /// Switches the chunk's home, its pages copied by the mover (`migrate.rs`).
+    /// Switches the chunk's home, its pages copied by the mover (`moves/chunk.rs`).
     Chunk,
     /// Fills the replacement slab of lost fragment `i` of a redundant chunk's stripe
-    /// (`reprotect.rs`).
+    /// (`moves/reprotect.rs`).
     Rebuild(usize),
-    /// Fills the slab fragment `i` moves to, then switches (`frag_move.rs`).
+    /// Fills the slab fragment `i` moves to, then switches (`moves/fragment.rs`).
     Fragment(usize),
 }
 

@@ -9,13 +9,13 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use crate::lock_order::{level, RwLock};
+use crate::state::lock_order::{level, RwLock};
 use krak_uffd::sigbus::{self, Verdict};
 use krak_uffd::PAGE_SIZE;
 
-use crate::core::Shared;
-use crate::handler::{Handler, Parts};
-use crate::stats::Counters;
+use crate::fault::handler::{Handler, Parts};
+use crate::state::core::Shared;
+use crate::state::stats::Counters;
 use crate::PagerError;
 
 struct Entry {

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::lock_order::{level, Mutex};
+use crate::state::lock_order::{level, Mutex};
 
 /// Live counters, updated by the fault handlers and the write-back thread.
 #[derive(Debug)]

@@ -1,0 +1,113 @@
+//! The region's link to the rack controller: its registration, and the calls every part of
+//! the pager makes through it (place one slot, commit it, announce or abandon a move,
+//! release the region), with what a failed call becomes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use krak_api::messages::{ChunkServer, CommitChunk, CommitRequest, MoveStartRequest, PlaceRequest};
+use krak_api::{Api, ClientError as ControllerClientError, RackClient, RegionId, ServerId};
+use krak_proto::SlabId;
+
+use crate::error::PagerError;
+use crate::remote::RemoteLayout;
+use crate::state::core::Shared;
+use crate::state::lock_order::{level, Mutex};
+
+/// Bound on one call to the controller (a long-poll adds its wait).
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause after the controller could not be reached.
+pub(crate) const RETRY_PAUSE_MS: u64 = 1_000;
+
+pub(crate) fn controller_error(e: impl std::fmt::Display) -> PagerError {
+    PagerError::Controller(e.to_string())
+}
+
+pub(crate) fn parse_addr(addr: &str) -> Result<SocketAddr, PagerError> {
+    addr.parse().map_err(|_| controller_error(format!("bad address {addr:?}")))
+}
+
+/// The region's registration with the controller.
+#[derive(Debug)]
+pub(crate) struct RackLink {
+    /// Every URL the rack's controller may answer on (leader and standbys).
+    pub client: Mutex<RackClient, { level::CONTROLLER_CLIENT }>,
+    pub region: RegionId,
+    /// Map epoch the pager has caught up with.
+    pub epoch: std::sync::atomic::AtomicU64,
+    /// The controller's id of each server the region was placed on.
+    pub ids: Mutex<HashMap<SocketAddr, ServerId>, { level::SERVER_IDS }>,
+}
+
+impl RackLink {
+    /// The controller's ids of the servers the region has lost (those it knows).
+    pub(crate) fn lost_ids(&self, layout: &RemoteLayout) -> Vec<ServerId> {
+        let ids = self.ids.lock();
+        layout.stripes.lost_servers().iter().filter_map(|s| ids.get(&layout.server_addr(*s)).copied()).collect()
+    }
+}
+
+/// Tells the controller the region is gone (after its slabs were freed).
+pub(crate) fn release(link: &RackLink) {
+    if let Err(e) = link.client.lock().delete_region(link.region) {
+        tracing::warn!("removing the region from the controller: {e}");
+    }
+}
+
+/// The server the controller places `slot` on (off `exclude`), if it names one.
+pub(crate) fn place_one(
+    link: &RackLink,
+    slot: u64,
+    exclude: Vec<ServerId>,
+) -> Result<Option<ChunkServer>, ControllerClientError> {
+    let placed = link.client.lock().place(link.region, &PlaceRequest { chunks: vec![slot], exclude })?;
+    Ok(placed.placements.into_iter().find(|p| p.chunk == slot))
+}
+
+/// Records that map slot `slot` (a chunk, or a fragment of a redundant region) now lives in
+/// `slab` on `server`. The data already lives there (the old slab is freed), so a failed
+/// commit is retried a few times: until it lands, only the controller's map is stale.
+pub(crate) fn commit_slot(
+    shared: &Shared,
+    link: &RackLink,
+    slot: u64,
+    server: ServerId,
+    slab: SlabId,
+) -> Result<(), PagerError> {
+    const ATTEMPTS: u32 = 5;
+    let request = CommitRequest { chunks: vec![CommitChunk { chunk: slot, server, slab: slab.0 }] };
+    let mut attempt = 1;
+    loop {
+        match link.client.lock().commit(link.region, &request) {
+            Ok(reply) => {
+                link.epoch.fetch_max(reply.epoch, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(e) if attempt < ATTEMPTS && !shared.stop.load(Ordering::Relaxed) => {
+                tracing::warn!("committing slot {slot}'s new home failed ({e}); retrying");
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(RETRY_PAUSE_MS / 4));
+            }
+            Err(e) => return Err(controller_error(e)),
+        }
+    }
+}
+
+/// Tells the controller that a move of `slot` from `from` to `to` starts, so that status
+/// lists it until the slot's commit. For status only: a refusal is logged and the move
+/// goes on.
+pub(crate) fn announce_move(link: &RackLink, slot: u64, from: ServerId, to: ServerId) {
+    if let Err(e) = link.client.lock().start_move(link.region, &MoveStartRequest { slot, from, to }) {
+        tracing::warn!("telling the controller that slot {slot} moves: {e}");
+    }
+}
+
+/// Tells the controller that the move of `slot` was given up.
+pub(crate) fn abandon_move(link: &RackLink, slot: u64) {
+    if let Err(e) = link.client.lock().abandon_move(link.region, slot) {
+        tracing::warn!("telling the controller that slot {slot}'s move was given up: {e}");
+    }
+}
