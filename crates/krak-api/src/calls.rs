@@ -28,29 +28,24 @@ pub trait Transport {
     ) -> Result<T, ClientError>;
 }
 
-impl Transport for Client {
-    fn send<B: Serialize, T: DeserializeOwned>(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Option<&B>,
-        wait: Duration,
-    ) -> Result<T, ClientError> {
-        self.call_waiting(method, path, body, wait)
-    }
+/// Both clients send through their own `call_waiting`.
+macro_rules! transport_by_call_waiting {
+    ($($client:ty),*) => {$(
+        impl Transport for $client {
+            fn send<B: Serialize, T: DeserializeOwned>(
+                &mut self,
+                method: &str,
+                path: &str,
+                body: Option<&B>,
+                wait: Duration,
+            ) -> Result<T, ClientError> {
+                self.call_waiting(method, path, body, wait)
+            }
+        }
+    )*};
 }
 
-impl Transport for RackClient {
-    fn send<B: Serialize, T: DeserializeOwned>(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Option<&B>,
-        wait: Duration,
-    ) -> Result<T, ClientError> {
-        self.call_waiting(method, path, body, wait)
-    }
-}
+transport_by_call_waiting!(Client, RackClient);
 
 /// An empty JSON object: the answer of endpoints that only acknowledge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

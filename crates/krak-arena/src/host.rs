@@ -1,13 +1,13 @@
 //! The pager process's end of the arena socket: accepts programs of its own user, takes
 //! each one's memfd and userfaultfd from its hello, and serves the arena as a `FarMemory`
-//! region ([`FarMemory::serve_remote`]) until the program hangs up; then the region is
+//! region ([`FarMemory::serve_other_process`]) until the program hangs up; then the region is
 //! dropped and its slabs are given back. At most [`MAX_ARENAS`] programs at once.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use krak_pager::{FarMemory, PagerConfig, PagerError, PAGE_SIZE};
-use krak_uffd::{OpenMode, PeerCredentials, RemoteMapping, SeqPacket, SeqPacketListener, Uffd, UffdError};
+use krak_uffd::{MemfdView, OpenMode, PeerCredentials, SeqPacket, SeqPacketListener, Uffd, UffdError};
 
 use crate::wire::{Answer, Request, WireError, MAX_MESSAGE_BYTES, VERSION};
 
@@ -197,7 +197,7 @@ fn accept_arena(
     if mode == OpenMode::UserModeOnly {
         return Err(HostError::UserModeOnly);
     }
-    let map = RemoteMapping::new(memfd, base as usize, len as usize).map_err(HostError::Memfd)?;
+    let map = MemfdView::new(memfd, base as usize, len as usize).map_err(HostError::Memfd)?;
     let uffd = Uffd::from_received(uffd, uffd_features, mode)?;
-    Ok(FarMemory::serve_remote(config.clone(), map, uffd, peer.pid)?)
+    Ok(FarMemory::serve_other_process(config.clone(), map, uffd, peer.pid)?)
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use krak_client::{ConnectOptions, Connection};
 use krak_memserver::{spawn, ServerConfig, ServerHandle};
-use krak_pager::{limits, FarMemory, FaultMode, PagerConfig, DEFAULT_SPIN_US, PAGE_SIZE};
+use krak_pager::{floors, FarMemory, FaultMode, PagerConfig, DEFAULT_SPIN_US, PAGE_SIZE};
 use krak_proto::PageRef;
 
 fn server() -> ServerHandle {
@@ -88,9 +88,9 @@ fn region_faults(servers: usize) -> (f64, f64, f64, f64) {
 }
 
 fn main() {
-    let raw = limits::tcp_rtt_4k_spinning(100_000, DEFAULT_SPIN_US).expect("ping-pong");
-    let handler = limits::measure_local_fault(20_000).expect("local fault");
-    let own = limits::measure_local_fault_self_served(20_000).expect("self-served fault");
+    let raw = floors::tcp_rtt_4k_spinning(100_000, DEFAULT_SPIN_US).expect("ping-pong");
+    let handler = floors::measure_local_fault(20_000).expect("local fault");
+    let own = floors::measure_local_fault_self_served(20_000).expect("self-served fault");
     let (rtt50, rtt99) = protocol_round_trip();
     println!("raw 4 KiB ping-pong, both ends spinning: p50 {:.2} us, p99 {:.2} us", raw.p50_us, raw.p99_us);
     println!("krak protocol, one page read:           p50 {rtt50:.2} us, p99 {rtt99:.2} us");

@@ -1,8 +1,16 @@
-//! What can go wrong in a region, for its callers.
+//! What can go wrong in a region, for its callers: one enum, whose variants carry what
+//! caused them (an I/O error, a memory server's or the controller's refusal, a coding
+//! failure) rather than its text.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::remote::redundancy::Redundancy;
 
 /// Why a region could not be made or a page could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum PagerError {
+    /// A configuration or an argument the region cannot take (the text says which, and why).
     #[error("invalid pager configuration: {0}")]
     Config(String),
     #[error("no memory servers given")]
@@ -14,21 +22,105 @@ pub enum PagerError {
     #[error(transparent)]
     Uffd(#[from] krak_uffd::UffdError),
     #[error("region memory: {0}")]
-    Mapping(std::io::Error),
+    Mapping(#[source] std::io::Error),
     #[error("installing a page: {0}")]
-    Install(String),
+    Install(#[from] InstallError),
+    /// The write-back buffer is full of pages no server takes; the last failure.
     #[error("write-back to the memory servers keeps failing: {0}")]
-    WritebackFailed(String),
+    WritebackFailed(#[source] Arc<PagerError>),
     #[error("rack controller: {0}")]
-    Controller(String),
-    #[error("moving a chunk: {0}")]
-    Move(String),
-    #[error("page {page} of the region cannot be read: {detail}")]
-    Unrecoverable { page: usize, detail: String },
-    #[error("{} pages could not be written to enough fragments: {detail}", pages.len())]
-    Unwritable { pages: Vec<usize>, detail: String },
+    Controller(#[from] krak_api::ClientError),
+    #[error("the rack controller's answer: {0}")]
+    ControllerAnswer(#[from] BadAnswer),
+    #[error("moving chunk {chunk} to {to}: {source}")]
+    MoveChunk { chunk: usize, to: SocketAddr, source: MoveFailure },
+    #[error("moving fragment {frag} of chunk {chunk} to {to}: {source}")]
+    MoveFragment { chunk: usize, frag: usize, to: SocketAddr, source: MoveFailure },
+    #[error("page {page} of the region cannot be read: {source} survive under {scheme} (servers lost for this region: {lost})")]
+    Unrecoverable { page: usize, scheme: Redundancy, lost: String, source: CodingError },
+    #[error("{} pages could not be written to enough fragments: as few as {fewest_live} live fragments of a page left, {scheme} needs {}", pages.len(), scheme.needed())]
+    Unwritable { pages: Vec<usize>, fewest_live: usize, scheme: Redundancy },
     #[error("erasure coding: {0}")]
-    Coding(String),
+    Coding(#[from] CodingError),
     #[error("starting a pager thread: {0}")]
-    Thread(std::io::Error),
+    Thread(#[source] std::io::Error),
+}
+
+/// Why pages could not be installed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InstallError {
+    #[error("the mapping kept changing ({copied} bytes copied before it gave up)")]
+    MappingUnstable { copied: usize },
+    #[error("pages being discarded stayed in flight")]
+    DiscardRaced,
+    #[error("fault inside the fault handler")]
+    FaultInHandler,
+    #[error("the fault handler thread of the measurement panicked")]
+    ProbePanicked,
+    #[error("the local fault measurement read the wrong bytes")]
+    ProbeWrongBytes,
+}
+
+/// What the pager found wrong in an answer of the controller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadAnswer {
+    #[error("bad server address {addr:?}: {source}")]
+    Address { addr: String, source: std::net::AddrParseError },
+    #[error("{addr} lends slabs smaller than the region's chunks")]
+    SlabTooSmall { addr: SocketAddr },
+    #[error("placement named {what} {index} of {count}")]
+    OutOfRange { what: &'static str, index: u64, count: u64 },
+    #[error("chunk {chunk} was left unplaced")]
+    Unplaced { chunk: u64 },
+    #[error("the controller put two fragments of chunk {chunk} on one server")]
+    SameServer { chunk: u64 },
+    #[error("the controller keeps {got} slabs per chunk, the region needs {want}")]
+    WrongWidth { got: u32, want: u32 },
+    #[error("no server to move slot {slot} to")]
+    NoTarget { slot: u64 },
+}
+
+/// Why a chunk or fragment move did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum MoveFailure {
+    #[error("the chunk is not moving")]
+    NotMoving,
+    #[error("the new slab's server was lost meanwhile")]
+    TargetLost,
+    #[error("it did not finish in {secs} s")]
+    TimedOut { secs: u64 },
+    #[error("a copy step failed: {0}")]
+    Step(#[source] Box<PagerError>),
+    #[error("copying it: {0}")]
+    Copy(#[source] Box<PagerError>),
+    #[error(transparent)]
+    Refused(#[from] MoveRefused),
+    #[error("the chunk is already moving")]
+    AlreadyMoving,
+    #[error("a region with redundancy {scheme} moves its chunks' fragments one at a time (move_fragment)")]
+    Redundant { scheme: Redundancy },
+}
+
+/// Why the stripe table refuses to start moving a fragment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MoveRefused {
+    #[error("the target is lost for this region")]
+    TargetLost,
+    #[error("fragment {frag} of chunk {chunk} is not live or already moving")]
+    NotLive { chunk: usize, frag: usize },
+    #[error("the target already holds fragment {held} of chunk {chunk}")]
+    TargetHolds { chunk: usize, held: usize },
+}
+
+/// Why fragments could not be encoded or a page rebuilt from them.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CodingError {
+    #[error("{have} of the {needed} fragments needed")]
+    TooFewFragments { have: usize, needed: usize },
+    #[error("batch decoding is for erasure codes")]
+    NotErasureCoded,
+    #[error("Reed-Solomon: {0}")]
+    ReedSolomon(#[from] reed_solomon_simd::Error),
+    #[error("the decoder did not restore fragment {index}")]
+    NotRestored { index: usize },
 }

@@ -12,8 +12,8 @@
 
 mod error;
 mod fault;
+pub mod floors;
 mod follow;
-pub mod limits;
 mod moves;
 mod policy;
 mod region;

@@ -1,6 +1,5 @@
 //! [`FarMemory`]: the region, its threads and its life cycle.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -8,7 +7,7 @@ use std::thread::JoinHandle;
 
 use crate::state::lock_order::{Condvar, Mutex, RwLock};
 use krak_client::ConnectOptions;
-use krak_uffd::{AnonMapping, RemoteMapping, Uffd, PAGE_SIZE};
+use krak_uffd::{AnonMapping, MemfdView, Uffd, PAGE_SIZE};
 
 use crate::fault::handler::{Handler, Parts};
 use crate::moves::chunk::DrainReport;
@@ -17,7 +16,6 @@ use crate::policy::prefetch::{PrefetchPolicy, StrideDetector};
 use crate::remote::RemoteLayout;
 use crate::state::core::*;
 use crate::state::memory::RegionMemory;
-use crate::state::page_table::PageTable;
 use crate::state::stats::{Counters, PagerStats};
 use crate::{PagerError, Redundancy, UffdMode};
 
@@ -138,12 +136,12 @@ impl Default for PagerConfig {
 /// stops its threads and gives back every local and remote byte. The owner must make sure
 /// no thread touches the region once it is dropped.
 pub struct FarMemory {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<RegionShared>,
     threads: Vec<JoinHandle<()>>,
     /// Set when the region's faults are served by the faulting threads.
     self_serving_id: Option<u64>,
     /// Set when a rack controller placed the region.
-    rack: Option<Arc<crate::follow::link::RackLink>>,
+    rack: Option<Arc<crate::follow::link::ControllerLink>>,
 }
 
 impl std::fmt::Debug for FarMemory {
@@ -167,9 +165,9 @@ impl FarMemory {
     /// threads (`FaultMode::Threads` only); `region_bytes` is the arena's length. Dropping
     /// the region leaves the program's registration in place: a fault nobody serves then
     /// waits, never reads a zero page.
-    pub fn serve_remote(
+    pub fn serve_other_process(
         mut config: PagerConfig,
-        map: RemoteMapping,
+        map: MemfdView,
         uffd: Uffd,
         pid: i32,
     ) -> Result<FarMemory, PagerError> {
@@ -178,7 +176,7 @@ impl FarMemory {
         }
         config.region_bytes = map.len() as u64;
         check_config(&config)?;
-        FarMemory::start(config, RegionMemory::Remote { map, pid }, uffd)
+        FarMemory::start(config, RegionMemory::OtherProcess { map, pid }, uffd)
     }
 
     fn start(config: PagerConfig, map: RegionMemory, uffd: Uffd) -> Result<FarMemory, PagerError> {
@@ -217,26 +215,8 @@ impl FarMemory {
             if config.fifo_eviction { Box::<crate::Fifo>::default() } else { Box::new(Clock::new(region_pages)) };
         let prefetch: Box<dyn PrefetchPolicy> =
             if config.no_prefetch { Box::new(crate::NoPrefetch) } else { Box::<StrideDetector>::default() };
-        let core = Core {
-            pages: PageTable::new(region_pages),
-            budget_pages: budget_pages(config.local_budget_bytes),
-            shrinking_from: None,
-            eviction,
-            prefetch,
-            wb_queue: VecDeque::new(),
-            wb_pending: 0,
-            failure: None,
-            wb_parked: Vec::new(),
-            wb_parked_since: None,
-            evict_waiters: Vec::new(),
-            wb_batches_taken: 0,
-            wb_batches_done: 0,
-            moves: VecDeque::new(),
-            moves_finished: HashMap::new(),
-            repairs: VecDeque::new(),
-            discards: VecDeque::new(),
-        };
-        let shared = Arc::new(Shared {
+        let core = Core::new(region_pages, budget_pages(config.local_budget_bytes), eviction, prefetch);
+        let shared = Arc::new(RegionShared {
             core: Mutex::new(core),
             wb_wake: Condvar::new(),
             space: Condvar::new(),
@@ -247,7 +227,7 @@ impl FarMemory {
             layout,
             admin: Mutex::new(admin),
             counters: Counters::new(),
-            limits: Limits {
+            tuning: Tuning {
                 handler_threads: config.handler_threads,
                 max_prefetch_pages: config.max_prefetch_pages,
                 writeback_batch_pages: config.writeback_batch_pages,
@@ -295,7 +275,7 @@ impl FarMemory {
     }
 
     /// Start of the region. Pages are faulted in on first touch. For a region served for
-    /// another process ([`FarMemory::serve_remote`]), its address there, not usable here.
+    /// another process ([`FarMemory::serve_other_process`]), its address there, not usable here.
     pub fn as_ptr(&self) -> *mut u8 {
         self.shared.map.base() as *mut u8
     }

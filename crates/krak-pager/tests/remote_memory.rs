@@ -1,4 +1,4 @@
-//! A region served over another process's memory (`FarMemory::serve_remote`), as `krak run
+//! A region served over another process's memory (`FarMemory::serve_other_process`), as `krak run
 //! --pager separate` serves a program's memfd arena: here the "program" is this process, so
 //! the test touches the shared mapping directly while the pager works only through the
 //! userfaultfd and the memfd (installs, `pread`, hole punches). Contents are checked against
@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use common::*;
 use krak_pager::{FarMemory, FaultMode, PagerConfig, PAGE_SIZE};
-use krak_uffd::{RemoteMapping, SharedMapping, Uffd};
+use krak_uffd::{MemfdView, SharedMapping, Uffd};
 use rand::{Rng, SeedableRng};
 
 const REGION_BYTES: usize = 32 << 20;
@@ -20,12 +20,12 @@ fn remote_region(servers: &[krak_memserver::ServerHandle], budget: u64) -> (Shar
     let shared = SharedMapping::new(REGION_BYTES).unwrap();
     let uffd = Uffd::open_for_shmem().expect("userfaultfd with shmem write-protect (Linux 6.0+)");
     uffd.register(shared.as_ptr() as usize, shared.len()).unwrap();
-    let map = RemoteMapping::new(shared.memfd().try_clone_to_owned().unwrap(), shared.as_ptr() as usize, shared.len())
-        .unwrap();
+    let map =
+        MemfdView::new(shared.memfd().try_clone_to_owned().unwrap(), shared.as_ptr() as usize, shared.len()).unwrap();
     let config = PagerConfig { local_budget_bytes: budget, servers: addrs(servers), ..Default::default() };
     // SAFETY: getpid takes nothing and cannot fail.
     let pid = unsafe { libc::getpid() };
-    let region = FarMemory::serve_remote(config, map, uffd, pid).expect("region over the memfd");
+    let region = FarMemory::serve_other_process(config, map, uffd, pid).expect("region over the memfd");
     (shared, Arc::new(region))
 }
 
@@ -80,13 +80,13 @@ fn a_remote_region_is_served_by_handler_threads_only() {
     let servers = servers(1, 64 << 20);
     let shared = SharedMapping::new(1 << 20).unwrap();
     let uffd = Uffd::open_for_shmem().unwrap();
-    let map = RemoteMapping::new(shared.memfd().try_clone_to_owned().unwrap(), shared.as_ptr() as usize, shared.len())
-        .unwrap();
+    let map =
+        MemfdView::new(shared.memfd().try_clone_to_owned().unwrap(), shared.as_ptr() as usize, shared.len()).unwrap();
     let config = PagerConfig {
         local_budget_bytes: 1 << 20,
         servers: addrs(&servers),
         fault_mode: FaultMode::Sigbus,
         ..Default::default()
     };
-    assert!(FarMemory::serve_remote(config, map, uffd, 1).is_err());
+    assert!(FarMemory::serve_other_process(config, map, uffd, 1).is_err());
 }

@@ -4,7 +4,7 @@
 //! processes), register ranges for missing and write-protect faults, read fault events,
 //! resolve them with `UFFDIO_COPY`, change write protection and wake waiters.
 //! [`AnonMapping`] is the anonymous memory those ranges live in; [`SharedMapping`] a memfd
-//! mapped shared, which a pager in another process serves through [`RemoteMapping`], the
+//! mapped shared, which a pager in another process serves through [`MemfdView`], the
 //! memfd and the userfaultfd handed over a [`SeqPacket`] socket.
 //!
 //! Every other krak crate calls these safe-where-possible wrappers; the few raw-memory
@@ -19,7 +19,7 @@ mod uffd;
 
 pub use mapping::AnonMapping;
 pub use seqpacket::{PeerCredentials, SeqPacket, SeqPacketListener, MAX_FDS};
-pub use shmem::{RemoteMapping, SharedMapping};
+pub use shmem::{MemfdView, SharedMapping};
 pub use uffd::{signal_thread, signal_thread_of, CopyError, Event, OpenMode, Uffd, UffdError};
 
 /// The base page size the pager works in.

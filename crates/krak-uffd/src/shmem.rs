@@ -2,7 +2,7 @@
 //!
 //! The program maps the memfd shared ([`SharedMapping`]) and hands the memfd and its
 //! userfaultfd to the pager process, which works on the pages through the file
-//! ([`RemoteMapping`]): `pread` reads a page for write-back (a hole reads as zeros without
+//! ([`MemfdView`]): `pread` reads a page for write-back (a hole reads as zeros without
 //! allocating), and `fallocate(PUNCH_HOLE)` drops pages, which also unmaps them from the
 //! program, so that its next touch is a missing-page fault again. Pages are installed
 //! through the userfaultfd (`UFFDIO_COPY` works on another process's userfaultfd).
@@ -112,16 +112,16 @@ impl Drop for SharedMapping {
 /// the mapping in that process (where its userfaultfd faults and installs), never touched
 /// here.
 #[derive(Debug)]
-pub struct RemoteMapping {
+pub struct MemfdView {
     memfd: OwnedFd,
     base: usize,
     len: usize,
 }
 
-impl RemoteMapping {
+impl MemfdView {
     /// Takes a received memfd that a program maps at `base` for `len` bytes. Refuses an fd
     /// that is not a memfd of at least that size, and an unaligned or wrapping range.
-    pub fn new(memfd: OwnedFd, base: usize, len: usize) -> io::Result<RemoteMapping> {
+    pub fn new(memfd: OwnedFd, base: usize, len: usize) -> io::Result<MemfdView> {
         let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, why.to_string());
         if len == 0
             || !len.is_multiple_of(PAGE_SIZE)
@@ -146,7 +146,7 @@ impl RemoteMapping {
         if size < len as u64 {
             return Err(bad("the arena's memfd is smaller than the arena"));
         }
-        Ok(RemoteMapping { memfd, base, len })
+        Ok(MemfdView { memfd, base, len })
     }
 
     /// The mapping's address in the program (not dereferenceable here).
@@ -271,7 +271,7 @@ mod tests {
     fn writes_in_the_mapping_read_back_through_the_file_and_holes_drop_them() {
         let map = SharedMapping::new(16 * PAGE_SIZE).unwrap();
         let dup = map.memfd().try_clone_to_owned().unwrap();
-        let remote = RemoteMapping::new(dup, map.as_ptr() as usize, map.len()).unwrap();
+        let remote = MemfdView::new(dup, map.as_ptr() as usize, map.len()).unwrap();
         // SAFETY: page 3 lies inside our own mapping, which nobody else uses.
         unsafe { std::ptr::write_bytes(map.as_ptr().add(3 * PAGE_SIZE), 0xab, PAGE_SIZE) };
         let mut page = vec![0u8; PAGE_SIZE];
@@ -285,12 +285,12 @@ mod tests {
         let first = unsafe { *map.as_ptr().add(3 * PAGE_SIZE) };
         assert_eq!(first, 0);
         assert!(remote.discard(PAGE_SIZE, 16 * PAGE_SIZE).is_err(), "past the end");
-        assert!(RemoteMapping::new(map.memfd().try_clone_to_owned().unwrap(), 4096, 17 * PAGE_SIZE).is_err());
+        assert!(MemfdView::new(map.memfd().try_clone_to_owned().unwrap(), 4096, 17 * PAGE_SIZE).is_err());
     }
 
     #[test]
     fn refuses_an_fd_that_is_not_a_memfd() {
         let file = std::fs::File::open("/proc/self/stat").unwrap();
-        assert!(RemoteMapping::new(file.into(), 1 << 30, PAGE_SIZE).is_err());
+        assert!(MemfdView::new(file.into(), 1 << 30, PAGE_SIZE).is_err());
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use krak_uffd::{CopyError, Event, RemoteMapping, SharedMapping, Uffd, PAGE_SIZE};
+use krak_uffd::{CopyError, Event, MemfdView, SharedMapping, Uffd, PAGE_SIZE};
 
 fn page_pattern(page: usize) -> Vec<u8> {
     (0..PAGE_SIZE).map(|i| (page * 31 + i * 7) as u8).collect()
@@ -18,7 +18,7 @@ fn shmem_faults_are_served_and_holes_fault_again() {
     let shared = SharedMapping::new(PAGES * PAGE_SIZE).unwrap();
     let base = shared.as_ptr() as usize;
     uffd.register(base, shared.len()).unwrap();
-    let map = RemoteMapping::new(shared.memfd().try_clone_to_owned().unwrap(), base, shared.len()).unwrap();
+    let map = MemfdView::new(shared.memfd().try_clone_to_owned().unwrap(), base, shared.len()).unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let wp_faults = Arc::new(AtomicUsize::new(0));

@@ -180,7 +180,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         report.limits = combine(before, after);
         if let Some(limits) = report.limits.as_mut() {
             limits.tcp_rtt_4k_spinning_p50_us = spinning_rtt();
-            limits.uffd_fault_self_served_p50_us = krak_pager::limits::measure_local_fault_self_served(20_000)
+            limits.uffd_fault_self_served_p50_us = krak_pager::floors::measure_local_fault_self_served(20_000)
                 .map_err(|e| eprintln!("  self-served uffd limit: {e}"))
                 .ok()
                 .map(|l| l.p50_us);
@@ -201,18 +201,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn measure_limits_now() -> (Option<krak_bench::Limits>, Option<krak_pager::limits::FaultLatency>) {
+fn measure_limits_now() -> (Option<krak_bench::Limits>, Option<krak_pager::floors::FaultLatency>) {
     eprintln!("measuring limits: loopback TCP 4 KiB round trip, memcpy, userfaultfd fault served from local memory");
     let tcp = krak_bench::limits::measure().map_err(|e| eprintln!("  tcp limit: {e}")).ok();
-    let uffd = krak_pager::limits::measure_local_fault(20_000).map_err(|e| eprintln!("  uffd limit: {e}")).ok();
+    let uffd = krak_pager::floors::measure_local_fault(20_000).map_err(|e| eprintln!("  uffd limit: {e}")).ok();
     (tcp, uffd)
 }
 
-type LimitSample = (Option<krak_bench::Limits>, Option<krak_pager::limits::FaultLatency>);
+type LimitSample = (Option<krak_bench::Limits>, Option<krak_pager::floors::FaultLatency>);
 
 /// The spinning round trip is steady (no wake-ups), so one measurement at the end will do.
 fn spinning_rtt() -> Option<f64> {
-    krak_pager::limits::tcp_rtt_4k_spinning(5_000, krak_pager::DEFAULT_SPIN_US)
+    krak_pager::floors::tcp_rtt_4k_spinning(5_000, krak_pager::DEFAULT_SPIN_US)
         .map_err(|e| eprintln!("  spinning tcp limit: {e}"))
         .ok()
         .map(|l| l.p50_us)

@@ -4,16 +4,16 @@ use std::time::{Duration, Instant};
 
 use krak_uffd::PAGE_SIZE;
 
-use crate::state::core::Shared;
+use crate::error::{InstallError, PagerError};
+use crate::state::core::RegionShared;
 use crate::state::core::MAX_PENDING_DISCARDS;
 use crate::state::page_table::Kind;
 use crate::state::stats::Counters;
-use crate::PagerError;
 
 /// Bound on waiting for fetches and evictions in flight on the discarded pages.
 const BUSY_WAIT_MS: u64 = 60_000;
 
-impl Shared {
+impl RegionShared {
     /// Forgets the pages of `[offset, offset + len)` (page-aligned): local copies are
     /// dropped and remote copies forgotten, so the next touch of each reads a zero page, as
     /// after `munmap` and a fresh `mmap`, or `madvise(MADV_DONTNEED)` on private memory.
@@ -31,7 +31,7 @@ impl Shared {
         let deadline = Instant::now() + Duration::from_millis(BUSY_WAIT_MS);
         while core.pages.any_in_flight(first..end) {
             if Instant::now() > deadline {
-                return Err(PagerError::Install("pages being discarded stayed in flight".into()));
+                return Err(InstallError::DiscardRaced.into());
             }
             shared.space.wait_for(&mut core, Duration::from_millis(10));
         }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use krak_uffd::{Event, PAGE_SIZE};
 
 use crate::remote::Links;
-use crate::state::core::{Core, Shared};
+use crate::state::core::{Core, RegionShared};
 use crate::state::page_table::{Kind, PageState};
 use crate::state::stats::Counters;
 use crate::PagerError;
@@ -51,7 +51,7 @@ impl Parts {
 /// Serves faults of one region: run as a handler thread reading userfaultfd events, or
 /// called on the faulting thread itself from the SIGBUS handler (`self_serving`).
 pub(crate) struct Handler {
-    shared: Arc<Shared>,
+    shared: Arc<RegionShared>,
     /// The faulting thread serves its own faults, so nobody else will wake it: when another
     /// thread is fetching the page, wait here until it lands.
     self_serving: bool,
@@ -59,7 +59,7 @@ pub(crate) struct Handler {
 }
 
 impl Handler {
-    pub fn new(shared: Arc<Shared>, self_serving: bool, parts: Parts) -> Handler {
+    pub fn new(shared: Arc<RegionShared>, self_serving: bool, parts: Parts) -> Handler {
         Handler { shared, self_serving, p: parts }
     }
 
@@ -79,7 +79,7 @@ impl Handler {
             }
             // After a fault, the same application thread often faults again within
             // microseconds: look for it for a while before sleeping in poll again.
-            let spin = Duration::from_micros(self.shared.limits.spin_us);
+            let spin = Duration::from_micros(self.shared.tuning.spin_us);
             let mut idle_since = Instant::now();
             loop {
                 match self.shared.uffd.read_event() {

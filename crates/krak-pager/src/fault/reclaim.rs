@@ -5,12 +5,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::state::core::Shared;
+use crate::state::core::RegionShared;
 
 /// Pages evicted per lock hold: small, so fault handlers never wait long for the lock.
 const BATCH_PAGES: usize = 8;
 
-pub(crate) fn run(shared: Arc<Shared>) {
+pub(crate) fn run(shared: Arc<RegionShared>) {
     let mut core = shared.core.lock();
     while !shared.stop.load(Ordering::Relaxed) {
         let low = shared.low_watermark(&core);

@@ -13,10 +13,10 @@ use crate::state::lock_order::{level, RwLock};
 use krak_uffd::sigbus::{self, Verdict};
 use krak_uffd::PAGE_SIZE;
 
+use crate::error::{InstallError, PagerError};
 use crate::fault::handler::{Handler, Parts};
-use crate::state::core::Shared;
+use crate::state::core::RegionShared;
 use crate::state::stats::Counters;
-use crate::PagerError;
 
 struct Entry {
     id: u64,
@@ -27,7 +27,7 @@ struct Entry {
 
 /// Who serves the faults of a registered range.
 enum Target {
-    Region(Weak<Shared>),
+    Region(Weak<RegionShared>),
     /// The floor measurement of `limits.rs`: every fault installs this page from local
     /// memory, as a region installs a fetched one, minus the fetch.
     Probe(Arc<Probe>),
@@ -47,7 +47,7 @@ thread_local! {
 }
 
 /// Routes faults of `shared`'s region to the threads that take them; returns its id.
-pub(crate) fn register(shared: &Arc<Shared>) -> Result<u64, PagerError> {
+pub(crate) fn register(shared: &Arc<RegionShared>) -> Result<u64, PagerError> {
     sigbus::install(on_fault).map_err(PagerError::Mapping)?;
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let start = shared.map.base();
@@ -90,7 +90,7 @@ fn on_fault(addr: usize, write: bool) -> Verdict {
         // A fault while this thread is already serving one would be a pager bug: refuse it
         // rather than alias the connections.
         let Ok(mut all) = cell.try_borrow_mut() else {
-            return Err(PagerError::Install("fault inside the fault handler".into()));
+            return Err(InstallError::FaultInHandler.into());
         };
         // Drop the connections of regions that are gone.
         {

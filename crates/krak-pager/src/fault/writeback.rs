@@ -16,64 +16,111 @@ const FAILURE_PAUSE: Duration = Duration::from_millis(500);
 /// Most pages with a corrupt fragment rewritten in one step.
 const REPAIR_BATCH_PAGES: usize = 64;
 
-pub(crate) fn run(shared: Arc<Shared>) {
+/// One piece of the write-back thread's work, picked under the core lock.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum WbJob {
+    /// The region stops and nothing is queued.
+    Exit,
+    /// Tell the servers to forget these ranges of pages: before any batch taken after
+    /// them, so a page rewritten after its discard is written after it, and the discard
+    /// never drops the newer write.
+    Discard(Vec<std::ops::Range<usize>>),
+    /// Re-read pages a read found a corrupt fragment of and rewrite them: here, so that
+    /// the repair is ordered with every write-back of the same pages.
+    Repair(Vec<usize>),
+    /// One step of the move at the head of the move queue (run with the core lock held):
+    /// on this thread, so every write to a new home comes after the writes queued before.
+    MoveStep,
+    /// Write the pages taken into the batch.
+    Batch,
+}
+
+/// Which kinds of work went last: under a write-heavy load the queue is never empty, and
+/// batches alternate with repairs and move steps so that neither starves.
+#[derive(Debug, Default)]
+pub(crate) struct Turns {
+    moved_last: bool,
+    repaired_last: bool,
+}
+
+/// The next job, or `None` when there is nothing to do yet. A `Batch` moves up to
+/// `batch_pages` pages from the queue into `batch`.
+pub(crate) fn pick(
+    core: &mut Core,
+    turns: &mut Turns,
+    batch: &mut Vec<(usize, Arc<[u8]>)>,
+    batch_pages: usize,
+    stopping: bool,
+) -> Option<WbJob> {
+    // A stopping region drops what is not written yet: its slabs go with it.
+    if stopping && core.wb_queue.is_empty() {
+        return Some(WbJob::Exit);
+    }
+    if !core.discards.is_empty() {
+        return Some(WbJob::Discard(core.discards.drain(..).collect()));
+    }
+    if !core.repairs.is_empty() && (core.wb_queue.is_empty() || !turns.repaired_last) {
+        turns.repaired_last = true;
+        let n = core.repairs.len().min(REPAIR_BATCH_PAGES);
+        return Some(WbJob::Repair(core.repairs.drain(..n).collect()));
+    }
+    turns.repaired_last = false;
+    if !core.moves.is_empty() && (core.wb_queue.is_empty() || !turns.moved_last) {
+        turns.moved_last = true;
+        return Some(WbJob::MoveStep);
+    }
+    turns.moved_last = false;
+    if core.wb_queue.is_empty() {
+        return None;
+    }
+    let n = core.wb_queue.len().min(batch_pages);
+    batch.extend(core.wb_queue.drain(..n));
+    core.wb_batches_taken += 1;
+    Some(WbJob::Batch)
+}
+
+pub(crate) fn run(shared: Arc<RegionShared>) {
     let mut links = Links::new(shared.layout.server_count());
-    let mut batch: Vec<(usize, Arc<[u8]>)> = Vec::with_capacity(shared.limits.writeback_batch_pages);
-    // Under a write-heavy load the queue is never empty: alternate batches and move steps so
-    // that neither starves.
-    let mut moved_last = false;
-    let mut repaired_last = false;
+    let mut batch: Vec<(usize, Arc<[u8]>)> = Vec::with_capacity(shared.tuning.writeback_batch_pages);
+    let mut turns = Turns::default();
     loop {
-        {
-            let mut core = shared.core.lock();
-            unpark_due(&mut core);
-            while core.wb_queue.is_empty() {
-                if shared.stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                if !core.moves.is_empty() || !core.repairs.is_empty() || !core.discards.is_empty() {
-                    break;
-                }
-                let wait = match core.wb_parked_since {
-                    Some(t) => {
-                        (t + FAILURE_PAUSE).saturating_duration_since(Instant::now()).max(Duration::from_millis(1))
-                    }
-                    None => Duration::from_millis(100),
-                };
-                shared.wb_wake.wait_for(&mut core, wait.min(Duration::from_millis(100)));
-                unpark_due(&mut core);
+        let mut core = shared.core.lock();
+        unpark_due(&mut core);
+        let job = loop {
+            let stopping = shared.stop.load(Ordering::Relaxed);
+            if let Some(job) = pick(&mut core, &mut turns, &mut batch, shared.tuning.writeback_batch_pages, stopping) {
+                break job;
             }
-            if !core.discards.is_empty() {
-                // Before any batch taken after them: a page rewritten after its discard is
-                // written after it, so the discard never drops the newer write.
-                let ranges: Vec<std::ops::Range<usize>> = core.discards.drain(..).collect();
+            let wait = match core.wb_parked_since {
+                Some(t) => (t + FAILURE_PAUSE).saturating_duration_since(Instant::now()).max(Duration::from_millis(1)),
+                None => Duration::from_millis(100),
+            };
+            shared.wb_wake.wait_for(&mut core, wait.min(Duration::from_millis(100)));
+            unpark_due(&mut core);
+        };
+        match job {
+            WbJob::Exit => return,
+            WbJob::Discard(ranges) => {
                 drop(core);
                 let units = links.discard_remote(&shared.layout, ranges);
                 Counters::add(&shared.counters.remote_discards, units);
-                continue;
             }
-            if !core.repairs.is_empty() && (core.wb_queue.is_empty() || !repaired_last) {
-                // Rewriting here orders the repair with every write-back of the same pages.
-                repaired_last = true;
-                let n = core.repairs.len().min(REPAIR_BATCH_PAGES);
-                let pages: Vec<usize> = core.repairs.drain(..n).collect();
+            WbJob::Repair(pages) => {
                 drop(core);
                 repair(&shared, &mut links, &pages);
-                continue;
             }
-            repaired_last = false;
-            if !core.moves.is_empty() && (core.wb_queue.is_empty() || !moved_last) {
-                // Copy the next piece of a moving chunk. Doing it on this thread orders every
-                // write to the new home after the writes queued before it.
-                moved_last = true;
-                crate::moves::chunk::step(&shared, &mut links, core);
-                continue;
+            WbJob::MoveStep => crate::moves::chunk::step(&shared, &mut links, core),
+            WbJob::Batch => {
+                drop(core);
+                write_batch(&shared, &mut links, &mut batch);
             }
-            moved_last = false;
-            let n = core.wb_queue.len().min(shared.limits.writeback_batch_pages);
-            batch.extend(core.wb_queue.drain(..n));
-            core.wb_batches_taken += 1;
         }
+    }
+}
+
+/// Writes the batch taken off the queue, and records what landed.
+fn write_batch(shared: &RegionShared, links: &mut Links, batch: &mut Vec<(usize, Arc<[u8]>)>) {
+    {
         let pages: Vec<(usize, &[u8])> = batch.iter().map(|(p, b)| (*p, &b[..])).collect();
         let result = links.write(&shared.layout, &pages);
         let written = pages.len();
@@ -83,10 +130,15 @@ pub(crate) fn run(shared: Arc<Shared>) {
         Counters::add(&shared.counters.retries, std::mem::take(&mut links.retries));
         // Pages whose write did not land: none, some (a redundant region's chunks beyond
         // what their scheme tolerates), or all of them.
-        let failed: Option<(Vec<usize>, String)> = match result {
+        let failed: Option<(Vec<usize>, Arc<crate::PagerError>)> = match result {
             Ok(()) => None,
-            Err(crate::PagerError::Unwritable { pages, detail }) => Some((pages, detail)),
-            Err(e) => Some((batch.iter().map(|(p, _)| *p).collect(), e.to_string())),
+            Err(e) => {
+                let pages = match &e {
+                    crate::PagerError::Unwritable { pages, .. } => pages.clone(),
+                    _ => batch.iter().map(|(p, _)| *p).collect(),
+                };
+                Some((pages, Arc::new(e)))
+            }
         };
         let mut retry = Vec::new();
         let mut landed = 0;
@@ -151,7 +203,7 @@ fn unpark_due(core: &mut Core) {
 
 /// Re-reads pages a read found a corrupt fragment of (every fragment, rebuilding the page
 /// from the good ones) and rewrites every fragment of those still corrupt.
-fn repair(shared: &Shared, links: &mut Links, pages: &[usize]) {
+fn repair(shared: &RegionShared, links: &mut Links, pages: &[usize]) {
     let layout = &shared.layout;
     let mut buf = vec![0u8; pages.len() * PAGE_SIZE];
     let started = crate::remote::Started::Stripe(Box::new(links.start_stripe_read_with(layout, pages, true)));
@@ -176,5 +228,55 @@ fn repair(shared: &Shared, links: &mut Links, pages: &[usize]) {
             tracing::info!("rewrote {} corrupt fragments of {} pages", found.corrupt_fragments, rewrite.len());
         }
         Err(e) => tracing::warn!("rewriting {} pages with a corrupt fragment failed: {e}", rewrite.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::core::{ChunkMove, MoveKind};
+
+    fn core() -> Core {
+        Core::new(64, 16, Box::new(crate::Clock::new(64)), Box::new(crate::NoPrefetch))
+    }
+
+    fn queue(core: &mut Core, pages: std::ops::Range<usize>) {
+        for p in pages {
+            core.wb_queue.push_back((p, vec![0u8; 8].into()));
+        }
+    }
+
+    #[test]
+    fn discards_go_first_and_batches_alternate_with_repairs_and_moves() {
+        let (mut c, mut turns, mut batch) = (core(), Turns::default(), Vec::new());
+        assert_eq!(pick(&mut c, &mut turns, &mut batch, 4, false), None, "nothing to do: wait");
+        queue(&mut c, 0..10);
+        c.repairs.extend([3, 4]);
+        c.moves.push_back(ChunkMove { id: 1, chunk: 0, next_page: 0, pages_copied: 0, kind: MoveKind::Chunk });
+        c.discards.extend([5..6, 9..12]);
+        let mut next = |c: &mut Core| pick(c, &mut turns, &mut batch, 4, false);
+        assert_eq!(next(&mut c), Some(WbJob::Discard(vec![5..6, 9..12])));
+        assert_eq!(next(&mut c), Some(WbJob::Repair(vec![3, 4])));
+        assert_eq!(next(&mut c), Some(WbJob::MoveStep));
+        assert_eq!(next(&mut c), Some(WbJob::Batch), "a move step is followed by a batch");
+        assert_eq!(next(&mut c), Some(WbJob::MoveStep), "and a batch by the next step");
+        assert_eq!(next(&mut c), Some(WbJob::Batch));
+        c.moves.clear();
+        assert_eq!(next(&mut c), Some(WbJob::Batch));
+        assert_eq!(c.wb_batches_taken, 3);
+        assert!(c.wb_queue.is_empty());
+    }
+
+    #[test]
+    fn batches_are_bounded_and_a_stopping_region_exits_once_the_queue_is_empty() {
+        let (mut c, mut turns, mut batch) = (core(), Turns::default(), Vec::new());
+        queue(&mut c, 0..6);
+        assert_eq!(pick(&mut c, &mut turns, &mut batch, 4, true), Some(WbJob::Batch));
+        assert_eq!(batch.len(), 4);
+        batch.clear();
+        assert_eq!(pick(&mut c, &mut turns, &mut batch, 4, true), Some(WbJob::Batch));
+        assert_eq!(batch.len(), 2);
+        c.moves.push_back(ChunkMove { id: 1, chunk: 0, next_page: 0, pages_copied: 0, kind: MoveKind::Chunk });
+        assert_eq!(pick(&mut c, &mut turns, &mut batch, 4, true), Some(WbJob::Exit));
     }
 }

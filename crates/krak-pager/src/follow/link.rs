@@ -11,9 +11,9 @@ use krak_api::messages::{ChunkServer, CommitChunk, CommitRequest, MoveStartReque
 use krak_api::{Api, ClientError as ControllerClientError, RackClient, RegionId, ServerId};
 use krak_proto::SlabId;
 
-use crate::error::PagerError;
+use crate::error::{BadAnswer, PagerError};
 use crate::remote::RemoteLayout;
-use crate::state::core::Shared;
+use crate::state::core::RegionShared;
 use crate::state::lock_order::{level, Mutex};
 
 /// Bound on one call to the controller (a long-poll adds its wait).
@@ -22,17 +22,14 @@ pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after the controller could not be reached.
 pub(crate) const RETRY_PAUSE_MS: u64 = 1_000;
 
-pub(crate) fn controller_error(e: impl std::fmt::Display) -> PagerError {
-    PagerError::Controller(e.to_string())
-}
-
+/// A server address in one of the controller's answers.
 pub(crate) fn parse_addr(addr: &str) -> Result<SocketAddr, PagerError> {
-    addr.parse().map_err(|_| controller_error(format!("bad address {addr:?}")))
+    addr.parse().map_err(|source| BadAnswer::Address { addr: addr.to_string(), source }.into())
 }
 
 /// The region's registration with the controller.
 #[derive(Debug)]
-pub(crate) struct RackLink {
+pub(crate) struct ControllerLink {
     /// Every URL the rack's controller may answer on (leader and standbys).
     pub client: Mutex<RackClient, { level::CONTROLLER_CLIENT }>,
     pub region: RegionId,
@@ -42,7 +39,7 @@ pub(crate) struct RackLink {
     pub ids: Mutex<HashMap<SocketAddr, ServerId>, { level::SERVER_IDS }>,
 }
 
-impl RackLink {
+impl ControllerLink {
     /// The controller's ids of the servers the region has lost (those it knows).
     pub(crate) fn lost_ids(&self, layout: &RemoteLayout) -> Vec<ServerId> {
         let ids = self.ids.lock();
@@ -51,7 +48,7 @@ impl RackLink {
 }
 
 /// Tells the controller the region is gone (after its slabs were freed).
-pub(crate) fn release(link: &RackLink) {
+pub(crate) fn release(link: &ControllerLink) {
     if let Err(e) = link.client.lock().delete_region(link.region) {
         tracing::warn!("removing the region from the controller: {e}");
     }
@@ -59,7 +56,7 @@ pub(crate) fn release(link: &RackLink) {
 
 /// The server the controller places `slot` on (off `exclude`), if it names one.
 pub(crate) fn place_one(
-    link: &RackLink,
+    link: &ControllerLink,
     slot: u64,
     exclude: Vec<ServerId>,
 ) -> Result<Option<ChunkServer>, ControllerClientError> {
@@ -71,8 +68,8 @@ pub(crate) fn place_one(
 /// `slab` on `server`. The data already lives there (the old slab is freed), so a failed
 /// commit is retried a few times: until it lands, only the controller's map is stale.
 pub(crate) fn commit_slot(
-    shared: &Shared,
-    link: &RackLink,
+    shared: &RegionShared,
+    link: &ControllerLink,
     slot: u64,
     server: ServerId,
     slab: SlabId,
@@ -91,7 +88,7 @@ pub(crate) fn commit_slot(
                 attempt += 1;
                 std::thread::sleep(Duration::from_millis(RETRY_PAUSE_MS / 4));
             }
-            Err(e) => return Err(controller_error(e)),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -99,14 +96,14 @@ pub(crate) fn commit_slot(
 /// Tells the controller that a move of `slot` from `from` to `to` starts, so that status
 /// lists it until the slot's commit. For status only: a refusal is logged and the move
 /// goes on.
-pub(crate) fn announce_move(link: &RackLink, slot: u64, from: ServerId, to: ServerId) {
+pub(crate) fn announce_move(link: &ControllerLink, slot: u64, from: ServerId, to: ServerId) {
     if let Err(e) = link.client.lock().start_move(link.region, &MoveStartRequest { slot, from, to }) {
         tracing::warn!("telling the controller that slot {slot} moves: {e}");
     }
 }
 
 /// Tells the controller that the move of `slot` was given up.
-pub(crate) fn abandon_move(link: &RackLink, slot: u64) {
+pub(crate) fn abandon_move(link: &ControllerLink, slot: u64) {
     if let Err(e) = link.client.lock().abandon_move(link.region, slot) {
         tracing::warn!("telling the controller that slot {slot}'s move was given up: {e}");
     }

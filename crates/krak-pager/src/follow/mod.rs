@@ -24,9 +24,9 @@ use std::time::Duration;
 use krak_api::messages::MapReply;
 use krak_api::{Api, ServerId, ServerState};
 
-use crate::follow::link::{RackLink, RETRY_PAUSE_MS};
+use crate::follow::link::{ControllerLink, RETRY_PAUSE_MS};
 use crate::follow::moves::{consolidate_fragments, move_fragments_off, move_off, move_to};
-use crate::state::core::Shared;
+use crate::state::core::RegionShared;
 
 /// How long one map long-poll may wait; also bounds how long dropping a region waits for
 /// the follower.
@@ -35,7 +35,7 @@ const MAP_POLL_MS: u64 = 1_000;
 const MAX_MOVES_PER_ROUND: usize = 8;
 
 /// The follower thread: keeps the region off draining servers until the region is dropped.
-pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
+pub(crate) fn follow(shared: Arc<RegionShared>, link: Arc<ControllerLink>) {
     let mut reported_dead = HashSet::new();
     let redundant = !shared.layout.redundancy().is_none();
     // Map epoch at which a redundant region's consolidation last moved nothing: not tried
@@ -101,7 +101,12 @@ pub(crate) fn follow(shared: Arc<Shared>, link: Arc<RackLink>) {
 /// The consolidation moves (`pack`) a map asks of a redundant region, a bounded number per
 /// round; a round that moved nothing is not tried again until the map changes (every
 /// fragment left may share its chunk with every other server).
-fn consolidate_redundant(shared: &Shared, link: &RackLink, map: &MapReply, stuck_at_epoch: &mut Option<u64>) {
+fn consolidate_redundant(
+    shared: &RegionShared,
+    link: &ControllerLink,
+    map: &MapReply,
+    stuck_at_epoch: &mut Option<u64>,
+) {
     if map.moves.is_empty() || *stuck_at_epoch == Some(map.epoch) {
         return;
     }
@@ -123,7 +128,7 @@ fn consolidate_redundant(shared: &Shared, link: &RackLink, map: &MapReply, stuck
 /// for the region (re-protection replaces its fragments); the fragments on a draining
 /// server move off it, and one fragment moves off a server whose host is short of memory
 /// (its next heartbeat says whether it needs more).
-fn follow_redundant(shared: &Shared, link: &RackLink, map: &MapReply, avoid: &[ServerId]) {
+fn follow_redundant(shared: &RegionShared, link: &ControllerLink, map: &MapReply, avoid: &[ServerId]) {
     let layout = &shared.layout;
     for server in &map.servers {
         match server.state {

@@ -10,17 +10,19 @@ use krak_api::messages::{ChunkServer, MapMove, MapServer};
 use krak_api::{ClientError as ControllerClientError, ServerId};
 use krak_proto::SlabId;
 
-use crate::follow::link::{
-    abandon_move, announce_move, commit_slot, controller_error, parse_addr, place_one, RackLink,
-};
-use crate::state::core::Shared;
-use crate::PagerError;
+use crate::error::{BadAnswer, PagerError};
+use crate::follow::link::{abandon_move, announce_move, commit_slot, parse_addr, place_one, ControllerLink};
+use crate::state::core::RegionShared;
 
 /// Where the controller places `slot` (off `exclude`): its address and id.
-fn place_target(link: &RackLink, slot: u64, exclude: Vec<ServerId>) -> Result<(SocketAddr, ServerId), PagerError> {
-    let placed = place_one(link, slot, exclude).map_err(controller_error)?;
+fn place_target(
+    link: &ControllerLink,
+    slot: u64,
+    exclude: Vec<ServerId>,
+) -> Result<(SocketAddr, ServerId), PagerError> {
+    let placed = place_one(link, slot, exclude)?;
     let Some(ChunkServer { server, addr, .. }) = placed else {
-        return Err(controller_error(format!("no server to move slot {slot} to")));
+        return Err(BadAnswer::NoTarget { slot }.into());
     };
     Ok((parse_addr(&addr)?, server))
 }
@@ -28,8 +30,8 @@ fn place_target(link: &RackLink, slot: u64, exclude: Vec<ServerId>) -> Result<(S
 /// Announces the move of `slot` from `from` to `to`, runs it (`go` answers the slot's new
 /// slab), and commits it; withdraws the announcement if either fails.
 fn carry_out(
-    shared: &Shared,
-    link: &RackLink,
+    shared: &RegionShared,
+    link: &ControllerLink,
     slot: u64,
     (from, to): (ServerId, ServerId),
     go: impl FnOnce() -> Result<SlabId, PagerError>,
@@ -39,7 +41,7 @@ fn carry_out(
 }
 
 /// Moves `chunk` to `to`; answers its new slab.
-fn move_chunk(shared: &Shared, chunk: usize, to: SocketAddr, done: &str) -> Result<SlabId, PagerError> {
+fn move_chunk(shared: &RegionShared, chunk: usize, to: SocketAddr, done: &str) -> Result<SlabId, PagerError> {
     let from = shared.layout.server_addr(shared.layout.chunk(chunk).server);
     let pages = shared.move_chunk(chunk, to)?;
     tracing::info!("{done} chunk {chunk} ({pages} pages) from {from} to {to}");
@@ -48,8 +50,8 @@ fn move_chunk(shared: &Shared, chunk: usize, to: SocketAddr, done: &str) -> Resu
 
 /// Moves up to `limit` chunks on `server` to servers the controller chooses (off `avoid`).
 pub(crate) fn move_off(
-    shared: &Shared,
-    link: &RackLink,
+    shared: &RegionShared,
+    link: &ControllerLink,
     server: &MapServer,
     avoid: &[ServerId],
     limit: usize,
@@ -67,8 +69,8 @@ pub(crate) fn move_off(
 /// slot on (off `avoid`, the servers the region lost and, by the controller's own rule,
 /// the servers of the chunk's other fragments).
 pub(crate) fn move_fragments_off(
-    shared: &Shared,
-    link: &RackLink,
+    shared: &RegionShared,
+    link: &ControllerLink,
     server: &MapServer,
     avoid: &[ServerId],
     limit: usize,
@@ -98,8 +100,8 @@ pub(crate) fn move_fragments_off(
 /// if that server already holds some of the region. Returns the fragments moved; one that
 /// has nowhere to go stays.
 pub(crate) fn consolidate_fragments(
-    shared: &Shared,
-    link: &RackLink,
+    shared: &RegionShared,
+    link: &ControllerLink,
     from: &MapServer,
     mv: &MapMove,
 ) -> Result<usize, PagerError> {
@@ -119,7 +121,7 @@ pub(crate) fn consolidate_fragments(
                 Ok(Some(p)) => (parse_addr(&p.addr)?, p.server),
                 // no other server qualifies: this fragment stays
                 Ok(None) | Err(ControllerClientError::Status { status: 507, .. }) => continue,
-                Err(e) => return Err(controller_error(e)),
+                Err(e) => return Err(e.into()),
             };
             // Consolidating onto a server that holds none of the region would refill one
             // that an earlier round emptied: the fragment stays instead.
@@ -144,7 +146,12 @@ pub(crate) fn consolidate_fragments(
 }
 
 /// Carries out one move the map asks for: up to `mv.slabs` chunks from `from` to `mv.to`.
-pub(crate) fn move_to(shared: &Shared, link: &RackLink, from: &MapServer, mv: &MapMove) -> Result<(), PagerError> {
+pub(crate) fn move_to(
+    shared: &RegionShared,
+    link: &ControllerLink,
+    from: &MapServer,
+    mv: &MapMove,
+) -> Result<(), PagerError> {
     let (from_addr, to) = (parse_addr(&from.addr)?, parse_addr(&mv.to_addr)?);
     for chunk in shared.layout.chunks_on(from_addr, mv.slabs as usize) {
         carry_out(shared, link, chunk as u64, (mv.from, mv.to), || move_chunk(shared, chunk, to, "consolidated"))?;

@@ -13,7 +13,8 @@ use krak_api::{Api, ClientError as ControllerClientError, RackClient, RegionReco
 use krak_client::{ConnectOptions, Connection};
 use krak_proto::PAGE_SIZE;
 
-use crate::follow::link::{controller_error, parse_addr, place_one, release, RackLink, CALL_TIMEOUT};
+use crate::error::BadAnswer;
+use crate::follow::link::{parse_addr, place_one, release, ControllerLink, CALL_TIMEOUT};
 use crate::remote::redundancy::Redundancy;
 use crate::remote::stripe::{Frag, FragState, Stripe};
 use crate::remote::{free_quietly, ChunkHome, RemoteLayout};
@@ -27,17 +28,14 @@ const NO_CAPACITY: u16 = 507;
 /// Places, allocates and commits every fragment of `region` (created `width()` wide);
 /// frees every slab allocated on failure (the caller deletes the region).
 pub(crate) fn place_stripes_and_commit(
-    link: &RackLink,
+    link: &ControllerLink,
     region: &RegionRecord,
     connect: ConnectOptions,
     scheme: Redundancy,
 ) -> Result<(RemoteLayout, Vec<Option<Connection>>, u64), PagerError> {
     let width = scheme.width();
     if region.stripe_width as usize != width {
-        return Err(controller_error(format!(
-            "the controller made the region {} slots wide; {scheme} needs {width}",
-            region.stripe_width
-        )));
+        return Err(BadAnswer::WrongWidth { got: region.stripe_width, want: width as u32 }.into());
     }
     let chunk_pages = (region.chunk_bytes / PAGE_SIZE as u64) as usize;
     let chunks = region.chunks() as usize;
@@ -58,7 +56,7 @@ pub(crate) fn place_stripes_and_commit(
             Ok(reply) => epoch = epoch.max(reply.epoch),
             Err(e) => {
                 placed.free_all();
-                return Err(controller_error(e));
+                return Err(e.into());
             }
         }
     }
@@ -90,16 +88,16 @@ impl Placed {
         let mut out = Vec::with_capacity(self.frags.len() / width);
         for (c, slots) in self.frags.chunks(width).enumerate() {
             let stripe: Option<Stripe> = slots.iter().map(|s| s.map(|(f, _)| f)).collect();
-            let Some(stripe) = stripe else { return Err(controller_error(format!("chunk {c} was left unplaced"))) };
+            let Some(stripe) = stripe else { return Err(BadAnswer::Unplaced { chunk: c as u64 }.into()) };
             if (1..width).any(|i| stripe[..i].iter().any(|f| f.server == stripe[i].server)) {
-                return Err(controller_error(format!("the controller put two fragments of chunk {c} on one server")));
+                return Err(BadAnswer::SameServer { chunk: c as u64 }.into());
             }
             out.push(stripe);
         }
         Ok(out)
     }
 
-    fn commits(&self, link: &RackLink) -> Vec<CommitChunk> {
+    fn commits(&self, link: &ControllerLink) -> Vec<CommitChunk> {
         let mut ids = link.ids.lock();
         let mut out = Vec::with_capacity(self.frags.len());
         for (slot, (f, id)) in self.frags.iter().enumerate().filter_map(|(s, f)| f.map(|f| (s, f))) {
@@ -111,7 +109,7 @@ impl Placed {
 }
 
 fn place_all(
-    link: &RackLink,
+    link: &ControllerLink,
     region: &RegionRecord,
     connect: ConnectOptions,
     scheme: Redundancy,
@@ -133,7 +131,7 @@ fn place_all(
         for p in &reply.placements {
             let slot = p.chunk as usize;
             if slot >= slots {
-                return Err(controller_error(format!("placement named slot {slot} of {slots}")));
+                return Err(BadAnswer::OutOfRange { what: "slot", index: slot as u64, count: slots as u64 }.into());
             }
             let addr = parse_addr(&p.addr)?;
             let server = match placed.servers.iter().position(|a| *a == addr) {
@@ -146,7 +144,7 @@ fn place_all(
             };
             let conn = placed.admin[server].as_mut().expect("connected above");
             if (conn.slab_pages() as usize) < chunk_pages {
-                return Err(controller_error(format!("{addr} lends slabs smaller than the region's chunks")));
+                return Err(BadAnswer::SlabTooSmall { addr }.into());
             }
             let slab = conn.alloc_slab_units(scheme.unit_bytes() as u32)?;
             if let Some((old, _)) = placed.frags[slot].replace((Frag::new(server, slab, FragState::Live), p.server)) {
@@ -163,7 +161,7 @@ fn placement_error(e: ControllerClientError, needed_bytes: u64) -> PagerError {
             tracing::warn!("the controller cannot place the region: {message}");
             PagerError::RackFull { needed_bytes, got_bytes: 0, servers: 0 }
         }
-        e => controller_error(e),
+        e => e.into(),
     }
 }
 
@@ -178,7 +176,7 @@ pub(crate) enum NoReplacement {
 /// Asks the controller for a server for fragment `frag` of `chunk`, off every server the
 /// region has lost; returns its index in the layout's server table and its id.
 pub(crate) fn place_replacement(
-    link: &RackLink,
+    link: &ControllerLink,
     layout: &RemoteLayout,
     chunk: usize,
     frag: usize,
@@ -220,8 +218,8 @@ pub(crate) fn allocate(
     local_budget_bytes: u64,
     connect: ConnectOptions,
     redundancy: Redundancy,
-) -> Result<(RemoteLayout, Vec<Option<Connection>>, RackLink), PagerError> {
-    let mut client = RackClient::new(url, CALL_TIMEOUT).map_err(controller_error)?.with_secret(connect.secret);
+) -> Result<(RemoteLayout, Vec<Option<Connection>>, ControllerLink), PagerError> {
+    let mut client = RackClient::new(url, CALL_TIMEOUT)?.with_secret(connect.secret);
     let request = CreateRegionRequest {
         owner: owner.to_string(),
         size_bytes: (region_pages * PAGE_SIZE) as u64,
@@ -232,10 +230,14 @@ pub(crate) fn allocate(
         // a fragment's slab holds a K-th of the chunk under ec:K+M
         slot_divisor: Some((PAGE_SIZE / redundancy.unit_bytes()) as u32),
     };
-    let created = client.create_region(&request).map_err(controller_error)?;
+    let created = client.create_region(&request)?;
     let region = created.region;
-    let link =
-        RackLink { client: Mutex::new(client), region: region.id, epoch: Default::default(), ids: Default::default() };
+    let link = ControllerLink {
+        client: Mutex::new(client),
+        region: region.id,
+        epoch: Default::default(),
+        ids: Default::default(),
+    };
     let placed = if redundancy.is_none() {
         place_chunks_and_commit(&link, &region, connect)
     } else {
@@ -254,17 +256,14 @@ pub(crate) fn allocate(
 }
 
 fn place_chunks_and_commit(
-    link: &RackLink,
+    link: &ControllerLink,
     region: &krak_api::RegionRecord,
     connect: ConnectOptions,
 ) -> Result<(RemoteLayout, Vec<Option<Connection>>, u64), PagerError> {
     let chunk_pages = (region.chunk_bytes / PAGE_SIZE as u64) as usize;
     let chunks = region.chunks();
-    let placed = link
-        .client
-        .lock()
-        .place(region.id, &PlaceRequest { chunks: (0..chunks).collect(), exclude: vec![] })
-        .map_err(controller_error)?;
+    let placed =
+        link.client.lock().place(region.id, &PlaceRequest { chunks: (0..chunks).collect(), exclude: vec![] })?;
     let mut servers: Vec<SocketAddr> = Vec::new();
     let mut admin: Vec<Option<Connection>> = Vec::new();
     let mut homes: Vec<Option<ChunkHome>> = vec![None; chunks as usize];
@@ -282,12 +281,12 @@ fn place_chunks_and_commit(
             };
             let conn = admin[idx].as_mut().expect("connected above");
             if (conn.slab_pages() as usize) < chunk_pages {
-                return Err(controller_error(format!("{addr} lends slabs smaller than the region's chunks")));
+                return Err(BadAnswer::SlabTooSmall { addr }.into());
             }
             let slab = conn.alloc_slab()?;
             let chunk = p.chunk as usize;
             if chunk >= homes.len() {
-                return Err(controller_error(format!("placement named chunk {chunk} of {chunks}")));
+                return Err(BadAnswer::OutOfRange { what: "chunk", index: chunk as u64, count: chunks }.into());
             }
             homes[chunk] = Some(ChunkHome { server: idx, slab, moving_to: None });
             commits.push(CommitChunk { chunk: p.chunk, server: p.server, slab: slab.0 });
@@ -307,14 +306,15 @@ fn place_chunks_and_commit(
     }
     let Some(homes) = homes.iter().copied().collect::<Option<Vec<ChunkHome>>>() else {
         free_all(&mut admin, &homes);
-        return Err(controller_error("the controller left chunks unplaced"));
+        let chunk = homes.iter().position(Option::is_none).unwrap_or_default() as u64;
+        return Err(BadAnswer::Unplaced { chunk }.into());
     };
     let committed = link.client.lock().commit(region.id, &CommitRequest { chunks: commits });
     match committed {
         Ok(reply) => Ok((RemoteLayout::from_parts(connect, chunk_pages, servers, homes), admin, reply.epoch)),
         Err(e) => {
             free_all(&mut admin, &homes.into_iter().map(Some).collect::<Vec<_>>());
-            Err(controller_error(e))
+            Err(e.into())
         }
     }
 }

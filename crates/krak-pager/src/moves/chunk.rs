@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use krak_uffd::PAGE_SIZE;
 
+use crate::error::{MoveFailure, PagerError};
 use crate::moves::queue::{finish, wait_for_writeback_in_flight, NEXT_MOVE_ID};
 use crate::remote::{admin_conn, free_quietly, ChunkHome, Links};
-use crate::state::core::{ChunkMove, CoreGuard, MoveKind, Shared};
+use crate::state::core::{ChunkMove, CoreGuard, MoveKind, RegionShared};
 use crate::state::stats::Counters;
-use crate::PagerError;
 
 /// What a drain did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
@@ -34,7 +34,7 @@ pub struct DrainReport {
 }
 
 /// One step of the oldest move, run by the write-back thread with the core lock held.
-pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: CoreGuard<'_>) {
+pub(crate) fn step(shared: &RegionShared, links: &mut Links, mut core: CoreGuard<'_>) {
     let Some(mv) = core.moves.front() else { return };
     match mv.kind {
         MoveKind::Chunk => {}
@@ -44,7 +44,7 @@ pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: CoreGuard<'_>) 
     let (id, chunk, from) = (mv.id, mv.chunk, mv.next_page);
     let home = shared.layout.chunk(chunk);
     let Some((to, to_slab)) = home.moving_to else {
-        finish(shared, &mut core, id, Err("chunk is not moving".into()));
+        finish(shared, &mut core, id, Err(MoveFailure::NotMoving));
         return;
     };
     let chunk_pages = shared.layout.chunk_pages;
@@ -62,7 +62,7 @@ pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: CoreGuard<'_>) 
     finish(shared, &mut core, id, Ok(copied));
 }
 
-impl Shared {
+impl RegionShared {
     /// Moves every chunk of the region off the server at `from`, each to the server of
     /// `targets` that holds the fewest of the region's chunks. A redundant region moves its
     /// fragments instead, each to a target that holds none of its chunk's others.
@@ -99,16 +99,17 @@ impl Shared {
     }
 }
 
-impl Shared {
+impl RegionShared {
     pub(crate) fn move_chunk(&self, chunk: usize, to: SocketAddr) -> Result<u64, PagerError> {
         let shared = self;
 
         let layout = &shared.layout;
         if !layout.redundancy().is_none() {
-            return Err(PagerError::Move(format!(
-                "a region with redundancy {} moves its chunks' fragments one at a time (move_fragment)",
-                layout.redundancy()
-            )));
+            return Err(PagerError::MoveChunk {
+                chunk,
+                to,
+                source: MoveFailure::Redundant { scheme: layout.redundancy() },
+            });
         }
         if chunk >= layout.chunk_count() {
             return Err(PagerError::Config(format!("no chunk {chunk}: the region has {}", layout.chunk_count())));
@@ -133,7 +134,7 @@ impl Shared {
             if home.moving_to.is_some() {
                 drop(core);
                 free_quietly(admin_conn(&mut self.admin.lock(), layout, to_idx)?, new_slab);
-                return Err(PagerError::Move(format!("chunk {chunk} is already moving")));
+                return Err(PagerError::MoveChunk { chunk, to, source: MoveFailure::AlreadyMoving });
             }
             layout.set_chunk(chunk, ChunkHome { moving_to: Some((to_idx, new_slab)), ..home });
         }
@@ -148,7 +149,7 @@ impl Shared {
                 layout.set_chunk(chunk, ChunkHome { moving_to: None, ..home });
                 wait_for_writeback_in_flight(shared);
                 free_quietly(admin_conn(&mut self.admin.lock(), layout, to_idx)?, new_slab);
-                return Err(PagerError::Move(format!("copying chunk {chunk}: {e}")));
+                return Err(PagerError::MoveChunk { chunk, to, source: MoveFailure::Copy(Box::new(e)) });
             }
         };
         {
@@ -158,7 +159,7 @@ impl Shared {
             core.moves.push_back(ChunkMove { id, chunk, next_page: end, pages_copied: copied, kind: MoveKind::Chunk });
             shared.wb_wake.notify_one();
         }
-        let result = shared.wait_move(id, chunk);
+        let result = shared.wait_move(id);
         let mut admin = self.admin.lock();
         match result {
             Ok(pages) => {
@@ -169,7 +170,7 @@ impl Shared {
                 if layout.chunk(chunk).server != to_idx {
                     free_quietly(admin_conn(&mut admin, layout, to_idx)?, new_slab);
                 }
-                Err(PagerError::Move(why))
+                Err(PagerError::MoveChunk { chunk, to, source: why })
             }
         }
     }

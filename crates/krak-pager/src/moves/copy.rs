@@ -15,7 +15,7 @@ use krak_client::{ClientError, Connection};
 use krak_proto::{ErrorCode, PageRef, SlabId};
 use krak_uffd::PAGE_SIZE;
 
-use crate::state::core::Shared;
+use crate::state::core::RegionShared;
 use crate::state::stats::Counters;
 use crate::PagerError;
 
@@ -46,7 +46,7 @@ struct Steps {
 }
 
 impl Steps {
-    fn next(&mut self, shared: &Shared) -> Option<Vec<usize>> {
+    fn next(&mut self, shared: &RegionShared) -> Option<Vec<usize>> {
         while self.next < self.end {
             let stop = (self.next + STEP_PAGES).min(self.end);
             let pages: Vec<usize> = {
@@ -68,7 +68,7 @@ impl Steps {
 
 /// Copies the remote pages of `chunk` from its home to `to_slab` on server `to` (the chunk
 /// is moving there, so write-backs already reach both); returns the pages copied.
-pub(crate) fn copy_chunk(shared: &Shared, chunk: usize, to: usize, to_slab: SlabId) -> Result<u64, PagerError> {
+pub(crate) fn copy_chunk(shared: &RegionShared, chunk: usize, to: usize, to_slab: SlabId) -> Result<u64, PagerError> {
     let home = shared.layout.chunk(chunk);
     let spec = CopySpec { chunk, from: (home.server, home.slab), to: (to, to_slab), unit_bytes: PAGE_SIZE };
     let copied = copy_units(shared, spec).map_err(PagerError::Remote)?;
@@ -79,7 +79,7 @@ pub(crate) fn copy_chunk(shared: &Shared, chunk: usize, to: usize, to_slab: Slab
 
 /// Copies what `spec` names (write-backs already reach both slabs); returns the units
 /// copied.
-pub(crate) fn copy_units(shared: &Shared, spec: CopySpec) -> Result<u64, ClientError> {
+pub(crate) fn copy_units(shared: &RegionShared, spec: CopySpec) -> Result<u64, ClientError> {
     let (from, to) = (spec.from.0, spec.to.0);
     let refused_before = shared.push_refused.lock().contains(&(from, to));
     let pushed = if refused_before { None } else { Some(push_units(shared, spec)) };
@@ -96,7 +96,7 @@ pub(crate) fn copy_units(shared: &Shared, spec: CopySpec) -> Result<u64, ClientE
     }
 }
 
-fn steps(shared: &Shared, chunk: usize) -> Steps {
+fn steps(shared: &RegionShared, chunk: usize) -> Steps {
     let chunk_pages = shared.layout.chunk_pages;
     let end = ((chunk + 1) * chunk_pages).min(shared.region_pages());
     Steps { next: chunk * chunk_pages, end, chunk_pages }
@@ -104,7 +104,7 @@ fn steps(shared: &Shared, chunk: usize) -> Steps {
 
 /// The old server sends each step to the new one, `DEPTH` steps in flight on each of
 /// `PUSH_CONNECTIONS` connections (each served by one thread there, one step at a time).
-fn push_units(shared: &Shared, spec: CopySpec) -> Result<u64, ClientError> {
+fn push_units(shared: &RegionShared, spec: CopySpec) -> Result<u64, ClientError> {
     let layout = &shared.layout;
     let ((from, from_slab), (to, to_slab)) = (spec.from, spec.to);
     let to_addr = layout.server_addr(to);
@@ -141,7 +141,7 @@ fn push_units(shared: &Shared, spec: CopySpec) -> Result<u64, ClientError> {
 
 /// Each step is read from the old server and sent to the new one as `CopyPages`, `DEPTH`
 /// reads and as many copies in flight.
-fn relay_units(shared: &Shared, spec: CopySpec) -> Result<u64, ClientError> {
+fn relay_units(shared: &RegionShared, spec: CopySpec) -> Result<u64, ClientError> {
     let layout = &shared.layout;
     let ((from, from_slab), (to, to_slab)) = (spec.from, spec.to);
     let unit = spec.unit_bytes;

@@ -23,7 +23,7 @@ use crate::moves::copy::{copy_units, CopySpec};
 use crate::moves::queue::{wait_for_writeback_in_flight, NEXT_MOVE_ID};
 use crate::remote::admin_conn;
 use crate::remote::free_quietly;
-use crate::state::core::{ChunkMove, MoveKind, Shared};
+use crate::state::core::{ChunkMove, MoveKind, RegionShared};
 use crate::state::stats::Counters;
 use crate::PagerError;
 use krak_proto::SlabId;
@@ -35,7 +35,7 @@ pub(crate) struct FragmentMoved {
     pub pages: u64,
 }
 
-impl Shared {
+impl RegionShared {
     /// The memory server of each fragment of each chunk of a redundant region (empty for a
     /// region without redundancy), in chunk and fragment order.
     pub(crate) fn fragment_servers(&self) -> Vec<Vec<SocketAddr>> {
@@ -79,7 +79,7 @@ impl Shared {
     }
 }
 
-impl Shared {
+impl RegionShared {
     pub(crate) fn move_fragment(&self, chunk: usize, frag: usize, to: SocketAddr) -> Result<FragmentMoved, PagerError> {
         let layout = &self.layout;
         let scheme = layout.redundancy();
@@ -106,7 +106,7 @@ impl Shared {
             }
             conn.alloc_slab_units(scheme.unit_bytes() as u32)?
         };
-        let free_new = |shared: &Shared| {
+        let free_new = |shared: &RegionShared| {
             if let Ok(conn) = admin_conn(&mut shared.admin.lock(), layout, to_idx) {
                 free_quietly(conn, slab);
             }
@@ -115,7 +115,7 @@ impl Shared {
             Ok(old) => old,
             Err(why) => {
                 free_new(self);
-                return Err(PagerError::Move(format!("moving fragment {frag} of chunk {chunk} to {to}: {why}")));
+                return Err(PagerError::MoveFragment { chunk, frag, to, source: why.into() });
             }
         };
         // A batch taken before the move may still write this fragment to the old slab alone.
@@ -140,7 +140,7 @@ impl Shared {
             core.moves.push_back(ChunkMove { id, chunk, next_page, pages_copied, kind: MoveKind::Fragment(frag) });
             self.wb_wake.notify_one();
         }
-        match self.wait_move(id, chunk) {
+        match self.wait_move(id) {
             Ok(pages) => {
                 // A scrub step that read the old stripe finishes first.
                 let _gate = self.scrub_gate.write();
@@ -163,7 +163,7 @@ impl Shared {
                 // a batch taken before the cancel may still be writing to the new slab
                 wait_for_writeback_in_flight(self);
                 free_new(self);
-                Err(PagerError::Move(format!("moving fragment {frag} of chunk {chunk} to {to}: {why}")))
+                Err(PagerError::MoveFragment { chunk, frag, to, source: why })
             }
         }
     }
@@ -200,7 +200,7 @@ mod tests {
     #[test]
     fn a_move_never_puts_two_fragments_of_a_chunk_on_one_server() {
         let t = table();
-        let err = t.start_move(0, 1, (0, SlabId(9, 0))).unwrap_err();
+        let err = t.start_move(0, 1, (0, SlabId(9, 0))).unwrap_err().to_string();
         assert!(err.contains("already holds fragment 0"), "{err}");
         t.start_move(0, 1, (3, SlabId(9, 0))).unwrap();
         // a replacement of the chunk's other fragment may not land where this one moves
@@ -218,7 +218,7 @@ mod tests {
         t.mark_lost(3, "test");
         assert_eq!(t.with(1, |s| s[0].moving_to), None);
         assert!(t.finish_move(1, 0, to).is_none());
-        assert!(t.start_move(1, 0, (3, SlabId(12, 0))).unwrap_err().contains("lost"));
+        assert!(t.start_move(1, 0, (3, SlabId(12, 0))).unwrap_err().to_string().contains("lost"));
 
         let t = table();
         t.start_move(1, 0, to).unwrap();

@@ -19,14 +19,15 @@ use krak_client::ClientError;
 use krak_proto::PageRef;
 use krak_uffd::PAGE_SIZE;
 
-use crate::follow::link::RackLink;
+use crate::error::MoveFailure;
+use crate::follow::link::ControllerLink;
 use crate::follow::place::NoReplacement;
 use crate::moves::queue::{finish, NEXT_MOVE_ID};
 use crate::remote::admin_conn;
 use crate::remote::redundancy::Coder;
 use crate::remote::stripe::{Frag, FragState};
 use crate::remote::{free_quietly, Links};
-use crate::state::core::{ChunkMove, Core, CoreGuard, MoveKind, Shared};
+use crate::state::core::{ChunkMove, Core, CoreGuard, MoveKind, RegionShared};
 use crate::state::stats::Counters;
 use crate::PagerError;
 
@@ -43,7 +44,7 @@ const STEP_PAGES: usize = krak_proto::MAX_BATCH_PAGES;
 
 /// `link` is set when a rack controller placed the region: it then places (and records)
 /// each replacement; otherwise the pager chooses among the servers it was given.
-pub(crate) fn run(shared: Arc<Shared>, link: Option<Arc<RackLink>>) {
+pub(crate) fn run(shared: Arc<RegionShared>, link: Option<Arc<ControllerLink>>) {
     let layout = &shared.layout;
     let mut last_probe = Instant::now();
     let mut last_scrub = Instant::now();
@@ -58,7 +59,7 @@ pub(crate) fn run(shared: Arc<Shared>, link: Option<Arc<RackLink>>) {
         }
         let lost = layout.stripes.lost_fragments();
         if lost.is_empty() {
-            let every = shared.limits.scrub_interval_ms;
+            let every = shared.tuning.scrub_interval_ms;
             if every > 0 && last_scrub.elapsed() >= Duration::from_millis(every) {
                 match scrub(&shared) {
                     Ok(0) => tracing::debug!("scheduled scrub: every fragment checked, none corrupt"),
@@ -113,7 +114,7 @@ pub(crate) fn run(shared: Arc<Shared>, link: Option<Arc<RackLink>>) {
 }
 
 /// Sleeps `ms`, waking early when the region is dropped.
-fn nap(shared: &Shared, ms: u64) {
+fn nap(shared: &RegionShared, ms: u64) {
     let until = Instant::now() + Duration::from_millis(ms);
     while !shared.stop.load(Ordering::Relaxed) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())));
@@ -122,7 +123,7 @@ fn nap(shared: &Shared, ms: u64) {
 
 /// Asks each server the region uses for its stats: one that refuses connections, or whose
 /// process restarted (new server id: its slabs are gone), is lost.
-fn probe(shared: &Shared) {
+fn probe(shared: &RegionShared) {
     let layout = &shared.layout;
     // Stripes first: a server is in the table before any stripe names it.
     let stripes = layout.stripes.all();
@@ -155,9 +156,9 @@ fn probe(shared: &Shared) {
     }
 }
 
-impl Shared {}
+impl RegionShared {}
 
-pub(crate) fn scrub(shared: &Shared) -> Result<u64, PagerError> {
+pub(crate) fn scrub(shared: &RegionShared) -> Result<u64, PagerError> {
     let layout = &shared.layout;
     if layout.redundancy().is_none() {
         return Ok(0);
@@ -203,7 +204,12 @@ enum Rebuild {
 
 /// Places a replacement for fragment `frag` of `chunk` and has the write-back thread fill
 /// it; waits until it is live (or failed), then records it with the controller if any.
-fn rebuild_fragment(shared: &Shared, link: Option<&RackLink>, chunk: usize, frag: usize) -> Result<(), Rebuild> {
+fn rebuild_fragment(
+    shared: &RegionShared,
+    link: Option<&ControllerLink>,
+    chunk: usize,
+    frag: usize,
+) -> Result<(), Rebuild> {
     let layout = &shared.layout;
     let (server, slab, id) = match link {
         Some(link) => {
@@ -223,7 +229,7 @@ fn rebuild_fragment(shared: &Shared, link: Option<&RackLink>, chunk: usize, frag
             (server, slab, None)
         }
     };
-    let free = |shared: &Shared| {
+    let free = |shared: &RegionShared| {
         if let Ok(conn) = admin_conn(&mut shared.admin.lock(), layout, server) {
             free_quietly(conn, slab);
         }
@@ -245,7 +251,7 @@ fn rebuild_fragment(shared: &Shared, link: Option<&RackLink>, chunk: usize, frag
         });
         shared.wb_wake.notify_one();
     }
-    match shared.wait_move(id_move, chunk) {
+    match shared.wait_move(id_move) {
         Ok(pages) => {
             tracing::info!(
                 "fragment {frag} of chunk {chunk} rebuilt on {} ({pages} pages)",
@@ -263,14 +269,18 @@ fn rebuild_fragment(shared: &Shared, link: Option<&RackLink>, chunk: usize, frag
         Err(why) => {
             layout.stripes.transition(chunk, frag, FragState::Rebuilding, FragState::Lost);
             free(shared);
-            Err(Rebuild::Failed(why))
+            Err(Rebuild::Failed(why.to_string()))
         }
     }
 }
 
 /// The pager's own choice of a replacement for a region given a list of servers, and its
 /// slab there.
-fn choose_replacement(shared: &Shared, chunk: usize, frag: usize) -> Result<(usize, krak_proto::SlabId), Rebuild> {
+fn choose_replacement(
+    shared: &RegionShared,
+    chunk: usize,
+    frag: usize,
+) -> Result<(usize, krak_proto::SlabId), Rebuild> {
     let layout = &shared.layout;
     let unit = layout.redundancy().unit_bytes() as u32;
     let stripe = layout.stripes.with(chunk, |s| s.clone());
@@ -318,7 +328,7 @@ fn choose_replacement(shared: &Shared, chunk: usize, frag: usize) -> Result<(usi
 /// the slab the fragment moves to). Past the last page a replacement becomes live; a moved
 /// fragment switches to its new slab once no fetch of the chunk is in flight, since the
 /// mover then frees the old one.
-pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: CoreGuard<'_>, frag: usize, moving: bool) {
+pub(crate) fn step(shared: &RegionShared, links: &mut Links, mut core: CoreGuard<'_>, frag: usize, moving: bool) {
     let Some(mv) = core.moves.front() else { return };
     let (id, chunk, from) = (mv.id, mv.chunk, mv.next_page);
     let layout = &shared.layout;
@@ -327,7 +337,7 @@ pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: CoreGuard<'_>, 
         false => Some(s[frag]).filter(|f| f.state == FragState::Rebuilding),
     });
     let Some(target) = target else {
-        finish(shared, &mut core, id, Err("the new slab's server was lost meanwhile".into()));
+        finish(shared, &mut core, id, Err(MoveFailure::TargetLost));
         return;
     };
     let chunk_pages = layout.chunk_pages;
@@ -345,7 +355,7 @@ pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: CoreGuard<'_>, 
             true => layout.stripes.finish_move(chunk, frag, (target.server, target.slab)).is_some(),
             false => layout.stripes.transition(chunk, frag, FragState::Rebuilding, FragState::Live),
         };
-        let result = if done { Ok(copied) } else { Err("the new slab's server was lost meanwhile".into()) };
+        let result = if done { Ok(copied) } else { Err(MoveFailure::TargetLost) };
         finish(shared, &mut core, id, result);
         return;
     }
@@ -363,12 +373,12 @@ pub(crate) fn step(shared: &Shared, links: &mut Links, mut core: CoreGuard<'_>, 
                 Counters::add(&shared.counters.reprotected_pages, pages.len() as u64);
             }
         }
-        Err(e) => finish(shared, &mut core, id, Err(e.to_string())),
+        Err(e) => finish(shared, &mut core, id, Err(MoveFailure::Step(Box::new(e)))),
     }
 }
 
 fn rebuild_pages(
-    shared: &Shared,
+    shared: &RegionShared,
     links: &mut Links,
     pages: &[usize],
     frag: usize,

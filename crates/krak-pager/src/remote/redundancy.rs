@@ -12,6 +12,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use krak_uffd::PAGE_SIZE;
+
+use crate::error::CodingError;
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 
 /// Most copies `replicate:N` may keep.
@@ -155,7 +157,7 @@ impl Coder {
 
     /// Writes the `width` fragments of `page` into `out` (`width × unit_bytes` bytes),
     /// fragment `i` at `i × unit_bytes`.
-    pub fn encode(&mut self, page: &[u8], out: &mut [u8]) -> Result<(), String> {
+    pub fn encode(&mut self, page: &[u8], out: &mut [u8]) -> Result<(), CodingError> {
         let unit = self.scheme.unit_bytes();
         debug_assert_eq!((page.len(), out.len()), (PAGE_SIZE, self.scheme.width() * unit));
         match self.scheme {
@@ -169,12 +171,12 @@ impl Coder {
                 out[..PAGE_SIZE].copy_from_slice(page);
                 let encoder = match &mut self.encoder {
                     Some(e) => e,
-                    None => self.encoder.insert(ReedSolomonEncoder::new(k, m, unit).map_err(|e| e.to_string())?),
+                    None => self.encoder.insert(ReedSolomonEncoder::new(k, m, unit)?),
                 };
                 for shard in page.chunks_exact(unit) {
-                    encoder.add_original_shard(shard).map_err(|e| e.to_string())?;
+                    encoder.add_original_shard(shard)?;
                 }
-                let result = encoder.encode().map_err(|e| e.to_string())?;
+                let result = encoder.encode()?;
                 for (dst, parity) in out[PAGE_SIZE..].chunks_exact_mut(unit).zip(result.recovery_iter()) {
                     dst.copy_from_slice(parity);
                 }
@@ -191,37 +193,37 @@ impl Coder {
     /// blocks, so concatenated fragments decode as each page would alone, and a Leopard
     /// decode has a fixed cost (a transform over the whole field, ~0.2 ms) that a call per
     /// page would pay every time.
-    pub fn decode_batch(&mut self, shards: &[Vec<u8>], n: usize) -> Result<Vec<Vec<u8>>, String> {
+    pub fn decode_batch(&mut self, shards: &[Vec<u8>], n: usize) -> Result<Vec<Vec<u8>>, CodingError> {
         let Redundancy::Ec { k, m } = self.scheme else {
-            return Err("batch decoding is for erasure codes".into());
+            return Err(CodingError::NotErasureCoded);
         };
         let bytes = n * self.scheme.unit_bytes();
         let have = shards.iter().filter(|s| !s.is_empty()).count();
         if have < k {
-            return Err(format!("{have} of the {k} fragments needed"));
+            return Err(CodingError::TooFewFragments { have, needed: k });
         }
         if shards[..k].iter().all(|s| !s.is_empty()) {
             return Ok(shards[..k].to_vec());
         }
         let decoder = match &mut self.decoder {
             Some(d) => {
-                d.reset(k, m, bytes).map_err(|e| e.to_string())?;
+                d.reset(k, m, bytes)?;
                 d
             }
-            None => self.decoder.insert(ReedSolomonDecoder::new(k, m, bytes).map_err(|e| e.to_string())?),
+            None => self.decoder.insert(ReedSolomonDecoder::new(k, m, bytes)?),
         };
         for (i, s) in shards.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
             if i < k {
-                decoder.add_original_shard(i, s).map_err(|e| e.to_string())?;
+                decoder.add_original_shard(i, s)?;
             } else {
-                decoder.add_recovery_shard(i - k, s).map_err(|e| e.to_string())?;
+                decoder.add_recovery_shard(i - k, s)?;
             }
         }
-        let result = decoder.decode().map_err(|e| e.to_string())?;
+        let result = decoder.decode()?;
         (0..k)
             .map(|i| match shards[i].is_empty() {
                 false => Ok(shards[i].clone()),
-                true => result.restored_original(i).map(|r| r.to_vec()).ok_or_else(|| "decoder lost a fragment".into()),
+                true => result.restored_original(i).map(|r| r.to_vec()).ok_or(CodingError::NotRestored { index: i }),
             })
             .collect()
     }
@@ -230,10 +232,10 @@ impl Coder {
     /// `decode_batch`) (`frags[i]` is fragment `i`, when read
     /// intact). Needs at least `needed()` of them.
     #[cfg(test)]
-    pub fn decode(&mut self, frags: &[Option<&[u8]>], page: &mut [u8]) -> Result<(), String> {
+    pub fn decode(&mut self, frags: &[Option<&[u8]>], page: &mut [u8]) -> Result<(), CodingError> {
         let have = frags.iter().filter(|f| f.is_some()).count();
         if have < self.scheme.needed() {
-            return Err(format!("{have} of the {} fragments needed", self.scheme.needed()));
+            return Err(CodingError::TooFewFragments { have, needed: self.scheme.needed() });
         }
         let Redundancy::Ec { k, m } = self.scheme else {
             let copy = frags.iter().flatten().next().expect("at least one copy");
@@ -249,25 +251,25 @@ impl Coder {
         }
         let decoder = match &mut self.decoder {
             Some(d) => {
-                d.reset(k, m, unit).map_err(|e| e.to_string())?;
+                d.reset(k, m, unit)?;
                 d
             }
-            None => self.decoder.insert(ReedSolomonDecoder::new(k, m, unit).map_err(|e| e.to_string())?),
+            None => self.decoder.insert(ReedSolomonDecoder::new(k, m, unit)?),
         };
         for (i, f) in frags.iter().enumerate() {
             if let Some(f) = f {
                 if i < k {
-                    decoder.add_original_shard(i, f).map_err(|e| e.to_string())?;
+                    decoder.add_original_shard(i, f)?;
                 } else {
-                    decoder.add_recovery_shard(i - k, f).map_err(|e| e.to_string())?;
+                    decoder.add_recovery_shard(i - k, f)?;
                 }
             }
         }
-        let result = decoder.decode().map_err(|e| e.to_string())?;
+        let result = decoder.decode()?;
         for (i, dst) in page.chunks_exact_mut(unit).enumerate() {
             match frags[i] {
                 Some(f) => dst.copy_from_slice(f),
-                None => dst.copy_from_slice(result.restored_original(i).ok_or("decoder lost a fragment")?),
+                None => dst.copy_from_slice(result.restored_original(i).ok_or(CodingError::NotRestored { index: i })?),
             }
         }
         Ok(())

@@ -17,9 +17,9 @@ use crate::state::lock_order::{level, Mutex, RwLock};
 use krak_client::{ClientError, Connection};
 use krak_proto::{ErrorCode, PageRef, SlabId, MAX_BATCH_PAGES, PAGE_SIZE};
 
+use crate::error::{CodingError, MoveRefused, PagerError};
 use crate::remote::redundancy::{Coder, Redundancy};
 use crate::remote::{free_quietly, Links, RemoteLayout, MAX_ATTEMPTS};
-use crate::PagerError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FragState {
@@ -133,20 +133,20 @@ impl StripeTable {
 
     /// Starts moving live fragment `frag` of `chunk` to `to` (server, slab): from now on
     /// every write of the fragment reaches `to` too. Returns the fragment as it was.
-    pub fn start_move(&self, chunk: usize, frag: usize, to: (usize, SlabId)) -> Result<Frag, String> {
+    pub fn start_move(&self, chunk: usize, frag: usize, to: (usize, SlabId)) -> Result<Frag, MoveRefused> {
         // `lost` before `stripes`, as `mark_lost` takes them
         let lost = self.lost.lock();
         if lost.iter().any(|(s, _)| *s == to.0) {
-            return Err("the target is lost for this region".into());
+            return Err(MoveRefused::TargetLost);
         }
         let mut stripes = self.stripes.write();
         let stripe = &mut stripes[chunk];
         let f = stripe[frag];
         if f.state != FragState::Live || f.moving_to.is_some() {
-            return Err(format!("fragment {frag} of chunk {chunk} is not live or already moving"));
+            return Err(MoveRefused::NotLive { chunk, frag });
         }
         if let Some(i) = stripe.iter().position(|g| g.uses(to.0)) {
-            return Err(format!("the target already holds fragment {i} of chunk {chunk}"));
+            return Err(MoveRefused::TargetHolds { chunk, held: i });
         }
         stripe[frag].moving_to = Some(to);
         Ok(f)
@@ -455,7 +455,7 @@ impl Links {
             let dst = &mut out[pos * PAGE_SIZE..(pos + 1) * PAGE_SIZE];
             let frag = |i: usize| &read.buf[(pos * width + i) * unit..][..unit];
             if ok < needed {
-                failed.get_or_insert((page, format!("{ok} of the {needed} fragments needed")));
+                failed.get_or_insert((page, CodingError::TooFewFragments { have: ok, needed }));
                 continue;
             }
             match scheme {
@@ -508,11 +508,8 @@ impl Links {
             Some((page, why)) => {
                 let lost: Vec<String> =
                     layout.stripes.lost_servers().iter().map(|s| layout.server_addr(*s).to_string()).collect();
-                let detail = format!(
-                    "{why} survive under {scheme} (servers lost for this region: {})",
-                    if lost.is_empty() { "none".to_string() } else { lost.join(", ") }
-                );
-                Err(PagerError::Unrecoverable { page, detail })
+                let lost = if lost.is_empty() { "none".to_string() } else { lost.join(", ") };
+                Err(PagerError::Unrecoverable { page, scheme, lost, source: why })
             }
         }
     }
@@ -562,8 +559,7 @@ impl Links {
         if short.is_empty() {
             return Ok(());
         }
-        let detail = format!("as few as {fewest} live fragments of a page left, {scheme} needs {}", scheme.needed());
-        Err(PagerError::Unwritable { pages: short, detail })
+        Err(PagerError::Unwritable { pages: short, fewest_live: fewest, scheme })
     }
 
     /// Sends the units `wants` names, one request per server and batch, on the main

@@ -10,13 +10,13 @@ use std::time::Duration;
 use crate::state::lock_order::{level, Condvar, Mutex, MutexGuard, RwLock};
 use krak_uffd::{CopyError, Uffd, PAGE_SIZE};
 
+use crate::error::{InstallError, MoveFailure, PagerError};
 use crate::policy::eviction::EvictionPolicy;
 use crate::policy::prefetch::PrefetchPolicy;
 use crate::remote::RemoteLayout;
 use crate::state::memory::RegionMemory;
 use crate::state::page_table::{Kind, PageTable, Victim};
 use crate::state::stats::Counters;
-use crate::PagerError;
 
 /// Most pages with a corrupt fragment waiting to be rewritten; past it a corruption is
 /// left for the next read of the page to find again.
@@ -31,7 +31,7 @@ const MAX_WATERMARK_PAGES: usize = 256;
 const SPACE_WAIT_MS: u64 = 20;
 
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
+pub(crate) struct Tuning {
     pub handler_threads: usize,
     pub max_prefetch_pages: usize,
     pub writeback_batch_pages: usize,
@@ -58,7 +58,7 @@ pub(crate) struct Core {
     pub wb_pending: usize,
     /// Set while write-back keeps failing; faults that need space then fail instead of waiting
     /// once the buffer is full.
-    pub failure: Option<String>,
+    pub failure: Option<Arc<PagerError>>,
     /// Pages whose write-back failed, waiting out a pause before they are tried again (first
     /// in line); they count in `wb_pending` and stay STAGED meanwhile.
     pub wb_parked: Vec<(usize, Arc<[u8]>)>,
@@ -73,7 +73,7 @@ pub(crate) struct Core {
     /// Chunk moves waiting for (or being run by) the write-back thread, oldest first.
     pub moves: VecDeque<ChunkMove>,
     /// Outcome of finished moves by id: pages copied, or why it failed.
-    pub moves_finished: HashMap<u64, Result<u64, String>>,
+    pub moves_finished: HashMap<u64, Result<u64, MoveFailure>>,
     /// Pages of a redundant region a read found a corrupt fragment of, for the write-back
     /// thread to rewrite (bounded by `MAX_REPAIRS`).
     pub repairs: VecDeque<usize>,
@@ -81,6 +81,36 @@ pub(crate) struct Core {
     /// write-back thread to tell them, ordered with its writes (bounded by
     /// `MAX_PENDING_DISCARDS`; past it the servers keep those copies until the region goes).
     pub discards: VecDeque<std::ops::Range<usize>>,
+}
+
+impl Core {
+    /// A region of `pages` pages, none resident, with `budget_pages` of local budget.
+    pub fn new(
+        pages: usize,
+        budget_pages: usize,
+        eviction: Box<dyn EvictionPolicy>,
+        prefetch: Box<dyn PrefetchPolicy>,
+    ) -> Core {
+        Core {
+            pages: PageTable::new(pages),
+            budget_pages,
+            shrinking_from: None,
+            eviction,
+            prefetch,
+            wb_queue: VecDeque::new(),
+            wb_pending: 0,
+            failure: None,
+            wb_parked: Vec::new(),
+            wb_parked_since: None,
+            evict_waiters: Vec::new(),
+            wb_batches_taken: 0,
+            wb_batches_done: 0,
+            moves: VecDeque::new(),
+            moves_finished: HashMap::new(),
+            repairs: VecDeque::new(),
+            discards: VecDeque::new(),
+        }
+    }
 }
 
 /// A chunk being copied to its new home by the write-back thread (see `moves/chunk.rs`).
@@ -106,7 +136,7 @@ pub(crate) enum MoveKind {
     Fragment(usize),
 }
 
-pub(crate) struct Shared {
+pub(crate) struct RegionShared {
     pub core: Mutex<Core, { level::CORE }>,
     /// Wakes the write-back thread.
     pub wb_wake: Condvar,
@@ -122,7 +152,7 @@ pub(crate) struct Shared {
     /// One connection per server for slab allocation and release, indexed like the layout.
     pub admin: Mutex<Vec<Option<krak_client::Connection>>, { level::ADMIN }>,
     pub counters: Counters,
-    pub limits: Limits,
+    pub tuning: Tuning,
     pub stop: AtomicBool,
     pub peak_resident: AtomicUsize,
     /// Pairs of servers (by layout index, from → to) where a push was refused: their moves
@@ -134,7 +164,7 @@ pub(crate) struct Shared {
     pub scrub_gate: RwLock<(), { level::SCRUB_GATE }>,
 }
 
-impl Shared {
+impl RegionShared {
     /// Counts what a thread's redundant reads found and queues rewrites of corrupt
     /// fragments. Call without the core lock.
     pub fn take_found(&self, links: &mut crate::remote::Links) {
@@ -164,8 +194,8 @@ impl Shared {
     /// Most pages one fault may fetch ahead, so that the reservations of all handlers
     /// together never take more than half the budget.
     pub fn prefetch_cap(&self, core: &Core) -> usize {
-        let share = core.budget_pages / (2 * self.limits.handler_threads);
-        share.saturating_sub(1).min(self.limits.max_prefetch_pages)
+        let share = core.budget_pages / (2 * self.tuning.handler_threads);
+        share.saturating_sub(1).min(self.tuning.max_prefetch_pages)
     }
 
     /// Evicts until `n` more pages fit in the budget. The reclaimer thread normally keeps
@@ -178,11 +208,11 @@ impl Shared {
                 // Failing write-backs fail the fault only once the buffer is full and nothing
                 // in it waits but pages that failed (parked): some pages of a redundant
                 // region may fail for good while the rest still land.
-                let stuck = core.wb_pending >= self.limits.writeback_buffer_pages
+                let stuck = core.wb_pending >= self.tuning.writeback_buffer_pages
                     && core.wb_queue.is_empty()
                     && !core.wb_parked.is_empty();
                 if let Some(why) = core.failure.as_ref().filter(|_| stuck) {
-                    return Err(PagerError::WritebackFailed(why.clone()));
+                    return Err(PagerError::WritebackFailed(Arc::clone(why)));
                 }
                 // The write-back buffer is full, or everything resident is being fetched by
                 // other handlers: wait for either to make progress.
@@ -206,7 +236,7 @@ impl Shared {
         let mut clean = Vec::with_capacity(count);
         let mut dirty = 0;
         let mut saved = Ok(());
-        while clean.len() + dirty < count && core.wb_pending < self.limits.writeback_buffer_pages {
+        while clean.len() + dirty < count && core.wb_pending < self.tuning.writeback_buffer_pages {
             let Some(victim) = core.eviction.pick_victim() else { break };
             match core.pages.kind(victim) {
                 Kind::Clean => clean.push(victim),
@@ -238,7 +268,7 @@ impl Shared {
         saved.map(|()| clean.len() + dirty)
     }
 
-    /// Evicts up to `count` pages like [`Shared::evict_batch`], but makes the expensive
+    /// Evicts up to `count` pages like [`RegionShared::evict_batch`], but makes the expensive
     /// calls (write-protect, copy, drop; each a TLB flush on other CPUs) with the lock
     /// released, so that faults never wait behind them. The victims are EVICTING meanwhile.
     pub fn evict_batch_unlocked(&self, core: &mut CoreGuard<'_>, count: usize) -> Result<usize, PagerError> {
@@ -246,7 +276,7 @@ impl Shared {
         let mut dirty = 0;
         // At most one dirty victim per batch: each costs a flush of its own (the write
         // protection), and a long batch delays the faults that wait for its victims.
-        while victims.len() < count && dirty == 0 && core.wb_pending < self.limits.writeback_buffer_pages {
+        while victims.len() < count && dirty == 0 && core.wb_pending < self.tuning.writeback_buffer_pages {
             let Some(victim) = core.eviction.pick_victim() else { break };
             match core.pages.kind(victim) {
                 Kind::Clean | Kind::Dirty => {
@@ -378,7 +408,7 @@ impl Shared {
                 }
                 Err(CopyError::Again { copied }) => {
                     done += copied;
-                    result = Err(PagerError::Install("mapping kept changing".into()));
+                    result = Err(InstallError::MappingUnstable { copied: done }.into());
                     break;
                 }
                 Err(CopyError::Other(e)) => {
@@ -398,7 +428,7 @@ impl Shared {
     }
 }
 
-/// What [`Shared::drop_victims`] got done.
+/// What [`RegionShared::drop_victims`] got done.
 enum Dropped {
     /// Every victim unmapped; the dirty ones' bytes, in victim order.
     All(Vec<Vec<u8>>),

@@ -4,14 +4,14 @@
 
 use std::io;
 
-use krak_uffd::{AnonMapping, RemoteMapping, PAGE_SIZE};
+use krak_uffd::{AnonMapping, MemfdView, PAGE_SIZE};
 
 #[derive(Debug)]
 pub(crate) enum RegionMemory {
     /// Mapped here; the pager reads and drops pages in its own address space.
     Own(AnonMapping),
     /// Mapped in process `pid`; pages are read and dropped through its memfd.
-    Remote { map: RemoteMapping, pid: i32 },
+    OtherProcess { map: MemfdView, pid: i32 },
 }
 
 impl RegionMemory {
@@ -19,14 +19,14 @@ impl RegionMemory {
     pub fn base(&self) -> usize {
         match self {
             RegionMemory::Own(m) => m.as_ptr() as usize,
-            RegionMemory::Remote { map, .. } => map.base(),
+            RegionMemory::OtherProcess { map, .. } => map.base(),
         }
     }
 
     pub fn len(&self) -> usize {
         match self {
             RegionMemory::Own(m) => m.len(),
-            RegionMemory::Remote { map, .. } => map.len(),
+            RegionMemory::OtherProcess { map, .. } => map.len(),
         }
     }
 
@@ -34,7 +34,7 @@ impl RegionMemory {
     pub fn discard(&self, offset: usize, len: usize) -> io::Result<()> {
         match self {
             RegionMemory::Own(m) => m.discard(offset, len),
-            RegionMemory::Remote { map, .. } => map.discard(offset, len),
+            RegionMemory::OtherProcess { map, .. } => map.discard(offset, len),
         }
     }
 
@@ -42,7 +42,7 @@ impl RegionMemory {
     pub fn discard_pages(&self, pages: &[usize]) -> io::Result<()> {
         match self {
             RegionMemory::Own(m) => m.discard_pages(pages),
-            RegionMemory::Remote { map, .. } => map.discard_pages(pages),
+            RegionMemory::OtherProcess { map, .. } => map.discard_pages(pages),
         }
     }
 
@@ -54,7 +54,7 @@ impl RegionMemory {
         match self {
             // SAFETY: the caller's contract.
             RegionMemory::Own(m) => unsafe { m.copy_out(page * PAGE_SIZE, dst) },
-            RegionMemory::Remote { map, .. } => return map.copy_out(page * PAGE_SIZE, dst),
+            RegionMemory::OtherProcess { map, .. } => return map.copy_out(page * PAGE_SIZE, dst),
         }
         Ok(())
     }
@@ -63,7 +63,7 @@ impl RegionMemory {
     pub fn resident_pages(&self, scratch: &mut Vec<u8>) -> io::Result<usize> {
         match self {
             RegionMemory::Own(m) => m.resident_pages(scratch),
-            RegionMemory::Remote { map, .. } => map.resident_pages(),
+            RegionMemory::OtherProcess { map, .. } => map.resident_pages(),
         }
     }
 
@@ -71,7 +71,7 @@ impl RegionMemory {
     pub fn fail_thread(&self, thread_id: u32) -> io::Result<()> {
         match self {
             RegionMemory::Own(_) => krak_uffd::signal_thread(thread_id, libc::SIGBUS),
-            RegionMemory::Remote { pid, .. } => krak_uffd::signal_thread_of(*pid, thread_id, libc::SIGBUS),
+            RegionMemory::OtherProcess { pid, .. } => krak_uffd::signal_thread_of(*pid, thread_id, libc::SIGBUS),
         }
     }
 
@@ -79,7 +79,7 @@ impl RegionMemory {
     pub fn own(&self) -> io::Result<&AnonMapping> {
         match self {
             RegionMemory::Own(m) => Ok(m),
-            RegionMemory::Remote { .. } => {
+            RegionMemory::OtherProcess { .. } => {
                 Err(io::Error::new(io::ErrorKind::Unsupported, "the region is mapped in another process"))
             }
         }

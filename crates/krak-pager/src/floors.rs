@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use krak_uffd::{AnonMapping, CopyError, Event, Uffd, PAGE_SIZE};
 
-use crate::PagerError;
+use crate::error::{InstallError, PagerError};
 
 /// Latency percentiles of a measurement, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -51,7 +51,7 @@ pub fn measure_local_fault(pages: usize) -> Result<FaultLatency, PagerError> {
     };
     let timed = time_first_touches(&map, pages);
     stop.store(true, Ordering::Relaxed);
-    handler.join().map_err(|_| PagerError::Install("fault handler thread panicked".into()))??;
+    handler.join().map_err(|_| PagerError::Install(InstallError::ProbePanicked))??;
     timed
 }
 
@@ -70,7 +70,7 @@ fn time_first_touches(map: &AnonMapping, pages: usize) -> Result<FaultLatency, P
         hist.saturating_record(t.elapsed().as_nanos().max(1) as u64);
     }
     if sum != 0x5a * pages as u64 {
-        return Err(PagerError::Install("local fault measurement read the wrong bytes".into()));
+        return Err(InstallError::ProbeWrongBytes.into());
     }
     Ok(FaultLatency {
         samples: hist.len(),
