@@ -9,7 +9,7 @@ use crate::sys::*;
 #[derive(Debug, thiserror::Error)]
 pub enum UffdError {
     #[error("cannot open a userfaultfd (tried the syscall, user-mode-only and /dev/userfaultfd): {0}")]
-    Open(io::Error),
+    Open(#[source] io::Error),
     #[error(
         "the kernel lacks userfaultfd features {missing:#x} (needs write-protect on anonymous memory, Linux 5.7+)"
     )]
@@ -17,9 +17,9 @@ pub enum UffdError {
     #[error("{op} on [{start:#x}, +{len:#x}): {source}")]
     Ioctl { op: &'static str, start: usize, len: usize, source: io::Error },
     #[error("reading a userfaultfd event: {0}")]
-    Read(io::Error),
+    Read(#[source] io::Error),
     #[error("the descriptor received is not a userfaultfd: {0}")]
-    NotUserfaultfd(io::Error),
+    NotUserfaultfd(#[source] io::Error),
 }
 
 /// Why `UFFDIO_COPY` did not copy the whole range.
