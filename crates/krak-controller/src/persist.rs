@@ -59,7 +59,7 @@ pub fn write(store: &dyn MetaStore, ops: Vec<Op>, counters: &Counters) -> Result
         let mut batch: Vec<Op> = ops.by_ref().take(MAX_OPS_PER_TXN - 1).collect();
         batch.push(put(COUNTERS_KEY.to_string(), counters));
         if !store.txn(&[], &batch)? {
-            return Err(MetaError::Unavailable("an unconditional transaction was not applied".into()));
+            return Err(MetaError::unavailable("an unconditional transaction was not applied"));
         }
         if ops.peek().is_none() {
             return Ok(());
