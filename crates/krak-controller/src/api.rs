@@ -59,7 +59,7 @@ fn error_response(shared: &Shared, e: &RackError) -> Response {
     let status = match e {
         RackError::BadRequest(_) => 400,
         RackError::NotFound(_) => 404,
-        RackError::Conflict(_) => 409,
+        RackError::Conflict(_) | RackError::StripeClash(_) => 409,
         RackError::Placement(PlacementError::UnknownRegion(_)) => 404,
         RackError::Placement(PlacementError::NoCapacity { .. }) => {
             shared.metrics.placement_failed();

@@ -39,10 +39,10 @@ pub struct Controller;
 impl Controller {
     /// Loads the rack from `store` and serves it on `config.listen`.
     pub fn start(config: ControllerConfig, store: Arc<dyn MetaStore>) -> Result<ControllerHandle, ControllerError> {
-        config.validate().map_err(ControllerError::Config)?;
+        config.validate()?;
         let rack = Rack::load(store, config.clone()).map_err(|e| match e {
             LoadError::Meta(m) => ControllerError::Store(m),
-            corrupt @ LoadError::Corrupt { .. } => ControllerError::Corrupt(corrupt.to_string()),
+            e => ControllerError::Load(e),
         })?;
         let shared = Arc::new(Shared {
             rack: Mutex::new(rack),

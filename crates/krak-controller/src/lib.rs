@@ -38,25 +38,28 @@ pub mod view;
 
 use std::net::SocketAddr;
 
-pub use config::ControllerConfig;
+pub use config::{ConfigError, ControllerConfig};
 pub use controller::{Controller, ControllerHandle};
 pub use election::{serve_elected, Candidate, ElectionError};
 pub use model::{Placement, RegionId, RegionRecord, ServerId, ServerRecord, ServerState};
 pub use placement::{Move, PlacementError, PlacementPolicy};
 pub use rack::{Rack, RackError};
+pub use stripe::StripeClash;
 pub use view::RackView;
 
 /// Why the controller could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
     #[error("invalid controller configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("metadata store: {0}")]
     Store(#[from] krak_meta::MetaError),
-    #[error("{0}")]
-    Corrupt(String),
+    /// The stored state is not what this controller wrote (a store failure while loading
+    /// is [`ControllerError::Store`]).
+    #[error(transparent)]
+    Load(persist::LoadError),
 }
 
 #[cfg(test)]

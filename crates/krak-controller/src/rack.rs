@@ -39,6 +39,9 @@ pub enum RackError {
     Conflict(String),
     #[error(transparent)]
     Placement(#[from] PlacementError),
+    /// A commit would put two fragments of one stripe on one server (409).
+    #[error(transparent)]
+    StripeClash(#[from] stripe::StripeClash),
     #[error("metadata store: {0}")]
     Store(#[from] MetaError),
 }
@@ -95,7 +98,7 @@ impl Rack {
         let loaded = persist::load(&*store)?;
         let policy_name = loaded.policy.unwrap_or_else(|| config.default_policy.clone());
         let policy = placement::by_name(&policy_name)
-            .ok_or_else(|| LoadError::Corrupt { key: persist::POLICY_KEY.into(), reason: "unknown policy".into() })?;
+            .ok_or_else(|| LoadError::UnknownPolicy { key: persist::POLICY_KEY.into(), name: policy_name.clone() })?;
         let mut counters = loaded.counters;
         counters.next_server_id = counters.next_server_id.max(1);
         counters.next_region_id = counters.next_region_id.max(1);
@@ -124,11 +127,12 @@ impl Rack {
             let mut map = ChunkMap::default();
             let mut epoch = 0;
             for (chunk, p) in chunks {
-                if chunk >= record.slots() || !rack.servers.contains_key(&p.server) {
-                    return Err(LoadError::Corrupt {
-                        key: persist::slab_key(record.id, chunk),
-                        reason: "chunk out of range or unknown server".into(),
-                    });
+                let key = || persist::slab_key(record.id, chunk);
+                if chunk >= record.slots() {
+                    return Err(LoadError::ChunkOutOfRange { key: key(), chunk, slots: record.slots() });
+                }
+                if !rack.servers.contains_key(&p.server) {
+                    return Err(LoadError::UnknownServer { key: key(), server: p.server });
                 }
                 epoch = epoch.max(p.epoch);
                 map.set(chunk, p);
@@ -298,7 +302,7 @@ impl Rack {
                 Some(_) => {}
             }
         }
-        stripe::check_distinct(&entry.record, &entry.map, chunks).map_err(RackError::Conflict)?;
+        stripe::check_distinct(&entry.record, &entry.map, chunks)?;
         let mut counters = self.counters;
         counters.map_epoch += 1;
         let epoch = counters.map_epoch;

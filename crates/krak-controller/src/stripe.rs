@@ -80,9 +80,23 @@ fn same_domain(view: &RackView, servers: &[ServerId]) -> Vec<ServerId> {
     out
 }
 
+/// Two fragments of one stripe on one server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("slots {slot} and {other} are fragments of chunk {chunk} and cannot share server {server}")]
+pub struct StripeClash {
+    pub slot: u64,
+    pub other: u64,
+    pub chunk: u64,
+    pub server: ServerId,
+}
+
 /// Checks that after `commits` every stripe they touch still has its fragments on distinct
-/// servers; the first clash, as a message.
-pub(crate) fn check_distinct(region: &RegionRecord, map: &ChunkMap, commits: &[CommitChunk]) -> Result<(), String> {
+/// servers; the first clash.
+pub(crate) fn check_distinct(
+    region: &RegionRecord,
+    map: &ChunkMap,
+    commits: &[CommitChunk],
+) -> Result<(), StripeClash> {
     if region.stripe_width <= 1 {
         return Ok(());
     }
@@ -93,12 +107,12 @@ pub(crate) fn check_distinct(region: &RegionRecord, map: &ChunkMap, commits: &[C
         for other in stripe.filter(|&s| s != c.chunk) {
             let server = new.get(&other).copied().or_else(|| map.get(other).map(|p| p.server));
             if server == Some(c.server) {
-                return Err(format!(
-                    "slots {} and {other} are fragments of chunk {} and cannot share server {}",
-                    c.chunk,
-                    first / u64::from(region.stripe_width),
-                    c.server
-                ));
+                return Err(StripeClash {
+                    slot: c.chunk,
+                    other,
+                    chunk: first / u64::from(region.stripe_width),
+                    server: c.server,
+                });
             }
         }
     }
@@ -191,7 +205,7 @@ mod tests {
             assert_eq!(got, vec![ServerId(5)], "{}", policy.name());
         }
         let clash = [CommitChunk { chunk: 1, server: ServerId(3), slab: 9 }];
-        assert!(check_distinct(&region, &map, &clash).unwrap_err().contains("cannot share server 3"));
+        assert!(matches!(check_distinct(&region, &map, &clash), Err(StripeClash { server: ServerId(3), .. })));
         let ok = [CommitChunk { chunk: 1, server: ServerId(5), slab: 9 }];
         assert_eq!(check_distinct(&region, &map, &ok), Ok(()));
         // two slots of one stripe committed together to one server clash too
