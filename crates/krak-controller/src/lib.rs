@@ -6,7 +6,7 @@
 //! Std threads and blocking I/O: a bounded HTTP front end (connections in all and per
 //! client, request deadlines, at most `http_workers` requests answered at once), one
 //! liveness thread, one mutex over the rack state. Placement decisions read incrementally kept aggregates
-//! ([`RackView`]), never the whole slab map.
+//! ([`PlacementView`]), never the whole slab map.
 //!
 //! ```no_run
 //! # fn store() -> std::sync::Arc<dyn krak_meta::MetaStore> { unimplemented!() }
@@ -43,9 +43,9 @@ pub use controller::{Controller, ControllerHandle};
 pub use election::{serve_elected, Candidate, ElectionError};
 pub use model::{Placement, RegionId, RegionRecord, ServerId, ServerRecord, ServerState};
 pub use placement::{Move, PlacementError, PlacementPolicy};
-pub use rack::{Rack, RackError};
+pub use rack::{RackError, RackState};
 pub use stripe::StripeClash;
-pub use view::RackView;
+pub use view::PlacementView;
 
 /// Why the controller could not start.
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,4 @@
-//! Unit tests of [`Rack`] over the in-memory store double.
+//! Unit tests of [`RackState`] over the in-memory store double.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,12 +9,12 @@ use krak_api::messages::RegisterRequest;
 
 const SLAB: u64 = 1 << 20;
 
-fn rack(store: &Arc<MemStore>) -> Rack {
+fn rack(store: &Arc<MemStore>) -> RackState {
     let config = ControllerConfig::new("127.0.0.1:0".parse().unwrap());
-    Rack::load(store.clone() as Arc<dyn MetaStore>, config).unwrap()
+    RackState::load(store.clone() as Arc<dyn MetaStore>, config).unwrap()
 }
 
-fn setup(store: &Arc<MemStore>) -> (Rack, RegionId) {
+fn setup(store: &Arc<MemStore>) -> (RackState, RegionId) {
     let mut r = rack(store);
     for i in 0..3 {
         let req = RegisterRequest {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use crate::model::{ChunkMap, RegionRecord, ServerId};
 use crate::placement::{PlacementError, PlacementPolicy};
-use crate::view::RackView;
+use crate::view::PlacementView;
 use krak_api::messages::CommitChunk;
 
 /// Servers for `slots` of `region` (its map is `map`): each avoids `exclude`, the servers
@@ -17,7 +17,7 @@ use krak_api::messages::CommitChunk;
 /// if it can, their domains. All or nothing.
 pub(crate) fn place_slots(
     policy: &dyn PlacementPolicy,
-    view: &RackView,
+    view: &PlacementView,
     region: &RegionRecord,
     map: &ChunkMap,
     slots: &[u64],
@@ -67,7 +67,7 @@ pub(crate) fn place_slots(
 
 /// Servers sharing a declared failure domain with one of `servers` (an empty domain name
 /// declares none).
-fn same_domain(view: &RackView, servers: &[ServerId]) -> Vec<ServerId> {
+fn same_domain(view: &PlacementView, servers: &[ServerId]) -> Vec<ServerId> {
     let mut out = Vec::new();
     for &id in servers {
         let Some(stat) = view.server(id) else { continue };
@@ -127,8 +127,8 @@ mod tests {
 
     /// `n` servers of 100 free chunks, server `i` (from 1) in domain `domains[i-1]`, and a
     /// region of `chunks` chunks `width` wide.
-    fn setup(domains: &[&str], chunks: u64, width: u32) -> (RackView, RegionRecord) {
-        let mut v = RackView::default();
+    fn setup(domains: &[&str], chunks: u64, width: u32) -> (PlacementView, RegionRecord) {
+        let mut v = PlacementView::default();
         for (i, d) in domains.iter().enumerate() {
             v.upsert_server(ServerId(i as u32 + 1), d, ServerState::Alive, 100 * CHUNK, 100 * CHUNK, CHUNK);
         }
@@ -147,7 +147,7 @@ mod tests {
         (v, region)
     }
 
-    fn domains_of(v: &RackView, servers: &[ServerId]) -> Vec<String> {
+    fn domains_of(v: &PlacementView, servers: &[ServerId]) -> Vec<String> {
         servers.iter().map(|s| v.domains()[v.server(*s).unwrap().domain as usize].name.clone()).collect()
     }
 
