@@ -140,7 +140,7 @@ fn a_striped_region_keeps_fragments_apart_counts_degraded_slots_and_reloads() {
     assert!(matches!(r.place(region.id, &[30], &[]), Err(RackError::BadRequest(_))), "slot past the end");
     // moving slot 0 onto the server of slot 1 would put two fragments of chunk 0 together
     let clash = [CommitChunk { chunk: 0, server: placed[1].server, slab: 7 }];
-    assert!(matches!(r.commit(region.id, &clash), Err(RackError::Conflict(_))));
+    assert!(matches!(r.commit(region.id, &clash), Err(RackError::StripeClash(_))));
 
     // one server dies: its slots are degraded; a replacement avoids the stripe's servers
     let victim = placed[0].server;
