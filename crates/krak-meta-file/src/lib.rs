@@ -33,6 +33,8 @@
 
 mod codec;
 
+pub use codec::RecordError;
+
 /// Entry points for the fuzz targets (`fuzz/`): the decoders of what this store reads back
 /// from its files, which whoever can write the directory controls. Not a stable API.
 #[doc(hidden)]
@@ -71,7 +73,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use codec::{RecordError, SnapEntry, RECORD_HEADER};
+use codec::{SnapEntry, RECORD_HEADER};
 use krak_meta::{validate_key, validate_txn, validate_value, Condition, KeyValue, LeaseId, MetaError, MetaStore, Op};
 
 /// Most live leases at once; more grants are refused with [`MetaError::Invalid`].
