@@ -112,6 +112,17 @@ impl HttpError {
     pub fn sent(&self) -> bool {
         !matches!(self, HttpError::Resolve { .. } | HttpError::NoAddress { .. } | HttpError::Connect { .. })
     }
+
+    /// Whether the peer answered something unacceptable (malformed or too large), rather
+    /// than failing to answer.
+    pub fn bad_answer(&self) -> bool {
+        match self {
+            HttpError::Answer { source, .. } => {
+                !matches!(source, ResponseError::TimedOut | ResponseError::Receive(_) | ResponseError::Closed { .. })
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Why an HTTP answer could not be read.
@@ -128,6 +139,12 @@ pub enum ResponseError {
     /// The peer answered something that is not a well-formed HTTP response.
     #[error("{what} {got:?}")]
     Malformed { what: &'static str, got: String },
+    #[error("a line longer than {max} bytes")]
+    LineTooLong { max: usize },
+    #[error("response head over {MAX_HEAD} bytes")]
+    HeadTooLong,
+    #[error("chunk not followed by CRLF")]
+    ChunkNotTerminated,
     /// The response body is larger than allowed.
     #[error("answer over {0} bytes")]
     TooLarge(usize),
@@ -269,7 +286,7 @@ impl<'r, R: Read> Buffered<'r, R> {
             out.extend_from_slice(chunk);
             self.pos = self.end;
             if out.len() > max {
-                return Err(ResponseError::Malformed { what: "a line longer than the bound", got: max.to_string() });
+                return Err(ResponseError::LineTooLong { max });
             }
         }
     }
@@ -326,7 +343,7 @@ pub fn read_response<R: Read>(r: &mut R, max_body: usize) -> Result<Response, Re
         let line = b.line(MAX_HEAD)?;
         head_bytes += line.len() + 2;
         if head_bytes > MAX_HEAD {
-            return Err(ResponseError::Malformed { what: "response head over its bound", got: MAX_HEAD.to_string() });
+            return Err(ResponseError::HeadTooLong);
         }
         if line.is_empty() {
             break;
@@ -371,7 +388,7 @@ pub fn read_response<R: Read>(r: &mut R, max_body: usize) -> Result<Response, Re
             }
             b.exact(n, &mut body)?;
             if !b.line(16)?.is_empty() {
-                return Err(ResponseError::Malformed { what: "chunk not followed by CRLF", got: String::new() });
+                return Err(ResponseError::ChunkNotTerminated);
             }
         }
     } else if let Some(n) = content_length {

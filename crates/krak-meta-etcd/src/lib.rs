@@ -170,24 +170,16 @@ impl EtcdStore {
                         return Ok(r?);
                     }
                 },
-                Err(e) if !e.sent() || retry == Retry::Safe => match e {
-                    HttpError::Answer {
-                        source: ResponseError::Malformed { .. } | ResponseError::TooLarge(_), ..
-                    } => return Err(answer_refused(path, e)),
-                    e => failures.push(Failure::Http(e)),
-                },
-                Err(e) => match e {
-                    HttpError::Answer {
-                        source: ResponseError::Malformed { .. } | ResponseError::TooLarge(_), ..
-                    } => return Err(answer_refused(path, e)),
-                    e => {
-                        return Err(MetaError::unavailable_by(
-                            format!("{path}: the write was sent: it may or may not have been applied"),
-                            e,
-                        )
-                        .into())
-                    }
-                },
+                // The peer answered, unacceptably: another endpoint is not asked.
+                Err(e) if e.bad_answer() => return Err(answer_refused(path, e)),
+                Err(e) if !e.sent() || retry == Retry::Safe => failures.push(Failure::Http(e)),
+                Err(e) => {
+                    return Err(MetaError::unavailable_by(
+                        format!("{path}: the write was sent: it may or may not have been applied"),
+                        e,
+                    )
+                    .into())
+                }
             }
         }
         Err(MetaError::unavailable_by(
