@@ -11,20 +11,52 @@ use serde::Serialize;
 /// Largest answer read (a full map of a large region fits).
 pub const MAX_RESPONSE_BYTES: u64 = 256 << 20;
 
+/// Why a call of the controller's API failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub enum ApiError {
     #[error("bad controller URL {0:?} (want http://HOST:PORT)")]
     Url(String),
     #[error("controller {addr}: {source}")]
     Io { addr: String, source: std::io::Error },
-    #[error("controller answered something that is not HTTP: {0}")]
-    Protocol(String),
+    #[error("controller {addr} answered something that is not HTTP: {source}")]
+    Protocol {
+        addr: String,
+        #[source]
+        source: HttpAnswerError,
+    },
     #[error("controller answered {status}: {message}")]
     Status { status: u16, message: String },
-    #[error("controller answered JSON this client cannot read: {0}")]
-    Json(String),
+    #[error("{method} {path}: the request body does not encode as JSON: {source}")]
+    Encode {
+        method: String,
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{method} {path}: controller answered JSON this client cannot read: {source}")]
+    Json {
+        method: String,
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("controller {addr}: its answer is not signed with our rack secret (wrong --secret-file, or not a krak controller)")]
     Auth { addr: String },
+}
+
+/// Why an answer is not a well-formed HTTP response ([`parse_response`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpAnswerError {
+    #[error("no end of headers")]
+    NoHeadEnd,
+    #[error("headers not UTF-8: {0}")]
+    HeadNotUtf8(#[source] std::str::Utf8Error),
+    #[error("bad status line {0:?}")]
+    StatusLine(String),
+    #[error("answer of {got} bytes, shorter than its Content-Length {want}")]
+    ShortBody { want: usize, got: usize },
+    #[error("bad chunked encoding")]
+    BadChunked,
 }
 
 /// A client of one controller.
@@ -39,10 +71,10 @@ pub struct Client {
 
 impl Client {
     /// `url` is `http://HOST:PORT` (a trailing `/` is fine) or `HOST:PORT`.
-    pub fn new(url: &str) -> Result<Client, ClientError> {
+    pub fn new(url: &str) -> Result<Client, ApiError> {
         let host = url.strip_prefix("http://").unwrap_or(url).trim_end_matches('/');
         if host.is_empty() || host.contains('/') || !host.contains(':') {
-            return Err(ClientError::Url(url.to_string()));
+            return Err(ApiError::Url(url.to_string()));
         }
         Ok(Client { host: host.to_string(), timeout: Duration::from_secs(5), secret: None })
     }
@@ -60,10 +92,10 @@ impl Client {
         path: &str,
         body: Option<&[u8]>,
         extra_wait: Duration,
-    ) -> Result<(u16, Vec<u8>), ClientError> {
-        let io = |source| ClientError::Io { addr: self.host.clone(), source };
+    ) -> Result<(u16, Vec<u8>), ApiError> {
+        let io = |source| ApiError::Io { addr: self.host.clone(), source };
         let addr: SocketAddr =
-            self.host.to_socket_addrs().map_err(io)?.next().ok_or_else(|| ClientError::Url(self.host.clone()))?;
+            self.host.to_socket_addrs().map_err(io)?.next().ok_or_else(|| ApiError::Url(self.host.clone()))?;
         let mut stream = TcpStream::connect_timeout(&addr, self.timeout).map_err(io)?;
         stream.set_read_timeout(Some(self.timeout + extra_wait)).map_err(io)?;
         stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
@@ -84,12 +116,12 @@ impl Client {
         let (status, body, auth) = match (sent, read, parse_response(&answer)) {
             (_, _, Ok(parsed)) => parsed,
             (Err(e), _, _) | (Ok(()), Err(e), _) => return Err(io(e)),
-            (Ok(()), Ok(_), Err(e)) => return Err(e),
+            (Ok(()), Ok(_), Err(source)) => return Err(ApiError::Protocol { addr: self.host.clone(), source }),
         };
         if let (Some(secret), Some((_, nonce))) = (&self.secret, &signed) {
             // A refusal of our signature cannot be signed for us: report it as it is.
             if status != 401 && !crate::signing::verify_response(secret, nonce, status, &body, auth.as_deref()) {
-                return Err(ClientError::Auth { addr: self.host.clone() });
+                return Err(ApiError::Auth { addr: self.host.clone() });
             }
         }
         Ok((status, body))
@@ -101,7 +133,7 @@ impl Client {
         method: &str,
         path: &str,
         body: Option<&B>,
-    ) -> Result<T, ClientError> {
+    ) -> Result<T, ApiError> {
         self.call_waiting(method, path, body, Duration::ZERO)
     }
 
@@ -112,16 +144,21 @@ impl Client {
         path: &str,
         body: Option<&B>,
         wait: Duration,
-    ) -> Result<T, ClientError> {
-        let body = body.map(serde_json::to_vec).transpose().map_err(|e| ClientError::Json(e.to_string()))?;
+    ) -> Result<T, ApiError> {
+        let encode = |source| ApiError::Encode { method: method.into(), path: path.into(), source };
+        let body = body.map(serde_json::to_vec).transpose().map_err(encode)?;
         let (status, answer) = self.raw(method, path, body.as_deref(), wait)?;
         if !(200..300).contains(&status) {
             let message = serde_json::from_slice::<crate::messages::ErrorBody>(&answer)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&answer).into_owned());
-            return Err(ClientError::Status { status, message });
+            return Err(ApiError::Status { status, message });
         }
-        serde_json::from_slice(&answer).map_err(|e| ClientError::Json(e.to_string()))
+        serde_json::from_slice(&answer).map_err(|source| ApiError::Json {
+            method: method.into(),
+            path: path.into(),
+            source,
+        })
     }
 }
 
@@ -129,22 +166,22 @@ impl Client {
 /// standbys): a call goes to the URL that answered last, and moves on to the next one when a
 /// URL cannot be reached or answers 503 (a standby, or a leader whose store failed).
 #[derive(Debug, Clone)]
-pub struct RackClient {
+pub struct ControllerClient {
     clients: Vec<(String, Client)>,
     current: usize,
 }
 
-impl RackClient {
+impl ControllerClient {
     /// `urls` is one URL or several separated by commas.
     /// Every URL's client signs with `secret`.
-    pub fn with_secret(mut self, secret: Option<krak_auth::RackSecret>) -> RackClient {
+    pub fn with_secret(mut self, secret: Option<krak_auth::RackSecret>) -> ControllerClient {
         for (_, c) in &mut self.clients {
             c.secret = secret;
         }
         self
     }
 
-    pub fn new(urls: &str, timeout: Duration) -> Result<RackClient, ClientError> {
+    pub fn new(urls: &str, timeout: Duration) -> Result<ControllerClient, ApiError> {
         let mut clients = Vec::new();
         for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
             let mut client = Client::new(url)?;
@@ -152,9 +189,9 @@ impl RackClient {
             clients.push((url.to_string(), client));
         }
         if clients.is_empty() {
-            return Err(ClientError::Url(urls.to_string()));
+            return Err(ApiError::Url(urls.to_string()));
         }
-        Ok(RackClient { clients, current: 0 })
+        Ok(ControllerClient { clients, current: 0 })
     }
 
     /// The URL that answered last (or will be tried first).
@@ -167,7 +204,7 @@ impl RackClient {
         method: &str,
         path: &str,
         body: Option<&B>,
-    ) -> Result<T, ClientError> {
+    ) -> Result<T, ApiError> {
         self.call_waiting(method, path, body, Duration::ZERO)
     }
 
@@ -179,13 +216,13 @@ impl RackClient {
         path: &str,
         body: Option<&B>,
         wait: Duration,
-    ) -> Result<T, ClientError> {
+    ) -> Result<T, ApiError> {
         let n = self.clients.len();
         let mut last = None;
         for i in 0..n {
             let at = (self.current + i) % n;
             match self.clients[at].1.call_waiting(method, path, body, wait) {
-                Err(e @ (ClientError::Io { .. } | ClientError::Status { status: 503, .. })) => {
+                Err(e @ (ApiError::Io { .. } | ApiError::Status { status: 503, .. })) => {
                     tracing::debug!("{}: {e}", self.clients[at].0);
                     last = Some(e);
                 }
@@ -195,26 +232,23 @@ impl RackClient {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| ClientError::Url("no controller URL".into())))
+        Err(last.unwrap_or_else(|| ApiError::Url("no controller URL".into())))
     }
 }
 
 /// Status, body and `X-Krak-Auth` header of a `Connection: close` answer
 /// (`Content-Length` or read to the end; chunked encoding is decoded).
 #[allow(clippy::type_complexity)]
-pub fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>, Option<String>), ClientError> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| ClientError::Protocol("no end of headers".into()))?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| ClientError::Protocol("headers not UTF-8".into()))?;
+pub fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>, Option<String>), HttpAnswerError> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or(HttpAnswerError::NoHeadEnd)?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(HttpAnswerError::HeadNotUtf8)?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
     let status: u16 = status_line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| ClientError::Protocol(format!("bad status line {status_line:?}")))?;
+        .ok_or_else(|| HttpAnswerError::StatusLine(status_line.to_string()))?;
     let mut length = None;
     let mut chunked = false;
     let mut auth = None;
@@ -235,14 +269,14 @@ pub fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>, Option<String>), Clie
     }
     let body = match length {
         Some(n) if n <= body.len() => &body[..n],
-        Some(_) => return Err(ClientError::Protocol("answer shorter than its Content-Length".into())),
+        Some(want) => return Err(HttpAnswerError::ShortBody { want, got: body.len() }),
         None => body,
     };
     Ok((status, body.to_vec(), auth))
 }
 
-fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, ClientError> {
-    let bad = || ClientError::Protocol("bad chunked encoding".into());
+fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, HttpAnswerError> {
+    let bad = || HttpAnswerError::BadChunked;
     let mut out = Vec::new();
     loop {
         let line_end = body.windows(2).position(|w| w == b"\r\n").ok_or_else(bad)?;

@@ -7,8 +7,8 @@
 //! `libkrak_preload.so`) links the controller through it.
 //!
 //! ```no_run
-//! use krak_api::{Api, RackClient};
-//! let mut rack = RackClient::new("http://127.0.0.1:7080", std::time::Duration::from_secs(5)).unwrap();
+//! use krak_api::{Api, ControllerClient};
+//! let mut rack = ControllerClient::new("http://127.0.0.1:7080", std::time::Duration::from_secs(5)).unwrap();
 //! let status = rack.status().unwrap();
 //! println!("policy {}, {} servers", status.policy, status.servers.len());
 //! ```
@@ -22,5 +22,5 @@ pub mod records;
 pub mod signing;
 
 pub use calls::{Ack, Api, Transport};
-pub use client::{Client, ClientError, RackClient};
+pub use client::{ApiError, Client, ControllerClient, HttpAnswerError};
 pub use records::{Move, RegionId, RegionRecord, ServerId, ServerRecord, ServerState};

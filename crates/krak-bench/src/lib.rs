@@ -23,7 +23,7 @@ pub use limits::Limits;
 pub use local::LocalRegion;
 pub use plan::{BenchPlan, KrakTarget};
 pub use report::{BenchReport, ResultRow};
-pub use worker::{spawn_worker, worker_main, Backend, WorkerArgs};
+pub use worker::{spawn_worker, worker_main, Backend, BoxError, WorkerArgs, WorkerError};
 pub use workload::{Region, RunResult, Workload, PAGE_SIZE_BYTES};
 
 /// Errors of the bench machinery.
@@ -38,13 +38,24 @@ pub enum BenchError {
         #[source]
         source: std::io::Error,
     },
+    /// An external command (`mkswap`, `swapon`, ...) could not be started.
+    #[error("command `{command}` failed: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// Why it did not start.
+        #[source]
+        source: std::io::Error,
+    },
     /// An external command (`mkswap`, `swapon`, ...) failed.
-    #[error("command `{command}` failed: {detail}")]
+    #[error("command `{command}` failed: {status}: {stderr}")]
     Command {
         /// The command line.
         command: String,
-        /// Exit status and stderr.
-        detail: String,
+        /// How it ended.
+        status: std::process::ExitStatus,
+        /// What it wrote on stderr, trimmed.
+        stderr: String,
     },
     /// An argument or configuration is not usable.
     #[error("{0}")]
@@ -52,9 +63,6 @@ pub enum BenchError {
     /// The machine cannot run this backend (not root, no memory cgroup, no zram, ...).
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// A worker process failed, timed out or printed no result.
-    #[error("worker: {0}")]
-    Worker(String),
 }
 
 impl BenchError {

@@ -167,12 +167,12 @@ pub fn run_bench(
                 report.results.push(ResultRow::new(backend, fraction, plan.local_bytes(fraction), r));
             }
             Err(e) => {
-                log(&format!("  failed: {e:#}"));
+                log(&format!("  failed: {e}"));
                 report.failures.push(Failure {
                     workload: args.workload,
                     backend,
                     local_fraction: fraction,
-                    error: format!("{e:#}"),
+                    error: e.to_string(),
                 });
             }
         }

@@ -38,12 +38,10 @@ pub(crate) fn run(program: &str, args: &[&str]) -> Result<String, BenchError> {
     let out = Command::new(program)
         .args(args)
         .output()
-        .map_err(|e| BenchError::Command { command: command.clone(), detail: e.to_string() })?;
+        .map_err(|source| BenchError::Spawn { command: command.clone(), source })?;
     if !out.status.success() {
-        return Err(BenchError::Command {
-            command,
-            detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
-        });
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(BenchError::Command { command, status: out.status, stderr });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -7,15 +7,69 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use crate::cleanup;
 use crate::local::LocalRegion;
 use crate::workload::{run_workload, Region, RunLimits, RunResult, Workload};
+use crate::BenchError;
+
+/// An error from a caller's hook (the krak region builder), whatever its type.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a worker run failed, in the child ([`worker_main`]) or as the parent saw it
+/// ([`spawn_worker`]).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("join cgroup: write pid to {}: {source}", .path.display())]
+    JoinCgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--backend swap needs --cgroup (without a limit nothing would be swapped)")]
+    SwapNeedsCgroup,
+    #[error("--region-bytes too large: {0}")]
+    RegionTooLarge(#[source] std::num::TryFromIntError),
+    /// Building the local region or running the workload failed.
+    #[error(transparent)]
+    Bench(#[from] BenchError),
+    #[error("build the krak region: {0}")]
+    KrakRegion(#[source] BoxError),
+    #[error("encode the result: {0}")]
+    EncodeResult(#[source] serde_json::Error),
+    #[error("write the result: {0}")]
+    WriteResult(#[source] std::io::Error),
+    #[error("spawn {}: {source}", .exe.display())]
+    Spawn {
+        exe: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the worker's stdout is not piped")]
+    NoStdout,
+    #[error("wait for worker: {0}")]
+    Wait(#[source] std::io::Error),
+    #[error("stdout reader panicked")]
+    ReaderPanicked,
+    #[error("read the worker's stdout: {0}")]
+    ReadStdout(#[source] std::io::Error),
+    #[error("{workload} worker timed out after {timeout:?} and was killed")]
+    TimedOut { workload: Workload, timeout: Duration },
+    #[error("worker {backend} {workload} exited with {status} (killed by the OOM killer?)")]
+    Exited { backend: &'static str, workload: Workload, status: ExitStatus },
+    #[error("worker printed no result")]
+    NoResult,
+    #[error("worker result line {line:?}: {source}")]
+    BadResult {
+        line: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
 
 /// The subcommand name the parent passes before [`WorkerArgs::to_args`].
 pub const WORKER_SUBCOMMAND: &str = "bench-worker";
@@ -155,42 +209,42 @@ impl WorkerArgs {
 /// `krak` binary passes the pager; tests pass a closure that errors).
 pub fn worker_main(
     args: WorkerArgs,
-    make_krak_region: impl FnOnce(&WorkerArgs) -> anyhow::Result<Box<dyn Region>>,
-) -> anyhow::Result<()> {
+    make_krak_region: impl FnOnce(&WorkerArgs) -> Result<Box<dyn Region>, BoxError>,
+) -> Result<(), WorkerError> {
     // Join the cgroup before allocating anything, so that every page of the region is
     // charged to it.
     if let Some(cg) = &args.cgroup {
-        let procs = cg.join("cgroup.procs");
-        std::fs::write(&procs, std::process::id().to_string())
-            .with_context(|| format!("join cgroup: write pid to {}", procs.display()))?;
+        let path = cg.join("cgroup.procs");
+        if let Err(source) = std::fs::write(&path, std::process::id().to_string()) {
+            return Err(WorkerError::JoinCgroup { path, source });
+        }
     } else if args.backend == Backend::Swap {
-        bail!("--backend swap needs --cgroup (without a limit nothing would be swapped)");
+        return Err(WorkerError::SwapNeedsCgroup);
     }
     let region: Box<dyn Region> = match args.backend {
         Backend::Local | Backend::Swap => {
-            let len = usize::try_from(args.region_bytes).context("--region-bytes too large")?;
+            let len = usize::try_from(args.region_bytes).map_err(WorkerError::RegionTooLarge)?;
             Box::new(LocalRegion::new(len)?)
         }
-        Backend::Krak => make_krak_region(&args).context("build the krak region")?,
+        Backend::Krak => make_krak_region(&args).map_err(WorkerError::KrakRegion)?,
     };
     let limits = RunLimits { max_ops: args.max_ops, duration_ms: args.duration_ms };
     let result = run_workload(region.as_ref(), args.workload, args.seed, limits, !args.skip_final_check)?;
     drop(region);
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, &result)?;
-    out.write_all(b"\n")?;
-    out.flush()?;
+    serde_json::to_writer(&mut out, &result).map_err(WorkerError::EncodeResult)?;
+    out.write_all(b"\n").and_then(|()| out.flush()).map_err(WorkerError::WriteResult)?;
     Ok(())
 }
 
 /// Runs `exe bench-worker <args>` and returns its result, killing it after
 /// [`WorkerArgs::timeout`].
-pub fn spawn_worker(exe: &Path, args: &WorkerArgs) -> anyhow::Result<RunResult> {
+pub fn spawn_worker(exe: &Path, args: &WorkerArgs) -> Result<RunResult, WorkerError> {
     spawn_worker_with_timeout(exe, args, args.timeout())
 }
 
 /// [`spawn_worker`] with an explicit timeout.
-pub fn spawn_worker_with_timeout(exe: &Path, args: &WorkerArgs, timeout: Duration) -> anyhow::Result<RunResult> {
+pub fn spawn_worker_with_timeout(exe: &Path, args: &WorkerArgs, timeout: Duration) -> Result<RunResult, WorkerError> {
     let mut child = Command::new(exe)
         .arg(WORKER_SUBCOMMAND)
         .args(args.to_args())
@@ -198,10 +252,10 @@ pub fn spawn_worker_with_timeout(exe: &Path, args: &WorkerArgs, timeout: Duratio
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .with_context(|| format!("spawn {}", exe.display()))?;
+        .map_err(|source| WorkerError::Spawn { exe: exe.to_path_buf(), source })?;
     let pid = child.id();
     let token = cleanup::register_child(pid);
-    let mut stdout = child.stdout.take().context("child stdout")?;
+    let mut stdout = child.stdout.take().ok_or(WorkerError::NoStdout)?;
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
         stdout.read_to_string(&mut text).map(|_| text)
@@ -221,16 +275,16 @@ pub fn spawn_worker_with_timeout(exe: &Path, args: &WorkerArgs, timeout: Duratio
     }
     // Deregister while the pid is still ours (unreaped), then reap.
     cleanup::finish(token);
-    let status = child.wait().context("wait for worker")?;
-    let text = reader.join().map_err(|_| anyhow::anyhow!("stdout reader panicked"))??;
+    let status = child.wait().map_err(WorkerError::Wait)?;
+    let text = reader.join().map_err(|_| WorkerError::ReaderPanicked)?.map_err(WorkerError::ReadStdout)?;
     if timed_out {
-        bail!("{} worker timed out after {timeout:?} and was killed", args.workload);
+        return Err(WorkerError::TimedOut { workload: args.workload, timeout });
     }
     if !status.success() {
-        bail!("worker {} {} exited with {status} (killed by the OOM killer?)", args.backend.name(), args.workload);
+        return Err(WorkerError::Exited { backend: args.backend.name(), workload: args.workload, status });
     }
-    let line = text.lines().rev().find(|l| !l.trim().is_empty()).context("worker printed no result")?;
-    serde_json::from_str(line).with_context(|| format!("worker result line {line:?}"))
+    let line = text.lines().rev().find(|l| !l.trim().is_empty()).ok_or(WorkerError::NoResult)?;
+    serde_json::from_str(line).map_err(|source| WorkerError::BadResult { line: line.to_string(), source })
 }
 
 /// Whether child `pid` has exited, without reaping it (`waitid` with `WNOWAIT`).

@@ -41,12 +41,53 @@ pub enum ClientError {
     Decode { addr: SocketAddr, source: DecodeError },
     #[error("memory server {addr} refused {op}: {message} (code {code})")]
     Refused { addr: SocketAddr, op: &'static str, code: u16, message: String },
-    #[error("memory server {addr} answered out of order or with the wrong kind: {detail}")]
-    Protocol { addr: SocketAddr, detail: String },
-    #[error("memory server {addr}: authentication failed: {detail}")]
-    Auth { addr: SocketAddr, detail: String },
+    #[error("memory server {addr} answered out of order or with the wrong kind: {source}")]
+    Protocol {
+        addr: SocketAddr,
+        #[source]
+        source: ProtocolError,
+    },
+    #[error("memory server {addr}: authentication failed: {source}")]
+    Auth {
+        addr: SocketAddr,
+        #[source]
+        source: AuthError,
+    },
     #[error("memory server {addr}: page {page} of slab {slab:#x} failed its checksum")]
     Corrupt { addr: SocketAddr, slab: u64, page: u32 },
+}
+
+/// How an answer broke the protocol (or, for [`ProtocolError::ConnectionLost`] and
+/// [`ProtocolError::Caller`], why the caller has none to give).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("page size {page_size} / slab size {slab_size_bytes} unusable")]
+    Geometry { page_size: u32, slab_size_bytes: u64 },
+    #[error("asked for {asked} units of {unit} bytes, got {got} of {got_unit}")]
+    Count { asked: usize, unit: usize, got: usize, got_unit: u32 },
+    #[error("no request in flight for id {id}")]
+    NotInFlight { id: u64 },
+    #[error("waiting for id {id} but the oldest request is {oldest}")]
+    OutOfOrder { id: u64, oldest: u64 },
+    #[error("expected {op} #{id}, got kind {kind:#06x} #{got_id}")]
+    WrongFrame { op: &'static str, id: u64, kind: u16, got_id: u64 },
+    #[error("{op} answered with {got}")]
+    WrongAnswer { op: &'static str, got: String },
+    /// The connection an answer was due on is gone (dropped by its user).
+    #[error("connection lost")]
+    ConnectionLost,
+    /// A condition the code using the connections found, reported as a protocol failure.
+    #[error("{0}")]
+    Caller(&'static str),
+}
+
+/// Why the peer is not taken for a memory server of our rack.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("the server's hello does not prove it knows our rack secret (wrong --secret-file?)")]
+    Unproven,
+    #[error("{0}")]
+    BadMac(#[source] krak_proto::BadMac),
 }
 
 impl ClientError {
@@ -137,8 +178,7 @@ impl Connection {
         let transcript =
             Transcript { version: PROTOCOL_VERSION, client_id: opts.client_id, client_nonce: nonce, server: hello };
         if !proof_matches(&transcript.server_proof(&secret), &hello.proof) {
-            let detail = "the server's hello does not prove it knows our rack secret (wrong --secret-file?)";
-            return Err(ClientError::Auth { addr, detail: detail.into() });
+            return Err(ClientError::Auth { addr, source: AuthError::Unproven });
         }
         conn.mac = Some(FrameMac::new(&transcript.session_key(&secret), Side::Client));
         let proof = transcript.client_proof(&secret);
@@ -151,7 +191,7 @@ impl Connection {
         if h.page_size as usize != PAGE_SIZE || h.slab_size_bytes == 0 || h.slab_size_bytes % PAGE_SIZE as u64 != 0 {
             return Err(ClientError::Protocol {
                 addr,
-                detail: format!("page size {} / slab size {} unusable", h.page_size, h.slab_size_bytes),
+                source: ProtocolError::Geometry { page_size: h.page_size, slab_size_bytes: h.slab_size_bytes },
             });
         }
         conn.hello = h;
@@ -309,13 +349,13 @@ impl Connection {
         match self.recv(id)? {
             Response::Pages(entries) => {
                 if entries.len() != pages.len() || (!pages.is_empty() && entries.unit_bytes() as usize != unit) {
-                    let detail = format!(
-                        "asked for {} units of {unit} bytes, got {} of {}",
-                        pages.len(),
-                        entries.len(),
-                        entries.unit_bytes()
-                    );
-                    return Err(ClientError::Protocol { addr, detail });
+                    let source = ProtocolError::Count {
+                        asked: pages.len(),
+                        unit,
+                        got: entries.len(),
+                        got_unit: entries.unit_bytes(),
+                    };
+                    return Err(ClientError::Protocol { addr, source });
                 }
                 for ((entry, at), dst) in entries.iter().zip(pages).zip(out.chunks_exact_mut(unit.max(1))) {
                     if page_crc(entry.data) != entry.crc {
@@ -345,8 +385,13 @@ impl Connection {
         match self.recv(id)? {
             Response::Pages(entries) => {
                 if entries.len() != pages.len() || (!pages.is_empty() && entries.unit_bytes() as usize != unit) {
-                    let detail = format!("asked for {} units of {unit} bytes, got {}", pages.len(), entries.len());
-                    return Err(ClientError::Protocol { addr, detail });
+                    let source = ProtocolError::Count {
+                        asked: pages.len(),
+                        unit,
+                        got: entries.len(),
+                        got_unit: entries.unit_bytes(),
+                    };
+                    return Err(ClientError::Protocol { addr, source });
                 }
                 for (i, (entry, dst)) in entries.iter().zip(out.chunks_exact_mut(unit.max(1))).enumerate() {
                     if page_crc(entry.data) != entry.crc {
@@ -392,11 +437,10 @@ impl Connection {
     fn recv(&mut self, id: u64) -> Result<Response<'_>, ClientError> {
         let addr = self.addr;
         let Some((expected, op)) = self.in_flight.pop_front() else {
-            return Err(ClientError::Protocol { addr, detail: format!("no request in flight for id {id}") });
+            return Err(ClientError::Protocol { addr, source: ProtocolError::NotInFlight { id } });
         };
         if expected != id {
-            let detail = format!("waiting for id {id} but the oldest request is {expected}");
-            return Err(ClientError::Protocol { addr, detail });
+            return Err(ClientError::Protocol { addr, source: ProtocolError::OutOfOrder { id, oldest: expected } });
         }
         self.inbox.fill(&self.stream, HEADER_LEN, self.spin).map_err(|e| self.io_error(e))?;
         let mut head = [0u8; HEADER_LEN];
@@ -409,11 +453,11 @@ impl Connection {
         let (body, trailer) = rest.split_at(header.body_len as usize);
         if let Some(mac) = self.mac.as_mut() {
             let trailer: &[u8; MAC_LEN] = trailer.try_into().expect("split at the body's length");
-            mac.open(&head, body, trailer).map_err(|e| ClientError::Auth { addr, detail: e.to_string() })?;
+            mac.open(&head, body, trailer).map_err(|e| ClientError::Auth { addr, source: AuthError::BadMac(e) })?;
         }
         if header.request_id != id || header.kind != (op as u16 | RESPONSE_BIT) {
-            let detail = format!("expected {} #{id}, got kind {:#06x} #{}", op.name(), header.kind, header.request_id);
-            return Err(ClientError::Protocol { addr, detail });
+            let source = ProtocolError::WrongFrame { op: op.name(), id, kind: header.kind, got_id: header.request_id };
+            return Err(ClientError::Protocol { addr, source });
         }
         let response = decode_response(&header, body).map_err(|source| ClientError::Decode { addr, source })?;
         if let Response::Error { code, message } = response {
@@ -432,7 +476,7 @@ impl Connection {
 }
 
 fn unexpected(addr: SocketAddr, op: Op, got: &Response<'_>) -> ClientError {
-    ClientError::Protocol { addr, detail: format!("{} answered with {got:?}", op.name()) }
+    ClientError::Protocol { addr, source: ProtocolError::WrongAnswer { op: op.name(), got: format!("{got:?}") } }
 }
 
 fn is_timeout(e: &io::Error) -> bool {

@@ -2,7 +2,7 @@
 //! in the map (issue 3's goal: p99 < 1 ms, < 200 MiB).
 //!
 //! `cargo bench -p krak-controller --bench placement` (add `-- --quick` for a smaller run).
-//! The rack is the real [`Rack`] (view, maps, records) over a store that drops every write,
+//! The rack is the real [`RackState`] (view, maps, records) over a store that drops every write,
 //! so the memory measured is the controller's own.
 
 use std::collections::HashMap;
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use krak_api::messages::{CommitChunk, CreateRegionRequest, RegisterRequest};
-use krak_controller::{ControllerConfig, Rack, RegionId};
+use krak_controller::{ControllerConfig, RackState, RegionId};
 use krak_meta::{Condition, KeyValue, LeaseId, MetaError, MetaStore, Op};
 use rand::Rng;
 
@@ -69,7 +69,7 @@ fn main() {
     let t = Instant::now();
     let mut config = ControllerConfig::new("127.0.0.1:0".parse().unwrap());
     config.default_chunk_bytes = SLAB;
-    let mut rack = Rack::load(Arc::new(NullStore), config).expect("empty rack");
+    let mut rack = RackState::load(Arc::new(NullStore), config).expect("empty rack");
     for i in 0..servers {
         let req = RegisterRequest {
             addr: format!("10.{}.{}.{}:7070", i / 65536, (i / 256) % 256, i % 256),

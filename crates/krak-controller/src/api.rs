@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use crate::controller::Shared;
+use crate::controller::ControllerShared;
 use crate::http::{Request, Response};
 use crate::placement::{PlacementError, POLICY_NAMES};
 use crate::rack::RackError;
@@ -18,7 +18,7 @@ use krak_api::messages::{
 
 /// Answers one request: checks its signature first when the controller has a secret
 /// (all but `GET /metrics`, which stays open for scrapers), and signs the answer.
-pub fn handle(shared: &Shared, req: Request) -> Response {
+pub fn handle(shared: &ControllerShared, req: Request) -> Response {
     let Some(secret) = shared.config.secret.as_ref() else {
         let response = route(shared, &req).unwrap_or_else(|e| error_response(shared, &e));
         shared.metrics.http_request(response.status);
@@ -55,11 +55,11 @@ pub fn handle(shared: &Shared, req: Request) -> Response {
     response
 }
 
-fn error_response(shared: &Shared, e: &RackError) -> Response {
+fn error_response(shared: &ControllerShared, e: &RackError) -> Response {
     let status = match e {
         RackError::BadRequest(_) => 400,
         RackError::NotFound(_) => 404,
-        RackError::Conflict(_) => 409,
+        RackError::Conflict(_) | RackError::StripeClash(_) => 409,
         RackError::Placement(PlacementError::UnknownRegion(_)) => 404,
         RackError::Placement(PlacementError::NoCapacity { .. }) => {
             shared.metrics.placement_failed();
@@ -70,7 +70,7 @@ fn error_response(shared: &Shared, e: &RackError) -> Response {
     Response::error(status, &e.to_string())
 }
 
-fn route(shared: &Shared, req: &Request) -> Result<Response, RackError> {
+fn route(shared: &ControllerShared, req: &Request) -> Result<Response, RackError> {
     let parts: Vec<&str> = req.path.trim_end_matches('/').split('/').skip(1).collect();
     let method = req.method.as_str();
     let bad_id = || RackError::BadRequest(format!("bad id in {}", req.path));
@@ -174,7 +174,7 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, RackError> {
 /// `GET /v1/regions/{id}/map[?since_epoch=N][&wait_ms=M]`: with `since_epoch`, waits (up
 /// to `wait_ms`, default and at most the configured long-poll bound) until the region's epoch
 /// passes it, then answers the entries changed since.
-fn map(shared: &Shared, id: crate::model::RegionId, query: &str) -> Result<Response, RackError> {
+fn map(shared: &ControllerShared, id: crate::model::RegionId, query: &str) -> Result<Response, RackError> {
     let mut since: Option<u64> = None;
     let mut wait_ms = shared.config.long_poll_max_ms;
     for pair in query.split('&').filter(|p| !p.is_empty()) {

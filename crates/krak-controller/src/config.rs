@@ -71,41 +71,71 @@ impl ControllerConfig {
         }
     }
 
-    /// Checks the settings; the message says what is wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the settings; the error says what is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.dead_after_ms == 0 || self.suspect_after_ms == 0 || self.tick_ms == 0 {
-            return Err("suspect_after_ms, dead_after_ms and tick_ms must be positive".into());
+            return Err(ConfigError::Timeouts);
         }
         if self.suspect_after_ms > self.dead_after_ms {
-            return Err("suspect_after_ms must not exceed dead_after_ms".into());
+            return Err(ConfigError::SuspectAfterDead);
         }
-        if self.http_workers == 0 || self.http_workers > 256 {
-            return Err("http_workers must be 1..=256".into());
+        if self.http_workers == 0 || self.http_workers > MAX_HTTP_WORKERS {
+            return Err(ConfigError::Workers);
         }
         if self.max_long_polls >= self.http_workers {
-            return Err("max_long_polls must leave at least one HTTP worker free".into());
+            return Err(ConfigError::LongPolls);
         }
         if self.http_max_connections == 0 || self.http_max_connections > MAX_HTTP_CONNECTIONS {
-            return Err(format!("http_max_connections must be 1..={MAX_HTTP_CONNECTIONS}"));
+            return Err(ConfigError::Connections);
         }
         if self.http_max_connections_per_client == 0 || self.http_max_connections_per_client > self.http_max_connections
         {
-            return Err("http_max_connections_per_client must be 1..=http_max_connections".into());
+            return Err(ConfigError::PerClient);
         }
         if self.http_request_timeout_ms == 0 || self.http_idle_timeout_ms == 0 {
-            return Err("http_request_timeout_ms and http_idle_timeout_ms must be positive".into());
+            return Err(ConfigError::HttpTimeouts);
         }
-        if self.max_body_bytes < 1024 {
-            return Err("max_body_bytes must be at least 1024".into());
+        if self.max_body_bytes < MIN_BODY_BYTES {
+            return Err(ConfigError::BodyTooSmall);
         }
         if crate::placement::by_name(&self.default_policy).is_none() {
-            return Err(format!("unknown placement policy {:?}", self.default_policy));
+            return Err(ConfigError::UnknownPolicy(self.default_policy.clone()));
         }
         if self.default_chunk_bytes == 0 || !self.default_chunk_bytes.is_multiple_of(4096) {
-            return Err("default_chunk_bytes must be a positive multiple of 4096".into());
+            return Err(ConfigError::ChunkBytes);
         }
         Ok(())
     }
+}
+
+/// Most HTTP workers.
+const MAX_HTTP_WORKERS: usize = 256;
+/// Smallest `max_body_bytes`.
+const MIN_BODY_BYTES: usize = 1024;
+
+/// What is wrong with a [`ControllerConfig`], one variant per check.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("suspect_after_ms, dead_after_ms and tick_ms must be positive")]
+    Timeouts,
+    #[error("suspect_after_ms must not exceed dead_after_ms")]
+    SuspectAfterDead,
+    #[error("http_workers must be 1..={MAX_HTTP_WORKERS}")]
+    Workers,
+    #[error("max_long_polls must leave at least one HTTP worker free")]
+    LongPolls,
+    #[error("http_max_connections must be 1..={MAX_HTTP_CONNECTIONS}")]
+    Connections,
+    #[error("http_max_connections_per_client must be 1..=http_max_connections")]
+    PerClient,
+    #[error("http_request_timeout_ms and http_idle_timeout_ms must be positive")]
+    HttpTimeouts,
+    #[error("max_body_bytes must be at least {MIN_BODY_BYTES}")]
+    BodyTooSmall,
+    #[error("unknown placement policy {0:?}")]
+    UnknownPolicy(String),
+    #[error("default_chunk_bytes must be a positive multiple of 4096")]
+    ChunkBytes,
 }
 
 impl ControllerConfig {

@@ -13,13 +13,13 @@ use crate::config::ControllerConfig;
 use crate::http::HttpServer;
 use crate::metrics::Metrics;
 use crate::persist::LoadError;
-use crate::rack::Rack;
+use crate::rack::RackState;
 use crate::ControllerError;
 
 /// What the API workers and the liveness thread share.
 #[derive(Debug)]
-pub struct Shared {
-    pub(crate) rack: Mutex<Rack>,
+pub struct ControllerShared {
+    pub(crate) rack: Mutex<RackState>,
     /// Signalled after every change that may move a region's epoch.
     pub(crate) changed: Condvar,
     pub(crate) metrics: Metrics,
@@ -39,12 +39,12 @@ pub struct Controller;
 impl Controller {
     /// Loads the rack from `store` and serves it on `config.listen`.
     pub fn start(config: ControllerConfig, store: Arc<dyn MetaStore>) -> Result<ControllerHandle, ControllerError> {
-        config.validate().map_err(ControllerError::Config)?;
-        let rack = Rack::load(store, config.clone()).map_err(|e| match e {
+        config.validate()?;
+        let rack = RackState::load(store, config.clone()).map_err(|e| match e {
             LoadError::Meta(m) => ControllerError::Store(m),
-            corrupt @ LoadError::Corrupt { .. } => ControllerError::Corrupt(corrupt.to_string()),
+            e => ControllerError::Load(e),
         })?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(ControllerShared {
             rack: Mutex::new(rack),
             changed: Condvar::new(),
             metrics: Metrics::default(),
@@ -72,7 +72,7 @@ impl Controller {
     }
 }
 
-fn liveness_loop(shared: &Shared) {
+fn liveness_loop(shared: &ControllerShared) {
     let tick = Duration::from_millis(shared.config.tick_ms);
     let mut rack = shared.rack.lock();
     while !shared.stopping.load(Ordering::SeqCst) {
@@ -97,7 +97,7 @@ pub struct ControllerHandle {
     addr: SocketAddr,
     http: Option<HttpServer>,
     liveness: Option<JoinHandle<()>>,
-    shared: Arc<Shared>,
+    shared: Arc<ControllerShared>,
 }
 
 impl ControllerHandle {

@@ -6,7 +6,7 @@
 //! Std threads and blocking I/O: a bounded HTTP front end (connections in all and per
 //! client, request deadlines, at most `http_workers` requests answered at once), one
 //! liveness thread, one mutex over the rack state. Placement decisions read incrementally kept aggregates
-//! ([`RackView`]), never the whole slab map.
+//! ([`PlacementView`]), never the whole slab map.
 //!
 //! ```no_run
 //! # fn store() -> std::sync::Arc<dyn krak_meta::MetaStore> { unimplemented!() }
@@ -38,25 +38,28 @@ pub mod view;
 
 use std::net::SocketAddr;
 
-pub use config::ControllerConfig;
+pub use config::{ConfigError, ControllerConfig};
 pub use controller::{Controller, ControllerHandle};
 pub use election::{serve_elected, Candidate, ElectionError};
 pub use model::{Placement, RegionId, RegionRecord, ServerId, ServerRecord, ServerState};
 pub use placement::{Move, PlacementError, PlacementPolicy};
-pub use rack::{Rack, RackError};
-pub use view::RackView;
+pub use rack::{RackError, RackState};
+pub use stripe::StripeClash;
+pub use view::PlacementView;
 
 /// Why the controller could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
     #[error("invalid controller configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("metadata store: {0}")]
     Store(#[from] krak_meta::MetaError),
-    #[error("{0}")]
-    Corrupt(String),
+    /// The stored state is not what this controller wrote (a store failure while loading
+    /// is [`ControllerError::Store`]).
+    #[error(transparent)]
+    Load(persist::LoadError),
 }
 
 #[cfg(test)]

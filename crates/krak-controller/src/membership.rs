@@ -11,10 +11,10 @@ use std::time::Instant;
 use crate::config::MAX_SERVERS;
 use crate::model::{now_unix_ms, ServerId, ServerRecord, ServerState};
 use crate::persist;
-use crate::rack::{validate_name, Rack, RackError};
+use crate::rack::{validate_name, RackError, RackState};
 use krak_api::messages::{HeartbeatReply, HeartbeatRequest, RegisterReply, RegisterRequest};
 
-/// A change of state seen by [`Rack::tick`].
+/// A change of state seen by [`RackState::tick`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transition {
     pub server: ServerId,
@@ -33,7 +33,7 @@ pub fn shed_bytes(host_free_bytes: Option<u64>, headroom_bytes: u64, slab_size_b
     }
 }
 
-impl Rack {
+impl RackState {
     /// Registers a server, or re-registers one known by its address (same id; alive again
     /// unless it is draining).
     pub fn register(&mut self, req: &RegisterRequest) -> Result<RegisterReply, RackError> {

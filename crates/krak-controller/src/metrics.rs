@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::model::ServerState;
-use crate::rack::Rack;
+use crate::rack::RackState;
 
 /// Upper bounds (seconds) of the placement decision latency histogram.
 pub const DECISION_BUCKETS_S: [f64; 12] =
@@ -49,7 +49,7 @@ impl Metrics {
     }
 
     /// The text exposition format (version 0.0.4).
-    pub fn render(&self, rack: &Rack) -> String {
+    pub fn render(&self, rack: &RackState) -> String {
         let mut out = String::with_capacity(4096);
         let mut by_state = [0u64; 4];
         let (mut capacity, mut lent, mut free, mut reported_slabs) = (0u64, 0u64, 0u64, 0u64);

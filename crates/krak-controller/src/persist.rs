@@ -59,7 +59,7 @@ pub fn write(store: &dyn MetaStore, ops: Vec<Op>, counters: &Counters) -> Result
         let mut batch: Vec<Op> = ops.by_ref().take(MAX_OPS_PER_TXN - 1).collect();
         batch.push(put(COUNTERS_KEY.to_string(), counters));
         if !store.txn(&[], &batch)? {
-            return Err(MetaError::Unavailable("an unconditional transaction was not applied".into()));
+            return Err(MetaError::unavailable("an unconditional transaction was not applied"));
         }
         if ops.peek().is_none() {
             return Ok(());
@@ -81,12 +81,31 @@ pub struct Loaded {
 pub enum LoadError {
     #[error(transparent)]
     Meta(#[from] MetaError),
-    #[error("stored key {key} is unreadable: {reason}")]
-    Corrupt { key: String, reason: String },
+    #[error("stored key {key} is unreadable: {source}")]
+    Json {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A record stored under another record's key.
+    #[error("stored key {key} is unreadable: holds {what}")]
+    Mismatch { key: String, what: String },
+    #[error("stored key {key} is unreadable: not a chunk index: {source}")]
+    ChunkIndex {
+        key: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    #[error("stored key {key} is unreadable: unknown policy {name:?}")]
+    UnknownPolicy { key: String, name: String },
+    #[error("stored key {key} is unreadable: chunk {chunk} out of range (the region has {slots} slots)")]
+    ChunkOutOfRange { key: String, chunk: u64, slots: u64 },
+    #[error("stored key {key} is unreadable: unknown server {server}")]
+    UnknownServer { key: String, server: ServerId },
 }
 
 fn decode<T: DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, LoadError> {
-    serde_json::from_slice(value).map_err(|e| LoadError::Corrupt { key: key.to_string(), reason: e.to_string() })
+    serde_json::from_slice(value).map_err(|source| LoadError::Json { key: key.to_string(), source })
 }
 
 /// Reads the whole state back; one list per region for the slab map, so no more than one
@@ -102,7 +121,7 @@ pub fn load(store: &dyn MetaStore) -> Result<Loaded, LoadError> {
     for kv in store.list(SERVERS_PREFIX)? {
         let server: ServerRecord = decode(&kv.key, &kv.value)?;
         if kv.key != server_key(server.id) {
-            return Err(LoadError::Corrupt { key: kv.key, reason: format!("holds server {}", server.id) });
+            return Err(LoadError::Mismatch { key: kv.key, what: format!("server {}", server.id) });
         }
         loaded.counters.next_server_id = loaded.counters.next_server_id.max(server.id.0 + 1);
         loaded.servers.push(server);
@@ -110,7 +129,7 @@ pub fn load(store: &dyn MetaStore) -> Result<Loaded, LoadError> {
     for kv in store.list(REGIONS_PREFIX)? {
         let region: RegionRecord = decode(&kv.key, &kv.value)?;
         if kv.key != region_key(region.id) {
-            return Err(LoadError::Corrupt { key: kv.key, reason: format!("holds region {}", region.id) });
+            return Err(LoadError::Mismatch { key: kv.key, what: format!("region {}", region.id) });
         }
         loaded.counters.next_region_id = loaded.counters.next_region_id.max(region.id.0 + 1);
         let prefix = slabs_prefix(region.id);
@@ -118,7 +137,7 @@ pub fn load(store: &dyn MetaStore) -> Result<Loaded, LoadError> {
         for kv in store.list(&prefix)? {
             let chunk: u64 = kv.key[prefix.len()..]
                 .parse()
-                .map_err(|_| LoadError::Corrupt { key: kv.key.clone(), reason: "not a chunk index".into() })?;
+                .map_err(|source| LoadError::ChunkIndex { key: kv.key.clone(), source })?;
             let placement: Placement = decode(&kv.key, &kv.value)?;
             loaded.counters.map_epoch = loaded.counters.map_epoch.max(placement.epoch);
             chunks.push((chunk, placement));

@@ -1,4 +1,4 @@
-//! [`Rack`]: the controller's state (servers, regions, the slab map, epochs, the policy),
+//! [`RackState`]: the controller's state (servers, regions, the slab map, epochs, the policy),
 //! and the region operations. Every change is written to the store first and applied in
 //! memory only once the store took it, so memory never runs ahead of what a restart finds.
 //! Membership (servers) is in `membership.rs`.
@@ -18,7 +18,7 @@ use crate::moves::MovesInFlight;
 use crate::persist::{self, LoadError};
 use crate::placement::{self, PlacementError, PlacementPolicy};
 use crate::stripe;
-use crate::view::RackView;
+use crate::view::PlacementView;
 use krak_api::limits::{MAX_CHUNKS_PER_REGION, MAX_CHUNKS_PER_REQUEST, MAX_EXCLUDE, MAX_NAME_BYTES, MAX_STRIPE_WIDTH};
 use krak_api::messages::{
     ChunkServer, CommitChunk, CreateRegionRequest, MapEntry, MapMove, MapReply, MapServer, MoveStartRequest,
@@ -39,6 +39,9 @@ pub enum RackError {
     Conflict(String),
     #[error(transparent)]
     Placement(#[from] PlacementError),
+    /// A commit would put two fragments of one stripe on one server (409).
+    #[error(transparent)]
+    StripeClash(#[from] stripe::StripeClash),
     #[error("metadata store: {0}")]
     Store(#[from] MetaError),
 }
@@ -52,7 +55,7 @@ pub(crate) struct RegionEntry {
     pub(crate) epoch: u64,
 }
 
-pub struct Rack {
+pub struct RackState {
     pub(crate) store: Arc<dyn MetaStore>,
     pub(crate) config: ControllerConfig,
     pub(crate) servers: BTreeMap<ServerId, ServerRecord>,
@@ -61,7 +64,7 @@ pub struct Rack {
     /// grace period).
     pub(crate) last_seen: HashMap<ServerId, Instant>,
     pub(crate) regions: BTreeMap<RegionId, RegionEntry>,
-    pub(crate) view: RackView,
+    pub(crate) view: PlacementView,
     pub(crate) policy: Box<dyn PlacementPolicy>,
     pub(crate) counters: Counters,
     /// Bytes each server asked to shed at its last heartbeat (its host fell below its
@@ -71,9 +74,9 @@ pub struct Rack {
     pub(crate) moves: MovesInFlight,
 }
 
-impl std::fmt::Debug for Rack {
+impl std::fmt::Debug for RackState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rack")
+        f.debug_struct("RackState")
             .field("servers", &self.servers.len())
             .field("regions", &self.regions.len())
             .field("policy", &self.policy.name())
@@ -89,24 +92,24 @@ pub(crate) fn validate_name(what: &str, s: &str) -> Result<(), RackError> {
     Ok(())
 }
 
-impl Rack {
+impl RackState {
     /// The rack as stored in `store` (empty if nothing is).
-    pub fn load(store: Arc<dyn MetaStore>, config: ControllerConfig) -> Result<Rack, LoadError> {
+    pub fn load(store: Arc<dyn MetaStore>, config: ControllerConfig) -> Result<RackState, LoadError> {
         let loaded = persist::load(&*store)?;
         let policy_name = loaded.policy.unwrap_or_else(|| config.default_policy.clone());
         let policy = placement::by_name(&policy_name)
-            .ok_or_else(|| LoadError::Corrupt { key: persist::POLICY_KEY.into(), reason: "unknown policy".into() })?;
+            .ok_or_else(|| LoadError::UnknownPolicy { key: persist::POLICY_KEY.into(), name: policy_name.clone() })?;
         let mut counters = loaded.counters;
         counters.next_server_id = counters.next_server_id.max(1);
         counters.next_region_id = counters.next_region_id.max(1);
-        let mut rack = Rack {
+        let mut rack = RackState {
             store,
             config,
             servers: BTreeMap::new(),
             by_addr: HashMap::new(),
             last_seen: HashMap::new(),
             regions: BTreeMap::new(),
-            view: RackView::default(),
+            view: PlacementView::default(),
             policy,
             counters,
             shedding: HashMap::new(),
@@ -124,11 +127,12 @@ impl Rack {
             let mut map = ChunkMap::default();
             let mut epoch = 0;
             for (chunk, p) in chunks {
-                if chunk >= record.slots() || !rack.servers.contains_key(&p.server) {
-                    return Err(LoadError::Corrupt {
-                        key: persist::slab_key(record.id, chunk),
-                        reason: "chunk out of range or unknown server".into(),
-                    });
+                let key = || persist::slab_key(record.id, chunk);
+                if chunk >= record.slots() {
+                    return Err(LoadError::ChunkOutOfRange { key: key(), chunk, slots: record.slots() });
+                }
+                if !rack.servers.contains_key(&p.server) {
+                    return Err(LoadError::UnknownServer { key: key(), server: p.server });
                 }
                 epoch = epoch.max(p.epoch);
                 map.set(chunk, p);
@@ -153,7 +157,7 @@ impl Rack {
         self.counters.map_epoch
     }
 
-    pub fn view(&self) -> &RackView {
+    pub fn view(&self) -> &PlacementView {
         &self.view
     }
 
@@ -298,7 +302,7 @@ impl Rack {
                 Some(_) => {}
             }
         }
-        stripe::check_distinct(&entry.record, &entry.map, chunks).map_err(RackError::Conflict)?;
+        stripe::check_distinct(&entry.record, &entry.map, chunks)?;
         let mut counters = self.counters;
         counters.map_epoch += 1;
         let epoch = counters.map_epoch;

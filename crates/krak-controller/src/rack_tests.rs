@@ -1,4 +1,4 @@
-//! Unit tests of [`Rack`] over the in-memory store double.
+//! Unit tests of [`RackState`] over the in-memory store double.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,12 +9,12 @@ use krak_api::messages::RegisterRequest;
 
 const SLAB: u64 = 1 << 20;
 
-fn rack(store: &Arc<MemStore>) -> Rack {
+fn rack(store: &Arc<MemStore>) -> RackState {
     let config = ControllerConfig::new("127.0.0.1:0".parse().unwrap());
-    Rack::load(store.clone() as Arc<dyn MetaStore>, config).unwrap()
+    RackState::load(store.clone() as Arc<dyn MetaStore>, config).unwrap()
 }
 
-fn setup(store: &Arc<MemStore>) -> (Rack, RegionId) {
+fn setup(store: &Arc<MemStore>) -> (RackState, RegionId) {
     let mut r = rack(store);
     for i in 0..3 {
         let req = RegisterRequest {
@@ -140,7 +140,7 @@ fn a_striped_region_keeps_fragments_apart_counts_degraded_slots_and_reloads() {
     assert!(matches!(r.place(region.id, &[30], &[]), Err(RackError::BadRequest(_))), "slot past the end");
     // moving slot 0 onto the server of slot 1 would put two fragments of chunk 0 together
     let clash = [CommitChunk { chunk: 0, server: placed[1].server, slab: 7 }];
-    assert!(matches!(r.commit(region.id, &clash), Err(RackError::Conflict(_))));
+    assert!(matches!(r.commit(region.id, &clash), Err(RackError::StripeClash(_))));
 
     // one server dies: its slots are degraded; a replacement avoids the stripe's servers
     let victim = placed[0].server;

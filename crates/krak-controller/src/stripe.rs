@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use crate::model::{ChunkMap, RegionRecord, ServerId};
 use crate::placement::{PlacementError, PlacementPolicy};
-use crate::view::RackView;
+use crate::view::PlacementView;
 use krak_api::messages::CommitChunk;
 
 /// Servers for `slots` of `region` (its map is `map`): each avoids `exclude`, the servers
@@ -17,7 +17,7 @@ use krak_api::messages::CommitChunk;
 /// if it can, their domains. All or nothing.
 pub(crate) fn place_slots(
     policy: &dyn PlacementPolicy,
-    view: &RackView,
+    view: &PlacementView,
     region: &RegionRecord,
     map: &ChunkMap,
     slots: &[u64],
@@ -67,7 +67,7 @@ pub(crate) fn place_slots(
 
 /// Servers sharing a declared failure domain with one of `servers` (an empty domain name
 /// declares none).
-fn same_domain(view: &RackView, servers: &[ServerId]) -> Vec<ServerId> {
+fn same_domain(view: &PlacementView, servers: &[ServerId]) -> Vec<ServerId> {
     let mut out = Vec::new();
     for &id in servers {
         let Some(stat) = view.server(id) else { continue };
@@ -80,9 +80,23 @@ fn same_domain(view: &RackView, servers: &[ServerId]) -> Vec<ServerId> {
     out
 }
 
+/// Two fragments of one stripe on one server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("slots {slot} and {other} are fragments of chunk {chunk} and cannot share server {server}")]
+pub struct StripeClash {
+    pub slot: u64,
+    pub other: u64,
+    pub chunk: u64,
+    pub server: ServerId,
+}
+
 /// Checks that after `commits` every stripe they touch still has its fragments on distinct
-/// servers; the first clash, as a message.
-pub(crate) fn check_distinct(region: &RegionRecord, map: &ChunkMap, commits: &[CommitChunk]) -> Result<(), String> {
+/// servers; the first clash.
+pub(crate) fn check_distinct(
+    region: &RegionRecord,
+    map: &ChunkMap,
+    commits: &[CommitChunk],
+) -> Result<(), StripeClash> {
     if region.stripe_width <= 1 {
         return Ok(());
     }
@@ -93,12 +107,12 @@ pub(crate) fn check_distinct(region: &RegionRecord, map: &ChunkMap, commits: &[C
         for other in stripe.filter(|&s| s != c.chunk) {
             let server = new.get(&other).copied().or_else(|| map.get(other).map(|p| p.server));
             if server == Some(c.server) {
-                return Err(format!(
-                    "slots {} and {other} are fragments of chunk {} and cannot share server {}",
-                    c.chunk,
-                    first / u64::from(region.stripe_width),
-                    c.server
-                ));
+                return Err(StripeClash {
+                    slot: c.chunk,
+                    other,
+                    chunk: first / u64::from(region.stripe_width),
+                    server: c.server,
+                });
             }
         }
     }
@@ -113,8 +127,8 @@ mod tests {
 
     /// `n` servers of 100 free chunks, server `i` (from 1) in domain `domains[i-1]`, and a
     /// region of `chunks` chunks `width` wide.
-    fn setup(domains: &[&str], chunks: u64, width: u32) -> (RackView, RegionRecord) {
-        let mut v = RackView::default();
+    fn setup(domains: &[&str], chunks: u64, width: u32) -> (PlacementView, RegionRecord) {
+        let mut v = PlacementView::default();
         for (i, d) in domains.iter().enumerate() {
             v.upsert_server(ServerId(i as u32 + 1), d, ServerState::Alive, 100 * CHUNK, 100 * CHUNK, CHUNK);
         }
@@ -133,7 +147,7 @@ mod tests {
         (v, region)
     }
 
-    fn domains_of(v: &RackView, servers: &[ServerId]) -> Vec<String> {
+    fn domains_of(v: &PlacementView, servers: &[ServerId]) -> Vec<String> {
         servers.iter().map(|s| v.domains()[v.server(*s).unwrap().domain as usize].name.clone()).collect()
     }
 
@@ -191,7 +205,7 @@ mod tests {
             assert_eq!(got, vec![ServerId(5)], "{}", policy.name());
         }
         let clash = [CommitChunk { chunk: 1, server: ServerId(3), slab: 9 }];
-        assert!(check_distinct(&region, &map, &clash).unwrap_err().contains("cannot share server 3"));
+        assert!(matches!(check_distinct(&region, &map, &clash), Err(StripeClash { server: ServerId(3), .. })));
         let ok = [CommitChunk { chunk: 1, server: ServerId(5), slab: 9 }];
         assert_eq!(check_distinct(&region, &map, &ok), Ok(()));
         // two slots of one stripe committed together to one server clash too

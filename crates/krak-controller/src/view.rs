@@ -1,4 +1,4 @@
-//! [`RackView`]: the aggregates placement decides on, kept up to date incrementally.
+//! [`PlacementView`]: the aggregates placement decides on, kept up to date incrementally.
 //!
 //! A decision never walks the slab map: it reads per-server figures (state, free bytes, slabs
 //! held), per-domain figures (servers, free bytes of the placeable ones) and per-region
@@ -13,7 +13,7 @@ use crate::model::{RegionId, ServerId, ServerState};
 pub struct ServerStat {
     pub id: ServerId,
     pub state: ServerState,
-    /// Index into [`RackView::domains`].
+    /// Index into [`PlacementView::domains`].
     pub domain: u32,
     pub capacity_bytes: u64,
     pub free_bytes: u64,
@@ -38,7 +38,7 @@ impl ServerStat {
 #[derive(Debug, Clone)]
 pub struct DomainStat {
     pub name: String,
-    /// Indices into [`RackView::servers`].
+    /// Indices into [`PlacementView::servers`].
     pub servers: Vec<u32>,
     /// Free bytes of its placeable servers.
     pub free_bytes: u64,
@@ -93,7 +93,7 @@ impl RegionStat {
 
 /// The rack's aggregates.
 #[derive(Debug, Clone, Default)]
-pub struct RackView {
+pub struct PlacementView {
     servers: Vec<ServerStat>,
     index: HashMap<ServerId, u32>,
     domains: Vec<DomainStat>,
@@ -101,7 +101,7 @@ pub struct RackView {
     regions: HashMap<RegionId, RegionStat>,
 }
 
-impl RackView {
+impl PlacementView {
     pub fn servers(&self) -> &[ServerStat] {
         &self.servers
     }
@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn aggregates_follow_changes() {
-        let mut v = RackView::default();
+        let mut v = PlacementView::default();
         v.upsert_server(ServerId(1), "r1", ServerState::Alive, 100, 100, 10);
         v.upsert_server(ServerId(2), "r1", ServerState::Alive, 100, 100, 10);
         v.upsert_server(ServerId(3), "r2", ServerState::Alive, 100, 100, 10);

@@ -12,7 +12,7 @@ use common::memstore::MemStore;
 use krak_api::client::parse_response;
 use krak_api::messages::{PolicyBody, StatusReply};
 use krak_api::signing::{now_ms, sign_request, verify_response, WINDOW_MS};
-use krak_api::{Client, ClientError};
+use krak_api::{ApiError, Client};
 use krak_auth::RackSecret;
 use krak_controller::{Controller, ControllerConfig, ControllerHandle};
 use krak_meta::MetaStore;
@@ -76,12 +76,12 @@ fn only_signed_fresh_unreplayed_requests_are_served() {
     let wrong = Client::new(&url).unwrap().with_secret(Some(RackSecret::generate()));
     assert!(matches!(
         wrong.call::<(), PolicyBody>("GET", "/v1/policy", None),
-        Err(ClientError::Status { status: 401, .. })
+        Err(ApiError::Status { status: 401, .. })
     ));
     let open = Client::new(&url).unwrap();
     assert!(matches!(
         open.call::<(), StatusReply>("GET", "/v1/status", None),
-        Err(ClientError::Status { status: 401, .. })
+        Err(ApiError::Status { status: 401, .. })
     ));
     assert_eq!(policy(&good), "spread", "no refused request changed anything");
 
@@ -110,6 +110,6 @@ fn a_client_with_the_secret_refuses_a_controller_without_it() {
     let handle = start(None);
     let client = Client::new(&handle.url()).unwrap().with_secret(Some(RackSecret::generate()));
     let err = client.call::<(), PolicyBody>("GET", "/v1/policy", None).unwrap_err();
-    assert!(matches!(err, ClientError::Auth { .. }), "{err}");
+    assert!(matches!(err, ApiError::Auth { .. }), "{err}");
     handle.shutdown();
 }

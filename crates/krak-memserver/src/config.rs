@@ -5,8 +5,6 @@ use std::net::SocketAddr;
 use krak_proto::units::ByteSize;
 use krak_proto::{RackSecret, PAGE_SIZE};
 
-use crate::ServerError;
-
 /// Default slab: large enough that a pager needs few allocations, small enough to share.
 pub const DEFAULT_SLAB_SIZE_BYTES: u64 = 64 << 20;
 /// How long a vanished client's slabs survive, so a pager can reconnect after a blip.
@@ -82,40 +80,57 @@ impl ServerConfig {
     }
 
     /// Refuses configs the server could not honour, with a message naming the field.
-    pub fn validate(&self) -> Result<(), ServerError> {
-        let bad = |msg: String| Err(ServerError::Config(msg));
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let page = PAGE_SIZE as u64;
+        let slab = self.slab_size_bytes;
         if self.spin_us > MAX_SPIN_US {
-            return bad(format!("spin of {} us is more than the {MAX_SPIN_US} us allowed", self.spin_us));
+            return Err(ConfigError::SpinTooLong { spin_us: self.spin_us });
         }
-        if self.slab_size_bytes == 0 || !self.slab_size_bytes.is_multiple_of(page) {
-            return bad(format!("slab size {} must be a non-zero multiple of {page} bytes", self.slab_size_bytes));
+        if slab == 0 || !slab.is_multiple_of(page) {
+            return Err(ConfigError::SlabSize { slab_bytes: slab });
         }
         // Page indexes are u32 on the wire, and a slab must be addressable as one mapping.
-        if self.slab_size_bytes / page > u64::from(u32::MAX) || self.slab_size_bytes > isize::MAX as u64 {
-            return bad(format!("slab size {} is too large", ByteSize(self.slab_size_bytes)));
+        if slab / page > u64::from(u32::MAX) || slab > isize::MAX as u64 {
+            return Err(ConfigError::SlabTooLarge { slab_bytes: slab });
         }
-        if self.capacity_bytes < self.slab_size_bytes {
-            return bad(format!(
-                "capacity {} is smaller than one slab of {}",
-                ByteSize(self.capacity_bytes),
-                ByteSize(self.slab_size_bytes)
-            ));
+        if self.capacity_bytes < slab {
+            return Err(ConfigError::CapacityBelowSlab { capacity_bytes: self.capacity_bytes, slab_bytes: slab });
         }
         if self.max_connections == 0 {
-            return bad("max connections must be at least 1".into());
+            return Err(ConfigError::NoConnections);
         }
         if self.max_connections_per_client == 0 {
-            return bad("max connections per client must be at least 1".into());
+            return Err(ConfigError::NoConnectionsPerClient);
         }
-        if self.max_bytes_per_client.is_some_and(|b| b < self.slab_size_bytes) {
-            return bad(format!("a client's limit must hold at least one slab of {}", ByteSize(self.slab_size_bytes)));
+        if self.max_bytes_per_client.is_some_and(|b| b < slab) {
+            return Err(ConfigError::ClientLimitBelowSlab { slab_bytes: slab });
         }
         if self.io_timeout_ms == 0 {
-            return bad("io timeout must be at least 1 ms".into());
+            return Err(ConfigError::IoTimeout);
         }
         Ok(())
     }
+}
+
+/// What is wrong with a [`ServerConfig`], one variant per check.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("spin of {spin_us} us is more than the {MAX_SPIN_US} us allowed")]
+    SpinTooLong { spin_us: u64 },
+    #[error("slab size {slab_bytes} must be a non-zero multiple of {PAGE_SIZE} bytes")]
+    SlabSize { slab_bytes: u64 },
+    #[error("slab size {} is too large", ByteSize(*.slab_bytes))]
+    SlabTooLarge { slab_bytes: u64 },
+    #[error("capacity {} is smaller than one slab of {}", ByteSize(*.capacity_bytes), ByteSize(*.slab_bytes))]
+    CapacityBelowSlab { capacity_bytes: u64, slab_bytes: u64 },
+    #[error("max connections must be at least 1")]
+    NoConnections,
+    #[error("max connections per client must be at least 1")]
+    NoConnectionsPerClient,
+    #[error("a client's limit must hold at least one slab of {}", ByteSize(*.slab_bytes))]
+    ClientLimitBelowSlab { slab_bytes: u64 },
+    #[error("io timeout must be at least 1 ms")]
+    IoTimeout,
 }
 
 #[cfg(test)]

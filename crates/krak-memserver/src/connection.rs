@@ -10,7 +10,7 @@ use krak_client::SocketMode;
 use krak_proto::{encode_error, DecodeError, ErrorCode, Header, HEADER_LEN, MAC_LEN, MAX_BODY_BYTES};
 
 use crate::requests::{self, decode_error_code, Next, Session};
-use crate::server::Shared;
+use crate::server::ServerShared;
 
 /// Read buffer: large enough to hold many small pipelined requests at once.
 const READ_BUF_BYTES: usize = 256 << 10;
@@ -35,7 +35,7 @@ enum End {
 }
 
 /// Serves one accepted connection until it ends; never panics on peer input.
-pub(crate) fn serve(stream: TcpStream, shared: &Shared, peer: SocketAddr) {
+pub(crate) fn serve(stream: TcpStream, shared: &ServerShared, peer: SocketAddr) {
     tracing::debug!("{peer}: connected");
     let mut session = Session::new(peer);
     let io_timeout = Duration::from_millis(shared.config.io_timeout_ms);
@@ -64,7 +64,7 @@ pub(crate) fn serve(stream: TcpStream, shared: &Shared, peer: SocketAddr) {
 }
 
 /// Answers the first frame of a connection the server has no room for, then closes it.
-pub(crate) fn refuse(stream: TcpStream, shared: &Shared, peer: SocketAddr) {
+pub(crate) fn refuse(stream: TcpStream, shared: &ServerShared, peer: SocketAddr) {
     shared.counters.add_error();
     let timeout = REFUSE_TIMEOUT.min(Duration::from_millis(shared.config.io_timeout_ms));
     let mut conn = Conn::new(&stream, timeout, Duration::ZERO);
@@ -124,7 +124,7 @@ impl<'s> Conn<'s> {
         self.stream.set_write_timeout(Some(self.io_timeout))
     }
 
-    fn serve_frames(&mut self, shared: &Shared, session: &mut Session) -> io::Result<End> {
+    fn serve_frames(&mut self, shared: &ServerShared, session: &mut Session) -> io::Result<End> {
         loop {
             // Every frame after our hello carries a MAC, ours and theirs (docs/protocol.md).
             let start = self.out.len();

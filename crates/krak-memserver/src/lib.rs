@@ -28,8 +28,8 @@ mod slab;
 use std::net::SocketAddr;
 
 pub use config::{
-    ServerConfig, DEFAULT_GRACE_MS, DEFAULT_IO_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
-    DEFAULT_SLAB_SIZE_BYTES, DEFAULT_SPIN_US, MAX_SPIN_US,
+    ConfigError, ServerConfig, DEFAULT_GRACE_MS, DEFAULT_IO_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_SLAB_SIZE_BYTES, DEFAULT_SPIN_US, MAX_SPIN_US,
 };
 pub use krak_proto::ServerStats;
 pub use server::{spawn, MemServer, ServerHandle, Stopper};
@@ -38,7 +38,7 @@ pub use server::{spawn, MemServer, ServerHandle, Stopper};
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("invalid memory server configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("{what}: {source}")]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use krak_api::messages::{HeartbeatRequest, RegisterRequest};
-use krak_api::{Api, ClientError, RackClient, ServerId, ServerState};
+use krak_api::{Api, ApiError, ControllerClient, ServerId, ServerState};
 use krak_proto::units::ByteSize;
 use krak_proto::ServerStats;
 
@@ -120,7 +120,7 @@ impl Drop for MemberHandle {
 }
 
 fn run_noting(m: &Membership, figures: &dyn Fn() -> Figures, stop: &Receiver<()>, id: &AtomicU32) {
-    let mut client = match RackClient::new(&m.controller, CALL_TIMEOUT) {
+    let mut client = match ControllerClient::new(&m.controller, CALL_TIMEOUT) {
         Ok(c) => c.with_secret(m.secret),
         Err(e) => {
             tracing::error!("not joining a rack: {e:#}");
@@ -170,7 +170,7 @@ struct Agent {
 
 impl Agent {
     /// Registers or heartbeats once; returns how long to wait before the next step.
-    fn step(&mut self, m: &Membership, client: &mut RackClient, figures: &Figures) -> Result<Duration, ClientError> {
+    fn step(&mut self, m: &Membership, client: &mut ControllerClient, figures: &Figures) -> Result<Duration, ApiError> {
         let stats = &figures.stats;
         let Some(id) = self.id else {
             let request = RegisterRequest {
@@ -218,7 +218,7 @@ impl Agent {
                 }
                 Ok(self.interval)
             }
-            Err(ClientError::Status { status: 404, .. }) => {
+            Err(ApiError::Status { status: 404, .. }) => {
                 tracing::warn!("the controller at {} forgot server {}; registering again", client.url(), id.0);
                 self.id = None;
                 self.state = None;
@@ -228,7 +228,7 @@ impl Agent {
         }
     }
 
-    fn recovered(&mut self, client: &RackClient) {
+    fn recovered(&mut self, client: &ControllerClient) {
         if self.failing.take().is_some() {
             tracing::warn!("controller {} answers again", client.url());
         }

@@ -9,7 +9,7 @@ use krak_client::{ConnectOptions, Connection};
 use krak_proto::{PageRef, PushEntries};
 
 use crate::registry::RegistryError;
-use crate::server::Shared;
+use crate::server::ServerShared;
 
 /// Targets one connection keeps links to at once (a drain pushes to a few servers).
 const MAX_TARGETS: usize = 4;
@@ -34,14 +34,14 @@ pub(crate) struct Pushers {
 /// Copies the units `entries` names from this server to its target; returns how many the
 /// target stored (units it already had a write for keep that write).
 pub(crate) fn push(
-    shared: &Shared,
+    shared: &ServerShared,
     pushers: &mut Pushers,
     client_id: u64,
     entries: PushEntries<'_>,
 ) -> Result<u32, RegistryError> {
     let to = entries.to;
     if !shared.config.push {
-        return Err(RegistryError::PushFailed { to, detail: "this server does not push (--no-push)".into() });
+        return Err(RegistryError::PushDisabled { to });
     }
     let unit = entries.unit_bytes() as usize;
     pushers.stage.clear();
@@ -57,8 +57,8 @@ pub(crate) fn push(
             stage.extend_from_slice(data);
         },
     )?;
-    let failed = |detail: String| RegistryError::PushFailed { to, detail };
-    let i = pushers.link(shared, client_id, to).map_err(|e| failed(e.to_string()))?;
+    let failed = |source| RegistryError::PushFailed { to, source };
+    let i = pushers.link(shared, client_id, to).map_err(failed)?;
     let link = &mut pushers.links[i].1;
     let units = entries
         .iter()
@@ -73,7 +73,7 @@ pub(crate) fn push(
             if !matches!(e, krak_client::ClientError::Refused { .. }) {
                 pushers.links.retain(|(addr, _)| *addr != to);
             }
-            Err(failed(e.to_string()))
+            Err(failed(e))
         }
     }
 }
@@ -96,7 +96,12 @@ impl Pushers {
     }
 
     /// The index of the link to `to`, connecting first if there is none.
-    fn link(&mut self, shared: &Shared, client_id: u64, to: SocketAddr) -> Result<usize, krak_client::ClientError> {
+    fn link(
+        &mut self,
+        shared: &ServerShared,
+        client_id: u64,
+        to: SocketAddr,
+    ) -> Result<usize, krak_client::ClientError> {
         if let Some(i) = self.links.iter().position(|(addr, _)| *addr == to) {
             return Ok(i);
         }

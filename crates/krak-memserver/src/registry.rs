@@ -30,15 +30,21 @@ pub(crate) enum RegistryError {
     #[error("page {page} of slab {slab:#x} does not match its CRC-32C; nothing in the batch was stored")]
     ChecksumMismatch { slab: u64, page: u32 },
     #[error("could not map a slab: {0}")]
-    Map(std::io::Error),
+    Map(#[source] std::io::Error),
     #[error("client already has {connections} connections, the most one client may hold")]
     TooManyConnections { connections: usize },
     #[error("client limit of {} reached: {} lent to this client", ByteSize(*limit_bytes), ByteSize(*lent_bytes))]
     ClientCapacity { limit_bytes: u64, lent_bytes: u64 },
     #[error("slab {slab:#x} stores units of {unit_bytes} bytes, the request named {asked}")]
     WrongUnitSize { slab: u64, unit_bytes: u32, asked: u32 },
-    #[error("pushing to {to}: {detail}")]
-    PushFailed { to: std::net::SocketAddr, detail: String },
+    #[error("pushing to {to}: this server does not push (--no-push)")]
+    PushDisabled { to: std::net::SocketAddr },
+    #[error("pushing to {to}: {source}")]
+    PushFailed {
+        to: std::net::SocketAddr,
+        #[source]
+        source: krak_client::ClientError,
+    },
 }
 
 impl RegistryError {
@@ -51,7 +57,7 @@ impl RegistryError {
             RegistryError::Map(_) => ErrorCode::Internal,
             RegistryError::TooManyConnections { .. } | RegistryError::ClientCapacity { .. } => ErrorCode::ClientLimit,
             RegistryError::WrongUnitSize { .. } => ErrorCode::WrongUnitSize,
-            RegistryError::PushFailed { .. } => ErrorCode::PushFailed,
+            RegistryError::PushDisabled { .. } | RegistryError::PushFailed { .. } => ErrorCode::PushFailed,
         }
     }
 }

@@ -10,7 +10,7 @@ use krak_proto::{
 };
 
 use crate::registry::RegistryError;
-use crate::server::Shared;
+use crate::server::ServerShared;
 
 /// Whether a connection goes on after an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +60,13 @@ pub(crate) fn decode_error_code(e: &DecodeError) -> ErrorCode {
 }
 
 /// Appends the answer to one request (a frame whose header decoded) to `out`.
-pub(crate) fn answer(shared: &Shared, session: &mut Session, header: &Header, body: &[u8], out: &mut Vec<u8>) -> Next {
+pub(crate) fn answer(
+    shared: &ServerShared,
+    session: &mut Session,
+    header: &Header,
+    body: &[u8],
+    out: &mut Vec<u8>,
+) -> Next {
     let id = header.request_id;
     let kind = header.kind;
     let request = match decode_request(header, body) {
@@ -160,7 +166,14 @@ pub(crate) fn answer(shared: &Shared, session: &mut Session, header: &Header, bo
 
 /// The first request of a connection: it must be a hello in our version. The answer
 /// proves we know the secret and starts the frame MACs.
-fn hello(shared: &Shared, session: &mut Session, id: u64, kind: u16, request: Request<'_>, out: &mut Vec<u8>) -> Next {
+fn hello(
+    shared: &ServerShared,
+    session: &mut Session,
+    id: u64,
+    kind: u16,
+    request: Request<'_>,
+    out: &mut Vec<u8>,
+) -> Next {
     let Request::Hello { version, client_id, nonce: client_nonce } = request else {
         tracing::warn!("{}: request before hello", session.peer);
         return refuse(shared, out, id, kind, ErrorCode::HelloRequired, "the first request must be hello", Next::Close);
@@ -192,7 +205,7 @@ fn hello(shared: &Shared, session: &mut Session, id: u64, kind: u16, request: Re
 /// The second request: the client's proof that it knows the secret. Only then is the
 /// connection bound to its client id.
 fn authenticate(
-    shared: &Shared,
+    shared: &ServerShared,
     session: &mut Session,
     transcript: Transcript,
     id: u64,
@@ -221,7 +234,15 @@ fn authenticate(
     Next::Continue
 }
 
-fn refuse(shared: &Shared, out: &mut Vec<u8>, id: u64, kind: u16, code: ErrorCode, msg: &str, next: Next) -> Next {
+fn refuse(
+    shared: &ServerShared,
+    out: &mut Vec<u8>,
+    id: u64,
+    kind: u16,
+    code: ErrorCode,
+    msg: &str,
+    next: Next,
+) -> Next {
     shared.counters.add_error();
     encode_error(out, id, kind, code, msg);
     next
@@ -236,14 +257,14 @@ mod tests {
         Response, HEADER_LEN, NONCE_LEN,
     };
 
-    fn shared() -> Shared {
+    fn shared() -> ServerShared {
         let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), 1 << 20);
         config.slab_size_bytes = 1 << 19;
-        Shared::new(config, "127.0.0.1:1".parse().unwrap())
+        ServerShared::new(config, "127.0.0.1:1".parse().unwrap())
     }
 
     /// Feeds one encoded request through `answer` and decodes what came out.
-    fn ask(shared: &Shared, session: &mut Session, encode: impl FnOnce(&mut Vec<u8>)) -> (Next, u16, Vec<u8>) {
+    fn ask(shared: &ServerShared, session: &mut Session, encode: impl FnOnce(&mut Vec<u8>)) -> (Next, u16, Vec<u8>) {
         let mut frame = Vec::new();
         encode(&mut frame);
         let h = Header::decode(frame[..HEADER_LEN].try_into().unwrap()).unwrap();
@@ -260,7 +281,7 @@ mod tests {
     }
 
     /// Hello and auth as `client_id` knowing `secret`; returns the auth answer's status.
-    fn handshake(s: &Shared, sess: &mut Session, client_id: u64, secret: &RackSecret) -> (Next, u16) {
+    fn handshake(s: &ServerShared, sess: &mut Session, client_id: u64, secret: &RackSecret) -> (Next, u16) {
         let nonce = [9u8; NONCE_LEN];
         let (next, status, out) = ask(s, sess, |b| encode_hello(b, 1, PROTOCOL_VERSION, client_id, &nonce));
         assert_eq!((next, status), (Next::Continue, 0));
@@ -306,7 +327,7 @@ mod tests {
         let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), 1 << 20);
         config.slab_size_bytes = 1 << 19;
         config.secret = Some(RackSecret::generate());
-        let s = Shared::new(config, "127.0.0.1:1".parse().unwrap());
+        let s = ServerShared::new(config, "127.0.0.1:1".parse().unwrap());
         let mut sess = session();
         let got = handshake(&s, &mut sess, 5, &RackSecret::generate());
         assert_eq!(got, (Next::Close, ErrorCode::AuthFailed as u16));

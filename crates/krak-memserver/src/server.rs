@@ -48,7 +48,7 @@ impl Counters {
 
 /// State shared by the accept loop, the reaper and every connection thread.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct ServerShared {
     pub(crate) config: ServerConfig,
     pub(crate) local_addr: SocketAddr,
     /// Random per process, so clients can tell a restarted server from the one they knew.
@@ -68,11 +68,11 @@ pub(crate) struct Shared {
     wake: (Mutex<()>, Condvar),
 }
 
-impl Shared {
-    pub(crate) fn new(config: ServerConfig, local_addr: SocketAddr) -> Shared {
+impl ServerShared {
+    pub(crate) fn new(config: ServerConfig, local_addr: SocketAddr) -> ServerShared {
         let registry = Registry::new(config.capacity_bytes, config.slab_size_bytes, config.mlock)
             .with_client_limits(config.max_connections_per_client, config.max_bytes_per_client.unwrap_or(u64::MAX));
-        Shared {
+        ServerShared {
             secret: config.secret.unwrap_or_else(krak_proto::RackSecret::insecure),
             config,
             local_addr,
@@ -127,13 +127,13 @@ impl Shared {
 #[derive(Debug)]
 pub struct MemServer {
     listener: TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<ServerShared>,
 }
 
 /// Stops a running server from another thread (e.g. a signal handler thread).
 #[derive(Debug, Clone)]
 pub struct Stopper {
-    shared: Arc<Shared>,
+    shared: Arc<ServerShared>,
 }
 
 impl Stopper {
@@ -150,7 +150,7 @@ impl MemServer {
         let listener =
             TcpListener::bind(config.listen).map_err(|source| ServerError::Bind { addr: config.listen, source })?;
         let local_addr = listener.local_addr().map_err(|source| ServerError::Io { what: "local address", source })?;
-        Ok(MemServer { listener, shared: Arc::new(Shared::new(config, local_addr)) })
+        Ok(MemServer { listener, shared: Arc::new(ServerShared::new(config, local_addr)) })
     }
 
     /// The address actually bound (with the OS-chosen port when the config said port 0).
@@ -283,7 +283,7 @@ impl Drop for ServerHandle {
 }
 
 /// Hands an accepted stream to its own thread, or refuses it when the server is full.
-fn admit(shared: &Arc<Shared>, stream: TcpStream) {
+fn admit(shared: &Arc<ServerShared>, stream: TcpStream) {
     let peer = match stream.peer_addr() {
         Ok(p) => p,
         Err(_) => return, // already gone
@@ -328,7 +328,7 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream) {
 
 /// Unregisters a connection however its thread ends.
 struct ActiveGuard {
-    shared: Arc<Shared>,
+    shared: Arc<ServerShared>,
     conn_id: u64,
 }
 
@@ -339,7 +339,7 @@ impl Drop for ActiveGuard {
     }
 }
 
-fn reap_loop(shared: &Shared) {
+fn reap_loop(shared: &ServerShared) {
     let grace = Duration::from_millis(shared.config.grace_ms);
     // Check often enough that a slab outlives its grace period by at most ~10%.
     let tick = Duration::from_millis((shared.config.grace_ms / 10).clamp(10, 1000));

@@ -6,6 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::num::ParseIntError;
 use std::time::{Duration, Instant};
 
 /// Most bytes of a response head (status line and headers).
@@ -22,38 +23,130 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Parses `http://host:port` (a trailing `/` allowed) or a bare `host:port`.
-    pub fn parse(url: &str) -> Result<Endpoint, String> {
+    pub fn parse(url: &str) -> Result<Endpoint, EndpointError> {
         let u = url.trim();
+        let url = || u.to_string();
         let rest = if let Some(r) = u.strip_prefix("http://") {
             r
         } else if u.starts_with("https://") {
-            return Err(format!("{u}: https is not supported (use etcd's plain-HTTP client URL on a trusted network)"));
+            return Err(EndpointError::Https { url: url() });
         } else if u.contains("://") {
-            return Err(format!("{u}: only http:// URLs are supported"));
+            return Err(EndpointError::Scheme { url: url() });
         } else {
             u
         };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.is_empty() || authority.contains('/') || authority.contains(char::is_whitespace) {
-            return Err(format!("{u}: expected http://host:port"));
+            return Err(EndpointError::Shape { url: url() });
         }
-        let (_, port) =
-            authority.rsplit_once(':').ok_or_else(|| format!("{u}: no port (expected http://host:port)"))?;
-        port.parse::<u16>().map_err(|_| format!("{u}: bad port {port:?}"))?;
+        let (_, port) = authority.rsplit_once(':').ok_or_else(|| EndpointError::NoPort { url: url() })?;
+        port.parse::<u16>().map_err(|source| EndpointError::BadPort { url: url(), port: port.to_string(), source })?;
         Ok(Endpoint { url: u.to_string(), authority: authority.to_string() })
     }
 }
 
-/// Why a request failed, which decides whether another endpoint may be tried.
-#[derive(Debug, PartialEq, Eq)]
+/// Why an etcd URL is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("{url}: https is not supported (use etcd's plain-HTTP client URL on a trusted network)")]
+    Https { url: String },
+    #[error("{url}: only http:// URLs are supported")]
+    Scheme { url: String },
+    #[error("{url}: expected http://host:port")]
+    Shape { url: String },
+    #[error("{url}: no port (expected http://host:port)")]
+    NoPort { url: String },
+    #[error("{url}: bad port {port:?}: {source}")]
+    BadPort {
+        url: String,
+        port: String,
+        #[source]
+        source: ParseIntError,
+    },
+}
+
+/// Why a request failed, which decides whether another endpoint may be tried
+/// ([`HttpError::sent`]).
+#[derive(Debug, thiserror::Error)]
 pub enum HttpError {
+    /// The endpoint's name did not resolve: nothing was sent.
+    #[error("{url}: resolve: {source}")]
+    Resolve {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// No address was tried before the deadline (or the name resolved to none).
+    #[error("{url}: connect: no address")]
+    NoAddress { url: String },
     /// No connection was made: the request was certainly not sent.
-    Connect(String),
-    /// The connection failed or timed out after the request may have been sent.
-    Io(String),
+    #[error("{url}: connect: {addr}: {source}")]
+    Connect {
+        url: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The deadline passed once connected, before the request was sent.
+    #[error("{url}: timed out")]
+    TimedOut { url: String },
+    /// Setting up or sending on the connection failed: the request may have been sent.
+    #[error("{url}: {what}: {source}")]
+    Io {
+        url: String,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading or parsing the answer failed.
+    #[error("{url}: {source}")]
+    Answer {
+        url: String,
+        #[source]
+        source: ResponseError,
+    },
+}
+
+impl HttpError {
+    /// Whether the request may have reached the endpoint (and a write been applied).
+    pub fn sent(&self) -> bool {
+        !matches!(self, HttpError::Resolve { .. } | HttpError::NoAddress { .. } | HttpError::Connect { .. })
+    }
+
+    /// Whether the peer answered something unacceptable (malformed or too large), rather
+    /// than failing to answer.
+    pub fn bad_answer(&self) -> bool {
+        match self {
+            HttpError::Answer { source, .. } => {
+                !matches!(source, ResponseError::TimedOut | ResponseError::Receive(_) | ResponseError::Closed { .. })
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Why an HTTP answer could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseError {
+    /// No answer within the request's deadline.
+    #[error("no answer within the request timeout")]
+    TimedOut,
+    #[error("receive: {0}")]
+    Receive(#[source] std::io::Error),
+    /// A peer that dies or resets looks like this too: not proof of a bad answer.
+    #[error("connection closed inside the response {}", if *.in_body { "body" } else { "head" })]
+    Closed { in_body: bool },
     /// The peer answered something that is not a well-formed HTTP response.
-    Malformed(String),
+    #[error("{what} {got:?}")]
+    Malformed { what: &'static str, got: String },
+    #[error("a line longer than {max} bytes")]
+    LineTooLong { max: usize },
+    #[error("response head over {MAX_HEAD} bytes")]
+    HeadTooLong,
+    #[error("chunk not followed by CRLF")]
+    ChunkNotTerminated,
     /// The response body is larger than allowed.
+    #[error("answer over {0} bytes")]
     TooLarge(usize),
 }
 
@@ -79,10 +172,11 @@ pub fn post(
     connect_timeout: Duration,
     max_body: usize,
 ) -> Result<Response, HttpError> {
+    let url = || ep.url.clone();
     let addrs: Vec<SocketAddr> =
-        ep.authority.to_socket_addrs().map_err(|e| HttpError::Connect(format!("{}: resolve: {e}", ep.url)))?.collect();
+        ep.authority.to_socket_addrs().map_err(|source| HttpError::Resolve { url: url(), source })?.collect();
     let mut stream = None;
-    let mut last = String::from("no address");
+    let mut last = None;
     for a in addrs {
         let Some(left) = remaining(deadline) else { break };
         match TcpStream::connect_timeout(&a, left.min(connect_timeout)) {
@@ -90,13 +184,17 @@ pub fn post(
                 stream = Some(s);
                 break;
             }
-            Err(e) => last = format!("{a}: {e}"),
+            Err(e) => last = Some((a, e)),
         }
     }
-    let mut s = stream.ok_or_else(|| HttpError::Connect(format!("{}: connect: {last}", ep.url)))?;
-    let io = |what: &str, e: std::io::Error| HttpError::Io(format!("{}: {what}: {e}", ep.url));
+    let mut s = match (stream, last) {
+        (Some(s), _) => s,
+        (None, Some((addr, source))) => return Err(HttpError::Connect { url: url(), addr, source }),
+        (None, None) => return Err(HttpError::NoAddress { url: url() }),
+    };
+    let io = |what: &'static str, source: std::io::Error| HttpError::Io { url: url(), what, source };
     let _ = s.set_nodelay(true);
-    let left = remaining(deadline).ok_or_else(|| HttpError::Io(format!("{}: timed out", ep.url)))?;
+    let left = remaining(deadline).ok_or_else(|| HttpError::TimedOut { url: url() })?;
     s.set_write_timeout(Some(left)).map_err(|e| io("set timeout", e))?;
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
@@ -109,10 +207,7 @@ pub fn post(
     req.extend_from_slice(body);
     s.write_all(&req).map_err(|e| io("send", e))?;
     let mut r = DeadlineReader { s, deadline, url: &ep.url };
-    read_response(&mut r, max_body).map_err(|e| match e {
-        HttpError::Io(m) => HttpError::Io(format!("{}: {m}", ep.url)),
-        other => other,
-    })
+    read_response(&mut r, max_body).map_err(|source| HttpError::Answer { url: url(), source })
 }
 
 /// Reads with the socket timeout set to what is left of the deadline before each read.
@@ -132,12 +227,10 @@ impl Read for DeadlineReader<'_> {
     }
 }
 
-fn read_err(e: std::io::Error) -> HttpError {
+fn read_err(e: std::io::Error) -> ResponseError {
     match e.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-            HttpError::Io("no answer within the request timeout".into())
-        }
-        _ => HttpError::Io(format!("receive: {e}")),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ResponseError::TimedOut,
+        _ => ResponseError::Receive(e),
     }
 }
 
@@ -155,7 +248,7 @@ impl<'r, R: Read> Buffered<'r, R> {
     }
 
     /// Refills; false at end of stream.
-    fn fill(&mut self) -> Result<bool, HttpError> {
+    fn fill(&mut self) -> Result<bool, ResponseError> {
         if self.pos < self.end {
             return Ok(true);
         }
@@ -174,12 +267,12 @@ impl<'r, R: Read> Buffered<'r, R> {
     }
 
     /// One line without its `\r\n`, at most `max` bytes.
-    fn line(&mut self, max: usize) -> Result<Vec<u8>, HttpError> {
+    fn line(&mut self, max: usize) -> Result<Vec<u8>, ResponseError> {
         let mut out = Vec::new();
         loop {
             if !self.fill()? {
                 // A peer that dies or resets looks like this too: not proof of a bad answer.
-                return Err(HttpError::Io("connection closed inside the response head".into()));
+                return Err(ResponseError::Closed { in_body: false });
             }
             let chunk = &self.buf[self.pos..self.end];
             if let Some(i) = chunk.iter().position(|&b| b == b'\n') {
@@ -193,17 +286,17 @@ impl<'r, R: Read> Buffered<'r, R> {
             out.extend_from_slice(chunk);
             self.pos = self.end;
             if out.len() > max {
-                return Err(HttpError::Malformed(format!("a line longer than {max} bytes")));
+                return Err(ResponseError::LineTooLong { max });
             }
         }
     }
 
     /// Exactly `n` bytes appended to `out`.
-    fn exact(&mut self, n: usize, out: &mut Vec<u8>) -> Result<(), HttpError> {
+    fn exact(&mut self, n: usize, out: &mut Vec<u8>) -> Result<(), ResponseError> {
         let mut left = n;
         while left > 0 {
             if !self.fill()? {
-                return Err(HttpError::Io("connection closed inside the response body".into()));
+                return Err(ResponseError::Closed { in_body: true });
             }
             let take = left.min(self.end - self.pos);
             out.extend_from_slice(&self.buf[self.pos..self.pos + take]);
@@ -214,12 +307,12 @@ impl<'r, R: Read> Buffered<'r, R> {
     }
 
     /// Everything to the end of the stream, at most `max` bytes.
-    fn read_until_close(&mut self, max: usize, out: &mut Vec<u8>) -> Result<(), HttpError> {
+    fn read_until_close(&mut self, max: usize, out: &mut Vec<u8>) -> Result<(), ResponseError> {
         while self.fill()? {
             out.extend_from_slice(&self.buf[self.pos..self.end]);
             self.pos = self.end;
             if out.len() > max {
-                return Err(HttpError::TooLarge(max));
+                return Err(ResponseError::TooLarge(max));
             }
         }
         Ok(())
@@ -228,7 +321,7 @@ impl<'r, R: Read> Buffered<'r, R> {
 
 /// Parses a response: status line, headers, then a body framed by `Content-Length`,
 /// chunked encoding (trailers skipped) or the end of the connection.
-pub fn read_response<R: Read>(r: &mut R, max_body: usize) -> Result<Response, HttpError> {
+pub fn read_response<R: Read>(r: &mut R, max_body: usize) -> Result<Response, ResponseError> {
     let mut b = Buffered::new(r);
     let status_line = b.line(MAX_HEAD)?;
     let status_line = String::from_utf8_lossy(&status_line).into_owned();
@@ -236,13 +329,13 @@ pub fn read_response<R: Read>(r: &mut R, max_body: usize) -> Result<Response, Ht
     let version = parts.next().unwrap_or("");
     let code = parts.next().unwrap_or("");
     if !version.starts_with("HTTP/1.") {
-        return Err(HttpError::Malformed(format!("not an HTTP/1.x answer: {:?}", trunc(&status_line))));
+        return Err(ResponseError::Malformed { what: "not an HTTP/1.x answer", got: trunc(&status_line) });
     }
     let status: u16 = code
         .parse()
         .ok()
         .filter(|c| (100..600).contains(c))
-        .ok_or_else(|| HttpError::Malformed(format!("bad status line {:?}", trunc(&status_line))))?;
+        .ok_or_else(|| ResponseError::Malformed { what: "bad status line", got: trunc(&status_line) })?;
     let mut content_length: Option<usize> = None;
     let mut chunked = false;
     let mut head_bytes = status_line.len();
@@ -250,25 +343,26 @@ pub fn read_response<R: Read>(r: &mut R, max_body: usize) -> Result<Response, Ht
         let line = b.line(MAX_HEAD)?;
         head_bytes += line.len() + 2;
         if head_bytes > MAX_HEAD {
-            return Err(HttpError::Malformed(format!("response head over {MAX_HEAD} bytes")));
+            return Err(ResponseError::HeadTooLong);
         }
         if line.is_empty() {
             break;
         }
         let line = String::from_utf8_lossy(&line);
         let Some((name, value)) = line.split_once(':') else {
-            return Err(HttpError::Malformed(format!("bad header line {:?}", trunc(&line))));
+            return Err(ResponseError::Malformed { what: "bad header line", got: trunc(&line) });
         };
         let value = value.trim();
         if name.eq_ignore_ascii_case("content-length") {
-            let n: usize =
-                value.parse().map_err(|_| HttpError::Malformed(format!("bad Content-Length {:?}", trunc(value))))?;
+            let n: usize = value
+                .parse()
+                .map_err(|_| ResponseError::Malformed { what: "bad Content-Length", got: trunc(value) })?;
             content_length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             if value.eq_ignore_ascii_case("chunked") {
                 chunked = true;
             } else {
-                return Err(HttpError::Malformed(format!("unsupported Transfer-Encoding {:?}", trunc(value))));
+                return Err(ResponseError::Malformed { what: "unsupported Transfer-Encoding", got: trunc(value) });
             }
         }
     }
@@ -279,7 +373,7 @@ pub fn read_response<R: Read>(r: &mut R, max_body: usize) -> Result<Response, Ht
             let line = String::from_utf8_lossy(&line);
             let size = line.split(';').next().unwrap_or("").trim();
             let n = usize::from_str_radix(size, 16)
-                .map_err(|_| HttpError::Malformed(format!("bad chunk size {:?}", trunc(&line))))?;
+                .map_err(|_| ResponseError::Malformed { what: "bad chunk size", got: trunc(&line) })?;
             if n == 0 {
                 // Trailers, up to the empty line (or the end of the connection).
                 while b.fill()? {
@@ -290,16 +384,16 @@ pub fn read_response<R: Read>(r: &mut R, max_body: usize) -> Result<Response, Ht
                 break;
             }
             if body.len().saturating_add(n) > max_body {
-                return Err(HttpError::TooLarge(max_body));
+                return Err(ResponseError::TooLarge(max_body));
             }
             b.exact(n, &mut body)?;
             if !b.line(16)?.is_empty() {
-                return Err(HttpError::Malformed("chunk not followed by CRLF".into()));
+                return Err(ResponseError::ChunkNotTerminated);
             }
         }
     } else if let Some(n) = content_length {
         if n > max_body {
-            return Err(HttpError::TooLarge(max_body));
+            return Err(ResponseError::TooLarge(max_body));
         }
         b.exact(n, &mut body)?;
     } else {
@@ -316,7 +410,7 @@ fn trunc(s: &str) -> String {
 mod tests {
     use super::*;
 
-    fn parse(raw: &[u8]) -> Result<Response, HttpError> {
+    fn parse(raw: &[u8]) -> Result<Response, ResponseError> {
         read_response(&mut &raw[..], 1 << 20)
     }
 
@@ -324,7 +418,7 @@ mod tests {
     fn endpoints() {
         assert_eq!(Endpoint::parse("http://127.0.0.1:2379/").unwrap().authority, "127.0.0.1:2379");
         assert_eq!(Endpoint::parse("localhost:1").unwrap().authority, "localhost:1");
-        assert!(Endpoint::parse("https://x:1").unwrap_err().contains("https"));
+        assert!(matches!(Endpoint::parse("https://x:1"), Err(EndpointError::Https { .. })));
         for bad in ["", "http://", "http://host", "http://h:99999", "http://h:1/v3", "ftp://h:1"] {
             assert!(Endpoint::parse(bad).is_err(), "{bad:?}");
         }
@@ -364,6 +458,6 @@ mod tests {
         assert!(parse(&huge).is_err());
         let mut big = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
         big.extend(std::iter::repeat_n(b'a', (1 << 20) + 1));
-        assert_eq!(parse(&big).unwrap_err(), HttpError::TooLarge(1 << 20));
+        assert!(matches!(parse(&big).unwrap_err(), ResponseError::TooLarge(n) if n == 1 << 20));
     }
 }

@@ -40,10 +40,12 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use krak_meta::{validate_key, validate_txn, validate_value, Condition, KeyValue, LeaseId, MetaError, MetaStore, Op};
+use krak_meta::{
+    validate_key, validate_txn, validate_value, BoxError, Condition, KeyValue, LeaseId, MetaError, MetaStore, Op,
+};
 use serde_json::{json, Value};
 
-pub use http::Endpoint;
+pub use http::{Endpoint, EndpointError, HttpError, ResponseError};
 
 /// Entry points for the fuzz targets (`fuzz/`): the decoders of etcd's answers, which come
 /// from the network. Not a stable API.
@@ -112,10 +114,10 @@ impl EtcdStore {
         let endpoints = urls
             .split(',')
             .filter(|u| !u.trim().is_empty())
-            .map(|u| Endpoint::parse(u).map_err(MetaError::Invalid))
+            .map(|u| Endpoint::parse(u).map_err(|e| MetaError::invalid_by("etcd endpoint", e)))
             .collect::<Result<Vec<_>, _>>()?;
         if endpoints.is_empty() {
-            return Err(MetaError::Invalid(format!("no etcd endpoint in {urls:?}")));
+            return Err(MetaError::invalid(format!("no etcd endpoint in {urls:?}")));
         }
         Ok(EtcdStore { endpoints, current: AtomicUsize::new(0), opts })
     }
@@ -133,7 +135,7 @@ impl EtcdStore {
     /// Sends one gateway request, failing over as [`Retry`] allows; returns the JSON answer
     /// of a successful call, or the mapped gRPC error.
     fn call(&self, path: &str, body: &Value, retry: Retry, lease: Option<u64>) -> Result<Value, MetaError> {
-        self.call_limited(path, body, retry, lease, MAX_RESPONSE_BYTES)
+        Ok(self.call_limited(path, body, retry, lease, MAX_RESPONSE_BYTES)?)
     }
 
     fn call_limited(
@@ -143,8 +145,8 @@ impl EtcdStore {
         retry: Retry,
         lease: Option<u64>,
         max_body: usize,
-    ) -> Result<Value, MetaError> {
-        let bytes = serde_json::to_vec(body).map_err(|e| MetaError::Invalid(format!("encode request: {e}")))?;
+    ) -> Result<Value, CallError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| MetaError::invalid_by("encode request", e))?;
         let deadline = Instant::now() + self.opts.request_timeout;
         let n = self.endpoints.len();
         let first = self.current.load(Ordering::Relaxed) % n;
@@ -158,37 +160,33 @@ impl EtcdStore {
             match http::post(ep, path, &bytes, deadline, self.opts.connect_timeout, max_body) {
                 Ok(resp) => match decode_answer(ep, &resp, lease) {
                     // "no leader" is refused before anything is proposed: safe for writes too.
-                    Err(MetaError::Unavailable(m)) if retry == Retry::Safe || m.contains("no leader") => {
-                        failures.push(m)
+                    Err(e)
+                        if e.unavailable() && (retry == Retry::Safe || matches!(e, AnswerError::NoLeader { .. })) =>
+                    {
+                        failures.push(Failure::Answer(e))
                     }
                     r => {
                         self.current.store(i, Ordering::Relaxed);
-                        return r;
+                        return Ok(r?);
                     }
                 },
-                Err(http::HttpError::Connect(m)) => failures.push(m),
-                Err(http::HttpError::Io(m)) if retry == Retry::Safe => failures.push(m),
-                Err(http::HttpError::Io(m)) => {
-                    return Err(MetaError::Unavailable(format!(
-                        "{m} (the write was sent: it may or may not have been applied)"
-                    )))
-                }
-                Err(http::HttpError::Malformed(m)) => {
-                    return Err(MetaError::Corrupt(format!("{}: {path}: {m}", ep.url)));
-                }
-                Err(http::HttpError::TooLarge(max)) => {
-                    return Err(MetaError::Invalid(format!("{}: {path}: answer over {max} bytes", ep.url)));
+                // The peer answered, unacceptably: another endpoint is not asked.
+                Err(e) if e.bad_answer() => return Err(answer_refused(path, e)),
+                Err(e) if !e.sent() || retry == Retry::Safe => failures.push(Failure::Http(e)),
+                Err(e) => {
+                    return Err(MetaError::unavailable_by(
+                        format!("{path}: the write was sent: it may or may not have been applied"),
+                        e,
+                    )
+                    .into())
                 }
             }
         }
-        if failures.is_empty() {
-            failures.push("no endpoint tried".into());
-        }
-        Err(MetaError::Unavailable(format!(
-            "etcd {path} failed within {:?}: {}",
-            self.opts.request_timeout,
-            failures.join("; ")
-        )))
+        Err(MetaError::unavailable_by(
+            format!("etcd {path} failed within {:?}", self.opts.request_timeout),
+            Failures(failures),
+        )
+        .into())
     }
 
     /// One page of a range: keys in `[key, range_end)` at `revision` (0: latest).
@@ -204,11 +202,133 @@ impl EtcdStore {
             // A page that would be too large is asked again, smaller.
             let max = if limit > 1 { MAX_RESPONSE_BYTES } else { MAX_RESPONSE_BYTES * 2 };
             match self.call_limited("/v3/kv/range", &body, Retry::Safe, None, max) {
-                Err(MetaError::Invalid(m)) if m.contains("answer over") && limit > 1 => limit /= 2,
-                Err(e) => return Err(e),
+                Err(CallError::TooLarge(_)) if limit > 1 => limit /= 2,
+                Err(e) => return Err(e.into()),
                 Ok(v) => return parse_page(&v, limit),
             }
         }
+    }
+}
+
+/// What [`EtcdStore::call_limited`] fails with: an answer too large (which `list` retries
+/// with smaller pages), or anything else.
+#[derive(Debug)]
+enum CallError {
+    TooLarge(MetaError),
+    Meta(MetaError),
+}
+
+impl From<MetaError> for CallError {
+    fn from(e: MetaError) -> Self {
+        CallError::Meta(e)
+    }
+}
+
+impl From<CallError> for MetaError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::TooLarge(e) | CallError::Meta(e) => e,
+        }
+    }
+}
+
+/// A malformed answer is [`MetaError::Corrupt`], one too large [`MetaError::Invalid`].
+fn answer_refused(path: &str, e: HttpError) -> CallError {
+    match e {
+        HttpError::Answer { source: ResponseError::TooLarge(_), .. } => {
+            CallError::TooLarge(MetaError::invalid_by(path.to_string(), e))
+        }
+        e => CallError::Meta(MetaError::corrupt_by(path.to_string(), e)),
+    }
+}
+
+/// One endpoint's failure of a call that may go on to the next endpoint.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Http(HttpError),
+    #[error(transparent)]
+    Answer(AnswerError),
+}
+
+/// Every endpoint's failure of one call, in the order tried.
+#[derive(Debug)]
+struct Failures(Vec<Failure>);
+
+impl std::fmt::Display for Failures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("no endpoint tried");
+        }
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Failures {
+    /// The last endpoint's failure (all of them are in the message).
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.last().map(|e| e as _)
+    }
+}
+
+/// Why an endpoint's answer is not a success.
+#[derive(Debug, thiserror::Error)]
+enum AnswerError {
+    /// The member has no raft leader: it refused before proposing anything.
+    #[error("{url}: etcd error {code}: {message}")]
+    NoLeader { url: String, code: u64, message: String },
+    #[error("{url}: etcd error {code}: {message}")]
+    Grpc { url: String, code: u64, message: String },
+    #[error("lease {0:#x} is gone")]
+    LeaseGone(u64),
+    #[error("{url}: HTTP {status}: {body}")]
+    Busy { url: String, status: u16, body: String },
+    #[error("{url}: HTTP {status} without an error: {body}")]
+    NoError { url: String, status: u16, body: String },
+    #[error("{url}: HTTP {status} with a body that is not JSON: {body:?}{}", .source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    NotJson {
+        url: String,
+        status: u16,
+        body: String,
+        #[source]
+        source: Option<serde_json::Error>,
+    },
+    #[error(transparent)]
+    Shape(MetaError),
+}
+
+impl AnswerError {
+    /// Whether it maps to [`MetaError::Unavailable`] (another endpoint may do better).
+    fn unavailable(&self) -> bool {
+        match self {
+            AnswerError::NoLeader { .. } | AnswerError::Busy { .. } | AnswerError::NoError { .. } => true,
+            AnswerError::Grpc { code, .. } => *code != 3,
+            AnswerError::LeaseGone(_) | AnswerError::NotJson { .. } | AnswerError::Shape(_) => false,
+        }
+    }
+}
+
+impl From<AnswerError> for MetaError {
+    fn from(e: AnswerError) -> Self {
+        match e {
+            AnswerError::LeaseGone(id) => MetaError::LeaseGone(id),
+            AnswerError::Shape(e) => e,
+            AnswerError::Grpc { code: 3, .. } => MetaError::invalid_by("etcd refused the request", e),
+            AnswerError::NotJson { .. } => MetaError::corrupt_by("etcd answer", e),
+            e => MetaError::unavailable_by("etcd", e),
+        }
+    }
+}
+
+impl From<AnswerError> for CallError {
+    fn from(e: AnswerError) -> Self {
+        CallError::Meta(e.into())
     }
 }
 
@@ -220,6 +340,16 @@ struct Page {
 }
 
 fn corrupt(what: &str, v: &Value) -> MetaError {
+    MetaError::corrupt(format!("etcd answer: {what}: {}", shown(v)))
+}
+
+/// [`corrupt`] with the parse error that found it.
+fn corrupt_by(what: &str, v: &Value, e: impl Into<BoxError>) -> MetaError {
+    MetaError::corrupt_by(format!("etcd answer: {what}: {}", shown(v)), e)
+}
+
+/// At most 200 bytes of `v`, for messages.
+fn shown(v: &Value) -> String {
     let mut s = v.to_string();
     if s.len() > 200 {
         let mut end = 200;
@@ -228,7 +358,7 @@ fn corrupt(what: &str, v: &Value) -> MetaError {
         }
         s.truncate(end);
     }
-    MetaError::Corrupt(format!("etcd answer: {what}: {s}"))
+    s
 }
 
 /// An integer field: etcd's gateway writes 64-bit integers as strings, omits zeros.
@@ -240,7 +370,7 @@ fn int(v: &Value, field: &str) -> Result<u64, MetaError> {
             if let Ok(n) = s.parse::<i64>() {
                 return Ok(n.max(0) as u64);
             }
-            s.parse::<u64>().map_err(|_| corrupt(&format!("{field} is not an integer"), v))
+            s.parse::<u64>().map_err(|e| corrupt_by(&format!("{field} is not an integer"), v, e))
         }
         Some(Value::Number(n)) => n
             .as_u64()
@@ -253,7 +383,7 @@ fn int(v: &Value, field: &str) -> Result<u64, MetaError> {
 fn b64(v: &Value, field: &str) -> Result<Vec<u8>, MetaError> {
     match v.get(field) {
         None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) => B64.decode(s).map_err(|_| corrupt(&format!("{field} is not base64"), v)),
+        Some(Value::String(s)) => B64.decode(s).map_err(|e| corrupt_by(&format!("{field} is not base64"), v, e)),
         Some(_) => Err(corrupt(&format!("{field} is not a string"), v)),
     }
 }
@@ -268,7 +398,7 @@ fn header_revision(v: &Value) -> Result<u64, MetaError> {
 }
 
 fn parse_kv(v: &Value) -> Result<KeyValue, MetaError> {
-    let key = String::from_utf8(b64(v, "key")?).map_err(|_| corrupt("key is not UTF-8", v))?;
+    let key = String::from_utf8(b64(v, "key")?).map_err(|e| corrupt_by("key is not UTF-8", v, e))?;
     let value = b64(v, "value")?;
     let mod_revision = int(v, "mod_revision")?;
     if key.is_empty() || mod_revision == 0 {
@@ -295,31 +425,27 @@ fn parse_page(v: &Value, limit: usize) -> Result<Page, MetaError> {
     Ok(Page { kvs, more, revision, limit })
 }
 
-/// Maps an answer to its JSON, or its gRPC error to a [`MetaError`].
-fn decode_answer(ep: &Endpoint, resp: &http::Response, lease: Option<u64>) -> Result<Value, MetaError> {
+/// Maps an answer to its JSON, or its gRPC error to an [`AnswerError`].
+fn decode_answer(ep: &Endpoint, resp: &http::Response, lease: Option<u64>) -> Result<Value, AnswerError> {
     // Streaming calls (keepalive) answer `{"result": ...}` objects; take the first.
     let first = serde_json::Deserializer::from_slice(&resp.body).into_iter::<Value>().next();
+    let body = || String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)]).into_owned();
     let v = match first {
         Some(Ok(v)) => v,
         _ if resp.status >= 500 || resp.status == 429 => {
-            return Err(MetaError::Unavailable(format!(
-                "{}: HTTP {}: {}",
-                ep.url,
-                resp.status,
-                String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)])
-            )))
+            return Err(AnswerError::Busy { url: ep.url.clone(), status: resp.status, body: body() })
         }
-        _ => {
-            return Err(MetaError::Corrupt(format!(
-                "{}: HTTP {} with a body that is not JSON: {:?}",
-                ep.url,
-                resp.status,
-                String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)])
-            )))
+        other => {
+            return Err(AnswerError::NotJson {
+                url: ep.url.clone(),
+                status: resp.status,
+                body: body(),
+                source: other.and_then(Result::err),
+            })
         }
     };
     if !v.is_object() {
-        return Err(corrupt("not an object", &v));
+        return Err(AnswerError::Shape(corrupt("not an object", &v)));
     }
     // Errors: `{"error": "...", "code": N}` (unary) or `{"error": {"grpc_code": N, ...}}`
     // (streaming).
@@ -334,10 +460,10 @@ fn decode_answer(ep: &Endpoint, resp: &http::Response, lease: Option<u64>) -> Re
             Value::String(s) => s,
             other => other.to_string(),
         };
-        return Err(grpc_error(ep, code, &message, lease));
+        return Err(grpc_error(ep, code, message, lease));
     }
     if resp.status != 200 {
-        return Err(MetaError::Unavailable(format!("{}: HTTP {} without an error: {v}", ep.url, resp.status)));
+        return Err(AnswerError::NoError { url: ep.url.clone(), status: resp.status, body: v.to_string() });
     }
     match v.get("result") {
         Some(r) if r.is_object() => Ok(r.clone()),
@@ -345,13 +471,17 @@ fn decode_answer(ep: &Endpoint, resp: &http::Response, lease: Option<u64>) -> Re
     }
 }
 
-fn grpc_error(ep: &Endpoint, code: u64, message: &str, lease: Option<u64>) -> MetaError {
-    let m = format!("{}: etcd error {code}: {message}", ep.url);
-    match code {
-        5 if message.contains("lease not found") => MetaError::LeaseGone(lease.unwrap_or(0)),
-        3 => MetaError::Invalid(m),
-        // Cancelled, unknown, deadline, resource exhausted, aborted, unavailable, ...
-        _ => MetaError::Unavailable(m),
+/// Classifies a gRPC error by its code, and by etcd's own text where the code is not enough.
+fn grpc_error(ep: &Endpoint, code: u64, message: String, lease: Option<u64>) -> AnswerError {
+    let url = ep.url.clone();
+    if code == 5 && message.contains("lease not found") {
+        AnswerError::LeaseGone(lease.unwrap_or(0))
+    } else if code != 3 && message.contains("no leader") {
+        AnswerError::NoLeader { url, code, message }
+    } else {
+        // 3 (invalid argument) is refused for good; cancelled, unknown, deadline, resource
+        // exhausted, aborted, unavailable, ... may pass elsewhere or later.
+        AnswerError::Grpc { url, code, message }
     }
 }
 
@@ -383,7 +513,7 @@ impl MetaStore for EtcdStore {
         let page = parse_page(&v, 1)?;
         match page.kvs.into_iter().next() {
             Some(kv) if kv.key == key => Ok(Some(kv)),
-            Some(kv) => Err(MetaError::Corrupt(format!("etcd answered key {:?} for {key:?}", kv.key))),
+            Some(kv) => Err(MetaError::corrupt(format!("etcd answered key {:?} for {key:?}", kv.key))),
             None => Ok(None),
         }
     }
@@ -405,11 +535,11 @@ impl MetaStore for EtcdStore {
             if let (Some(last), Some(first)) = (out.last(), page.kvs.first()) {
                 let (last, first): (&KeyValue, &KeyValue) = (last, first);
                 if first.key <= last.key {
-                    return Err(MetaError::Corrupt("etcd pages overlap".into()));
+                    return Err(MetaError::corrupt("etcd pages overlap"));
                 }
             }
             if page.kvs.iter().any(|kv| !kv.key.starts_with(prefix)) {
-                return Err(MetaError::Corrupt(format!("etcd listed a key outside prefix {prefix:?}")));
+                return Err(MetaError::corrupt(format!("etcd listed a key outside prefix {prefix:?}")));
             }
             let n = page.kvs.len();
             out.extend(page.kvs);
@@ -469,16 +599,16 @@ impl MetaStore for EtcdStore {
 
     fn grant_lease(&self, ttl_ms: u64) -> Result<LeaseId, MetaError> {
         if ttl_ms == 0 {
-            return Err(MetaError::Invalid("lease TTL of 0 ms".into()));
+            return Err(MetaError::invalid("lease TTL of 0 ms"));
         }
         let secs = ttl_ms.div_ceil(1000);
         if secs > i64::MAX as u64 / 2 {
-            return Err(MetaError::Invalid(format!("lease TTL of {ttl_ms} ms is too long")));
+            return Err(MetaError::invalid(format!("lease TTL of {ttl_ms} ms is too long")));
         }
         // A lost answer leaks a lease, which expires on its own: safe to retry.
         let v = self.call("/v3/lease/grant", &json!({ "TTL": secs.to_string() }), Retry::Safe, None)?;
         if let Some(e) = v.get("error").and_then(Value::as_str).filter(|e| !e.is_empty()) {
-            return Err(MetaError::Unavailable(format!("lease grant: {e}")));
+            return Err(MetaError::unavailable(format!("lease grant: {e}")));
         }
         let id = int(&v, "ID")?;
         if id == 0 || int(&v, "TTL")? == 0 {

@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use krak_meta::MetaError;
+
 use crate::{EtcdOptions, EtcdStore};
 
 /// Environment variable naming the etcd binary to use.
@@ -34,22 +36,52 @@ pub const INSTALL_HINT: &str =
     "etcd is not installed: install Debian's etcd-server (apt-get install -y etcd-server; .ci/run does it in CI) \
      or point $KRAK_ETCD at an etcd 3.4+ binary";
 
+/// Why a test cluster could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum TestkitError {
+    #[error("${ETCD_ENV}={} is not a file; {INSTALL_HINT}", .path.display())]
+    NotAFile { path: PathBuf },
+    #[error("{INSTALL_HINT}")]
+    NotInstalled,
+    #[error("{what} {}: {source}", .path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("run {}: {source}", .bin.display())]
+    Spawn {
+        bin: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connect to a member: {0}")]
+    Connect(#[source] MetaError),
+    #[error("etcd member {member} exited ({status}) at start; its log ends with:\n{log_tail}")]
+    Exited { member: usize, status: std::process::ExitStatus, log_tail: String },
+    #[error("etcd member {member} not ready within {timeout:?} ({source}); its log ends with:\n{log_tail}")]
+    NotReady {
+        member: usize,
+        timeout: Duration,
+        log_tail: String,
+        #[source]
+        source: MetaError,
+    },
+}
+
 /// The etcd binary, or why there is none.
-pub fn etcd_binary() -> Result<PathBuf, String> {
+pub fn etcd_binary() -> Result<PathBuf, TestkitError> {
     if let Some(p) = std::env::var_os(ETCD_ENV) {
         let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("${ETCD_ENV}={} is not a file; {INSTALL_HINT}", p.display()))
-        };
+        return if p.is_file() { Ok(p) } else { Err(TestkitError::NotAFile { path: p }) };
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|d| d.join("etcd"))
         .chain([PathBuf::from("/usr/bin/etcd")])
         .find(|p| p.is_file())
-        .ok_or_else(|| INSTALL_HINT.to_string())
+        .ok_or(TestkitError::NotInstalled)
 }
 
 /// One etcd process.
@@ -90,25 +122,30 @@ impl EtcdCluster {
     }
 
     /// Starts an `n`-member cluster (retrying with other ports if one was taken meanwhile).
-    pub fn try_start(n: usize) -> Result<EtcdCluster, String> {
+    pub fn try_start(n: usize) -> Result<EtcdCluster, TestkitError> {
         assert!(n >= 1, "a cluster has at least one member");
         let bin = etcd_binary()?;
-        let mut last = String::new();
-        for _ in 0..3 {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             match Self::start_once(&bin, n) {
                 Ok(c) => return Ok(c),
-                Err(e) => last = e,
+                Err(e) if attempt == 3 => return Err(e),
+                Err(_) => {}
             }
         }
-        Err(last)
     }
 
-    fn start_once(bin: &Path, n: usize) -> Result<EtcdCluster, String> {
+    fn start_once(bin: &Path, n: usize) -> Result<EtcdCluster, TestkitError> {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("krak-etcd-{}-{seq}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|source| TestkitError::Io {
+            what: "create",
+            path: dir.clone(),
+            source,
+        })?;
         let ports = free_ports(2 * n);
         let peer = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
         let client = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i]);
@@ -117,8 +154,16 @@ impl EtcdCluster {
         let mut cluster = EtcdCluster { members: Vec::new(), dir: dir.clone() };
         for i in 0..n {
             let log = dir.join(format!("member-{i}.log"));
-            let out = std::fs::File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
-            let err = out.try_clone().map_err(|e| e.to_string())?;
+            let out = std::fs::File::create(&log).map_err(|source| TestkitError::Io {
+                what: "create",
+                path: log.clone(),
+                source,
+            })?;
+            let err = out.try_clone().map_err(|source| TestkitError::Io {
+                what: "duplicate the handle of",
+                path: log.clone(),
+                source,
+            })?;
             let child = Command::new(bin)
                 .arg("--name")
                 .arg(format!("n{i}"))
@@ -134,7 +179,7 @@ impl EtcdCluster {
                 .stdout(out)
                 .stderr(err)
                 .spawn()
-                .map_err(|e| format!("run {}: {e}", bin.display()))?;
+                .map_err(|source| TestkitError::Spawn { bin: bin.to_path_buf(), source })?;
             cluster.members.push(Member { client_url: client(i), log, child: Some(child) });
         }
         cluster.wait_ready(Duration::from_secs(20))?;
@@ -142,7 +187,7 @@ impl EtcdCluster {
     }
 
     /// Waits until every running member answers a linearizable read.
-    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), TestkitError> {
         let deadline = Instant::now() + timeout;
         for i in 0..self.members.len() {
             if self.members[i].child.is_none() {
@@ -155,21 +200,20 @@ impl EtcdCluster {
                     connect_timeout: Duration::from_millis(200),
                 },
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(TestkitError::Connect)?;
             loop {
                 if let Some(status) = self.members[i].child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                    return Err(format!(
-                        "etcd member {i} exited ({status}) at start; its log ends with:\n{}",
-                        log_tail(&self.members[i].log)
-                    ));
+                    return Err(TestkitError::Exited { member: i, status, log_tail: log_tail(&self.members[i].log) });
                 }
                 match krak_meta::MetaStore::get(&store, "/krak-testkit-ready") {
                     Ok(_) => break,
-                    Err(e) if Instant::now() > deadline => {
-                        return Err(format!(
-                            "etcd member {i} not ready within {timeout:?} ({e}); its log ends with:\n{}",
-                            log_tail(&self.members[i].log)
-                        ))
+                    Err(source) if Instant::now() > deadline => {
+                        return Err(TestkitError::NotReady {
+                            member: i,
+                            timeout,
+                            log_tail: log_tail(&self.members[i].log),
+                            source,
+                        })
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }

@@ -87,7 +87,10 @@ fn check_all_unavailable(store: &EtcdStore, lease: krak_meta::LeaseId, timeout: 
             .collect();
         for h in handles {
             let (name, r, took) = h.join().unwrap();
-            assert!(matches!(r, Err(MetaError::Unavailable(_))), "{how} etcd: {name} must be Unavailable, got {r:?}");
+            assert!(
+                matches!(r, Err(MetaError::Unavailable { .. })),
+                "{how} etcd: {name} must be Unavailable, got {r:?}"
+            );
             assert!(
                 took < timeout + Duration::from_millis(500),
                 "{how} etcd: {name} took {took:?} (timeout {timeout:?})"
@@ -158,6 +161,6 @@ fn three_members_survive_the_loss_of_one() {
     .unwrap();
     let t = Instant::now();
     let r = store.put("/ha/noquorum", b"x");
-    assert!(matches!(r, Err(MetaError::Unavailable(_))), "without quorum a put must be Unavailable, got {r:?}");
+    assert!(matches!(r, Err(MetaError::Unavailable { .. })), "without quorum a put must be Unavailable, got {r:?}");
     assert!(t.elapsed() < timeout + Duration::from_millis(500), "took {:?}", t.elapsed());
 }

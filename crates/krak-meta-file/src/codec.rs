@@ -83,6 +83,35 @@ pub fn crc_matches(len: usize, crc: u32, payload: &[u8]) -> bool {
     crc32c::crc32c_append(crc32c::crc32c(&(len as u32).to_le_bytes()), payload) == crc
 }
 
+/// Why a log record (or a piece of a snapshot) does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("{wanted} bytes wanted at offset {at}, {left} left")]
+    Short { wanted: usize, at: usize, left: usize },
+    #[error("length {len} at offset {at} exceeds {max}")]
+    TooLong { len: usize, at: usize, max: usize },
+    #[error("key before offset {at} is not UTF-8: {source}")]
+    KeyNotUtf8 {
+        at: usize,
+        #[source]
+        source: std::string::FromUtf8Error,
+    },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u8),
+    #[error("record of {n} ops, more than {MAX_TXN_OPS}")]
+    TooManyOps { n: usize },
+    #[error("unknown op tag {0}")]
+    UnknownOp(u8),
+    #[error("{bytes} trailing bytes after the ops")]
+    Trailing { bytes: usize },
+    #[error("short header")]
+    ShortHeader,
+    #[error("short payload")]
+    ShortPayload,
+    #[error("CRC mismatch")]
+    CrcMismatch,
+}
+
 /// A reader over a byte slice that fails instead of panicking.
 pub struct Cursor<'a> {
     buf: &'a [u8],
@@ -96,52 +125,52 @@ impl<'a> Cursor<'a> {
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
-    pub fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
         if self.remaining() < n {
-            return Err(format!("{n} bytes wanted at offset {}, {} left", self.pos, self.remaining()));
+            return Err(RecordError::Short { wanted: n, at: self.pos, left: self.remaining() });
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
         Ok(s)
     }
-    pub fn u8(&mut self) -> Result<u8, String> {
+    pub fn u8(&mut self) -> Result<u8, RecordError> {
         Ok(self.take(1)?[0])
     }
-    pub fn u32(&mut self) -> Result<u32, String> {
+    pub fn u32(&mut self) -> Result<u32, RecordError> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
-    pub fn u64(&mut self) -> Result<u64, String> {
+    pub fn u64(&mut self) -> Result<u64, RecordError> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_le_bytes(a))
     }
     /// A length-prefixed byte string of at most `max` bytes.
-    pub fn bytes(&mut self, max: usize) -> Result<&'a [u8], String> {
+    pub fn bytes(&mut self, max: usize) -> Result<&'a [u8], RecordError> {
         let n = self.u32()? as usize;
         if n > max {
-            return Err(format!("length {n} at offset {} exceeds {max}", self.pos));
+            return Err(RecordError::TooLong { len: n, at: self.pos, max });
         }
         self.take(n)
     }
-    pub fn key(&mut self) -> Result<String, String> {
+    pub fn key(&mut self) -> Result<String, RecordError> {
         let b = self.bytes(MAX_KEY_BYTES)?;
-        String::from_utf8(b.to_vec()).map_err(|_| format!("key before offset {} is not UTF-8", self.pos))
+        String::from_utf8(b.to_vec()).map_err(|source| RecordError::KeyNotUtf8 { at: self.pos, source })
     }
 }
 
 /// Decodes a record's payload (its CRC already checked).
-pub fn decode_payload(payload: &[u8]) -> Result<Record, String> {
+pub fn decode_payload(payload: &[u8]) -> Result<Record, RecordError> {
     let mut c = Cursor::new(payload);
     let kind = c.u8()?;
     if kind != KIND_TXN {
-        return Err(format!("unknown record kind {kind}"));
+        return Err(RecordError::UnknownKind(kind));
     }
     let revision = c.u64()?;
     let n = c.u32()? as usize;
     if n > MAX_TXN_OPS {
-        return Err(format!("record of {n} ops, more than {MAX_TXN_OPS}"));
+        return Err(RecordError::TooManyOps { n });
     }
     let mut ops = Vec::with_capacity(n);
     for _ in 0..n {
@@ -153,11 +182,11 @@ pub fn decode_payload(payload: &[u8]) -> Result<Record, String> {
                 ops.push(Op::Put { key, value, lease: (lease != 0).then_some(krak_meta::LeaseId(lease)) });
             }
             OP_DELETE => ops.push(Op::Delete { key: c.key()? }),
-            t => return Err(format!("unknown op tag {t}")),
+            t => return Err(RecordError::UnknownOp(t)),
         }
     }
     if c.remaining() != 0 {
-        return Err(format!("{} trailing bytes after the ops", c.remaining()));
+        return Err(RecordError::Trailing { bytes: c.remaining() });
     }
     Ok(Record { revision, ops })
 }
@@ -209,7 +238,8 @@ pub type Snapshot = (u64, Vec<(String, Vec<u8>, u64)>);
 /// Decodes a whole snapshot file; any inconsistency is [`MetaError::Corrupt`] (a snapshot
 /// is fsynced before it is renamed into place, so it is never torn).
 pub fn read_snapshot(buf: &[u8]) -> Result<Snapshot, MetaError> {
-    let corrupt = |m: String| MetaError::Corrupt(format!("snapshot: {m}"));
+    let corrupt = |m: String| MetaError::corrupt(format!("snapshot: {m}"));
+    let unreadable = |e: RecordError| MetaError::corrupt_by("snapshot", e);
     if buf.len() < SNAPSHOT_MAGIC.len() + 20 || &buf[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC {
         return Err(corrupt("bad magic or too short".into()));
     }
@@ -219,8 +249,8 @@ pub fn read_snapshot(buf: &[u8]) -> Result<Snapshot, MetaError> {
         return Err(corrupt("CRC mismatch".into()));
     }
     let mut c = Cursor::new(&body[SNAPSHOT_MAGIC.len()..]);
-    let revision = c.u64().map_err(corrupt)?;
-    let count = c.u64().map_err(corrupt)?;
+    let revision = c.u64().map_err(unreadable)?;
+    let count = c.u64().map_err(unreadable)?;
     // Each entry takes at least 17 bytes: bounds the allocation by the file size.
     if count > (c.remaining() / 17) as u64 {
         return Err(corrupt(format!("{count} entries announced in {} bytes", c.remaining())));
@@ -228,9 +258,9 @@ pub fn read_snapshot(buf: &[u8]) -> Result<Snapshot, MetaError> {
     let mut entries = Vec::with_capacity(count as usize);
     let mut prev: Option<String> = None;
     for _ in 0..count {
-        let key = c.key().map_err(corrupt)?;
-        let value = c.bytes(MAX_VALUE_BYTES).map_err(corrupt)?.to_vec();
-        let rev = c.u64().map_err(corrupt)?;
+        let key = c.key().map_err(unreadable)?;
+        let value = c.bytes(MAX_VALUE_BYTES).map_err(unreadable)?.to_vec();
+        let rev = c.u64().map_err(unreadable)?;
         if rev == 0 || rev > revision {
             return Err(corrupt(format!("key {key:?} at revision {rev}, snapshot at {revision}")));
         }
@@ -296,7 +326,7 @@ mod tests {
         for i in 0..buf.len() {
             let mut bad = buf.clone();
             bad[i] ^= 1;
-            assert!(matches!(read_snapshot(&bad), Err(MetaError::Corrupt(_))), "flip at {i}");
+            assert!(matches!(read_snapshot(&bad), Err(MetaError::Corrupt { .. })), "flip at {i}");
         }
         for cut in 0..buf.len() {
             assert!(read_snapshot(&buf[..cut]).is_err());

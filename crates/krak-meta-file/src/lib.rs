@@ -33,25 +33,28 @@
 
 mod codec;
 
+pub use codec::RecordError;
+
 /// Entry points for the fuzz targets (`fuzz/`): the decoders of what this store reads back
 /// from its files, which whoever can write the directory controls. Not a stable API.
 #[doc(hidden)]
 pub mod fuzzing {
     use crate::codec;
+    pub use crate::codec::RecordError;
 
     /// A WAL record as on disk (header, CRC, payload): its op count, or why it is refused.
-    pub fn decode_record(data: &[u8]) -> Result<usize, String> {
-        let (head, rest) = data.split_first_chunk::<{ codec::RECORD_HEADER }>().ok_or("short header")?;
+    pub fn decode_record(data: &[u8]) -> Result<usize, RecordError> {
+        let (head, rest) = data.split_first_chunk::<{ codec::RECORD_HEADER }>().ok_or(RecordError::ShortHeader)?;
         let (len, crc) = codec::decode_header(head);
-        let payload = rest.get(..len).ok_or("short payload")?;
+        let payload = rest.get(..len).ok_or(RecordError::ShortPayload)?;
         if !codec::crc_matches(len, crc, payload) {
-            return Err("CRC mismatch".into());
+            return Err(RecordError::CrcMismatch);
         }
         codec::decode_payload(payload).map(|r| r.ops.len())
     }
 
     /// A record's payload, as if its CRC had matched (a fuzzer cannot forge CRCs).
-    pub fn decode_payload(data: &[u8]) -> Result<usize, String> {
+    pub fn decode_payload(data: &[u8]) -> Result<usize, RecordError> {
         codec::decode_payload(data).map(|r| r.ops.len())
     }
 
@@ -67,7 +70,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use codec::{SnapEntry, RECORD_HEADER};
@@ -143,7 +146,7 @@ struct Inner {
     wal_bytes: u64,
     snapshot_bytes: u64,
     /// Set after an I/O error on the log: writes are refused until reopen.
-    failed: Option<String>,
+    failed: Option<LogFailure>,
     compactions: u64,
 }
 
@@ -159,7 +162,23 @@ pub struct FileStore {
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> MetaError {
-    MetaError::Unavailable(format!("{what} {}: {e}", path.display()))
+    MetaError::unavailable_by(format!("{what} {}", path.display()), e)
+}
+
+/// The I/O error that stopped the store's writes, kept to be re-raised until a reopen.
+#[derive(Debug)]
+struct LogFailure {
+    what: String,
+    source: Arc<std::io::Error>,
+}
+
+impl Inner {
+    /// Records that the log can no longer be trusted; the error to return now.
+    fn fail(&mut self, what: String, e: std::io::Error) -> MetaError {
+        let source = Arc::new(e);
+        self.failed = Some(LogFailure { what: what.clone(), source: source.clone() });
+        MetaError::unavailable_by(what, source)
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), MetaError> {
@@ -194,7 +213,7 @@ impl FileStore {
         // SAFETY: flock on a file descriptor we own; no memory is involved.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = std::io::Error::last_os_error();
-            return Err(MetaError::Unavailable(format!("store {} is locked by another process ({e})", dir.display())));
+            return Err(MetaError::unavailable_by(format!("store {} is locked by another process", dir.display()), e));
         }
         let _ = std::fs::remove_file(dir.join(SNAPSHOT_TMP));
 
@@ -329,12 +348,14 @@ impl FileStore {
         let snap = self.dir.join(SNAPSHOT);
         std::fs::rename(&tmp, &snap).map_err(|e| io_err("rename snapshot to", &snap, e))?;
         // From here the snapshot holds every logged write: the log may be emptied.
-        let r = sync_dir(&self.dir).and_then(|_| {
-            g.wal.set_len(0).and_then(|_| g.wal.sync_all()).map_err(|e| io_err("truncate", &self.dir.join(WAL), e))
-        });
-        if let Err(e) = r {
-            g.failed = Some(e.to_string());
-            return Err(e);
+        let r = File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| ("fsync of directory", self.dir.clone(), e))
+            .and_then(|_| {
+                g.wal.set_len(0).and_then(|_| g.wal.sync_all()).map_err(|e| ("truncate", self.dir.join(WAL), e))
+            });
+        if let Err((what, path, e)) = r {
+            return Err(g.fail(format!("{what} {}", path.display()), e));
         }
         g.wal_bytes = 0;
         g.snapshot_bytes = n;
@@ -349,9 +370,8 @@ impl FileStore {
             // Try to cut off a partial record so the log stays replayable; either way the
             // page cache is suspect after a failed write or fsync: refuse further writes.
             let _ = g.wal.set_len(g.wal_bytes);
-            let msg = format!("write to {}: {e}; reopen the store", self.dir.join(WAL).display());
-            g.failed = Some(msg.clone());
-            return Err(MetaError::Unavailable(msg));
+            let what = format!("write to {} (reopen the store)", self.dir.join(WAL).display());
+            return Err(g.fail(what, e));
         }
         g.wal_bytes += record.len() as u64;
         Ok(())
@@ -410,9 +430,9 @@ fn replay(
         if len - pos < RECORD_HEADER as u64 {
             return Ok(pos); // torn header
         }
-        r.read_exact(&mut h).map_err(|e| MetaError::Unavailable(format!("read log: {e}")))?;
+        r.read_exact(&mut h).map_err(|e| MetaError::unavailable_by("read log", e))?;
         let (plen, crc) = codec::decode_header(&h);
-        let bad = |why: &str, r: &mut BufReader<&mut File>, read: u64| -> Result<u64, MetaError> {
+        let bad = |why: RecordError, r: &mut BufReader<&mut File>, read: u64| -> Result<u64, MetaError> {
             // A crash leaves at most one damaged record, at the very end (possibly padded
             // with zeros). Anything else is corruption we must not silently cut off.
             // One record at most: a longer damaged stretch is not a torn write.
@@ -421,27 +441,31 @@ fn replay(
             if (one_record && end >= len) || rest_is_zero(r, pos + read, len, &h, read == RECORD_HEADER as u64)? {
                 Ok(pos)
             } else {
-                Err(MetaError::Corrupt(format!("log record at offset {pos}: {why}, followed by more data")))
+                Err(MetaError::corrupt_by(format!("log record at offset {pos}, followed by more data"), why))
             }
         };
         if plen == 0 || plen > codec::MAX_RECORD_PAYLOAD {
-            return bad("impossible length", &mut r, RECORD_HEADER as u64);
+            return bad(
+                RecordError::TooLong { len: plen, at: pos as usize, max: codec::MAX_RECORD_PAYLOAD },
+                &mut r,
+                RECORD_HEADER as u64,
+            );
         }
         if pos + RECORD_HEADER as u64 + plen as u64 > len {
             return Ok(pos); // cut short
         }
         payload.resize(plen, 0);
-        r.read_exact(&mut payload).map_err(|e| MetaError::Unavailable(format!("read log: {e}")))?;
+        r.read_exact(&mut payload).map_err(|e| MetaError::unavailable_by("read log", e))?;
         let read = (RECORD_HEADER + plen) as u64;
         if !codec::crc_matches(plen, crc, &payload) {
-            return bad("CRC mismatch", &mut r, read);
+            return bad(RecordError::CrcMismatch, &mut r, read);
         }
         let record = match codec::decode_payload(&payload) {
             Ok(rec) => rec,
-            Err(e) => return bad(&e, &mut r, read),
+            Err(e) => return bad(e, &mut r, read),
         };
         if record.revision <= last_rev {
-            return Err(MetaError::Corrupt(format!(
+            return Err(MetaError::corrupt(format!(
                 "log record at offset {pos}: revision {} after {last_rev}",
                 record.revision
             )));
@@ -477,7 +501,7 @@ fn rest_is_zero(
     let mut buf = vec![0u8; 64 << 10];
     while left > 0 {
         let n = left.min(buf.len() as u64) as usize;
-        r.read_exact(&mut buf[..n]).map_err(|e| MetaError::Unavailable(format!("read log: {e}")))?;
+        r.read_exact(&mut buf[..n]).map_err(|e| MetaError::unavailable_by("read log", e))?;
         if buf[..n].iter().any(|&b| b != 0) {
             return Ok(false);
         }
@@ -500,7 +524,7 @@ fn apply_to_map(map: &mut BTreeMap<String, Entry>, op: &Op, rev: u64) {
 impl Inner {
     fn usable(&self) -> Result<(), MetaError> {
         match &self.failed {
-            Some(m) => Err(MetaError::Unavailable(m.clone())),
+            Some(f) => Err(MetaError::unavailable_by(f.what.clone(), f.source.clone())),
             None => Ok(()),
         }
     }
@@ -632,13 +656,13 @@ impl MetaStore for FileStore {
 
     fn grant_lease(&self, ttl_ms: u64) -> Result<LeaseId, MetaError> {
         if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
-            return Err(MetaError::Invalid(format!("lease TTL of {ttl_ms} ms, not in 1..={MAX_TTL_MS}")));
+            return Err(MetaError::invalid(format!("lease TTL of {ttl_ms} ms, not in 1..={MAX_TTL_MS}")));
         }
         let mut g = self.lock();
         let now = Instant::now();
         g.expire(now);
         if g.leases.len() >= MAX_LEASES {
-            return Err(MetaError::Invalid(format!("{MAX_LEASES} leases are live already")));
+            return Err(MetaError::invalid(format!("{MAX_LEASES} leases are live already")));
         }
         let id = loop {
             let id = g.next_lease;

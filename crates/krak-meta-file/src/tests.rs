@@ -148,7 +148,7 @@ fn damage_before_the_last_record_is_corrupt_not_cut() {
     wal[RECORD_HEADER + 3] ^= 1; // inside the first record
     std::fs::write(d.0.join(WAL), &wal).unwrap();
     match FileStore::open(&d.0) {
-        Err(MetaError::Corrupt(m)) => assert!(m.contains("offset 0"), "{m}"),
+        Err(MetaError::Corrupt { what: m, .. }) => assert!(m.contains("offset 0"), "{m}"),
         other => panic!("damage in the middle of the log must be Corrupt, got {other:?}"),
     }
     // A damaged snapshot too.
@@ -160,7 +160,7 @@ fn damage_before_the_last_record_is_corrupt_not_cut() {
     let mut snap = std::fs::read(d.0.join(SNAPSHOT)).unwrap();
     snap[20] ^= 4;
     std::fs::write(d.0.join(SNAPSHOT), &snap).unwrap();
-    assert!(matches!(FileStore::open(&d.0), Err(MetaError::Corrupt(_))));
+    assert!(matches!(FileStore::open(&d.0), Err(MetaError::Corrupt { .. })));
 }
 
 #[test]
@@ -210,12 +210,12 @@ fn one_process_at_a_time_and_bounds() {
     let d = TempDir::new("lock");
     let s = FileStore::open(&d.0).unwrap();
     match FileStore::open(&d.0) {
-        Err(MetaError::Unavailable(m)) => assert!(m.contains("locked"), "{m}"),
+        Err(MetaError::Unavailable { what: m, .. }) => assert!(m.contains("locked"), "{m}"),
         other => panic!("a second open must be refused, got {other:?}"),
     }
-    assert!(matches!(s.grant_lease(0), Err(MetaError::Invalid(_))));
-    assert!(matches!(s.grant_lease(MAX_TTL_MS + 1), Err(MetaError::Invalid(_))));
-    assert!(matches!(s.put("/a\0b", b""), Err(MetaError::Invalid(_))));
+    assert!(matches!(s.grant_lease(0), Err(MetaError::Invalid { .. })));
+    assert!(matches!(s.grant_lease(MAX_TTL_MS + 1), Err(MetaError::Invalid { .. })));
+    assert!(matches!(s.put("/a\0b", b""), Err(MetaError::Invalid { .. })));
     drop(s);
     FileStore::open(&d.0).expect("reopen once the first is closed");
 }

@@ -102,7 +102,7 @@ fn expect_lease_gone<T: std::fmt::Debug>(what: &str, lease: LeaseId, r: Result<T
 
 fn expect_invalid<T: std::fmt::Debug>(what: &str, r: Result<T, MetaError>) {
     match r {
-        Err(MetaError::Invalid(_)) => {}
+        Err(MetaError::Invalid { .. }) => {}
         other => panic!("contract: {what} must be refused with Invalid, got {other:?}"),
     }
 }

@@ -73,7 +73,7 @@ impl<S: MetaStore> MetaStore for FencedStore<S> {
         self.inner
             .get(key)?
             .map(|kv| kv.mod_revision)
-            .ok_or_else(|| MetaError::Unavailable(format!("{key} vanished right after it was written")))
+            .ok_or_else(|| MetaError::unavailable(format!("{key} vanished right after it was written")))
     }
 
     fn delete(&self, key: &str) -> Result<bool, MetaError> {

@@ -14,24 +14,74 @@ mod fence;
 pub use election::{Leadership, LEADER_KEY};
 pub use fence::FencedStore;
 
-/// Why a store operation failed.
+/// A cause carried by a backend-neutral [`MetaError`] (an io error, a parse error, an
+/// HTTP error of a backend, ...).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a store operation failed. Callers branch on the category (retry on
+/// [`Unavailable`](MetaError::Unavailable), give up otherwise); the backend's own error,
+/// when there is one, is kept as the [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
     /// The store cannot be reached or did not answer in time; retrying may help.
-    #[error("metadata store unavailable: {0}")]
-    Unavailable(String),
+    #[error("metadata store unavailable: {what}{}", caused_by(.source))]
+    Unavailable {
+        what: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The lease expired or was revoked.
     #[error("lease {0:#x} is gone")]
     LeaseGone(u64),
     /// The store's data could not be read back (corrupt file, unexpected answer).
-    #[error("metadata store corrupt or unreadable: {0}")]
-    Corrupt(String),
+    #[error("metadata store corrupt or unreadable: {what}{}", caused_by(.source))]
+    Corrupt {
+        what: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// A request the store refuses (key too long, value too large, ...).
-    #[error("invalid request to the metadata store: {0}")]
-    Invalid(String),
+    #[error("invalid request to the metadata store: {what}{}", caused_by(.source))]
+    Invalid {
+        what: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// A fenced write ([`FencedStore`]) of a leader that is no longer the leader.
     #[error("no longer the leader: {0}")]
     NotLeader(String),
+}
+
+/// `": {source}"`, so a printed error shows its cause (the workspace's convention).
+fn caused_by(source: &Option<BoxError>) -> String {
+    source.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+}
+
+impl MetaError {
+    /// [`MetaError::Unavailable`] with no further cause.
+    pub fn unavailable(what: impl Into<String>) -> Self {
+        MetaError::Unavailable { what: what.into(), source: None }
+    }
+    /// [`MetaError::Unavailable`] caused by `source`.
+    pub fn unavailable_by(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        MetaError::Unavailable { what: what.into(), source: Some(source.into()) }
+    }
+    /// [`MetaError::Corrupt`] with no further cause.
+    pub fn corrupt(what: impl Into<String>) -> Self {
+        MetaError::Corrupt { what: what.into(), source: None }
+    }
+    /// [`MetaError::Corrupt`] caused by `source`.
+    pub fn corrupt_by(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        MetaError::Corrupt { what: what.into(), source: Some(source.into()) }
+    }
+    /// [`MetaError::Invalid`] with no further cause.
+    pub fn invalid(what: impl Into<String>) -> Self {
+        MetaError::Invalid { what: what.into(), source: None }
+    }
+    /// [`MetaError::Invalid`] caused by `source`.
+    pub fn invalid_by(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        MetaError::Invalid { what: what.into(), source: Some(source.into()) }
+    }
 }
 
 /// A key with its value and the store revision of its last change.
@@ -76,13 +126,13 @@ pub const MAX_TXN_OPS: usize = 128;
 /// [`MAX_KEY_BYTES`], no NUL byte.
 pub fn validate_key(key: &str) -> Result<(), MetaError> {
     if key.is_empty() {
-        return Err(MetaError::Invalid("empty key".into()));
+        return Err(MetaError::invalid("empty key"));
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(MetaError::Invalid(format!("key of {} bytes, more than {MAX_KEY_BYTES}", key.len())));
+        return Err(MetaError::invalid(format!("key of {} bytes, more than {MAX_KEY_BYTES}", key.len())));
     }
     if key.contains('\0') {
-        return Err(MetaError::Invalid("key contains a NUL byte".into()));
+        return Err(MetaError::invalid("key contains a NUL byte"));
     }
     Ok(())
 }
@@ -90,7 +140,7 @@ pub fn validate_key(key: &str) -> Result<(), MetaError> {
 /// Checks a value against [`MAX_VALUE_BYTES`].
 pub fn validate_value(value: &[u8]) -> Result<(), MetaError> {
     if value.len() > MAX_VALUE_BYTES {
-        return Err(MetaError::Invalid(format!("value of {} bytes, more than {MAX_VALUE_BYTES}", value.len())));
+        return Err(MetaError::invalid(format!("value of {} bytes, more than {MAX_VALUE_BYTES}", value.len())));
     }
     Ok(())
 }
@@ -99,7 +149,7 @@ pub fn validate_value(value: &[u8]) -> Result<(), MetaError> {
 /// at most [`MAX_TXN_OPS`] ops and as many conditions, no key written twice.
 pub fn validate_txn(conditions: &[Condition], ops: &[Op]) -> Result<(), MetaError> {
     if ops.len() > MAX_TXN_OPS || conditions.len() > MAX_TXN_OPS {
-        return Err(MetaError::Invalid(format!(
+        return Err(MetaError::invalid(format!(
             "transaction of {} conditions and {} ops, more than {MAX_TXN_OPS}",
             conditions.len(),
             ops.len()
@@ -120,7 +170,7 @@ pub fn validate_txn(conditions: &[Condition], ops: &[Op]) -> Result<(), MetaErro
         };
         validate_key(key)?;
         if !seen.insert(key.as_str()) {
-            return Err(MetaError::Invalid(format!("transaction writes key {key:?} twice")));
+            return Err(MetaError::invalid(format!("transaction writes key {key:?} twice")));
         }
     }
     Ok(())

@@ -29,7 +29,7 @@ pub enum PagerError {
     #[error("write-back to the memory servers keeps failing: {0}")]
     WritebackFailed(#[source] Arc<PagerError>),
     #[error("rack controller: {0}")]
-    Controller(#[from] krak_api::ClientError),
+    Controller(#[from] krak_api::ApiError),
     #[error("the rack controller's answer: {0}")]
     ControllerAnswer(#[from] BadAnswer),
     #[error("moving chunk {chunk} to {to}: {source}")]

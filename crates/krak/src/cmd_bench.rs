@@ -84,23 +84,26 @@ impl Region for PagedRegion {
 
 /// The hidden `krak bench-worker`: one run in a fresh process.
 pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    krak_bench::worker_main(args, |args| {
-        let servers = args
-            .servers
-            .iter()
-            .map(|s| s.parse().with_context(|| format!("bad server address {s:?}")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut config = PagerConfig {
-            region_bytes: args.region_bytes,
-            local_budget_bytes: args.local_bytes.context("--local-bytes is required for krak")?,
-            servers,
-            ..Default::default()
-        };
-        config.controller = args.krak_controller.clone();
-        pager_opts::apply(&args.krak_options, &mut config)?;
-        let region = FarMemory::new(config)?;
-        Ok(Box::new(PagedRegion(region)))
-    })
+    Ok(krak_bench::worker_main(args, |args| krak_region(args).map_err(Into::into))?)
+}
+
+/// The pager's region for `--backend krak`.
+fn krak_region(args: &WorkerArgs) -> anyhow::Result<Box<dyn krak_bench::Region>> {
+    let servers = args
+        .servers
+        .iter()
+        .map(|s| s.parse().with_context(|| format!("bad server address {s:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut config = PagerConfig {
+        region_bytes: args.region_bytes,
+        local_budget_bytes: args.local_bytes.context("--local-bytes is required for krak")?,
+        servers,
+        ..Default::default()
+    };
+    config.controller = args.krak_controller.clone();
+    pager_opts::apply(&args.krak_options, &mut config)?;
+    let region = FarMemory::new(config)?;
+    Ok(Box::new(PagedRegion(region)))
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {

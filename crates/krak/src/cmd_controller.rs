@@ -131,7 +131,7 @@ fn config(args: &ControllerArgs, listen: SocketAddr) -> anyhow::Result<Controlle
             bail!("unknown placement policy {p:?} (spread, pack or domain-spread)");
         }
     }
-    c.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    c.validate()?;
     if c.heartbeat_interval_ms >= c.suspect_after_ms {
         bail!(
             "--heartbeat-ms {} must be shorter than the suspect timeout {} ms",

@@ -19,9 +19,11 @@ pub struct ControllerArg {
 impl ControllerArg {
     /// A client of the named rack, signing with its secret; an error saying how to name
     /// one when none is.
-    pub fn client(&self, timeout: Duration) -> anyhow::Result<RackClient> {
+    pub fn client(&self, timeout: Duration) -> anyhow::Result<ControllerClient> {
         match self.controller.as_deref().map(str::trim) {
-            Some(urls) if !urls.is_empty() => Ok(RackClient::new(urls, timeout)?.with_secret(self.secret.load()?)),
+            Some(urls) if !urls.is_empty() => {
+                Ok(ControllerClient::new(urls, timeout)?.with_secret(self.secret.load()?))
+            }
             _ => bail!("which rack? give --controller http://HOST:PORT or set $KRAK_CONTROLLER"),
         }
     }
@@ -37,4 +39,4 @@ pub struct OptionalControllerArg {
     pub controller: Option<String>,
 }
 
-pub use krak_api::RackClient;
+pub use krak_api::ControllerClient;

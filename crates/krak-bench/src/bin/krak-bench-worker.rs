@@ -6,6 +6,7 @@
 //!   swap (krak skipped), table on stdout.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use krak_bench::{BenchPlan, WorkerArgs};
@@ -31,10 +32,23 @@ enum Cmd {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("krak-bench-worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Cmd) -> Result<(), Box<dyn std::error::Error>> {
+    match command {
         Cmd::BenchWorker(args) => {
-            krak_bench::worker_main(args, |_| anyhow::bail!("the krak backend is only available in the `krak` binary"))
+            Ok(krak_bench::worker_main(
+                args,
+                |_| Err("the krak backend is only available in the `krak` binary".into()),
+            )?)
         }
         Cmd::Plan { quick, json } => {
             let plan = if quick { BenchPlan::quick() } else { BenchPlan::full() };
@@ -45,7 +59,7 @@ fn main() -> anyhow::Result<()> {
                 std::fs::write(path, report.to_json())?;
             }
             if report.has_mismatches() {
-                anyhow::bail!("data mismatches: a backend returned wrong data");
+                return Err("data mismatches: a backend returned wrong data".into());
             }
             Ok(())
         }

@@ -13,7 +13,7 @@ use std::cmp::Reverse;
 
 use super::{PlacementError, PlacementPolicy, Planned};
 use crate::model::{RegionId, ServerId};
-use crate::view::RackView;
+use crate::view::PlacementView;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DomainSpread;
@@ -25,7 +25,7 @@ impl PlacementPolicy for DomainSpread {
 
     fn choose(
         &self,
-        view: &RackView,
+        view: &PlacementView,
         region: RegionId,
         count: usize,
         exclude: &[ServerId],
@@ -90,7 +90,7 @@ mod tests {
     use crate::placement::{Pack, Spread};
 
     /// Most chunks of region 1 in any one domain.
-    fn worst_domain(v: &RackView) -> u32 {
+    fn worst_domain(v: &PlacementView) -> u32 {
         v.region(RegionId(1)).unwrap().per_domain.values().copied().max().unwrap_or(0)
     }
 

@@ -1,6 +1,6 @@
 //! Placement policies: which servers get a region's next chunks.
 //!
-//! A policy only reads a [`RackView`] (aggregates kept incrementally), so a decision costs
+//! A policy only reads a [`PlacementView`] (aggregates kept incrementally), so a decision costs
 //! at most a pass over the servers, never one over the slab map. Policies are chosen by name
 //! and can be switched while the rack runs.
 
@@ -15,7 +15,7 @@ pub use spread::Spread;
 pub use krak_api::Move;
 
 use crate::model::{RegionId, ServerId};
-use crate::view::RackView;
+use crate::view::PlacementView;
 
 /// Names of the policies [`by_name`] knows, the default first.
 pub const POLICY_NAMES: [&str; 3] = ["spread", "pack", "domain-spread"];
@@ -38,14 +38,14 @@ pub trait PlacementPolicy: Send + Sync + std::fmt::Debug {
     /// avoiding `exclude` and servers that are not alive. All or nothing.
     fn choose(
         &self,
-        view: &RackView,
+        view: &PlacementView,
         region: RegionId,
         count: usize,
         exclude: &[ServerId],
     ) -> Result<Vec<ServerId>, PlacementError>;
 
     /// Moves this policy would like made on its own (consolidation); none by default.
-    fn consolidation_moves(&self, _view: &RackView) -> Vec<Move> {
+    fn consolidation_moves(&self, _view: &PlacementView) -> Vec<Move> {
         Vec::new()
     }
 }
@@ -82,13 +82,13 @@ impl Planned {
 #[cfg(test)]
 pub(crate) mod testing {
     use crate::model::{RegionId, ServerId, ServerState};
-    use crate::view::RackView;
+    use crate::view::PlacementView;
 
     pub(crate) const CHUNK: u64 = 1 << 20;
 
     /// Servers `(domain, capacity_chunks, free_chunks)` numbered from 1, and region 1.
-    pub(crate) fn rack(servers: &[(&str, u64, u64)]) -> RackView {
-        let mut v = RackView::default();
+    pub(crate) fn rack(servers: &[(&str, u64, u64)]) -> PlacementView {
+        let mut v = PlacementView::default();
         for (i, (domain, cap, free)) in servers.iter().enumerate() {
             v.upsert_server(ServerId(i as u32 + 1), domain, ServerState::Alive, cap * CHUNK, free * CHUNK, CHUNK);
         }
@@ -97,7 +97,11 @@ pub(crate) mod testing {
     }
 
     /// Places `chunks` one at a time with `policy`, committing each to the view.
-    pub(crate) fn place_all(v: &mut RackView, policy: &dyn super::PlacementPolicy, chunks: usize) -> Vec<ServerId> {
+    pub(crate) fn place_all(
+        v: &mut PlacementView,
+        policy: &dyn super::PlacementPolicy,
+        chunks: usize,
+    ) -> Vec<ServerId> {
         let mut out = Vec::new();
         for _ in 0..chunks {
             let s = policy.choose(v, RegionId(1), 1, &[]).unwrap()[0];

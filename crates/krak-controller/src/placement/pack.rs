@@ -5,7 +5,7 @@
 
 use super::{Move, PlacementError, PlacementPolicy, Planned};
 use crate::model::{RegionId, ServerId};
-use crate::view::{RackView, SlotSize};
+use crate::view::{PlacementView, SlotSize};
 
 /// Most moves one consolidation pass proposes.
 pub const MAX_CONSOLIDATION_MOVES: usize = 1024;
@@ -30,7 +30,7 @@ impl PlacementPolicy for Pack {
 
     fn choose(
         &self,
-        view: &RackView,
+        view: &PlacementView,
         region: RegionId,
         count: usize,
         exclude: &[ServerId],
@@ -47,7 +47,7 @@ impl PlacementPolicy for Pack {
         Ok(out)
     }
 
-    fn consolidation_moves(&self, view: &RackView) -> Vec<Move> {
+    fn consolidation_moves(&self, view: &PlacementView) -> Vec<Move> {
         // sources: placeable servers holding a little, lightest first
         let mut sources: Vec<u32> = (0..view.servers().len() as u32)
             .filter(|&i| {
@@ -116,7 +116,7 @@ impl PlacementPolicy for Pack {
 /// The placeable server, not excluded nor skipped, with the most bytes in use (counting
 /// `extra` planned bytes) that fits one more chunk.
 fn fullest(
-    view: &RackView,
+    view: &PlacementView,
     slot: SlotSize,
     extra: impl Fn(u32) -> u64,
     exclude: &[ServerId],

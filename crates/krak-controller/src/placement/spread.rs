@@ -6,7 +6,7 @@ use rand::Rng;
 
 use super::{PlacementError, PlacementPolicy, Planned};
 use crate::model::{RegionId, ServerId};
-use crate::view::{RackView, SlotSize};
+use crate::view::{PlacementView, SlotSize};
 
 /// Random draws before falling back to listing the placeable servers (a mostly full or
 /// mostly dead rack).
@@ -22,7 +22,7 @@ impl PlacementPolicy for Spread {
 
     fn choose(
         &self,
-        view: &RackView,
+        view: &PlacementView,
         region: RegionId,
         count: usize,
         exclude: &[ServerId],
@@ -46,7 +46,13 @@ impl PlacementPolicy for Spread {
 }
 
 /// A uniformly random server that fits, if any.
-fn draw(view: &RackView, slot: SlotSize, planned: &Planned, exclude: &[ServerId], rng: &mut impl Rng) -> Option<u32> {
+fn draw(
+    view: &PlacementView,
+    slot: SlotSize,
+    planned: &Planned,
+    exclude: &[ServerId],
+    rng: &mut impl Rng,
+) -> Option<u32> {
     let n = view.servers().len();
     if n == 0 {
         return None;

@@ -28,7 +28,7 @@ struct Inner {
 impl MemStore {
     fn check(&self) -> Result<(), MetaError> {
         if self.fail.load(Ordering::SeqCst) {
-            return Err(MetaError::Unavailable("test store set to fail".into()));
+            return Err(MetaError::unavailable("test store set to fail"));
         }
         Ok(())
     }
@@ -76,7 +76,7 @@ impl MetaStore for MemStore {
     fn txn(&self, conditions: &[Condition], ops: &[Op]) -> Result<bool, MetaError> {
         self.check()?;
         if ops.len() > 128 {
-            return Err(MetaError::Invalid(format!(
+            return Err(MetaError::invalid(format!(
                 "{} ops in one transaction (etcd's default limit is 128)",
                 ops.len()
             )));

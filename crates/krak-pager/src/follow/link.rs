@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use krak_api::messages::{ChunkServer, CommitChunk, CommitRequest, MoveStartRequest, PlaceRequest};
-use krak_api::{Api, ClientError as ControllerClientError, RackClient, RegionId, ServerId};
+use krak_api::{Api, ApiError, ControllerClient, RegionId, ServerId};
 use krak_proto::SlabId;
 
 use crate::error::{BadAnswer, PagerError};
@@ -31,7 +31,7 @@ pub(crate) fn parse_addr(addr: &str) -> Result<SocketAddr, PagerError> {
 #[derive(Debug)]
 pub(crate) struct ControllerLink {
     /// Every URL the rack's controller may answer on (leader and standbys).
-    pub client: Mutex<RackClient, { level::CONTROLLER_CLIENT }>,
+    pub client: Mutex<ControllerClient, { level::CONTROLLER_CLIENT }>,
     pub region: RegionId,
     /// Map epoch the pager has caught up with.
     pub epoch: std::sync::atomic::AtomicU64,
@@ -59,7 +59,7 @@ pub(crate) fn place_one(
     link: &ControllerLink,
     slot: u64,
     exclude: Vec<ServerId>,
-) -> Result<Option<ChunkServer>, ControllerClientError> {
+) -> Result<Option<ChunkServer>, ApiError> {
     let placed = link.client.lock().place(link.region, &PlaceRequest { chunks: vec![slot], exclude })?;
     Ok(placed.placements.into_iter().find(|p| p.chunk == slot))
 }

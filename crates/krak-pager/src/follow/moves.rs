@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use krak_api::messages::{ChunkServer, MapMove, MapServer};
-use krak_api::{ClientError as ControllerClientError, ServerId};
+use krak_api::{ApiError, ServerId};
 use krak_proto::SlabId;
 
 use crate::error::{BadAnswer, PagerError};
@@ -120,7 +120,7 @@ pub(crate) fn consolidate_fragments(
             let target = match place_one(link, slot, exclude) {
                 Ok(Some(p)) => (parse_addr(&p.addr)?, p.server),
                 // no other server qualifies: this fragment stays
-                Ok(None) | Err(ControllerClientError::Status { status: 507, .. }) => continue,
+                Ok(None) | Err(ApiError::Status { status: 507, .. }) => continue,
                 Err(e) => return Err(e.into()),
             };
             // Consolidating onto a server that holds none of the region would refill one

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use krak_api::limits::MAX_CHUNKS_PER_REQUEST;
 use krak_api::messages::{ChunkServer, CommitChunk, CommitRequest, CreateRegionRequest, PlaceRequest};
-use krak_api::{Api, ClientError as ControllerClientError, RackClient, RegionRecord, ServerId};
+use krak_api::{Api, ApiError, ControllerClient, RegionRecord, ServerId};
 use krak_client::{ConnectOptions, Connection};
 use krak_proto::PAGE_SIZE;
 
@@ -155,9 +155,9 @@ fn place_all(
     Ok(())
 }
 
-fn placement_error(e: ControllerClientError, needed_bytes: u64) -> PagerError {
+fn placement_error(e: ApiError, needed_bytes: u64) -> PagerError {
     match e {
-        ControllerClientError::Status { status: NO_CAPACITY, message } => {
+        ApiError::Status { status: NO_CAPACITY, message } => {
             tracing::warn!("the controller cannot place the region: {message}");
             PagerError::RackFull { needed_bytes, got_bytes: 0, servers: 0 }
         }
@@ -186,11 +186,11 @@ pub(crate) fn place_replacement(
     let slot = (chunk * width + frag) as u64;
     let reply = match place_one(link, slot, exclude) {
         Ok(r) => r,
-        Err(ControllerClientError::Status { status: NO_CAPACITY, message }) => {
+        Err(ApiError::Status { status: NO_CAPACITY, message }) => {
             return Err(NoReplacement::NoSpare(format!("the controller has no server for a replacement: {message}")))
         }
         // Not the fragment's fault: asked again each round, without using up its attempts.
-        Err(e @ (ControllerClientError::Io { .. } | ControllerClientError::Status { status: 503, .. })) => {
+        Err(e @ (ApiError::Io { .. } | ApiError::Status { status: 503, .. })) => {
             return Err(NoReplacement::NoSpare(format!("the controller cannot be asked for a replacement: {e}")))
         }
         Err(e) => return Err(NoReplacement::Failed(format!("asking the controller for a replacement: {e}"))),
@@ -219,7 +219,7 @@ pub(crate) fn allocate(
     connect: ConnectOptions,
     redundancy: Redundancy,
 ) -> Result<(RemoteLayout, Vec<Option<Connection>>, ControllerLink), PagerError> {
-    let mut client = RackClient::new(url, CALL_TIMEOUT)?.with_secret(connect.secret);
+    let mut client = ControllerClient::new(url, CALL_TIMEOUT)?.with_secret(connect.secret);
     let request = CreateRegionRequest {
         owner: owner.to_string(),
         size_bytes: (region_pages * PAGE_SIZE) as u64,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::state::lock_order::{level, RwLock};
 
-use krak_client::{ClientError, ConnectOptions, Connection};
+use krak_client::{ClientError, ConnectOptions, Connection, ProtocolError};
 use krak_proto::{PageRef, SlabId, MAX_BATCH_PAGES, PAGE_SIZE};
 
 use crate::remote::redundancy::{Coder, Redundancy};
@@ -463,9 +463,10 @@ impl Links {
             let batch = &groups[server][b * MAX_BATCH_PAGES..((b + 1) * MAX_BATCH_PAGES).min(groups[server].len())];
             let first = started.and_then(|id| match self.conns[server].as_mut() {
                 Some(c) => c.recv_written(id),
-                None => {
-                    Err(ClientError::Protocol { addr: layout.server_addr(server), detail: "connection lost".into() })
-                }
+                None => Err(ClientError::Protocol {
+                    addr: layout.server_addr(server),
+                    source: ProtocolError::ConnectionLost,
+                }),
             });
             let r = self.retry(layout, server, "write to", first, |c| c.write_pages(batch));
             match outcome.iter_mut().find(|(s, _)| *s == server) {

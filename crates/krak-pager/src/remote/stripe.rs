@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::state::lock_order::{level, Mutex, RwLock};
-use krak_client::{ClientError, Connection};
+use krak_client::{ClientError, Connection, ProtocolError};
 use krak_proto::{ErrorCode, PageRef, SlabId, MAX_BATCH_PAGES, PAGE_SIZE};
 
 use crate::error::{CodingError, MoveRefused, PagerError};
@@ -334,7 +334,7 @@ fn allocate_fragment(
     }
     Err(last.unwrap_or_else(|| ClientError::Protocol {
         addr: admin[0].addr(),
-        detail: "no server left for a fragment".into(),
+        source: ProtocolError::Caller("no server left for a fragment"),
     }))
 }
 
@@ -599,9 +599,10 @@ impl Links {
         let conns = if rq.spare { &mut self.spare } else { &mut self.conns };
         let result = rq.started.and_then(|id| match conns.get_mut(rq.server).and_then(|c| c.as_mut()) {
             Some(c) => c.recv_units(id, &rq.refs, &mut tmp[..n * unit], corrupt),
-            None => {
-                Err(ClientError::Protocol { addr: layout.server_addr(rq.server), detail: "connection lost".into() })
-            }
+            None => Err(ClientError::Protocol {
+                addr: layout.server_addr(rq.server),
+                source: ProtocolError::ConnectionLost,
+            }),
         });
         match result {
             Ok(()) => {
