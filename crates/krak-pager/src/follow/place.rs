@@ -262,14 +262,25 @@ fn place_chunks_and_commit(
 ) -> Result<(RemoteLayout, Vec<Option<Connection>>, u64), PagerError> {
     let chunk_pages = (region.chunk_bytes / PAGE_SIZE as u64) as usize;
     let chunks = region.chunks();
-    let placed =
-        link.client.lock().place(region.id, &PlaceRequest { chunks: (0..chunks).collect(), exclude: vec![] })?;
+    // The controller takes at most MAX_CHUNKS_PER_REQUEST chunks per place or commit.
+    let mut placements = Vec::with_capacity(chunks as usize);
+    for first in (0..chunks).step_by(MAX_CHUNKS_PER_REQUEST) {
+        let batch: Vec<u64> = (first..(first + MAX_CHUNKS_PER_REQUEST as u64).min(chunks)).collect();
+        let placed = link.client.lock().place(region.id, &PlaceRequest { chunks: batch, exclude: vec![] })?;
+        placements.extend(placed.placements);
+    }
     let mut servers: Vec<SocketAddr> = Vec::new();
     let mut admin: Vec<Option<Connection>> = Vec::new();
-    let mut homes: Vec<Option<ChunkHome>> = vec![None; chunks as usize];
-    let mut commits = Vec::with_capacity(chunks as usize);
+    let mut homes: Vec<Option<(ChunkHome, ServerId)>> = vec![None; chunks as usize];
+    let free_all = |admin: &mut Vec<Option<Connection>>, homes: &[Option<(ChunkHome, ServerId)>]| {
+        for (home, _) in homes.iter().flatten() {
+            if let Some(conn) = admin[home.server].as_mut() {
+                free_quietly(conn, home.slab);
+            }
+        }
+    };
     let result = (|| {
-        for p in &placed.placements {
+        for p in &placements {
             let addr = parse_addr(&p.addr)?;
             let idx = match servers.iter().position(|a| *a == addr) {
                 Some(i) => i,
@@ -279,44 +290,50 @@ fn place_chunks_and_commit(
                     servers.len() - 1
                 }
             };
+            let chunk = p.chunk as usize;
+            if chunk >= homes.len() {
+                return Err(BadAnswer::OutOfRange { what: "chunk", index: chunk as u64, count: chunks }.into());
+            }
             let conn = admin[idx].as_mut().expect("connected above");
             if (conn.slab_pages() as usize) < chunk_pages {
                 return Err(BadAnswer::SlabTooSmall { addr }.into());
             }
             let slab = conn.alloc_slab()?;
-            let chunk = p.chunk as usize;
-            if chunk >= homes.len() {
-                return Err(BadAnswer::OutOfRange { what: "chunk", index: chunk as u64, count: chunks }.into());
+            // a chunk placed twice keeps its last placement; the slab of the first is freed
+            let replaced = homes[chunk].replace((ChunkHome { server: idx, slab, moving_to: None }, p.server));
+            if let Some((old, _)) = replaced {
+                if let Some(conn) = admin[old.server].as_mut() {
+                    free_quietly(conn, old.slab);
+                }
             }
-            homes[chunk] = Some(ChunkHome { server: idx, slab, moving_to: None });
-            commits.push(CommitChunk { chunk: p.chunk, server: p.server, slab: slab.0 });
         }
         Ok(())
     })();
-    let free_all = |admin: &mut Vec<Option<Connection>>, homes: &[Option<ChunkHome>]| {
-        for home in homes.iter().flatten() {
-            if let Some(conn) = admin[home.server].as_mut() {
-                free_quietly(conn, home.slab);
-            }
-        }
-    };
     if let Err(e) = result {
         free_all(&mut admin, &homes);
         return Err(e);
     }
-    let Some(homes) = homes.iter().copied().collect::<Option<Vec<ChunkHome>>>() else {
+    if let Some(chunk) = homes.iter().position(Option::is_none) {
         free_all(&mut admin, &homes);
-        let chunk = homes.iter().position(Option::is_none).unwrap_or_default() as u64;
-        return Err(BadAnswer::Unplaced { chunk }.into());
-    };
-    let committed = link.client.lock().commit(region.id, &CommitRequest { chunks: commits });
-    match committed {
-        Ok(reply) => Ok((RemoteLayout::from_parts(connect, chunk_pages, servers, homes), admin, reply.epoch)),
-        Err(e) => {
-            free_all(&mut admin, &homes.into_iter().map(Some).collect::<Vec<_>>());
-            Err(e.into())
+        return Err(BadAnswer::Unplaced { chunk: chunk as u64 }.into());
+    }
+    let commits: Vec<CommitChunk> = homes
+        .iter()
+        .enumerate()
+        .filter_map(|(c, h)| h.map(|(home, server)| CommitChunk { chunk: c as u64, server, slab: home.slab.0 }))
+        .collect();
+    let mut epoch = 0;
+    for batch in commits.chunks(MAX_CHUNKS_PER_REQUEST) {
+        match link.client.lock().commit(region.id, &CommitRequest { chunks: batch.to_vec() }) {
+            Ok(reply) => epoch = epoch.max(reply.epoch),
+            Err(e) => {
+                free_all(&mut admin, &homes);
+                return Err(e.into());
+            }
         }
     }
+    let homes = homes.into_iter().map(|h| h.expect("every chunk placed, checked above").0).collect();
+    Ok((RemoteLayout::from_parts(connect, chunk_pages, servers, homes), admin, epoch))
 }
 
 #[cfg(test)]
