@@ -173,6 +173,11 @@ impl RunConfig {
             None if !servers.is_empty() => Backing::Servers(servers),
             None => return Err(ContractError::NoBacking),
         };
+        // The sizes before the secret: a mistyped size is named even where the secret is
+        // missing too (the preload loaded by hand, as tests/run.rs does).
+        let local_bytes = bytes(LOCAL_BYTES, None)?;
+        let max_far_bytes = bytes(MAX_FAR_BYTES, None)?;
+        let threshold_bytes = bytes(THRESHOLD_BYTES, Some(DEFAULT_THRESHOLD_BYTES))?.max(PAGE_SIZE as u64);
         let secret = match (path(SECRET_FILE), text(INSECURE)?.as_deref()) {
             (Some(file), _) => SecretSource::File(file),
             (None, Some("1")) => SecretSource::Insecure,
@@ -188,9 +193,9 @@ impl RunConfig {
         };
         let config = RunConfig {
             backing,
-            local_bytes: bytes(LOCAL_BYTES, None)?,
-            max_far_bytes: bytes(MAX_FAR_BYTES, None)?,
-            threshold_bytes: bytes(THRESHOLD_BYTES, Some(DEFAULT_THRESHOLD_BYTES))?.max(PAGE_SIZE as u64),
+            local_bytes,
+            max_far_bytes,
+            threshold_bytes,
             stats_file: path(STATS_FILE),
             log_file: path(LOG_FILE),
             secret,
@@ -330,6 +335,9 @@ mod tests {
         assert!(matches!(with(&[(SERVERS, "nowhere")]), Err(ContractError::BadAddress(_))));
         assert!(matches!(with(&[(SERVERS, "")]), Err(ContractError::NoBacking)));
         assert!(matches!(with(&[(INSECURE, "0")]), Err(ContractError::NoSecret)));
+        // A mistyped size is named before a missing secret.
+        let bad_size_no_secret = with(&[(INSECURE, "0"), (LOCAL_BYTES, "lots")]);
+        assert!(matches!(bad_size_no_secret, Err(ContractError::NotBytes { var: LOCAL_BYTES, .. })));
         assert!(matches!(with(&[(REDUNDANCY, "raid5")]), Err(ContractError::Redundancy(_))));
         assert!(matches!(with(&[(ALLOCATOR, "tcmalloc")]), Err(ContractError::Allocator(_))));
         let text = with(&[(ALLOCATOR, "tcmalloc")]).unwrap_err().to_string();
