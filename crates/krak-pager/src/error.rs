@@ -17,6 +17,9 @@ pub enum PagerError {
     NoServers,
     #[error("the rack is full: the region needs {needed_bytes} bytes of remote memory, the {servers} servers could lend only {got_bytes}")]
     RackFull { needed_bytes: u64, got_bytes: u64, servers: usize },
+    /// The controller has no room to place the region (its answer says how far it got).
+    #[error("the rack is full: the region needs {needed_bytes} bytes of remote memory ({source})")]
+    RackFullAtController { needed_bytes: u64, source: krak_api::ApiError },
     #[error(transparent)]
     Remote(#[from] krak_client::ClientError),
     #[error(transparent)]
@@ -38,12 +41,25 @@ pub enum PagerError {
     MoveFragment { chunk: usize, frag: usize, to: SocketAddr, source: MoveFailure },
     #[error("page {page} of the region cannot be read: {source} survive under {scheme} (servers lost for this region: {lost})")]
     Unrecoverable { page: usize, scheme: Redundancy, lost: String, source: CodingError },
-    #[error("{} pages could not be written to enough fragments: as few as {fewest_live} live fragments of a page left, {scheme} needs {}", pages.len(), scheme.needed())]
-    Unwritable { pages: Vec<usize>, fewest_live: usize, scheme: Redundancy },
+    /// Pages written to fewer fragments than a read needs; `source` is the first write that
+    /// failed on a server the region keeps (a scheme that tolerates no loss keeps all).
+    #[error("{} pages could not be written to enough fragments: as few as {fewest_written} fragments of a page written, {scheme} needs {}{}", pages.len(), scheme.needed(), cause(source))]
+    Unwritable {
+        pages: Vec<usize>,
+        fewest_written: usize,
+        scheme: Redundancy,
+        #[source]
+        source: Option<Box<krak_client::ClientError>>,
+    },
     #[error("erasure coding: {0}")]
     Coding(#[from] CodingError),
     #[error("starting a pager thread: {0}")]
     Thread(#[source] std::io::Error),
+}
+
+/// ": why" after a message, when there is a why.
+fn cause(source: &Option<Box<krak_client::ClientError>>) -> String {
+    source.as_ref().map(|e| format!(" (last failure: {e})")).unwrap_or_default()
 }
 
 /// Why pages could not be installed.
@@ -83,20 +99,14 @@ pub enum BadAnswer {
 /// Why a chunk or fragment move did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum MoveFailure {
-    #[error("the chunk is not moving")]
-    NotMoving,
     #[error("the new slab's server was lost meanwhile")]
     TargetLost,
     #[error("it did not finish in {secs} s")]
     TimedOut { secs: u64 },
     #[error("a copy step failed: {0}")]
     Step(#[source] Box<PagerError>),
-    #[error("copying it: {0}")]
-    Copy(#[source] Box<PagerError>),
     #[error(transparent)]
     Refused(#[from] MoveRefused),
-    #[error("the chunk is already moving")]
-    AlreadyMoving,
     #[error("a region with redundancy {scheme} moves its chunks' fragments one at a time (move_fragment)")]
     Redundant { scheme: Redundancy },
 }

@@ -21,7 +21,7 @@ mod remote;
 mod state;
 
 pub use error::PagerError;
-pub use moves::chunk::DrainReport;
+pub use moves::fragment::DrainReport;
 pub use policy::eviction::{self, Clock, EvictionPolicy, Fifo};
 pub use policy::prefetch::{self, NoPrefetch, PrefetchPolicy, StrideDetector};
 pub use region::{

@@ -10,7 +10,7 @@ use krak_client::ConnectOptions;
 use krak_uffd::{AnonMapping, MemfdView, Uffd, PAGE_SIZE};
 
 use crate::fault::handler::{Handler, Parts};
-use crate::moves::chunk::DrainReport;
+use crate::moves::fragment::DrainReport;
 use crate::policy::eviction::{Clock, EvictionPolicy};
 use crate::policy::prefetch::{PrefetchPolicy, StrideDetector};
 use crate::remote::RemoteLayout;
@@ -258,7 +258,8 @@ impl FarMemory {
         let s = shared.clone();
         let t = std::thread::Builder::new().name("krak-reclaim".into()).spawn(move || crate::fault::reclaim::run(s));
         region.threads.push(t.map_err(PagerError::Thread)?);
-        if !config.redundancy.is_none() {
+        // Re-protection (and its scrubs) where a lost server can be survived.
+        if config.redundancy.tolerated_losses() > 0 {
             let (s, link) = (shared.clone(), rack.clone());
             let t = std::thread::Builder::new()
                 .name("krak-reprotect".into())
@@ -363,14 +364,9 @@ impl FarMemory {
     }
 
     /// Fewest live fragments (or copies) any chunk has left; the scheme's width when
-    /// nothing is lost, and 1 for a region without redundancy.
+    /// nothing is lost, and always 1 for a region without redundancy (which loses no server).
     pub fn min_live_fragments(&self) -> usize {
-        let layout = &self.shared.layout;
-        if layout.redundancy().is_none() {
-            1
-        } else {
-            layout.stripes.min_live()
-        }
+        self.shared.layout.stripes.min_live()
     }
 
     /// Clears the fault-latency histogram (e.g. after a warm-up phase).
@@ -466,8 +462,8 @@ impl FarMemory {
         self.shared.move_fragment(chunk, frag, to).map(|m| m.pages)
     }
 
-    /// The memory server of each fragment of each chunk of a redundant region (empty for a
-    /// region without redundancy), in chunk and fragment order.
+    /// The memory server of each fragment of each chunk (one per chunk without redundancy),
+    /// in chunk and fragment order.
     pub fn fragment_servers(&self) -> Vec<Vec<SocketAddr>> {
         self.shared.fragment_servers()
     }
@@ -547,12 +543,9 @@ impl Drop for FarMemory {
         }
         let mut admin = self.shared.admin.lock();
         let layout = &self.shared.layout;
-        let slabs: Vec<(usize, krak_proto::SlabId)> = if layout.redundancy().is_none() {
-            layout.chunks().iter().map(|h| (h.server, h.slab)).collect()
-        } else {
-            // A lost server's slabs are left to its grace period: it may not answer at all.
-            layout.stripes.all().iter().flatten().filter(|f| f.is_live()).map(|f| (f.server, f.slab)).collect()
-        };
+        // A lost server's slabs are left to its grace period: it may not answer at all.
+        let slabs: Vec<(usize, krak_proto::SlabId)> =
+            layout.stripes.all().iter().flatten().filter(|f| f.is_live()).map(|f| (f.server, f.slab)).collect();
         for (server, slab) in slabs {
             if let Ok(conn) = crate::remote::admin_conn(&mut admin, layout, server) {
                 crate::remote::free_quietly(conn, slab);

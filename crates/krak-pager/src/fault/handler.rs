@@ -32,8 +32,8 @@ pub(crate) struct Parts {
     page_buf: Vec<u8>,
     prefetch_buf: Vec<u8>,
     candidates: Vec<usize>,
-    /// Prefetched pages of the fault being served, grouped by server.
-    groups: Vec<Vec<usize>>,
+    /// Prefetched pages of the fault being served.
+    prefetch: Vec<usize>,
 }
 
 impl Parts {
@@ -43,7 +43,7 @@ impl Parts {
             page_buf: vec![0; PAGE_SIZE],
             prefetch_buf: Vec::new(),
             candidates: Vec::new(),
-            groups: vec![Vec::new(); servers],
+            prefetch: Vec::new(),
         }
     }
 }
@@ -211,47 +211,34 @@ impl Handler {
                     let region_pages = shared.region_pages();
                     core.prefetch.on_fault(page, region_pages, cap, &mut self.p.candidates);
                 }
-                // Servers join the layout when chunks move to them.
-                self.p.groups.resize_with(shared.layout.server_count(), Vec::new);
-                for g in self.p.groups.iter_mut() {
-                    g.clear();
-                }
-                let mut extra = 0;
+                self.p.prefetch.clear();
                 for &q in &self.p.candidates {
                     if core.pages.try_reserve_remote(q) {
-                        self.p.groups[shared.layout.read_group(q)].push(q);
-                        extra += 1;
+                        self.p.prefetch.push(q);
                     }
                 }
                 if let Err(e) = shared.make_room(&mut core, 0) {
                     self.abandon(&mut core, &[page]);
-                    let groups = std::mem::take(&mut self.p.groups);
-                    for g in &groups {
-                        self.abandon(&mut core, g);
-                    }
-                    self.p.groups = groups;
+                    let prefetch = std::mem::take(&mut self.p.prefetch);
+                    self.abandon(&mut core, &prefetch);
+                    self.p.prefetch = prefetch;
                     return Err(e);
                 }
                 drop(core);
-                self.fetch(page, write, extra, started)
+                self.fetch(page, write, started)
             }
         }
     }
 
     /// Fetches the faulting page, installs it, then the prefetched ones.
-    fn fetch(&mut self, page: usize, write: bool, extra: usize, started: Instant) -> Result<(), PagerError> {
+    fn fetch(&mut self, page: usize, write: bool, started: Instant) -> Result<(), PagerError> {
         let shared = self.shared.clone();
         let layout = &shared.layout;
-        let server = layout.read_group(page);
-        let first = self.p.links.start_read(layout, server, &[page]);
-        let mut prefetch_sent = Vec::new();
-        for (s, group) in self.p.groups.iter().enumerate() {
-            if !group.is_empty() {
-                prefetch_sent.push((s, self.p.links.start_read(layout, s, group)));
-            }
-        }
-        Counters::add(&shared.counters.remote_read_requests, 1 + prefetch_sent.len() as u64);
-        let got = self.p.links.finish_read(layout, server, first, &[page], &mut self.p.page_buf);
+        let first = self.p.links.start_read(layout, &[page]);
+        let prefetch = std::mem::take(&mut self.p.prefetch);
+        let prefetch_sent = (!prefetch.is_empty()).then(|| self.p.links.start_read(layout, &prefetch));
+        Counters::add(&shared.counters.remote_read_requests, 1 + u64::from(prefetch_sent.is_some()));
+        let got = self.p.links.finish_read(layout, first, &mut self.p.page_buf);
         let mut core = shared.core.lock();
         let served = got.and_then(|()| shared.install(&mut core, page, &self.p.page_buf, write));
         if served.is_err() {
@@ -263,42 +250,40 @@ impl Handler {
         shared.space.notify_all();
         drop(core);
 
-        self.p.prefetch_buf.resize(extra * PAGE_SIZE, 0);
-        let groups = std::mem::take(&mut self.p.groups);
-        for (s, sent) in prefetch_sent {
-            let group = &groups[s];
-            let buf = &mut self.p.prefetch_buf[..group.len() * PAGE_SIZE];
-            let got = self.p.links.finish_read(layout, s, sent, group, buf);
+        if let Some(sent) = prefetch_sent {
+            self.p.prefetch_buf.resize(prefetch.len() * PAGE_SIZE, 0);
+            let buf = &mut self.p.prefetch_buf[..prefetch.len() * PAGE_SIZE];
+            let got = self.p.links.finish_read(layout, sent, buf);
             let mut core = shared.core.lock();
             let installed = got.and_then(|()| {
                 let mut i = 0;
-                while i < group.len() {
+                while i < prefetch.len() {
                     // Install each run of consecutive pages with a single copy; after a write
                     // fault writable, as a stream writing in order writes them next (no
                     // write-protect fault each).
                     let mut j = i + 1;
-                    while j < group.len() && group[j] == group[j - 1] + 1 {
+                    while j < prefetch.len() && prefetch[j] == prefetch[j - 1] + 1 {
                         j += 1;
                     }
-                    shared.install(&mut core, group[i], &buf[i * PAGE_SIZE..j * PAGE_SIZE], write)?;
+                    shared.install(&mut core, prefetch[i], &buf[i * PAGE_SIZE..j * PAGE_SIZE], write)?;
                     i = j;
                 }
                 Ok(())
             });
             match installed {
                 Ok(()) => {
-                    Counters::add(&shared.counters.remote_reads, group.len() as u64);
-                    Counters::add(&shared.counters.prefetched, group.len() as u64);
+                    Counters::add(&shared.counters.remote_reads, prefetch.len() as u64);
+                    Counters::add(&shared.counters.prefetched, prefetch.len() as u64);
                 }
                 Err(e) => {
-                    tracing::warn!("prefetch of {} pages failed: {e}", group.len());
+                    tracing::warn!("prefetch of {} pages failed: {e}", prefetch.len());
                     // those installed before the error stay; the rest give their frames back
-                    self.abandon(&mut core, group);
+                    self.abandon(&mut core, &prefetch);
                 }
             }
             shared.space.notify_all();
         }
-        self.p.groups = groups;
+        self.p.prefetch = prefetch;
         Counters::add(&shared.counters.retries, std::mem::take(&mut self.p.links.retries));
         shared.take_found(&mut self.p.links);
         served

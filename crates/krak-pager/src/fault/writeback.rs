@@ -109,7 +109,7 @@ pub(crate) fn run(shared: Arc<RegionShared>) {
                 drop(core);
                 repair(&shared, &mut links, &pages);
             }
-            WbJob::MoveStep => crate::moves::chunk::step(&shared, &mut links, core),
+            WbJob::MoveStep => crate::moves::reprotect::step(&shared, &mut links, core),
             WbJob::Batch => {
                 drop(core);
                 write_batch(&shared, &mut links, &mut batch);
@@ -206,8 +206,8 @@ fn unpark_due(core: &mut Core) {
 fn repair(shared: &RegionShared, links: &mut Links, pages: &[usize]) {
     let layout = &shared.layout;
     let mut buf = vec![0u8; pages.len() * PAGE_SIZE];
-    let started = crate::remote::Started::Stripe(Box::new(links.start_stripe_read_with(layout, pages, true)));
-    let read = links.finish_read(layout, 0, started, pages, &mut buf);
+    let started = links.start_stripe_read_with(layout, pages, true);
+    let read = links.finish_read(layout, started, &mut buf);
     let found = std::mem::take(&mut links.found);
     if let Err(e) = read {
         tracing::warn!("re-reading {} pages with a corrupt fragment failed: {e}", pages.len());
@@ -252,7 +252,7 @@ mod tests {
         assert_eq!(pick(&mut c, &mut turns, &mut batch, 4, false), None, "nothing to do: wait");
         queue(&mut c, 0..10);
         c.repairs.extend([3, 4]);
-        c.moves.push_back(ChunkMove { id: 1, chunk: 0, next_page: 0, pages_copied: 0, kind: MoveKind::Chunk });
+        c.moves.push_back(ChunkMove { id: 1, chunk: 0, next_page: 0, pages_copied: 0, kind: MoveKind::Fragment(0) });
         c.discards.extend([5..6, 9..12]);
         let mut next = |c: &mut Core| pick(c, &mut turns, &mut batch, 4, false);
         assert_eq!(next(&mut c), Some(WbJob::Discard(vec![5..6, 9..12])));
@@ -276,7 +276,7 @@ mod tests {
         batch.clear();
         assert_eq!(pick(&mut c, &mut turns, &mut batch, 4, true), Some(WbJob::Batch));
         assert_eq!(batch.len(), 2);
-        c.moves.push_back(ChunkMove { id: 1, chunk: 0, next_page: 0, pages_copied: 0, kind: MoveKind::Chunk });
+        c.moves.push_back(ChunkMove { id: 1, chunk: 0, next_page: 0, pages_copied: 0, kind: MoveKind::Fragment(0) });
         assert_eq!(pick(&mut c, &mut turns, &mut batch, 4, true), Some(WbJob::Exit));
     }
 }

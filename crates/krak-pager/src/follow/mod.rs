@@ -1,15 +1,14 @@
 //! Regions placed by the rack controller, and following its map while the region lives.
 //!
 //! With a controller URL instead of a list of servers, the region is registered with the
-//! controller, which chooses a server for each chunk (its placement policy); the pager
-//! allocates the slabs itself (it holds their capabilities) and commits them to the map. A
-//! follower thread then long-polls the region's map: when a server is draining, it moves
-//! each of the region's chunks off that server to one the controller places it on, while
-//! the region stays in use, and commits the new home. A redundant region's fragments are
-//! placed in `follow/place.rs`; its follower loses servers the map calls dead (for
-//! re-protection to replace) and moves fragments, one at a time, off servers that drain or
-//! whose host is short of memory (`moves/fragment.rs`), each to a server the controller places
-//! that slot on.
+//! controller, which chooses a server for each fragment of each chunk (its placement
+//! policy; one fragment, the whole chunk, without redundancy); the pager allocates the
+//! slabs itself (it holds their capabilities) and commits them to the map
+//! (`follow/place.rs`). A follower thread then long-polls the region's map: it loses
+//! servers the map calls dead (for re-protection to replace, where the scheme survives a
+//! loss) and moves fragments, one at a time, off servers that drain or whose host is short
+//! of memory (`moves/fragment.rs`), each to a server the controller places that slot on,
+//! while the region stays in use, and commits the new home.
 
 pub(crate) mod link;
 pub(crate) mod moves;
@@ -25,7 +24,7 @@ use krak_api::messages::MapReply;
 use krak_api::{Api, ServerId, ServerState};
 
 use crate::follow::link::{ControllerLink, RETRY_PAUSE_MS};
-use crate::follow::moves::{consolidate_fragments, move_fragments_off, move_off, move_to};
+use crate::follow::moves::{consolidate_fragments, move_fragments_off};
 use crate::state::core::RegionShared;
 
 /// How long one map long-poll may wait; also bounds how long dropping a region waits for
@@ -37,9 +36,8 @@ const MAX_MOVES_PER_ROUND: usize = 8;
 /// The follower thread: keeps the region off draining servers until the region is dropped.
 pub(crate) fn follow(shared: Arc<RegionShared>, link: Arc<ControllerLink>) {
     let mut reported_dead = HashSet::new();
-    let redundant = !shared.layout.redundancy().is_none();
-    // Map epoch at which a redundant region's consolidation last moved nothing: not tried
-    // again until the map changes.
+    // Map epoch at which consolidation last moved nothing: not tried again until the map
+    // changes.
     let mut stuck_at_epoch = None;
     // Its own client for the long-poll, so that re-protection's and moves' calls do not
     // wait behind it.
@@ -55,58 +53,17 @@ pub(crate) fn follow(shared: Arc<RegionShared>, link: Arc<ControllerLink>) {
             }
         };
         let avoid: Vec<ServerId> = map.servers.iter().filter(|s| s.state != ServerState::Alive).map(|s| s.id).collect();
-        if redundant {
-            follow_redundant(&shared, &link, &map, &avoid);
-            consolidate_redundant(&shared, &link, &map, &mut stuck_at_epoch);
-            link.epoch.fetch_max(map.epoch, Ordering::Relaxed);
-            continue;
-        }
-        for server in &map.servers {
-            match server.state {
-                ServerState::Draining => {
-                    if let Err(e) = move_off(&shared, &link, server, &avoid, usize::MAX) {
-                        tracing::error!("moving the region off {}: {e}", server.addr);
-                    }
-                }
-                // Its host needs memory back: move one chunk now; the server's next heartbeat
-                // says whether it needs more, and that new epoch wakes this loop again.
-                ServerState::Alive if server.shed_bytes > 0 => {
-                    let mut avoid = avoid.clone();
-                    avoid.push(server.id);
-                    if let Err(e) = move_off(&shared, &link, server, &avoid, 1) {
-                        tracing::error!("moving a chunk off {} (its host is short of memory): {e}", server.addr);
-                    }
-                }
-                ServerState::Dead if reported_dead.insert(server.id) => {
-                    tracing::error!(
-                        "memory server {} is dead; pages of this region that lived only there are lost",
-                        server.addr
-                    );
-                }
-                _ => {}
-            }
-        }
-        // Consolidation the policy asks for (`pack`): a bounded number per round, since each
-        // commit brings a new epoch and the next round sees what is still asked.
-        for mv in map.moves.iter().take(MAX_MOVES_PER_ROUND) {
-            let Some(from) = map.servers.iter().find(|s| s.id == mv.from) else { continue };
-            if let Err(e) = move_to(&shared, &link, from, mv) {
-                tracing::error!("consolidating {} into {}: {e}", from.addr, mv.to_addr);
-            }
-        }
+        follow_servers(&shared, &link, &map, &avoid, &mut reported_dead);
+        consolidate(&shared, &link, &map, &mut stuck_at_epoch);
         link.epoch.fetch_max(map.epoch, Ordering::Relaxed);
     }
 }
 
-/// The consolidation moves (`pack`) a map asks of a redundant region, a bounded number per
-/// round; a round that moved nothing is not tried again until the map changes (every
-/// fragment left may share its chunk with every other server).
-fn consolidate_redundant(
-    shared: &RegionShared,
-    link: &ControllerLink,
-    map: &MapReply,
-    stuck_at_epoch: &mut Option<u64>,
-) {
+/// The consolidation moves (`pack`) a map asks of the region, a bounded number per round
+/// (each commit brings a new epoch and the next round sees what is still asked); a round
+/// that moved nothing is not tried again until the map changes (every fragment left may
+/// share its chunk with every other server).
+fn consolidate(shared: &RegionShared, link: &ControllerLink, map: &MapReply, stuck_at_epoch: &mut Option<u64>) {
     if map.moves.is_empty() || *stuck_at_epoch == Some(map.epoch) {
         return;
     }
@@ -124,23 +81,36 @@ fn consolidate_redundant(
     }
 }
 
-/// What a redundant region takes from a map: a server the controller calls dead is lost
-/// for the region (re-protection replaces its fragments); the fragments on a draining
-/// server move off it, and one fragment moves off a server whose host is short of memory
-/// (its next heartbeat says whether it needs more).
-fn follow_redundant(shared: &RegionShared, link: &ControllerLink, map: &MapReply, avoid: &[ServerId]) {
+/// What a region takes from a map: a server the controller calls dead is lost for the
+/// region where its scheme survives that (re-protection replaces its fragments), and said
+/// once otherwise; the fragments on a draining server move off it, and one fragment moves
+/// off a server whose host is short of memory (its next heartbeat says whether it needs
+/// more, and that new epoch wakes this loop again).
+fn follow_servers(
+    shared: &RegionShared,
+    link: &ControllerLink,
+    map: &MapReply,
+    avoid: &[ServerId],
+    reported_dead: &mut HashSet<ServerId>,
+) {
     let layout = &shared.layout;
     for server in &map.servers {
         match server.state {
             ServerState::Dead => {
                 let addr = server.addr.parse::<SocketAddr>().ok();
-                if let Some(i) = addr.and_then(|a| layout.find_server(a)).filter(|i| !layout.stripes.is_lost(*i)) {
-                    crate::remote::stripe::lose(layout, i, "the rack controller reports it dead");
+                let index = addr.and_then(|a| layout.find_server(a)).filter(|i| !layout.stripes.is_lost(*i));
+                let lost = index
+                    .is_some_and(|i| crate::remote::stripe::lose(layout, i, "the rack controller reports it dead"));
+                if !lost && index.is_some() && reported_dead.insert(server.id) {
+                    tracing::error!(
+                        "memory server {} is dead; pages of this region that lived only there are lost",
+                        server.addr
+                    );
                 }
             }
             ServerState::Draining => {
                 if let Err(e) = move_fragments_off(shared, link, server, avoid, usize::MAX) {
-                    tracing::error!("moving the region's fragments off {}: {e}", server.addr);
+                    tracing::error!("moving the region off {}: {e}", server.addr);
                 }
             }
             ServerState::Alive if server.shed_bytes > 0 => {

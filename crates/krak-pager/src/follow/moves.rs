@@ -1,5 +1,6 @@
-//! The moves a region's follower carries out for the controller (`follow/mod.rs`): chunks or
-//! fragments off a draining server or a host short of memory, and consolidation moves.
+//! The moves a region's follower carries out for the controller (`follow/mod.rs`):
+//! fragments (whole chunks without redundancy) off a draining server or a host short of
+//! memory, and consolidation moves.
 //! Each move is announced to the controller (so status lists it), carried out while the
 //! region is in use, and committed; a failed one withdraws its announcement.
 
@@ -40,31 +41,6 @@ fn carry_out(
     go().and_then(|slab| commit_slot(shared, link, slot, to, slab)).inspect_err(|_| abandon_move(link, slot))
 }
 
-/// Moves `chunk` to `to`; answers its new slab.
-fn move_chunk(shared: &RegionShared, chunk: usize, to: SocketAddr, done: &str) -> Result<SlabId, PagerError> {
-    let from = shared.layout.server_addr(shared.layout.chunk(chunk).server);
-    let pages = shared.move_chunk(chunk, to)?;
-    tracing::info!("{done} chunk {chunk} ({pages} pages) from {from} to {to}");
-    Ok(shared.layout.chunk(chunk).slab)
-}
-
-/// Moves up to `limit` chunks on `server` to servers the controller chooses (off `avoid`).
-pub(crate) fn move_off(
-    shared: &RegionShared,
-    link: &ControllerLink,
-    server: &MapServer,
-    avoid: &[ServerId],
-    limit: usize,
-) -> Result<(), PagerError> {
-    let from = parse_addr(&server.addr)?;
-    for chunk in shared.layout.chunks_on(from, limit) {
-        let slot = chunk as u64;
-        let (to, to_id) = place_target(link, slot, avoid.to_vec())?;
-        carry_out(shared, link, slot, (server.id, to_id), || move_chunk(shared, chunk, to, "moved"))?;
-    }
-    Ok(())
-}
-
 /// Moves up to `limit` fragments on `server`, each to the server the controller places its
 /// slot on (off `avoid`, the servers the region lost and, by the controller's own rule,
 /// the servers of the chunk's other fragments).
@@ -94,7 +70,7 @@ pub(crate) fn move_fragments_off(
     Ok(())
 }
 
-/// Carries out one consolidation move of a redundant region: up to `mv.slabs` fragments
+/// Carries out one consolidation move: up to `mv.slabs` fragments
 /// from `from` to `mv.to`, or, for a fragment whose chunk already has one on `mv.to`, to
 /// where the controller places its slot now (off `from` and the servers the region lost),
 /// if that server already holds some of the region. Returns the fragments moved; one that
@@ -143,18 +119,4 @@ pub(crate) fn consolidate_fragments(
         moved += 1;
     }
     Ok(moved)
-}
-
-/// Carries out one move the map asks for: up to `mv.slabs` chunks from `from` to `mv.to`.
-pub(crate) fn move_to(
-    shared: &RegionShared,
-    link: &ControllerLink,
-    from: &MapServer,
-    mv: &MapMove,
-) -> Result<(), PagerError> {
-    let (from_addr, to) = (parse_addr(&from.addr)?, parse_addr(&mv.to_addr)?);
-    for chunk in shared.layout.chunks_on(from_addr, mv.slabs as usize) {
-        carry_out(shared, link, chunk as u64, (mv.from, mv.to), || move_chunk(shared, chunk, to, "consolidated"))?;
-    }
-    Ok(())
 }

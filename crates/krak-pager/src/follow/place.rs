@@ -1,7 +1,8 @@
 //! Placing a region through the rack controller: registering it, having the controller
-//! choose a server for every chunk (or, for a redundant region, every fragment: slot =
-//! chunk × width + fragment, distinct servers and, while there are enough, distinct failure
-//! domains per chunk), allocating each slab on the named server and committing them all. A
+//! choose a server for every fragment (slot = chunk × width + fragment; width one, slot =
+//! chunk, without redundancy; distinct servers and, while there are enough, distinct
+//! failure domains per chunk), allocating each slab on the named server and committing
+//! them all. A
 //! lost fragment's replacement is also placed here (`place` on its slot, excluding the lost
 //! servers) and committed once re-protection has filled it.
 
@@ -17,7 +18,7 @@ use crate::error::BadAnswer;
 use crate::follow::link::{parse_addr, place_one, release, ControllerLink, CALL_TIMEOUT};
 use crate::remote::redundancy::Redundancy;
 use crate::remote::stripe::{Frag, FragState, Stripe};
-use crate::remote::{free_quietly, ChunkHome, RemoteLayout};
+use crate::remote::{free_quietly, RemoteLayout};
 use crate::state::lock_order::Mutex;
 use crate::PagerError;
 use std::sync::atomic::Ordering;
@@ -157,9 +158,8 @@ fn place_all(
 
 fn placement_error(e: ApiError, needed_bytes: u64) -> PagerError {
     match e {
-        ApiError::Status { status: NO_CAPACITY, message } => {
-            tracing::warn!("the controller cannot place the region: {message}");
-            PagerError::RackFull { needed_bytes, got_bytes: 0, servers: 0 }
+        e @ ApiError::Status { status: NO_CAPACITY, .. } => {
+            PagerError::RackFullAtController { needed_bytes, source: e }
         }
         e => e.into(),
     }
@@ -238,12 +238,7 @@ pub(crate) fn allocate(
         epoch: Default::default(),
         ids: Default::default(),
     };
-    let placed = if redundancy.is_none() {
-        place_chunks_and_commit(&link, &region, connect)
-    } else {
-        place_stripes_and_commit(&link, &region, connect, redundancy)
-    };
-    match placed {
+    match place_stripes_and_commit(&link, &region, connect, redundancy) {
         Ok((layout, admin, epoch)) => {
             link.epoch.store(epoch, Ordering::Relaxed);
             Ok((layout, admin, link))
@@ -253,87 +248,6 @@ pub(crate) fn allocate(
             Err(e)
         }
     }
-}
-
-fn place_chunks_and_commit(
-    link: &ControllerLink,
-    region: &krak_api::RegionRecord,
-    connect: ConnectOptions,
-) -> Result<(RemoteLayout, Vec<Option<Connection>>, u64), PagerError> {
-    let chunk_pages = (region.chunk_bytes / PAGE_SIZE as u64) as usize;
-    let chunks = region.chunks();
-    // The controller takes at most MAX_CHUNKS_PER_REQUEST chunks per place or commit.
-    let mut placements = Vec::with_capacity(chunks as usize);
-    for first in (0..chunks).step_by(MAX_CHUNKS_PER_REQUEST) {
-        let batch: Vec<u64> = (first..(first + MAX_CHUNKS_PER_REQUEST as u64).min(chunks)).collect();
-        let placed = link.client.lock().place(region.id, &PlaceRequest { chunks: batch, exclude: vec![] })?;
-        placements.extend(placed.placements);
-    }
-    let mut servers: Vec<SocketAddr> = Vec::new();
-    let mut admin: Vec<Option<Connection>> = Vec::new();
-    let mut homes: Vec<Option<(ChunkHome, ServerId)>> = vec![None; chunks as usize];
-    let free_all = |admin: &mut Vec<Option<Connection>>, homes: &[Option<(ChunkHome, ServerId)>]| {
-        for (home, _) in homes.iter().flatten() {
-            if let Some(conn) = admin[home.server].as_mut() {
-                free_quietly(conn, home.slab);
-            }
-        }
-    };
-    let result = (|| {
-        for p in &placements {
-            let addr = parse_addr(&p.addr)?;
-            let idx = match servers.iter().position(|a| *a == addr) {
-                Some(i) => i,
-                None => {
-                    admin.push(Some(Connection::connect(addr, connect)?));
-                    servers.push(addr);
-                    servers.len() - 1
-                }
-            };
-            let chunk = p.chunk as usize;
-            if chunk >= homes.len() {
-                return Err(BadAnswer::OutOfRange { what: "chunk", index: chunk as u64, count: chunks }.into());
-            }
-            let conn = admin[idx].as_mut().expect("connected above");
-            if (conn.slab_pages() as usize) < chunk_pages {
-                return Err(BadAnswer::SlabTooSmall { addr }.into());
-            }
-            let slab = conn.alloc_slab()?;
-            // a chunk placed twice keeps its last placement; the slab of the first is freed
-            let replaced = homes[chunk].replace((ChunkHome { server: idx, slab, moving_to: None }, p.server));
-            if let Some((old, _)) = replaced {
-                if let Some(conn) = admin[old.server].as_mut() {
-                    free_quietly(conn, old.slab);
-                }
-            }
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        free_all(&mut admin, &homes);
-        return Err(e);
-    }
-    if let Some(chunk) = homes.iter().position(Option::is_none) {
-        free_all(&mut admin, &homes);
-        return Err(BadAnswer::Unplaced { chunk: chunk as u64 }.into());
-    }
-    let commits: Vec<CommitChunk> = homes
-        .iter()
-        .enumerate()
-        .filter_map(|(c, h)| h.map(|(home, server)| CommitChunk { chunk: c as u64, server, slab: home.slab.0 }))
-        .collect();
-    let mut epoch = 0;
-    for batch in commits.chunks(MAX_CHUNKS_PER_REQUEST) {
-        match link.client.lock().commit(region.id, &CommitRequest { chunks: batch.to_vec() }) {
-            Ok(reply) => epoch = epoch.max(reply.epoch),
-            Err(e) => {
-                free_all(&mut admin, &homes);
-                return Err(e.into());
-            }
-        }
-    }
-    let homes = homes.into_iter().map(|h| h.expect("every chunk placed, checked above").0).collect();
-    Ok((RemoteLayout::from_parts(connect, chunk_pages, servers, homes), admin, epoch))
 }
 
 #[cfg(test)]

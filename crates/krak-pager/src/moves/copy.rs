@@ -1,6 +1,5 @@
-//! The copy of a moving chunk's remote pages to its new slab (see `moves/chunk.rs`), or of a
-//! moving fragment's units to its new slab (`moves/fragment.rs`), run by the thread that asked
-//! for the move, several steps in flight.
+//! The copy of a moving fragment's units (whole pages without redundancy) to its new slab
+//! (`moves/fragment.rs`), run by the thread that asked for the move, several steps in flight.
 //!
 //! First choice: the old server pushes the pages straight to the new one (`PushPages`),
 //! so the data never passes through this host. If the old server cannot reach the new one,
@@ -13,11 +12,8 @@ use std::collections::VecDeque;
 
 use krak_client::{ClientError, Connection};
 use krak_proto::{ErrorCode, PageRef, SlabId};
-use krak_uffd::PAGE_SIZE;
 
 use crate::state::core::RegionShared;
-use crate::state::stats::Counters;
-use crate::PagerError;
 
 /// Pages per step: small enough that the CPU one step takes in a burst (MACs, checksums,
 /// copies) does not hold up the faults sharing a host for long.
@@ -64,17 +60,6 @@ impl Steps {
     fn unit(&self, page: usize) -> u32 {
         (page % self.chunk_pages) as u32
     }
-}
-
-/// Copies the remote pages of `chunk` from its home to `to_slab` on server `to` (the chunk
-/// is moving there, so write-backs already reach both); returns the pages copied.
-pub(crate) fn copy_chunk(shared: &RegionShared, chunk: usize, to: usize, to_slab: SlabId) -> Result<u64, PagerError> {
-    let home = shared.layout.chunk(chunk);
-    let spec = CopySpec { chunk, from: (home.server, home.slab), to: (to, to_slab), unit_bytes: PAGE_SIZE };
-    let copied = copy_units(shared, spec).map_err(PagerError::Remote)?;
-    // Counted once the copy is whole: a push given up for a relay copies some pages twice.
-    Counters::add(&shared.counters.moved_pages, copied);
-    Ok(copied)
 }
 
 /// Copies what `spec` names (write-backs already reach both slabs); returns the units

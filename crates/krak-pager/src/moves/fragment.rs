@@ -1,6 +1,7 @@
-//! Live fragment moves: one fragment (or copy) of a redundant region's chunk moves to
-//! another server while the region is in use, without ever lowering the chunk's
-//! redundancy.
+//! Live moves: one fragment of a chunk's stripe (a copy under `replicate:N`, the whole
+//! chunk in a region without redundancy, whose stripes are one wide) moves to another
+//! server while the region is in use, without ever lowering the chunk's redundancy; a drain
+//! moves every fragment off a server this way.
 //!
 //! The old slab stays live, read and written, until the switch. From the moment the move
 //! starts, every write-back of the chunk's pages also writes the fragment to the new slab.
@@ -18,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::moves::chunk::DrainReport;
+use crate::error::MoveFailure;
 use crate::moves::copy::{copy_units, CopySpec};
 use crate::moves::queue::{wait_for_writeback_in_flight, NEXT_MOVE_ID};
 use crate::remote::admin_conn;
@@ -28,6 +29,16 @@ use crate::state::stats::Counters;
 use crate::PagerError;
 use krak_proto::SlabId;
 
+/// What a drain did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct DrainReport {
+    /// Slabs moved: whole chunks, or fragments of a redundant region's chunks.
+    pub chunks_moved: u64,
+    pub pages_copied: u64,
+    pub bytes_copied: u64,
+    pub elapsed_ms: u64,
+}
+
 /// Where a fragment moved to and what it took.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FragmentMoved {
@@ -36,19 +47,29 @@ pub(crate) struct FragmentMoved {
 }
 
 impl RegionShared {
-    /// The memory server of each fragment of each chunk of a redundant region (empty for a
-    /// region without redundancy), in chunk and fragment order.
+    /// The memory server of each fragment of each chunk, in chunk and fragment order.
     pub(crate) fn fragment_servers(&self) -> Vec<Vec<SocketAddr>> {
         let layout = &self.layout;
         layout.stripes.all().iter().map(|s| s.iter().map(|f| layout.server_addr(f.server)).collect()).collect()
     }
 
-    /// `drain_server` for a redundant region: every fragment on `from` moves to the server
-    /// of `targets` that holds none of its chunk's fragments (one of a failure domain the
-    /// chunk does not use yet first) and the fewest of the region's.
-    pub(crate) fn drain_fragments(&self, from: SocketAddr, targets: &[SocketAddr]) -> Result<DrainReport, PagerError> {
+    /// The memory server of each chunk's first fragment (its one slab without redundancy),
+    /// in chunk order.
+    pub(crate) fn chunk_servers(&self) -> Vec<SocketAddr> {
+        let layout = &self.layout;
+        layout.stripes.all().iter().map(|s| layout.server_addr(s[0].server)).collect()
+    }
+
+    /// Moves every fragment on `from` to the server of `targets` that holds none of its
+    /// chunk's fragments (one of a failure domain the chunk does not use yet first) and the
+    /// fewest of the region's.
+    pub(crate) fn drain_server(&self, from: SocketAddr, targets: &[SocketAddr]) -> Result<DrainReport, PagerError> {
         let started = Instant::now();
         let layout = &self.layout;
+        let targets: Vec<SocketAddr> = targets.iter().copied().filter(|t| *t != from).collect();
+        if targets.is_empty() {
+            return Err(PagerError::Config(format!("no server to drain {from} to")));
+        }
         let mut report = DrainReport::default();
         let Some(server) = layout.find_server(from) else { return Ok(report) };
         let targets: Vec<usize> = targets.iter().map(|t| layout.server_index(*t)).collect();
@@ -80,12 +101,19 @@ impl RegionShared {
 }
 
 impl RegionShared {
+    /// Moves chunk `chunk` of a region without redundancy (fragment 0 of its one-wide
+    /// stripe); returns the pages copied.
+    pub(crate) fn move_chunk(&self, chunk: usize, to: SocketAddr) -> Result<u64, PagerError> {
+        let scheme = self.layout.redundancy();
+        if scheme.width() > 1 {
+            return Err(PagerError::MoveChunk { chunk, to, source: MoveFailure::Redundant { scheme } });
+        }
+        self.move_fragment(chunk, 0, to).map(|m| m.pages)
+    }
+
     pub(crate) fn move_fragment(&self, chunk: usize, frag: usize, to: SocketAddr) -> Result<FragmentMoved, PagerError> {
         let layout = &self.layout;
         let scheme = layout.redundancy();
-        if scheme.is_none() {
-            return Err(PagerError::Config("a region without redundancy has no fragments to move".into()));
-        }
         if chunk >= layout.chunk_count() || frag >= scheme.width() {
             return Err(PagerError::Config(format!(
                 "no fragment {frag} of chunk {chunk}: the region has {} chunks of {} fragments",
@@ -150,7 +178,11 @@ impl RegionShared {
                         free_quietly(conn, old.slab);
                     }
                 }
-                Counters::add(&self.counters.fragments_moved, 1);
+                // A width-one stripe's fragment is its whole chunk.
+                let moved =
+                    if scheme.width() == 1 { &self.counters.chunks_moved } else { &self.counters.fragments_moved };
+                Counters::add(moved, 1);
+                Counters::add(&self.counters.moved_pages, pages);
                 tracing::info!(
                     "moved fragment {frag} of chunk {chunk} ({pages} pages, {} KiB) from {} to {to}",
                     pages * scheme.unit_bytes() as u64 / 1024,
@@ -195,6 +227,21 @@ mod tests {
         assert_eq!(finished.slab, SlabId(2, 0));
         assert_eq!(t.with(0, |s| s[1]), Frag::new(3, SlabId(9, 0), FragState::Live));
         assert!(t.finish_move(0, 1, to).is_none(), "finished once");
+    }
+
+    #[test]
+    fn a_region_without_redundancy_is_one_wide_and_never_loses_a_server() {
+        let frag = |server: usize, slab: u64| Frag::new(server, SlabId(slab, 0), FragState::Live);
+        let t = StripeTable::new(Redundancy::None, vec![vec![frag(0, 1)], vec![frag(1, 2)]], 2);
+        assert!(!t.mark_lost(0, "test"), "its one fragment is all there is to read");
+        assert!(!t.is_lost(0) && t.lost_fragments().is_empty() && t.min_live() == 1);
+        // it moves like any fragment, and its server is never lost under it
+        let to = (1, SlabId(9, 0));
+        assert!(t.start_move(0, 0, to).is_ok());
+        assert!(!t.mark_lost(1, "test"));
+        assert_eq!(t.with(0, |s| s[0].moving_to), Some(to));
+        assert_eq!(t.finish_move(0, 0, to).map(|f| f.slab), Some(SlabId(1, 0)));
+        assert_eq!(t.fragments_on(1, 9), vec![(0, 0), (1, 0)]);
     }
 
     #[test]

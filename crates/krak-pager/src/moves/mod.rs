@@ -1,7 +1,7 @@
-//! Live moves and re-protection: chunks and fragments move to other servers while the
-//! region is in use, lost fragments are rebuilt, and every redundant region scrubs itself.
+//! Live moves and re-protection: fragments (whole chunks without redundancy) move to other
+//! servers while the region is in use, lost fragments are rebuilt, and every redundant
+//! region scrubs itself.
 
-pub(crate) mod chunk;
 pub(crate) mod copy;
 pub(crate) mod fragment;
 pub(crate) mod queue;

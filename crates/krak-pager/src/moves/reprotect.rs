@@ -160,9 +160,6 @@ impl RegionShared {}
 
 pub(crate) fn scrub(shared: &RegionShared) -> Result<u64, PagerError> {
     let layout = &shared.layout;
-    if layout.redundancy().is_none() {
-        return Ok(0);
-    }
     let mut links = Links::new(layout.server_count());
     let mut found = 0;
     let mut buf = vec![0u8; STEP_PAGES * PAGE_SIZE];
@@ -322,15 +319,19 @@ fn choose_replacement(
     placed.ok_or_else(|| Rebuild::Failed(format!("no survivor could lend a slab: {why}")))
 }
 
-/// One copy step of the rebuild (or fragment move, `moving`) at the head of the move queue,
-/// run by the write-back thread with the core lock held: rebuilds fragment `frag` of the
-/// next remote pages of the chunk from the stripe and writes it to the replacement (or to
-/// the slab the fragment moves to). Past the last page a replacement becomes live; a moved
-/// fragment switches to its new slab once no fetch of the chunk is in flight, since the
-/// mover then frees the old one.
-pub(crate) fn step(shared: &RegionShared, links: &mut Links, mut core: CoreGuard<'_>, frag: usize, moving: bool) {
+/// One copy step of the rebuild or fragment move at the head of the move queue, run by the
+/// write-back thread with the core lock held: rebuilds the fragment of the next remote
+/// pages of the chunk from the stripe and writes it to the replacement (or to the slab the
+/// fragment moves to). Past the last page a replacement becomes live; a moved fragment
+/// switches to its new slab once no fetch of the chunk is in flight, since the mover then
+/// frees the old one.
+pub(crate) fn step(shared: &RegionShared, links: &mut Links, mut core: CoreGuard<'_>) {
     let Some(mv) = core.moves.front() else { return };
     let (id, chunk, from) = (mv.id, mv.chunk, mv.next_page);
+    let (frag, moving) = match mv.kind {
+        MoveKind::Rebuild(frag) => (frag, false),
+        MoveKind::Fragment(frag) => (frag, true),
+    };
     let layout = &shared.layout;
     let target = layout.stripes.with(chunk, |s| match moving {
         true => s[frag].moving_to.map(|(server, slab)| Frag::new(server, slab, FragState::Rebuilding)),
@@ -388,8 +389,8 @@ fn rebuild_pages(
     let scheme = layout.redundancy();
     let (width, unit) = (scheme.width(), scheme.unit_bytes());
     let mut buf = vec![0u8; pages.len() * PAGE_SIZE];
-    let started = links.start_read(layout, 0, pages);
-    links.finish_read(layout, 0, started, pages, &mut buf)?;
+    let started = links.start_read(layout, pages);
+    links.finish_read(layout, started, &mut buf)?;
     let coder = links.coder.get_or_insert_with(|| Coder::new(scheme));
     let mut all = vec![0u8; width * unit];
     let mut units = vec![0u8; pages.len() * unit];

@@ -9,16 +9,15 @@
 use std::ops::Range;
 
 use krak_client::ClientError;
-use krak_proto::{PageRef, MAX_BATCH_PAGES, PAGE_SIZE};
+use krak_proto::{PageRef, MAX_BATCH_PAGES};
 
 use crate::remote::{Links, RemoteLayout};
 
 impl Links {
-    /// Discards every remote copy (each fragment, and the new home of a moving chunk or
-    /// fragment) of the pages of `ranges`; returns the units the servers discarded.
+    /// Discards every remote copy (each fragment, and the slab a moving fragment moves to)
+    /// of the pages of `ranges`; returns the units the servers discarded.
     pub(crate) fn discard_remote(&mut self, layout: &RemoteLayout, ranges: Vec<Range<usize>>) -> u64 {
-        let scheme = layout.redundancy();
-        let unit_bytes = if scheme.is_none() { PAGE_SIZE } else { scheme.unit_bytes() } as u32;
+        let unit_bytes = layout.redundancy().unit_bytes() as u32;
         let mut groups: Vec<Vec<PageRef>> = vec![Vec::new(); layout.server_count()];
         let mut add = |server: usize, at: PageRef| {
             if server >= groups.len() {
@@ -27,12 +26,6 @@ impl Links {
             groups[server].push(at);
         };
         for page in ranges.into_iter().flatten() {
-            if scheme.is_none() {
-                for (server, at) in layout.write_targets(page).into_iter().flatten() {
-                    add(server, at);
-                }
-                continue;
-            }
             let at = (page % layout.chunk_pages) as u32;
             layout.stripes.with(page / layout.chunk_pages, |stripe| {
                 for f in stripe {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::state::lock_order::{level, RwLock};
 
 use krak_client::{ClientError, ConnectOptions, Connection, ProtocolError};
-use krak_proto::{PageRef, SlabId, MAX_BATCH_PAGES, PAGE_SIZE};
+use krak_proto::{PageRef, SlabId, MAX_BATCH_PAGES};
 
 use crate::remote::redundancy::{Coder, Redundancy};
 use crate::remote::stripe::{Stripe, StripeRead, StripeTable};
@@ -18,36 +18,27 @@ use crate::PagerError;
 
 /// Attempts per request before the pager gives up on a page (each with a fresh connection).
 pub(crate) const MAX_ATTEMPTS: u32 = 3;
-const RETRY_PAUSE_MS: u64 = 50;
+pub(crate) const RETRY_PAUSE_MS: u64 = 50;
 
-/// Where a chunk's pages live: one slab on one server, and, while the chunk moves, the
-/// slab on the server it moves to (which every write-back then also reaches).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ChunkHome {
-    pub server: usize,
-    pub slab: SlabId,
-    pub moving_to: Option<(usize, SlabId)>,
-}
-
-/// The region is cut into chunks of one slab each; chunk `c` starts on server `c % n`, so
-/// a region's pages are spread over every server it was given. Chunks can move to other
-/// servers while the region is in use (see `moves/chunk.rs`), so both tables are behind locks.
+/// The region is cut into chunks of one slab per fragment. Every chunk is a stripe
+/// (`remote/stripe.rs`): `width` fragments on distinct servers, one for a region without
+/// redundancy (its whole pages), so one model serves allocation, reads, writes, moves and
+/// drains whatever the scheme. Chunk `c`'s stripe starts on server `c % n`, so a region's
+/// pages spread over every server it was given. Fragments move to other servers while the
+/// region is in use, so the tables are behind locks.
 #[derive(Debug)]
 pub(crate) struct RemoteLayout {
     pub connect: ConnectOptions,
     pub chunk_pages: usize,
     servers: RwLock<Vec<SocketAddr>, { level::SERVERS }>,
-    /// Chunk homes of a region without redundancy. A redundant region keeps its stripe's
-    /// first slab here (so chunk counts hold) and every slab in `stripes`.
-    chunks: RwLock<Vec<ChunkHome>, { level::CHUNKS }>,
-    /// The stripe of each chunk of a redundant region (empty for `none`).
+    /// The stripe of each chunk.
     pub stripes: StripeTable,
 }
 
 impl RemoteLayout {
     /// Allocates slabs for a whole region up front, so that a full rack is reported when the
-    /// region is made, not when a page is evicted. A redundant region gets a stripe of
-    /// `width` slabs per chunk on distinct servers.
+    /// region is made, not when a page is evicted: a stripe of `width` slabs per chunk on
+    /// distinct servers.
     pub fn allocate(
         servers: &[SocketAddr],
         domains: &[String],
@@ -61,59 +52,13 @@ impl RemoteLayout {
         }
         let chunk_pages = admin.iter().map(|c| c.slab_pages() as usize).min().ok_or(PagerError::NoServers)?;
         let n_chunks = region_pages.div_ceil(chunk_pages);
-        if !redundancy.is_none() {
-            let stripes = crate::remote::stripe::allocate(&mut admin, domains, n_chunks, chunk_pages, redundancy)?;
-            let layout =
-                RemoteLayout::from_stripes(connect, chunk_pages, servers.to_vec(), domains, redundancy, stripes);
-            return Ok((layout, admin));
-        }
-        let mut chunks = Vec::with_capacity(n_chunks);
-        for c in 0..n_chunks {
-            match allocate_chunk(&mut admin, c % servers.len()) {
-                Ok((server, slab)) => chunks.push(ChunkHome { server, slab, moving_to: None }),
-                Err(e) => {
-                    for home in chunks {
-                        free_quietly(&mut admin[home.server], home.slab);
-                    }
-                    return Err(match e {
-                        e if e.is_no_capacity() => PagerError::RackFull {
-                            needed_bytes: (n_chunks * chunk_pages * PAGE_SIZE) as u64,
-                            got_bytes: (c * chunk_pages * PAGE_SIZE) as u64,
-                            servers: servers.len(),
-                        },
-                        e => PagerError::Remote(e),
-                    });
-                }
-            }
-        }
-        let layout = RemoteLayout {
-            connect,
-            chunk_pages,
-            servers: RwLock::new(servers.to_vec()),
-            chunks: RwLock::new(chunks),
-            stripes: StripeTable::new(Redundancy::None, Vec::new(), 0),
-        };
+        let stripes = crate::remote::stripe::allocate(&mut admin, domains, n_chunks, chunk_pages, redundancy)?;
+        let layout = RemoteLayout::from_stripes(connect, chunk_pages, servers.to_vec(), domains, redundancy, stripes);
         Ok((layout, admin))
     }
 
-    /// A layout whose chunks were placed elsewhere (by the controller).
-    pub fn from_parts(
-        connect: ConnectOptions,
-        chunk_pages: usize,
-        servers: Vec<SocketAddr>,
-        chunks: Vec<ChunkHome>,
-    ) -> RemoteLayout {
-        RemoteLayout {
-            connect,
-            chunk_pages,
-            servers: RwLock::new(servers),
-            chunks: RwLock::new(chunks),
-            stripes: StripeTable::new(Redundancy::None, Vec::new(), 0),
-        }
-    }
-
-    /// A redundant region's layout: `stripes[c][i]` holds fragment `i` of chunk `c`, on an
-    /// index of `servers` (the same layout whoever chose the servers).
+    /// A region's layout: `stripes[c][i]` holds fragment `i` of chunk `c`, on an index of
+    /// `servers` (the same layout whoever chose the servers).
     pub fn from_stripes(
         connect: ConnectOptions,
         chunk_pages: usize,
@@ -122,11 +67,10 @@ impl RemoteLayout {
         scheme: Redundancy,
         stripes: Vec<Stripe>,
     ) -> RemoteLayout {
-        let chunks = stripes.iter().map(|s| ChunkHome { server: s[0].server, slab: s[0].slab, moving_to: None });
+        assert!(stripes.iter().all(|s| s.len() == scheme.width()), "every stripe is {} wide", scheme.width());
         RemoteLayout {
             connect,
             chunk_pages,
-            chunks: RwLock::new(chunks.collect()),
             stripes: StripeTable::new(scheme, stripes, servers.len()).with_domains(domains),
             servers: RwLock::new(servers),
         }
@@ -139,32 +83,6 @@ impl RemoteLayout {
 
     pub fn redundancy(&self) -> Redundancy {
         self.stripes.scheme
-    }
-
-    /// Which read of a fault a page joins: its server without redundancy; one read (over
-    /// every server of the stripes) with it.
-    pub fn read_group(&self, page: usize) -> usize {
-        if self.redundancy().is_none() {
-            self.locate(page).0
-        } else {
-            0
-        }
-    }
-
-    /// Where to read `page` from.
-    pub fn locate(&self, page: usize) -> (usize, PageRef) {
-        let home = self.chunks.read()[page / self.chunk_pages];
-        (home.server, PageRef { slab: home.slab, page: (page % self.chunk_pages) as u32 })
-    }
-
-    /// Where a write of `page` must go: its home, and the chunk's new home while it moves.
-    pub fn write_targets(&self, page: usize) -> [Option<(usize, PageRef)>; 2] {
-        let home = self.chunks.read()[page / self.chunk_pages];
-        let at = (page % self.chunk_pages) as u32;
-        [
-            Some((home.server, PageRef { slab: home.slab, page: at })),
-            home.moving_to.map(|(server, slab)| (server, PageRef { slab, page: at })),
-        ]
     }
 
     pub fn server_addr(&self, server: usize) -> SocketAddr {
@@ -192,26 +110,7 @@ impl RemoteLayout {
     }
 
     pub fn chunk_count(&self) -> usize {
-        self.chunks.read().len()
-    }
-
-    pub fn chunk(&self, chunk: usize) -> ChunkHome {
-        self.chunks.read()[chunk]
-    }
-
-    pub fn set_chunk(&self, chunk: usize, home: ChunkHome) {
-        self.chunks.write()[chunk] = home;
-    }
-
-    /// Up to `limit` chunks whose home is the server at `addr`, in chunk order.
-    pub fn chunks_on(&self, addr: SocketAddr, limit: usize) -> Vec<usize> {
-        let server = self.server_index(addr);
-        let chunks = self.chunks.read();
-        (0..chunks.len()).filter(|c| chunks[*c].server == server).take(limit).collect()
-    }
-
-    pub fn chunks(&self) -> Vec<ChunkHome> {
-        self.chunks.read().clone()
+        self.stripes.len()
     }
 
     /// Bytes of slabs this region holds on each server (a lost server's too).
@@ -219,19 +118,11 @@ impl RemoteLayout {
         // Stripes first: a server is in the table before any stripe names it.
         let stripes = self.stripes.all();
         let mut out: Vec<(SocketAddr, u64)> = self.servers().into_iter().map(|a| (a, 0)).collect();
-        if !self.redundancy().is_none() {
-            let unit = self.redundancy().unit_bytes();
-            for stripe in stripes {
-                for f in stripe {
-                    for server in std::iter::once(f.server).chain(f.moving_to.map(|(s, _)| s)) {
-                        out[server].1 += (self.chunk_pages * unit) as u64;
-                    }
-                }
+        let slab_bytes = (self.chunk_pages * self.redundancy().unit_bytes()) as u64;
+        for f in stripes.iter().flatten() {
+            for server in std::iter::once(f.server).chain(f.moving_to.map(|(s, _)| s)) {
+                out[server].1 += slab_bytes;
             }
-            return out;
-        }
-        for home in self.chunks.read().iter() {
-            out[home.server].1 += (self.chunk_pages * PAGE_SIZE) as u64;
         }
         out
     }
@@ -239,10 +130,6 @@ impl RemoteLayout {
     /// The servers holding a live fragment (or copy) of `page`.
     pub fn page_servers(&self, page: usize, out: &mut Vec<usize>) {
         out.clear();
-        if self.redundancy().is_none() {
-            out.push(self.locate(page).0);
-            return;
-        }
         self.stripes
             .with(page / self.chunk_pages, |s: &Stripe| out.extend(s.iter().filter(|f| f.is_live()).map(|f| f.server)));
     }
@@ -256,27 +143,6 @@ pub(crate) fn free_quietly(conn: &mut Connection, slab: SlabId) {
     }
 }
 
-fn allocate_chunk(admin: &mut [Connection], preferred: usize) -> Result<(usize, SlabId), ClientError> {
-    let mut last = None;
-    for k in 0..admin.len() {
-        let server = (preferred + k) % admin.len();
-        match admin[server].alloc_slab() {
-            Ok(slab) => return Ok((server, slab)),
-            Err(e) if e.is_no_capacity() => last = Some(e),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last.expect("at least one server was asked"))
-}
-
-/// A read sent and not yet received: one request to one server, or the fragment reads of a
-/// redundant region's pages.
-#[derive(Debug)]
-pub(crate) enum Started {
-    One(Result<u64, ClientError>),
-    Stripe(Box<StripeRead>),
-}
-
 /// One thread's connections to every server, opened on first use and reopened on error.
 #[derive(Debug)]
 pub(crate) struct Links {
@@ -284,7 +150,6 @@ pub(crate) struct Links {
     /// Connections for degraded reads of a redundant region, never left with a request
     /// in flight.
     pub(crate) spare: Vec<Option<Connection>>,
-    refs: Vec<PageRef>,
     pub retries: u64,
     /// Encoder and decoder of a redundant region, made on first use.
     pub(crate) coder: Option<Coder>,
@@ -297,7 +162,6 @@ impl Links {
         Links {
             conns: (0..servers).map(|_| None).collect(),
             spare: Vec::new(),
-            refs: Vec::new(),
             retries: 0,
             coder: None,
             found: Default::default(),
@@ -315,64 +179,21 @@ impl Links {
     }
 
     /// Sends a read of `pages` without waiting, to be received by [`Links::finish_read`]:
-    /// without redundancy all on `server` (at most a batch); with it, the fragments of each
-    /// page from the servers of its stripe (`server` unused).
-    pub fn start_read(&mut self, layout: &RemoteLayout, server: usize, pages: &[usize]) -> Started {
+    /// the fragments of each page from the servers of its stripe, pipelined with the
+    /// caller's other reads.
+    pub fn start_read(&mut self, layout: &RemoteLayout, pages: &[usize]) -> StripeRead {
         crate::state::lock_order::assert_none_held_from(
             crate::state::lock_order::level::CORE,
             "a read from a memory server",
         );
-        if !layout.redundancy().is_none() {
-            return Started::Stripe(Box::new(self.start_stripe_read(layout, pages)));
-        }
-        Started::One(self.start_one(layout, server, pages))
+        self.start_stripe_read(layout, pages)
     }
 
-    fn start_one(&mut self, layout: &RemoteLayout, server: usize, pages: &[usize]) -> Result<u64, ClientError> {
-        self.refs.clear();
-        self.refs.extend(pages.iter().map(|p| layout.locate(*p).1));
-        let refs = std::mem::take(&mut self.refs);
-        let sent = self.conn(layout, server).and_then(|c| c.send_read_pages(&refs));
-        self.refs = refs;
-        if sent.is_err() {
-            self.conns[server] = None;
-        }
-        sent
-    }
-
-    /// Receives a read started with [`Links::start_read`] into `out` (whole pages). Without
-    /// redundancy a failed read is retried synchronously on a fresh connection, a bounded
-    /// number of times; with it, a failed or corrupt fragment is read from the stripe's
-    /// other servers and the page rebuilt.
-    pub fn finish_read(
-        &mut self,
-        layout: &RemoteLayout,
-        server: usize,
-        started: Started,
-        pages: &[usize],
-        out: &mut [u8],
-    ) -> Result<(), PagerError> {
-        match started {
-            Started::One(started) => self.finish_one(layout, server, started, pages, out).map_err(PagerError::Remote),
-            Started::Stripe(read) => self.finish_stripe_read(layout, *read, out),
-        }
-    }
-
-    fn finish_one(
-        &mut self,
-        layout: &RemoteLayout,
-        server: usize,
-        started: Result<u64, ClientError>,
-        pages: &[usize],
-        out: &mut [u8],
-    ) -> Result<(), ClientError> {
-        self.refs.clear();
-        self.refs.extend(pages.iter().map(|p| layout.locate(*p).1));
-        let refs = std::mem::take(&mut self.refs);
-        let first = started.and_then(|id| self.conn(layout, server)?.recv_pages(id, &refs, out));
-        let result = self.retry(layout, server, "read from", first, |c| c.read_pages(&refs, out));
-        self.refs = refs;
-        result
+    /// Receives a read started with [`Links::start_read`] into `out` (whole pages): a failed
+    /// or corrupt fragment is read from the stripe's other servers and the page rebuilt; with
+    /// none left, it is read again on a fresh connection, a bounded number of times.
+    pub fn finish_read(&mut self, layout: &RemoteLayout, read: StripeRead, out: &mut [u8]) -> Result<(), PagerError> {
+        self.finish_stripe_read(layout, read, out)
     }
 
     /// Retries a failed request on a fresh connection, a bounded number of times; a refusal
@@ -405,28 +226,15 @@ impl Links {
         result
     }
 
-    /// Writes pages to every place they must go (see [`RemoteLayout::write_targets`]; for a
-    /// redundant region every live fragment), pipelining one request per server and batch,
-    /// retrying each failed batch a bounded number of times.
+    /// Writes every fragment not lost of each page (and the slab a moving fragment moves
+    /// to), pipelining one request per server and batch, retrying each failed batch a
+    /// bounded number of times.
     pub fn write(&mut self, layout: &RemoteLayout, pages: &[(usize, &[u8])]) -> Result<(), PagerError> {
         crate::state::lock_order::assert_none_held_from(
             crate::state::lock_order::level::CORE,
             "a write to a memory server",
         );
-        if !layout.redundancy().is_none() {
-            return self.write_stripes(layout, pages);
-        }
-        let mut groups: Vec<Vec<(PageRef, &[u8])>> = vec![Vec::new(); layout.server_count()];
-        for (p, data) in pages {
-            for (server, at) in layout.write_targets(*p).into_iter().flatten() {
-                // a move may have just begun to a server new to the region
-                if server >= groups.len() {
-                    groups.resize_with(server + 1, Vec::new);
-                }
-                groups[server].push((at, data));
-            }
-        }
-        self.write_groups(layout, &groups).map_err(PagerError::Remote)
+        self.write_stripes(layout, pages)
     }
 
     /// Writes pages to one server, at the given places.

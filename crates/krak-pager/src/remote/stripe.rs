@@ -10,6 +10,12 @@
 //! A write reaches every fragment not lost. A server whose connection is refused, whose
 //! slab is gone, or that fails `MAX_ATTEMPTS` requests in a row is lost for the region: its
 //! fragments are never read or written again.
+//!
+//! A region without redundancy is the same model at width one: each chunk a stripe of one
+//! whole-page fragment. A scheme that tolerates no loss never loses a server (there is no
+//! other fragment to read instead, and a server that fails for a while comes back): a
+//! fragment that fails, with no other left to ask, is asked again on a fresh connection, a
+//! bounded number of times, as for every scheme's last fragment.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -19,7 +25,7 @@ use krak_proto::{ErrorCode, PageRef, SlabId, MAX_BATCH_PAGES, PAGE_SIZE};
 
 use crate::error::{CodingError, MoveRefused, PagerError};
 use crate::remote::redundancy::{Coder, Redundancy};
-use crate::remote::{free_quietly, Links, RemoteLayout, MAX_ATTEMPTS};
+use crate::remote::{free_quietly, Links, RemoteLayout, MAX_ATTEMPTS, RETRY_PAUSE_MS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FragState {
@@ -91,6 +97,11 @@ impl StripeTable {
             degraded_since: Mutex::new(None),
             domains: Vec::new(),
         }
+    }
+
+    /// Chunks in the table.
+    pub fn len(&self) -> usize {
+        self.stripes.read().len()
     }
 
     pub fn with_domains(mut self, domains: &[String]) -> StripeTable {
@@ -219,8 +230,12 @@ impl StripeTable {
         self.stripes.read().iter().map(|s| s.iter().filter(|f| f.is_live()).count()).min().unwrap_or(0)
     }
 
-    /// Marks `server` lost; true the first time.
+    /// Marks `server` lost; true the first time. Never under a scheme that tolerates no
+    /// loss: its one fragment per chunk is all there is to read.
     pub(crate) fn mark_lost(&self, server: usize, why: &str) -> bool {
+        if self.scheme.tolerated_losses() == 0 {
+            return false;
+        }
         let mut lost = self.lost.lock();
         if lost.iter().any(|(s, _)| *s == server) {
             return false;
@@ -362,6 +377,8 @@ enum Got {
     Ok,
     Failed,
     Corrupt,
+    /// The server refused the request: asking again changes nothing.
+    Refused,
 }
 
 #[derive(Debug)]
@@ -385,6 +402,10 @@ pub(crate) struct StripeRead {
     buf: Vec<u8>,
     got: Vec<Got>,
     requests: Vec<FragRequest>,
+    /// Rounds that asked failed fragments again (at most `MAX_ATTEMPTS - 1`).
+    reasked: u32,
+    /// The last request that failed, for the error when a page cannot be read.
+    last_error: Option<ClientError>,
 }
 
 impl Links {
@@ -408,6 +429,8 @@ impl Links {
             buf: vec![0; pages.len() * width * unit],
             got: vec![Got::No; pages.len() * width],
             requests: Vec::new(),
+            reasked: 0,
+            last_error: None,
         };
         let mut wants = Vec::new();
         for pos in 0..pages.len() {
@@ -437,6 +460,15 @@ impl Links {
             for pos in 0..read.pages.len() {
                 let ok = read.got[pos * width..(pos + 1) * width].iter().filter(|g| **g == Got::Ok).count();
                 if ok < needed {
+                    choose(layout, &mut read, pos, &mut wants);
+                }
+            }
+            if wants.is_empty() && read.reasked + 1 < MAX_ATTEMPTS && reask_failed(layout, &mut read) {
+                // No other fragment left to ask: the failed ones again, on fresh connections.
+                read.reasked += 1;
+                self.retries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(RETRY_PAUSE_MS));
+                for pos in 0..read.pages.len() {
                     choose(layout, &mut read, pos, &mut wants);
                 }
             }
@@ -505,6 +537,10 @@ impl Links {
         }
         match failed {
             None => Ok(()),
+            // Every fragment is still live: they failed to answer, which is the error.
+            Some((page, _)) if self.live_fragments(layout, page) >= needed && read.last_error.is_some() => {
+                Err(PagerError::Remote(read.last_error.take().expect("checked")))
+            }
             Some((page, why)) => {
                 let lost: Vec<String> =
                     layout.stripes.lost_servers().iter().map(|s| layout.server_addr(*s).to_string()).collect();
@@ -541,25 +577,38 @@ impl Links {
                 }
             });
         }
+        // Servers whose writes failed: lost for the region where the scheme tolerates it,
+        // kept (and their pages written again later) where it does not.
+        let mut failed: Vec<usize> = Vec::new();
+        let mut first_error = None;
         for (server, result) in self.write_groups_each(layout, &groups) {
             match result {
                 Ok(()) => layout.stripes.succeeded(server),
-                Err(e) => self.lose(layout, server, &format!("write-back failed: {e}")),
+                Err(e) => {
+                    self.lose(layout, server, &format!("write-back failed: {e}"));
+                    failed.push(server);
+                    first_error.get_or_insert(Box::new(e));
+                }
             }
         }
         let mut short = Vec::new();
         let mut fewest = usize::MAX;
         for (p, _) in pages {
-            let live = layout.stripes.with(p / layout.chunk_pages, |s| s.iter().filter(|f| f.is_live()).count());
-            if live < scheme.needed() {
+            let (written, move_missed) = layout.stripes.with(p / layout.chunk_pages, |s| {
+                let written = s.iter().filter(|f| f.is_live() && !failed.contains(&f.server)).count();
+                // a move the write did not reach would switch to a stale slab
+                let missed = s.iter().any(|f| f.moving_to.is_some_and(|(m, _)| failed.contains(&m)));
+                (written, missed)
+            });
+            if written < scheme.needed() || move_missed {
                 short.push(*p);
-                fewest = fewest.min(live);
+                fewest = fewest.min(written);
             }
         }
         if short.is_empty() {
             return Ok(());
         }
-        Err(PagerError::Unwritable { pages: short, fewest_live: fewest, scheme })
+        Err(PagerError::Unwritable { pages: short, fewest_written: fewest, scheme, source: first_error })
     }
 
     /// Sends the units `wants` names, one request per server and batch, on the main
@@ -623,12 +672,17 @@ impl Links {
                 }
             }
             Err(e) => {
+                let got = if matches!(e, ClientError::Refused { .. }) { Got::Refused } else { Got::Failed };
                 for &(pos, i) in &rq.want {
-                    read.got[pos * width + i] = Got::Failed;
+                    read.got[pos * width + i] = got;
                 }
                 self.drop_conn(rq.server, rq.spare);
-                tracing::warn!("reading fragments from {} failed ({e}); reading others", layout.server_addr(rq.server));
+                tracing::warn!(
+                    "reading fragments from {} failed ({e}); reading others or asking again",
+                    layout.server_addr(rq.server)
+                );
                 self.note_failure(layout, rq.server, &e);
+                read.last_error = Some(e);
             }
         }
     }
@@ -667,10 +721,37 @@ impl Links {
         self.drop_conn(server, false);
         self.drop_conn(server, true);
     }
+
+    fn live_fragments(&self, layout: &RemoteLayout, page: usize) -> usize {
+        layout.stripes.with(page / layout.chunk_pages, |s| s.iter().filter(|f| f.is_live()).count())
+    }
 }
 
-/// Loses `server` for the region (once), logging why.
-pub(crate) fn lose(layout: &RemoteLayout, server: usize, why: &str) {
+/// Makes the failed (not refused) live fragments of every page still short of what a read
+/// needs askable again; true if there was one.
+fn reask_failed(layout: &RemoteLayout, read: &mut StripeRead) -> bool {
+    let (width, needed) = (layout.redundancy().width(), layout.redundancy().needed());
+    let mut any = false;
+    for pos in 0..read.pages.len() {
+        let got = &mut read.got[pos * width..(pos + 1) * width];
+        if got.iter().filter(|g| **g == Got::Ok).count() >= needed {
+            continue;
+        }
+        layout.stripes.with(read.pages[pos] / layout.chunk_pages, |stripe| {
+            for (i, f) in stripe.iter().enumerate() {
+                if f.is_live() && matches!(got[i], Got::Failed | Got::Corrupt) {
+                    got[i] = Got::No;
+                    any = true;
+                }
+            }
+        });
+    }
+    any
+}
+
+/// Loses `server` for the region (once), logging why; false if it was lost already or the
+/// scheme keeps every server (see [`StripeTable::mark_lost`]).
+pub(crate) fn lose(layout: &RemoteLayout, server: usize, why: &str) -> bool {
     if layout.stripes.mark_lost(server, why) {
         let scheme = layout.redundancy();
         let lost = layout.stripes.lost_servers().len();
@@ -680,7 +761,9 @@ pub(crate) fn lose(layout: &RemoteLayout, server: usize, why: &str) {
             layout.server_addr(server),
             scheme.tolerated_losses()
         );
+        return true;
     }
+    false
 }
 
 /// One unit to read: fragment `frag` of the page at `pos`, at `at` on `server`.

@@ -127,12 +127,11 @@ pub(crate) struct ChunkMove {
 /// What a job on the write-back thread's move queue does with its chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum MoveKind {
-    /// Switches the chunk's home, its pages copied by the mover (`moves/chunk.rs`).
-    Chunk,
     /// Fills the replacement slab of lost fragment `i` of a redundant chunk's stripe
     /// (`moves/reprotect.rs`).
     Rebuild(usize),
-    /// Fills the slab fragment `i` moves to, then switches (`moves/fragment.rs`).
+    /// Fills what the mover's copy left of the slab fragment `i` moves to (fragment 0 of a
+    /// region without redundancy is its whole chunk), then switches (`moves/fragment.rs`).
     Fragment(usize),
 }
 

@@ -26,8 +26,6 @@ pub(crate) mod level {
     pub const LOST: u8 = 50;
     /// Each chunk's fragments.
     pub const STRIPES: u8 = 55;
-    /// Each plain chunk's home.
-    pub const CHUNKS: u8 = 60;
     /// The region's server table.
     pub const SERVERS: u8 = 65;
     /// Leaves: taken last, nothing under them.
