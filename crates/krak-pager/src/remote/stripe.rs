@@ -392,14 +392,15 @@ struct FragRequest {
     refs: Vec<PageRef>,
 }
 
-/// A read of whole pages of a redundant region, sent and not yet received.
+/// A read of whole pages, sent and not yet received. Fragment `i` of the page at position
+/// `pos` lands at `(pos × width + i) × unit` of the read's buffer: the caller's own where
+/// stripes are one wide (each fragment is its whole page, so nothing is copied), one made
+/// for the read otherwise.
 #[derive(Debug)]
 pub(crate) struct StripeRead {
     pages: Vec<usize>,
     /// Ask every live fragment, not just as many as a read needs (to check them all).
     every_fragment: bool,
-    /// Fragment `i` of the page at position `pos` lands at `(pos × width + i) × unit`.
-    buf: Vec<u8>,
     got: Vec<Got>,
     requests: Vec<FragRequest>,
     /// Rounds that asked failed fragments again (at most `MAX_ATTEMPTS - 1`).
@@ -421,12 +422,10 @@ impl Links {
         pages: &[usize],
         every_fragment: bool,
     ) -> StripeRead {
-        let scheme = layout.redundancy();
-        let (width, unit) = (scheme.width(), scheme.unit_bytes());
+        let width = layout.redundancy().width();
         let mut read = StripeRead {
             every_fragment,
             pages: pages.to_vec(),
-            buf: vec![0; pages.len() * width * unit],
             got: vec![Got::No; pages.len() * width],
             requests: Vec::new(),
             reasked: 0,
@@ -450,11 +449,15 @@ impl Links {
     ) -> Result<(), PagerError> {
         let scheme = layout.redundancy();
         let (width, unit, needed) = (scheme.width(), scheme.unit_bytes(), scheme.needed());
+        assert_eq!(out.len(), read.pages.len() * PAGE_SIZE, "a whole page out per page read");
+        let in_place = width == 1;
+        let mut own = if in_place { Vec::new() } else { vec![0u8; read.pages.len() * width * unit] };
         let mut tmp = Vec::new();
         let mut corrupt = Vec::new();
         loop {
             for rq in std::mem::take(&mut read.requests) {
-                self.receive(layout, &mut read, rq, &mut tmp, &mut corrupt);
+                let buf = if in_place { &mut *out } else { &mut own[..] };
+                self.receive(layout, &mut read, rq, buf, &mut tmp, &mut corrupt);
             }
             let mut wants = Vec::new();
             for pos in 0..read.pages.len() {
@@ -484,13 +487,15 @@ impl Links {
         for (pos, &page) in read.pages.iter().enumerate() {
             let got = &read.got[pos * width..(pos + 1) * width];
             let ok = got.iter().filter(|g| **g == Got::Ok).count();
-            let dst = &mut out[pos * PAGE_SIZE..(pos + 1) * PAGE_SIZE];
-            let frag = |i: usize| &read.buf[(pos * width + i) * unit..][..unit];
             if ok < needed {
                 failed.get_or_insert((page, CodingError::TooFewFragments { have: ok, needed }));
                 continue;
             }
+            let dst = &mut out[pos * PAGE_SIZE..(pos + 1) * PAGE_SIZE];
+            let frag = |i: usize| &own[(pos * width + i) * unit..][..unit];
             match scheme {
+                // the page landed where it goes
+                _ if in_place => {}
                 Redundancy::Ec { k, .. } if got[..k].iter().all(|g| *g == Got::Ok) => {
                     for (i, d) in dst.chunks_exact_mut(unit).enumerate() {
                         d.copy_from_slice(frag(i));
@@ -516,9 +521,7 @@ impl Links {
         for (have, positions) in batches {
             let shards: Vec<Vec<u8>> = (0..width)
                 .map(|i| match have[i] {
-                    true => {
-                        positions.iter().flat_map(|p| &read.buf[(p * width + i) * unit..][..unit]).copied().collect()
-                    }
+                    true => positions.iter().flat_map(|p| &own[(p * width + i) * unit..][..unit]).copied().collect(),
                     false => Vec::new(),
                 })
                 .collect();
@@ -637,17 +640,25 @@ impl Links {
         layout: &RemoteLayout,
         read: &mut StripeRead,
         rq: FragRequest,
+        buf: &mut [u8],
         tmp: &mut Vec<u8>,
         corrupt: &mut Vec<usize>,
     ) {
         let width = layout.redundancy().width();
         let unit = layout.redundancy().unit_bytes();
         let n = rq.want.len();
-        tmp.resize(n * unit, 0);
+        // Units asked for consecutive places of the buffer land there directly (always so
+        // for a run of pages one fragment wide); others through `tmp`.
+        let first = rq.want.first().map_or(0, |&(pos, i)| pos * width + i);
+        let in_place = rq.want.iter().enumerate().all(|(j, &(pos, i))| pos * width + i == first + j);
+        if !in_place {
+            tmp.resize(n * unit, 0);
+        }
         corrupt.clear();
         let conns = if rq.spare { &mut self.spare } else { &mut self.conns };
+        let into = if in_place { &mut buf[first * unit..(first + n) * unit] } else { &mut tmp[..n * unit] };
         let result = rq.started.and_then(|id| match conns.get_mut(rq.server).and_then(|c| c.as_mut()) {
-            Some(c) => c.recv_units(id, &rq.refs, &mut tmp[..n * unit], corrupt),
+            Some(c) => c.recv_units(id, &rq.refs, into, corrupt),
             None => Err(ClientError::Protocol {
                 addr: layout.server_addr(rq.server),
                 source: ProtocolError::ConnectionLost,
@@ -667,7 +678,9 @@ impl Links {
                         );
                     } else {
                         read.got[at] = Got::Ok;
-                        read.buf[at * unit..(at + 1) * unit].copy_from_slice(&tmp[j * unit..(j + 1) * unit]);
+                        if !in_place {
+                            buf[at * unit..(at + 1) * unit].copy_from_slice(&tmp[j * unit..(j + 1) * unit]);
+                        }
                     }
                 }
             }
