@@ -41,8 +41,8 @@ pub enum PagerError {
     MoveFragment { chunk: usize, frag: usize, to: SocketAddr, source: MoveFailure },
     #[error("page {page} of the region cannot be read: {source} survive under {scheme} (servers lost for this region: {lost})")]
     Unrecoverable { page: usize, scheme: Redundancy, lost: String, source: CodingError },
-    /// Pages written to fewer fragments than a read needs; `source` is the first write that
-    /// failed on a server the region keeps (a scheme that tolerates no loss keeps all).
+    /// Pages written to fewer fragments than a read needs, or not to the slab a fragment of
+    /// theirs moves to; `source` is the first write of the batch that failed.
     #[error("{} pages could not be written to enough fragments: as few as {fewest_written} fragments of a page written, {scheme} needs {}{}", pages.len(), scheme.needed(), cause(source))]
     Unwritable {
         pages: Vec<usize>,
@@ -59,7 +59,7 @@ pub enum PagerError {
 
 /// ": why" after a message, when there is a why.
 fn cause(source: &Option<Box<krak_client::ClientError>>) -> String {
-    source.as_ref().map(|e| format!(" (last failure: {e})")).unwrap_or_default()
+    source.as_ref().map(|e| format!(" (first failure: {e})")).unwrap_or_default()
 }
 
 /// Why pages could not be installed.

@@ -455,9 +455,9 @@ impl FarMemory {
         self.shared.chunk_servers()
     }
 
-    /// Moves fragment `frag` (a copy under `replicate:N`) of chunk `chunk` of a redundant
-    /// region to the memory server at `to` while the region is in use; returns the pages
-    /// copied. `to` must hold no other fragment of the chunk.
+    /// Moves fragment `frag` (a copy under `replicate:N`; the whole chunk, fragment 0,
+    /// without redundancy) of chunk `chunk` to the memory server at `to` while the region
+    /// is in use; returns the pages copied. `to` must hold no other fragment of the chunk.
     pub fn move_fragment(&self, chunk: usize, frag: usize, to: SocketAddr) -> Result<u64, PagerError> {
         self.shared.move_fragment(chunk, frag, to).map(|m| m.pages)
     }

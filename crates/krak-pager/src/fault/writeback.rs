@@ -128,8 +128,8 @@ fn write_batch(shared: &RegionShared, links: &mut Links, batch: &mut Vec<(usize,
         let mut core = shared.core.lock();
         core.wb_batches_done = core.wb_batches_taken;
         Counters::add(&shared.counters.retries, std::mem::take(&mut links.retries));
-        // Pages whose write did not land: none, some (a redundant region's chunks beyond
-        // what their scheme tolerates), or all of them.
+        // Pages whose write did not land: none, some (those written to fewer fragments
+        // than a read needs, or missing a moving fragment's new slab), or all of them.
         let failed: Option<(Vec<usize>, Arc<crate::PagerError>)> = match result {
             Ok(()) => None,
             Err(e) => {

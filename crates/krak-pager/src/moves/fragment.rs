@@ -8,7 +8,7 @@
 //! The mover then copies the fragment's units as a chunk move copies pages (`moves/copy.rs`:
 //! the old server pushes them to the new one, else the mover relays them), with `CopyPages`
 //! semantics, so a copy never undoes a newer write-back. If that copy fails (the old server
-//! is lost, say), the write-back thread fills the new slab instead, between its batches, as
+//! cannot push or be read for a while, or is lost), the write-back thread fills the new slab instead, between its batches, as
 //! re-protection fills a replacement (`moves/reprotect.rs`): each step reads the next remote pages
 //! from the stripe, encodes them and writes the moving fragment. Either way the write-back
 //! thread then switches the fragment to the new slab at a moment when no fetch of the chunk
@@ -168,7 +168,23 @@ impl RegionShared {
             core.moves.push_back(ChunkMove { id, chunk, next_page, pages_copied, kind: MoveKind::Fragment(frag) });
             self.wb_wake.notify_one();
         }
-        match self.wait_move(id) {
+        let result = self.wait_move(id);
+        // A wait that gave up (timed out, or the region stops) may have raced the switch:
+        // once the move is cancelled nothing switches any more, so the stripe says which.
+        let result = match result {
+            Err(why) => {
+                layout.stripes.cancel_move(chunk, frag, (to_idx, slab));
+                let switched = layout.stripes.with(chunk, |s| s[frag].server == to_idx && s[frag].slab == slab);
+                if switched {
+                    self.core.lock().moves_finished.remove(&id);
+                    Ok(0)
+                } else {
+                    Err(why)
+                }
+            }
+            ok => ok,
+        };
+        match result {
             Ok(pages) => {
                 // A scrub step that read the old stripe finishes first.
                 let _gate = self.scrub_gate.write();
@@ -191,8 +207,7 @@ impl RegionShared {
                 Ok(FragmentMoved { slab, pages })
             }
             Err(why) => {
-                layout.stripes.cancel_move(chunk, frag, (to_idx, slab));
-                // a batch taken before the cancel may still be writing to the new slab
+                // cancelled above; a batch taken before the cancel may still be writing to the new slab
                 wait_for_writeback_in_flight(self);
                 free_new(self);
                 Err(PagerError::MoveFragment { chunk, frag, to, source: why })

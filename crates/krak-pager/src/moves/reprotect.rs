@@ -4,7 +4,7 @@
 //!
 //! A background thread finds lost fragments (and probes the region's servers, so a loss is
 //! noticed even when no fault touches it), allocates the replacement and queues its
-//! rebuild on the write-back thread, like a live chunk move (`moves/chunk.rs`): write-backs
+//! rebuild on the write-back thread, like a live fragment move (`moves/fragment.rs`): write-backs
 //! reach the replacement from the moment it is placed, and copy steps between write-back
 //! batches fill in every remote page; being on the thread that writes, each copy is ordered
 //! with the writes of the same page. Past the last page the replacement is read like any
@@ -160,6 +160,10 @@ impl RegionShared {}
 
 pub(crate) fn scrub(shared: &RegionShared) -> Result<u64, PagerError> {
     let layout = &shared.layout;
+    // One fragment per page: a CRC failure there cannot be read around or repaired.
+    if layout.redundancy().tolerated_losses() == 0 {
+        return Ok(0);
+    }
     let mut links = Links::new(layout.server_count());
     let mut found = 0;
     let mut buf = vec![0u8; STEP_PAGES * PAGE_SIZE];

@@ -147,8 +147,8 @@ pub(crate) fn free_quietly(conn: &mut Connection, slab: SlabId) {
 #[derive(Debug)]
 pub(crate) struct Links {
     pub(crate) conns: Vec<Option<Connection>>,
-    /// Connections for degraded reads of a redundant region, never left with a request
-    /// in flight.
+    /// Connections for a read's second rounds (other fragments, or the same ones asked
+    /// again), never left with a request in flight.
     pub(crate) spare: Vec<Option<Connection>>,
     pub retries: u64,
     /// Encoder and decoder of a redundant region, made on first use.

@@ -1,4 +1,4 @@
-//! The stripes of a redundant region: which slab on which server holds each fragment (or
+//! The stripes of a region: which slab on which server holds each fragment (or
 //! copy) of a chunk's pages, which servers the region has lost, and the fragment reads and
 //! writes behind its faults and write-backs.
 //!
@@ -15,7 +15,8 @@
 //! whole-page fragment. A scheme that tolerates no loss never loses a server (there is no
 //! other fragment to read instead, and a server that fails for a while comes back): a
 //! fragment that fails, with no other left to ask, is asked again on a fresh connection, a
-//! bounded number of times, as for every scheme's last fragment.
+//! bounded number of times (a second round goes on the spare connections, reopened where
+//! a request failed), as for every scheme's last fragment.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -113,7 +113,8 @@ impl Core {
     }
 }
 
-/// A chunk being copied to its new home by the write-back thread (see `moves/chunk.rs`).
+/// A fragment being filled (a rebuild, or what a move's copy left) and switched by the
+/// write-back thread (see `moves/fragment.rs`, `moves/reprotect.rs`).
 #[derive(Debug)]
 pub(crate) struct ChunkMove {
     pub id: u64,

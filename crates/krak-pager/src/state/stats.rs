@@ -149,9 +149,11 @@ pub struct PagerStats {
     pub retries: u64,
     /// Faults that could not be served (the thread got SIGBUS).
     pub failed_faults: u64,
-    /// Pages copied to a chunk's new server by live moves.
+    /// Pages (a fragment of each, in a redundant region) copied to a new slab by live moves
+    /// that completed.
     pub moved_pages: u64,
-    /// Chunks moved to another server while the region was in use.
+    /// Chunks (one-wide stripes: a region without redundancy) moved to another server
+    /// while the region was in use.
     pub chunks_moved: u64,
     /// Fragments (or copies) of a redundant region's chunks moved to another server while
     /// the region was in use.
