@@ -1,5 +1,6 @@
 //! Where each page of a region lives remotely, and the connections that move it there.
 
+pub(crate) mod allocate;
 pub(crate) mod discard;
 pub mod redundancy;
 pub(crate) mod stripe;
@@ -52,7 +53,7 @@ impl RemoteLayout {
         }
         let chunk_pages = admin.iter().map(|c| c.slab_pages() as usize).min().ok_or(PagerError::NoServers)?;
         let n_chunks = region_pages.div_ceil(chunk_pages);
-        let stripes = crate::remote::stripe::allocate(&mut admin, domains, n_chunks, chunk_pages, redundancy)?;
+        let stripes = crate::remote::allocate::allocate(&mut admin, domains, n_chunks, chunk_pages, redundancy)?;
         let layout = RemoteLayout::from_stripes(connect, chunk_pages, servers.to_vec(), domains, redundancy, stripes);
         Ok((layout, admin))
     }
