@@ -113,7 +113,7 @@ fn main() {
     let mut rng = rand::thread_rng();
     println!("\n| policy | decisions | p50 us | p99 us | max us | worst domain share of a new 256-chunk region |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    for name in krak_controller::placement::POLICY_NAMES {
+    for name in krak_placement::POLICY_NAMES {
         rack.set_policy(name).expect("policy");
         let mut ns = Vec::with_capacity(decisions);
         for _ in 0..decisions {

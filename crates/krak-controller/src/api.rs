@@ -9,12 +9,12 @@ use serde::de::DeserializeOwned;
 
 use crate::controller::ControllerShared;
 use crate::http::{Request, Response};
-use crate::placement::{PlacementError, POLICY_NAMES};
 use crate::rack::RackError;
 use krak_api::messages::{
     parse_region, parse_server, CommitReply, CommitRequest, CreateRegionRequest, HeartbeatRequest, MoveStartRequest,
     PlaceReply, PlaceRequest, PolicyBody, RegionReply, RegisterRequest, ServersReply,
 };
+use krak_placement::{PlacementError, POLICY_NAMES};
 
 /// Answers one request: checks its signature first when the controller has a secret
 /// (all but `GET /metrics`, which stays open for scrapers), and signs the answer.

@@ -98,7 +98,7 @@ impl ControllerConfig {
         if self.max_body_bytes < MIN_BODY_BYTES {
             return Err(ConfigError::BodyTooSmall);
         }
-        if crate::placement::by_name(&self.default_policy).is_none() {
+        if krak_placement::by_name(&self.default_policy).is_none() {
             return Err(ConfigError::UnknownPolicy(self.default_policy.clone()));
         }
         if self.default_chunk_bytes == 0 || !self.default_chunk_bytes.is_multiple_of(4096) {

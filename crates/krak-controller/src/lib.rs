@@ -5,8 +5,8 @@
 //!
 //! Std threads and blocking I/O: a bounded HTTP front end (connections in all and per
 //! client, request deadlines, at most `http_workers` requests answered at once), one
-//! liveness thread, one mutex over the rack state. Placement decisions read incrementally kept aggregates
-//! ([`PlacementView`]), never the whole slab map.
+//! liveness thread, one mutex over the rack state. Placement decisions (`krak-placement`) read
+//! incrementally kept aggregates ([`PlacementView`]), never the whole slab map.
 //!
 //! ```no_run
 //! # fn store() -> std::sync::Arc<dyn krak_meta::MetaStore> { unimplemented!() }
@@ -30,22 +30,19 @@ pub mod metrics;
 pub mod model;
 pub mod moves;
 pub mod persist;
-pub mod placement;
 pub mod rack;
 mod standby;
 mod stripe;
-pub mod view;
 
 use std::net::SocketAddr;
 
 pub use config::{ConfigError, ControllerConfig};
 pub use controller::{Controller, ControllerHandle};
 pub use election::{serve_elected, Candidate, ElectionError};
+pub use krak_placement::{Move, PlacementError, PlacementPolicy, PlacementView};
 pub use model::{Placement, RegionId, RegionRecord, ServerId, ServerRecord, ServerState};
-pub use placement::{Move, PlacementError, PlacementPolicy};
 pub use rack::{RackError, RackState};
 pub use stripe::StripeClash;
-pub use view::PlacementView;
 
 /// Why the controller could not start.
 #[derive(Debug, thiserror::Error)]

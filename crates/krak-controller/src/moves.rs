@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::model::{RegionId, ServerId};
-use crate::placement::Move;
+use krak_placement::Move;
 
 /// Most moves recorded at once; past it a start is refused (the move itself goes on).
 pub const MAX_MOVES_IN_FLIGHT: usize = 65_536;

@@ -16,14 +16,14 @@ use crate::model::{
 };
 use crate::moves::MovesInFlight;
 use crate::persist::{self, LoadError};
-use crate::placement::{self, PlacementError, PlacementPolicy};
 use crate::stripe;
-use crate::view::PlacementView;
 use krak_api::limits::{MAX_CHUNKS_PER_REGION, MAX_CHUNKS_PER_REQUEST, MAX_EXCLUDE, MAX_NAME_BYTES, MAX_STRIPE_WIDTH};
 use krak_api::messages::{
     ChunkServer, CommitChunk, CreateRegionRequest, MapEntry, MapMove, MapReply, MapServer, MoveStartRequest,
     RegionStatus, RemoteBytes, ServerStatus, StatusReply,
 };
+use krak_placement::PlacementView;
+use krak_placement::{PlacementError, PlacementPolicy};
 
 /// Most moves status lists.
 const MAX_LISTED_MOVES: usize = 256;
@@ -97,7 +97,7 @@ impl RackState {
     pub fn load(store: Arc<dyn MetaStore>, config: ControllerConfig) -> Result<RackState, LoadError> {
         let loaded = persist::load(&*store)?;
         let policy_name = loaded.policy.unwrap_or_else(|| config.default_policy.clone());
-        let policy = placement::by_name(&policy_name)
+        let policy = krak_placement::by_name(&policy_name)
             .ok_or_else(|| LoadError::UnknownPolicy { key: persist::POLICY_KEY.into(), name: policy_name.clone() })?;
         let mut counters = loaded.counters;
         counters.next_server_id = counters.next_server_id.max(1);
@@ -123,7 +123,7 @@ impl RackState {
             rack.servers.insert(s.id, s);
         }
         for (record, chunks) in loaded.regions {
-            rack.view.add_region(record.id, crate::view::SlotSize::of(&record));
+            rack.view.add_region(record.id, krak_placement::SlotSize::of(&record));
             let mut map = ChunkMap::default();
             let mut epoch = 0;
             for (chunk, p) in chunks {
@@ -163,8 +163,11 @@ impl RackState {
 
     /// Switches the placement policy (stored).
     pub fn set_policy(&mut self, name: &str) -> Result<(), RackError> {
-        let policy = placement::by_name(name).ok_or_else(|| {
-            RackError::BadRequest(format!("unknown policy {name:?}; known: {}", placement::POLICY_NAMES.join(", ")))
+        let policy = krak_placement::by_name(name).ok_or_else(|| {
+            RackError::BadRequest(format!(
+                "unknown policy {name:?}; known: {}",
+                krak_placement::POLICY_NAMES.join(", ")
+            ))
         })?;
         let op = persist::put(persist::POLICY_KEY.into(), &PolicyRecord { name: policy.name().into() });
         // A new epoch for every region: pagers wake and pick up what the new policy asks.
@@ -232,7 +235,7 @@ impl RackState {
         counters.next_region_id += 1;
         persist::write(&*self.store, vec![persist::put(persist::region_key(record.id), &record)], &counters)?;
         self.counters = counters;
-        self.view.add_region(record.id, crate::view::SlotSize::of(&record));
+        self.view.add_region(record.id, krak_placement::SlotSize::of(&record));
         self.regions.insert(record.id, RegionEntry { record: record.clone(), map: ChunkMap::default(), epoch: 0 });
         Ok(record)
     }

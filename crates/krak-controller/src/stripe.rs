@@ -2,15 +2,15 @@
 //! or the data and parity fragments of an erasure code), each in its own slot of the slab
 //! map (slot = chunk × width + fragment). Losing one server may cost a stripe at most one
 //! fragment, so the fragments of a chunk go to distinct servers, and to distinct failure
-//! domains while there are enough of them. The policy still chooses among the servers that
-//! qualify, one fragment at a time.
+//! domains while there are enough of them: `krak_placement::stripe` chooses each fragment,
+//! one at a time, the policy choosing among the servers that qualify.
 
 use std::collections::HashMap;
 
 use crate::model::{ChunkMap, RegionRecord, ServerId};
-use crate::placement::{PlacementError, PlacementPolicy};
-use crate::view::PlacementView;
 use krak_api::messages::CommitChunk;
+use krak_placement::stripe::choose_fragment;
+use krak_placement::{PlacementError, PlacementPolicy, PlacementView};
 
 /// Servers for `slots` of `region` (its map is `map`): each avoids `exclude`, the servers
 /// holding the other fragments of its stripe (placed, or chosen earlier in this call) and,
@@ -40,19 +40,9 @@ pub(crate) fn place_slots(
         let full = planned.iter().filter(|(id, n)| {
             view.server(**id).is_none_or(|s| s.free_bytes.saturating_sub(**n * slot_bytes) < slot_bytes)
         });
-        let mut avoid: Vec<ServerId> = exclude.iter().chain(&taken).chain(full.map(|(id, _)| id)).copied().collect();
-        let servers_only = avoid.len();
-        avoid.extend(same_domain(view, &taken));
-        let pick = match policy.choose(view, region.id, 1, &avoid) {
-            Ok(v) => Ok(v),
-            // not enough domains: distinct servers still
-            Err(PlacementError::NoCapacity { .. }) if avoid.len() > servers_only => {
-                policy.choose(view, region.id, 1, &avoid[..servers_only])
-            }
-            Err(e) => Err(e),
-        };
-        let server = match pick {
-            Ok(v) => v[0],
+        let avoid: Vec<ServerId> = exclude.iter().chain(full.map(|(id, _)| id)).copied().collect();
+        let server = match choose_fragment(policy, view, region.id, &taken, &avoid) {
+            Ok(server) => server,
             Err(PlacementError::NoCapacity { .. }) => {
                 return Err(PlacementError::NoCapacity { wanted: slots.len(), placed });
             }
@@ -63,21 +53,6 @@ pub(crate) fn place_slots(
         out.push(server);
     }
     Ok(out)
-}
-
-/// Servers sharing a declared failure domain with one of `servers` (an empty domain name
-/// declares none).
-fn same_domain(view: &PlacementView, servers: &[ServerId]) -> Vec<ServerId> {
-    let mut out = Vec::new();
-    for &id in servers {
-        let Some(stat) = view.server(id) else { continue };
-        let domain = &view.domains()[stat.domain as usize];
-        if domain.name.is_empty() {
-            continue;
-        }
-        out.extend(domain.servers.iter().map(|&i| view.servers()[i as usize].id).filter(|s| *s != id));
-    }
-    out
 }
 
 /// Two fragments of one stripe on one server.
@@ -123,7 +98,9 @@ pub(crate) fn check_distinct(
 mod tests {
     use super::*;
     use crate::model::{Placement, RegionId, ServerState};
-    use crate::placement::{by_name, testing::CHUNK, POLICY_NAMES};
+    use krak_placement::{by_name, POLICY_NAMES};
+
+    const CHUNK: u64 = 1 << 20;
 
     /// `n` servers of 100 free chunks, server `i` (from 1) in domain `domains[i-1]`, and a
     /// region of `chunks` chunks `width` wide.
@@ -132,7 +109,7 @@ mod tests {
         for (i, d) in domains.iter().enumerate() {
             v.upsert_server(ServerId(i as u32 + 1), d, ServerState::Alive, 100 * CHUNK, 100 * CHUNK, CHUNK);
         }
-        v.add_region(RegionId(1), crate::view::SlotSize::whole(CHUNK));
+        v.add_region(RegionId(1), krak_placement::SlotSize::whole(CHUNK));
         let region = RegionRecord {
             id: RegionId(1),
             owner: String::new(),

@@ -127,7 +127,7 @@ fn config(args: &ControllerArgs, listen: SocketAddr) -> anyhow::Result<Controlle
     c.http_max_connections = args.http_max_connections;
     c.http_max_connections_per_client = args.http_max_connections_per_client;
     if let Some(p) = &args.policy {
-        if krak_controller::placement::by_name(p).is_none() {
+        if krak_placement::by_name(p).is_none() {
             bail!("unknown placement policy {p:?} (spread, pack or domain-spread)");
         }
     }

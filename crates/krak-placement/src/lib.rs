@@ -1,12 +1,16 @@
-//! Placement policies: which servers get a region's next chunks.
+//! Placement policies: which memory servers get a region's next slabs.
 //!
 //! A policy only reads a [`PlacementView`] (aggregates kept incrementally), so a decision costs
 //! at most a pass over the servers, never one over the slab map. Policies are chosen by name
-//! and can be switched while the rack runs.
+//! and can be switched while the rack runs. The controller decides with them for the whole
+//! rack; a pager given a list of servers fills a view of its own from the servers' stats and
+//! decides with the same policies, so both paths place alike. No I/O here.
 
 mod domain_spread;
 mod pack;
 mod spread;
+pub mod stripe;
+pub mod view;
 
 pub use domain_spread::DomainSpread;
 pub use pack::Pack;
@@ -14,8 +18,9 @@ pub use spread::Spread;
 
 pub use krak_api::Move;
 
-use crate::model::{RegionId, ServerId};
-use crate::view::PlacementView;
+use krak_api::{RegionId, ServerId};
+
+pub use view::{DomainStat, PlacementView, RegionStat, ServerStat, SlotSize};
 
 /// Names of the policies [`by_name`] knows, the default first.
 pub const POLICY_NAMES: [&str; 3] = ["spread", "pack", "domain-spread"];
@@ -81,8 +86,8 @@ impl Planned {
 
 #[cfg(test)]
 pub(crate) mod testing {
-    use crate::model::{RegionId, ServerId, ServerState};
     use crate::view::PlacementView;
+    use krak_api::{RegionId, ServerId, ServerState};
 
     pub(crate) const CHUNK: u64 = 1 << 20;
 

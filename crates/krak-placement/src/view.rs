@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::model::{RegionId, ServerId, ServerState};
+use krak_api::{RegionId, ServerId, ServerState};
 
 /// One server, as placement sees it.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ impl SlotSize {
     }
 
     /// What one of `region`'s slots needs of a server.
-    pub fn of(region: &crate::model::RegionRecord) -> SlotSize {
+    pub fn of(region: &krak_api::RegionRecord) -> SlotSize {
         SlotSize { slab_bytes: region.chunk_bytes, cost_bytes: region.slot_cost_bytes() }
     }
 }
@@ -132,7 +132,7 @@ impl PlacementView {
     }
 
     /// Adds a server or updates its identity and capacity (a re-registration).
-    pub(crate) fn upsert_server(
+    pub fn upsert_server(
         &mut self,
         id: ServerId,
         domain: &str,
@@ -176,7 +176,7 @@ impl PlacementView {
         }
     }
 
-    pub(crate) fn set_state(&mut self, id: ServerId, state: ServerState) {
+    pub fn set_state(&mut self, id: ServerId, state: ServerState) {
         if let Some(i) = self.index_of(id) {
             self.leave_domain_free(i);
             self.servers[i as usize].state = state;
@@ -184,7 +184,7 @@ impl PlacementView {
         }
     }
 
-    pub(crate) fn set_free(&mut self, id: ServerId, free_bytes: u64) {
+    pub fn set_free(&mut self, id: ServerId, free_bytes: u64) {
         if let Some(i) = self.index_of(id) {
             self.leave_domain_free(i);
             self.servers[i as usize].free_bytes = free_bytes;
@@ -192,18 +192,18 @@ impl PlacementView {
         }
     }
 
-    pub(crate) fn add_region(&mut self, id: RegionId, slot: SlotSize) {
+    pub fn add_region(&mut self, id: RegionId, slot: SlotSize) {
         let stat = RegionStat { chunk_bytes: slot.slab_bytes, slot_bytes: slot.cost_bytes, ..RegionStat::default() };
         self.regions.insert(id, stat);
     }
 
     /// Forgets a region; the caller has removed its slabs first.
-    pub(crate) fn remove_region(&mut self, id: RegionId) {
+    pub fn remove_region(&mut self, id: RegionId) {
         self.regions.remove(&id);
     }
 
     /// A chunk of `region` now lives on `server`.
-    pub(crate) fn add_slab(&mut self, region: RegionId, server: ServerId) {
+    pub fn add_slab(&mut self, region: RegionId, server: ServerId) {
         let Some(i) = self.index_of(server) else { return };
         let Some(r) = self.regions.get_mut(&region) else { return };
         let chunk = r.slot_bytes;
@@ -217,7 +217,7 @@ impl PlacementView {
     }
 
     /// A chunk of `region` no longer lives on `server`.
-    pub(crate) fn remove_slab(&mut self, region: RegionId, server: ServerId) {
+    pub fn remove_slab(&mut self, region: RegionId, server: ServerId) {
         let Some(i) = self.index_of(server) else { return };
         let Some(r) = self.regions.get_mut(&region) else { return };
         let chunk = r.slot_bytes;

@@ -12,8 +12,8 @@
 use std::cmp::Reverse;
 
 use super::{PlacementError, PlacementPolicy, Planned};
-use crate::model::{RegionId, ServerId};
 use crate::view::PlacementView;
+use krak_api::{RegionId, ServerId};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DomainSpread;
@@ -86,8 +86,8 @@ impl PlacementPolicy for DomainSpread {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::placement::testing::{place_all, rack};
-    use crate::placement::{Pack, Spread};
+    use crate::testing::{place_all, rack};
+    use crate::{Pack, Spread};
 
     /// Most chunks of region 1 in any one domain.
     fn worst_domain(v: &PlacementView) -> u32 {
@@ -132,7 +132,7 @@ mod tests {
     #[test]
     fn excluding_a_domain_keeps_copies_apart() {
         let mut v = rack(&[("a", 10, 10), ("a", 10, 10), ("b", 10, 10)]);
-        v.set_state(ServerId(3), crate::model::ServerState::Dead);
+        v.set_state(ServerId(3), krak_api::ServerState::Dead);
         assert_eq!(
             DomainSpread.choose(&v, RegionId(1), 1, &[ServerId(1), ServerId(2)]),
             Err(PlacementError::NoCapacity { wanted: 1, placed: 0 })

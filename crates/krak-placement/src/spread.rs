@@ -5,8 +5,8 @@
 use rand::Rng;
 
 use super::{PlacementError, PlacementPolicy, Planned};
-use crate::model::{RegionId, ServerId};
 use crate::view::{PlacementView, SlotSize};
+use krak_api::{RegionId, ServerId};
 
 /// Random draws before falling back to listing the placeable servers (a mostly full or
 /// mostly dead rack).
@@ -70,8 +70,8 @@ fn draw(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ServerState;
-    use crate::placement::testing::{place_all, rack, CHUNK};
+    use crate::testing::{place_all, rack, CHUNK};
+    use krak_api::ServerState;
 
     #[test]
     fn balances_by_free_memory() {

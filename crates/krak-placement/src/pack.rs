@@ -4,8 +4,8 @@
 //! lightly used servers into the fuller ones.
 
 use super::{Move, PlacementError, PlacementPolicy, Planned};
-use crate::model::{RegionId, ServerId};
 use crate::view::{PlacementView, SlotSize};
+use krak_api::{RegionId, ServerId};
 
 /// Most moves one consolidation pass proposes.
 pub const MAX_CONSOLIDATION_MOVES: usize = 1024;
@@ -140,8 +140,8 @@ fn fullest(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ServerState;
-    use crate::placement::testing::{place_all, rack};
+    use crate::testing::{place_all, rack};
+    use krak_api::ServerState;
 
     #[test]
     fn fills_one_server_before_the_next() {
