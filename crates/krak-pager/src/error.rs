@@ -10,11 +10,20 @@ use crate::remote::redundancy::Redundancy;
 /// Why a region could not be made or a page could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum PagerError {
-    /// A configuration or an argument the region cannot take (the text says which, and why).
+    /// A configuration or an argument the region cannot take.
     #[error("invalid pager configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     #[error("no memory servers given")]
     NoServers,
+    #[error("redundancy {scheme} stores each chunk on {} distinct memory servers; {servers} given", scheme.width())]
+    TooFewServers { scheme: Redundancy, servers: usize },
+    #[error("unknown placement policy {name:?}; known: {}", krak_placement::POLICY_NAMES.join(", "))]
+    UnknownPolicy { name: String },
+    /// A list's placement policy was set on a region the controller places.
+    #[error("the rack controller places this region's slabs: change its policy with `krak policy`")]
+    PlacedByController,
+    #[error("no server to move fragment {frag} of chunk {chunk} to: every target given holds a fragment of that chunk, is lost or is full ({scheme} needs {} distinct servers per chunk)", scheme.width())]
+    NoDrainTarget { chunk: usize, frag: usize, scheme: Redundancy },
     #[error("the rack is full: the region needs {needed_bytes} bytes of remote memory, the {servers} servers could lend only {got_bytes}")]
     RackFull { needed_bytes: u64, got_bytes: u64, servers: usize },
     /// The controller has no room to place the region (its answer says how far it got).
@@ -55,6 +64,29 @@ pub enum PagerError {
     Coding(#[from] CodingError),
     #[error("starting a pager thread: {0}")]
     Thread(#[source] std::io::Error),
+}
+
+/// What is wrong with a region's configuration, or with an argument it was given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("region_bytes must be above 0")]
+    EmptyRegion,
+    #[error("a region holds at most {max_pages} pages")]
+    RegionTooLarge { max_pages: u64 },
+    #[error("thread and buffer counts must be above 0")]
+    ZeroCount,
+    #[error("{domains} server domains given for {servers} servers (one per server, or none)")]
+    DomainsMismatch { domains: usize, servers: usize },
+    #[error("redundancy {scheme} keeps each fragment on a different server; {server} is listed twice")]
+    ServerListedTwice { scheme: Redundancy, server: SocketAddr },
+    #[error("another process's faults are served by handler threads only")]
+    OtherProcessNeedsThreads,
+    #[error("discard of {len} bytes at {offset} is unaligned or outside the region")]
+    BadDiscard { offset: usize, len: usize },
+    #[error("no fragment {frag} of chunk {chunk}: the region has {chunks} chunks of {width} fragments")]
+    NoSuchFragment { chunk: usize, frag: usize, chunks: usize, width: usize },
+    #[error("{server} lends slabs smaller than this region's chunks")]
+    SlabsTooSmall { server: SocketAddr },
 }
 
 /// ": why" after a message, when there is a why.

@@ -20,7 +20,7 @@ mod region;
 mod remote;
 mod state;
 
-pub use error::PagerError;
+pub use error::{ConfigError, PagerError};
 pub use moves::fragment::DrainReport;
 pub use policy::eviction::{self, Clock, EvictionPolicy, Fifo};
 pub use policy::prefetch::{self, NoPrefetch, PrefetchPolicy, StrideDetector};

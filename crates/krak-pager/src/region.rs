@@ -9,6 +9,7 @@ use crate::state::lock_order::{Condvar, Mutex, RwLock};
 use krak_client::ConnectOptions;
 use krak_uffd::{AnonMapping, MemfdView, Uffd, PAGE_SIZE};
 
+use crate::error::ConfigError;
 use crate::fault::handler::{Handler, Parts};
 use crate::moves::fragment::DrainReport;
 use crate::policy::eviction::{Clock, EvictionPolicy};
@@ -100,6 +101,10 @@ pub struct PagerConfig {
     /// unknown. A redundant region puts the fragments of a chunk in distinct domains where
     /// it can (and on distinct servers always).
     pub server_domains: Vec<String>,
+    /// The placement policy that chooses among `servers` for each slab (when the region is
+    /// made, for a lost fragment's replacement, for a drained fragment): a name of
+    /// `krak_placement::POLICY_NAMES`. Ignored with `controller`, whose policy decides.
+    pub placement_policy: String,
     /// How often a redundant region scrubs itself in the background (every fragment read
     /// and checked, corrupt ones rewritten: [`FarMemory::scrub`]); 0 never. Not while the
     /// region is degraded.
@@ -127,6 +132,7 @@ impl Default for PagerConfig {
             secret: None,
             redundancy: Redundancy::None,
             server_domains: Vec::new(),
+            placement_policy: crate::remote::list_placement::DEFAULT_LIST_POLICY.to_string(),
             scrub_interval_ms: DEFAULT_SCRUB_INTERVAL_MS,
         }
     }
@@ -172,7 +178,7 @@ impl FarMemory {
         pid: i32,
     ) -> Result<FarMemory, PagerError> {
         if config.fault_mode != FaultMode::Threads {
-            return Err(PagerError::Config("another process's faults are served by handler threads only".into()));
+            return Err(ConfigError::OtherProcessNeedsThreads.into());
         }
         config.region_bytes = map.len() as u64;
         check_config(&config)?;
@@ -181,6 +187,7 @@ impl FarMemory {
 
     fn start(config: PagerConfig, map: RegionMemory, uffd: Uffd) -> Result<FarMemory, PagerError> {
         let region_pages = map.len() / PAGE_SIZE;
+        let placement = crate::remote::list_placement::policy_by_name(&config.placement_policy)?;
         let connect = ConnectOptions {
             client_id: config.client_id.unwrap_or_else(rand::random),
             timeout_ms: config.io_timeout_ms,
@@ -201,6 +208,7 @@ impl FarMemory {
             }
             None => {
                 let (layout, admin) = RemoteLayout::allocate(
+                    &*placement,
                     &config.servers,
                     &config.server_domains,
                     region_pages,
@@ -239,6 +247,7 @@ impl FarMemory {
             peak_resident: AtomicUsize::new(0),
             push_refused: Mutex::new(Vec::new()),
             scrub_gate: RwLock::new(()),
+            placement: Mutex::new(placement),
         });
         let mut region =
             FarMemory { shared: shared.clone(), threads: Vec::new(), self_serving_id: None, rack: rack.clone() };
@@ -293,6 +302,22 @@ impl FarMemory {
     /// How the userfaultfd was opened (privileged, user-mode-only or device).
     pub fn uffd_mode(&self) -> UffdMode {
         self.shared.uffd.mode()
+    }
+
+    /// Switches the policy that places this region's replacements and drained fragments
+    /// over its list of servers (a name of `krak_placement::POLICY_NAMES`). Refused for a
+    /// region the controller places: its policy is the rack's (`krak policy`).
+    pub fn set_placement_policy(&self, name: &str) -> Result<(), PagerError> {
+        if self.rack.is_some() {
+            return Err(PagerError::PlacedByController);
+        }
+        *self.shared.placement.lock() = crate::remote::list_placement::policy_by_name(name)?;
+        Ok(())
+    }
+
+    /// The name of the policy placing over the region's list of servers.
+    pub fn placement_policy(&self) -> &'static str {
+        self.shared.placement_policy().name()
     }
 
     /// Changes the local budget while the region is in use; shrinking evicts at once.
@@ -486,30 +511,27 @@ fn check_config(config: &PagerConfig) -> Result<usize, PagerError> {
         return Err(PagerError::NoServers);
     }
     if config.region_bytes == 0 {
-        return Err(PagerError::Config("region_bytes must be above 0".into()));
+        return Err(ConfigError::EmptyRegion.into());
     }
     if config.handler_threads == 0 || config.writeback_batch_pages == 0 || config.writeback_buffer_pages == 0 {
-        return Err(PagerError::Config("thread and buffer counts must be above 0".into()));
+        return Err(ConfigError::ZeroCount.into());
     }
     if !config.server_domains.is_empty() && config.server_domains.len() != config.servers.len() {
-        return Err(PagerError::Config(format!(
-            "{} server domains given for {} servers (one per server, or none)",
-            config.server_domains.len(),
-            config.servers.len()
-        )));
+        return Err(ConfigError::DomainsMismatch {
+            domains: config.server_domains.len(),
+            servers: config.servers.len(),
+        }
+        .into());
     }
     if !config.redundancy.is_none() {
-        let distinct: std::collections::HashSet<&SocketAddr> = config.servers.iter().collect();
-        if distinct.len() != config.servers.len() {
-            return Err(PagerError::Config(format!(
-                "redundancy {} keeps each fragment on a different server; a server is listed twice",
-                config.redundancy
-            )));
+        let mut seen = std::collections::HashSet::new();
+        if let Some(server) = config.servers.iter().find(|s| !seen.insert(**s)) {
+            return Err(ConfigError::ServerListedTwice { scheme: config.redundancy, server: *server }.into());
         }
     }
     let region_pages = config.region_bytes.div_ceil(PAGE_SIZE as u64) as usize;
     if region_pages > u32::MAX as usize {
-        return Err(PagerError::Config(format!("a region holds at most {} pages", u32::MAX)));
+        return Err(ConfigError::RegionTooLarge { max_pages: u64::from(u32::MAX) }.into());
     }
     Ok(region_pages)
 }

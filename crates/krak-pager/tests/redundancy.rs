@@ -118,7 +118,7 @@ fn replicate_2_survives_one_server_killed_mid_workload() {
 
 #[test]
 fn replicate_3_survives_two_servers_killed_mid_workload() {
-    // Chunk c lives on servers c, c+1, c+2 (mod 6): chunk 0 keeps one copy.
+    // Three copies of every chunk on distinct servers: each keeps one.
     survive("replicate:3", FaultMode::Sigbus, &[2, 1]);
 }
 
@@ -416,8 +416,8 @@ fn replicas_go_to_distinct_failure_domains_when_servers_declare_them() {
 
 #[test]
 fn write_back_beyond_tolerance_keeps_only_the_lost_chunks_pages_buffered() {
-    // replicate:2 over 6 servers: chunk c on servers c % 6 and (c + 1) % 6. Killing 0 and 1
-    // puts chunks 0 and 6 beyond tolerance while every other chunk keeps a copy. Chunk 0's
+    // replicate:2 over 6 servers. Killing 0 and 1 puts the chunks with both copies there
+    // (chunk 0 among them) beyond tolerance while every other chunk keeps a copy. Chunk 0's
     // dirty pages cannot be written back; the pages of other chunks sharing their
     // write-back batches must still land, or they would fill the write-back buffer and
     // fail every fault.
@@ -433,12 +433,16 @@ fn write_back_beyond_tolerance_keeps_only_the_lost_chunks_pages_buffered() {
         fill_page(&region, p, 2);
         oracle.0[p].store(2, Ordering::Relaxed);
     }
+    let killed: Vec<_> = [0, 1].iter().map(|k| servers[*k].as_ref().unwrap().addr()).collect();
+    let lost: Vec<bool> =
+        region.fragment_servers().iter().map(|copies| copies.iter().all(|s| killed.contains(s))).collect();
+    assert!(lost[0] && lost.iter().filter(|l| !**l).count() > lost.len() / 2, "{lost:?}");
     for k in [0, 1] {
         servers[k].take().unwrap().shutdown().unwrap();
     }
     // Rewrite every page of the healthy chunks (more than the write-back buffer holds):
     // chunk 0's pages are evicted among them.
-    let healthy: Vec<usize> = (chunk_pages..pages).filter(|p| !(p / chunk_pages).is_multiple_of(6)).collect();
+    let healthy: Vec<usize> = (chunk_pages..pages).filter(|p| !lost[p / chunk_pages]).collect();
     for round in 3..5 {
         for &p in &healthy {
             fill_page(&region, p, round);

@@ -23,7 +23,7 @@ impl RegionShared {
             || !len.is_multiple_of(PAGE_SIZE)
             || offset.checked_add(len).is_none_or(|end| end > self.map.len())
         {
-            return Err(PagerError::Config(format!("discard of {len} bytes at {offset} is unaligned or outside")));
+            return Err(crate::error::ConfigError::BadDiscard { offset, len }.into());
         }
         let (first, end) = (offset / PAGE_SIZE, (offset + len) / PAGE_SIZE);
         let shared = self;

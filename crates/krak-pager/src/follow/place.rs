@@ -16,6 +16,7 @@ use krak_proto::PAGE_SIZE;
 
 use crate::error::BadAnswer;
 use crate::follow::link::{parse_addr, place_one, release, ControllerLink, CALL_TIMEOUT};
+use crate::moves::rebuild_error::{NoSpare, Rebuild, RebuildFailure};
 use crate::remote::redundancy::Redundancy;
 use crate::remote::stripe::{Frag, FragState, Stripe};
 use crate::remote::{free_quietly, RemoteLayout};
@@ -165,14 +166,6 @@ fn placement_error(e: ApiError, needed_bytes: u64) -> PagerError {
     }
 }
 
-/// Why the controller gave no server for a replacement.
-pub(crate) enum NoReplacement {
-    /// No server qualifies (all left are in the stripe, dead or full), or the controller
-    /// cannot be reached: wait.
-    NoSpare(String),
-    Failed(String),
-}
-
 /// Asks the controller for a server for fragment `frag` of `chunk`, off every server the
 /// region has lost; returns its index in the layout's server table and its id.
 pub(crate) fn place_replacement(
@@ -180,30 +173,26 @@ pub(crate) fn place_replacement(
     layout: &RemoteLayout,
     chunk: usize,
     frag: usize,
-) -> Result<(usize, ServerId), NoReplacement> {
+) -> Result<(usize, ServerId), Rebuild> {
     let width = layout.redundancy().width();
     let exclude = link.lost_ids(layout);
     let slot = (chunk * width + frag) as u64;
     let reply = match place_one(link, slot, exclude) {
         Ok(r) => r,
-        Err(ApiError::Status { status: NO_CAPACITY, message }) => {
-            return Err(NoReplacement::NoSpare(format!("the controller has no server for a replacement: {message}")))
-        }
+        Err(e @ ApiError::Status { status: NO_CAPACITY, .. }) => return Err(NoSpare::ControllerFull(e).into()),
         // Not the fragment's fault: asked again each round, without using up its attempts.
         Err(e @ (ApiError::Io { .. } | ApiError::Status { status: 503, .. })) => {
-            return Err(NoReplacement::NoSpare(format!("the controller cannot be asked for a replacement: {e}")))
+            return Err(NoSpare::ControllerUnreachable(e).into())
         }
-        Err(e) => return Err(NoReplacement::Failed(format!("asking the controller for a replacement: {e}"))),
+        Err(e) => return Err(RebuildFailure::AskController(e).into()),
     };
     let Some(ChunkServer { server: id, addr, .. }) = reply else {
-        return Err(NoReplacement::Failed("the controller placed no server for the replacement".into()));
+        return Err(RebuildFailure::NonePlaced.into());
     };
-    let addr = parse_addr(&addr).map_err(|e| NoReplacement::Failed(e.to_string()))?;
+    let addr = parse_addr(&addr).map_err(|e| RebuildFailure::Answer(Box::new(e)))?;
     let server = layout.server_index(addr);
     if layout.stripes.is_lost(server) || layout.stripes.with(chunk, |s| s.iter().any(|f| f.uses(server))) {
-        return Err(NoReplacement::Failed(format!(
-            "the controller chose {addr}, which is lost for the region or already holds a fragment of chunk {chunk}"
-        )));
+        return Err(RebuildFailure::ChoseTaken { addr, chunk }.into());
     }
     link.ids.lock().insert(addr, id);
     Ok((server, id))

@@ -19,11 +19,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::error::MoveFailure;
+use crate::error::{ConfigError, MoveFailure};
 use crate::moves::copy::{copy_units, CopySpec};
 use crate::moves::queue::{wait_for_writeback_in_flight, NEXT_MOVE_ID};
 use crate::remote::admin_conn;
 use crate::remote::free_quietly;
+use crate::remote::list_placement;
 use crate::state::core::{ChunkMove, MoveKind, RegionShared};
 use crate::state::stats::Counters;
 use crate::PagerError;
@@ -60,37 +61,34 @@ impl RegionShared {
         layout.stripes.all().iter().map(|s| layout.server_addr(s[0].server)).collect()
     }
 
-    /// Moves every fragment on `from` to the server of `targets` that holds none of its
-    /// chunk's fragments (one of a failure domain the chunk does not use yet first) and the
-    /// fewest of the region's.
+    /// Moves every fragment on `from` to one of `targets`, where the region's list policy
+    /// puts one more fragment of its stripe (a server holding none of it, of a failure
+    /// domain the stripe does not use yet first).
     pub(crate) fn drain_server(&self, from: SocketAddr, targets: &[SocketAddr]) -> Result<DrainReport, PagerError> {
         let started = Instant::now();
         let layout = &self.layout;
         let targets: Vec<SocketAddr> = targets.iter().copied().filter(|t| *t != from).collect();
         if targets.is_empty() {
-            return Err(PagerError::Config(format!("no server to drain {from} to")));
+            return Err(PagerError::NoServers);
         }
         let mut report = DrainReport::default();
         let Some(server) = layout.find_server(from) else { return Ok(report) };
         let targets: Vec<usize> = targets.iter().map(|t| layout.server_index(*t)).collect();
+        let others: Vec<usize> = (0..layout.server_count()).filter(|s| !targets.contains(s)).collect();
+        let policy = self.placement_policy();
+        let mut view = list_placement::current_view(&mut self.admin.lock(), layout);
         while let Some(&(chunk, frag)) = layout.stripes.fragments_on(server, 1).first() {
-            let stripes = layout.stripes.all();
-            let load = |t: usize| stripes.iter().flatten().filter(|f| f.uses(t)).count();
-            let stripe = &stripes[chunk];
-            let to = targets
-                .iter()
-                .copied()
-                .filter(|t| !layout.stripes.is_lost(*t) && !stripe.iter().any(|f| f.uses(*t)))
-                .min_by_key(|t| (layout.stripes.same_domain(stripe, *t, Some(frag)), load(*t)))
-                .ok_or_else(|| {
-                    PagerError::Config(format!(
-                        "no server to move fragment {frag} of chunk {chunk} to: every target given holds a \
-                         fragment of that chunk or is lost ({} needs {} distinct servers per chunk)",
-                        layout.redundancy(),
-                        layout.redundancy().width()
-                    ))
-                })?;
+            let taken: Vec<usize> = layout.stripes.with(chunk, |s| {
+                s.iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != frag)
+                    .flat_map(|(_, f)| std::iter::once(f.server).chain(f.moving_to.map(|(s, _)| s)))
+                    .collect()
+            });
+            let to = list_placement::choose_server(&*policy, &view, &taken, &others)
+                .ok_or(PagerError::NoDrainTarget { chunk, frag, scheme: layout.redundancy() })?;
             let moved = self.move_fragment(chunk, frag, layout.server_addr(to))?;
+            list_placement::moved(&mut view, server, to);
             report.pages_copied += moved.pages;
             report.chunks_moved += 1;
         }
@@ -115,11 +113,8 @@ impl RegionShared {
         let layout = &self.layout;
         let scheme = layout.redundancy();
         if chunk >= layout.chunk_count() || frag >= scheme.width() {
-            return Err(PagerError::Config(format!(
-                "no fragment {frag} of chunk {chunk}: the region has {} chunks of {} fragments",
-                layout.chunk_count(),
-                scheme.width()
-            )));
+            let (chunks, width) = (layout.chunk_count(), scheme.width());
+            return Err(ConfigError::NoSuchFragment { chunk, frag, chunks, width }.into());
         }
         let to_idx = layout.server_index(to);
         let current = layout.stripes.with(chunk, |s| s[frag]);
@@ -130,7 +125,7 @@ impl RegionShared {
             let mut admin = self.admin.lock();
             let conn = admin_conn(&mut admin, layout, to_idx)?;
             if (conn.slab_pages() as usize) < layout.chunk_pages {
-                return Err(PagerError::Config(format!("{to} lends slabs smaller than this region's chunks")));
+                return Err(ConfigError::SlabsTooSmall { server: to }.into());
             }
             conn.alloc_slab_units(scheme.unit_bytes() as u32)?
         };

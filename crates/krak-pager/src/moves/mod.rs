@@ -5,4 +5,5 @@
 pub(crate) mod copy;
 pub(crate) mod fragment;
 pub(crate) mod queue;
+pub(crate) mod rebuild_error;
 pub(crate) mod reprotect;

@@ -21,9 +21,10 @@ use krak_uffd::PAGE_SIZE;
 
 use crate::error::MoveFailure;
 use crate::follow::link::ControllerLink;
-use crate::follow::place::NoReplacement;
 use crate::moves::queue::{finish, NEXT_MOVE_ID};
+use crate::moves::rebuild_error::{NoSpare, Rebuild, RebuildFailure};
 use crate::remote::admin_conn;
+use crate::remote::list_placement::{self, NotPlaced};
 use crate::remote::redundancy::Coder;
 use crate::remote::stripe::{Frag, FragState};
 use crate::remote::{free_quietly, Links};
@@ -195,14 +196,6 @@ pub(crate) fn scrub(shared: &RegionShared) -> Result<u64, PagerError> {
     Ok(found)
 }
 
-/// Why a fragment was not rebuilt.
-enum Rebuild {
-    /// Every survivor already holds a fragment of the stripe (or the controller that would
-    /// choose cannot be reached): retried each round, without using up attempts.
-    NoSpare(String),
-    Failed(String),
-}
-
 /// Places a replacement for fragment `frag` of `chunk` and has the write-back thread fill
 /// it; waits until it is live (or failed), then records it with the controller if any.
 fn rebuild_fragment(
@@ -214,15 +207,11 @@ fn rebuild_fragment(
     let layout = &shared.layout;
     let (server, slab, id) = match link {
         Some(link) => {
-            let (server, id) =
-                crate::follow::place::place_replacement(link, layout, chunk, frag).map_err(|e| match e {
-                    NoReplacement::NoSpare(why) => Rebuild::NoSpare(why),
-                    NoReplacement::Failed(why) => Rebuild::Failed(why),
-                })?;
+            let (server, id) = crate::follow::place::place_replacement(link, layout, chunk, frag)?;
             let unit = layout.redundancy().unit_bytes() as u32;
             let slab = admin_conn(&mut shared.admin.lock(), layout, server)
                 .and_then(|c| c.alloc_slab_units(unit))
-                .map_err(|e| Rebuild::Failed(format!("{} could not lend a slab: {e}", layout.server_addr(server))))?;
+                .map_err(|source| RebuildFailure::Lend { server: layout.server_addr(server), source })?;
             (server, slab, Some(id))
         }
         None => {
@@ -270,13 +259,14 @@ fn rebuild_fragment(
         Err(why) => {
             layout.stripes.transition(chunk, frag, FragState::Rebuilding, FragState::Lost);
             free(shared);
-            Err(Rebuild::Failed(why.to_string()))
+            Err(RebuildFailure::Fill(why).into())
         }
     }
 }
 
 /// The pager's own choice of a replacement for a region given a list of servers, and its
-/// slab there.
+/// slab there: where the region's list policy puts one more fragment of the stripe, among
+/// the survivors that answer and hold none of it.
 fn choose_replacement(
     shared: &RegionShared,
     chunk: usize,
@@ -285,42 +275,41 @@ fn choose_replacement(
     let layout = &shared.layout;
     let unit = layout.redundancy().unit_bytes() as u32;
     let stripe = layout.stripes.with(chunk, |s| s.clone());
-    // The survivor holding the fewest of the region's fragments, not already in the stripe.
-    let stripes = layout.stripes.all();
-    let mut load = vec![0usize; layout.server_count()];
-    for f in stripes.iter().flatten().filter(|f| f.is_written()) {
-        load[f.server] += 1;
-    }
-    let mut candidates: Vec<usize> = (0..layout.server_count())
-        .filter(|s| !layout.stripes.is_lost(*s) && !stripe.iter().any(|f| f.uses(*s)))
+    let policy = shared.placement_policy();
+    let taken: Vec<usize> = stripe
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != frag)
+        .flat_map(|(_, f)| std::iter::once(f.server).chain(f.moving_to.map(|(s, _)| s)))
         .collect();
-    // A domain the stripe's other fragments do not use first, then the least loaded.
-    candidates.sort_by_key(|s| (layout.stripes.same_domain(&stripe, *s, Some(frag)), load[*s]));
-    if candidates.is_empty() {
-        return Err(Rebuild::NoSpare(format!(
-            "no surviving server outside a chunk's stripe to hold a replacement ({} servers given, {} lost, {} \
-             needs {} per chunk)",
-            layout.server_count(),
-            layout.stripes.lost_servers().len(),
-            layout.redundancy(),
-            layout.redundancy().width()
-        )));
-    }
-    let mut placed = None;
-    let mut why = String::new();
-    {
-        let mut admin = shared.admin.lock();
-        for server in candidates {
-            match admin_conn(&mut admin, layout, server).and_then(|c| c.alloc_slab_units(unit)) {
-                Ok(slab) => {
-                    placed = Some((server, slab));
-                    break;
-                }
-                Err(e) => why = e.to_string(),
+    let mut exclude = vec![stripe[frag].server];
+    let mut why: Option<(usize, ClientError)> = None;
+    let mut admin = shared.admin.lock();
+    let mut view = list_placement::current_view(&mut admin, layout);
+    // Each failure excludes its server, so this ends.
+    loop {
+        let lend = |s: usize| admin_conn(&mut admin, layout, s).and_then(|c| c.alloc_slab_units(unit));
+        match list_placement::place_fragment(&*policy, &mut view, lend, &taken, &exclude) {
+            Ok(placed) => return Ok(placed),
+            Err(NotPlaced::Failed { server, source }) => {
+                why = Some((server, source));
+                exclude.push(server);
+            }
+            Err(NotPlaced::NoRoom { refused }) => {
+                return Err(match why.or(refused) {
+                    Some((server, source)) => {
+                        RebuildFailure::Lend { server: layout.server_addr(server), source }.into()
+                    }
+                    None => NoSpare::NoSurvivor {
+                        servers: layout.server_count(),
+                        lost: layout.stripes.lost_servers().len(),
+                        scheme: layout.redundancy(),
+                    }
+                    .into(),
+                });
             }
         }
     }
-    placed.ok_or_else(|| Rebuild::Failed(format!("no survivor could lend a slab: {why}")))
 }
 
 /// One copy step of the rebuild or fragment move at the head of the move queue, run by the

@@ -1,7 +1,7 @@
 //! Where each page of a region lives remotely, and the connections that move it there.
 
-pub(crate) mod allocate;
 pub(crate) mod discard;
+pub(crate) mod list_placement;
 pub mod redundancy;
 pub(crate) mod stripe;
 
@@ -24,7 +24,8 @@ pub(crate) const RETRY_PAUSE_MS: u64 = 50;
 /// The region is cut into chunks of one slab per fragment. Every chunk is a stripe
 /// (`remote/stripe.rs`): `width` fragments on distinct servers, one for a region without
 /// redundancy (its whole pages), so one model serves allocation, reads, writes, moves and
-/// drains whatever the scheme. Chunk `c`'s stripe starts on server `c % n`, so a region's
+/// drains whatever the scheme. Its fragments go where a placement policy chooses
+/// (`remote/list_placement.rs` over a list of servers, the controller otherwise), so a region's
 /// pages spread over every server it was given. Fragments move to other servers while the
 /// region is in use, so the tables are behind locks.
 #[derive(Debug)]
@@ -39,8 +40,9 @@ pub(crate) struct RemoteLayout {
 impl RemoteLayout {
     /// Allocates slabs for a whole region up front, so that a full rack is reported when the
     /// region is made, not when a page is evicted: a stripe of `width` slabs per chunk on
-    /// distinct servers.
+    /// distinct servers, where `policy` chooses.
     pub fn allocate(
+        policy: &dyn krak_placement::PlacementPolicy,
         servers: &[SocketAddr],
         domains: &[String],
         region_pages: usize,
@@ -53,7 +55,8 @@ impl RemoteLayout {
         }
         let chunk_pages = admin.iter().map(|c| c.slab_pages() as usize).min().ok_or(PagerError::NoServers)?;
         let n_chunks = region_pages.div_ceil(chunk_pages);
-        let stripes = crate::remote::allocate::allocate(&mut admin, domains, n_chunks, chunk_pages, redundancy)?;
+        let stripes =
+            crate::remote::list_placement::allocate(policy, &mut admin, domains, n_chunks, chunk_pages, redundancy)?;
         let layout = RemoteLayout::from_stripes(connect, chunk_pages, servers.to_vec(), domains, redundancy, stripes);
         Ok((layout, admin))
     }

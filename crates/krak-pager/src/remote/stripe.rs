@@ -110,10 +110,9 @@ impl StripeTable {
         self
     }
 
-    /// Whether `server` shares a declared failure domain with a fragment of `stripe`
-    /// (other than the one at `except`).
-    pub fn same_domain(&self, stripe: &Stripe, server: usize, except: Option<usize>) -> bool {
-        crate::remote::allocate::shares_domain(&self.domains, stripe, server, except)
+    /// The declared failure domain of each server given (empty: none declared).
+    pub fn domains(&self) -> &[String] {
+        &self.domains
     }
 
     /// Fragments lost and not yet replaced: (chunk, fragment index). One lost while it

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::state::lock_order::{level, Condvar, Mutex, MutexGuard, RwLock};
+use krak_placement::PlacementPolicy;
 use krak_uffd::{CopyError, Uffd, PAGE_SIZE};
 
 use crate::error::{InstallError, MoveFailure, PagerError};
@@ -162,6 +163,9 @@ pub(crate) struct RegionShared {
     /// frees the old slab, so that a scrub never reads a slab freed under it (which would
     /// lose its server for the region).
     pub scrub_gate: RwLock<(), { level::SCRUB_GATE }>,
+    /// The policy placing this region's replacements and drained fragments over its list of
+    /// servers (switchable while it runs; unused when the controller places).
+    pub placement: Mutex<Arc<dyn PlacementPolicy>, { level::PLACEMENT }>,
 }
 
 impl RegionShared {
@@ -181,6 +185,11 @@ impl RegionShared {
             }
         }
         self.wb_wake.notify_one();
+    }
+
+    /// The list placement policy now in force.
+    pub fn placement_policy(&self) -> Arc<dyn PlacementPolicy> {
+        self.placement.lock().clone()
     }
 
     pub fn region_pages(&self) -> usize {

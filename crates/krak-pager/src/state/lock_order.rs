@@ -33,6 +33,7 @@ pub(crate) mod level {
     pub const DEGRADED_SINCE: u8 = 72;
     pub const LATENCY: u8 = 80;
     pub const PUSH_REFUSED: u8 = 82;
+    pub const PLACEMENT: u8 = 84;
     /// The process-wide address → region map of self-serving (SIGBUS) regions.
     pub const REGIONS: u8 = 90;
 }
