@@ -469,8 +469,9 @@ impl FarMemory {
     }
 
     /// Moves every chunk of the region off the server at `from`, each to the server of
-    /// `targets` that holds the fewest of the region's chunks. A redundant region moves its
-    /// fragments instead, each to a target that holds none of its chunk's others.
+    /// `targets` the region's placement policy chooses (by default the one holding the
+    /// fewest of the region's chunks). A redundant region moves its fragments instead, each
+    /// to a target that holds none of its chunk's others.
     pub fn drain_server(&self, from: SocketAddr, targets: &[SocketAddr]) -> Result<DrainReport, PagerError> {
         self.shared.drain_server(from, targets)
     }
