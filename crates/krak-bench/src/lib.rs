@@ -4,13 +4,13 @@
 //! plain RAM ([`local`]), kernel swap to a disk file or to zram under a memory-cgroup limit
 //! ([`swap`]), and the krak pager (built by the `krak` binary through the hook in
 //! [`worker::worker_main`]). Each run happens in a fresh child process ([`worker`]) so
-//! kernel memory accounting starts clean. [`limits`] measures the physical floor (loopback
+//! kernel memory accounting starts clean. [`floors`] measures the physical floor (loopback
 //! TCP round trip of a 4 KiB page), [`plan`] chooses sizes and drives a whole bench, and
 //! [`report`] prints and serialises the results.
 
 mod cgroup;
 mod cleanup;
-pub mod limits;
+pub mod floors;
 pub mod local;
 pub mod plan;
 pub mod report;
@@ -19,7 +19,7 @@ mod sys;
 pub mod worker;
 pub mod workload;
 
-pub use limits::Limits;
+pub use floors::Floors;
 pub use local::LocalRegion;
 pub use plan::{BenchPlan, KrakTarget};
 pub use report::{BenchReport, ResultRow};

@@ -81,8 +81,8 @@ pub struct BenchPlan {
     /// Added to the cgroup limit for the worker's own memory (binary, heap, histogram);
     /// the `rand_rw` shadow (region / 512) is added on top.
     pub cgroup_overhead_bytes: u64,
-    /// Measure TCP/memcpy limits.
-    pub measure_limits: bool,
+    /// Measure the physical floors (TCP round trip, memcpy, local userfaultfd fault).
+    pub measure_floors: bool,
 }
 
 impl BenchPlan {
@@ -103,7 +103,7 @@ impl BenchPlan {
             seed: 1,
             swap_file: PathBuf::from(swap::DEFAULT_SWAP_FILE),
             cgroup_overhead_bytes: 4 << 20,
-            measure_limits: true,
+            measure_floors: true,
         }
     }
 
@@ -134,7 +134,7 @@ impl BenchPlan {
     }
 }
 
-/// Runs `plan`: limits first, then every backend, each run in a child `exe bench-worker`.
+/// Runs `plan`: the physical floors first, then every backend, each run in a child `exe bench-worker`.
 /// A backend that cannot run is recorded in `skipped`, a run that fails in `failures`;
 /// only a failure to restore the machine's state is an error. `log` gets progress lines.
 pub fn run_bench(
@@ -144,10 +144,10 @@ pub fn run_bench(
     mut log: impl FnMut(&str),
 ) -> Result<BenchReport, BenchError> {
     let mut report = BenchReport::new(plan.region_bytes, plan.duration_ms);
-    if plan.measure_limits {
-        log("measuring limits (loopback TCP 4 KiB round trip, memcpy)");
-        match crate::limits::measure() {
-            Ok(l) => report.limits = Some(l),
+    if plan.measure_floors {
+        log("measuring the physical floors (loopback TCP 4 KiB round trip, memcpy)");
+        match crate::floors::measure() {
+            Ok(l) => report.floors = Some(l),
             Err(e) => log(&format!("limits: {e}")),
         }
     }

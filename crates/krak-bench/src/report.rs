@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::Limits;
+use crate::floors::Floors;
 use crate::plan::BenchBackend;
 use crate::workload::{RunResult, Workload};
 
@@ -133,8 +133,10 @@ pub struct BenchReport {
     pub duration_ms: u64,
     /// One row per run.
     pub results: Vec<ResultRow>,
-    /// Physical limits measured in the same run.
-    pub limits: Option<Limits>,
+    /// The physical floors measured in the same run (the report's key is `limits`, as
+    /// scripts have read it).
+    #[serde(rename = "limits")]
+    pub floors: Option<Floors>,
     /// Backends that did not run.
     #[serde(default)]
     pub skipped: Vec<Skipped>,
@@ -217,7 +219,7 @@ impl BenchReport {
     }
 
     fn footer(&self, out: &mut String, bullet: &str) {
-        if let Some(l) = &self.limits {
+        if let Some(l) = &self.floors {
             let opt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}"));
             let _ = writeln!(
                 out,

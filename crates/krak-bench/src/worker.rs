@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cleanup;
 use crate::local::LocalRegion;
-use crate::workload::{run_workload, Region, RunLimits, RunResult, Workload};
+use crate::workload::{run_workload, Region, RunLength, RunResult, Workload};
 use crate::BenchError;
 
 /// An error from a caller's hook (the krak region builder), whatever its type.
@@ -228,7 +228,7 @@ pub fn worker_main(
         }
         Backend::Krak => make_krak_region(&args).map_err(WorkerError::KrakRegion)?,
     };
-    let limits = RunLimits { max_ops: args.max_ops, duration_ms: args.duration_ms };
+    let limits = RunLength { max_ops: args.max_ops, duration_ms: args.duration_ms };
     let result = run_workload(region.as_ref(), args.workload, args.seed, limits, !args.skip_final_check)?;
     drop(region);
     let mut out = std::io::stdout().lock();

@@ -106,7 +106,7 @@ impl FromStr for Workload {
 
 /// Bounds of one timed run: it stops at whichever comes first.
 #[derive(Debug, Clone, Copy)]
-pub struct RunLimits {
+pub struct RunLength {
     /// Stop after this many operations (`None`: no bound).
     pub max_ops: Option<u64>,
     /// Stop after this long.
@@ -296,7 +296,7 @@ impl Runner {
 
     /// Runs `workload` until either limit is reached. Per-operation latency is measured
     /// with one `Instant::now()` per operation (about 20 ns of overhead, included).
-    pub fn run(&mut self, workload: Workload, limits: RunLimits) -> Result<(RunResult, Histogram<u64>), BenchError> {
+    pub fn run(&mut self, workload: Workload, limits: RunLength) -> Result<(RunResult, Histogram<u64>), BenchError> {
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
             .map_err(|e| BenchError::Invalid(format!("histogram: {e}")))?;
         let mut rng = Rng::new(self.seed ^ 0x5EED_0F0F);
@@ -387,7 +387,7 @@ pub fn run_workload(
     region: &dyn Region,
     workload: Workload,
     seed: u64,
-    limits: RunLimits,
+    limits: RunLength,
     final_check: bool,
 ) -> Result<RunResult, BenchError> {
     let mut runner = Runner::new(region, seed)?;

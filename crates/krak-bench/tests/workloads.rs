@@ -1,13 +1,13 @@
 //! Workloads on plain RAM, in-process and in a worker child: every read verifies, and the
 //! verification can fail.
 
-use krak_bench::workload::{run_workload, RunLimits, Runner};
+use krak_bench::workload::{run_workload, RunLength, Runner};
 use krak_bench::{spawn_worker, Backend, LocalRegion, Region, WorkerArgs, Workload, PAGE_SIZE_BYTES};
 
 const REGION_BYTES: usize = 16 << 20;
 
-fn limits() -> RunLimits {
-    RunLimits { max_ops: Some(300_000), duration_ms: 2_000 }
+fn limits() -> RunLength {
+    RunLength { max_ops: Some(300_000), duration_ms: 2_000 }
 }
 
 #[test]
@@ -41,7 +41,7 @@ fn a_corrupted_page_is_detected_by_reads() {
     corrupt_page(&region, 3, 0);
     corrupt_page(&region, 100, 0xAB);
     let pages = runner.pages();
-    let r = runner.run(Workload::SeqRead, RunLimits { max_ops: Some(pages), duration_ms: 60_000 }).unwrap().0;
+    let r = runner.run(Workload::SeqRead, RunLength { max_ops: Some(pages), duration_ms: 60_000 }).unwrap().0;
     assert_eq!(r.ops, pages);
     assert_eq!(r.mismatches, 2, "one read per page, two bad pages");
     let (verified, mismatches) = runner.final_check();

@@ -172,18 +172,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // The floors are measured before and after the runs and the lower of the two is kept:
     // on a shared virtual machine they swing with the host's load, and the lower floor is
     // the stricter yardstick for krak.
-    let measure_limits = plan.measure_limits;
-    plan.measure_limits = false;
-    let before = if measure_limits { Some(measure_limits_now()) } else { None };
+    let measure_floors = plan.measure_floors;
+    plan.measure_floors = false;
+    let before = if measure_floors { Some(measure_floors_now()) } else { None };
     let mut report = krak_bench::plan::run_bench(&plan, &exe, target.as_ref(), |line| eprintln!("{line}"))?;
     report.krak_options = target.as_ref().map(|t| t.options.clone()).unwrap_or_default();
     drop(rack);
     if let Some(before) = before {
-        let after = measure_limits_now();
-        report.limits = combine(before, after);
-        if let Some(limits) = report.limits.as_mut() {
-            limits.tcp_rtt_4k_spinning_p50_us = spinning_rtt();
-            limits.uffd_fault_self_served_p50_us = krak_pager::floors::measure_local_fault_self_served(20_000)
+        let after = measure_floors_now();
+        report.floors = combine(before, after);
+        if let Some(floors) = report.floors.as_mut() {
+            floors.tcp_rtt_4k_spinning_p50_us = spinning_rtt();
+            floors.uffd_fault_self_served_p50_us = krak_pager::floors::measure_local_fault_self_served(20_000)
                 .map_err(|e| eprintln!("  self-served uffd limit: {e}"))
                 .ok()
                 .map(|l| l.p50_us);
@@ -204,14 +204,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn measure_limits_now() -> (Option<krak_bench::Limits>, Option<krak_pager::floors::FaultLatency>) {
-    eprintln!("measuring limits: loopback TCP 4 KiB round trip, memcpy, userfaultfd fault served from local memory");
-    let tcp = krak_bench::limits::measure().map_err(|e| eprintln!("  tcp limit: {e}")).ok();
+fn measure_floors_now() -> (Option<krak_bench::Floors>, Option<krak_pager::floors::FaultLatency>) {
+    eprintln!("measuring the physical floors: loopback TCP 4 KiB round trip, memcpy, userfaultfd fault served from local memory");
+    let tcp = krak_bench::floors::measure().map_err(|e| eprintln!("  tcp limit: {e}")).ok();
     let uffd = krak_pager::floors::measure_local_fault(20_000).map_err(|e| eprintln!("  uffd limit: {e}")).ok();
     (tcp, uffd)
 }
 
-type LimitSample = (Option<krak_bench::Limits>, Option<krak_pager::floors::FaultLatency>);
+type LimitSample = (Option<krak_bench::Floors>, Option<krak_pager::floors::FaultLatency>);
 
 /// The spinning round trip is steady (no wake-ups), so one measurement at the end will do.
 fn spinning_rtt() -> Option<f64> {
@@ -222,7 +222,7 @@ fn spinning_rtt() -> Option<f64> {
 }
 
 /// The lower of two measurements of each floor.
-fn combine(a: LimitSample, b: LimitSample) -> Option<krak_bench::Limits> {
+fn combine(a: LimitSample, b: LimitSample) -> Option<krak_bench::Floors> {
     let lower = |x: Option<f64>, y: Option<f64>| match (x, y) {
         (Some(x), Some(y)) => Some(x.min(y)),
         (x, y) => x.or(y),
@@ -232,15 +232,15 @@ fn combine(a: LimitSample, b: LimitSample) -> Option<krak_bench::Limits> {
         (Some(x), Some(y)) => Some(if x.tcp_rtt_4k_p50_us <= y.tcp_rtt_4k_p50_us { x } else { y }),
         (x, y) => x.or(y),
     };
-    let mut limits = tcp?;
+    let mut floors = tcp?;
     let uffd = match (a.1, b.1) {
         (Some(x), Some(y)) => Some(if x.p50_us <= y.p50_us { x } else { y }),
         (x, y) => x.or(y),
     };
-    limits.uffd_fault_p50_us = uffd.map(|u| u.p50_us);
-    limits.uffd_fault_p99_us = uffd.map(|u| u.p99_us);
-    limits.memcpy_4k_p50_us = memcpy;
-    Some(limits)
+    floors.uffd_fault_p50_us = uffd.map(|u| u.p50_us);
+    floors.uffd_fault_p99_us = uffd.map(|u| u.p99_us);
+    floors.memcpy_4k_p50_us = memcpy;
+    Some(floors)
 }
 
 /// The targets of the fabric, computed from this run's own numbers.
@@ -249,7 +249,7 @@ fn print_goals(report: &krak_bench::BenchReport) {
         report.results.iter().find(|r| r.workload == w && r.backend == b && (r.local_fraction - f).abs() < 1e-6)
     };
     println!("goals (from this run):");
-    if let (Some(limits), Some(k)) = (&report.limits, find(Workload::RandRead, BenchBackend::Krak, 0.25)) {
+    if let (Some(limits), Some(k)) = (&report.floors, find(Workload::RandRead, BenchBackend::Krak, 0.25)) {
         if let (Some(uffd), Some(p50), Some(p99)) = (limits.uffd_fault_p50_us, k.fault_p50_us, k.fault_p99_us) {
             let floor = limits.tcp_rtt_4k_p50_us + uffd;
             println!(

@@ -1,4 +1,4 @@
-//! Physical limits measured in the same run as the backends: what one 4 KiB page costs
+//! Physical floors measured in the same run as the backends: what one 4 KiB page costs
 //! over loopback TCP, and (optionally) copying it in memory. The userfaultfd fault cost is
 //! filled in by the pager crate.
 
@@ -14,7 +14,7 @@ use crate::BenchError;
 
 /// Floors a far-memory access cannot beat on this machine.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Limits {
+pub struct Floors {
     /// Median loopback TCP round trip of a 4 KiB message (TCP_NODELAY).
     pub tcp_rtt_4k_p50_us: f64,
     /// 99th percentile of the same.
@@ -114,10 +114,10 @@ pub fn memcpy_4k(copies: u32) -> Result<LatencyStats, BenchError> {
 
 /// Measures every limit this crate can (TCP round trip, memcpy); the uffd fields are left
 /// `None` for the pager to fill.
-pub fn measure() -> Result<Limits, BenchError> {
+pub fn measure() -> Result<Floors, BenchError> {
     let rtt = tcp_rtt_4k(1_000, 5_000)?;
     let copy = memcpy_4k(20_000)?;
-    Ok(Limits {
+    Ok(Floors {
         tcp_rtt_4k_p50_us: rtt.p50_us,
         tcp_rtt_4k_p99_us: rtt.p99_us,
         uffd_fault_p50_us: None,
