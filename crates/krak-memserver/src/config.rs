@@ -13,6 +13,9 @@ pub const DEFAULT_GRACE_MS: u64 = 10_000;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// Bound on reading one frame once its first byte arrived, and on writing an answer.
 pub const DEFAULT_IO_TIMEOUT_MS: u64 = 30_000;
+/// Default bound on a connection's whole handshake (hello and proof), however its bytes
+/// are spread.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 /// How long a connection busy-waits for the next request before it sleeps in a read. A
 /// pager's next request often follows within microseconds, and a sleeping thread's wake-up
 /// costs tens of microseconds on a virtual machine; longer spins buy latency with CPU.
@@ -39,6 +42,9 @@ pub struct ServerConfig {
     /// Bound on reading a frame once its first byte arrived, and on writing an answer.
     /// Idle connections (between frames) may wait forever.
     pub io_timeout_ms: u64,
+    /// Bound on a connection's whole handshake, from its accept to its proof of the secret:
+    /// a peer that drips its hello a byte at a time is cut when it runs out.
+    pub handshake_timeout_ms: u64,
     /// Lock slab memory into RAM (`mlock`) so it is never swapped; a failure only warns.
     pub mlock: bool,
     /// The rack secret clients must prove they know; `None` accepts only clients without
@@ -65,6 +71,7 @@ impl ServerConfig {
             grace_ms: DEFAULT_GRACE_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             io_timeout_ms: DEFAULT_IO_TIMEOUT_MS,
+            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
             mlock: false,
             secret: None,
             max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
@@ -108,6 +115,9 @@ impl ServerConfig {
         if self.io_timeout_ms == 0 {
             return Err(ConfigError::IoTimeout);
         }
+        if self.handshake_timeout_ms == 0 {
+            return Err(ConfigError::HandshakeTimeout);
+        }
         Ok(())
     }
 }
@@ -131,6 +141,8 @@ pub enum ConfigError {
     ClientLimitBelowSlab { slab_bytes: u64 },
     #[error("io timeout must be at least 1 ms")]
     IoTimeout,
+    #[error("handshake timeout must be at least 1 ms")]
+    HandshakeTimeout,
 }
 
 #[cfg(test)]

@@ -2,13 +2,14 @@
 //! breaks the protocol. Buffers are reused across frames; answers to pipelined requests
 //! that are already buffered are batched into one write.
 
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use krak_client::SocketMode;
 use krak_proto::{encode_error, DecodeError, ErrorCode, Header, HEADER_LEN, MAC_LEN, MAX_BODY_BYTES};
 
+use crate::handshake::{self, Outcome};
 use crate::requests::{self, decode_error_code, Next, Session};
 use crate::server::ServerShared;
 
@@ -34,10 +35,18 @@ enum End {
     Violation,
 }
 
-/// Serves one accepted connection until it ends; never panics on peer input.
-pub(crate) fn serve(stream: TcpStream, shared: &ServerShared, peer: SocketAddr) {
+/// Serves one accepted connection (`conn_id`) until it ends: its handshake
+/// (`handshake.rs`), then its requests. Never panics on peer input.
+pub(crate) fn serve(stream: TcpStream, shared: &ServerShared, peer: SocketAddr, conn_id: u64) {
     tracing::debug!("{peer}: connected");
     let mut session = Session::new(peer);
+    if let Outcome::Over = handshake::run(&stream, shared, &mut session) {
+        if let Some(client_id) = session.client_id {
+            shared.registry.disconnect(client_id, Instant::now());
+        }
+        return;
+    }
+    shared.authenticated(conn_id);
     let io_timeout = Duration::from_millis(shared.config.io_timeout_ms);
     let mut conn = Conn::new(&stream, io_timeout, Duration::from_micros(shared.config.spin_us));
     let result = conn.setup().and_then(|()| conn.serve_frames(shared, &mut session));
@@ -52,7 +61,7 @@ pub(crate) fn serve(stream: TcpStream, shared: &ServerShared, peer: SocketAddr) 
         Err(e) => match e.kind() {
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
                 let ms = io_timeout.as_millis();
-                tracing::warn!("{peer}: no progress for {ms} ms inside a frame or the handshake; closing");
+                tracing::warn!("{peer}: no progress for {ms} ms inside a frame; closing");
             }
             io::ErrorKind::UnexpectedEof => tracing::warn!("{peer}: closed in the middle of a frame"),
             _ => tracing::debug!("{peer}: {e}"),
@@ -66,21 +75,20 @@ pub(crate) fn serve(stream: TcpStream, shared: &ServerShared, peer: SocketAddr) 
 /// Answers the first frame of a connection the server has no room for, then closes it.
 pub(crate) fn refuse(stream: TcpStream, shared: &ServerShared, peer: SocketAddr) {
     shared.counters.add_error();
-    let timeout = REFUSE_TIMEOUT.min(Duration::from_millis(shared.config.io_timeout_ms));
-    let mut conn = Conn::new(&stream, timeout, Duration::ZERO);
-    let result = conn.setup().and_then(|()| {
-        conn.set_idle(false)?;
+    let timeout = REFUSE_TIMEOUT.min(Duration::from_millis(shared.config.handshake_timeout_ms));
+    let result = (|| -> io::Result<()> {
+        stream.set_write_timeout(Some(timeout))?;
         let mut head = [0u8; HEADER_LEN];
-        conn.reader.read_exact(&mut head)?;
-        if let Ok(h) = Header::decode(&head) {
-            // Consume the body so closing does not reset the connection under our answer.
-            io::copy(&mut (&mut conn.reader).take(u64::from(h.body_len)), &mut io::sink())?;
+        if !handshake::read_exact_by(&stream, &mut head, Instant::now() + timeout, true)? {
+            return Ok(());
         }
+        // Its body is drained by the close, which keeps it from resetting our answer.
         let (id, kind) = raw_id_and_kind(&head);
         let msg = format!("server already serves its maximum of {} connections", shared.config.max_connections);
-        encode_error(&mut conn.out, id, kind, ErrorCode::TooManyConnections, &msg);
-        conn.flush()
-    });
+        let mut out = Vec::new();
+        encode_error(&mut out, id, kind, ErrorCode::TooManyConnections, &msg);
+        (&stream).write_all(&out)
+    })();
     match result {
         Ok(()) => linger_close(&stream),
         Err(e) => tracing::debug!("{peer}: refused connection failed: {e}"),
@@ -129,7 +137,7 @@ impl<'s> Conn<'s> {
             // Every frame after our hello carries a MAC, ours and theirs (docs/protocol.md).
             let start = self.out.len();
             let trailer = if session.mac.is_some() { MAC_LEN } else { 0 };
-            let (header, head) = match self.read_header(session.client_id.is_some(), trailer)? {
+            let (header, head) = match self.read_header(trailer)? {
                 None => return Ok(End::Closed),
                 Some(Ok(h)) => h,
                 Some(Err((e, head))) => {
@@ -172,23 +180,20 @@ impl<'s> Conn<'s> {
     }
 
     /// The next header, `None` on a clean close between frames, or a header that failed
-    /// to decode (with its raw bytes). Waits forever for a frame's first byte (`may_idle`,
-    /// else at most `io_timeout`), then at most `io_timeout` for each read of the rest
-    /// (a frame of `trailer` MAC bytes after its body).
+    /// to decode (with its raw bytes). Waits forever for a frame's first byte (the peer is
+    /// authenticated), then at most `io_timeout` for each read of the rest (a frame of
+    /// `trailer` MAC bytes after its body).
     #[allow(clippy::type_complexity)]
     fn read_header(
         &mut self,
-        may_idle: bool,
         trailer: usize,
     ) -> io::Result<Option<Result<(Header, [u8; HEADER_LEN]), (DecodeError, [u8; HEADER_LEN])>>> {
         if self.reader.buffer().is_empty() {
             self.flush()?;
             // A pager's next request usually follows within microseconds: catch it awake.
             if !self.spin_for_bytes()? {
-                // Only an authenticated connection may wait forever between frames: one that
-                // has not proved the secret gets `io_timeout` for each step of the handshake.
                 self.mode.set_nonblocking(self.stream, false)?;
-                self.set_idle(may_idle)?;
+                self.set_idle(true)?;
                 loop {
                     match self.reader.fill_buf() {
                         Ok(_) => break,
@@ -277,7 +282,7 @@ impl<'s> Conn<'s> {
 }
 
 /// Appends the MAC of the answer at `out[start..]` once the connection is past our hello.
-fn seal(session: &mut Session, out: &mut Vec<u8>, start: usize) {
+pub(crate) fn seal(session: &mut Session, out: &mut Vec<u8>, start: usize) {
     if let Some(mac) = session.mac.as_mut() {
         if out.len() > start {
             mac.seal(out, start);
@@ -286,7 +291,7 @@ fn seal(session: &mut Session, out: &mut Vec<u8>, start: usize) {
 }
 
 /// Request id and kind from a header that may not have decoded, to address an error answer.
-fn raw_id_and_kind(head: &[u8; HEADER_LEN]) -> (u64, u16) {
+pub(crate) fn raw_id_and_kind(head: &[u8; HEADER_LEN]) -> (u64, u16) {
     let mut id = [0u8; 8];
     id.copy_from_slice(&head[8..16]);
     (u64::from_le_bytes(id), u16::from_le_bytes([head[4], head[5]]))
@@ -294,7 +299,7 @@ fn raw_id_and_kind(head: &[u8; HEADER_LEN]) -> (u64, u16) {
 
 /// Closes after an error answer: half-close, then read (and drop) what the peer still
 /// sends, bounded in time and bytes, so unread data does not reset the connection.
-fn linger_close(stream: &TcpStream) {
+pub(crate) fn linger_close(stream: &TcpStream) {
     let _ = stream.shutdown(Shutdown::Write);
     let deadline = Instant::now() + LINGER;
     let mut buf = [0u8; 16 << 10];

@@ -18,6 +18,7 @@
 
 mod config;
 mod connection;
+mod handshake;
 pub mod membership;
 mod push;
 mod registry;
@@ -28,8 +29,8 @@ mod slab;
 use std::net::SocketAddr;
 
 pub use config::{
-    ConfigError, ServerConfig, DEFAULT_GRACE_MS, DEFAULT_IO_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_SLAB_SIZE_BYTES, DEFAULT_SPIN_US, MAX_SPIN_US,
+    ConfigError, ServerConfig, DEFAULT_GRACE_MS, DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_IO_TIMEOUT_MS,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_SLAB_SIZE_BYTES, DEFAULT_SPIN_US, MAX_SPIN_US,
 };
 pub use krak_proto::ServerStats;
 pub use server::{spawn, MemServer, ServerHandle, Stopper};

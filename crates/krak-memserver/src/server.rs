@@ -1,7 +1,7 @@
 //! The listening side: accepting (bounded) connections, the grace-period reaper, stats,
 //! and shutting all of it down.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,6 +18,9 @@ use crate::{ServerConfig, ServerError};
 
 /// Connections past `max_connections` are answered by short-lived threads; this bounds them.
 const MAX_REJECTING: usize = 16;
+/// A full server admits a new connection by closing the oldest one still in its handshake;
+/// until that one's thread has gone, up to this many more than `max_connections` are served.
+const MAX_OVER_BY_EVICTION: usize = 16;
 /// How long `run` waits for connection threads to notice a shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -63,6 +66,9 @@ pub(crate) struct ServerShared {
     stopping: AtomicBool,
     /// A clone of every served stream, so shutdown can unblock their threads.
     streams: Mutex<HashMap<u64, TcpStream>>,
+    /// Served connections still in their handshake, oldest first: the slots a full server
+    /// takes back. Lock order: never held with `streams`.
+    in_handshake: Mutex<BTreeSet<u64>>,
     next_conn: AtomicU64,
     /// Wakes the reaper early on shutdown.
     wake: (Mutex<()>, Condvar),
@@ -83,6 +89,7 @@ impl ServerShared {
             rejecting: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             streams: Mutex::new(HashMap::new()),
+            in_handshake: Mutex::new(BTreeSet::new()),
             next_conn: AtomicU64::new(0),
             wake: (Mutex::new(()), Condvar::new()),
         }
@@ -101,6 +108,20 @@ impl ServerShared {
             errors: self.counters.errors.load(Ordering::Relaxed),
             units_discarded: self.counters.units_discarded.load(Ordering::Relaxed),
         }
+    }
+
+    /// Connection `conn_id` finished its handshake: its slot is no longer taken back.
+    pub(crate) fn authenticated(&self, conn_id: u64) {
+        self.in_handshake.lock().remove(&conn_id);
+    }
+
+    /// Closes the oldest connection still in its handshake, if any, to make room.
+    fn evict_oldest_handshake(&self) -> bool {
+        let Some(victim) = self.in_handshake.lock().pop_first() else { return false };
+        if let Some(stream) = self.streams.lock().get(&victim) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        true
     }
 
     pub(crate) fn stopping(&self) -> bool {
@@ -288,7 +309,11 @@ fn admit(shared: &Arc<ServerShared>, stream: TcpStream) {
         Ok(p) => p,
         Err(_) => return, // already gone
     };
-    if shared.active.load(Ordering::Acquire) >= shared.config.max_connections {
+    let active = shared.active.load(Ordering::Acquire);
+    let max = shared.config.max_connections;
+    // Strangers cannot hold the slots: the oldest handshake makes room for a newcomer.
+    let room = active < max || (active < max + MAX_OVER_BY_EVICTION && shared.evict_oldest_handshake());
+    if !room {
         if shared.rejecting.fetch_add(1, Ordering::AcqRel) >= MAX_REJECTING {
             shared.rejecting.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!("{peer}: too many connections, closed without an answer");
@@ -315,9 +340,10 @@ fn admit(shared: &Arc<ServerShared>, stream: TcpStream) {
     let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     shared.active.fetch_add(1, Ordering::AcqRel);
     shared.streams.lock().insert(conn_id, clone);
+    shared.in_handshake.lock().insert(conn_id);
     let guard = ActiveGuard { shared: shared.clone(), conn_id };
     let spawned = thread::Builder::new().name("krak-conn".into()).spawn(move || {
-        connection::serve(stream, &guard.shared, peer);
+        connection::serve(stream, &guard.shared, peer, conn_id);
         drop(guard);
     });
     if let Err(e) = spawned {
@@ -334,6 +360,7 @@ struct ActiveGuard {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
+        self.shared.in_handshake.lock().remove(&self.conn_id);
         self.shared.streams.lock().remove(&self.conn_id);
         self.shared.active.fetch_sub(1, Ordering::AcqRel);
     }

@@ -46,6 +46,7 @@ fn raw_hello(addr: std::net::SocketAddr, id: u64) -> Raw {
 fn server() -> krak_memserver::ServerHandle {
     let mut cfg = config(16 * SLAB_BYTES);
     cfg.io_timeout_ms = 300;
+    cfg.handshake_timeout_ms = 300;
     start(cfg)
 }
 

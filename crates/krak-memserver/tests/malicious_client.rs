@@ -25,6 +25,7 @@ fn rack_with(tune: impl FnOnce(&mut krak_memserver::ServerConfig)) -> Rack {
     let secret = RackSecret::generate();
     let mut cfg = config(16 * SLAB_BYTES);
     cfg.io_timeout_ms = 300;
+    cfg.handshake_timeout_ms = 300;
     cfg.secret = Some(secret);
     tune(&mut cfg);
     Rack { server: start(cfg), secret }
@@ -212,10 +213,10 @@ fn per_client_limits_on_connections_and_bytes() {
 }
 
 #[test]
-fn a_connection_that_never_authenticates_is_closed_after_the_io_timeout() {
+fn a_connection_that_never_authenticates_is_closed_after_the_handshake_timeout() {
     let rack = rack_with(|c| c.max_connections = 2);
     let addr = rack.server.addr();
-    // Two silent connections take both slots, then are closed (io_timeout 300 ms) ...
+    // Two silent connections take both slots, then are closed (handshake timeout 300 ms) ...
     // (closed_by_server gives up after 5 s, long past the timeout).
     let mut silent: Vec<_> = (0..2).map(|_| raw(addr)).collect();
     for s in &mut silent {

@@ -218,6 +218,9 @@ pub fn encode_error(out: &mut Vec<u8>, request_id: u64, kind: u16, code: ErrorCo
 
 /// Body of a client hello: version, client id, nonce.
 const HELLO_LEN: usize = 12 + NONCE_LEN;
+/// The largest body a frame of the handshake (a client's hello, or its proof) can carry: a
+/// server reads no more of a peer that has not proved the rack secret.
+pub const MAX_HANDSHAKE_BODY_BYTES: usize = if HELLO_LEN > PROOF_LEN { HELLO_LEN } else { PROOF_LEN };
 /// Body of a server hello: five fixed fields, nonce, proof.
 const SERVER_HELLO_LEN: usize = 32 + NONCE_LEN + PROOF_LEN;
 

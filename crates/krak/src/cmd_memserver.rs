@@ -49,12 +49,18 @@ pub struct MemserverArgs {
     /// Free a client's slabs this many milliseconds after its last connection closed.
     #[arg(long, value_name = "MS", default_value_t = krak_memserver::DEFAULT_GRACE_MS)]
     grace_ms: u64,
-    /// Most connections served at once; more are refused with TooManyConnections.
+    /// Most connections served at once. When all are taken, a new connection takes the slot
+    /// of the oldest one still in its handshake; with every slot authenticated it is refused
+    /// with TooManyConnections.
     #[arg(long, value_name = "N", default_value_t = krak_memserver::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
     /// Give up on a peer that stalls this long in the middle of a frame.
     #[arg(long, value_name = "MS", default_value_t = krak_memserver::DEFAULT_IO_TIMEOUT_MS)]
     io_timeout_ms: u64,
+    /// Close a connection that has not finished its handshake (hello and proof of the rack
+    /// secret) this long after it was accepted, however slowly its bytes come.
+    #[arg(long, value_name = "MS", default_value_t = krak_memserver::DEFAULT_HANDSHAKE_TIMEOUT_MS)]
+    handshake_timeout_ms: u64,
     /// Busy-wait of each connection for the client's next request before sleeping, in
     /// microseconds (0: sleep at once). Longer spins cut fault latency (a sleeping thread's
     /// wake-up is slow on virtual machines) at the cost of CPU on this host.
@@ -100,6 +106,7 @@ pub fn run(args: MemserverArgs) -> anyhow::Result<()> {
         grace_ms: args.grace_ms,
         max_connections: args.max_connections,
         io_timeout_ms: args.io_timeout_ms,
+        handshake_timeout_ms: args.handshake_timeout_ms,
         mlock: args.mlock,
         secret: args.secret.load()?,
         max_connections_per_client: args.max_client_connections,
