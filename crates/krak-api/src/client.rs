@@ -16,6 +16,9 @@ pub const MAX_RESPONSE_BYTES: u64 = 256 << 20;
 pub enum ApiError {
     #[error("bad controller URL {0:?} (want http://HOST:PORT)")]
     Url(String),
+    /// The controller could not be reached: nothing was sent.
+    #[error("controller {addr}: cannot connect: {source}")]
+    Connect { addr: String, source: std::io::Error },
     #[error("controller {addr}: {source}")]
     Io { addr: String, source: std::io::Error },
     #[error("controller {addr} answered something that is not HTTP: {source}")]
@@ -42,6 +45,30 @@ pub enum ApiError {
     },
     #[error("controller {addr}: its answer is not signed with our rack secret (wrong --secret-file, or not a krak controller)")]
     Auth { addr: String },
+    /// An unsigned 503: the controller's front end turned the connection away unread.
+    #[error("controller {addr} is too busy to read the request (503 from its front end: {message})")]
+    Busy { addr: String, message: String },
+}
+
+impl ApiError {
+    /// Whether another try (later, or at another URL) may succeed: the controller could not
+    /// be reached, was too busy to read the request, or is not the leader (503).
+    pub fn is_transient(&self) -> bool {
+        self.was_not_served() || matches!(self, ApiError::Io { .. })
+    }
+
+    /// Whether the request surely was not acted on (never sent, turned away unread, or
+    /// refused by a standby), so that sending it again cannot apply it twice.
+    pub fn was_not_served(&self) -> bool {
+        matches!(self, ApiError::Connect { .. } | ApiError::Busy { .. } | ApiError::Status { status: 503, .. })
+    }
+}
+
+/// The text of an error answer: its JSON `error`, else the body as text.
+fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<crate::messages::ErrorBody>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned())
 }
 
 /// Why an answer is not a well-formed HTTP response ([`parse_response`]).
@@ -94,9 +121,10 @@ impl Client {
         extra_wait: Duration,
     ) -> Result<(u16, Vec<u8>), ApiError> {
         let io = |source| ApiError::Io { addr: self.host.clone(), source };
+        let connect = |source| ApiError::Connect { addr: self.host.clone(), source };
         let addr: SocketAddr =
-            self.host.to_socket_addrs().map_err(io)?.next().ok_or_else(|| ApiError::Url(self.host.clone()))?;
-        let mut stream = TcpStream::connect_timeout(&addr, self.timeout).map_err(io)?;
+            self.host.to_socket_addrs().map_err(connect)?.next().ok_or_else(|| ApiError::Url(self.host.clone()))?;
+        let mut stream = TcpStream::connect_timeout(&addr, self.timeout).map_err(connect)?;
         stream.set_read_timeout(Some(self.timeout + extra_wait)).map_err(io)?;
         stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
         let body = body.unwrap_or_default();
@@ -119,9 +147,16 @@ impl Client {
             (Ok(()), Ok(_), Err(source)) => return Err(ApiError::Protocol { addr: self.host.clone(), source }),
         };
         if let (Some(secret), Some((_, nonce))) = (&self.secret, &signed) {
-            // A refusal of our signature cannot be signed for us: report it as it is.
-            if status != 401 && !crate::signing::verify_response(secret, nonce, status, &body, auth.as_deref()) {
-                return Err(ApiError::Auth { addr: self.host.clone() });
+            if !crate::signing::verify_response(secret, nonce, status, &body, auth.as_deref()) {
+                return match status {
+                    // A refusal of our signature cannot be signed for us: report it as it is.
+                    401 => Ok((status, body)),
+                    // Nor can a front end that turns a connection away before reading its
+                    // request (too many connections): busy, worth another try or URL. Anyone
+                    // on the path could say so, but only to deny service, as they could anyway.
+                    503 => Err(ApiError::Busy { addr: self.host.clone(), message: error_message(&body) }),
+                    _ => Err(ApiError::Auth { addr: self.host.clone() }),
+                };
             }
         }
         Ok((status, body))
@@ -149,10 +184,7 @@ impl Client {
         let body = body.map(serde_json::to_vec).transpose().map_err(encode)?;
         let (status, answer) = self.raw(method, path, body.as_deref(), wait)?;
         if !(200..300).contains(&status) {
-            let message = serde_json::from_slice::<crate::messages::ErrorBody>(&answer)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&answer).into_owned());
-            return Err(ApiError::Status { status, message });
+            return Err(ApiError::Status { status, message: error_message(&answer) });
         }
         serde_json::from_slice(&answer).map_err(|source| ApiError::Json {
             method: method.into(),
@@ -162,9 +194,16 @@ impl Client {
     }
 }
 
+/// Rounds over the URLs a call makes while every URL turns it away unserved, and the pause
+/// before each round after the first.
+const ROUNDS: usize = 3;
+const ROUND_PAUSE_MS: [u64; ROUNDS - 1] = [100, 400];
+
 /// A client of a rack whose controller may be any of several URLs (a leader and its
 /// standbys): a call goes to the URL that answered last, and moves on to the next one when a
-/// URL cannot be reached or answers 503 (a standby, or a leader whose store failed).
+/// URL cannot be reached or answers 503 (a standby, a leader whose store failed, or a front
+/// end too busy to read it). When every URL turned it away unserved, it tries them all again
+/// after a pause, a bounded number of times.
 #[derive(Debug, Clone)]
 pub struct ControllerClient {
     clients: Vec<(String, Client)>,
@@ -209,7 +248,8 @@ impl ControllerClient {
     }
 
     /// Calls each URL in turn from the current one until one answers other than 503 or a
-    /// connection failure; returns that answer, or the last failure.
+    /// connection failure; returns that answer, or the last failure. Rounds repeat (after
+    /// 100 ms, then 400 ms) only while no URL may have acted on the request.
     pub fn call_waiting<B: Serialize, T: DeserializeOwned>(
         &mut self,
         method: &str,
@@ -219,17 +259,27 @@ impl ControllerClient {
     ) -> Result<T, ApiError> {
         let n = self.clients.len();
         let mut last = None;
-        for i in 0..n {
-            let at = (self.current + i) % n;
-            match self.clients[at].1.call_waiting(method, path, body, wait) {
-                Err(e @ (ApiError::Io { .. } | ApiError::Status { status: 503, .. })) => {
-                    tracing::debug!("{}: {e}", self.clients[at].0);
-                    last = Some(e);
+        for round in 0..ROUNDS {
+            if round > 0 {
+                std::thread::sleep(Duration::from_millis(ROUND_PAUSE_MS[round - 1]));
+            }
+            let mut all_unserved = true;
+            for i in 0..n {
+                let at = (self.current + i) % n;
+                match self.clients[at].1.call_waiting(method, path, body, wait) {
+                    Err(e) if e.is_transient() => {
+                        tracing::debug!("{}: {e}", self.clients[at].0);
+                        all_unserved &= e.was_not_served();
+                        last = Some(e);
+                    }
+                    answer => {
+                        self.current = at;
+                        return answer;
+                    }
                 }
-                answer => {
-                    self.current = at;
-                    return answer;
-                }
+            }
+            if !all_unserved {
+                break;
             }
         }
         Err(last.unwrap_or_else(|| ApiError::Url("no controller URL".into())))
@@ -297,6 +347,65 @@ fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, HttpAnswerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A front end answering every connection with `answer` (unsigned), as the controller's
+    /// gate does when full; counts the connections. It reads what the request sent first,
+    /// so that closing does not reset the answer away.
+    fn front_end(answer: &'static str) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                let _ = s.read(&mut [0u8; 4096]);
+                let _ = s.write_all(answer.as_bytes());
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                let _ = s.read_to_end(&mut Vec::new());
+            }
+        });
+        (url, seen)
+    }
+
+    const BUSY: &str = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 26\r\n\r\n{\"error\":\"too many conns\"}";
+    const UNSIGNED_OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+
+    #[test]
+    fn an_unsigned_503_is_busy_and_tried_again_and_elsewhere() {
+        let secret = Some(krak_auth::RackSecret::generate());
+        let (busy, busy_seen) = front_end(BUSY);
+        let (dead, _) = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            (format!("http://{}", l.local_addr().unwrap()), ())
+        }; // closed again: connecting is refused
+        let mut c =
+            ControllerClient::new(&format!("{busy},{dead}"), Duration::from_secs(2)).unwrap().with_secret(secret);
+        let started = std::time::Instant::now();
+        let err = c.call::<(), serde_json::Value>("GET", "/v1/status", None).unwrap_err();
+        // every URL in every round, the pauses between them, and the failure says what happened
+        assert_eq!(busy_seen.load(Ordering::SeqCst), ROUNDS, "{err}");
+        assert!(started.elapsed() >= Duration::from_millis(ROUND_PAUSE_MS.iter().sum()), "{:?}", started.elapsed());
+        assert!(err.was_not_served(), "{err}");
+        let single = Client::new(&busy).unwrap().with_secret(secret);
+        let err = single.call::<(), serde_json::Value>("GET", "/v1/status", None).unwrap_err();
+        assert!(matches!(&err, ApiError::Busy { message, .. } if message == "too many conns"), "{err}");
+        assert!(err.to_string().contains("too busy"), "{err}");
+    }
+
+    #[test]
+    fn an_unsigned_answer_is_still_refused_and_not_tried_again() {
+        let secret = Some(krak_auth::RackSecret::generate());
+        let (url, seen) = front_end(UNSIGNED_OK);
+        let mut c = ControllerClient::new(&url, Duration::from_secs(2)).unwrap().with_secret(secret);
+        let err = c.call::<(), serde_json::Value>("GET", "/v1/status", None).unwrap_err();
+        assert!(matches!(err, ApiError::Auth { .. }), "{err}");
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn parses_plain_and_chunked_answers() {

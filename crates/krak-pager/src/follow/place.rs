@@ -181,9 +181,7 @@ pub(crate) fn place_replacement(
         Ok(r) => r,
         Err(e @ ApiError::Status { status: NO_CAPACITY, .. }) => return Err(NoSpare::ControllerFull(e).into()),
         // Not the fragment's fault: asked again each round, without using up its attempts.
-        Err(e @ (ApiError::Io { .. } | ApiError::Status { status: 503, .. })) => {
-            return Err(NoSpare::ControllerUnreachable(e).into())
-        }
+        Err(e) if e.is_transient() => return Err(NoSpare::ControllerUnreachable(e).into()),
         Err(e) => return Err(RebuildFailure::AskController(e).into()),
     };
     let Some(ChunkServer { server: id, addr, .. }) = reply else {
