@@ -5,11 +5,12 @@
 //! ([`swap`]), and the krak pager (built by the `krak` binary through the hook in
 //! [`worker::worker_main`]). Each run happens in a fresh child process ([`worker`]) so
 //! kernel memory accounting starts clean. [`floors`] measures the physical floor (loopback
-//! TCP round trip of a 4 KiB page), [`plan`] chooses sizes and drives a whole bench, and
+//! TCP round trip of a 4 KiB page), [`cpu`] what a timed phase cost in CPU and where, [`plan`] chooses sizes and drives a whole bench, and
 //! [`report`] prints and serialises the results.
 
 mod cgroup;
 mod cleanup;
+pub mod cpu;
 pub mod floors;
 pub mod local;
 pub mod plan;

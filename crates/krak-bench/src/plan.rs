@@ -59,6 +59,8 @@ pub struct KrakTarget {
     pub options: Vec<String>,
     /// A rack controller that places the regions instead (`servers` is then empty).
     pub controller: Option<String>,
+    /// Processes of the memory servers when they run on this host (their CPU is counted).
+    pub server_pids: Vec<u32>,
 }
 
 /// What one bench runs.
@@ -196,6 +198,7 @@ pub fn run_bench(
                         args.servers = target.servers.clone();
                         args.krak_options = target.options.clone();
                         args.krak_controller = target.controller.clone();
+                        args.server_pids = target.server_pids.clone();
                         run(&mut report, backend, f, args);
                     }
                 }

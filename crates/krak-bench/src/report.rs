@@ -5,7 +5,8 @@
 //! ```json
 //! {"region_bytes": 268435456, "duration_ms": 2000,
 //!  "results": [{"workload": "rand_read", "backend": "swap-zram", "local_fraction": 0.25,
-//!               "ops_per_s": 1.2e6, "p50_us": 0.3, "p99_us": 5.1, "mismatches": 0, ...}],
+//!               "ops_per_s": 1.2e6, "p50_us": 0.3, "p99_us": 5.1, "mismatches": 0,
+//!               "cpu": {"app": {"user_ms": 1.0, "system_ms": 9.0}, ...}, "cpu_per_fault_us": 4.2, ...}],
 //!  "limits": {"tcp_rtt_4k_p50_us": 25.0, "uffd_fault_p50_us": null, ...},
 //!  "skipped": [{"backend": "krak", "reason": "..."}], "failures": []}
 //! ```
@@ -14,6 +15,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cpu::PhaseCpu;
 use crate::floors::Floors;
 use crate::plan::BenchBackend;
 use crate::workload::{RunResult, Workload};
@@ -64,6 +66,22 @@ pub struct ResultRow {
     /// 99th percentile of the same.
     #[serde(default)]
     pub fault_p99_us: Option<f64>,
+    /// Pages the pager wrote back in the timed phase.
+    #[serde(default)]
+    pub writebacks: Option<u64>,
+    /// CPU of the timed phase: the workload's thread, the pager's threads, the memory
+    /// servers on this host (kernel threads such as kswapd are not counted).
+    #[serde(default)]
+    pub cpu: Option<PhaseCpu>,
+    /// All of that CPU per operation.
+    #[serde(default)]
+    pub cpu_per_op_us: Option<f64>,
+    /// The fault path's CPU ([`PhaseCpu::fault_path_ms`]) per fault served.
+    #[serde(default)]
+    pub cpu_per_fault_us: Option<f64>,
+    /// The pager's write-back and reclaim threads' CPU per page written back.
+    #[serde(default)]
+    pub cpu_per_writeback_us: Option<f64>,
 }
 
 impl ResultRow {
@@ -91,6 +109,14 @@ impl ResultRow {
             faults: r.faults,
             fault_p50_us: r.fault_p50_us,
             fault_p99_us: r.fault_p99_us,
+            writebacks: r.writebacks,
+            cpu: r.cpu,
+            cpu_per_op_us: r.cpu.filter(|_| r.ops > 0).map(|c| c.total_ms() * 1000.0 / r.ops as f64),
+            cpu_per_fault_us: r.cpu.filter(|_| r.faults > 0).map(|c| c.fault_path_ms() * 1000.0 / r.faults as f64),
+            cpu_per_writeback_us: r
+                .cpu
+                .zip(r.writebacks.filter(|w| *w > 0))
+                .map(|(c, w)| c.pager_writeback.total_ms() * 1000.0 / w as f64),
         }
     }
 }
@@ -149,8 +175,19 @@ pub struct BenchReport {
     pub krak_options: Vec<String>,
 }
 
-const HEADERS: [&str; 9] =
-    ["workload", "backend", "local", "ops/s", "p50 us", "p99 us", "vs local", "vs swap-disk", "mismatches"];
+const HEADERS: [&str; 11] = [
+    "workload",
+    "backend",
+    "local",
+    "ops/s",
+    "p50 us",
+    "p99 us",
+    "vs local",
+    "vs swap-disk",
+    "cpu/op us",
+    "cpu/fault us",
+    "mismatches",
+];
 
 impl BenchReport {
     /// An empty report.
@@ -181,7 +218,7 @@ impl BenchReport {
         rows
     }
 
-    fn cells(&self) -> Vec<[String; 9]> {
+    fn cells(&self) -> Vec<[String; 11]> {
         let find = |w: Workload, b: BenchBackend, f: Option<f64>| {
             self.results
                 .iter()
@@ -212,6 +249,8 @@ impl BenchReport {
                     format!("{:.2}", r.p99_us),
                     ratio(r.ops_per_s, local),
                     ratio(r.ops_per_s, disk),
+                    r.cpu_per_op_us.map_or("-".into(), |v| format!("{v:.2}")),
+                    r.cpu_per_fault_us.map_or("-".into(), |v| format!("{v:.1}")),
                     r.mismatches.to_string(),
                 ]
             })

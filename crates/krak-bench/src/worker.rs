@@ -133,6 +133,9 @@ pub struct WorkerArgs {
     /// A rack controller that places the krak backend's region (instead of `--servers`).
     #[arg(long)]
     pub krak_controller: Option<String>,
+    /// Processes of the memory servers on this host, whose CPU the timed phase counts.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
     /// Options for the krak backend's pager, passed through as `key=value` (e.g.
     /// `fault_mode=sigbus`); the `krak` binary interprets them.
     #[arg(long, value_delimiter = ',')]
@@ -155,6 +158,7 @@ impl WorkerArgs {
             skip_final_check: false,
             krak_options: Vec::new(),
             krak_controller: None,
+            server_pids: Vec::new(),
         }
     }
 
@@ -189,6 +193,10 @@ impl WorkerArgs {
         }
         if let Some(url) = &self.krak_controller {
             a.extend(["--krak-controller".into(), url.clone()]);
+        }
+        if !self.server_pids.is_empty() {
+            let pids: Vec<String> = self.server_pids.iter().map(u32::to_string).collect();
+            a.extend(["--server-pids".into(), pids.join(",")]);
         }
         if !self.krak_options.is_empty() {
             a.extend(["--krak-options".into(), self.krak_options.join(",")]);
@@ -229,7 +237,8 @@ pub fn worker_main(
         Backend::Krak => make_krak_region(&args).map_err(WorkerError::KrakRegion)?,
     };
     let limits = RunLength { max_ops: args.max_ops, duration_ms: args.duration_ms };
-    let result = run_workload(region.as_ref(), args.workload, args.seed, limits, !args.skip_final_check)?;
+    let check = !args.skip_final_check;
+    let result = run_workload(region.as_ref(), args.workload, args.seed, limits, check, &args.server_pids)?;
     drop(region);
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, &result).map_err(WorkerError::EncodeResult)?;

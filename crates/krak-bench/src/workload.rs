@@ -59,6 +59,10 @@ pub trait Region {
     fn faults_served(&self) -> Option<u64> {
         None
     }
+    /// Pages the backend has written back to remote memory so far, when it counts them.
+    fn writebacks(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The access patterns `krak bench` runs.
@@ -160,6 +164,12 @@ pub struct RunResult {
     /// The same at the 99th percentile.
     #[serde(default)]
     pub fault_p99_us: Option<f64>,
+    /// Pages written back in the timed phase (the pager's), when the backend counts them.
+    #[serde(default)]
+    pub writebacks: Option<u64>,
+    /// CPU time of the timed phase, and where it went.
+    #[serde(default)]
+    pub cpu: Option<crate::cpu::PhaseCpu>,
 }
 
 /// Percentiles of the faulting operations: with `faults` of `ops` operations faulting,
@@ -359,6 +369,8 @@ impl Runner {
             faults: 0,
             fault_p50_us: None,
             fault_p99_us: None,
+            writebacks: None,
+            cpu: None,
         };
         Ok((result, hist))
     }
@@ -382,13 +394,15 @@ impl Runner {
     }
 }
 
-/// Fill, timed run and final check in one call: what a worker process does.
+/// Fill, timed run and final check in one call: what a worker process does. The CPU of
+/// the timed phase is measured on this thread, the pager's threads and `server_pids`.
 pub fn run_workload(
     region: &dyn Region,
     workload: Workload,
     seed: u64,
     limits: RunLength,
     final_check: bool,
+    server_pids: &[u32],
 ) -> Result<RunResult, BenchError> {
     let mut runner = Runner::new(region, seed)?;
     let fill_start = Instant::now();
@@ -397,9 +411,13 @@ pub fn run_workload(
     let faults_before = crate::sys::major_faults();
     let served = || region.faults_served().unwrap_or_else(crate::sys::major_faults);
     let served_before = served();
+    let written_before = region.writebacks();
+    let cpu = crate::cpu::CpuProbe::start(server_pids);
     let (mut result, hist) = runner.run(workload, limits)?;
+    result.cpu = Some(cpu.finish());
     result.major_faults = crate::sys::major_faults().saturating_sub(faults_before);
     result.faults = served().saturating_sub(served_before);
+    result.writebacks = region.writebacks().zip(written_before).map(|(a, b)| a.saturating_sub(b));
     (result.fault_p50_us, result.fault_p99_us) = fault_quantiles(&hist, result.ops, result.faults);
     result.vm_swap_bytes = crate::sys::vm_swap_bytes().unwrap_or(0);
     result.fill_ms = fill_ms;

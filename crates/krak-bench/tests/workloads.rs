@@ -14,7 +14,7 @@ fn limits() -> RunLength {
 fn every_workload_runs_clean_on_local_memory() {
     for workload in Workload::ALL {
         let region = LocalRegion::new(REGION_BYTES).unwrap();
-        let r = run_workload(&region, workload, 42, limits(), true).unwrap();
+        let r = run_workload(&region, workload, 42, limits(), true, &[]).unwrap();
         println!(
             "{workload}: {} ops, {:.0} ops/s, p50 {:.3} us, p99 {:.3} us, fill {} ms, check {} ms",
             r.ops, r.ops_per_s, r.p50_us, r.p99_us, r.fill_ms, r.final_check_ms

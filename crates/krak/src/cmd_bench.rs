@@ -80,6 +80,9 @@ impl Region for PagedRegion {
     fn faults_served(&self) -> Option<u64> {
         Some(self.0.stats().missing_faults)
     }
+    fn writebacks(&self) -> Option<u64> {
+        Some(self.0.stats().remote_writes)
+    }
 }
 
 /// The hidden `krak bench-worker`: one run in a fresh process.
@@ -158,13 +161,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         options.push(format!("secret_file={}", path.display()));
     }
     let target = match (&args.controller, &rack) {
-        (Some(url), _) => {
-            Some(KrakTarget { servers: Vec::new(), options: options.clone(), controller: Some(url.clone()) })
-        }
+        (Some(url), _) => Some(KrakTarget {
+            servers: Vec::new(),
+            options: options.clone(),
+            controller: Some(url.clone()),
+            server_pids: Vec::new(),
+        }),
         (None, Some(r)) => Some(KrakTarget {
             servers: r.addrs().iter().map(|a| a.to_string()).collect(),
             options: options.clone(),
             controller: None,
+            server_pids: r.pids_and_addrs().iter().map(|(pid, _)| *pid).collect(),
         }),
         (None, None) => None,
     };
