@@ -115,6 +115,13 @@ struct DemoReport {
     redundancy: krak_pager::Redundancy,
     servers_killed: Vec<String>,
     pager: krak_pager::PagerStats,
+    /// CPU of the random phase: this process's thread running it, the pager's threads, the
+    /// embedded rack's memory servers.
+    cpu: krak_bench::cpu::PhaseCpu,
+    /// The fault path's share of it per fault of the random phase.
+    cpu_per_fault_us: Option<f64>,
+    /// The pager's write-back threads' share per page written back in the random phase.
+    cpu_per_writeback_us: Option<f64>,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -231,7 +238,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         });
         (stop, t)
     });
+    let server_pids: Vec<u32> =
+        rack.as_ref().map(|r| r.pids_and_addrs().into_iter().map(|(pid, _)| pid).collect()).unwrap_or_default();
+    let before = region.stats();
+    let cpu_probe = krak_bench::cpu::CpuProbe::start(&server_pids);
     let krak = pages.mixed(&target, ops, args.seed, Some(limit), &|n| bar.inc(n));
+    let cpu = cpu_probe.finish();
     bar.finish();
     let servers_killed = match killer {
         Some((stop, t)) => {
@@ -241,6 +253,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         None => Vec::new(),
     };
     let latency = region.stats();
+    let faults = latency.missing_faults.saturating_sub(before.missing_faults);
+    let writebacks = latency.remote_writes.saturating_sub(before.remote_writes);
+    let cpu_per_fault_us = (faults > 0).then(|| cpu.fault_path_ms() * 1000.0 / faults as f64);
+    let cpu_per_writeback_us = (writebacks > 0).then(|| cpu.pager_writeback.total_ms() * 1000.0 / writebacks as f64);
 
     let bar = progress(args.json, target.pages as u64, "verify");
     let t = Instant::now();
@@ -304,6 +320,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         redundancy: args.redundancy,
         servers_killed,
         pager: stats,
+        cpu,
+        cpu_per_fault_us,
+        cpu_per_writeback_us,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -366,6 +385,22 @@ fn print_report(r: &DemoReport, first_bad: Option<usize>) {
         p.evictions_clean, p.evictions_dirty, p.prefetched, p.prefetch_hits
     );
     println!("  remote fault latency in the random phase: p50 {:.1} us, p99 {:.1} us", r.fault_p50_us, r.fault_p99_us);
+    let c = &r.cpu;
+    let servers = c.servers.map_or("not measured".to_string(), |s| format!("{:.0} ms", s.total_ms()));
+    println!(
+        "  CPU in the random phase: {:.0} ms on the workload's thread ({:.0} ms in the kernel), {:.0} ms fault handlers, \
+         {:.0} ms write-back, memory servers {servers}",
+        c.app.total_ms(),
+        c.app.system_ms,
+        c.pager_faults.total_ms(),
+        c.pager_writeback.total_ms()
+    );
+    let us = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} us"));
+    println!(
+        "  CPU per fault {} (workload thread, handlers, servers), per page written back {}",
+        us(r.cpu_per_fault_us),
+        us(r.cpu_per_writeback_us)
+    );
     if !r.redundancy.is_none() || !r.servers_killed.is_empty() {
         println!(
             "  redundancy {}: servers killed {:?}, lost {}, {} degraded reads, {} pages re-protected{}, {} corrupt fragments repaired",
