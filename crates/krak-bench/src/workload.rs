@@ -76,11 +76,15 @@ pub enum Workload {
     RandRw,
     /// Scan pages in order, reading one `u64` per page, wrapping around.
     SeqRead,
+    /// Uniformly random page, read and checked, then rewritten: every page touched turns
+    /// dirty, so every eviction is a write-back. At 25 % local the region is 4x the budget:
+    /// the cliff of a program thrashing its memory, in one run.
+    Thrash,
 }
 
 impl Workload {
     /// Every workload, in report order.
-    pub const ALL: [Workload; 3] = [Workload::RandRead, Workload::RandRw, Workload::SeqRead];
+    pub const ALL: [Workload; 4] = [Workload::RandRead, Workload::RandRw, Workload::SeqRead, Workload::Thrash];
 
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -88,6 +92,7 @@ impl Workload {
             Workload::RandRead => "rand_read",
             Workload::RandRw => "rand_rw",
             Workload::SeqRead => "seq_read",
+            Workload::Thrash => "thrash",
         }
     }
 }
@@ -323,10 +328,21 @@ impl Runner {
                     seq_page = if p + 1 == self.pages { 0 } else { p + 1 };
                     p
                 }
-                Workload::RandRead | Workload::RandRw => rng.below(self.pages),
+                Workload::RandRead | Workload::RandRw | Workload::Thrash => rng.below(self.pages),
             };
             let word = rng.below(WORDS_PER_PAGE as u64);
-            let write = workload == Workload::RandRw && rng.next_u64() & 1 == 1;
+            let write = match workload {
+                Workload::RandRw => rng.next_u64() & 1 == 1,
+                Workload::Thrash => {
+                    let read_word = rng.below(WORDS_PER_PAGE as u64);
+                    verified += 1;
+                    if !check_word(self.seed, page, read_word, self.read(page, read_word), self.shadow[page as usize]) {
+                        mismatches += 1;
+                    }
+                    true
+                }
+                Workload::RandRead | Workload::SeqRead => false,
+            };
             if write {
                 let shadow = &mut self.shadow[page as usize];
                 let writes = (*shadow >> SHADOW_WORD_BITS) + 1;

@@ -14,19 +14,22 @@ use crate::rack::LocalRack;
 /// Measure krak against plain RAM and Linux kernel swap, side by side, in one run.
 ///
 /// Runs the access patterns rand_read (random 4 KiB reads), rand_rw (random reads and
-/// writes) and seq_read (sequential scan) over one region, with the local memory limited to
+/// writes), seq_read (sequential scan) and thrash (every page touched is read and
+/// rewritten, so every eviction writes back) over one region, with the local memory limited to
 /// 25% and 50% of it, on: local (plain RAM, no limit), krak (the pager, memory servers on
 /// loopback), swap-disk and swap-zram (kernel swap to a swap file / to zram under a memory
 /// cgroup with the same limit; root only, skipped with the reason otherwise). Every read is
-/// checked against what was written. Also measures the physical limits in the same run:
-/// the 4 KiB loopback TCP round trip and a userfaultfd fault served from local memory.
+/// checked against what was written. Reports the CPU each run took per operation and per
+/// fault (the workload's thread, the pager's threads, the loopback memory servers). Also
+/// measures the physical limits in the same run: the 4 KiB loopback TCP round trip and a
+/// userfaultfd fault served from local memory.
 ///
 /// Swap and cgroups are set up only for the run and removed afterwards, also on Ctrl-C.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  krak bench --quick\n  krak bench --json bench.json --markdown\n  \
                         krak bench --backends local,krak --workloads rand_read")]
 pub struct BenchArgs {
-    /// Small and short (256 MiB, 1.5 s per run): under 2 minutes in all.
+    /// Small and short (256 MiB, 1.5 s per run): about 3 minutes in all.
     #[arg(long)]
     quick: bool,
     /// Region size (default 1GiB, or 256MiB with --quick).
@@ -38,7 +41,7 @@ pub struct BenchArgs {
     /// Only these backends (local, krak, swap-disk, swap-zram).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     backends: Vec<String>,
-    /// Only these workloads (rand_read, rand_rw, seq_read).
+    /// Only these workloads (rand_read, rand_rw, seq_read, thrash).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     workloads: Vec<Workload>,
     /// Who serves the pager's faults in the krak runs.

@@ -49,16 +49,19 @@ fn quick_bench_on_local_and_krak_reports_verified_results() {
                 }
         })
     };
-    for workload in ["rand_read", "rand_rw", "seq_read"] {
+    for workload in ["rand_read", "rand_rw", "seq_read", "thrash"] {
         assert!(has(workload, "local", None), "{workload} on local RAM is reported");
         for fraction in [0.25, 0.5] {
             assert!(has(workload, "krak", Some(fraction)), "{workload} on krak at {fraction} is reported");
         }
     }
-    assert_eq!(results.len(), 9, "3 workloads on local + 3 x 2 fractions on krak");
-    // The krak rows really used the pager.
+    assert_eq!(results.len(), 12, "4 workloads on local + 4 x 2 fractions on krak");
+    // The krak rows really used the pager, and say what it cost in CPU.
     for r in results.iter().filter(|r| r["backend"] == "krak") {
         assert!(r["faults"].as_u64().unwrap_or(0) > 0, "krak served no faults: {r}");
+        let per_fault = r["cpu_per_fault_us"].as_f64().unwrap_or(0.0);
+        assert!(per_fault > 0.0, "no CPU per fault: {r}");
+        assert!(r["cpu"]["servers"]["system_ms"].as_f64().is_some(), "the memory servers' CPU is counted: {r}");
     }
 
     let limits = &report["limits"];
