@@ -1,6 +1,6 @@
-//! CPU time spent over a timed phase, from `/proc`: by the workload's thread, by the pager's
-//! threads (named `krak-*`) in the worker process, and by the memory server processes on
-//! this host. Kernel threads (kswapd, zram's compression) are nobody's: kernel swap's
+//! CPU time spent over a timed phase, from `/proc`: by the workload's threads (everything
+//! in this process but the pager's), by the pager's threads (named `krak-*`), and by the
+//! memory server processes on this host. Kernel threads (kswapd, zram's compression) are nobody's: kernel swap's
 //! figures count only what its faults cost the faulting thread.
 
 use serde::{Deserialize, Serialize};
@@ -33,8 +33,9 @@ impl CpuUse {
 /// Where the CPU of a timed phase went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct PhaseCpu {
-    /// The workload's thread: its own loop, and the faults it serves itself (the pager's
-    /// self-serving mode) or the kernel's swap-ins.
+    /// The workload's threads (all of this process but the pager's threads): their own
+    /// loop, and the faults they serve themselves (the pager's self-serving mode) or the
+    /// kernel's swap-ins.
     pub app: CpuUse,
     /// The pager's fault handler threads in the worker (`krak-fault-*`; none when faults
     /// are served on the faulting thread).
@@ -62,18 +63,16 @@ impl PhaseCpu {
 /// A reading at the start of a phase; [`CpuProbe::finish`] gives what was spent since.
 #[derive(Debug)]
 pub struct CpuProbe {
-    app_tid: i32,
     servers: Vec<u32>,
     before: PhaseCpu,
 }
 
 impl CpuProbe {
-    /// Starts measuring the calling thread (the workload's), the `krak-*` threads of this
-    /// process and the processes `servers`.
+    /// Starts measuring this process (its `krak-*` threads apart) and the processes
+    /// `servers`. The pager's threads must outlive the phase (an exited thread's time
+    /// leaves its task file, and would count as the workload's); the workload's may end.
     pub fn start(servers: &[u32]) -> CpuProbe {
-        // SAFETY: gettid has no preconditions and cannot fail.
-        let app_tid = unsafe { libc::gettid() };
-        let mut probe = CpuProbe { app_tid, servers: servers.to_vec(), before: PhaseCpu::default() };
+        let mut probe = CpuProbe { servers: servers.to_vec(), before: PhaseCpu::default() };
         probe.before = probe.read();
         probe
     }
@@ -93,14 +92,14 @@ impl CpuProbe {
     }
 
     fn read(&self) -> PhaseCpu {
-        let (mut pager_faults, mut pager_writeback, mut app) = Default::default();
+        let (mut pager_faults, mut pager_writeback) = (CpuUse::default(), CpuUse::default());
+        // The whole process, exited threads included: what is not the pager's is the workload's.
+        let all = stat("/proc/self/stat").map(|(_, used)| used).unwrap_or_default();
         if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
             for task in tasks.flatten() {
                 let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<i32>().ok()) else { continue };
                 let Some((comm, used)) = stat(&format!("/proc/self/task/{tid}/stat")) else { continue };
-                if tid == self.app_tid {
-                    app = used;
-                } else if comm.starts_with("krak-fault") {
+                if comm.starts_with("krak-fault") {
                     CpuUse::add(&mut pager_faults, used);
                 } else if comm.starts_with("krak-") {
                     CpuUse::add(&mut pager_writeback, used);
@@ -116,6 +115,9 @@ impl CpuProbe {
                 Some(sum)
             })
             .flatten();
+        let mut pager = pager_faults;
+        pager.add(pager_writeback);
+        let app = all.since(pager);
         PhaseCpu { app, pager_faults, pager_writeback, servers }
     }
 }

@@ -85,6 +85,8 @@ pub struct BenchPlan {
     pub cgroup_overhead_bytes: u64,
     /// Measure the physical floors (TCP round trip, memcpy, local userfaultfd fault).
     pub measure_floors: bool,
+    /// Threads running each workload at once (every backend alike).
+    pub threads: usize,
 }
 
 impl BenchPlan {
@@ -106,6 +108,7 @@ impl BenchPlan {
             swap_file: PathBuf::from(swap::DEFAULT_SWAP_FILE),
             cgroup_overhead_bytes: 4 << 20,
             measure_floors: true,
+            threads: 1,
         }
     }
 
@@ -132,6 +135,7 @@ impl BenchPlan {
     fn worker_args(&self, backend: Backend, workload: Workload) -> WorkerArgs {
         let mut args = WorkerArgs::new(backend, workload, self.region_bytes, self.duration_ms);
         args.seed = self.seed;
+        args.threads = self.threads;
         args
     }
 }
@@ -146,6 +150,7 @@ pub fn run_bench(
     mut log: impl FnMut(&str),
 ) -> Result<BenchReport, BenchError> {
     let mut report = BenchReport::new(plan.region_bytes, plan.duration_ms);
+    report.threads = plan.threads;
     if plan.measure_floors {
         log("measuring the physical floors (loopback TCP 4 KiB round trip, memcpy)");
         match crate::floors::measure() {

@@ -157,6 +157,9 @@ pub struct BenchReport {
     pub region_bytes: u64,
     /// Timed phase of every run.
     pub duration_ms: u64,
+    /// Threads running each workload at once.
+    #[serde(default = "one")]
+    pub threads: usize,
     /// One row per run.
     pub results: Vec<ResultRow>,
     /// The physical floors measured in the same run (the report's key is `limits`, as
@@ -192,7 +195,7 @@ const HEADERS: [&str; 11] = [
 impl BenchReport {
     /// An empty report.
     pub fn new(region_bytes: u64, duration_ms: u64) -> Self {
-        BenchReport { region_bytes, duration_ms, ..Default::default() }
+        BenchReport { region_bytes, duration_ms, threads: 1, ..Default::default() }
     }
 
     /// Pretty JSON.
@@ -296,7 +299,12 @@ impl BenchReport {
                 *w = (*w).max(c.len());
             }
         }
-        let mut out = format!("region {} MiB, {} ms per run\n", self.region_bytes >> 20, self.duration_ms);
+        let mut out = format!(
+            "region {} MiB, {} ms per run, {} thread(s)\n",
+            self.region_bytes >> 20,
+            self.duration_ms,
+            self.threads
+        );
         let line = |cells: &[String]| {
             let mut s = String::new();
             for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
@@ -320,9 +328,10 @@ impl BenchReport {
     /// A GitHub-flavoured markdown table for BENCHMARKS.md.
     pub fn markdown_table(&self) -> String {
         let mut out = format!(
-            "Region {} MiB, {} ms per run.\n\n| {} |\n|{}\n",
+            "Region {} MiB, {} ms per run, {} thread(s).\n\n| {} |\n|{}\n",
             self.region_bytes >> 20,
             self.duration_ms,
+            self.threads,
             HEADERS.join(" | "),
             HEADERS.iter().enumerate().map(|(i, _)| if i < 2 { " --- |" } else { " ---: |" }).collect::<String>()
         );
@@ -333,6 +342,10 @@ impl BenchReport {
         self.footer(&mut out, "- ");
         out
     }
+}
+
+fn one() -> usize {
+    1
 }
 
 fn human_rate(ops_per_s: f64) -> String {

@@ -133,6 +133,9 @@ pub struct WorkerArgs {
     /// A rack controller that places the krak backend's region (instead of `--servers`).
     #[arg(long)]
     pub krak_controller: Option<String>,
+    /// Threads running the workload at once, each on its own part of the pages.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
     /// Processes of the memory servers on this host, whose CPU the timed phase counts.
     #[arg(long, value_delimiter = ',')]
     pub server_pids: Vec<u32>,
@@ -159,6 +162,7 @@ impl WorkerArgs {
             krak_options: Vec::new(),
             krak_controller: None,
             server_pids: Vec::new(),
+            threads: 1,
         }
     }
 
@@ -175,6 +179,8 @@ impl WorkerArgs {
             self.duration_ms.to_string(),
             "--seed".into(),
             self.seed.to_string(),
+            "--threads".into(),
+            self.threads.to_string(),
         ];
         if let Some(n) = self.max_ops {
             a.extend(["--max-ops".into(), n.to_string()]);
@@ -238,7 +244,8 @@ pub fn worker_main(
     };
     let limits = RunLength { max_ops: args.max_ops, duration_ms: args.duration_ms };
     let check = !args.skip_final_check;
-    let result = run_workload(region.as_ref(), args.workload, args.seed, limits, check, &args.server_pids)?;
+    let pids = &args.server_pids;
+    let result = run_workload(region.as_ref(), args.workload, args.seed, limits, check, pids, args.threads)?;
     drop(region);
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, &result).map_err(WorkerError::EncodeResult)?;

@@ -26,6 +26,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -247,13 +248,42 @@ impl Rng {
     }
 }
 
-/// Runs workloads over one region; holds the `rand_rw` shadow between phases.
+/// Runs workloads over one region; holds the `rand_rw` shadow between phases. Several
+/// threads may run one workload at once, each on its own part of the pages.
 #[derive(Debug)]
 pub struct Runner {
     base: *mut u64,
     pages: u64,
     seed: u64,
-    shadow: Vec<u64>,
+    /// Per page; a part's thread only touches its own pages' entries, so `Relaxed` does.
+    shadow: Vec<AtomicU64>,
+}
+
+// SAFETY: the runner only reads and writes the region through `base` within bounds, and
+// threads running parts at once touch disjoint pages (and their own shadow entries, which
+// are atomics); the region outlives the runner (`Runner::new`'s contract).
+unsafe impl Sync for Runner {}
+
+/// The pages of a region one thread works on: those `p` with `p % of == index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    pub index: u64,
+    pub of: u64,
+}
+
+impl Part {
+    /// The whole region.
+    pub const WHOLE: Part = Part { index: 0, of: 1 };
+
+    /// Pages of this part in a region of `pages`.
+    fn len(self, pages: u64) -> u64 {
+        (pages + self.of - 1 - self.index) / self.of
+    }
+
+    /// The `k`th page of this part.
+    fn page(self, k: u64) -> u64 {
+        self.index + k * self.of
+    }
 }
 
 impl Runner {
@@ -268,7 +298,7 @@ impl Runner {
             )));
         }
         let pages = (len / PAGE_SIZE_BYTES) as u64;
-        Ok(Runner { base: base.cast(), pages, seed, shadow: vec![0; pages as usize] })
+        Ok(Runner { base: base.cast(), pages, seed, shadow: (0..pages).map(|_| AtomicU64::new(0)).collect() })
     }
 
     /// Number of 4 KiB pages in the region.
@@ -306,15 +336,85 @@ impl Runner {
                 self.write(page, word, expected_word(self.seed, page, word, 0));
             }
         }
-        self.shadow.iter_mut().for_each(|s| *s = 0);
+        self.shadow.iter_mut().for_each(|s| *s.get_mut() = 0);
     }
 
-    /// Runs `workload` until either limit is reached. Per-operation latency is measured
-    /// with one `Instant::now()` per operation (about 20 ns of overhead, included).
-    pub fn run(&mut self, workload: Workload, limits: RunLength) -> Result<(RunResult, Histogram<u64>), BenchError> {
+    fn shadow(&self, page: u64) -> u64 {
+        self.shadow[page as usize].load(Ordering::Relaxed)
+    }
+
+    /// Runs `workload` over the whole region until either limit is reached.
+    pub fn run(&self, workload: Workload, limits: RunLength) -> Result<(RunResult, Histogram<u64>), BenchError> {
+        self.run_part(workload, limits, Part::WHOLE)
+    }
+
+    /// Runs `workload` from `threads` threads at once, each over its own part of the pages
+    /// and stopping at its share of `max_ops`; one result for all (operations and checks
+    /// summed, latencies merged, the longest thread's time).
+    pub fn run_threads(
+        &self,
+        workload: Workload,
+        limits: RunLength,
+        threads: usize,
+    ) -> Result<(RunResult, Histogram<u64>), BenchError> {
+        let of = threads.clamp(1, self.pages as usize) as u64;
+        if of == 1 {
+            return self.run(workload, limits);
+        }
+        let share = RunLength { max_ops: limits.max_ops.map(|n| n.div_ceil(of)), ..limits };
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..of)
+                .map(|index| {
+                    let part = Part { index, of };
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("bench-{index}"))
+                        .spawn_scoped(scope, move || self.run_part(workload, share, part));
+                    spawned.map_err(|e| BenchError::io("start a workload thread", e))
+                })
+                .collect();
+            runs.into_iter()
+                .map(|r| {
+                    r.and_then(|h| {
+                        h.join().unwrap_or_else(|_| Err(BenchError::Invalid("a workload thread panicked".into())))
+                    })
+                })
+                .collect()
+        });
+        let mut merged: Option<(RunResult, Histogram<u64>)> = None;
+        for r in results {
+            let (r, h) = r?;
+            merged = Some(match merged {
+                None => (r, h),
+                Some((mut m, mut mh)) => {
+                    m.ops += r.ops;
+                    m.mismatches += r.mismatches;
+                    m.verified_ops += r.verified_ops;
+                    m.elapsed_ns = m.elapsed_ns.max(r.elapsed_ns);
+                    mh.add(&h).map_err(|e| BenchError::Invalid(format!("histogram: {e}")))?;
+                    (m, mh)
+                }
+            });
+        }
+        let (mut m, hist) = merged.ok_or_else(|| BenchError::Invalid("no workload thread ran".into()))?;
+        let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+        m.ops_per_s = m.ops as f64 * 1e9 / m.elapsed_ns as f64;
+        (m.p50_us, m.p99_us, m.p999_us, m.max_us) = (us(0.5), us(0.99), us(0.999), hist.max() as f64 / 1000.0);
+        Ok((m, hist))
+    }
+
+    /// Runs `workload` over the pages of `part` until either limit is reached.
+    /// Per-operation latency is measured with one `Instant::now()` per operation (about
+    /// 20 ns of overhead, included).
+    pub fn run_part(
+        &self,
+        workload: Workload,
+        limits: RunLength,
+        part: Part,
+    ) -> Result<(RunResult, Histogram<u64>), BenchError> {
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
             .map_err(|e| BenchError::Invalid(format!("histogram: {e}")))?;
-        let mut rng = Rng::new(self.seed ^ 0x5EED_0F0F);
+        let mut rng = Rng::new(self.seed ^ 0x5EED_0F0F ^ part.index.wrapping_mul(0x9E37_79B9));
+        let part_pages = part.len(self.pages);
         let max_ops = limits.max_ops.unwrap_or(u64::MAX);
         let deadline = Duration::from_millis(limits.duration_ms);
         let (mut ops, mut mismatches, mut verified) = (0u64, 0u64, 0u64);
@@ -322,21 +422,21 @@ impl Runner {
         let start = Instant::now();
         let mut prev = start;
         while ops < max_ops {
-            let page = match workload {
+            let page = part.page(match workload {
                 Workload::SeqRead => {
-                    let p = seq_page;
-                    seq_page = if p + 1 == self.pages { 0 } else { p + 1 };
-                    p
+                    let k = seq_page;
+                    seq_page = if k + 1 == part_pages { 0 } else { k + 1 };
+                    k
                 }
-                Workload::RandRead | Workload::RandRw | Workload::Thrash => rng.below(self.pages),
-            };
+                Workload::RandRead | Workload::RandRw | Workload::Thrash => rng.below(part_pages),
+            });
             let word = rng.below(WORDS_PER_PAGE as u64);
             let write = match workload {
                 Workload::RandRw => rng.next_u64() & 1 == 1,
                 Workload::Thrash => {
                     let read_word = rng.below(WORDS_PER_PAGE as u64);
                     verified += 1;
-                    if !check_word(self.seed, page, read_word, self.read(page, read_word), self.shadow[page as usize]) {
+                    if !check_word(self.seed, page, read_word, self.read(page, read_word), self.shadow(page)) {
                         mismatches += 1;
                     }
                     true
@@ -344,14 +444,13 @@ impl Runner {
                 Workload::RandRead | Workload::SeqRead => false,
             };
             if write {
-                let shadow = &mut self.shadow[page as usize];
-                let writes = (*shadow >> SHADOW_WORD_BITS) + 1;
-                *shadow = writes << SHADOW_WORD_BITS | word;
+                let writes = (self.shadow(page) >> SHADOW_WORD_BITS) + 1;
+                self.shadow[page as usize].store(writes << SHADOW_WORD_BITS | word, Ordering::Relaxed);
                 self.write(page, word, expected_word(self.seed, page, word, writes));
             } else {
                 let value = self.read(page, word);
                 verified += 1;
-                if !check_word(self.seed, page, word, value, self.shadow[page as usize]) {
+                if !check_word(self.seed, page, word, value, self.shadow(page)) {
                     mismatches += 1;
                 }
             }
@@ -398,7 +497,7 @@ impl Runner {
     pub fn final_check(&self) -> (u64, u64) {
         let (mut verified, mut mismatches) = (0u64, 0u64);
         for page in 0..self.pages {
-            let shadow = self.shadow[page as usize];
+            let shadow = self.shadow(page);
             for word in 0..WORDS_PER_PAGE as u64 {
                 verified += 1;
                 if !check_word(self.seed, page, word, self.read(page, word), shadow) {
@@ -419,6 +518,7 @@ pub fn run_workload(
     limits: RunLength,
     final_check: bool,
     server_pids: &[u32],
+    threads: usize,
 ) -> Result<RunResult, BenchError> {
     let mut runner = Runner::new(region, seed)?;
     let fill_start = Instant::now();
@@ -429,7 +529,7 @@ pub fn run_workload(
     let served_before = served();
     let written_before = region.writebacks();
     let cpu = crate::cpu::CpuProbe::start(server_pids);
-    let (mut result, hist) = runner.run(workload, limits)?;
+    let (mut result, hist) = runner.run_threads(workload, limits, threads)?;
     result.cpu = Some(cpu.finish());
     result.major_faults = crate::sys::major_faults().saturating_sub(faults_before);
     result.faults = served().saturating_sub(served_before);

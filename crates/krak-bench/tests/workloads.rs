@@ -14,7 +14,7 @@ fn limits() -> RunLength {
 fn every_workload_runs_clean_on_local_memory() {
     for workload in Workload::ALL {
         let region = LocalRegion::new(REGION_BYTES).unwrap();
-        let r = run_workload(&region, workload, 42, limits(), true, &[]).unwrap();
+        let r = run_workload(&region, workload, 42, limits(), true, &[], 1).unwrap();
         println!(
             "{workload}: {} ops, {:.0} ops/s, p50 {:.3} us, p99 {:.3} us, fill {} ms, check {} ms",
             r.ops, r.ops_per_s, r.p50_us, r.p99_us, r.fill_ms, r.final_check_ms
@@ -25,6 +25,28 @@ fn every_workload_runs_clean_on_local_memory() {
         assert!(r.verified_ops >= words, "final check covers every word");
         assert_eq!(r.region_bytes, REGION_BYTES as u64);
     }
+}
+
+#[test]
+fn several_threads_run_one_workload_clean_and_their_checks_still_catch_corruption() {
+    for workload in Workload::ALL {
+        let region = LocalRegion::new(REGION_BYTES).unwrap();
+        let r = run_workload(&region, workload, 42, limits(), true, &[], 4).unwrap();
+        assert_eq!(r.mismatches, 0, "{workload}");
+        assert!(r.ops > 0 && r.ops <= 300_000, "{workload}: {} ops", r.ops);
+        assert!(r.verified_ops >= (REGION_BYTES / 8) as u64, "final check covers every word");
+    }
+    // Every thread checks its own pages: a page spoiled under any of them is found.
+    let region = LocalRegion::new(REGION_BYTES).unwrap();
+    let mut runner = Runner::new(&region, 9).unwrap();
+    runner.fill();
+    for page in 0..8 {
+        corrupt_page(&region, page, 0x5a);
+    }
+    let pages = runner.pages();
+    let (r, _) =
+        runner.run_threads(Workload::SeqRead, RunLength { max_ops: Some(pages * 2), duration_ms: 10_000 }, 4).unwrap();
+    assert!(r.mismatches >= 8, "{} mismatches", r.mismatches);
 }
 
 fn corrupt_page(region: &LocalRegion, page: usize, value: u8) {

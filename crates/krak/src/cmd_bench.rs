@@ -44,6 +44,11 @@ pub struct BenchArgs {
     /// Only these workloads (rand_read, rand_rw, seq_read, thrash).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     workloads: Vec<Workload>,
+    /// Threads running each workload at once, each on its own part of the region (krak and
+    /// kernel swap alike): faults in flight together, as a guest's vCPUs or a JVM's threads
+    /// take them.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
     /// Who serves the pager's faults in the krak runs.
     #[arg(long, value_enum, default_value_t = FaultModeArg::Sigbus)]
     fault_mode: FaultModeArg,
@@ -123,6 +128,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !args.workloads.is_empty() {
         plan.workloads = args.workloads.clone();
     }
+    plan.threads = usize::from(args.threads);
     if !args.backends.is_empty() {
         plan.backends = args
             .backends
@@ -136,10 +142,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?;
     }
     eprintln!(
-        "krak bench: {} region, {} ms per run, {} runs, krak faults served by {}, redundancy {}",
+        "krak bench: {} region, {} ms per run, {} runs of {} thread(s), krak faults served by {}, redundancy {}",
         ByteSize(plan.region_bytes),
         plan.duration_ms,
         plan.run_count(),
+        plan.threads,
         args.fault_mode.name(),
         args.redundancy
     );
