@@ -67,6 +67,11 @@ pub struct BenchArgs {
     /// controller places the fragments).
     #[arg(long, value_name = "SCHEME", default_value = "none")]
     redundancy: krak_pager::Redundancy,
+    /// A pager option for the krak runs, KEY=VALUE (repeatable): spin_us (how long a fault
+    /// busy-waits for the server's answer), handler_threads. The loopback memory servers'
+    /// own spin follows KRAK_MEMSERVER_SPIN_US.
+    #[arg(long = "pager-option", value_name = "KEY=VALUE")]
+    pager_options: Vec<String>,
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -159,6 +164,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         None
     };
     let mut options = vec![format!("fault_mode={}", args.fault_mode.name()), format!("redundancy={}", args.redundancy)];
+    for option in &args.pager_options {
+        let mut probe = PagerConfig::default();
+        pager_opts::apply(std::slice::from_ref(option), &mut probe).context("--pager-option")?;
+        options.push(option.clone());
+    }
     let secret_file = match &rack {
         Some(r) => Some(r.secret_file()),
         None if args.controller.is_some() && plan.backends.contains(&BenchBackend::Krak) => {
