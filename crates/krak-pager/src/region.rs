@@ -219,6 +219,8 @@ impl FarMemory {
             }
         };
 
+        let server_ids: std::collections::HashMap<usize, u64> =
+            admin.iter().enumerate().filter_map(|(i, c)| c.as_ref().map(|c| (i, c.hello().server_id))).collect();
         let eviction: Box<dyn EvictionPolicy> =
             if config.fifo_eviction { Box::<crate::Fifo>::default() } else { Box::new(Clock::new(region_pages)) };
         let prefetch: Box<dyn PrefetchPolicy> =
@@ -248,6 +250,7 @@ impl FarMemory {
             push_refused: Mutex::new(Vec::new()),
             scrub_gate: RwLock::new(()),
             placement: Mutex::new(placement),
+            server_ids: Mutex::new(server_ids),
         });
         let mut region =
             FarMemory { shared: shared.clone(), threads: Vec::new(), self_serving_id: None, rack: rack.clone() };

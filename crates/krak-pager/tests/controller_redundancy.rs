@@ -108,6 +108,12 @@ impl Rack {
         id
     }
 
+    /// Server `i` stops heartbeating but keeps serving: the controller will call it dead.
+    fn silence(&self, i: usize) -> ServerId {
+        self.members.lock().unwrap().remove(&i).expect("a member").stop();
+        self.ids.lock().unwrap()[&i]
+    }
+
     fn client(&self) -> Client {
         Client::new(&self.url).unwrap()
     }
@@ -272,6 +278,37 @@ fn lose_a_server_and_reprotect(tag: &str, scheme: &str, mode: FaultMode) {
     for s in rack.servers.lock().unwrap().iter().flatten() {
         assert_eq!(s.stats().lent_bytes, 0, "every fragment's slab is freed");
     }
+}
+
+#[test]
+fn servers_the_controller_calls_dead_but_that_serve_the_region_keep_their_fragments() {
+    // replicate:2 over three servers, two of which go silent towards the controller (as a
+    // flood of strangers on its front end made it happen): every chunk has a copy on one of
+    // them, and a pager taking the verdict as it is would lose them all.
+    let rack = Rack::start("silent", 3, 3);
+    let region = rack.region("replicate:2", FaultMode::Threads);
+    let checked = Checked::start(&region);
+    std::thread::sleep(Duration::from_millis(300));
+    let silent = [rack.silence(0), rack.silence(1)];
+    wait_until("the controller to call both silent servers dead", Duration::from_secs(20), || {
+        let status = rack.status();
+        silent.iter().all(|id| {
+            status.servers.iter().any(|s| s.record.id == *id && s.record.state == krak_api::ServerState::Dead)
+        })
+    });
+    // Several map rounds, and re-protection's probes, under the verified workload.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(region.lost_servers().is_empty(), "servers that still serve were lost: {:?}", region.lost_servers());
+    assert_eq!(region.min_live_fragments(), 2, "every chunk keeps both copies");
+    checked.finish(&region, "two servers called dead while they serve");
+    let stats = region.stats();
+    assert_eq!((stats.failed_faults, stats.lost_servers), (0, 0), "{stats:?}");
+    // A server that is really gone is still lost: killed, it no longer answers.
+    let checked = Checked::start(&region);
+    let handle = rack.servers.lock().unwrap()[2].take().expect("running");
+    handle.shutdown().expect("server stops");
+    wait_until("the pager to lose the killed server", Duration::from_secs(20), || region.lost_servers().len() == 1);
+    checked.finish(&region, "after a real loss");
 }
 
 #[test]

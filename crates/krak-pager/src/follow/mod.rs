@@ -4,9 +4,9 @@
 //! controller, which chooses a server for each fragment of each chunk (its placement
 //! policy; one fragment, the whole chunk, without redundancy); the pager allocates the
 //! slabs itself (it holds their capabilities) and commits them to the map
-//! (`follow/place.rs`). A follower thread then long-polls the region's map: it loses
-//! servers the map calls dead (for re-protection to replace, where the scheme survives a
-//! loss) and moves fragments, one at a time, off servers that drain or whose host is short
+//! (`follow/place.rs`). A follower thread then long-polls the region's map: it checks the
+//! servers the map calls dead itself and loses those that no longer serve the region (for
+//! re-protection to replace, where the scheme survives a loss), and moves fragments, one at a time, off servers that drain or whose host is short
 //! of memory (`moves/fragment.rs`), each to a server the controller places that slot on,
 //! while the region stays in use, and commits the new home.
 
@@ -25,6 +25,7 @@ use krak_api::{Api, ServerId, ServerState};
 
 use crate::follow::link::{ControllerLink, RETRY_PAUSE_MS};
 use crate::follow::moves::{consolidate_fragments, move_fragments_off};
+use crate::remote::health::{self, Health};
 use crate::state::core::RegionShared;
 
 /// How long one map long-poll may wait; also bounds how long dropping a region waits for
@@ -36,6 +37,8 @@ const MAX_MOVES_PER_ROUND: usize = 8;
 /// The follower thread: keeps the region off draining servers until the region is dropped.
 pub(crate) fn follow(shared: Arc<RegionShared>, link: Arc<ControllerLink>) {
     let mut reported_dead = HashSet::new();
+    // Servers the map calls dead that still served the region when last checked (said once).
+    let mut doubted = HashSet::new();
     // Map epoch at which consolidation last moved nothing: not tried again until the map
     // changes.
     let mut stuck_at_epoch = None;
@@ -53,7 +56,7 @@ pub(crate) fn follow(shared: Arc<RegionShared>, link: Arc<ControllerLink>) {
             }
         };
         let avoid: Vec<ServerId> = map.servers.iter().filter(|s| s.state != ServerState::Alive).map(|s| s.id).collect();
-        follow_servers(&shared, &link, &map, &avoid, &mut reported_dead);
+        follow_servers(&shared, &link, &map, &avoid, &mut reported_dead, &mut doubted);
         consolidate(&shared, &link, &map, &mut stuck_at_epoch);
         link.epoch.fetch_max(map.epoch, Ordering::Relaxed);
     }
@@ -81,9 +84,9 @@ fn consolidate(shared: &RegionShared, link: &ControllerLink, map: &MapReply, stu
     }
 }
 
-/// What a region takes from a map: a server the controller calls dead is lost for the
-/// region where its scheme survives that (re-protection replaces its fragments), and said
-/// once otherwise; the fragments on a draining server move off it, and one fragment moves
+/// What a region takes from a map: a server the controller calls dead is asked by the
+/// region itself, and if it no longer serves the region it is lost where the scheme
+/// survives that (re-protection replaces its fragments), and said once otherwise; the fragments on a draining server move off it, and one fragment moves
 /// off a server whose host is short of memory (its next heartbeat says whether it needs
 /// more, and that new epoch wakes this loop again).
 fn follow_servers(
@@ -92,16 +95,38 @@ fn follow_servers(
     map: &MapReply,
     avoid: &[ServerId],
     reported_dead: &mut HashSet<ServerId>,
+    doubted: &mut HashSet<ServerId>,
 ) {
     let layout = &shared.layout;
     for server in &map.servers {
         match server.state {
             ServerState::Dead => {
                 let addr = server.addr.parse::<SocketAddr>().ok();
-                let index = addr.and_then(|a| layout.find_server(a)).filter(|i| !layout.stripes.is_lost(*i));
-                let lost = index
-                    .is_some_and(|i| crate::remote::stripe::lose(layout, i, "the rack controller reports it dead"));
-                if !lost && index.is_some() && reported_dead.insert(server.id) {
+                let Some(index) = addr.and_then(|a| layout.find_server(a)).filter(|i| !layout.stripes.is_lost(*i))
+                else {
+                    continue;
+                };
+                // A verdict this region can check: a server that still serves it keeps its
+                // fragments, whatever kept its heartbeats from the controller.
+                let why = match health::check(shared, index) {
+                    Health::Serving => {
+                        if doubted.insert(server.id) {
+                            tracing::warn!(
+                                "the rack controller reports memory server {} dead, but it serves this region: \
+                                 keeping its fragments",
+                                server.addr
+                            );
+                        }
+                        continue;
+                    }
+                    Health::Restarted => "the rack controller reports it dead, and it restarted".to_string(),
+                    Health::Unreachable(e) | Health::NoAnswer(e) => {
+                        format!("the rack controller reports it dead, and it does not answer: {e}")
+                    }
+                };
+                doubted.remove(&server.id);
+                let lost = crate::remote::stripe::lose(layout, index, &why);
+                if !lost && reported_dead.insert(server.id) {
                     tracing::error!(
                         "memory server {} is dead; pages of this region that lived only there are lost",
                         server.addr

@@ -24,6 +24,7 @@ use crate::follow::link::ControllerLink;
 use crate::moves::queue::{finish, NEXT_MOVE_ID};
 use crate::moves::rebuild_error::{NoSpare, Rebuild, RebuildFailure};
 use crate::remote::admin_conn;
+use crate::remote::health::{self, Health};
 use crate::remote::list_placement::{self, NotPlaced};
 use crate::remote::redundancy::Coder;
 use crate::remote::stripe::{Frag, FragState};
@@ -136,23 +137,14 @@ fn probe(shared: &RegionShared) {
         if shared.stop.load(Ordering::Relaxed) {
             return;
         }
-        let mut admin = shared.admin.lock();
-        let known_id = admin.get(server).and_then(|c| c.as_ref()).map(|c| c.hello().server_id);
-        let answer = admin_conn(&mut admin, layout, server).and_then(|c| {
-            let id = c.hello().server_id;
-            c.stats().map(|_| id)
-        });
-        match answer {
-            Ok(id) if known_id.is_some_and(|k| k != id) => {
+        match health::check(shared, server) {
+            Health::Restarted => {
                 crate::remote::stripe::lose(layout, server, "the server restarted (its slabs are gone)");
             }
-            Ok(_) => {}
-            Err(e) => {
-                admin[server] = None;
-                if matches!(e, ClientError::Connect { .. }) {
-                    crate::remote::stripe::lose(layout, server, &format!("health check: {e}"));
-                }
+            Health::Unreachable(e) => {
+                crate::remote::stripe::lose(layout, server, &format!("health check: {e}"));
             }
+            Health::Serving | Health::NoAnswer(_) => {}
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Where each page of a region lives remotely, and the connections that move it there.
 
 pub(crate) mod discard;
+pub(crate) mod health;
 pub(crate) mod list_placement;
 pub mod redundancy;
 pub(crate) mod stripe;

@@ -166,6 +166,9 @@ pub(crate) struct RegionShared {
     /// The policy placing this region's replacements and drained fragments over its list of
     /// servers (switchable while it runs; unused when the controller places).
     pub placement: Mutex<Arc<dyn PlacementPolicy>, { level::PLACEMENT }>,
+    /// The process id (`ServerHello::server_id`) each server of the table had when the
+    /// region first heard from it: a different one is a restarted server.
+    pub server_ids: Mutex<HashMap<usize, u64>, { level::HELLO_IDS }>,
 }
 
 impl RegionShared {

@@ -34,6 +34,7 @@ pub(crate) mod level {
     pub const LATENCY: u8 = 80;
     pub const PUSH_REFUSED: u8 = 82;
     pub const PLACEMENT: u8 = 84;
+    pub const HELLO_IDS: u8 = 86;
     /// The process-wide address → region map of self-serving (SIGBUS) regions.
     pub const REGIONS: u8 = 90;
 }
