@@ -9,8 +9,9 @@ use serde::Serialize;
 
 use crate::client::{ApiError, Client, ControllerClient};
 use crate::messages::{
-    CommitReply, CommitRequest, CreateRegionRequest, HeartbeatReply, HeartbeatRequest, MapReply, MoveStartRequest,
-    PlaceReply, PlaceRequest, PolicyBody, RegionReply, RegisterReply, RegisterRequest, ServersReply, StatusReply,
+    BudgetRequest, CommitReply, CommitRequest, CreateRegionRequest, HeartbeatReply, HeartbeatRequest, MapReply,
+    MoveStartRequest, PlaceReply, PlaceRequest, PolicyBody, RegionLive, RegionReply, RegisterReply, RegisterRequest,
+    ServersReply, StatusReply,
 };
 use crate::paths;
 use crate::records::{RegionId, ServerId, ServerRecord};
@@ -84,6 +85,17 @@ pub trait Api: Transport {
 
     fn create_region(&mut self, request: &CreateRegionRequest) -> Result<RegionReply, ApiError> {
         self.send("POST", paths::REGIONS, Some(request), Duration::ZERO)
+    }
+
+    /// Sets the local budget the region's pager keeps (it follows within a map round).
+    fn set_budget(&mut self, region: RegionId, local_budget_bytes: u64) -> Result<RegionReply, ApiError> {
+        let body = BudgetRequest { local_budget_bytes };
+        self.send("PUT", &paths::budget(region), Some(&body), Duration::ZERO)
+    }
+
+    /// Reports what the region's pager is doing.
+    fn report_live(&mut self, region: RegionId, live: &RegionLive) -> Result<Ack, ApiError> {
+        self.send("PUT", &paths::live(region), Some(live), Duration::ZERO)
     }
 
     fn delete_region(&mut self, region: RegionId) -> Result<RegionReply, ApiError> {

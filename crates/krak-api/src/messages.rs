@@ -46,6 +46,34 @@ pub struct HeartbeatReply {
     pub map_epoch: u64,
 }
 
+/// `PUT /v1/regions/{id}/budget`: the local budget the region's pager is to keep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetRequest {
+    pub local_budget_bytes: u64,
+}
+
+/// `PUT /v1/regions/{id}/live`: what a region's pager is doing, reported every second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionLive {
+    /// The program the region serves (`krak run`), or the pager's own process.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// The host the pager runs on.
+    #[serde(default)]
+    pub host: String,
+    /// The budget in force (during a shrink, the old one until eviction reached the new).
+    pub local_budget_bytes: u64,
+    /// Bytes of the region resident in local memory.
+    pub resident_bytes: u64,
+    /// Bytes of slabs the region holds on memory servers.
+    pub reserved_bytes: u64,
+    /// Bytes of the region's pages whose current copy is remote (a fragment of each).
+    pub used_bytes: u64,
+    /// Faults served per second over the last report's interval.
+    pub faults_per_s: f64,
+}
+
 /// `POST /v1/regions`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -185,7 +213,7 @@ pub struct RemoteBytes {
     pub bytes: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegionStatus {
     #[serde(flatten)]
     pub record: RegionRecord,
@@ -196,6 +224,11 @@ pub struct RegionStatus {
     /// Placed slots on servers that are dead: fragments the pager must re-protect.
     #[serde(default)]
     pub degraded_slots: u64,
+    /// What its pager last reported, and how long ago (`None`: nothing reported yet).
+    #[serde(default)]
+    pub live: Option<RegionLive>,
+    #[serde(default)]
+    pub live_age_ms: Option<u64>,
 }
 
 /// A server in status: its record plus what the map places on it.

@@ -29,6 +29,14 @@ pub fn commit(region: RegionId) -> String {
     format!("/v1/regions/{region}/commit")
 }
 
+pub fn budget(region: RegionId) -> String {
+    format!("/v1/regions/{region}/budget")
+}
+
+pub fn live(region: RegionId) -> String {
+    format!("/v1/regions/{region}/live")
+}
+
 pub fn moves(region: RegionId) -> String {
     format!("/v1/regions/{region}/moves")
 }
@@ -54,6 +62,8 @@ mod tests {
     fn paths_are_the_documented_ones() {
         assert_eq!(heartbeat(ServerId(3)), "/v1/servers/3/heartbeat");
         assert_eq!(a_move(RegionId(2), 70), "/v1/regions/2/moves/70");
+        assert_eq!(budget(RegionId(2)), "/v1/regions/2/budget");
+        assert_eq!(live(RegionId(2)), "/v1/regions/2/live");
         assert_eq!(map(RegionId(9), None, 5), "/v1/regions/9/map");
         assert_eq!(map(RegionId(9), Some(4), 500), "/v1/regions/9/map?since_epoch=4&wait_ms=500");
     }

@@ -11,8 +11,8 @@ use crate::controller::ControllerShared;
 use crate::http::{Request, Response};
 use crate::rack::RackError;
 use krak_api::messages::{
-    parse_region, parse_server, CommitReply, CommitRequest, CreateRegionRequest, HeartbeatRequest, MoveStartRequest,
-    PlaceReply, PlaceRequest, PolicyBody, RegionReply, RegisterRequest, ServersReply,
+    parse_region, parse_server, BudgetRequest, CommitReply, CommitRequest, CreateRegionRequest, HeartbeatRequest,
+    MoveStartRequest, PlaceReply, PlaceRequest, PolicyBody, RegionLive, RegionReply, RegisterRequest, ServersReply,
 };
 use krak_placement::{PlacementError, POLICY_NAMES};
 
@@ -113,6 +113,19 @@ fn route(shared: &ControllerShared, req: &Request) -> Result<Response, RackError
             let region = shared.rack.lock().delete_region(id)?;
             shared.changed.notify_all();
             Ok(Response::json(200, &RegionReply { region }))
+        }
+        ("PUT", ["v1", "regions", id, "budget"]) => {
+            let id = parse_region(id).ok_or_else(bad_id)?;
+            let body: BudgetRequest = decode(&req.body)?;
+            let region = shared.rack.lock().set_budget(id, body.local_budget_bytes)?;
+            shared.changed.notify_all();
+            Ok(Response::json(200, &RegionReply { region }))
+        }
+        ("PUT", ["v1", "regions", id, "live"]) => {
+            let id = parse_region(id).ok_or_else(bad_id)?;
+            let body: RegionLive = decode(&req.body)?;
+            shared.rack.lock().report_live(id, body)?;
+            Ok(Response::json(200, &serde_json::json!({})))
         }
         ("POST", ["v1", "regions", id, "place"]) => {
             let id = parse_region(id).ok_or_else(bad_id)?;

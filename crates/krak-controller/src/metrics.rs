@@ -97,6 +97,7 @@ impl Metrics {
             let n = rack.view.server(s.id).map_or(0, |v| v.slabs);
             let _ = writeln!(out, "krak_server_mapped_slabs{{server=\"{}\"}} {n}", s.id);
         }
+        region_live(&mut out, rack);
         let _ = writeln!(out, "# HELP krak_policy The placement policy in force.\n# TYPE krak_policy gauge");
         let _ = writeln!(out, "krak_policy{{name=\"{}\"}} 1", rack.policy_name());
         counter(&mut out, "krak_server_failures_total", "Servers declared dead.", &self.server_failures);
@@ -116,6 +117,28 @@ impl Metrics {
         let _ = writeln!(out, "krak_placement_decision_seconds_sum {sum}");
         let _ = writeln!(out, "krak_placement_decision_seconds_count {count}");
         out
+    }
+}
+
+/// What each region's pager last reported (`live.rs`), one series per region.
+fn region_live(out: &mut String, rack: &RackState) {
+    type Field = fn(&krak_api::messages::RegionLive) -> f64;
+    let fields: [(&str, &str, Field); 5] = [
+        ("krak_region_local_budget_bytes", "Local budget in force, per region.", |l| l.local_budget_bytes as f64),
+        ("krak_region_resident_bytes", "Bytes resident locally, per region.", |l| l.resident_bytes as f64),
+        ("krak_region_reserved_bytes", "Bytes of slabs held on memory servers, per region.", |l| {
+            l.reserved_bytes as f64
+        }),
+        ("krak_region_used_bytes", "Bytes of pages whose copy is remote, per region.", |l| l.used_bytes as f64),
+        ("krak_region_faults_per_second", "Faults served per second, per region.", |l| l.faults_per_s),
+    ];
+    for (name, text, value) in fields {
+        help(out, name, "gauge", text);
+        for id in rack.regions.keys() {
+            if let Some((live, _)) = rack.live_of(*id) {
+                let _ = writeln!(out, "{name}{{region=\"{id}\"}} {}", value(&live));
+            }
+        }
     }
 }
 

@@ -72,6 +72,8 @@ pub struct RackState {
     pub(crate) shedding: HashMap<ServerId, u64>,
     /// Moves pagers said they started and have not committed (memory only).
     pub(crate) moves: MovesInFlight,
+    /// What each region's pager last reported, and when (memory only, `live.rs`).
+    pub(crate) live: HashMap<RegionId, (krak_api::messages::RegionLive, Instant)>,
 }
 
 impl std::fmt::Debug for RackState {
@@ -114,6 +116,7 @@ impl RackState {
             counters,
             shedding: HashMap::new(),
             moves: MovesInFlight::default(),
+            live: HashMap::new(),
         };
         let now = Instant::now();
         for s in loaded.servers {
@@ -252,6 +255,7 @@ impl RackState {
         self.counters = counters;
         let entry = self.regions.remove(&id).expect("present above");
         self.moves.region_deleted(id);
+        self.live.remove(&id);
         for (_, p) in entry.map.iter() {
             self.view.remove_slab(id, p.server);
         }
@@ -448,6 +452,8 @@ impl RackState {
                     .map(|(s, n)| RemoteBytes { server: s.id, bytes: u64::from(n) * e.record.slot_cost_bytes() })
                     .collect(),
                 degraded_slots: self.degraded_slots_of(&e.map),
+                live: self.live_of(e.record.id).map(|(l, _)| l),
+                live_age_ms: self.live_of(e.record.id).map(|(_, age)| age),
             })
             .collect();
         let mut proposed = self.policy.consolidation_moves(&self.view);

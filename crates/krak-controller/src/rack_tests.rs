@@ -209,3 +209,38 @@ fn an_erasure_coded_region_is_placed_by_what_its_fragments_cost() {
     assert_eq!(reloaded.regions[&region.id].record.slot_bytes, SLAB / 4);
     assert_eq!(reloaded.view.region(region.id).unwrap().slot_bytes, SLAB / 4, "a restart counts the same");
 }
+
+#[test]
+fn a_budget_is_stored_wakes_the_region_and_a_report_is_kept_until_the_region_goes() {
+    let store = Arc::new(MemStore::default());
+    let (mut r, id) = setup(&store);
+    let epoch = r.region_epoch(id).unwrap();
+    assert!(matches!(r.set_budget(id, 4096), Err(RackError::BadRequest(_))), "below the smallest budget");
+    assert!(matches!(r.set_budget(RegionId(99), 1 << 20), Err(RackError::NotFound(_))));
+    let record = r.set_budget(id, 8 << 20).unwrap();
+    assert_eq!(record.local_budget_bytes, 8 << 20);
+    assert!(r.region_epoch(id).unwrap() > epoch, "long-polling pagers wake up");
+    assert_eq!(r.map(id, 0).unwrap().region.local_budget_bytes, 8 << 20, "the pager sees it in its map");
+    // a restarted controller has it from the store
+    let again = rack(&store);
+    assert_eq!(again.map(id, 0).unwrap().region.local_budget_bytes, 8 << 20);
+
+    let live = krak_api::messages::RegionLive {
+        pid: Some(42),
+        host: "h".into(),
+        local_budget_bytes: 8 << 20,
+        resident_bytes: 7 << 20,
+        reserved_bytes: 10 * SLAB,
+        used_bytes: 5 << 20,
+        faults_per_s: 12.5,
+    };
+    assert!(matches!(r.report_live(RegionId(99), live.clone()), Err(RackError::NotFound(_))));
+    let bad_host = krak_api::messages::RegionLive { host: "a\nb".into(), ..live.clone() };
+    assert!(matches!(r.report_live(id, bad_host), Err(RackError::BadRequest(_))));
+    r.report_live(id, live.clone()).unwrap();
+    let status = r.status();
+    assert_eq!(status.regions[0].live.as_ref(), Some(&live));
+    assert!(status.regions[0].live_age_ms.is_some_and(|ms| ms < 1_000));
+    r.delete_region(id).unwrap();
+    assert!(r.live_of(id).is_none(), "a deleted region's report goes with it");
+}

@@ -279,9 +279,10 @@ impl FarMemory {
             region.threads.push(t.map_err(PagerError::Thread)?);
         }
         if let Some(link) = rack {
-            let s = shared.clone();
-            let t =
-                std::thread::Builder::new().name("krak-follow".into()).spawn(move || crate::follow::follow(s, link));
+            let (s, budget) = (shared.clone(), config.local_budget_bytes);
+            let t = std::thread::Builder::new()
+                .name("krak-follow".into())
+                .spawn(move || crate::follow::follow(s, link, budget));
             region.threads.push(t.map_err(PagerError::Thread)?);
         }
         Ok(region)
@@ -325,16 +326,7 @@ impl FarMemory {
 
     /// Changes the local budget while the region is in use; shrinking evicts at once.
     pub fn set_local_budget(&self, bytes: u64) -> Result<(), PagerError> {
-        let mut core = self.shared.core.lock();
-        let new = budget_pages(bytes);
-        if new < core.budget_pages {
-            let old = core.shrinking_from.unwrap_or(core.budget_pages);
-            core.shrinking_from = Some(old);
-        }
-        core.budget_pages = new;
-        let evicted = self.shared.make_room(&mut core, 0);
-        core.shrinking_from = None;
-        evicted
+        self.shared.set_local_budget(budget_pages(bytes))
     }
 
     /// The budget in force: during a shrink, the old one until eviction reached the new.
@@ -545,7 +537,7 @@ fn default_owner() -> String {
     format!("{}/pid{}", host.trim(), std::process::id())
 }
 
-fn budget_pages(bytes: u64) -> usize {
+pub(crate) fn budget_pages(bytes: u64) -> usize {
     ((bytes / PAGE_SIZE as u64) as usize).max(MIN_BUDGET_PAGES)
 }
 

@@ -18,7 +18,9 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// The table lists each server's address, failure domain, state (alive, suspect, dead,
 /// draining), capacity, lent and free memory and slabs held ("empty" when the slab map places
 /// nothing on it: with the `pack` policy it could sleep), then each region with its owner,
-/// size, local budget and remote bytes per server.
+/// size, local budget, what its pager last reported (the process it serves and its host,
+/// bytes resident locally, slabs reserved on servers, bytes whose copy is remote, faults
+/// per second; refreshed every second) and remote bytes per server.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  krak status --controller http://10.0.0.1:7080\n  \
                         KRAK_CONTROLLER=http://10.0.0.1:7080 krak status --json | jq '.servers[].state'")]
@@ -47,6 +49,15 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     let status = client.status().context("asking the controller for status")?;
     print!("{}", render(&status, client.url(), now_ms()));
     Ok(())
+}
+
+/// A figure of the region's last report, or `-` without one (or one over 10 s old: its
+/// pager is gone or cannot reach the controller).
+fn live(r: &krak_api::messages::RegionStatus, f: impl Fn(&krak_api::messages::RegionLive) -> String) -> String {
+    match (&r.live, r.live_age_ms) {
+        (Some(l), Some(age)) if age <= 10_000 => f(l),
+        _ => "-".into(),
+    }
 }
 
 fn now_ms() -> u64 {
@@ -154,6 +165,11 @@ fn render(s: &StatusReply, url: &str, now_ms: u64) -> String {
             "OWNER",
             "SIZE",
             "LOCAL BUDGET",
+            "PID@HOST",
+            "RESIDENT",
+            "RESERVED",
+            "USED",
+            "FAULTS/S",
             "CHUNK",
             "REDUNDANCY",
             "PLACED",
@@ -170,6 +186,11 @@ fn render(s: &StatusReply, url: &str, now_ms: u64) -> String {
                 if r.record.owner.is_empty() { "-".into() } else { r.record.owner.clone() },
                 ByteSize(r.record.size_bytes).to_string(),
                 ByteSize(r.record.local_budget_bytes).to_string(),
+                live(r, |l| format!("{}@{}", l.pid.map_or("?".into(), |p| p.to_string()), l.host)),
+                live(r, |l| ByteSize(l.resident_bytes).to_string()),
+                live(r, |l| ByteSize(l.reserved_bytes).to_string()),
+                live(r, |l| ByteSize(l.used_bytes).to_string()),
+                live(r, |l| format!("{:.0}", l.faults_per_s)),
                 ByteSize(r.record.chunk_bytes).to_string(),
                 r.record.redundancy.clone(),
                 r.placed_chunks.to_string(),

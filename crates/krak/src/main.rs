@@ -1,6 +1,7 @@
 //! The `krak` command: every role of a krak rack in one binary.
 
 mod cmd_bench;
+mod cmd_budget;
 mod cmd_controller;
 mod cmd_memserver;
 mod cmd_pager;
@@ -29,6 +30,7 @@ enum Command {
     Status(cmd_status::StatusArgs),
     Policy(cmd_status::PolicyArgs),
     Drain(cmd_status::DrainArgs),
+    Budget(cmd_budget::BudgetArgs),
     Demo(demo::DemoArgs),
     Bench(cmd_bench::BenchArgs),
     Secret(secret_opts::SecretCmd),
@@ -58,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Status(args) => cmd_status::status(args),
         Command::Policy(args) => cmd_status::policy(args),
         Command::Drain(args) => cmd_status::drain(args),
+        Command::Budget(args) => cmd_budget::budget(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => cmd_bench::run(args),
         Command::Secret(cmd) => secret_opts::run(cmd),

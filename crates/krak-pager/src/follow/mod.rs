@@ -8,9 +8,11 @@
 //! servers the map calls dead itself and loses those that no longer serve the region (for
 //! re-protection to replace, where the scheme survives a loss), and moves fragments, one at a time, off servers that drain or whose host is short
 //! of memory (`moves/fragment.rs`), each to a server the controller places that slot on,
-//! while the region stays in use, and commits the new home.
+//! while the region stays in use, and commits the new home. It also takes up the local
+//! budget an operator sets and reports the region's figures every second (`follow/live.rs`).
 
 pub(crate) mod link;
+pub(crate) mod live;
 pub(crate) mod moves;
 pub(crate) mod place;
 
@@ -35,7 +37,7 @@ const MAP_POLL_MS: u64 = 1_000;
 const MAX_MOVES_PER_ROUND: usize = 8;
 
 /// The follower thread: keeps the region off draining servers until the region is dropped.
-pub(crate) fn follow(shared: Arc<RegionShared>, link: Arc<ControllerLink>) {
+pub(crate) fn follow(shared: Arc<RegionShared>, link: Arc<ControllerLink>, budget_bytes: u64) {
     let mut reported_dead = HashSet::new();
     // Servers the map calls dead that still served the region when last checked (said once).
     let mut doubted = HashSet::new();
@@ -45,6 +47,7 @@ pub(crate) fn follow(shared: Arc<RegionShared>, link: Arc<ControllerLink>) {
     // Its own client for the long-poll, so that re-protection's and moves' calls do not
     // wait behind it.
     let mut poller = link.client.lock().clone();
+    let mut live = live::Live::new(budget_bytes);
     while !shared.stop.load(Ordering::Relaxed) {
         let since = link.epoch.load(Ordering::Relaxed);
         let map = match poller.map_since(link.region, since, Duration::from_millis(MAP_POLL_MS)) {
@@ -56,8 +59,10 @@ pub(crate) fn follow(shared: Arc<RegionShared>, link: Arc<ControllerLink>) {
             }
         };
         let avoid: Vec<ServerId> = map.servers.iter().filter(|s| s.state != ServerState::Alive).map(|s| s.id).collect();
+        live.follow_budget(&shared, map.region.local_budget_bytes);
         follow_servers(&shared, &link, &map, &avoid, &mut reported_dead, &mut doubted);
         consolidate(&shared, &link, &map, &mut stuck_at_epoch);
+        live.report(&shared, &link);
         link.epoch.fetch_max(map.epoch, Ordering::Relaxed);
     }
 }

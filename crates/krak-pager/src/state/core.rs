@@ -213,6 +213,20 @@ impl RegionShared {
     /// Evicts until `n` more pages fit in the budget. The reclaimer thread normally keeps
     /// enough free frames that this finds nothing to do; when it cannot keep up, the fault
     /// path evicts just what it needs.
+    /// Changes the local budget to `pages`; shrinking evicts at once (the old budget stays
+    /// the one in force until eviction reached the new).
+    pub fn set_local_budget(&self, pages: usize) -> Result<(), PagerError> {
+        let mut core = self.core.lock();
+        if pages < core.budget_pages {
+            let old = core.shrinking_from.unwrap_or(core.budget_pages);
+            core.shrinking_from = Some(old);
+        }
+        core.budget_pages = pages;
+        let evicted = self.make_room(&mut core, 0);
+        core.shrinking_from = None;
+        evicted
+    }
+
     pub fn make_room(&self, core: &mut CoreGuard<'_>, n: usize) -> Result<(), PagerError> {
         while core.pages.resident() + n > core.budget_pages {
             let needed = core.pages.resident() + n - core.budget_pages;

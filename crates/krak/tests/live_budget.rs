@@ -1,0 +1,108 @@
+//! Live memory (issue 12, deliverables 2 and 3) on a rack of real processes: a `krak run`
+//! program's region reports what it is doing (`krak status`, its JSON, `/metrics`), and
+//! `krak budget pid:N` shrinks its local budget while it runs: its resident set follows
+//! within seconds, and the program still reads back every byte it wrote.
+
+mod controller_common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use controller_common::*;
+
+/// Fills 96 MiB with a pattern, says `ready PID`, waits for a line on stdin, then checks
+/// every byte and says `verified`.
+const PROGRAM: &str = r#"
+import os, sys
+n = 96 << 20
+b = bytearray(n)
+pattern = bytes((i * 7 + 3) & 0xff for i in range(4096))
+for off in range(0, n, 4096):
+    b[off:off + 4096] = pattern
+print("ready", os.getpid(), flush=True)
+sys.stdin.readline()
+bad = sum(1 for off in range(0, n, 4096) if b[off:off + 4096] != pattern)
+print("verified" if bad == 0 else f"BAD {bad} pages", flush=True)
+"#;
+
+/// The controller's `/metrics` (open to scrapers without the secret).
+fn get_metrics(url: &str) -> String {
+    use std::io::Read;
+    let host = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_running_program_reports_its_region_and_follows_a_new_budget() {
+    let dir = TempDir::new("live-budget");
+    let store = dir.path().join("store");
+    let (_ctl, url) = controller("127.0.0.1:0", &["--store", store.to_str().unwrap()]);
+    let _servers: Vec<_> = (1..=2).map(|i| memserver(&url, &format!("rack1/host{i}"), "192MiB")).collect();
+    wait_for(Duration::from_secs(10), "2 alive servers", || {
+        let st = status(&url).ok()?;
+        (st["servers"].as_array()?.iter().filter(|s| s["state"] == "alive").count() == 2).then_some(())
+    });
+
+    let mut program = Command::new(env!("CARGO_BIN_EXE_krak"))
+        .args(["run", "--controller", &url, "--local", "64MiB", "--max-far", "256MiB", "--", "python3", "-c", PROGRAM])
+        .env("KRAK_SECRET_FILE", secret_file())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("krak run starts");
+    let mut lines = BufReader::new(program.stdout.take().unwrap()).lines();
+    let ready = lines.next().expect("a line").expect("readable");
+    let pid: u32 =
+        ready.strip_prefix("ready ").and_then(|p| p.trim().parse().ok()).unwrap_or_else(|| panic!("{ready:?}"));
+
+    // The region's pager reports: the program's pid, its budget, its pages mostly remote.
+    let (region, _) = wait_for(Duration::from_secs(10), "the region's report", || {
+        let st = status(&url).ok()?;
+        let r = st["regions"].as_array()?.iter().find(|r| r["live"]["pid"] == pid)?.clone();
+        (r["live"]["used_bytes"].as_u64()? >= 32 << 20).then_some(r)
+    });
+    let live = &region["live"];
+    assert_eq!(live["local_budget_bytes"], 64u64 << 20, "{region:#}");
+    assert!(live["resident_bytes"].as_u64().unwrap() <= 64 << 20, "{region:#}");
+    assert!(live["reserved_bytes"].as_u64().unwrap() >= 32 << 20, "{region:#}");
+    assert!(region["live_age_ms"].as_u64().unwrap() <= 2_000, "{region:#}");
+    let table = krak_ok(&["status", "--controller", &url]);
+    assert!(table.contains("RESIDENT") && table.contains(&format!("{pid}@")), "{table}");
+    let id = region["id"].as_u64().unwrap();
+
+    // An unknown target is refused with the known ones.
+    let out = krak(&["budget", "999", "16MiB", "--controller", &url]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no region \"999\"") && err.contains(&format!("pid:{pid}")), "{err}");
+
+    // Shrink it by pid while the program runs: confirmed, and the resident set follows.
+    let answer = krak_ok(&["budget", &format!("pid:{pid}"), "16MiB", "--json", "--controller", &url]);
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["region"], id, "{answer:#}");
+    assert_eq!(
+        (answer["previous_local_budget_bytes"].as_u64(), answer["confirmed"].as_bool()),
+        (Some(64 << 20), Some(true))
+    );
+    wait_for(Duration::from_secs(10), "the resident set under the new budget", || {
+        let st = status(&url).ok()?;
+        let r = st["regions"].as_array()?.iter().find(|r| r["id"] == id)?.clone();
+        (r["live"]["resident_bytes"].as_u64()? <= 16 << 20 && r["local_budget_bytes"] == 16u64 << 20).then_some(())
+    });
+    let metrics = get_metrics(&url);
+    let series = format!("krak_region_local_budget_bytes{{region=\"{id}\"}} {}", 16u64 << 20);
+    assert!(metrics.contains(&series) && metrics.contains("krak_region_resident_bytes{"), "{metrics}");
+
+    // Every byte written is read back under the smaller budget.
+    program.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let verdict = lines.next().expect("a verdict").expect("readable");
+    assert_eq!(verdict, "verified");
+    let status = program.wait().unwrap();
+    assert!(status.success(), "krak run: {status}");
+}
