@@ -3,8 +3,9 @@
 //! region ([`FarMemory::serve_other_process`]) until the program hangs up; then the region is
 //! dropped and its slabs are given back. At most [`MAX_ARENAS`] programs at once.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use krak_pager::{FarMemory, PagerConfig, PagerError, PAGE_SIZE};
 use krak_uffd::{MemfdView, OpenMode, PeerCredentials, SeqPacket, SeqPacketListener, Uffd, UffdError};
@@ -47,12 +48,16 @@ pub enum HostError {
     Pager(#[from] PagerError),
 }
 
+/// The arenas being served, by the pid of their program (for `krak budget`).
+type Served = Arc<Mutex<HashMap<u32, Arc<FarMemory>>>>;
+
 /// Accepts programs on `listener` and serves their arenas, each on a thread of its own,
 /// until `stop` is set; returns once every arena is dropped (its slabs freed).
 pub fn serve(listener: &SeqPacketListener, config: Arc<PagerConfig>, stop: &Arc<AtomicBool>) {
     // SAFETY: geteuid takes nothing and cannot fail.
     let uid = unsafe { libc::geteuid() };
     let arenas = Arc::new(AtomicUsize::new(0));
+    let served: Served = Arc::default();
     let mut threads = Vec::new();
     while !stop.load(Relaxed) {
         let conn = match listener.accept_timeout(POLL_MS) {
@@ -82,9 +87,9 @@ pub fn serve(listener: &SeqPacketListener, config: Arc<PagerConfig>, stop: &Arc<
             let _ = conn.send(&Answer::Failed(why).encode(), &[]);
             continue;
         }
-        let (config, stop, arenas) = (config.clone(), stop.clone(), arenas.clone());
+        let (config, stop, arenas, served) = (config.clone(), stop.clone(), arenas.clone(), served.clone());
         let t = std::thread::Builder::new().name(format!("krak-arena-{}", peer.pid)).spawn(move || {
-            serve_arena(&conn, &config, &stop, peer);
+            serve_arena(&conn, &config, &stop, peer, &served);
             arenas.fetch_sub(1, Relaxed);
         });
         match t {
@@ -100,11 +105,17 @@ pub fn serve(listener: &SeqPacketListener, config: Arc<PagerConfig>, stop: &Arc<
     }
 }
 
-/// Serves one program's arena until it hangs up or we are told to stop.
-fn serve_arena(conn: &SeqPacket, config: &PagerConfig, stop: &AtomicBool, peer: PeerCredentials) {
+/// Serves one program's arena until it hangs up or we are told to stop (or answers one
+/// budget change, on a connection that opens with it).
+fn serve_arena(conn: &SeqPacket, config: &PagerConfig, stop: &AtomicBool, peer: PeerCredentials, served: &Served) {
     let mut buf = vec![0u8; MAX_MESSAGE_BYTES];
     let region = match accept_arena(conn, &mut buf, config, peer) {
-        Ok(region) => region,
+        Ok(Opened::Arena(region)) => Arc::new(region),
+        Ok(Opened::Budget { pid, local_budget_bytes }) => {
+            let answer = set_budget(served, pid, local_budget_bytes);
+            let _ = conn.send(&answer.encode(), &[]);
+            return;
+        }
         Err(e) => {
             tracing::warn!("cannot serve the arena of pid {}: {e}", peer.pid);
             let _ = conn.send(&Answer::Failed(e.to_string()).encode(), &[]);
@@ -116,6 +127,7 @@ fn serve_arena(conn: &SeqPacket, config: &PagerConfig, stop: &AtomicBool, peer: 
         return;
     }
     tracing::info!("serving the arena of pid {}: {} bytes at {:#x}", peer.pid, region.len(), region.as_ptr() as usize);
+    lock(served).insert(peer.pid.unsigned_abs(), region.clone());
     while !stop.load(Relaxed) {
         match conn.wait_readable(POLL_MS) {
             Ok(true) => {}
@@ -137,7 +149,9 @@ fn serve_arena(conn: &SeqPacket, config: &PagerConfig, stop: &AtomicBool, peer: 
         let answer = match Request::decode(&buf[..n]) {
             Ok(Request::Discard { offset, len }) => discard(&region, offset, len),
             Ok(Request::Stats) => Answer::Stats(stats_json(&region).to_string()),
-            Ok(Request::Hello { .. }) => Answer::Failed("this connection already serves an arena".into()),
+            Ok(Request::Hello { .. } | Request::Budget { .. }) => {
+                Answer::Failed("this connection already serves an arena".into())
+            }
             Err(e) => Answer::Failed(format!("bad request: {e}")),
         };
         if let Answer::Failed(why) = &answer {
@@ -147,8 +161,33 @@ fn serve_arena(conn: &SeqPacket, config: &PagerConfig, stop: &AtomicBool, peer: 
             break;
         }
     }
+    lock(served).remove(&peer.pid.unsigned_abs());
     drop(region);
     tracing::info!("pid {} hung up: its arena is released", peer.pid);
+}
+
+fn lock(served: &Served) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<FarMemory>>> {
+    served.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Changes the local budget of program `pid`'s arena (shrinking evicts before answering).
+fn set_budget(served: &Served, pid: u32, local_budget_bytes: u64) -> Answer {
+    let Some(region) = lock(served).get(&pid).cloned() else {
+        return Answer::Failed(format!("this pager serves no arena of pid {pid}"));
+    };
+    match region.set_local_budget(local_budget_bytes) {
+        Ok(()) => {
+            tracing::info!("pid {pid}: local budget now {local_budget_bytes} bytes (krak budget)");
+            Answer::Stats(stats_json(&region).to_string())
+        }
+        Err(e) => Answer::Failed(format!("setting the local budget of pid {pid}'s arena: {e}")),
+    }
+}
+
+/// What a connection opened with.
+enum Opened {
+    Arena(FarMemory),
+    Budget { pid: u32, local_budget_bytes: u64 },
 }
 
 fn discard(region: &FarMemory, offset: u64, len: u64) -> Answer {
@@ -166,6 +205,7 @@ fn stats_json(region: &FarMemory) -> serde_json::Value {
         "pager_pid": std::process::id(),
         "arena_bytes": region.len(),
         "local_budget_bytes": region.local_budget_bytes(),
+        "resident_bytes": region.resident_bytes(),
         "peak_resident_bytes": region.peak_resident_bytes(),
         "pager": region.stats(),
     })
@@ -177,12 +217,18 @@ fn accept_arena(
     buf: &mut [u8],
     config: &PagerConfig,
     peer: PeerCredentials,
-) -> Result<FarMemory, HostError> {
+) -> Result<Opened, HostError> {
     conn.set_recv_timeout_ms(HELLO_TIMEOUT_MS).map_err(HostError::Socket)?;
     let (n, fds) = conn.recv(buf).map_err(HostError::Socket)?.ok_or(HostError::NoHello)?;
     conn.set_recv_timeout_ms(0).map_err(HostError::Socket)?;
-    let Request::Hello { version, base, len, uffd_features, uffd_mode } = Request::decode(&buf[..n])? else {
-        return Err(HostError::NotHello);
+    let (version, base, len, uffd_features, uffd_mode) = match Request::decode(&buf[..n])? {
+        Request::Hello { version, base, len, uffd_features, uffd_mode } => {
+            (version, base, len, uffd_features, uffd_mode)
+        }
+        Request::Budget { pid, local_budget_bytes } if fds.is_empty() => {
+            return Ok(Opened::Budget { pid, local_budget_bytes })
+        }
+        _ => return Err(HostError::NotHello),
     };
     if version != VERSION {
         return Err(HostError::Version(version));
@@ -199,5 +245,5 @@ fn accept_arena(
     }
     let map = MemfdView::new(memfd, base as usize, len as usize).map_err(HostError::Memfd)?;
     let uffd = Uffd::from_received(uffd, uffd_features, mode)?;
-    Ok(FarMemory::serve_other_process(config.clone(), map, uffd, peer.pid)?)
+    Ok(Opened::Arena(FarMemory::serve_other_process(config.clone(), map, uffd, peer.pid)?))
 }

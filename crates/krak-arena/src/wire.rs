@@ -5,7 +5,9 @@
 //! next is sent: a bounded exchange, never more than one request in flight per arena.
 //!
 //! Both ends run as the same user, but the pager still checks every field: a decoder error
-//! is typed, never a panic.
+//! is typed, never a panic. A connection may instead open with [`Request::Budget`]: `krak
+//! budget pid:N` asking the pager to change the local budget of program N's arena; it is
+//! answered with the arena's stats, and the connection ends.
 
 /// Version of these messages; a pager refuses a program speaking another.
 pub const VERSION: u16 = 1;
@@ -17,6 +19,7 @@ pub const MAX_REASON_BYTES: usize = 1024;
 const HELLO: u8 = 1;
 const DISCARD: u8 = 2;
 const STATS: u8 = 3;
+const BUDGET: u8 = 4;
 const READY: u8 = 0x81;
 const DONE: u8 = 0x82;
 const FAILED: u8 = 0x83;
@@ -33,6 +36,10 @@ pub enum Request {
     Discard { offset: u64, len: u64 },
     /// The pager's counters for this arena, as JSON.
     Stats,
+    /// "Keep `local_budget_bytes` of the arena of program `pid` local" (from `krak budget`,
+    /// on a connection of its own): answered with that arena's stats once the budget is in
+    /// force.
+    Budget { pid: u32, local_budget_bytes: u64 },
 }
 
 /// What the pager answers, one per request.
@@ -80,6 +87,11 @@ impl Request {
                 out.extend_from_slice(&len.to_le_bytes());
             }
             Request::Stats => out.push(STATS),
+            Request::Budget { pid, local_budget_bytes } => {
+                out.push(BUDGET);
+                out.extend_from_slice(&pid.to_le_bytes());
+                out.extend_from_slice(&local_budget_bytes.to_le_bytes());
+            }
         }
         out
     }
@@ -102,6 +114,13 @@ impl Request {
                 Ok(Request::Discard { offset: u64_at(b, 0), len: u64_at(b, 8) })
             }
             STATS => exact(tag, body, 0).map(|_| Request::Stats),
+            BUDGET => {
+                let b = exact(tag, body, 12)?;
+                Ok(Request::Budget {
+                    pid: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                    local_budget_bytes: u64_at(b, 4),
+                })
+            }
             other => Err(WireError::UnknownTag(other)),
         }
     }
@@ -177,6 +196,7 @@ mod tests {
             },
             Request::Discard { offset: 4096, len: u64::MAX },
             Request::Stats,
+            Request::Budget { pid: 4242, local_budget_bytes: 128 << 20 },
         ];
         for r in requests {
             assert_eq!(Request::decode(&r.encode()), Ok(r));
@@ -211,6 +231,7 @@ mod tests {
         let samples = [
             Request::Hello { version: 1, base: 1, len: 2, uffd_features: 3, uffd_mode: 4 }.encode(),
             Request::Discard { offset: 1, len: 2 }.encode(),
+            Request::Budget { pid: 1, local_budget_bytes: 2 }.encode(),
             Answer::Failed("x".into()).encode(),
         ];
         for s in samples {

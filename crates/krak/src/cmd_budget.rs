@@ -17,6 +17,8 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// TARGET is a region id (as in `krak status`) or pid:N, the process a region serves (a
 /// `krak run` program, or the process that made the region), as its pager reports it.
+/// Without a controller (no --controller, no $KRAK_CONTROLLER), pid:N names a `krak run`
+/// program, whose pager process is asked directly over its socket.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  krak budget 3 512MiB\n  krak budget pid:4242 128MiB --json")]
 pub struct BudgetArgs {
@@ -36,6 +38,9 @@ pub struct BudgetArgs {
 }
 
 pub fn budget(args: BudgetArgs) -> anyhow::Result<()> {
+    if args.controller.controller.as_deref().is_none_or(|c| c.trim().is_empty()) {
+        return budget_of_program(&args);
+    }
     let mut client = args.controller.client(TIMEOUT)?;
     let status = client.status().context("asking the controller for its regions")?;
     let region = find(&status, &args.target)?;
@@ -76,6 +81,40 @@ pub fn budget(args: BudgetArgs) -> anyhow::Result<()> {
                 args.wait_ms
             ),
         }
+    }
+    Ok(())
+}
+
+/// Without a controller: program `pid:N`'s pager process, over its socket.
+fn budget_of_program(args: &BudgetArgs) -> anyhow::Result<()> {
+    let Some(pid) = args.target.trim().strip_prefix("pid:") else {
+        bail!(
+            "{:?}: without a controller, name a `krak run` program as pid:N (a region id needs --controller URL \
+             or $KRAK_CONTROLLER)",
+            args.target
+        );
+    };
+    let pid: u32 = pid.parse().with_context(|| format!("{:?}: pid:N needs a process id", args.target))?;
+    let socket = krak_arena::budget::pager_socket_of(pid)?;
+    let stats = krak_arena::budget::set_budget(&socket, pid, args.size.0)
+        .with_context(|| format!("changing the local budget of pid {pid}"))?;
+    let stats: serde_json::Value = serde_json::from_str(&stats).context("the pager's stats")?;
+    if args.json {
+        let out = serde_json::json!({
+            "pid": pid,
+            "local_budget_bytes": args.size.0,
+            "confirmed": true,
+            "stats": stats,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        let bytes = |k: &str| stats[k].as_u64().map_or("?".into(), |b| ByteSize(b).to_string());
+        println!(
+            "pid {pid}: local budget {} in force, {} resident (its pager, pid {})",
+            bytes("local_budget_bytes"),
+            bytes("resident_bytes"),
+            stats["pager_pid"]
+        );
     }
     Ok(())
 }

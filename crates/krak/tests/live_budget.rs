@@ -1,7 +1,8 @@
 //! Live memory (issue 12, deliverables 2 and 3) on a rack of real processes: a `krak run`
 //! program's region reports what it is doing (`krak status`, its JSON, `/metrics`), and
 //! `krak budget pid:N` shrinks its local budget while it runs: its resident set follows
-//! within seconds, and the program still reads back every byte it wrote.
+//! within seconds, and the program still reads back every byte it wrote. Without a
+//! controller, `krak budget pid:N` asks the program's pager process over its socket.
 
 mod controller_common;
 
@@ -105,4 +106,56 @@ fn a_running_program_reports_its_region_and_follows_a_new_budget() {
     assert_eq!(verdict, "verified");
     let status = program.wait().unwrap();
     assert!(status.success(), "krak run: {status}");
+}
+
+/// `krak run ARGS -- python3 -c PROGRAM`, after its `ready`: the child, its stdout lines
+/// and the program's pid.
+fn start_program(args: &[&str]) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>, u32) {
+    let mut program = Command::new(env!("CARGO_BIN_EXE_krak"))
+        .arg("run")
+        .args(args)
+        .args(["--", "python3", "-c", PROGRAM])
+        .env_remove("KRAK_CONTROLLER")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("krak run starts");
+    let mut lines = BufReader::new(program.stdout.take().unwrap()).lines();
+    let ready = lines.next().expect("a line").expect("readable");
+    let pid = ready.strip_prefix("ready ").and_then(|p| p.trim().parse().ok()).unwrap_or_else(|| panic!("{ready:?}"));
+    (program, lines, pid)
+}
+
+#[test]
+fn without_a_controller_the_program_s_pager_is_asked_directly() {
+    let (mut program, mut lines, pid) = start_program(&["--local", "64MiB", "--max-far", "256MiB"]);
+    let answer = krak_ok(&["budget", &format!("pid:{pid}"), "16MiB", "--json"]);
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["confirmed"], true, "{answer:#}");
+    assert_eq!(answer["stats"]["local_budget_bytes"], 16u64 << 20, "{answer:#}");
+    assert!(answer["stats"]["resident_bytes"].as_u64().unwrap() <= 16 << 20, "evicted before answering: {answer:#}");
+    program.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    assert_eq!(lines.next().expect("a verdict").expect("readable"), "verified");
+    assert!(program.wait().unwrap().success());
+
+    // Clear refusals: a process krak run did not start, a region id without a controller,
+    // and a program whose pager runs inside it.
+    let refused = |args: &[&str]| {
+        let out = krak(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let me = std::process::id().to_string();
+    let err = refused(&["budget", &format!("pid:{me}"), "16MiB"]);
+    assert!(err.contains("is not a program `krak run` started"), "{err}");
+    let err = refused(&["budget", "3", "16MiB"]);
+    assert!(err.contains("needs --controller"), "{err}");
+    let (mut program, mut lines, pid) =
+        start_program(&["--pager", "in-process", "--local", "64MiB", "--max-far", "256MiB"]);
+    let err = refused(&["budget", &format!("pid:{pid}"), "16MiB"]);
+    assert!(err.contains("runs its pager in-process"), "{err}");
+    program.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    assert_eq!(lines.next().expect("a verdict").expect("readable"), "verified");
+    assert!(program.wait().unwrap().success());
 }
