@@ -50,18 +50,8 @@ fn a_running_program_reports_its_region_and_follows_a_new_budget() {
         (st["servers"].as_array()?.iter().filter(|s| s["state"] == "alive").count() == 2).then_some(())
     });
 
-    let mut program = Command::new(env!("CARGO_BIN_EXE_krak"))
-        .args(["run", "--controller", &url, "--local", "64MiB", "--max-far", "256MiB", "--", "python3", "-c", PROGRAM])
-        .env("KRAK_SECRET_FILE", secret_file())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("krak run starts");
-    let mut lines = BufReader::new(program.stdout.take().unwrap()).lines();
-    let ready = lines.next().expect("a line").expect("readable");
-    let pid: u32 =
-        ready.strip_prefix("ready ").and_then(|p| p.trim().parse().ok()).unwrap_or_else(|| panic!("{ready:?}"));
+    let args = ["--controller", &url, "--local", "64MiB", "--max-far", "256MiB"];
+    let (mut program, mut lines, pid) = start_program(&args, Some(secret_file()));
 
     // The region's pager reports: the program's pid, its budget, its pages mostly remote.
     let (region, _) = wait_for(Duration::from_secs(10), "the region's report", || {
@@ -108,10 +98,17 @@ fn a_running_program_reports_its_region_and_follows_a_new_budget() {
     assert!(status.success(), "krak run: {status}");
 }
 
-/// `krak run ARGS -- python3 -c PROGRAM`, after its `ready`: the child, its stdout lines
-/// and the program's pid.
-fn start_program(args: &[&str]) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>, u32) {
-    let mut program = Command::new(env!("CARGO_BIN_EXE_krak"))
+/// `krak run ARGS -- python3 -c PROGRAM` (with the rack secret `secret_file` where it runs
+/// on a rack of ours), after its `ready`: the child, its stdout lines and the program's pid.
+fn start_program(
+    args: &[&str],
+    secret_file: Option<&str>,
+) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>, u32) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_krak"));
+    if let Some(file) = secret_file {
+        command.env("KRAK_SECRET_FILE", file);
+    }
+    let mut program = command
         .arg("run")
         .args(args)
         .args(["--", "python3", "-c", PROGRAM])
@@ -129,7 +126,7 @@ fn start_program(args: &[&str]) -> (std::process::Child, std::io::Lines<BufReade
 
 #[test]
 fn without_a_controller_the_program_s_pager_is_asked_directly() {
-    let (mut program, mut lines, pid) = start_program(&["--local", "64MiB", "--max-far", "256MiB"]);
+    let (mut program, mut lines, pid) = start_program(&["--local", "64MiB", "--max-far", "256MiB"], None);
     let answer = krak_ok(&["budget", &format!("pid:{pid}"), "16MiB", "--json"]);
     let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(answer["confirmed"], true, "{answer:#}");
@@ -152,7 +149,7 @@ fn without_a_controller_the_program_s_pager_is_asked_directly() {
     let err = refused(&["budget", "3", "16MiB"]);
     assert!(err.contains("needs --controller"), "{err}");
     let (mut program, mut lines, pid) =
-        start_program(&["--pager", "in-process", "--local", "64MiB", "--max-far", "256MiB"]);
+        start_program(&["--pager", "in-process", "--local", "64MiB", "--max-far", "256MiB"], None);
     let err = refused(&["budget", &format!("pid:{pid}"), "16MiB"]);
     assert!(err.contains("runs its pager in-process"), "{err}");
     program.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
