@@ -13,7 +13,7 @@ use std::time::Duration;
 use controller_common::*;
 
 /// Fills 96 MiB with a pattern, says `ready PID`, waits for a line on stdin, then checks
-/// every byte and says `verified`.
+/// every byte, says `verified`, and exits at the next line (or the end of its stdin).
 const PROGRAM: &str = r#"
 import os, sys
 n = 96 << 20
@@ -25,6 +25,7 @@ print("ready", os.getpid(), flush=True)
 sys.stdin.readline()
 bad = sum(1 for off in range(0, n, 4096) if b[off:off + 4096] != pattern)
 print("verified" if bad == 0 else f"BAD {bad} pages", flush=True)
+sys.stdin.readline()
 "#;
 
 /// The controller's `/metrics` (open to scrapers without the secret).
@@ -86,14 +87,28 @@ fn a_running_program_reports_its_region_and_follows_a_new_budget() {
         let r = st["regions"].as_array()?.iter().find(|r| r["id"] == id)?.clone();
         (r["live"]["resident_bytes"].as_u64()? <= 16 << 20 && r["local_budget_bytes"] == 16u64 << 20).then_some(())
     });
+    // And grow it again: the pager lets the region keep more (the program's check below
+    // faults every page back in).
+    let grown = krak_ok(&["budget", &id.to_string(), "48MiB", "--json", "--controller", &url]);
+    let grown: serde_json::Value = serde_json::from_str(&grown).unwrap();
+    assert_eq!(
+        (grown["previous_local_budget_bytes"].as_u64(), grown["confirmed"].as_bool()),
+        (Some(16 << 20), Some(true))
+    );
     let metrics = get_metrics(&url);
-    let series = format!("krak_region_local_budget_bytes{{region=\"{id}\"}} {}", 16u64 << 20);
+    let series = format!("krak_region_local_budget_bytes{{region=\"{id}\"}} {}", 48u64 << 20);
     assert!(metrics.contains(&series) && metrics.contains("krak_region_resident_bytes{"), "{metrics}");
 
     // Every byte written is read back under the smaller budget.
     program.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     let verdict = lines.next().expect("a verdict").expect("readable");
     assert_eq!(verdict, "verified");
+    let (resident, _) = wait_for(Duration::from_secs(5), "a report of the grown region after the check", || {
+        let st = status(&url).ok()?;
+        let resident = st["regions"].as_array()?.iter().find(|r| r["id"] == id)?["live"]["resident_bytes"].as_u64()?;
+        (resident > 16 << 20).then_some(resident)
+    });
+    assert!(resident <= 48 << 20, "within the grown budget: {resident}");
     let status = program.wait().unwrap();
     assert!(status.success(), "krak run: {status}");
 }
