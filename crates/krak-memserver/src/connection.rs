@@ -151,24 +151,14 @@ impl<'s> Conn<'s> {
                 }
             };
             self.read_body(header.body_len as usize)?;
-            if let Some(mac) = session.mac.as_mut() {
-                let mut trailer = [0u8; MAC_LEN];
+            let mut trailer = [0u8; MAC_LEN];
+            let trailer = if session.mac.is_some() {
                 self.reader.read_exact(&mut trailer)?;
-                if let Err(e) = mac.open(&head, &self.body, &trailer) {
-                    tracing::warn!("{}: closing: {e}", session.peer);
-                    shared.counters.add_error();
-                    let msg = format!("authentication failed: {e}");
-                    encode_error(&mut self.out, header.request_id, header.kind, ErrorCode::AuthFailed, &msg);
-                    seal(session, &mut self.out, start);
-                    return Ok(End::Violation);
-                }
-            }
-            let sealed = session.mac.is_some();
-            let next = requests::answer(shared, session, &header, &self.body, &mut self.out);
-            if sealed {
-                seal(session, &mut self.out, start);
-            }
-            if next == Next::Close {
+                &trailer[..]
+            } else {
+                &[][..]
+            };
+            if answer_frame(shared, session, &head, &header, &self.body, trailer, &mut self.out, start) == Next::Close {
                 return Ok(End::Violation);
             }
             self.pending += 1;
@@ -279,6 +269,42 @@ impl<'s> Conn<'s> {
         }
         Ok(())
     }
+}
+
+/// Answers one whole frame (`head`, `body`, and the `trailer` of its MAC once the
+/// connection has one) at `out[start..]`, sealed: a frame whose MAC does not check is
+/// answered `AuthFailed`. `Next::Close` when the connection must end after the answer. The
+/// handshake and the frames after it both answer here.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn answer_frame(
+    shared: &ServerShared,
+    session: &mut Session,
+    head: &[u8; HEADER_LEN],
+    header: &Header,
+    body: &[u8],
+    trailer: &[u8],
+    out: &mut Vec<u8>,
+    start: usize,
+) -> Next {
+    if let Some(mac) = session.mac.as_mut() {
+        let opened = <&[u8; MAC_LEN]>::try_from(trailer)
+            .map_err(|_| "no MAC trailer".to_string())
+            .and_then(|t| mac.open(head, body, t).map_err(|e| e.to_string()));
+        if let Err(e) = opened {
+            tracing::warn!("{}: closing: {e}", session.peer);
+            shared.counters.add_error();
+            let msg = format!("authentication failed: {e}");
+            encode_error(out, header.request_id, header.kind, ErrorCode::AuthFailed, &msg);
+            seal(session, out, start);
+            return Next::Close;
+        }
+    }
+    let sealed = session.mac.is_some();
+    let next = requests::answer(shared, session, header, body, out);
+    if sealed {
+        seal(session, out, start);
+    }
+    next
 }
 
 /// Appends the MAC of the answer at `out[start..]` once the connection is past our hello.

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use krak_proto::{encode_error, ErrorCode, Header, HEADER_LEN, MAC_LEN, MAX_HANDSHAKE_BODY_BYTES};
 
-use crate::connection::{raw_id_and_kind, seal};
-use crate::requests::{self, decode_error_code, Next, Session};
+use crate::connection::{answer_frame, raw_id_and_kind, seal};
+use crate::requests::{decode_error_code, Next, Session};
 use crate::server::ServerShared;
 
 /// How a handshake ended.
@@ -56,21 +56,8 @@ pub(crate) fn run(stream: &TcpStream, shared: &ServerShared, session: &mut Sessi
             let trailer = if session.mac.is_some() { MAC_LEN } else { 0 };
             let mut body = vec![0u8; header.body_len as usize + trailer];
             read_exact_by(stream, &mut body, deadline, false)?;
-            let (body, mac_bytes) = body.split_at(header.body_len as usize);
-            if let Some(mac) = session.mac.as_mut() {
-                let trailer: &[u8; MAC_LEN] = mac_bytes.try_into().expect("read with a MAC's length");
-                if let Err(e) = mac.open(&head, body, trailer) {
-                    let why = format!("authentication failed: {e}");
-                    tracing::warn!("{}: closing in the handshake: {why}", session.peer);
-                    let (id, kind) = (header.request_id, header.kind);
-                    return refuse(stream, shared, session, &mut out, id, kind, ErrorCode::AuthFailed, &why);
-                }
-            }
-            let sealed = session.mac.is_some();
-            let next = requests::answer(shared, session, &header, body, &mut out);
-            if sealed {
-                seal(session, &mut out, 0);
-            }
+            let (body, trailer) = body.split_at(header.body_len as usize);
+            let next = answer_frame(shared, session, &head, &header, body, trailer, &mut out, 0);
             (&*stream).write_all(&out)?;
             out.clear();
             if next == Next::Close {
