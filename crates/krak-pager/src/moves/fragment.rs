@@ -78,13 +78,7 @@ impl RegionShared {
         let policy = self.placement_policy();
         let mut view = list_placement::current_view(&mut self.admin.lock(), layout);
         while let Some(&(chunk, frag)) = layout.stripes.fragments_on(server, 1).first() {
-            let taken: Vec<usize> = layout.stripes.with(chunk, |s| {
-                s.iter()
-                    .enumerate()
-                    .filter(|(i, _)| *i != frag)
-                    .flat_map(|(_, f)| std::iter::once(f.server).chain(f.moving_to.map(|(s, _)| s)))
-                    .collect()
-            });
+            let taken = layout.stripes.servers_of_others(chunk, frag);
             let to = list_placement::choose_server(&*policy, &view, &taken, &others)
                 .ok_or(PagerError::NoDrainTarget { chunk, frag, scheme: layout.redundancy() })?;
             let moved = self.move_fragment(chunk, frag, layout.server_addr(to))?;

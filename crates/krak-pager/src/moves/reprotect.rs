@@ -266,15 +266,9 @@ fn choose_replacement(
 ) -> Result<(usize, krak_proto::SlabId), Rebuild> {
     let layout = &shared.layout;
     let unit = layout.redundancy().unit_bytes() as u32;
-    let stripe = layout.stripes.with(chunk, |s| s.clone());
     let policy = shared.placement_policy();
-    let taken: Vec<usize> = stripe
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != frag)
-        .flat_map(|(_, f)| std::iter::once(f.server).chain(f.moving_to.map(|(s, _)| s)))
-        .collect();
-    let mut exclude = vec![stripe[frag].server];
+    let taken = layout.stripes.servers_of_others(chunk, frag);
+    let mut exclude = vec![layout.stripes.with(chunk, |s| s[frag].server)];
     let mut why: Option<(usize, ClientError)> = None;
     let mut admin = shared.admin.lock();
     let mut view = list_placement::current_view(&mut admin, layout);

@@ -119,23 +119,21 @@ pub(crate) fn place_fragment(
     taken: &[usize],
     exclude: &[usize],
 ) -> Result<(usize, SlabId), NotPlaced> {
-    let taken: Vec<ServerId> = taken.iter().map(|s| server_id(*s)).collect();
-    let exclude: Vec<ServerId> = exclude.iter().map(|s| server_id(*s)).collect();
     let mut refused = None;
     loop {
-        let Ok(id) = choose_fragment(policy, view, REGION, &taken, &exclude) else {
+        let Some(server) = choose_server(policy, view, taken, exclude) else {
             return Err(NotPlaced::NoRoom { refused });
         };
-        match lend(index_of(id)) {
+        match lend(server) {
             Ok(slab) => {
-                view.add_slab(REGION, id);
-                return Ok((index_of(id), slab));
+                view.add_slab(REGION, server_id(server));
+                return Ok((server, slab));
             }
             Err(e) if e.is_no_capacity() => {
-                view.set_free(id, 0);
-                refused = Some((index_of(id), e));
+                view.set_free(server_id(server), 0);
+                refused = Some((server, e));
             }
-            Err(source) => return Err(NotPlaced::Failed { server: index_of(id), source }),
+            Err(source) => return Err(NotPlaced::Failed { server, source }),
         }
     }
 }

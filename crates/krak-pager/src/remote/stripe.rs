@@ -212,6 +212,18 @@ impl StripeTable {
         self.lost.lock().iter().any(|(s, _)| *s == server)
     }
 
+    /// The servers the fragments of `chunk` other than `frag` use (their homes, and where
+    /// they move to): where one more fragment of the stripe may not go.
+    pub fn servers_of_others(&self, chunk: usize, frag: usize) -> Vec<usize> {
+        self.with(chunk, |s| {
+            s.iter()
+                .enumerate()
+                .filter(|(i, _)| *i != frag)
+                .flat_map(|(_, f)| std::iter::once(f.server).chain(f.moving_to.map(|(s, _)| s)))
+                .collect()
+        })
+    }
+
     pub fn with<R>(&self, chunk: usize, f: impl FnOnce(&Stripe) -> R) -> R {
         f(&self.stripes.read()[chunk])
     }
