@@ -100,7 +100,7 @@ fn a_running_program_reports_its_region_and_follows_a_new_budget() {
     assert!(metrics.contains(&series) && metrics.contains("krak_region_resident_bytes{"), "{metrics}");
 
     // Every byte written is read back under the smaller budget.
-    program.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    program.0.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     let verdict = lines.next().expect("a verdict").expect("readable");
     assert_eq!(verdict, "verified");
     let (resident, _) = wait_for(Duration::from_secs(5), "a report of the grown region after the check", || {
@@ -109,8 +109,29 @@ fn a_running_program_reports_its_region_and_follows_a_new_budget() {
         (resident > 16 << 20).then_some(resident)
     });
     assert!(resident <= 48 << 20, "within the grown budget: {resident}");
-    let status = program.wait().unwrap();
+    let status = program.0.wait().unwrap();
     assert!(status.success(), "krak run: {status}");
+}
+
+/// A `krak run` child, stopped on drop if a test fails before it ends: SIGTERM first, which
+/// `krak run` passes to the program before it stops its pager and loopback rack (SIGKILL
+/// would leave those behind), SIGKILL only if it is still there 10 s later.
+struct Program(std::process::Child);
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
+        // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while matches!(self.0.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// `krak run ARGS -- python3 -c PROGRAM` (with the rack secret `secret_file` where it runs
@@ -118,22 +139,24 @@ fn a_running_program_reports_its_region_and_follows_a_new_budget() {
 fn start_program(
     args: &[&str],
     secret_file: Option<&str>,
-) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>, u32) {
+) -> (Program, std::io::Lines<BufReader<std::process::ChildStdout>>, u32) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_krak"));
     if let Some(file) = secret_file {
         command.env("KRAK_SECRET_FILE", file);
     }
-    let mut program = command
-        .arg("run")
-        .args(args)
-        .args(["--", "python3", "-c", PROGRAM])
-        .env_remove("KRAK_CONTROLLER")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("krak run starts");
-    let mut lines = BufReader::new(program.stdout.take().unwrap()).lines();
+    let mut program = Program(
+        command
+            .arg("run")
+            .args(args)
+            .args(["--", "python3", "-c", PROGRAM])
+            .env_remove("KRAK_CONTROLLER")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("krak run starts"),
+    );
+    let mut lines = BufReader::new(program.0.stdout.take().unwrap()).lines();
     let ready = lines.next().expect("a line").expect("readable");
     let pid = ready.strip_prefix("ready ").and_then(|p| p.trim().parse().ok()).unwrap_or_else(|| panic!("{ready:?}"));
     (program, lines, pid)
@@ -147,9 +170,9 @@ fn without_a_controller_the_program_s_pager_is_asked_directly() {
     assert_eq!(answer["confirmed"], true, "{answer:#}");
     assert_eq!(answer["stats"]["local_budget_bytes"], 16u64 << 20, "{answer:#}");
     assert!(answer["stats"]["resident_bytes"].as_u64().unwrap() <= 16 << 20, "evicted before answering: {answer:#}");
-    program.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    program.0.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     assert_eq!(lines.next().expect("a verdict").expect("readable"), "verified");
-    assert!(program.wait().unwrap().success());
+    assert!(program.0.wait().unwrap().success());
 
     // Clear refusals: a process krak run did not start, a region id without a controller,
     // and a program whose pager runs inside it.
@@ -167,7 +190,7 @@ fn without_a_controller_the_program_s_pager_is_asked_directly() {
         start_program(&["--pager", "in-process", "--local", "64MiB", "--max-far", "256MiB"], None);
     let err = refused(&["budget", &format!("pid:{pid}"), "16MiB"]);
     assert!(err.contains("runs its pager in-process"), "{err}");
-    program.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    program.0.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     assert_eq!(lines.next().expect("a verdict").expect("readable"), "verified");
-    assert!(program.wait().unwrap().success());
+    assert!(program.0.wait().unwrap().success());
 }
