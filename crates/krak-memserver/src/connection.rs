@@ -40,13 +40,12 @@ enum End {
 pub(crate) fn serve(stream: TcpStream, shared: &ServerShared, peer: SocketAddr, conn_id: u64) {
     tracing::debug!("{peer}: connected");
     let mut session = Session::new(peer);
-    if let Outcome::Over = handshake::run(&stream, shared, &mut session) {
+    if let Outcome::Over = handshake::run(&stream, shared, &mut session, conn_id) {
         if let Some(client_id) = session.client_id {
             shared.registry.disconnect(client_id, Instant::now());
         }
         return;
     }
-    shared.authenticated(conn_id);
     let io_timeout = Duration::from_millis(shared.config.io_timeout_ms);
     let mut conn = Conn::new(&stream, io_timeout, Duration::from_micros(shared.config.spin_us));
     let result = conn.setup().and_then(|()| conn.serve_frames(shared, &mut session));

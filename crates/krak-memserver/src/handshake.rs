@@ -23,7 +23,7 @@ pub(crate) enum Outcome {
 }
 
 /// Runs the handshake of `stream` until the peer is authenticated or it has to end.
-pub(crate) fn run(stream: &TcpStream, shared: &ServerShared, session: &mut Session) -> Outcome {
+pub(crate) fn run(stream: &TcpStream, shared: &ServerShared, session: &mut Session, conn_id: u64) -> Outcome {
     let timeout = Duration::from_millis(shared.config.handshake_timeout_ms);
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
@@ -58,6 +58,11 @@ pub(crate) fn run(stream: &TcpStream, shared: &ServerShared, session: &mut Sessi
             read_exact_by(stream, &mut body, deadline, false)?;
             let (body, trailer) = body.split_at(header.body_len as usize);
             let next = answer_frame(shared, session, &head, &header, body, trailer, &mut out, 0);
+            if session.client_id.is_some() {
+                // Before the answer goes out: once the client has it, it counts its connection
+                // as served, and a newcomer must not take the slot back.
+                shared.authenticated(conn_id);
+            }
             (&*stream).write_all(&out)?;
             out.clear();
             if next == Next::Close {
