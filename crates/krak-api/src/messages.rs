@@ -64,7 +64,7 @@ pub struct RegionLive {
     pub host: String,
     /// The budget in force (during a shrink, the old one until eviction reached the new).
     pub local_budget_bytes: u64,
-    /// Bytes of the region resident in local memory.
+    /// Bytes of the region mapped in local memory (never above the budget in force).
     pub resident_bytes: u64,
     /// Bytes of slabs the region holds on memory servers.
     pub reserved_bytes: u64,

@@ -340,7 +340,7 @@ impl FarMemory {
         (self.shared.core.lock().pages.resident() * PAGE_SIZE) as u64
     }
 
-    /// Largest resident set the pager has counted.
+    /// Most pages the pager has had mapped at once (never above the budget).
     pub fn peak_resident_bytes(&self) -> u64 {
         (self.shared.peak_resident.load(Ordering::Relaxed) * PAGE_SIZE) as u64
     }

@@ -65,7 +65,7 @@ impl Live {
 fn figures(shared: &RegionShared, faults_per_s: f64) -> RegionLive {
     let (budget_pages, resident_pages) = {
         let core = shared.core.lock();
-        (core.shrinking_from.unwrap_or(core.budget_pages), core.pages.resident())
+        (core.shrinking_from.unwrap_or(core.budget_pages), core.pages.mapped())
     };
     let mut remote_pages = 0;
     let mut next = 0;

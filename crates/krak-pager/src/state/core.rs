@@ -447,7 +447,15 @@ impl RegionShared {
             core.pages.installed(page, dirty || already_present.contains(&page));
             core.eviction.inserted(page);
         }
-        self.peak_resident.fetch_max(core.pages.resident(), Ordering::Relaxed);
+        // Every page mapped had its frame covered by a `make_room` that returned: mapped
+        // pages never exceed the budget (during a shrink, the one being left).
+        let mapped = core.pages.mapped();
+        debug_assert!(
+            mapped <= core.budget_pages.max(core.shrinking_from.unwrap_or(0)),
+            "{mapped} pages mapped over a budget of {}",
+            core.budget_pages
+        );
+        self.peak_resident.fetch_max(mapped, Ordering::Relaxed);
         // Self-serving threads waiting for this page to land wait on `space`.
         self.space.notify_all();
         result

@@ -124,6 +124,8 @@ pub(crate) struct PageTable {
     states: Box<[PageState]>,
     /// Pages whose state counts resident.
     resident: usize,
+    /// Of those, the reserved frames not yet mapped (`Fetching`).
+    fetching: usize,
     /// The bytes of every `Staged` page, and of a `FetchingStaged` one only while its
     /// fetcher holds them (outside this table).
     staged: HashMap<usize, Arc<[u8]>>,
@@ -132,7 +134,12 @@ pub(crate) struct PageTable {
 impl PageTable {
     /// `pages` pages, all absent.
     pub(crate) fn new(pages: usize) -> PageTable {
-        PageTable { states: vec![PageState::Absent; pages].into_boxed_slice(), resident: 0, staged: HashMap::new() }
+        PageTable {
+            states: vec![PageState::Absent; pages].into_boxed_slice(),
+            resident: 0,
+            fetching: 0,
+            staged: HashMap::new(),
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -154,6 +161,12 @@ impl PageTable {
     /// Pages that count against the budget.
     pub(crate) fn resident(&self) -> usize {
         self.resident
+    }
+
+    /// Pages mapped now (resident but for reserved frames still being fetched): what the
+    /// region holds in RAM, never above the budget (`docs/design.md`, "The budget invariant").
+    pub(crate) fn mapped(&self) -> usize {
+        self.resident - self.fetching
     }
 
     /// Whether its only current copy is on a server (absent, or staged with its write in
@@ -185,6 +198,8 @@ impl PageTable {
     fn set(&mut self, page: usize, to: PageState) {
         let from = self.states[page];
         self.resident = self.resident + usize::from(to.counts_resident()) - usize::from(from.counts_resident());
+        let fetching = |s: PageState| usize::from(s.kind() == Kind::Fetching);
+        self.fetching = self.fetching + fetching(to) - fetching(from);
         self.states[page] = to;
     }
 
@@ -330,6 +345,8 @@ impl PageTable {
     pub(crate) fn validate(&self) {
         let counted = self.states.iter().filter(|s| s.counts_resident()).count();
         assert_eq!(counted, self.resident, "resident count");
+        let fetching = self.states.iter().filter(|s| s.kind() == Kind::Fetching).count();
+        assert_eq!(fetching, self.fetching, "fetching count");
         let staged = self.states.iter().filter(|s| **s == PageState::Staged).count();
         assert_eq!(staged, self.staged.len(), "staged pages and staged bytes");
         for page in self.staged.keys() {
