@@ -123,12 +123,14 @@ fn route(shared: &ControllerShared, req: &Request) -> Result<Response, RackError
         }
         ("PUT", ["v1", "regions", id, "live"]) => {
             let id = parse_region(id).ok_or_else(bad_id)?;
+            renew(shared, id);
             let body: RegionLive = decode(&req.body)?;
             shared.rack.lock().report_live(id, body)?;
             Ok(Response::json(200, &serde_json::json!({})))
         }
         ("POST", ["v1", "regions", id, "place"]) => {
             let id = parse_region(id).ok_or_else(bad_id)?;
+            renew(shared, id);
             let body: PlaceRequest = decode(&req.body)?;
             let rack = shared.rack.lock();
             let started = Instant::now();
@@ -138,6 +140,7 @@ fn route(shared: &ControllerShared, req: &Request) -> Result<Response, RackError
         }
         ("POST", ["v1", "regions", id, "commit"]) => {
             let id = parse_region(id).ok_or_else(bad_id)?;
+            renew(shared, id);
             let body: CommitRequest = decode(&req.body)?;
             let epoch = shared.rack.lock().commit(id, &body.chunks)?;
             shared.metrics.committed();
@@ -146,18 +149,21 @@ fn route(shared: &ControllerShared, req: &Request) -> Result<Response, RackError
         }
         ("POST", ["v1", "regions", id, "moves"]) => {
             let id = parse_region(id).ok_or_else(bad_id)?;
+            renew(shared, id);
             let body: MoveStartRequest = decode(&req.body)?;
             shared.rack.lock().start_move(id, &body)?;
             Ok(Response::json(200, &serde_json::json!({})))
         }
         ("DELETE", ["v1", "regions", id, "moves", slot]) => {
             let id = parse_region(id).ok_or_else(bad_id)?;
+            renew(shared, id);
             let slot: u64 = slot.parse().map_err(|_| RackError::BadRequest(format!("bad slot {slot:?}")))?;
             shared.rack.lock().abandon_move(id, slot)?;
             Ok(Response::json(200, &serde_json::json!({})))
         }
         ("GET", ["v1", "regions", id, "map"]) => {
             let id = parse_region(id).ok_or_else(bad_id)?;
+            renew(shared, id);
             map(shared, id, &req.query)
         }
         ("GET", ["v1", "policy"]) => Ok(Response::json(200, &policy_body(shared.rack.lock().policy_name()))),
@@ -174,6 +180,11 @@ fn route(shared: &ControllerShared, req: &Request) -> Result<Response, RackError
         }
         _ => Err(RackError::NotFound(format!("no endpoint {}", req.path))),
     }
+}
+
+/// A request from region `id`'s pager: its lease runs on (`lease.rs`).
+fn renew(shared: &ControllerShared, id: crate::model::RegionId) {
+    shared.rack.lock().renew_lease(id, Instant::now());
 }
 
 fn policy_body(name: &str) -> PolicyBody {

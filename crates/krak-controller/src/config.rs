@@ -40,6 +40,10 @@ pub struct ControllerConfig {
     /// Most long-polls waiting at once; more are answered at once (so they never take every
     /// worker).
     pub max_long_polls: usize,
+    /// A region whose pager has not been heard from for this long (no report, map poll,
+    /// placement or commit) is reclaimed: its record and map are deleted, its servers'
+    /// capacity counted free again (the servers free its slabs after their own grace).
+    pub region_lease_ms: u64,
     /// Policy when the store names none.
     pub default_policy: String,
     /// Chunk size of a region whose creation names none.
@@ -65,6 +69,7 @@ impl ControllerConfig {
             http_idle_timeout_ms: 15_000,
             long_poll_max_ms: 10_000,
             max_long_polls: 4,
+            region_lease_ms: DEFAULT_REGION_LEASE_MS,
             default_policy: "spread".to_string(),
             default_chunk_bytes: DEFAULT_CHUNK_BYTES,
             secret: None,
@@ -95,6 +100,9 @@ impl ControllerConfig {
         if self.http_request_timeout_ms == 0 || self.http_idle_timeout_ms == 0 {
             return Err(ConfigError::HttpTimeouts);
         }
+        if self.region_lease_ms < MIN_REGION_LEASE_MS {
+            return Err(ConfigError::RegionLease);
+        }
         if self.max_body_bytes < MIN_BODY_BYTES {
             return Err(ConfigError::BodyTooSmall);
         }
@@ -107,6 +115,12 @@ impl ControllerConfig {
         Ok(())
     }
 }
+
+/// Default `region_lease_ms`: 30 pagers' reports (each reports every second).
+pub const DEFAULT_REGION_LEASE_MS: u64 = 30_000;
+/// Smallest `region_lease_ms`: a pager reports every second and polls its map at least
+/// that often, so a shorter lease would reclaim regions whose pager merely paused.
+pub const MIN_REGION_LEASE_MS: u64 = 2_000;
 
 /// Most HTTP workers.
 const MAX_HTTP_WORKERS: usize = 256;
@@ -130,6 +144,8 @@ pub enum ConfigError {
     PerClient,
     #[error("http_request_timeout_ms and http_idle_timeout_ms must be positive")]
     HttpTimeouts,
+    #[error("region_lease_ms (--region-lease-ms) must be at least {MIN_REGION_LEASE_MS}: pagers report every second")]
+    RegionLease,
     #[error("max_body_bytes must be at least {MIN_BODY_BYTES}")]
     BodyTooSmall,
     #[error("unknown placement policy {0:?}")]

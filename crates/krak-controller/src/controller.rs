@@ -86,6 +86,20 @@ fn liveness_loop(shared: &ControllerShared) {
             }
             shared.changed.notify_all();
         }
+        let reclaimed = rack.reclaim_expired(Instant::now());
+        for r in &reclaimed {
+            tracing::warn!(
+                "region {} ({}) reclaimed: its pager has not been heard from for {} ms (lease {} ms)",
+                r.record.id,
+                r.record.owner,
+                r.silent_ms,
+                shared.config.region_lease_ms
+            );
+            shared.metrics.region_reclaimed();
+        }
+        if !reclaimed.is_empty() {
+            shared.changed.notify_all();
+        }
         // the rack lock is released while waiting; shutdown notifies to end the wait
         shared.changed.wait_for(&mut rack, tick);
     }

@@ -25,6 +25,7 @@ pub mod election;
 pub mod http;
 mod http_gate;
 mod http_wire;
+pub mod lease;
 pub mod live;
 pub mod membership;
 pub mod metrics;

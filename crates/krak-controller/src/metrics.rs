@@ -19,6 +19,7 @@ pub struct Metrics {
     placement_failures: AtomicU64,
     commits: AtomicU64,
     server_failures: AtomicU64,
+    regions_reclaimed: AtomicU64,
     http_requests: AtomicU64,
     http_errors: AtomicU64,
 }
@@ -40,6 +41,9 @@ impl Metrics {
     }
     pub fn server_failed(&self) {
         self.server_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn region_reclaimed(&self) {
+        self.regions_reclaimed.fetch_add(1, Ordering::Relaxed);
     }
     pub fn http_request(&self, status: u16) {
         self.http_requests.fetch_add(1, Ordering::Relaxed);
@@ -101,6 +105,12 @@ impl Metrics {
         let _ = writeln!(out, "# HELP krak_policy The placement policy in force.\n# TYPE krak_policy gauge");
         let _ = writeln!(out, "krak_policy{{name=\"{}\"}} 1", rack.policy_name());
         counter(&mut out, "krak_server_failures_total", "Servers declared dead.", &self.server_failures);
+        counter(
+            &mut out,
+            "krak_regions_reclaimed_total",
+            "Regions reclaimed because their pager was silent for the lease.",
+            &self.regions_reclaimed,
+        );
         counter(&mut out, "krak_placement_failures_total", "Placements refused.", &self.placement_failures);
         counter(&mut out, "krak_commits_total", "Commits of placements.", &self.commits);
         counter(&mut out, "krak_http_requests_total", "HTTP requests answered.", &self.http_requests);

@@ -53,6 +53,9 @@ pub(crate) struct RegionEntry {
     pub(crate) map: ChunkMap,
     /// Last map epoch at which a chunk of it or the state of one of its servers changed.
     pub(crate) epoch: u64,
+    /// When its pager was last heard from (monotonic; a restarted controller starts every
+    /// region's lease afresh): see `lease.rs`.
+    pub(crate) heard: Instant,
 }
 
 pub struct RackState {
@@ -147,7 +150,7 @@ impl RackState {
             // region epochs are not stored: after a restart each is the global epoch, which is
             // at least any epoch a pager saw, so no long-poll waits on a number gone backwards
             let epoch = epoch.max(rack.counters.map_epoch);
-            rack.regions.insert(record.id, RegionEntry { record, map, epoch });
+            rack.regions.insert(record.id, RegionEntry { record, map, epoch, heard: now });
         }
         Ok(rack)
     }
@@ -239,7 +242,10 @@ impl RackState {
         persist::write(&*self.store, vec![persist::put(persist::region_key(record.id), &record)], &counters)?;
         self.counters = counters;
         self.view.add_region(record.id, krak_placement::SlotSize::of(&record));
-        self.regions.insert(record.id, RegionEntry { record: record.clone(), map: ChunkMap::default(), epoch: 0 });
+        self.regions.insert(
+            record.id,
+            RegionEntry { record: record.clone(), map: ChunkMap::default(), epoch: 0, heard: Instant::now() },
+        );
         Ok(record)
     }
 

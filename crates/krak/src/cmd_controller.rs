@@ -60,6 +60,11 @@ pub struct ControllerArgs {
     /// at most 1000.
     #[arg(long, value_name = "MS")]
     heartbeat_ms: Option<u64>,
+    /// A region whose pager has not been heard from for this long (it reports every second)
+    /// is reclaimed: deleted with its map, its servers' capacity free again. A controller
+    /// that starts or takes over gives every region a whole lease first.
+    #[arg(long, value_name = "MS", default_value_t = krak_controller::config::DEFAULT_REGION_LEASE_MS)]
+    region_lease_ms: u64,
     /// Placement policy to switch to on start: spread, pack or domain-spread. Without it, the
     /// policy stored in the rack is kept (spread for a new rack).
     #[arg(long, value_name = "NAME")]
@@ -119,6 +124,7 @@ fn config(args: &ControllerArgs, listen: SocketAddr) -> anyhow::Result<Controlle
     let mut c = ControllerConfig::new(listen);
     c.secret = args.secret.load()?;
     c.dead_after_ms = args.dead_after_ms;
+    c.region_lease_ms = args.region_lease_ms;
     c.suspect_after_ms = args.suspect_after_ms.unwrap_or(args.dead_after_ms * 3 / 10).max(1);
     c.heartbeat_interval_ms = args.heartbeat_ms.unwrap_or((args.dead_after_ms / 10).clamp(10, 1000));
     c.tick_ms = c.tick_ms.min((c.suspect_after_ms / 4).max(10));

@@ -6,27 +6,10 @@
 
 mod controller_common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
 use std::time::Duration;
 
 use controller_common::*;
-
-/// Fills 96 MiB with a pattern, says `ready PID`, waits for a line on stdin, then checks
-/// every byte, says `verified`, and exits at the next line (or the end of its stdin).
-const PROGRAM: &str = r#"
-import os, sys
-n = 96 << 20
-b = bytearray(n)
-pattern = bytes((i * 7 + 3) & 0xff for i in range(4096))
-for off in range(0, n, 4096):
-    b[off:off + 4096] = pattern
-print("ready", os.getpid(), flush=True)
-sys.stdin.readline()
-bad = sum(1 for off in range(0, n, 4096) if b[off:off + 4096] != pattern)
-print("verified" if bad == 0 else f"BAD {bad} pages", flush=True)
-sys.stdin.readline()
-"#;
 
 /// The controller's `/metrics` (open to scrapers without the secret).
 fn get_metrics(url: &str) -> String {
@@ -52,7 +35,7 @@ fn a_running_program_reports_its_region_and_follows_a_new_budget() {
     });
 
     let args = ["--controller", &url, "--local", "64MiB", "--max-far", "256MiB"];
-    let (mut program, mut lines, pid) = start_program(&args, Some(secret_file()));
+    let (mut program, mut lines, pid) = start_program(&args, Some(secret_file()), &pattern_program(96));
 
     // The region's pager reports: the program's pid, its budget, its pages mostly remote.
     let (region, _) = wait_for(Duration::from_secs(10), "the region's report", || {
@@ -114,58 +97,10 @@ fn a_running_program_reports_its_region_and_follows_a_new_budget() {
     assert!(status.success(), "krak run: {status}");
 }
 
-/// A `krak run` child, stopped on drop if a test fails before it ends: SIGTERM first, which
-/// `krak run` passes to the program before it stops its pager and loopback rack (SIGKILL
-/// would leave those behind), SIGKILL only if it is still there 10 s later.
-struct Program(std::process::Child);
-
-impl Drop for Program {
-    fn drop(&mut self) {
-        if !matches!(self.0.try_wait(), Ok(None)) {
-            return;
-        }
-        // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
-        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while matches!(self.0.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `krak run ARGS -- python3 -c PROGRAM` (with the rack secret `secret_file` where it runs
-/// on a rack of ours), after its `ready`: the child, its stdout lines and the program's pid.
-fn start_program(
-    args: &[&str],
-    secret_file: Option<&str>,
-) -> (Program, std::io::Lines<BufReader<std::process::ChildStdout>>, u32) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_krak"));
-    if let Some(file) = secret_file {
-        command.env("KRAK_SECRET_FILE", file);
-    }
-    let mut program = Program(
-        command
-            .arg("run")
-            .args(args)
-            .args(["--", "python3", "-c", PROGRAM])
-            .env_remove("KRAK_CONTROLLER")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("krak run starts"),
-    );
-    let mut lines = BufReader::new(program.0.stdout.take().unwrap()).lines();
-    let ready = lines.next().expect("a line").expect("readable");
-    let pid = ready.strip_prefix("ready ").and_then(|p| p.trim().parse().ok()).unwrap_or_else(|| panic!("{ready:?}"));
-    (program, lines, pid)
-}
-
 #[test]
 fn without_a_controller_the_program_s_pager_is_asked_directly() {
-    let (mut program, mut lines, pid) = start_program(&["--local", "64MiB", "--max-far", "256MiB"], None);
+    let (mut program, mut lines, pid) =
+        start_program(&["--local", "64MiB", "--max-far", "256MiB"], None, &pattern_program(96));
     let answer = krak_ok(&["budget", &format!("pid:{pid}"), "16MiB", "--json"]);
     let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(answer["confirmed"], true, "{answer:#}");
@@ -187,8 +122,11 @@ fn without_a_controller_the_program_s_pager_is_asked_directly() {
     assert!(err.contains("is not a program `krak run` started"), "{err}");
     let err = refused(&["budget", "3", "16MiB"]);
     assert!(err.contains("needs --controller"), "{err}");
-    let (mut program, mut lines, pid) =
-        start_program(&["--pager", "in-process", "--local", "64MiB", "--max-far", "256MiB"], None);
+    let (mut program, mut lines, pid) = start_program(
+        &["--pager", "in-process", "--local", "64MiB", "--max-far", "256MiB"],
+        None,
+        &pattern_program(96),
+    );
     let err = refused(&["budget", &format!("pid:{pid}"), "16MiB"]);
     assert!(err.contains("runs its pager in-process"), "{err}");
     program.0.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();

@@ -52,6 +52,18 @@ pub(crate) fn follow(shared: Arc<RegionShared>, link: Arc<ControllerLink>, budge
         let since = link.epoch.load(Ordering::Relaxed);
         let map = match poller.map_since(link.region, since, Duration::from_millis(MAP_POLL_MS)) {
             Ok(map) => map,
+            Err(krak_api::ApiError::Status { status: 404, message }) => {
+                // Reclaimed (its lease ran out while the controller did not hear from this
+                // pager) or deleted by someone: nothing left to follow. The region keeps
+                // serving from the slabs it holds, which the servers keep while it is
+                // connected; the rack no longer counts them, moves or drains them.
+                tracing::error!(
+                    "the rack controller no longer knows region {} ({message}): it keeps its pages on \
+                     its servers, but the rack no longer manages it (no moves, drains or budget changes)",
+                    link.region
+                );
+                return;
+            }
             Err(e) => {
                 tracing::warn!("controller unreachable ({e}); the region keeps its current placement");
                 std::thread::sleep(Duration::from_millis(RETRY_PAUSE_MS));

@@ -116,7 +116,12 @@ pub fn secret_file() -> &'static str {
 
 /// `krak memserver` with 1 MiB slabs on a free loopback port, joined to `controller`.
 pub fn memserver(controller: &str, domain: &str, capacity: &str) -> (Proc, SocketAddr) {
-    let (proc, line) = spawn_and_read_line(&[
+    memserver_with(controller, domain, capacity, &[])
+}
+
+/// [`memserver`] with `extra` arguments.
+pub fn memserver_with(controller: &str, domain: &str, capacity: &str, extra: &[&str]) -> (Proc, SocketAddr) {
+    let mut args = vec![
         "memserver",
         "--listen",
         "127.0.0.1:0",
@@ -130,7 +135,9 @@ pub fn memserver(controller: &str, domain: &str, capacity: &str) -> (Proc, Socke
         domain,
         "--secret-file",
         secret_file(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let (proc, line) = spawn_and_read_line(&args);
     let addr = line.split_whitespace().nth(4).and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
     (proc, addr)
 }
@@ -186,4 +193,76 @@ pub fn read_all(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::J
         let _ = pipe.read_to_string(&mut s);
         s
     })
+}
+
+/// A `krak run` child, stopped on drop if a test fails before it ends: SIGTERM first, which
+/// `krak run` passes to the program before it stops its pager and loopback rack (SIGKILL
+/// would leave those behind), SIGKILL only if it is still there 10 s later.
+pub struct Program(pub std::process::Child);
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
+        // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while matches!(self.0.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `krak run ARGS -- python3 -c PROGRAM` (which prints `ready PID` first; with the rack
+/// secret `secret_file` where it runs on a rack of ours), after its `ready`: the child, its
+/// stdout lines and the program's pid.
+pub fn start_program(
+    args: &[&str],
+    secret_file: Option<&str>,
+    program: &str,
+) -> (Program, std::io::Lines<BufReader<std::process::ChildStdout>>, u32) {
+    let mut command = Command::new(KRAK);
+    if let Some(file) = secret_file {
+        command.env("KRAK_SECRET_FILE", file);
+    }
+    let mut program = Program(
+        command
+            .arg("run")
+            .args(args)
+            .args(["--", "python3", "-c", program])
+            .env_remove("KRAK_CONTROLLER")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("krak run starts"),
+    );
+    let mut lines = BufReader::new(program.0.stdout.take().unwrap()).lines();
+    let ready = lines.next().expect("a line").expect("readable");
+    let pid = ready.strip_prefix("ready ").and_then(|p| p.trim().parse().ok()).unwrap_or_else(|| panic!("{ready:?}"));
+    (program, lines, pid)
+}
+
+/// A Python program for [`start_program`]: fills `mib` MiB with a pattern, says `ready PID`,
+/// waits for a line on stdin, then checks every byte, says `verified` (or how many pages
+/// were wrong), and exits at the next line (or the end of its stdin).
+pub fn pattern_program(mib: u32) -> String {
+    format!(
+        r#"
+import os, sys
+n = {mib} << 20
+b = bytearray(n)
+pattern = bytes((i * 7 + 3) & 0xff for i in range(4096))
+for off in range(0, n, 4096):
+    b[off:off + 4096] = pattern
+print("ready", os.getpid(), flush=True)
+sys.stdin.readline()
+bad = sum(1 for off in range(0, n, 4096) if b[off:off + 4096] != pattern)
+print("verified" if bad == 0 else f"BAD {{bad}} pages", flush=True)
+sys.stdin.readline()
+"#
+    )
 }
