@@ -120,7 +120,9 @@ impl Allocator {
 }
 
 /// The preload library (crate krak-preload): $KRAK_PRELOAD, or beside the krak binary, or
-/// in cargo's `deps/` beside it (where a build of the workspace's tests leaves it).
+/// in cargo's `deps/` beside it (where a build of the workspace's tests leaves it); the
+/// newer of the two when both are there, since a build of the tests refreshes only `deps/`
+/// and a stale copy would not speak the protocol of the rest.
 fn preload_path() -> anyhow::Result<PathBuf> {
     const NAME: &str = "libkrak_preload.so";
     if let Some(p) = std::env::var_os("KRAK_PRELOAD") {
@@ -133,7 +135,8 @@ fn preload_path() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("finding the krak binary")?;
     let beside = exe.with_file_name(NAME);
     let in_deps = exe.with_file_name("deps").join(NAME);
-    match [beside, in_deps].into_iter().find(|p| p.is_file()) {
+    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match [beside, in_deps].into_iter().filter(|p| p.is_file()).max_by_key(modified) {
         Some(path) => Ok(path),
         None => bail!(
             "preload library {NAME} not found beside {} (build it with `cargo build --release`, which \
