@@ -29,11 +29,12 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = parse_header(text);
+        let _ = krak_api::signing::boot_of_refusal(data);
         let _ = parse_region(text);
         let _ = parse_server(text);
         let guard = ReplayGuard::default();
         let secret = RackSecret::from_bytes([1; 32]);
         // A header the fuzzer made up never verifies.
-        assert!(verify_request(&secret, &guard, 1 << 40, "POST", "/v1/servers", data, Some(text)).is_err());
+        assert!(verify_request(&secret, &guard, 1 << 40, Some(7), "POST", "/v1/servers", data, Some(text)).is_err());
     }
 });

@@ -3,6 +3,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -64,6 +66,15 @@ impl ApiError {
     }
 }
 
+/// An unsigned refusal's body with any boot id it names taken out, so that no one without
+/// the secret can make a client sign for a run of their choosing.
+fn strip_boot(body: Vec<u8>) -> Vec<u8> {
+    if crate::signing::boot_of_refusal(&body).is_none() {
+        return body;
+    }
+    serde_json::to_vec(&serde_json::json!({ "error": error_message(&body) })).unwrap_or_default()
+}
+
 /// The text of an error answer: its JSON `error`, else the body as text.
 fn error_message(body: &[u8]) -> String {
     serde_json::from_slice::<crate::messages::ErrorBody>(body)
@@ -94,6 +105,9 @@ pub struct Client {
     pub timeout: Duration,
     /// Signs every request and checks every answer with it (`None`: neither).
     pub secret: Option<krak_auth::RackSecret>,
+    /// The boot id of the controller run last heard from at this URL (shared by clones):
+    /// requests are signed for it (`signing`).
+    boot: Arc<AtomicU64>,
 }
 
 impl Client {
@@ -103,7 +117,12 @@ impl Client {
         if host.is_empty() || host.contains('/') || !host.contains(':') {
             return Err(ApiError::Url(url.to_string()));
         }
-        Ok(Client { host: host.to_string(), timeout: Duration::from_secs(5), secret: None })
+        Ok(Client {
+            host: host.to_string(),
+            timeout: Duration::from_secs(5),
+            secret: None,
+            boot: Arc::new(AtomicU64::new(crate::signing::UNKNOWN_BOOT)),
+        })
     }
 
     /// The same client, signing with `secret`.
@@ -112,13 +131,40 @@ impl Client {
         self
     }
 
-    /// Sends a request; returns the status and body whatever the status.
+    /// Sends a request; returns the status and body whatever the status. A signed refusal
+    /// that names another controller run than the one the request was signed for (a
+    /// restarted controller, a new leader, or the first request) is asked again once, for
+    /// that run: nothing was served.
     pub fn raw(
         &self,
         method: &str,
         path: &str,
         body: Option<&[u8]>,
         extra_wait: Duration,
+    ) -> Result<(u16, Vec<u8>), ApiError> {
+        let Some(secret) = &self.secret else { return self.send(method, path, body, extra_wait, None) };
+        let boot = self.boot.load(Ordering::Relaxed);
+        let answer = self.send(method, path, body, extra_wait, Some((secret, boot)))?;
+        match answer {
+            (401, ref refusal) => match crate::signing::boot_of_refusal(refusal) {
+                Some(current) if current != boot => {
+                    self.boot.store(current, Ordering::Relaxed);
+                    self.send(method, path, body, extra_wait, Some((secret, current)))
+                }
+                _ => Ok(answer),
+            },
+            _ => Ok(answer),
+        }
+    }
+
+    /// Sends one request, signed for controller run `boot` with `secret` when given.
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        extra_wait: Duration,
+        signing: Option<(&krak_auth::RackSecret, u64)>,
     ) -> Result<(u16, Vec<u8>), ApiError> {
         let io = |source| ApiError::Io { addr: self.host.clone(), source };
         let connect = |source| ApiError::Connect { addr: self.host.clone(), source };
@@ -128,8 +174,8 @@ impl Client {
         stream.set_read_timeout(Some(self.timeout + extra_wait)).map_err(io)?;
         stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
         let body = body.unwrap_or_default();
-        let signed =
-            self.secret.as_ref().map(|s| crate::signing::sign_request(s, method, path, body, crate::signing::now_ms()));
+        let signed = signing
+            .map(|(s, boot)| crate::signing::sign_request(s, method, path, body, crate::signing::now_ms(), boot));
         let authorization = signed.as_ref().map(|(h, _)| format!("Authorization: {h}\r\n")).unwrap_or_default();
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\n{authorization}Content-Length: {}\r\n\r\n",
@@ -146,11 +192,12 @@ impl Client {
             (Err(e), _, _) | (Ok(()), Err(e), _) => return Err(io(e)),
             (Ok(()), Ok(_), Err(source)) => return Err(ApiError::Protocol { addr: self.host.clone(), source }),
         };
-        if let (Some(secret), Some((_, nonce))) = (&self.secret, &signed) {
+        if let (Some((secret, _)), Some((_, nonce))) = (signing, &signed) {
             if !crate::signing::verify_response(secret, nonce, status, &body, auth.as_deref()) {
                 return match status {
-                    // A refusal of our signature cannot be signed for us: report it as it is.
-                    401 => Ok((status, body)),
+                    // A refusal of our signature cannot be signed for us: report it as it is
+                    // (and it names no controller run: only a signed one is believed).
+                    401 => Ok((status, strip_boot(body))),
                     // Nor can a front end that turns a connection away before reading its
                     // request (too many connections): busy, worth another try or URL. Anyone
                     // on the path could say so, but only to deny service, as they could anyway.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
+use crate::auth::Verdict;
 use crate::controller::ControllerShared;
 use crate::http::{Request, Response};
 use crate::rack::RackError;
@@ -34,14 +35,23 @@ pub fn handle(shared: &ControllerShared, req: Request) -> Response {
         secret,
         &shared.replays,
         now,
+        Some(shared.boot),
         &req.method,
         &req.url,
         &req.body,
         req.authorization.as_deref(),
     );
     let response = match checked {
-        Ok(nonce) => {
+        Ok(Verdict::Serve(nonce)) => {
             let mut r = route(shared, &req).unwrap_or_else(|e| error_response(shared, &e));
+            r.auth = Some(krak_api::signing::sign_response(secret, &nonce, r.status, &r.body));
+            r
+        }
+        Ok(Verdict::OtherBoot(nonce)) => {
+            // Normal once per client after a restart or a takeover; a replay from before
+            // either looks the same, and is not served.
+            tracing::debug!("{} {}: made for another run of the controller; told this one", req.method, req.path);
+            let mut r = Response::json(401, &krak_api::signing::boot_refusal(shared.boot));
             r.auth = Some(krak_api::signing::sign_response(secret, &nonce, r.status, &r.body));
             r
         }

@@ -46,28 +46,50 @@ impl ReplayGuard {
     }
 }
 
-/// Checks one request; returns its nonce (to sign the answer with).
+/// What a request that passed its checks gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Serve it, and sign the answer with this nonce.
+    Serve([u8; NONCE_LEN]),
+    /// It was made for another run of the controller (a replay from before a restart or a
+    /// failover, or a client that does not know this run yet): answer with a signed
+    /// `boot_refusal` (with this nonce), never serve it.
+    OtherBoot([u8; NONCE_LEN]),
+}
+
+/// Checks one request against the secret, the clock and the replay cache, and (with
+/// `boot`) that it was made for this run of the controller.
+#[allow(clippy::too_many_arguments)]
 pub fn verify_request(
     secret: &RackSecret,
     guard: &ReplayGuard,
     now_ms: u64,
+    boot: Option<u64>,
     method: &str,
     url: &str,
     body: &[u8],
     header: Option<&str>,
-) -> Result<[u8; NONCE_LEN], AuthError> {
+) -> Result<Verdict, AuthError> {
     let auth = parse_header(header.ok_or(AuthError::Missing)?)?;
     let skew_ms = now_ms.abs_diff(auth.ts_ms);
     if skew_ms > WINDOW_MS {
         return Err(AuthError::Stale { skew_ms });
     }
-    if !tags_equal(&request_mac(secret, method, url, body, auth.ts_ms, &auth.nonce), &auth.mac) {
+    if !tags_equal(&request_mac(secret, method, url, body, auth.ts_ms, auth.boot, &auth.nonce), &auth.mac) {
         return Err(AuthError::BadMac);
     }
-    // Only requests with a good MAC take room in the cache.
+    if boot.is_some_and(|b| b != auth.boot) {
+        // Not served, so it need not take room in the cache: a replay gets the same answer.
+        return Ok(Verdict::OtherBoot(auth.nonce));
+    }
+    // Only requests with a good MAC, for this run, take room in the cache.
     guard.admit(now_ms, auth.nonce)?;
-    Ok(auth.nonce)
+    Ok(Verdict::Serve(auth.nonce))
 }
+
+/// The boot id of the controller run in the tests.
+#[cfg(test)]
+const BOOT: u64 = 0x5eed;
 
 #[cfg(test)]
 mod tests {
@@ -79,24 +101,44 @@ mod tests {
         let s = RackSecret::generate();
         let guard = ReplayGuard::default();
         let now = 1_000_000_000;
-        let (h, nonce) = sign_request(&s, "POST", "/v1/policy", b"{\"policy\":\"pack\"}", now);
-        let ok = verify_request(&s, &guard, now + 5, "POST", "/v1/policy", b"{\"policy\":\"pack\"}", Some(&h));
-        assert_eq!(ok, Ok(nonce));
-        let again = verify_request(&s, &guard, now + 6, "POST", "/v1/policy", b"{\"policy\":\"pack\"}", Some(&h));
+        let (h, nonce) = sign_request(&s, "POST", "/v1/policy", b"{\"policy\":\"pack\"}", now, BOOT);
+        let ok =
+            verify_request(&s, &guard, now + 5, Some(BOOT), "POST", "/v1/policy", b"{\"policy\":\"pack\"}", Some(&h));
+        assert_eq!(ok, Ok(Verdict::Serve(nonce)));
+        let again =
+            verify_request(&s, &guard, now + 6, Some(BOOT), "POST", "/v1/policy", b"{\"policy\":\"pack\"}", Some(&h));
         assert_eq!(again, Err(AuthError::Replayed));
-        let (h, _) = sign_request(&s, "POST", "/v1/policy", b"{\"policy\":\"pack\"}", now);
+        let (h, _) = sign_request(&s, "POST", "/v1/policy", b"{\"policy\":\"pack\"}", now, BOOT);
         for (m, u, b) in [
             ("PUT", "/v1/policy", &b"{\"policy\":\"pack\"}"[..]),
             ("POST", "/v1/x", b"{}"),
             ("POST", "/v1/policy", b"{}"),
         ] {
-            assert_eq!(verify_request(&s, &guard, now, m, u, b, Some(&h)), Err(AuthError::BadMac));
+            assert_eq!(verify_request(&s, &guard, now, Some(BOOT), m, u, b, Some(&h)), Err(AuthError::BadMac));
         }
         let other = RackSecret::generate();
         assert_eq!(
-            verify_request(&other, &guard, now, "POST", "/v1/policy", b"{\"policy\":\"pack\"}", Some(&h)),
+            verify_request(&other, &guard, now, Some(BOOT), "POST", "/v1/policy", b"{\"policy\":\"pack\"}", Some(&h)),
             Err(AuthError::BadMac)
         );
+    }
+
+    #[test]
+    fn a_request_for_another_run_is_refused_unserved_and_takes_no_room() {
+        let s = RackSecret::generate();
+        let guard = ReplayGuard::default();
+        let now = 1_000_000_000;
+        for boot in [BOOT + 1, krak_api::signing::UNKNOWN_BOOT] {
+            let (h, nonce) = sign_request(&s, "PUT", "/v1/policy", b"{}", now, boot);
+            let got = verify_request(&s, &guard, now, Some(BOOT), "PUT", "/v1/policy", b"{}", Some(&h));
+            assert_eq!(got, Ok(Verdict::OtherBoot(nonce)));
+            // Asked again (a replay) it is refused the same way, never served.
+            let got = verify_request(&s, &guard, now, Some(BOOT), "PUT", "/v1/policy", b"{}", Some(&h));
+            assert_eq!(got, Ok(Verdict::OtherBoot(nonce)));
+            // A standby (no run to check) takes it, once.
+            let got = verify_request(&s, &guard, now, None, "PUT", "/v1/policy", b"{}", Some(&h));
+            assert_eq!(got, Ok(Verdict::Serve(nonce)));
+        }
     }
 
     #[test]
@@ -104,17 +146,17 @@ mod tests {
         let s = RackSecret::generate();
         let guard = ReplayGuard::default();
         let now = 10 * WINDOW_MS;
-        let (h, _) = sign_request(&s, "GET", "/v1/status", b"", now - WINDOW_MS - 1);
+        let (h, _) = sign_request(&s, "GET", "/v1/status", b"", now - WINDOW_MS - 1, BOOT);
         assert!(matches!(
-            verify_request(&s, &guard, now, "GET", "/v1/status", b"", Some(&h)),
+            verify_request(&s, &guard, now, Some(BOOT), "GET", "/v1/status", b"", Some(&h)),
             Err(AuthError::Stale { .. })
         ));
-        let (h, _) = sign_request(&s, "GET", "/v1/status", b"", now + WINDOW_MS + 1);
+        let (h, _) = sign_request(&s, "GET", "/v1/status", b"", now + WINDOW_MS + 1, BOOT);
         assert!(matches!(
-            verify_request(&s, &guard, now, "GET", "/v1/status", b"", Some(&h)),
+            verify_request(&s, &guard, now, Some(BOOT), "GET", "/v1/status", b"", Some(&h)),
             Err(AuthError::Stale { .. })
         ));
-        assert_eq!(verify_request(&s, &guard, now, "GET", "/", b"", None), Err(AuthError::Missing));
+        assert_eq!(verify_request(&s, &guard, now, Some(BOOT), "GET", "/", b"", None), Err(AuthError::Missing));
         for bad in [
             "Basic abc",
             "Krak-HMAC",
@@ -153,7 +195,7 @@ mod random_headers {
         // A stable stand-in for the `controller_request` fuzz target.
         let s = RackSecret::generate();
         let guard = ReplayGuard::default();
-        let (valid, _) = sign_request(&s, "POST", "/v1/servers", b"{}", 5_000_000);
+        let (valid, _) = sign_request(&s, "POST", "/v1/servers", b"{}", 5_000_000, BOOT);
         let alphabet = b"Krak-HMAC ts=nonce,mac=0123456789abcdefxyz\xc3\xa9";
         let mut x = 0x1234_5678_u64;
         let mut next = move || {
@@ -178,7 +220,7 @@ mod random_headers {
             let text = String::from_utf8_lossy(&bytes);
             // A variant that parses to the same fields (e.g. spacing) is the same request.
             if parse_header(&text) != parse_header(&valid) {
-                let got = verify_request(&s, &guard, 5_000_000, "POST", "/v1/servers", b"{}", Some(&text));
+                let got = verify_request(&s, &guard, 5_000_000, Some(BOOT), "POST", "/v1/servers", b"{}", Some(&text));
                 assert!(got.is_err(), "{text}");
             }
         }

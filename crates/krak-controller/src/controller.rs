@@ -30,6 +30,9 @@ pub struct ControllerShared {
     pub(crate) long_polls: AtomicUsize,
     /// Nonces of recently authenticated requests.
     pub(crate) replays: crate::auth::ReplayGuard,
+    /// This run's boot id: requests signed for another run are not served (the replay
+    /// cache above starts empty with every run).
+    pub(crate) boot: u64,
 }
 
 /// The rack controller.
@@ -50,6 +53,7 @@ impl Controller {
             metrics: Metrics::default(),
             http_stats: Arc::default(),
             replays: Default::default(),
+            boot: krak_api::signing::new_boot(),
             config: config.clone(),
             stopping: AtomicBool::new(false),
             long_polls: AtomicUsize::new(0),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use krak_auth::RackSecret;
 
-use crate::auth::{verify_request, ReplayGuard};
+use crate::auth::{verify_request, ReplayGuard, Verdict};
 use crate::config::ControllerConfig;
 use crate::http::{HttpServer, Request, Response};
 
@@ -40,13 +40,16 @@ impl Standby {
                     secret,
                     &replays,
                     krak_api::signing::now_ms(),
+                    None,
                     &request.method,
                     &request.url,
                     &request.body,
                     request.authorization.as_deref(),
                 );
                 match checked {
-                    Ok(nonce) => {
+                    // It serves nothing, so takes a request made for any run (a client
+                    // that knew the old leader is told who leads now).
+                    Ok(Verdict::Serve(nonce) | Verdict::OtherBoot(nonce)) => {
                         response.auth =
                             Some(krak_api::signing::sign_response(secret, &nonce, response.status, &response.body));
                     }

@@ -31,6 +31,11 @@ fn two_controllers_on_etcd_one_leads_the_other_takes_over() {
         (server(&status(&both).ok()?, addr)?["state"] == "alive").then_some(())
     });
     assert_eq!(krak_ok(&["policy", "set", "domain-spread", "--controller", &both]).trim(), "domain-spread");
+    // an observer captures a signed request the leader serves (then its owner undoes it)
+    let secret = krak_auth::load_secret_file(std::path::Path::new(secret_file())).unwrap();
+    let captured = signed_policy_request(&secret, &leader_url, "pack");
+    assert_eq!(send_raw(&leader_url, &captured).0, 200);
+    assert_eq!(krak_ok(&["policy", "set", "domain-spread", "--controller", &both]).trim(), "domain-spread");
 
     // the leader dies: the standby takes over with the rack as the leader left it
     leader.kill();
@@ -49,6 +54,50 @@ fn two_controllers_on_etcd_one_leads_the_other_takes_over() {
     });
     assert!(ms.running());
     eprintln!("failover complete in {:?}", t0.elapsed());
+
+    // the capture, replayed at the new leader (whose replay cache never saw it) well within
+    // its timestamp's window, is refused unserved
+    let (status, answer) = send_raw(&standby_url, &captured);
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer.contains("another run of the controller"), "{answer}");
+    assert_eq!(status_policy(&standby_url), "domain-spread", "the replay changed nothing");
+}
+
+/// The rack's placement policy, as `krak status` shows it.
+fn status_policy(url: &str) -> String {
+    status(url).unwrap()["policy"].as_str().unwrap().to_string()
+}
+
+/// A signed `PUT /v1/policy` for the controller run at `url` (learnt as any client learns it),
+/// as bytes on the wire.
+fn signed_policy_request(secret: &krak_auth::RackSecret, url: &str, policy: &str) -> Vec<u8> {
+    use krak_api::signing::{boot_of_refusal, now_ms, sign_request, UNKNOWN_BOOT};
+    let host = url.trim_start_matches("http://");
+    let request = |method: &str, path: &str, body: &str, boot: u64| {
+        let (auth, _) = sign_request(secret, method, path, body.as_bytes(), now_ms(), boot);
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAuthorization: {auth}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let (status, refusal) = send_raw(url, &request("GET", "/v1/policy", "", UNKNOWN_BOOT));
+    assert_eq!(status, 401, "{refusal}");
+    let boot = boot_of_refusal(refusal.as_bytes()).expect("the refusal names the run");
+    request("PUT", "/v1/policy", &format!(r#"{{"name":"{policy}"}}"#), boot)
+}
+
+/// Sends `request` as it is: the status and the body of the answer.
+fn send_raw(url: &str, request: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    let (status, body, _) = krak_api::client::parse_response(&answer).unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 fn now_ms() -> u64 {
