@@ -15,8 +15,6 @@ use crate::state::memory::RegionMemory;
 
 /// How often a region reports (status promises a figure at most 2 s old).
 const REPORT_MS: u64 = 1_000;
-/// Pages counted per hold of the core lock, so faults never wait long behind a report.
-const COUNT_STEP_PAGES: usize = 64 << 10;
 
 #[derive(Debug)]
 pub(crate) struct Live {
@@ -63,18 +61,10 @@ impl Live {
 
 /// What the region is doing now.
 fn figures(shared: &RegionShared, faults_per_s: f64) -> RegionLive {
-    let (budget_pages, resident_pages) = {
+    let (budget_pages, resident_pages, remote_pages) = {
         let core = shared.core.lock();
-        (core.shrinking_from.unwrap_or(core.budget_pages), core.pages.mapped())
+        (core.shrinking_from.unwrap_or(core.budget_pages), core.pages.mapped(), core.pages.remote_pages())
     };
-    let mut remote_pages = 0;
-    let mut next = 0;
-    while next < shared.region_pages() {
-        let core = shared.core.lock();
-        let end = (next + COUNT_STEP_PAGES).min(core.pages.len());
-        remote_pages += (next..end).filter(|p| core.pages.is_remote(*p)).count();
-        next = end;
-    }
     let pid = match &shared.map {
         RegionMemory::OtherProcess { pid, .. } => u32::try_from(*pid).ok(),
         _ => Some(std::process::id()),

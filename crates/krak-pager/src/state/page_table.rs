@@ -126,6 +126,8 @@ pub(crate) struct PageTable {
     resident: usize,
     /// Of those, the reserved frames not yet mapped (`Fetching`).
     fetching: usize,
+    /// Pages a server holds a copy of (the `REMOTE` bit).
+    remote: usize,
     /// The bytes of every `Staged` page, and of a `FetchingStaged` one only while its
     /// fetcher holds them (outside this table).
     staged: HashMap<usize, Arc<[u8]>>,
@@ -138,6 +140,7 @@ impl PageTable {
             states: vec![PageState::Absent; pages].into_boxed_slice(),
             resident: 0,
             fetching: 0,
+            remote: 0,
             staged: HashMap::new(),
         }
     }
@@ -156,6 +159,11 @@ impl PageTable {
 
     pub(crate) fn is_remote(&self, page: usize) -> bool {
         self.states[page].remote()
+    }
+
+    /// How many pages a server holds a copy of.
+    pub(crate) fn remote_pages(&self) -> usize {
+        self.remote
     }
 
     /// Pages that count against the budget.
@@ -200,6 +208,7 @@ impl PageTable {
         self.resident = self.resident + usize::from(to.counts_resident()) - usize::from(from.counts_resident());
         let fetching = |s: PageState| usize::from(s.kind() == Kind::Fetching);
         self.fetching = self.fetching + fetching(to) - fetching(from);
+        self.remote = self.remote + usize::from(to.remote()) - usize::from(from.remote());
         self.states[page] = to;
     }
 
@@ -347,6 +356,8 @@ impl PageTable {
         assert_eq!(counted, self.resident, "resident count");
         let fetching = self.states.iter().filter(|s| s.kind() == Kind::Fetching).count();
         assert_eq!(fetching, self.fetching, "fetching count");
+        let remote = self.states.iter().filter(|s| s.remote()).count();
+        assert_eq!(remote, self.remote, "remote count");
         let staged = self.states.iter().filter(|s| **s == PageState::Staged).count();
         assert_eq!(staged, self.staged.len(), "staged pages and staged bytes");
         for page in self.staged.keys() {
