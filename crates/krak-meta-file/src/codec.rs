@@ -4,7 +4,9 @@
 //! `len` bytes followed by the payload. The payload of a committed write is
 //! `kind = 1: u8 | revision: u64 | n: u32 | op * n`, an op being
 //! `1: u8 | key_len: u32 | key | value_len: u32 | value | lease: u64 (0 = none)` (put) or
-//! `2: u8 | key_len: u32 | key` (delete).
+//! `2: u8 | key_len: u32 | key` (delete). The log's first record is its *base*,
+//! `kind = 2: u8 | revision: u64`: the revision of the snapshot it continues (0 for a new
+//! store), so a missing snapshot or a log emptied behind the store's back is noticed.
 //!
 //! A snapshot is `MAGIC | revision: u64 | count: u64 | entry * count | crc: u32`, an entry
 //! being `key_len: u32 | key | value_len: u32 | value | mod_revision: u64`, `crc` the CRC-32C
@@ -12,9 +14,13 @@
 
 use krak_meta::{MetaError, Op, MAX_KEY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES};
 
-pub const SNAPSHOT_MAGIC: &[u8; 16] = b"krak-meta-snap1\n";
+pub const SNAPSHOT_MAGIC: &[u8; 16] = b"krak-meta-snap2\n";
+/// A snapshot written before logs began with a base record (read, but the log it goes
+/// with may be empty).
+pub const LEGACY_SNAPSHOT_MAGIC: &[u8; 16] = b"krak-meta-snap1\n";
 pub const RECORD_HEADER: usize = 8;
 const KIND_TXN: u8 = 1;
+const KIND_BASE: u8 = 2;
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
 
@@ -59,6 +65,27 @@ pub fn encode_record(revision: u64, ops: &[Op]) -> Vec<u8> {
             }
         }
     }
+    seal(p)
+}
+
+/// The base record of a log continuing the snapshot at `revision`.
+pub fn encode_base(revision: u64) -> Vec<u8> {
+    let mut p = vec![0; RECORD_HEADER];
+    p.push(KIND_BASE);
+    p.extend_from_slice(&revision.to_le_bytes());
+    seal(p)
+}
+
+/// The snapshot revision a record's payload names if it is a base record.
+pub fn decode_base(payload: &[u8]) -> Option<u64> {
+    match payload {
+        [KIND_BASE, rev @ ..] => Some(u64::from_le_bytes(rev.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// Fills in the header (length and CRC) of a record whose payload follows it.
+fn seal(mut p: Vec<u8>) -> Vec<u8> {
     let len = (p.len() - RECORD_HEADER) as u32;
     p[0..4].copy_from_slice(&len.to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&len.to_le_bytes()), &p[RECORD_HEADER..]);
@@ -232,6 +259,11 @@ pub fn write_snapshot<'a, W: std::io::Write>(
     Ok(n + 4)
 }
 
+/// Whether a snapshot file was written before logs had a base record.
+pub fn snapshot_is_legacy(buf: &[u8]) -> bool {
+    buf.get(..LEGACY_SNAPSHOT_MAGIC.len()) == Some(&LEGACY_SNAPSHOT_MAGIC[..])
+}
+
 /// A decoded snapshot: revision and entries `(key, value, mod_revision)` in key order.
 pub type Snapshot = (u64, Vec<(String, Vec<u8>, u64)>);
 
@@ -240,7 +272,10 @@ pub type Snapshot = (u64, Vec<(String, Vec<u8>, u64)>);
 pub fn read_snapshot(buf: &[u8]) -> Result<Snapshot, MetaError> {
     let corrupt = |m: String| MetaError::corrupt(format!("snapshot: {m}"));
     let unreadable = |e: RecordError| MetaError::corrupt_by("snapshot", e);
-    if buf.len() < SNAPSHOT_MAGIC.len() + 20 || &buf[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC {
+    let magic = buf.get(..SNAPSHOT_MAGIC.len());
+    if buf.len() < SNAPSHOT_MAGIC.len() + 20
+        || (magic != Some(&SNAPSHOT_MAGIC[..]) && magic != Some(&LEGACY_SNAPSHOT_MAGIC[..]))
+    {
         return Err(corrupt("bad magic or too short".into()));
     }
     let (body, tail) = buf.split_at(buf.len() - 4);

@@ -7,13 +7,19 @@
 //!   `txn` that applies and changes something) is one record, written with one `write` and
 //!   made durable with `fdatasync` *before* the call returns and before the write becomes
 //!   visible to readers. A process killed at any point (SIGKILL, power loss) therefore loses
-//!   nothing that a call returned success for. Records carry a CRC-32C; on open, a damaged
-//!   *last* record (a write cut short by the crash) is cut off and reported in
-//!   [`Recovery::torn_tail_bytes`]; damage anywhere else is [`MetaError::Corrupt`].
+//!   nothing that a call returned success for. Records carry a CRC-32C; on open, a last
+//!   record cut short or zero-filled (a write interrupted by a crash, never acknowledged)
+//!   is cut off and reported in [`Recovery::torn_tail_bytes`]. A *whole* last record that
+//!   fails its CRC may be an acknowledged write a disk damaged: it is
+//!   [`MetaError::Corrupt`] unless [`FileStoreOptions::cut_damaged_tail`] says to drop it,
+//!   as is damage anywhere else. The log's first record names the snapshot revision it
+//!   continues, so a deleted snapshot, or a log deleted or emptied while a snapshot exists,
+//!   is a refusal to open, never a store that quietly lost state.
 //! - `snapshot`: every key (without leases) at one revision. When the log outgrows both
 //!   [`FileStoreOptions::compact_wal_bytes`] and the snapshot, the store writes
-//!   `snapshot.tmp`, fsyncs it, renames it over `snapshot`, fsyncs the directory and empties
-//!   the log, so the files stay within about twice the live data. Log records at or below
+//!   `snapshot.tmp`, fsyncs it, renames it over `snapshot`, fsyncs the directory and
+//!   replaces the log with one holding only its base record (`wal.tmp`, fsynced, renamed),
+//!   so the files stay within about twice the live data. Log records at or below
 //!   the snapshot's revision are skipped on replay, so a crash between the rename and the
 //!   truncation is harmless.
 //! - `LOCK`: held with `flock` while the store is open; a second opener gets
@@ -84,6 +90,7 @@ pub const MAX_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 const WAL: &str = "wal";
 const SNAPSHOT: &str = "snapshot";
 const SNAPSHOT_TMP: &str = "snapshot.tmp";
+const WAL_TMP: &str = "wal.tmp";
 const LOCK: &str = "LOCK";
 
 /// Tuning of a [`FileStore`].
@@ -92,11 +99,15 @@ pub struct FileStoreOptions {
     /// The log is compacted into a new snapshot once it is larger than this and larger than
     /// the current snapshot. Default 4 MiB.
     pub compact_wal_bytes: u64,
+    /// Drop a whole last log record that fails its CRC instead of refusing to open. Only
+    /// for a store known to have crashed while writing (so that record was never
+    /// acknowledged): otherwise it may be a committed write a disk damaged.
+    pub cut_damaged_tail: bool,
 }
 
 impl Default for FileStoreOptions {
     fn default() -> Self {
-        FileStoreOptions { compact_wal_bytes: 4 << 20 }
+        FileStoreOptions { compact_wal_bytes: 4 << 20, cut_damaged_tail: false }
     }
 }
 
@@ -216,18 +227,22 @@ impl FileStore {
             return Err(MetaError::unavailable_by(format!("store {} is locked by another process", dir.display()), e));
         }
         let _ = std::fs::remove_file(dir.join(SNAPSHOT_TMP));
+        let _ = std::fs::remove_file(dir.join(WAL_TMP));
 
         let mut recovery = Recovery::default();
         let mut map = BTreeMap::new();
         let mut revision = 0;
         let snap_path = dir.join(SNAPSHOT);
         let mut snapshot_bytes = 0;
+        let mut snapshot = None; // (revision, legacy)
         match std::fs::read(&snap_path) {
             Ok(buf) => {
                 snapshot_bytes = buf.len() as u64;
+                let legacy = codec::snapshot_is_legacy(&buf);
                 let (rev, entries) = codec::read_snapshot(&buf)?;
                 recovery.snapshot_revision = rev;
                 recovery.snapshot_keys = entries.len();
+                snapshot = Some((rev, legacy));
                 revision = rev;
                 for (k, value, mod_revision) in entries {
                     map.insert(k, Entry { value, mod_revision, lease: 0 });
@@ -246,14 +261,22 @@ impl FileStore {
             .open(&wal_path)
             .map_err(|e| io_err("open", &wal_path, e))?;
         let wal_len = wal.metadata().map_err(|e| io_err("stat", &wal_path, e))?.len();
-        let good = replay(&mut wal, wal_len, &mut map, &mut revision, &mut recovery)?;
+        let mut base = None;
+        let good = replay(&mut wal, wal_len, &opts, &mut map, &mut revision, &mut recovery, &mut base)?;
+        check_base(&dir, snapshot, base, good)?;
         if good < wal_len {
             recovery.torn_tail_bytes = wal_len - good;
             wal.set_len(good)
                 .and_then(|_| wal.sync_all())
                 .map_err(|e| io_err("truncate torn tail of", &wal_path, e))?;
         }
+        if good == 0 {
+            // A new store (or one from before base records): its log starts with its base.
+            let record = codec::encode_base(snapshot.map_or(0, |(rev, _)| rev));
+            wal.write_all(&record).and_then(|()| wal.sync_data()).map_err(|e| io_err("write", &wal_path, e))?;
+        }
         sync_dir(&dir)?;
+        let good = wal.metadata().map_err(|e| io_err("stat", &wal_path, e))?.len();
 
         let before = map.len();
         map.retain(|_, e| e.lease == 0);
@@ -347,17 +370,30 @@ impl FileStore {
         };
         let snap = self.dir.join(SNAPSHOT);
         std::fs::rename(&tmp, &snap).map_err(|e| io_err("rename snapshot to", &snap, e))?;
-        // From here the snapshot holds every logged write: the log may be emptied.
+        // From here the snapshot holds every logged write: the log may be replaced by one
+        // holding only its base (renamed into place, so a crash leaves the old log or the
+        // new, each consistent with this snapshot).
+        let base = codec::encode_base(g.revision);
+        let (wal, wal_tmp) = (self.dir.join(WAL), self.dir.join(WAL_TMP));
         let r = File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| ("fsync of directory", self.dir.clone(), e))
-            .and_then(|_| {
-                g.wal.set_len(0).and_then(|_| g.wal.sync_all()).map_err(|e| ("truncate", self.dir.join(WAL), e))
+            .and_then(|()| write_synced(&wal_tmp, &base).map_err(|e| ("write", wal_tmp.clone(), e)))
+            .and_then(|()| std::fs::rename(&wal_tmp, &wal).map_err(|e| ("rename over", wal.clone(), e)))
+            .and_then(|()| {
+                File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| ("fsync of", self.dir.clone(), e))
+            })
+            .and_then(|()| {
+                OpenOptions::new().append(true).read(true).open(&wal).map_err(|e| ("reopen", wal.clone(), e))
             });
-        if let Err((what, path, e)) = r {
-            return Err(g.fail(format!("{what} {}", path.display()), e));
+        match r {
+            Ok(f) => g.wal = f,
+            Err((what, path, e)) => {
+                let _ = std::fs::remove_file(&wal_tmp);
+                return Err(g.fail(format!("{what} {}", path.display()), e));
+            }
         }
-        g.wal_bytes = 0;
+        g.wal_bytes = base.len() as u64;
         g.snapshot_bytes = n;
         g.compactions += 1;
         Ok(())
@@ -410,12 +446,15 @@ impl FileStore {
 }
 
 /// Replays the log from the start; returns the length of its valid prefix.
+/// `base` receives the revision the log's base record names (if it has one).
 fn replay(
     wal: &mut File,
     len: u64,
+    opts: &FileStoreOptions,
     map: &mut BTreeMap<String, Entry>,
     revision: &mut u64,
     rec: &mut Recovery,
+    base: &mut Option<u64>,
 ) -> Result<u64, MetaError> {
     let mut r = BufReader::with_capacity(1 << 20, &mut *wal);
     let mut pos = 0u64;
@@ -432,14 +471,32 @@ fn replay(
         }
         r.read_exact(&mut h).map_err(|e| MetaError::unavailable_by("read log", e))?;
         let (plen, crc) = codec::decode_header(&h);
-        let bad = |why: RecordError, r: &mut BufReader<&mut File>, read: u64| -> Result<u64, MetaError> {
-            // A crash leaves at most one damaged record, at the very end (possibly padded
-            // with zeros). Anything else is corruption we must not silently cut off.
-            // One record at most: a longer damaged stretch is not a torn write.
+        // `zero`: every byte of the damaged record read so far is zero.
+        let bad = |why: RecordError, r: &mut BufReader<&mut File>, read: u64, zero: bool| -> Result<u64, MetaError> {
+            // A crash leaves at most one unfinished record, at the very end: cut short (seen
+            // below), or zero-filled (the file grew, its data never reached the disk). A
+            // whole record that fails its check at the end may be an acknowledged write a
+            // disk damaged: refused unless the operator says it was a crash. Damage with more
+            // data after it is never a crash's doing.
             let end = pos + RECORD_HEADER as u64 + plen as u64;
             let one_record = len - pos <= (RECORD_HEADER + codec::MAX_RECORD_PAYLOAD) as u64;
-            if (one_record && end >= len) || rest_is_zero(r, pos + read, len, &h, read == RECORD_HEADER as u64)? {
+            let rest_zero = rest_is_zero(r, pos + read, len)?;
+            if zero && rest_zero {
                 Ok(pos)
+            } else if (one_record && end >= len) || rest_zero {
+                if opts.cut_damaged_tail {
+                    return Ok(pos);
+                }
+                Err(MetaError::corrupt_by(
+                    format!(
+                        "the last log record (offset {pos}, {} bytes) is whole but damaged: a disk error, or a \
+                         write torn by a crash; nothing was changed. If the controller crashed while writing, \
+                         open once with the damaged record cut off (krak controller --store-cut-damaged-tail: \
+                         that write was never acknowledged); otherwise restore the store from a backup",
+                        len - pos
+                    ),
+                    why,
+                ))
             } else {
                 Err(MetaError::corrupt_by(format!("log record at offset {pos}, followed by more data"), why))
             }
@@ -449,6 +506,7 @@ fn replay(
                 RecordError::TooLong { len: plen, at: pos as usize, max: codec::MAX_RECORD_PAYLOAD },
                 &mut r,
                 RECORD_HEADER as u64,
+                h.iter().all(|&b| b == 0),
             );
         }
         if pos + RECORD_HEADER as u64 + plen as u64 > len {
@@ -457,12 +515,22 @@ fn replay(
         payload.resize(plen, 0);
         r.read_exact(&mut payload).map_err(|e| MetaError::unavailable_by("read log", e))?;
         let read = (RECORD_HEADER + plen) as u64;
+        let zero = h.iter().chain(&payload).all(|&b| b == 0);
         if !codec::crc_matches(plen, crc, &payload) {
-            return bad(RecordError::CrcMismatch, &mut r, read);
+            return bad(RecordError::CrcMismatch, &mut r, read, zero);
+        }
+        if let Some(b) = codec::decode_base(&payload) {
+            if pos != 0 {
+                return Err(MetaError::corrupt(format!("log record at offset {pos}: a base record after the first")));
+            }
+            *base = Some(b);
+            last_rev = b;
+            pos += read;
+            continue;
         }
         let record = match codec::decode_payload(&payload) {
             Ok(rec) => rec,
-            Err(e) => return bad(e, &mut r, read),
+            Err(e) => return bad(e, &mut r, read, zero),
         };
         if record.revision <= last_rev {
             return Err(MetaError::corrupt(format!(
@@ -484,19 +552,39 @@ fn replay(
     }
 }
 
-/// Whether every byte from `from` to `len` is zero (a crash after the file grew but before
-/// its data reached the disk). `header_only`: only the header at `from - 8` was consumed,
-/// and it must be zero too.
-fn rest_is_zero(
-    r: &mut BufReader<&mut File>,
-    from: u64,
-    len: u64,
-    header: &[u8; RECORD_HEADER],
-    header_only: bool,
-) -> Result<bool, MetaError> {
-    if header_only && header.iter().any(|&b| b != 0) {
-        return Ok(false);
+/// Writes a new file `path` holding `bytes`, durably (owner-only).
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = OpenOptions::new().mode(0o600).write(true).create(true).truncate(true).open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Refuses a log whose base record does not fit the snapshot: `snapshot` is its (revision,
+/// legacy format) if there is one, `base` the revision the log's base record names, `good`
+/// the log's valid length.
+fn check_base(dir: &Path, snapshot: Option<(u64, bool)>, base: Option<u64>, good: u64) -> Result<(), MetaError> {
+    let how = "nothing was changed; restore the store directory from a backup, or move it away to start an empty rack";
+    match (snapshot, base) {
+        (Some((rev, false)), None) if good == 0 => Err(MetaError::corrupt(format!(
+            "store {}: the log is empty or missing but the snapshot holds revision {rev}: the log was deleted or \
+             emptied ({how})",
+            dir.display()
+        ))),
+        (None, Some(b)) if b > 0 => Err(MetaError::corrupt(format!(
+            "store {}: the snapshot is missing, but the log continues the snapshot at revision {b} ({how})",
+            dir.display()
+        ))),
+        (Some((rev, _)), Some(b)) if rev < b => Err(MetaError::corrupt(format!(
+            "store {}: the snapshot holds revision {rev}, older than the revision {b} the log continues: it was \
+             replaced by an older one ({how})",
+            dir.display()
+        ))),
+        _ => Ok(()),
     }
+}
+
+/// Whether every byte from `from` to `len` is zero.
+fn rest_is_zero(r: &mut BufReader<&mut File>, from: u64, len: u64) -> Result<bool, MetaError> {
     let mut left = len.saturating_sub(from);
     let mut buf = vec![0u8; 64 << 10];
     while left > 0 {

@@ -122,11 +122,12 @@ fn torn_last_record_is_cut_off_at_every_length() {
     tails.push(("zero-filled tail".into(), zeros));
     let mut flipped = wal.clone();
     *flipped.last_mut().unwrap() ^= 0xff;
-    tails.push(("last byte flipped".into(), flipped));
+    tails.push(("last byte flipped, cut as asked".into(), flipped));
     for (what, bytes) in tails {
         let t = TempDir::new("torn");
         std::fs::write(t.0.join(WAL), &bytes).unwrap();
-        let s = FileStore::open(&t.0).unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
+        let opts = FileStoreOptions { cut_damaged_tail: what.contains("as asked"), ..Default::default() };
+        let s = FileStore::open_with(&t.0, opts).unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
         assert_eq!(s.recovery().torn_tail_bytes as usize, bytes.len() - before_last, "{what}");
         assert_eq!(s.recovery().wal_records, 2, "{what}");
         assert_eq!(s.get("/a").unwrap().unwrap().value, b"1", "{what}");
@@ -139,6 +140,78 @@ fn torn_last_record_is_cut_off_at_every_length() {
         assert_eq!(s.get("/d").unwrap().unwrap().value, b"after", "{what}");
         assert_eq!(s.recovery().torn_tail_bytes, 0, "{what}");
     }
+}
+
+#[test]
+fn a_whole_damaged_last_record_is_a_refusal_that_changes_nothing() {
+    let d = TempDir::new("flip-last");
+    let (wal, before_last) = three_records(&d.0);
+    // In its CRC or its payload. (A flip in its length that points past the end of the file
+    // is indistinguishable from a write cut short, and is cut off as one.)
+    for at in [before_last + 5, before_last + RECORD_HEADER + 5, wal.len() - 1] {
+        let mut bad = wal.clone();
+        bad[at] ^= 0x20;
+        std::fs::write(d.0.join(WAL), &bad).unwrap();
+        match FileStore::open(&d.0) {
+            Err(MetaError::Corrupt { what, .. }) => {
+                assert!(what.contains("whole but damaged") && what.contains("--store-cut-damaged-tail"), "{what}")
+            }
+            other => panic!("flip at {at}: want Corrupt, got {other:?}"),
+        }
+        assert_eq!(std::fs::read(d.0.join(WAL)).unwrap(), bad, "flip at {at}: the log is untouched");
+    }
+    // Undamaged again, everything is there.
+    std::fs::write(d.0.join(WAL), &wal).unwrap();
+    let s = FileStore::open(&d.0).unwrap();
+    assert_eq!(s.get("/c").unwrap().unwrap().value, vec![3; 200]);
+}
+
+#[test]
+fn a_missing_snapshot_or_a_deleted_or_emptied_log_is_a_refusal() {
+    let fill = |d: &Path| {
+        let s = FileStore::open(d).unwrap();
+        for i in 0..5u8 {
+            s.put(&format!("/k/{i}"), &[i; 10]).unwrap();
+        }
+        s.compact().unwrap();
+        s.put("/k/after", b"x").unwrap();
+    };
+    let refused = |d: &Path, what: &str| match FileStore::open(d) {
+        Err(MetaError::Corrupt { what: m, .. }) => assert!(m.contains(what) && m.contains("backup"), "{m}"),
+        other => panic!("want Corrupt naming {what:?}, got {other:?}"),
+    };
+    let d = TempDir::new("no-snapshot");
+    fill(&d.0);
+    std::fs::remove_file(d.0.join(SNAPSHOT)).unwrap();
+    refused(&d.0, "the snapshot is missing");
+    for (tag, damage) in [("deleted", true), ("emptied", false)] {
+        let d = TempDir::new(tag);
+        fill(&d.0);
+        if damage {
+            std::fs::remove_file(d.0.join(WAL)).unwrap();
+        } else {
+            std::fs::write(d.0.join(WAL), b"").unwrap();
+        }
+        refused(&d.0, "the log was deleted or emptied");
+    }
+    // An older snapshot put back in place of the current one.
+    let d = TempDir::new("old-snapshot");
+    let s = FileStore::open(&d.0).unwrap();
+    s.put("/a", b"1").unwrap();
+    s.compact().unwrap();
+    let old = std::fs::read(d.0.join(SNAPSHOT)).unwrap();
+    s.put("/b", b"2").unwrap();
+    s.compact().unwrap();
+    drop(s);
+    std::fs::write(d.0.join(SNAPSHOT), old).unwrap();
+    refused(&d.0, "replaced by an older one");
+    // A new store, and one reopened many times, open fine.
+    let d = TempDir::new("fresh");
+    for _ in 0..3 {
+        let s = FileStore::open(&d.0).unwrap();
+        s.put("/n", b"v").unwrap();
+    }
+    assert_eq!(FileStore::open(&d.0).unwrap().get("/n").unwrap().unwrap().value, b"v");
 }
 
 #[test]
@@ -166,7 +239,7 @@ fn damage_before_the_last_record_is_corrupt_not_cut() {
 #[test]
 fn compaction_keeps_the_log_bounded() {
     let d = TempDir::new("compact");
-    let opts = FileStoreOptions { compact_wal_bytes: 64 << 10 };
+    let opts = FileStoreOptions { compact_wal_bytes: 64 << 10, ..Default::default() };
     let s = FileStore::open_with(&d.0, opts.clone()).unwrap();
     let mut max_wal = 0;
     for i in 0..3000u32 {
@@ -185,24 +258,28 @@ fn compaction_keeps_the_log_bounded() {
 }
 
 #[test]
-fn crash_between_snapshot_rename_and_log_truncation() {
+fn crash_between_snapshot_rename_and_log_replacement() {
     let d = TempDir::new("rename");
     let s = FileStore::open(&d.0).unwrap();
     for i in 0..20 {
         s.put(&format!("/k/{i}"), &[i; 10]).unwrap();
     }
+    let before = dump(&s);
     let wal = std::fs::read(d.0.join(WAL)).unwrap();
     s.compact().unwrap();
-    s.put("/k/after", b"x").unwrap();
-    let before = dump(&s);
     drop(s);
-    // As if the truncation never happened: the old records precede the new one.
-    let new = std::fs::read(d.0.join(WAL)).unwrap();
-    std::fs::write(d.0.join(WAL), [wal, new].concat()).unwrap();
+    // As if the crash came after the new snapshot's rename, before the new log's (which
+    // was left half-written as wal.tmp): the old log, whose records the snapshot holds.
+    std::fs::write(d.0.join(WAL), &wal).unwrap();
+    std::fs::write(d.0.join(WAL_TMP), b"half a base record").unwrap();
     let s = FileStore::open(&d.0).unwrap();
     assert_eq!(s.recovery().wal_records_skipped, 20);
-    assert_eq!(s.recovery().wal_records, 1);
+    assert_eq!(s.recovery().wal_records, 0);
     assert_eq!(dump(&s), before);
+    assert!(!d.0.join(WAL_TMP).exists(), "the leftover is removed");
+    s.put("/k/after", b"x").unwrap();
+    drop(s);
+    assert_eq!(FileStore::open(&d.0).unwrap().get("/k/after").unwrap().unwrap().value, b"x");
 }
 
 #[test]
@@ -223,7 +300,7 @@ fn one_process_at_a_time_and_bounds() {
 #[test]
 fn many_threads_write_and_everything_survives() {
     let d = TempDir::new("threads");
-    let s = FileStore::open_with(&d.0, FileStoreOptions { compact_wal_bytes: 32 << 10 }).unwrap();
+    let s = FileStore::open_with(&d.0, FileStoreOptions { compact_wal_bytes: 32 << 10, ..Default::default() }).unwrap();
     std::thread::scope(|sc| {
         for t in 0..4 {
             let s = &s;

@@ -22,7 +22,7 @@ const CHILD_TEST: &str = "crash_child_writer";
 const ROUNDS: u32 = 5;
 
 fn opts() -> FileStoreOptions {
-    FileStoreOptions { compact_wal_bytes: 1 << 20 }
+    FileStoreOptions { compact_wal_bytes: 1 << 20, ..Default::default() }
 }
 
 fn key(round: u32, i: u64) -> String {

@@ -43,6 +43,11 @@ pub struct ControllerArgs {
     /// Directory of the embedded file store (created if missing; one controller at a time).
     #[arg(long, value_name = "PATH", conflicts_with = "etcd")]
     store: Option<PathBuf>,
+    /// Open the store once with a whole but damaged last log record cut off, instead of
+    /// refusing to start. Only after a crash while writing (that write was never
+    /// acknowledged): otherwise the record may be a committed change a disk damaged.
+    #[arg(long, conflicts_with = "etcd")]
+    store_cut_damaged_tail: bool,
     /// Keep the state in etcd instead: its client URLs, comma-separated (http://HOST:PORT).
     #[arg(long, value_name = "URL[,URL...]")]
     etcd: Option<String>,
@@ -111,7 +116,8 @@ fn open_store(args: &ControllerArgs) -> anyhow::Result<(Arc<dyn MetaStore>, Stri
         return Ok((Arc::new(store), format!("etcd {urls}")));
     }
     let path = args.store.clone().unwrap_or_else(default_store_path);
-    let store = krak_meta_file::FileStore::open(&path)
+    let opts = krak_meta_file::FileStoreOptions { cut_damaged_tail: args.store_cut_damaged_tail, ..Default::default() };
+    let store = krak_meta_file::FileStore::open_with(&path, opts)
         .with_context(|| format!("opening the controller's store {}", path.display()))?;
     let r = store.recovery();
     if r.torn_tail_bytes > 0 {
