@@ -275,10 +275,10 @@ fn refuse(mut stream: TcpStream, message: &str) {
     let _ = stream.shutdown(Shutdown::Write);
 }
 
-/// The socket closes when its last descriptor does: the gate's, dropped with `_admission`
+/// The socket closes when its last descriptor does: the gate's, dropped with `admission`
 /// (a parameter, so after every local) under the gate's lock, so a client that saw the close
 /// and reconnects finds its place free.
-fn serve_connection(stream: TcpStream, _admission: Admission, context: &Context) {
+fn serve_connection(stream: TcpStream, admission: Admission, context: &Context) {
     let limits = &context.limits;
     let request_timeout = Duration::from_millis(limits.request_timeout_ms);
     let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
@@ -331,6 +331,7 @@ fn serve_connection(stream: TcpStream, _admission: Admission, context: &Context)
                 return;
             }
         };
+        admission.answering();
         if !context.workers.acquire(&context.stop) {
             return;
         }
@@ -353,6 +354,7 @@ fn serve_connection(stream: TcpStream, _admission: Admission, context: &Context)
         if !keep_alive {
             return;
         }
+        admission.waiting();
     }
 }
 

@@ -1,8 +1,15 @@
 //! Admission of HTTP connections: at most so many open in all and per client address, with
 //! the counters `/metrics` reports. The gate also keeps a handle on every open socket so a
 //! shutdown can cut them all, whatever they are waiting for.
+//!
+//! Strangers cannot hold the slots: a connection that is not being answered (it has not sent
+//! a whole request yet, or waits between kept-alive requests) is *waiting*, and when every
+//! slot is taken a newcomer closes the one that has waited longest. A flood of idle or
+//! dribbling connections then only churns itself, while a client that sends its request at
+//! once (a heartbeat, a pager's call) is served: to close it before its request is read, a
+//! flood would have to open as many connections as there are slots within that time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +47,7 @@ pub struct HttpStats {
     refused_total: AtomicU64,
     refused_per_client: AtomicU64,
     refused_closing: AtomicU64,
+    evicted: AtomicU64,
     timed_out_request: AtomicU64,
     timed_out_idle: AtomicU64,
     malformed: AtomicU64,
@@ -99,6 +107,12 @@ impl HttpStats {
         }
         let _ = writeln!(
             out,
+            "# HELP krak_http_connections_evicted_total Waiting HTTP connections closed to admit a newcomer.\n\
+             # TYPE krak_http_connections_evicted_total counter\nkrak_http_connections_evicted_total {}",
+            get(&self.evicted)
+        );
+        let _ = writeln!(
+            out,
             "# HELP krak_http_connections_timed_out_total HTTP connections closed by a timeout, by what was awaited.\n\
              # TYPE krak_http_connections_timed_out_total counter\n\
              krak_http_connections_timed_out_total{{phase=\"request\"}} {}\n\
@@ -115,13 +129,48 @@ impl HttpStats {
     }
 }
 
+/// Connections closed to make room but not yet gone: past this many, newcomers are refused.
+const MAX_OVER_BY_EVICTION: usize = 64;
+
 #[derive(Debug, Default)]
 struct Open {
     per_client: HashMap<IpAddr, usize>,
     /// A clone of every admitted socket, to cut them at shutdown.
     sockets: HashMap<u64, TcpStream>,
+    /// The waiting connections by when they began to wait (a sequence number), oldest first.
+    waiting: BTreeMap<u64, u64>,
+    /// Each waiting connection's place in `waiting`.
+    waiting_since: HashMap<u64, u64>,
     next_id: u64,
+    next_seq: u64,
     closing: bool,
+}
+
+impl Open {
+    fn start_waiting(&mut self, id: u64) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(old) = self.waiting_since.insert(id, seq) {
+            self.waiting.remove(&old);
+        }
+        self.waiting.insert(seq, id);
+    }
+
+    fn stop_waiting(&mut self, id: u64) {
+        if let Some(seq) = self.waiting_since.remove(&id) {
+            self.waiting.remove(&seq);
+        }
+    }
+
+    /// Closes the connection that has waited longest; false if none waits.
+    fn evict_oldest_waiting(&mut self) -> bool {
+        let Some((_, id)) = self.waiting.pop_first() else { return false };
+        self.waiting_since.remove(&id);
+        if let Some(s) = self.sockets.get(&id) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        true
+    }
 }
 
 /// Admits connections within the bounds.
@@ -158,7 +207,11 @@ impl ConnectionGate {
             return refused(Refusal::Closing);
         }
         if open.sockets.len() >= self.max_total {
-            return refused(Refusal::Total);
+            let room = open.sockets.len() < self.max_total + MAX_OVER_BY_EVICTION && open.evict_oldest_waiting();
+            if !room {
+                return refused(Refusal::Total);
+            }
+            self.stats.evicted.fetch_add(1, Ordering::Relaxed);
         }
         if open.per_client.get(&client).copied().unwrap_or(0) >= self.max_per_client {
             return refused(Refusal::PerClient);
@@ -169,6 +222,7 @@ impl ConnectionGate {
         let id = open.next_id;
         open.next_id += 1;
         open.sockets.insert(id, clone);
+        open.start_waiting(id);
         *open.per_client.entry(client).or_insert(0) += 1;
         self.stats.open.store(open.sockets.len() as u64, Ordering::Relaxed);
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -199,10 +253,24 @@ impl ConnectionGate {
     }
 }
 
+impl Admission {
+    /// A whole request was read: it is being answered, and may not be closed for room.
+    pub fn answering(&self) {
+        self.gate.open.lock().stop_waiting(self.id);
+    }
+
+    /// The answer went out: the connection waits for its next request (and may be closed
+    /// to admit a newcomer).
+    pub fn waiting(&self) {
+        self.gate.open.lock().start_waiting(self.id);
+    }
+}
+
 impl Drop for Admission {
     fn drop(&mut self) {
         let mut open = self.gate.open.lock();
         open.sockets.remove(&self.id);
+        open.stop_waiting(self.id);
         if let Some(n) = open.per_client.get_mut(&self.client) {
             *n -= 1;
             if *n == 0 {
@@ -235,9 +303,11 @@ mod tests {
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let socks: Vec<_> = (0..5).map(|_| pair(&l)).collect();
         let a1 = gate.admit(&socks[0].1, a).unwrap();
-        let _a2 = gate.admit(&socks[1].1, a).unwrap();
+        let a2 = gate.admit(&socks[1].1, a).unwrap();
         assert_eq!(gate.admit(&socks[2].1, a).unwrap_err(), Refusal::PerClient);
-        let _b1 = gate.admit(&socks[2].1, b).unwrap();
+        let b1 = gate.admit(&socks[2].1, b).unwrap();
+        // All being answered: none can make room.
+        [&a1, &a2, &b1].iter().for_each(|c| c.answering());
         assert_eq!(gate.admit(&socks[3].1, b).unwrap_err(), Refusal::Total);
         assert_eq!(stats.open(), 3);
         drop(a1);
@@ -248,6 +318,32 @@ mod tests {
         assert!(text.contains("krak_http_connections_refused_total{reason=\"per_client\"} 1"), "{text}");
         assert!(text.contains("krak_http_connections_refused_total{reason=\"total\"} 1"), "{text}");
         assert!(text.contains("krak_http_connections_open 3"), "{text}");
+    }
+
+    #[test]
+    fn a_newcomer_closes_the_longest_waiting_connection_never_one_being_answered() {
+        use std::io::Read;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let stats = Arc::new(HttpStats::default());
+        let gate = ConnectionGate::new(2, 2, stats.clone());
+        let ip = |i: u8| IpAddr::from([10, 0, 0, i]);
+        let socks: Vec<_> = (0..4).map(|_| pair(&l)).collect();
+        let busy = gate.admit(&socks[0].1, ip(1)).unwrap();
+        busy.answering();
+        let _idle = gate.admit(&socks[1].1, ip(2)).unwrap();
+        // Full: the newcomer closes the waiting one, not the one being answered.
+        let _new = gate.admit(&socks[2].1, ip(3)).unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!((&socks[1].0).read(&mut buf).unwrap(), 0, "the waiting connection was closed");
+        socks[0].0.set_nonblocking(true).unwrap();
+        assert!((&socks[0].0).read(&mut buf).is_err(), "the answered one is still open");
+        // Once answered, the busy one waits again and is the next to go after the newcomer.
+        busy.waiting();
+        let _newer = gate.admit(&socks[3].1, ip(4)).unwrap();
+        assert_eq!((&socks[2].0).read(&mut buf).unwrap(), 0, "the newcomer had waited longer");
+        let mut text = String::new();
+        stats.render(&mut text);
+        assert!(text.contains("krak_http_connections_evicted_total 2"), "{text}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The bounded HTTP front end against a real controller on loopback: slow and silent clients
-//! are cut off at the request timeout while others are served, the per-client and total
-//! connection bounds refuse at once with 503, an oversize body gets 413 and a close, and a
+//! are cut off at the request timeout while others are served, the per-client bound refuses
+//! at once with 503 and a full front end makes room by closing its longest idle connection
+//! (so a flood of strangers keeps no heartbeat out), an oversize body gets 413 and a close, and a
 //! long-poll still waits for the controller.
 
 mod common;
@@ -230,8 +231,18 @@ fn the_per_client_bound_refuses_one_client_and_serves_another() {
     ctl.shutdown();
 }
 
+/// `metric` from a client at `source`, past the per-client bound of the others.
+fn metric_from(source: Ipv4Addr, to: SocketAddr, line_start: &str) -> u64 {
+    let mut s = connect_from(source, to);
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let answer = read_to_close(&mut s);
+    let line =
+        answer.lines().find(|l| l.starts_with(line_start)).unwrap_or_else(|| panic!("no {line_start} in {answer}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 #[test]
-fn the_total_bound_holds_across_clients() {
+fn a_newcomer_on_a_full_front_end_takes_the_place_of_the_longest_idle() {
     let (ctl, _) = start(|c| {
         c.http_max_connections = 6;
         c.http_max_connections_per_client = 4;
@@ -239,32 +250,93 @@ fn the_total_bound_holds_across_clients() {
     });
     let mut held: Vec<_> = (0..4).map(|_| connect(ctl.addr())).collect();
     held.extend((0..2).map(|_| connect_from(Ipv4Addr::new(127, 0, 0, 3), ctl.addr())));
-    // a fresh address still hits the total bound
-    let mut refused = connect_from(Ipv4Addr::new(127, 0, 0, 4), ctl.addr());
-    let answer = read_to_close(&mut refused);
-    assert!(answer.starts_with("HTTP/1.1 503 ") && answer.contains("total"), "{answer}");
-    drop(held.pop());
+    // Every place is taken by a connection that sent nothing: a fresh address is served,
+    // and the one that waited longest is closed to make room.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut s = connect_from(Ipv4Addr::new(127, 0, 0, 4), ctl.addr());
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let answer = read_to_close(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.contains("krak_http_connections_evicted_total 1"), "{answer}");
+    assert_eq!(read_to_close(&mut held[0]), "", "the longest idle connection was closed without an answer");
+    // Once it is gone, the bound holds as before: six open.
+    let open = || metric_from(Ipv4Addr::new(127, 0, 0, 5), ctl.addr(), "krak_http_connections_open");
     let deadline = Instant::now() + GENEROUS;
-    loop {
-        let mut s = connect_from(Ipv4Addr::new(127, 0, 0, 4), ctl.addr());
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let answer = read_to_close(&mut s);
-        if answer.starts_with("HTTP/1.1 200 ") {
-            assert!(answer.contains("krak_http_connections_refused_total{reason=\"total\"} "), "{answer}");
-            let refused: u64 = answer
-                .lines()
-                .find_map(|l| l.strip_prefix("krak_http_connections_refused_total{reason=\"total\"} "))
-                .unwrap()
-                .parse()
-                .unwrap();
-            assert!(refused >= 1);
-            assert!(answer.contains("krak_http_connections_open 6"), "{answer}");
-            break;
-        }
-        assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
-        assert!(Instant::now() < deadline, "a freed place was never reused");
-        std::thread::sleep(Duration::from_millis(50));
+    while open() > 6 {
+        assert!(Instant::now() < deadline, "the closed connection never left");
+        std::thread::sleep(Duration::from_millis(20));
     }
+    ctl.shutdown();
+}
+
+/// Issue 15, finding 1: strangers without the secret hold every connection slot they can
+/// get, from many addresses, for longer than a server's dead timeout, while a memory server
+/// heartbeats: it is never declared dead, and a client is answered within a second.
+#[test]
+fn a_flood_of_idle_connections_keeps_no_heartbeat_out() {
+    use krak_api::messages::{HeartbeatRequest, RegisterReply, RegisterRequest};
+    let (ctl, c) = start(|c| {
+        c.http_max_connections = 16;
+        c.http_max_connections_per_client = 8;
+        c.suspect_after_ms = 1_000;
+        c.dead_after_ms = 2_000;
+    });
+    let url = ctl.url();
+    let mut server = Client::new(&url).unwrap();
+    server.timeout = Duration::from_secs(1);
+    let register = RegisterRequest {
+        addr: "127.0.0.1:7070".into(),
+        capacity_bytes: 1 << 30,
+        slab_size_bytes: 1 << 20,
+        domain: "rack1/host1".into(),
+        headroom_bytes: 0,
+    };
+    let id = server.call::<_, RegisterReply>("POST", "/v1/servers", Some(&register)).unwrap().id;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let beats = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let path = format!("/v1/servers/{id}/heartbeat");
+            let mut failed = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let beat = HeartbeatRequest { lent_bytes: 0, free_bytes: 1 << 30, slabs: 0, host_free_bytes: None };
+                if server.call::<_, serde_json::Value>("POST", &path, Some(&beat)).is_err() {
+                    failed += 1;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            failed
+        })
+    };
+    // The flood: 4 idle connections from each of 20 addresses, held (and reopened when the
+    // controller closes them) for twice the dead timeout.
+    let flood_until = Instant::now() + Duration::from_secs(4);
+    let mut flood: Vec<TcpStream> = Vec::new();
+    let mut worst = Duration::ZERO;
+    while Instant::now() < flood_until {
+        flood.retain(|s| {
+            let mut b = [0u8; 1];
+            s.set_nonblocking(true).unwrap();
+            !matches!((&*s).read(&mut b), Ok(0))
+        });
+        for i in 0..80u32 {
+            if flood.len() >= 80 {
+                break;
+            }
+            flood.push(connect_from(Ipv4Addr::new(127, 0, 1, 10 + (i % 20) as u8), ctl.addr()));
+        }
+        let t0 = Instant::now();
+        let st: StatusReply = c.call::<(), _>("GET", "/v1/status", None).expect("a client is served under the flood");
+        worst = worst.max(t0.elapsed());
+        let state = &st.servers[0].record.state;
+        assert_eq!(*state, krak_api::ServerState::Alive, "declared {state:?} under a flood of strangers");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let failed = beats.join().unwrap();
+    assert!(worst < Duration::from_secs(1), "a status call took {worst:?} under the flood");
+    assert!(metric(&c, "krak_http_connections_evicted_total") > 16, "the flood churned itself");
+    eprintln!("under the flood: slowest status {worst:?}, {failed} heartbeats failed");
     ctl.shutdown();
 }
 
