@@ -232,6 +232,33 @@ impl Net {
         url.to_string()
     }
 
+    /// `krak controller --listen GATEWAY:PORT EXTRA...` in the root namespace (a controller
+    /// that can come back on the same URL after [`Net::kill_controllers`]); its URL.
+    pub fn controller_on(&mut self, port: u16, extra: &[&str]) -> String {
+        let listen = format!("{}:{port}", self.gateway);
+        let mut command = Command::new(KRAK);
+        command.args(["controller", "--listen", &listen]).args(extra);
+        die_with_parent(&mut command);
+        let (proc, line) = spawn_command_and_read_line(command, "krak controller");
+        let url = line.trim().strip_prefix("krak controller listening on ").unwrap_or_else(|| panic!("{line:?}"));
+        assert_eq!(url, format!("http://{listen}"), "{line:?}");
+        self.root_procs.push(proc);
+        url.to_string()
+    }
+
+    /// A free port on the bridge's address.
+    pub fn free_port(&self) -> u16 {
+        std::net::TcpListener::bind((self.gateway, 0)).unwrap().local_addr().unwrap().port()
+    }
+
+    /// SIGKILLs every controller the net started.
+    pub fn kill_controllers(&mut self) {
+        for p in &mut self.root_procs {
+            p.kill();
+        }
+        self.root_procs.clear();
+    }
+
     /// `krak ARGS` inside host `i`'s namespace (`ip netns exec`), owned by the host; the
     /// first line it printed.
     pub fn spawn_on(&mut self, i: usize, args: &[&str]) -> String {
