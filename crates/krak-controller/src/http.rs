@@ -331,7 +331,9 @@ fn serve_connection(stream: TcpStream, admission: Admission, context: &Context) 
                 return;
             }
         };
-        admission.answering();
+        if !admission.answering() {
+            return; // closed for room while its request arrived: not served
+        }
         if !context.workers.acquire(&context.stop) {
             return;
         }

@@ -9,7 +9,7 @@
 //! once (a heartbeat, a pager's call) is served: to close it before its request is read, a
 //! flood would have to open as many connections as there are slots within that time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,6 +141,8 @@ struct Open {
     waiting: BTreeMap<u64, u64>,
     /// Each waiting connection's place in `waiting`.
     waiting_since: HashMap<u64, u64>,
+    /// Connections closed to make room, until their threads end.
+    evicted: HashSet<u64>,
     next_id: u64,
     next_seq: u64,
     closing: bool,
@@ -166,6 +168,7 @@ impl Open {
     fn evict_oldest_waiting(&mut self) -> bool {
         let Some((_, id)) = self.waiting.pop_first() else { return false };
         self.waiting_since.remove(&id);
+        self.evicted.insert(id);
         if let Some(s) = self.sockets.get(&id) {
             let _ = s.shutdown(Shutdown::Both);
         }
@@ -206,15 +209,16 @@ impl ConnectionGate {
         if open.closing {
             return refused(Refusal::Closing);
         }
+        // The per-client bound first: a newcomer refused anyway must not close anyone.
+        if open.per_client.get(&client).copied().unwrap_or(0) >= self.max_per_client {
+            return refused(Refusal::PerClient);
+        }
         if open.sockets.len() >= self.max_total {
             let room = open.sockets.len() < self.max_total + MAX_OVER_BY_EVICTION && open.evict_oldest_waiting();
             if !room {
                 return refused(Refusal::Total);
             }
             self.stats.evicted.fetch_add(1, Ordering::Relaxed);
-        }
-        if open.per_client.get(&client).copied().unwrap_or(0) >= self.max_per_client {
-            return refused(Refusal::PerClient);
         }
         // without a clone the socket could not be cut at shutdown: refuse rather than risk
         // a shutdown waiting on it
@@ -255,8 +259,12 @@ impl ConnectionGate {
 
 impl Admission {
     /// A whole request was read: it is being answered, and may not be closed for room.
-    pub fn answering(&self) {
-        self.gate.open.lock().stop_waiting(self.id);
+    /// False if it was closed for room meanwhile: its request must not be served (its
+    /// answer could not be sent, and the client takes it for not served).
+    pub fn answering(&self) -> bool {
+        let mut open = self.gate.open.lock();
+        open.stop_waiting(self.id);
+        !open.evicted.contains(&self.id)
     }
 
     /// The answer went out: the connection waits for its next request (and may be closed
@@ -271,6 +279,7 @@ impl Drop for Admission {
         let mut open = self.gate.open.lock();
         open.sockets.remove(&self.id);
         open.stop_waiting(self.id);
+        open.evicted.remove(&self.id);
         if let Some(n) = open.per_client.get_mut(&self.client) {
             *n -= 1;
             if *n == 0 {
@@ -307,7 +316,7 @@ mod tests {
         assert_eq!(gate.admit(&socks[2].1, a).unwrap_err(), Refusal::PerClient);
         let b1 = gate.admit(&socks[2].1, b).unwrap();
         // All being answered: none can make room.
-        [&a1, &a2, &b1].iter().for_each(|c| c.answering());
+        assert!([&a1, &a2, &b1].iter().all(|c| c.answering()));
         assert_eq!(gate.admit(&socks[3].1, b).unwrap_err(), Refusal::Total);
         assert_eq!(stats.open(), 3);
         drop(a1);
@@ -329,12 +338,13 @@ mod tests {
         let ip = |i: u8| IpAddr::from([10, 0, 0, i]);
         let socks: Vec<_> = (0..4).map(|_| pair(&l)).collect();
         let busy = gate.admit(&socks[0].1, ip(1)).unwrap();
-        busy.answering();
-        let _idle = gate.admit(&socks[1].1, ip(2)).unwrap();
+        assert!(busy.answering());
+        let idle = gate.admit(&socks[1].1, ip(2)).unwrap();
         // Full: the newcomer closes the waiting one, not the one being answered.
         let _new = gate.admit(&socks[2].1, ip(3)).unwrap();
         let mut buf = [0u8; 1];
         assert_eq!((&socks[1].0).read(&mut buf).unwrap(), 0, "the waiting connection was closed");
+        assert!(!idle.answering(), "a request read on a closed connection is not served");
         socks[0].0.set_nonblocking(true).unwrap();
         assert!((&socks[0].0).read(&mut buf).is_err(), "the answered one is still open");
         // Once answered, the busy one waits again and is the next to go after the newcomer.

@@ -23,9 +23,9 @@ pub struct Reclaimed {
     pub silent_ms: u64,
 }
 
-/// Most regions reclaimed per tick, so one tick never holds the rack lock for long (the
-/// rest are reclaimed at the next ticks).
-const MAX_RECLAIMED_PER_TICK: usize = 64;
+/// Most regions reclaimed per tick (each a store write under the rack lock), so one tick
+/// never holds the lock for long; the rest are reclaimed at the next ticks.
+const MAX_RECLAIMED_PER_TICK: usize = 4;
 
 impl RackState {
     /// Region `id`'s pager was heard from now (an unknown id is left to the request's own
