@@ -480,8 +480,11 @@ fn replay(
             // data after it is never a crash's doing.
             let end = pos + RECORD_HEADER as u64 + plen as u64;
             let one_record = len - pos <= (RECORD_HEADER + codec::MAX_RECORD_PAYLOAD) as u64;
+            let follows = valid_record_follows(r.get_ref(), pos + 1, len, last_rev)?;
             let rest_zero = rest_is_zero(r, pos + read, len)?;
-            if zero && rest_zero {
+            if follows {
+                Err(MetaError::corrupt_by(format!("log record at offset {pos}, followed by whole records"), why))
+            } else if zero && rest_zero {
                 Ok(pos)
             } else if (one_record && end >= len) || rest_zero {
                 if opts.cut_damaged_tail {
@@ -510,7 +513,15 @@ fn replay(
             );
         }
         if pos + RECORD_HEADER as u64 + plen as u64 > len {
-            return Ok(pos); // cut short
+            // Cut short, unless its length was damaged: a write a crash cut short is the
+            // last, so no whole record can follow it.
+            if valid_record_follows(r.get_ref(), pos + 1, len, last_rev)? {
+                return Err(MetaError::corrupt(format!(
+                    "log record at offset {pos} claims {plen} bytes, past the end of the log, yet whole records \
+                     follow it: its length is damaged (restore the store from a backup)"
+                )));
+            }
+            return Ok(pos);
         }
         payload.resize(plen, 0);
         r.read_exact(&mut payload).map_err(|e| MetaError::unavailable_by("read log", e))?;
@@ -581,6 +592,30 @@ fn check_base(dir: &Path, snapshot: Option<(u64, bool)>, base: Option<u64>, good
         ))),
         _ => Ok(()),
     }
+}
+
+/// Whether a whole, valid log record of a revision above `after_rev` starts anywhere in
+/// the log between `from` and `len`: what tells a damaged length from a write cut short
+/// (only the last write can be cut short). Reads that stretch once; cheap checks (kind,
+/// revision, length) before any CRC.
+fn valid_record_follows(wal: &File, from: u64, len: u64, after_rev: u64) -> Result<bool, MetaError> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len.saturating_sub(from) as usize];
+    wal.read_exact_at(&mut buf, from).map_err(|e| MetaError::unavailable_by("read log", e))?;
+    let min_payload = 1 + 8 + 4;
+    for off in 0..buf.len().saturating_sub(RECORD_HEADER + min_payload) + 1 {
+        let Some(head) = buf.get(off..off + RECORD_HEADER) else { break };
+        let (plen, crc) = codec::decode_header(head.try_into().expect("a header's length"));
+        let Some(payload) = buf.get(off + RECORD_HEADER..off + RECORD_HEADER + plen) else { continue };
+        if plen < min_payload || payload[0] != 1 {
+            continue;
+        }
+        let rev = u64::from_le_bytes(payload[1..9].try_into().expect("8 bytes"));
+        if rev > after_rev && codec::crc_matches(plen, crc, payload) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Whether every byte from `from` to `len` is zero.

@@ -146,8 +146,8 @@ fn torn_last_record_is_cut_off_at_every_length() {
 fn a_whole_damaged_last_record_is_a_refusal_that_changes_nothing() {
     let d = TempDir::new("flip-last");
     let (wal, before_last) = three_records(&d.0);
-    // In its CRC or its payload. (A flip in its length that points past the end of the file
-    // is indistinguishable from a write cut short, and is cut off as one.)
+    // In its CRC or its payload. (A flip in the *last* record's length that points past the
+    // end of the file is indistinguishable from a write cut short, and is cut off as one.)
     for at in [before_last + 5, before_last + RECORD_HEADER + 5, wal.len() - 1] {
         let mut bad = wal.clone();
         bad[at] ^= 0x20;
@@ -164,6 +164,33 @@ fn a_whole_damaged_last_record_is_a_refusal_that_changes_nothing() {
     std::fs::write(d.0.join(WAL), &wal).unwrap();
     let s = FileStore::open(&d.0).unwrap();
     assert_eq!(s.get("/c").unwrap().unwrap().value, vec![3; 200]);
+}
+
+#[test]
+fn a_damaged_length_never_cuts_off_the_records_after_it() {
+    let d = TempDir::new("flip-length");
+    let s = FileStore::open(&d.0).unwrap();
+    let first = s.wal_bytes() as usize; // the base record
+    for i in 0..6u8 {
+        s.put(&format!("/k/{i}"), &[i; 100]).unwrap();
+    }
+    drop(s);
+    let wal = std::fs::read(d.0.join(WAL)).unwrap();
+    // The length of the first write grows past the end of the log, or past any record's
+    // bound: either way the records after it are whole, so it is no torn write.
+    for (byte, flip) in [(2, 0x01), (3, 0x80)] {
+        let mut bad = wal.clone();
+        bad[first + byte] ^= flip;
+        std::fs::write(d.0.join(WAL), &bad).unwrap();
+        for cut in [false, true] {
+            let opts = FileStoreOptions { cut_damaged_tail: cut, ..Default::default() };
+            match FileStore::open_with(&d.0, opts) {
+                Err(MetaError::Corrupt { .. }) => {}
+                other => panic!("length byte {byte} flipped (cut {cut}): want Corrupt, got {other:?}"),
+            }
+            assert_eq!(std::fs::read(d.0.join(WAL)).unwrap(), bad, "the log is untouched");
+        }
+    }
 }
 
 #[test]
