@@ -280,9 +280,15 @@ impl FarMemory {
         }
         if let Some(link) = rack {
             let (s, budget) = (shared.clone(), config.local_budget_bytes);
+            let follower_link = link.clone();
             let t = std::thread::Builder::new()
                 .name("krak-follow".into())
-                .spawn(move || crate::follow::follow(s, link, budget));
+                .spawn(move || crate::follow::follow(s, follower_link, budget));
+            region.threads.push(t.map_err(PagerError::Thread)?);
+            let s = shared.clone();
+            let t = std::thread::Builder::new()
+                .name("krak-report".into())
+                .spawn(move || crate::follow::live::report_loop(s, link));
             region.threads.push(t.map_err(PagerError::Thread)?);
         }
         Ok(region)

@@ -1,8 +1,10 @@
 //! A region placed by the controller, managed while it runs: it follows the local budget
 //! an operator sets (`krak budget`, stored with the region's record, seen in each map) and
-//! reports what it is doing every second (`krak status`, `/metrics`).
+//! reports what it is doing every second from a thread of its own (`krak status`,
+//! `/metrics`; the reports keep the region's lease).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use krak_api::messages::RegionLive;
@@ -16,20 +18,23 @@ use crate::state::memory::RegionMemory;
 /// How often a region reports (status promises a figure at most 2 s old).
 const REPORT_MS: u64 = 1_000;
 
+/// How often the reporter looks whether the region is being dropped.
+const STOP_CHECK_MS: u64 = 100;
+
+/// The budget the region follows: the one in its record at the controller.
 #[derive(Debug)]
-pub(crate) struct Live {
+pub(crate) struct Budget {
     /// The budget last taken from the region's record (the one it was made with, first).
     applied_budget_bytes: u64,
-    last_report: Option<(Instant, u64)>,
 }
 
-impl Live {
-    pub(crate) fn new(budget_bytes: u64) -> Live {
-        Live { applied_budget_bytes: budget_bytes, last_report: None }
+impl Budget {
+    pub(crate) fn new(budget_bytes: u64) -> Budget {
+        Budget { applied_budget_bytes: budget_bytes }
     }
 
     /// Takes up the budget of the region's record if it changed since it was last taken.
-    pub(crate) fn follow_budget(&mut self, shared: &RegionShared, record_budget_bytes: u64) {
+    pub(crate) fn follow(&mut self, shared: &RegionShared, record_budget_bytes: u64) {
         if record_budget_bytes == self.applied_budget_bytes || record_budget_bytes == 0 {
             return;
         }
@@ -41,21 +46,31 @@ impl Live {
             Err(e) => tracing::error!("taking the local budget of {record_budget_bytes} bytes: {e}"),
         }
     }
+}
 
-    /// Reports the region's figures if the last report is a second old.
-    pub(crate) fn report(&mut self, shared: &RegionShared, link: &ControllerLink) {
+/// The reporter thread: the region's figures every second until it is dropped. Its own
+/// thread, since the reports also keep the region's lease at the controller (`lease.rs`
+/// there): the follower may be busy for long (a shrink waiting for write-backs, a drain's
+/// copies) and the region must not be reclaimed meanwhile.
+pub(crate) fn report_loop(shared: Arc<RegionShared>, link: Arc<ControllerLink>) {
+    let mut last: Option<(Instant, u64)> = None;
+    while !shared.stop.load(Ordering::Relaxed) {
         let now = Instant::now();
-        let faults = shared.counters.missing_faults.load(Ordering::Relaxed);
-        let faults_per_s = match self.last_report {
-            Some((at, _)) if now.duration_since(at) < Duration::from_millis(REPORT_MS) => return,
-            Some((at, before)) => faults.saturating_sub(before) as f64 / now.duration_since(at).as_secs_f64(),
-            None => 0.0,
-        };
-        self.last_report = Some((now, faults));
-        let live = figures(shared, faults_per_s);
-        if let Err(e) = link.client.lock().report_live(link.region, &live) {
-            tracing::debug!("reporting the region's figures: {e}");
+        if last.is_none_or(|(at, _)| now.duration_since(at) >= Duration::from_millis(REPORT_MS)) {
+            let faults = shared.counters.missing_faults.load(Ordering::Relaxed);
+            let faults_per_s = last.map_or(0.0, |(at, before)| {
+                faults.saturating_sub(before) as f64 / now.duration_since(at).as_secs_f64()
+            });
+            last = Some((now, faults));
+            let live = figures(&shared, faults_per_s);
+            match link.client.lock().report_live(link.region, &live) {
+                Ok(_) => {}
+                // The follower says why (the region is gone from the controller).
+                Err(krak_api::ApiError::Status { status: 404, .. }) => return,
+                Err(e) => tracing::debug!("reporting the region's figures: {e}"),
+            }
         }
+        std::thread::sleep(Duration::from_millis(STOP_CHECK_MS));
     }
 }
 

@@ -9,7 +9,8 @@
 //! re-protection to replace, where the scheme survives a loss), and moves fragments, one at a time, off servers that drain or whose host is short
 //! of memory (`moves/fragment.rs`), each to a server the controller places that slot on,
 //! while the region stays in use, and commits the new home. It also takes up the local
-//! budget an operator sets and reports the region's figures every second (`follow/live.rs`).
+//! budget an operator sets; a reporter thread reports the region's figures every second
+//! (`follow/live.rs`).
 
 pub(crate) mod link;
 pub(crate) mod live;
@@ -47,7 +48,7 @@ pub(crate) fn follow(shared: Arc<RegionShared>, link: Arc<ControllerLink>, budge
     // Its own client for the long-poll, so that re-protection's and moves' calls do not
     // wait behind it.
     let mut poller = link.client.lock().clone();
-    let mut live = live::Live::new(budget_bytes);
+    let mut budget = live::Budget::new(budget_bytes);
     while !shared.stop.load(Ordering::Relaxed) {
         let since = link.epoch.load(Ordering::Relaxed);
         let map = match poller.map_since(link.region, since, Duration::from_millis(MAP_POLL_MS)) {
@@ -71,10 +72,9 @@ pub(crate) fn follow(shared: Arc<RegionShared>, link: Arc<ControllerLink>, budge
             }
         };
         let avoid: Vec<ServerId> = map.servers.iter().filter(|s| s.state != ServerState::Alive).map(|s| s.id).collect();
-        live.follow_budget(&shared, map.region.local_budget_bytes);
+        budget.follow(&shared, map.region.local_budget_bytes);
         follow_servers(&shared, &link, &map, &avoid, &mut reported_dead, &mut doubted);
         consolidate(&shared, &link, &map, &mut stuck_at_epoch);
-        live.report(&shared, &link);
         link.epoch.fetch_max(map.epoch, Ordering::Relaxed);
     }
 }

@@ -222,9 +222,9 @@ impl RegionShared {
             core.shrinking_from = Some(old);
         }
         core.budget_pages = pages;
-        let evicted = self.make_room(&mut core, 0);
-        core.shrinking_from = None;
-        evicted
+        // On success `make_room` ended the shrink; on failure the old budget stays in force
+        // until a later `make_room` gets there.
+        self.make_room(&mut core, 0)
     }
 
     pub fn make_room(&self, core: &mut CoreGuard<'_>, n: usize) -> Result<(), PagerError> {
@@ -245,6 +245,8 @@ impl RegionShared {
                 self.space.wait_for(core, Duration::from_millis(SPACE_WAIT_MS));
             }
         }
+        // Every frame, mapped or reserved, now fits the budget: a shrink is over.
+        core.shrinking_from = None;
         if core.pages.resident() + self.low_watermark(core) > core.budget_pages {
             self.reclaim_wake.notify_one();
         }
