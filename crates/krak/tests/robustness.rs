@@ -1,6 +1,6 @@
 //! A robustness run (issue 15): a verified workload (`krak demo --redundancy replicate:2` on
-//! memory servers in network namespaces, `netns/`) under a random schedule of faults: a
-//! host's memory server SIGKILLed, a host's link cut and restored, packet loss on a host's
+//! memory servers in network namespaces, `netns/`, one of them behind a delay line) under a
+//! random schedule of faults: a host's memory server SIGKILLed, a host's link cut and restored, packet loss on a host's
 //! link, the controller SIGKILLed and restarted on its store, the store corrupted while the
 //! controller is down (it must refuse to start, saying so, and start again once the file
 //! is restored), floods of idle connections on the controller and on memory servers. Every
@@ -134,9 +134,28 @@ fn run(seed: u64) {
     let ctl_args = ["--store", store.to_str().unwrap(), "--dead-after-ms", "4000", "--secret-file", secret_file()];
     let url = net.controller_on(port, &ctl_args);
     let ctl_addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
-    let servers: Vec<SocketAddr> =
-        (0..SERVERS).map(|i| net.memserver(i, &url, &format!("rack1/host{i}"), "128MiB")).collect();
+    // One host, chosen by the seed, is reached through a delay line (this kernel has no
+    // netem): its every request and answer held 1 to 5 ms each way, the whole run long.
+    let slow = (seed % SERVERS as u64) as usize;
+    let one_way = Duration::from_millis(1 + seed % 5);
+    let mut delay = None;
+    let servers: Vec<SocketAddr> = (0..SERVERS)
+        .map(|i| {
+            let domain = format!("rack1/host{i}");
+            if i != slow {
+                return net.memserver(i, &url, &domain, "128MiB");
+            }
+            let listen: SocketAddr = format!("{}:7070", net.host(i).addr).parse().unwrap();
+            let proxy = netns::delay::DelayProxy::start(SocketAddr::new(net.gateway.into(), 0), listen, one_way);
+            let advertise = proxy.addr.to_string();
+            net.memserver_with(i, &listen.to_string(), &url, &domain, "128MiB", &["--advertise", &advertise]);
+            let addr = proxy.addr;
+            delay = Some(proxy);
+            addr
+        })
+        .collect();
     net.wait_alive(&url, &servers);
+    eprintln!("host {slow} behind a delay line of {one_way:?} each way");
 
     let seconds = RUN_SECONDS.to_string();
     let demo = netns::demo::Demo::start(
@@ -225,6 +244,7 @@ fn run(seed: u64) {
             assert_ne!(s["state"], "dead", "seed {seed:#x}: live server {addr} declared dead: {st:#}");
         }
     }
+    drop(delay);
     eprintln!("seed {seed:#x}: every page right after {} faults", plan.len());
 }
 
