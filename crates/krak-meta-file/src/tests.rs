@@ -1,4 +1,5 @@
 use super::*;
+use crate::codec::RECORD_HEADER;
 use krak_meta::conformance;
 
 /// A fresh directory under the system temp dir, removed on drop.
