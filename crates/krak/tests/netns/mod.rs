@@ -221,27 +221,28 @@ impl Net {
     /// `krak controller --listen GATEWAY:0 EXTRA...` in the root namespace, owned by the
     /// net (killed before it is torn down); its URL.
     pub fn controller(&mut self, extra: &[&str]) -> String {
-        let listen = format!("{}:0", self.gateway);
-        let mut command = Command::new(KRAK);
-        command.args(["controller", "--listen", &listen]).args(extra);
-        die_with_parent(&mut command);
-        let (proc, line) = spawn_command_and_read_line(command, "krak controller");
-        let url = line.trim().strip_prefix("krak controller listening on ").unwrap_or_else(|| panic!("{line:?}"));
-        assert!(url.starts_with(&format!("http://{}:", self.gateway)) && !url.ends_with(":0"), "{line:?}");
-        self.root_procs.push(proc);
-        url.to_string()
+        let url = self.start_controller(&format!("{}:0", self.gateway), extra);
+        assert!(url.starts_with(&format!("http://{}:", self.gateway)) && !url.ends_with(":0"), "{url}");
+        url
     }
 
     /// `krak controller --listen GATEWAY:PORT EXTRA...` in the root namespace (a controller
     /// that can come back on the same URL after [`Net::kill_controllers`]); its URL.
     pub fn controller_on(&mut self, port: u16, extra: &[&str]) -> String {
         let listen = format!("{}:{port}", self.gateway);
+        let url = self.start_controller(&listen, extra);
+        assert_eq!(url, format!("http://{listen}"));
+        url
+    }
+
+    /// `krak controller --listen LISTEN EXTRA...` in the root namespace, owned by the net;
+    /// the URL it says it listens on.
+    fn start_controller(&mut self, listen: &str, extra: &[&str]) -> String {
         let mut command = Command::new(KRAK);
-        command.args(["controller", "--listen", &listen]).args(extra);
+        command.args(["controller", "--listen", listen]).args(extra);
         die_with_parent(&mut command);
         let (proc, line) = spawn_command_and_read_line(command, "krak controller");
         let url = line.trim().strip_prefix("krak controller listening on ").unwrap_or_else(|| panic!("{line:?}"));
-        assert_eq!(url, format!("http://{listen}"), "{line:?}");
         self.root_procs.push(proc);
         url.to_string()
     }
