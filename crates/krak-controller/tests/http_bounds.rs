@@ -231,11 +231,16 @@ fn the_per_client_bound_refuses_one_client_and_serves_another() {
     ctl.shutdown();
 }
 
-/// `metric` from a client at `source`, past the per-client bound of the others.
-fn metric_from(source: Ipv4Addr, to: SocketAddr, line_start: &str) -> u64 {
+/// The whole answer to `GET /metrics` from a client at `source`.
+fn metrics_from(source: Ipv4Addr, to: SocketAddr) -> String {
     let mut s = connect_from(source, to);
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let answer = read_to_close(&mut s);
+    read_to_close(&mut s)
+}
+
+/// `metric` from a client at `source`, past the per-client bound of the others.
+fn metric_from(source: Ipv4Addr, to: SocketAddr, line_start: &str) -> u64 {
+    let answer = metrics_from(source, to);
     let line =
         answer.lines().find(|l| l.starts_with(line_start)).unwrap_or_else(|| panic!("no {line_start} in {answer}"));
     line.rsplit(' ').next().unwrap().parse().unwrap()
@@ -253,9 +258,7 @@ fn a_newcomer_on_a_full_front_end_takes_the_place_of_the_longest_idle() {
     // Every place is taken by a connection that sent nothing: a fresh address is served,
     // and the one that waited longest is closed to make room.
     std::thread::sleep(Duration::from_millis(100));
-    let mut s = connect_from(Ipv4Addr::new(127, 0, 0, 4), ctl.addr());
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let answer = read_to_close(&mut s);
+    let answer = metrics_from(Ipv4Addr::new(127, 0, 0, 4), ctl.addr());
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     assert!(answer.contains("krak_http_connections_evicted_total 1"), "{answer}");
     assert_eq!(read_to_close(&mut held[0]), "", "the longest idle connection was closed without an answer");
