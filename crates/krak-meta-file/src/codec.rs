@@ -1,12 +1,21 @@
 //! On-disk encodings: write-ahead log records and snapshots. Little-endian throughout.
 //!
-//! A log record is `len: u32 | crc: u32 | payload[len]`, `crc` being the CRC-32C of the four
-//! `len` bytes followed by the payload. The payload of a committed write is
+//! A log record is `len: u32 | crc: u32 | payload[len] | len: u32 | !len: u32`, `crc` being
+//! the CRC-32C of the four `len` bytes followed by the payload; the trailer (the length and
+//! its complement) marks where a whole record ends, so a record damaged after it was written
+//! is told from one a crash cut short. The payload of a committed write is
 //! `kind = 1: u8 | revision: u64 | n: u32 | op * n`, an op being
 //! `1: u8 | key_len: u32 | key | value_len: u32 | value | lease: u64 (0 = none)` (put) or
 //! `2: u8 | key_len: u32 | key` (delete). The log's first record is its *base*,
-//! `kind = 2: u8 | revision: u64`: the revision of the snapshot it continues (0 for a new
-//! store), so a missing snapshot or a log emptied behind the store's back is noticed.
+//! `kind = 3: u8 | revision: u64`: the revision of the snapshot it continues, so a missing
+//! snapshot or a log emptied behind the store's back is noticed.
+//!
+//! The log file is preallocated: its size is always a multiple of [`LOG_STEP_BYTES`], and at
+//! least one all-zero header follows the last record. A log cut short anywhere (at a record's
+//! end included) therefore shows, and a crash never changes its size, only fills zeros.
+//!
+//! Logs written before trailers (*legacy*, base kind 2 or no base) have neither trailers nor
+//! preallocation; they are read with the older rules and rewritten at open.
 //!
 //! A snapshot is `MAGIC | revision: u64 | count: u64 | entry * count | crc: u32`, an entry
 //! being `key_len: u32 | key | value_len: u32 | value | mod_revision: u64`, `crc` the CRC-32C
@@ -19,8 +28,13 @@ pub const SNAPSHOT_MAGIC: &[u8; 16] = b"krak-meta-snap2\n";
 /// with may be empty).
 pub const LEGACY_SNAPSHOT_MAGIC: &[u8; 16] = b"krak-meta-snap1\n";
 pub const RECORD_HEADER: usize = 8;
+pub const RECORD_TRAILER: usize = 8;
+/// The log file grows in steps of this size (zero-filled), its size always a multiple.
+pub const LOG_STEP_BYTES: u64 = 32 << 10;
 const KIND_TXN: u8 = 1;
-const KIND_BASE: u8 = 2;
+/// Base of a legacy log (no trailers, no preallocation).
+const KIND_BASE_LEGACY: u8 = 2;
+const KIND_BASE: u8 = 3;
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
 
@@ -34,8 +48,13 @@ pub struct Record {
     pub ops: Vec<Op>,
 }
 
-/// The full record (header and payload) of a write at `revision`.
+/// The full record (header, payload, trailer) of a write at `revision`.
 pub fn encode_record(revision: u64, ops: &[Op]) -> Vec<u8> {
+    frame(encode_unframed(revision, ops))
+}
+
+/// A record of a write at `revision` as legacy logs held it: header and payload.
+pub(crate) fn encode_unframed(revision: u64, ops: &[Op]) -> Vec<u8> {
     let mut p = Vec::with_capacity(
         RECORD_HEADER
             + 13
@@ -70,18 +89,47 @@ pub fn encode_record(revision: u64, ops: &[Op]) -> Vec<u8> {
 
 /// The base record of a log continuing the snapshot at `revision`.
 pub fn encode_base(revision: u64) -> Vec<u8> {
+    frame(encode_base_of_kind(KIND_BASE, revision))
+}
+
+/// The base record of a legacy log (tests build such logs).
+#[cfg(test)]
+pub fn encode_legacy_base(revision: u64) -> Vec<u8> {
+    encode_base_of_kind(KIND_BASE_LEGACY, revision)
+}
+
+fn encode_base_of_kind(kind: u8, revision: u64) -> Vec<u8> {
     let mut p = vec![0; RECORD_HEADER];
-    p.push(KIND_BASE);
+    p.push(kind);
     p.extend_from_slice(&revision.to_le_bytes());
     seal(p)
 }
 
-/// The snapshot revision a record's payload names if it is a base record.
-pub fn decode_base(payload: &[u8]) -> Option<u64> {
+/// If a record's payload is a base record: the snapshot revision it names, and whether it
+/// begins a framed (trailers, preallocated) log.
+pub fn decode_base(payload: &[u8]) -> Option<(u64, bool)> {
     match payload {
-        [KIND_BASE, rev @ ..] => Some(u64::from_le_bytes(rev.try_into().ok()?)),
+        [kind @ (KIND_BASE | KIND_BASE_LEGACY), rev @ ..] => {
+            Some((u64::from_le_bytes(rev.try_into().ok()?), *kind == KIND_BASE))
+        }
         _ => None,
     }
+}
+
+/// Appends the trailer to a sealed record (header and payload).
+fn frame(mut record: Vec<u8>) -> Vec<u8> {
+    let t = trailer(record.len() - RECORD_HEADER);
+    record.extend_from_slice(&t);
+    record
+}
+
+/// The trailer of a record whose payload is `len` bytes.
+pub fn trailer(len: usize) -> [u8; RECORD_TRAILER] {
+    let len = len as u32;
+    let mut t = [0; RECORD_TRAILER];
+    t[..4].copy_from_slice(&len.to_le_bytes());
+    t[4..].copy_from_slice(&(!len).to_le_bytes());
+    t
 }
 
 /// Fills in the header (length and CRC) of a record whose payload follows it.
@@ -323,7 +371,10 @@ mod tests {
             Op::Put { key: "/b".into(), value: vec![], lease: Some(LeaseId(7)) },
             Op::Delete { key: "/c".into() },
         ];
-        let rec = encode_record(42, &ops);
+        let rec = encode_unframed(42, &ops);
+        let framed = encode_record(42, &ops);
+        assert_eq!(framed[..rec.len()], rec[..]);
+        assert_eq!(framed[rec.len()..], trailer(rec.len() - RECORD_HEADER));
         let mut h = [0u8; RECORD_HEADER];
         h.copy_from_slice(&rec[..RECORD_HEADER]);
         let (len, crc) = decode_header(&h);

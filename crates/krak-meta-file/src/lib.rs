@@ -4,17 +4,23 @@
 //! `PATH` is a directory holding three files:
 //!
 //! - `wal`: the write-ahead log. Every committed write (`put`, `delete` of a present key, a
-//!   `txn` that applies and changes something) is one record, written with one `write` and
+//!   `txn` that applies and changes something) is one record, written with one `pwrite` and
 //!   made durable with `fdatasync` *before* the call returns and before the write becomes
 //!   visible to readers. A process killed at any point (SIGKILL, power loss) therefore loses
-//!   nothing that a call returned success for. Records carry a CRC-32C; on open, a last
-//!   record cut short or zero-filled (a write interrupted by a crash, never acknowledged)
-//!   is cut off and reported in [`Recovery::torn_tail_bytes`]. A *whole* last record that
-//!   fails its CRC may be an acknowledged write a disk damaged: it is
-//!   [`MetaError::Corrupt`] unless [`FileStoreOptions::cut_damaged_tail`] says to drop it,
-//!   as is damage anywhere else. The log's first record names the snapshot revision it
-//!   continues, so a deleted snapshot, or a log deleted or emptied while a snapshot exists,
-//!   is a refusal to open, never a store that quietly lost state.
+//!   nothing that a call returned success for. Records carry a CRC-32C and end with a
+//!   trailer; the file grows in zero-filled steps ahead of the records, and always ends
+//!   with zeros after the last one. On open, a last record torn by a crash (its header and
+//!   a prefix there, its trailer and everything after it zero: never acknowledged) is cut
+//!   off and reported in [`Recovery::torn_tail_bytes`]. Any other damage is
+//!   [`MetaError::Corrupt`], naming it: a record that fails its check with its trailer
+//!   there (a disk damaged an acknowledged write), a log cut short anywhere (its size is
+//!   not a whole number of steps, or the zeros after its last record are missing), a
+//!   length pointing past the end. [`FileStoreOptions::cut_damaged_tail`] drops a damaged
+//!   last record when the operator knows the store crashed. The log's first record names
+//!   the snapshot revision it continues, so a deleted snapshot, or a log deleted or emptied
+//!   while a snapshot exists, is a refusal to open, never a store that quietly lost state.
+//!   A log of the format before trailers is read with its older rules and rewritten at
+//!   open.
 //! - `snapshot`: every key (without leases) at one revision. When the log outgrows both
 //!   [`FileStoreOptions::compact_wal_bytes`] and the snapshot, the store writes
 //!   `snapshot.tmp`, fsyncs it, renames it over `snapshot`, fsyncs the directory and
@@ -65,6 +71,13 @@ pub mod fuzzing {
         codec::decode_payload(data).map(|r| r.ops.len())
     }
 
+    /// A whole log file, replayed over an empty store: its valid length, or why it is
+    /// refused.
+    pub fn replay_log(data: &[u8]) -> Result<u64, krak_meta::MetaError> {
+        let (mut map, mut revision, mut rec) = (Default::default(), 0, Default::default());
+        crate::replay::replay(data, &Default::default(), &mut map, &mut revision, &mut rec).map(|r| r.good)
+    }
+
     /// A snapshot file's contents: whether it decodes.
     pub fn decode_snapshot(data: &[u8]) -> bool {
         codec::read_snapshot(data).is_ok()
@@ -80,7 +93,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use codec::SnapEntry;
+use codec::{SnapEntry, RECORD_HEADER};
 use krak_meta::{validate_key, validate_txn, validate_value, Condition, KeyValue, LeaseId, MetaError, MetaStore, Op};
 
 /// Most live leases at once; more grants are refused with [`MetaError::Invalid`].
@@ -154,8 +167,14 @@ struct Inner {
     next_lease: u64,
     /// No lease expires before this instant (a lower bound; `None`: no lease).
     next_expiry: Option<Instant>,
+    /// The log, written at offsets (records at `wal_bytes`, never appended: it is
+    /// preallocated).
     wal: File,
+    /// Bytes of records in the log.
     wal_bytes: u64,
+    /// The log file's size: a multiple of [`codec::LOG_STEP_BYTES`], at least a header
+    /// more than `wal_bytes`.
+    wal_alloc: u64,
     snapshot_bytes: u64,
     /// Set after an I/O error on the log: writes are refused until reopen.
     failed: Option<LogFailure>,
@@ -191,10 +210,6 @@ impl Inner {
         self.failed = Some(LogFailure { what: what.clone(), source: source.clone() });
         MetaError::unavailable_by(what, source)
     }
-}
-
-fn sync_dir(dir: &Path) -> Result<(), MetaError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err("fsync of directory", dir, e))
 }
 
 impl FileStore {
@@ -254,30 +269,24 @@ impl FileStore {
         }
 
         let wal_path = dir.join(WAL);
-        let mut wal = OpenOptions::new()
+        let log = match std::fs::read(&wal_path) {
+            Ok(log) => log,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_err("read", &wal_path, e)),
+        };
+        let replayed = replay::replay(&log, &opts, &mut map, &mut revision, &mut recovery)?;
+        replay::check_base(&dir, snapshot, replayed.base, replayed.good)?;
+        recovery.torn_tail_bytes = replayed.torn;
+        drop(log);
+        // Replaced by the compaction below, which writes a new log (of the current format).
+        let wal = OpenOptions::new()
             .mode(0o600)
             .create(true)
-            .append(true)
+            .truncate(false)
+            .write(true)
             .read(true)
             .open(&wal_path)
             .map_err(|e| io_err("open", &wal_path, e))?;
-        let wal_len = wal.metadata().map_err(|e| io_err("stat", &wal_path, e))?.len();
-        let mut base = None;
-        let good = replay::replay(&mut wal, wal_len, &opts, &mut map, &mut revision, &mut recovery, &mut base)?;
-        replay::check_base(&dir, snapshot, base, good)?;
-        if good < wal_len {
-            recovery.torn_tail_bytes = wal_len - good;
-            wal.set_len(good)
-                .and_then(|_| wal.sync_all())
-                .map_err(|e| io_err("truncate torn tail of", &wal_path, e))?;
-        }
-        if good == 0 {
-            // A new store (or one from before base records): its log starts with its base.
-            let record = codec::encode_base(snapshot.map_or(0, |(rev, _)| rev));
-            wal.write_all(&record).and_then(|()| wal.sync_data()).map_err(|e| io_err("write", &wal_path, e))?;
-        }
-        sync_dir(&dir)?;
-        let good = wal.metadata().map_err(|e| io_err("stat", &wal_path, e))?.len();
 
         let before = map.len();
         map.retain(|_, e| e.lease == 0);
@@ -296,16 +305,16 @@ impl FileStore {
             next_lease: (seed & (u64::MAX >> 2)) | 1,
             next_expiry: None,
             wal,
-            wal_bytes: good,
+            wal_bytes: 0,
+            wal_alloc: 0,
             snapshot_bytes,
             failed: None,
             compactions: 0,
         };
         let store = FileStore { inner: Mutex::new(inner), dir, opts, recovery, _lock: lock };
-        if good > 0 {
-            let mut g = store.lock();
-            store.compact_locked(&mut g)?;
-        }
+        // What was replayed becomes the snapshot, and the log a new one: a torn tail or a
+        // legacy log is gone, and leased keys are dropped for good.
+        store.compact_locked(&mut store.lock())?;
         Ok(store)
     }
 
@@ -379,13 +388,13 @@ impl FileStore {
         let r = File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| ("fsync of directory", self.dir.clone(), e))
-            .and_then(|()| write_synced(&wal_tmp, &base).map_err(|e| ("write", wal_tmp.clone(), e)))
+            .and_then(|()| write_new_log(&wal_tmp, &base).map_err(|e| ("write", wal_tmp.clone(), e)))
             .and_then(|()| std::fs::rename(&wal_tmp, &wal).map_err(|e| ("rename over", wal.clone(), e)))
             .and_then(|()| {
                 File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| ("fsync of", self.dir.clone(), e))
             })
             .and_then(|()| {
-                OpenOptions::new().append(true).read(true).open(&wal).map_err(|e| ("reopen", wal.clone(), e))
+                OpenOptions::new().write(true).read(true).open(&wal).map_err(|e| ("reopen", wal.clone(), e))
             });
         match r {
             Ok(f) => g.wal = f,
@@ -395,22 +404,37 @@ impl FileStore {
             }
         }
         g.wal_bytes = base.len() as u64;
+        g.wal_alloc = codec::LOG_STEP_BYTES;
         g.snapshot_bytes = n;
         g.compactions += 1;
         Ok(())
     }
 
-    /// Appends one record and makes it durable; on failure the store stops writing.
+    /// Writes one record after the last and makes it durable; on failure the store stops
+    /// writing.
     fn append(&self, g: &mut Inner, record: &[u8]) -> Result<(), MetaError> {
-        let r = g.wal.write_all(record).and_then(|_| g.wal.sync_data());
+        use std::os::unix::fs::FileExt;
+        let end = g.wal_bytes + record.len() as u64;
+        // Grow first (zero-filled, made durable with the record by the same fdatasync: the
+        // size is needed to read the data back), so a crash never changes where the log
+        // ends, and a zero header always follows the last record.
+        let alloc = (end + RECORD_HEADER as u64).next_multiple_of(codec::LOG_STEP_BYTES).max(g.wal_alloc);
+        let r = (|| {
+            if alloc > g.wal_alloc {
+                g.wal.set_len(alloc)?;
+                g.wal_alloc = alloc;
+            }
+            g.wal.write_all_at(record, g.wal_bytes)?;
+            g.wal.sync_data()
+        })();
         if let Err(e) = r {
-            // Try to cut off a partial record so the log stays replayable; either way the
-            // page cache is suspect after a failed write or fsync: refuse further writes.
-            let _ = g.wal.set_len(g.wal_bytes);
+            // Try to zero a partial record so the log stays replayable; either way the page
+            // cache is suspect after a failed write or fsync: refuse further writes.
+            let _ = g.wal.set_len(g.wal_bytes).and_then(|()| g.wal.set_len(g.wal_alloc));
             let what = format!("write to {} (reopen the store)", self.dir.join(WAL).display());
             return Err(g.fail(what, e));
         }
-        g.wal_bytes += record.len() as u64;
+        g.wal_bytes = end;
         Ok(())
     }
 
@@ -446,10 +470,11 @@ impl FileStore {
     }
 }
 
-/// Writes a new file `path` holding `bytes`, durably (owner-only).
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes a new log `path` holding only its base record, preallocated, durably (owner-only).
+fn write_new_log(path: &Path, base: &[u8]) -> std::io::Result<()> {
     let mut f = OpenOptions::new().mode(0o600).write(true).create(true).truncate(true).open(path)?;
-    f.write_all(bytes)?;
+    f.write_all(base)?;
+    f.set_len(codec::LOG_STEP_BYTES)?;
     f.sync_all()
 }
 

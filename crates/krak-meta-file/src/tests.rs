@@ -100,40 +100,52 @@ fn leased_keys_are_gone_after_reopen() {
 }
 
 /// Writes three records without compaction and returns the log bytes and where the last
-/// record starts.
-fn three_records(d: &Path) -> (Vec<u8>, usize) {
+/// record starts and ends.
+fn three_records(d: &Path) -> (Vec<u8>, usize, usize) {
     let s = FileStore::open(d).unwrap();
     s.put("/a", b"1").unwrap();
     s.put("/b", &[2; 300]).unwrap();
     let before_last = s.wal_bytes() as usize;
     s.put("/c", &[3; 200]).unwrap();
+    let end = s.wal_bytes() as usize;
     drop(s);
     let wal = std::fs::read(d.join(WAL)).unwrap();
-    (wal, before_last)
+    assert_eq!(wal.len() as u64 % codec::LOG_STEP_BYTES, 0, "the log is preallocated");
+    assert!(wal[end..].iter().all(|&b| b == 0), "zeros follow the last record");
+    (wal, before_last, end)
 }
 
 #[test]
-fn torn_last_record_is_cut_off_at_every_length() {
+fn a_torn_last_write_is_cut_off_at_every_length() {
     let d = TempDir::new("torn-src");
-    let (wal, before_last) = three_records(&d.0);
-    let mut tails: Vec<(String, Vec<u8>)> =
-        (1..wal.len() - before_last).map(|cut| (format!("cut at {cut}"), wal[..before_last + cut].to_vec())).collect();
-    let mut zeros = wal[..before_last].to_vec();
-    zeros.extend_from_slice(&[0; 4096]);
-    tails.push(("zero-filled tail".into(), zeros));
+    let (wal, before_last, end) = three_records(&d.0);
+    // A crash tears a write: a prefix of the record reached the disk, the rest of the file
+    // is still the zeros it was grown with.
+    let mut tails: Vec<(String, Vec<u8>, bool)> = (0..end - before_last)
+        .map(|cut| {
+            let mut bytes = wal.clone();
+            bytes[before_last + cut..end].fill(0);
+            // Once the payload is through (only the trailer missing, or zeros that were zero
+            // anyway) the write is whole.
+            let payload_end = end - codec::RECORD_TRAILER;
+            let whole = bytes[..payload_end] == wal[..payload_end];
+            (format!("torn after {cut} bytes"), bytes, whole)
+        })
+        .collect();
     let mut flipped = wal.clone();
-    *flipped.last_mut().unwrap() ^= 0xff;
-    tails.push(("last byte flipped, cut as asked".into(), flipped));
-    for (what, bytes) in tails {
+    flipped[end - codec::RECORD_TRAILER - 1] ^= 0xff;
+    tails.push(("last payload byte flipped, cut as asked".into(), flipped, false));
+    for (what, bytes, whole) in tails {
         let t = TempDir::new("torn");
         std::fs::write(t.0.join(WAL), &bytes).unwrap();
         let opts = FileStoreOptions { cut_damaged_tail: what.contains("as asked"), ..Default::default() };
         let s = FileStore::open_with(&t.0, opts).unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
-        assert_eq!(s.recovery().torn_tail_bytes as usize, bytes.len() - before_last, "{what}");
-        assert_eq!(s.recovery().wal_records, 2, "{what}");
+        let torn = bytes[before_last..].iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        assert_eq!(s.recovery().torn_tail_bytes as usize, if whole { 0 } else { torn }, "{what}");
+        assert_eq!(s.recovery().wal_records, 2 + u64::from(whole), "{what}");
         assert_eq!(s.get("/a").unwrap().unwrap().value, b"1", "{what}");
         assert_eq!(s.get("/b").unwrap().unwrap().value, vec![2; 300], "{what}");
-        assert_eq!(s.get("/c").unwrap(), None, "{what}");
+        assert_eq!(s.get("/c").unwrap().map(|kv| kv.value), whole.then(|| vec![3; 200]), "{what}");
         // The store goes on: new writes land after the cut and survive.
         s.put("/d", b"after").unwrap();
         drop(s);
@@ -146,12 +158,20 @@ fn torn_last_record_is_cut_off_at_every_length() {
 #[test]
 fn a_whole_damaged_last_record_is_a_refusal_that_changes_nothing() {
     let d = TempDir::new("flip-last");
-    let (wal, before_last) = three_records(&d.0);
-    // In its CRC or its payload. (A flip in the *last* record's length that points past the
-    // end of the file is indistinguishable from a write cut short, and is cut off as one.)
-    for at in [before_last + 5, before_last + RECORD_HEADER + 5, wal.len() - 1] {
+    let (wal, before_last, end) = three_records(&d.0);
+    // In its CRC, its payload, or its length: shorter, longer (still inside the file), or
+    // past the end of the file. Its trailer is there, so it was written whole.
+    let payload = before_last + RECORD_HEADER;
+    for (at, flip) in [
+        (before_last + 5, 0x20),
+        (payload + 5, 0x20),
+        (end - 9, 0x20),
+        (before_last, 0x80),
+        (before_last + 1, 0x20),
+        (before_last + 3, 0x40),
+    ] {
         let mut bad = wal.clone();
-        bad[at] ^= 0x20;
+        bad[at] ^= flip;
         std::fs::write(d.0.join(WAL), &bad).unwrap();
         match FileStore::open(&d.0) {
             Err(MetaError::Corrupt { what, .. }) => {
@@ -161,10 +181,82 @@ fn a_whole_damaged_last_record_is_a_refusal_that_changes_nothing() {
         }
         assert_eq!(std::fs::read(d.0.join(WAL)).unwrap(), bad, "flip at {at}: the log is untouched");
     }
-    // Undamaged again, everything is there.
-    std::fs::write(d.0.join(WAL), &wal).unwrap();
+    // A flip in its trailer loses nothing: the record's CRC holds.
+    let mut bad = wal.clone();
+    bad[end - 2] ^= 0x20;
+    std::fs::write(d.0.join(WAL), &bad).unwrap();
+    assert_eq!(FileStore::open(&d.0).unwrap().get("/c").unwrap().unwrap().value, vec![3; 200]);
+}
+
+#[test]
+fn a_log_cut_short_anywhere_is_a_refusal() {
+    let d = TempDir::new("cut-src");
+    let (wal, before_last, end) = three_records(&d.0);
+    let t = TempDir::new("cut");
+    std::fs::copy(d.0.join(SNAPSHOT), t.0.join(SNAPSHOT)).unwrap();
+    // Inside the last record, at its end, inside the zeros after it, at the base record.
+    for cut in [before_last + 3, before_last + 40, end - 1, end, end + 3, 100, 10] {
+        std::fs::write(t.0.join(WAL), &wal[..cut]).unwrap();
+        for cut_damaged_tail in [false, true] {
+            let opts = FileStoreOptions { cut_damaged_tail, ..Default::default() };
+            match FileStore::open_with(&t.0, opts) {
+                Err(MetaError::Corrupt { what, .. }) => assert!(what.contains("cut short"), "{what}"),
+                other => panic!("log cut at {cut}: want Corrupt, got {other:?}"),
+            }
+        }
+    }
+    // Cut at a step of the file's growth: through a record, and where a record ends (only
+    // the zeros the store always leaves after the last record tell this one).
+    let step = codec::LOG_STEP_BYTES as usize;
+    for (ends_at_step, tag) in [(false, "through"), (true, "at-end")] {
+        let d = TempDir::new(tag);
+        let s = FileStore::open(&d.0).unwrap();
+        let overhead = codec::encode_record(1, &[Op::Put { key: "/k/0".into(), value: vec![], lease: None }]).len();
+        let mut i = 0;
+        while (s.wal_bytes() as usize) < step - 2000 {
+            s.put(&format!("/k/{i}"), &[7; 1000]).unwrap();
+            i += 1;
+        }
+        let fill = step - s.wal_bytes() as usize - overhead - if ends_at_step { 0 } else { 100 };
+        s.put("/k/x", &vec![9; fill]).unwrap();
+        s.put("/k/y", &[8; 500]).unwrap();
+        let before = dump(&s);
+        drop(s);
+        let wal = std::fs::read(d.0.join(WAL)).unwrap();
+        assert_eq!(wal.len(), 2 * step);
+        std::fs::write(d.0.join(WAL), &wal[..step]).unwrap();
+        match FileStore::open(&d.0) {
+            Err(MetaError::Corrupt { what, .. }) => assert!(what.contains("cut short"), "{tag}: {what}"),
+            other => panic!("{tag}: want Corrupt, got {other:?}"),
+        }
+        std::fs::write(d.0.join(WAL), &wal).unwrap();
+        assert_eq!(dump(&FileStore::open(&d.0).unwrap()), before, "{tag}: whole again, nothing lost");
+    }
+}
+
+#[test]
+fn a_log_of_the_format_before_trailers_opens_and_is_rewritten() {
+    let d = TempDir::new("legacy");
+    let put = |key: &str, value: &[u8]| Op::Put { key: key.into(), value: value.to_vec(), lease: None };
+    let mut log = codec::encode_legacy_base(0);
+    log.extend(codec::encode_unframed(1, &[put("/a", b"1")]));
+    log.extend(codec::encode_unframed(2, &[put("/b", &[2; 300])]));
+    let last = codec::encode_unframed(3, &[put("/c", b"3")]);
+    log.extend(&last[..last.len() - 4]); // a write cut short by a crash, as such logs had them
+    std::fs::write(d.0.join(WAL), &log).unwrap();
     let s = FileStore::open(&d.0).unwrap();
-    assert_eq!(s.get("/c").unwrap().unwrap().value, vec![3; 200]);
+    assert_eq!(s.recovery().wal_records, 2);
+    assert_eq!(s.recovery().torn_tail_bytes as usize, last.len() - 4);
+    assert_eq!(s.get("/b").unwrap().unwrap().value, vec![2; 300]);
+    assert_eq!(s.get("/c").unwrap(), None);
+    s.put("/d", b"4").unwrap();
+    drop(s);
+    let wal = std::fs::read(d.0.join(WAL)).unwrap();
+    assert_eq!(wal.len() as u64, codec::LOG_STEP_BYTES, "rewritten in the framed format");
+    let s = FileStore::open(&d.0).unwrap();
+    assert_eq!(s.recovery().torn_tail_bytes, 0);
+    assert_eq!(s.get("/a").unwrap().unwrap().value, b"1");
+    assert_eq!(s.get("/d").unwrap().unwrap().value, b"4");
 }
 
 #[test]
@@ -220,7 +312,7 @@ fn a_missing_snapshot_or_a_deleted_or_emptied_log_is_a_refusal() {
         } else {
             std::fs::write(d.0.join(WAL), b"").unwrap();
         }
-        refused(&d.0, "the log was deleted or emptied");
+        refused(&d.0, "the log was deleted, emptied or cut short");
     }
     // An older snapshot put back in place of the current one.
     let d = TempDir::new("old-snapshot");
@@ -245,7 +337,7 @@ fn a_missing_snapshot_or_a_deleted_or_emptied_log_is_a_refusal() {
 #[test]
 fn damage_before_the_last_record_is_corrupt_not_cut() {
     let d = TempDir::new("corrupt");
-    let (mut wal, _) = three_records(&d.0);
+    let (mut wal, _, _) = three_records(&d.0);
     wal[RECORD_HEADER + 3] ^= 1; // inside the first record
     std::fs::write(d.0.join(WAL), &wal).unwrap();
     match FileStore::open(&d.0) {

@@ -156,10 +156,14 @@ fn sigkill_mid_stream_loses_nothing_committed() {
     // SIGKILL rarely cuts a write short (the kernel finishes most writes first), so finish
     // with what power loss can leave: a record header promising more than was written.
     let wal = dir.0.join("wal");
+    // The log is preallocated: the torn write lands in the zeros after the last record (the
+    // last nonzero byte is that record's trailer), and the file's size does not change.
     let mut bytes = std::fs::read(&wal).unwrap();
     let good = bytes.len();
-    bytes.extend_from_slice(&4000u32.to_le_bytes());
-    bytes.extend_from_slice(&[0xab; 4 + 1500]);
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    assert!(end + 4000 + 24 <= good, "room for the torn record in the preallocated log");
+    bytes[end..end + 4].copy_from_slice(&4000u32.to_le_bytes());
+    bytes[end + 4..end + 8 + 1500].fill(0xab);
     std::fs::write(&wal, &bytes).unwrap();
     let store = FileStore::open_with(&dir.0, opts()).expect("reopen with a torn tail");
     assert_eq!(store.recovery().torn_tail_bytes, 1508, "the torn record is cut off");

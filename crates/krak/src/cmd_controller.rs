@@ -43,7 +43,7 @@ pub struct ControllerArgs {
     /// Directory of the embedded file store (created if missing; one controller at a time).
     #[arg(long, value_name = "PATH", conflicts_with = "etcd")]
     store: Option<PathBuf>,
-    /// Open the store once with a whole but damaged last log record cut off, instead of
+    /// Open the store once with a damaged last log record cut off, instead of
     /// refusing to start. Only after a crash while writing (that write was never
     /// acknowledged): otherwise the record may be a committed change a disk damaged.
     #[arg(long, conflicts_with = "etcd")]
