@@ -66,6 +66,13 @@ pub enum PagerError {
     Thread(#[source] std::io::Error),
 }
 
+impl PagerError {
+    /// Whether this says the rack (or the region's servers) has no room for more slabs.
+    pub fn is_rack_full(&self) -> bool {
+        matches!(self, PagerError::RackFull { .. } | PagerError::RackFullAtController { .. })
+    }
+}
+
 /// What is wrong with a region's configuration, or with an argument it was given.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -152,6 +159,8 @@ pub enum MoveRefused {
     NotLive { chunk: usize, frag: usize },
     #[error("the target already holds fragment {held} of chunk {chunk}")]
     TargetHolds { chunk: usize, held: usize },
+    #[error("chunk {chunk} has no slabs yet (reserved when its first page is written back): nothing to move")]
+    Unreserved { chunk: usize },
 }
 
 /// Why fragments could not be encoded or a page rebuilt from them.

@@ -109,6 +109,12 @@ pub struct PagerConfig {
     /// and checked, corrupt ones rewritten: [`FarMemory::scrub`]); 0 never. Not while the
     /// region is degraded.
     pub scrub_interval_ms: u64,
+    /// Reserve rack memory as the region is used instead of all of it up front: a chunk's
+    /// slabs are placed and allocated when its first page is written back (on the
+    /// write-back thread, so faults do not wait for the controller). The region's size is
+    /// then address space only; a rack with no room at that point keeps the pages buffered
+    /// locally and tries again (see `docs/design.md`).
+    pub reserve_on_demand: bool,
 }
 
 impl Default for PagerConfig {
@@ -134,6 +140,7 @@ impl Default for PagerConfig {
             server_domains: Vec::new(),
             placement_policy: crate::remote::list_placement::DEFAULT_LIST_POLICY.to_string(),
             scrub_interval_ms: DEFAULT_SCRUB_INTERVAL_MS,
+            reserve_on_demand: false,
         }
     }
 }
@@ -203,6 +210,7 @@ impl FarMemory {
                     config.local_budget_bytes,
                     connect,
                     config.redundancy,
+                    config.reserve_on_demand,
                 )?;
                 (layout, admin, Some(Arc::new(link)))
             }
@@ -214,6 +222,7 @@ impl FarMemory {
                     region_pages,
                     connect,
                     config.redundancy,
+                    config.reserve_on_demand,
                 )?;
                 (layout, admin.into_iter().map(Some).collect(), None)
             }
@@ -244,6 +253,7 @@ impl FarMemory {
                 writeback_buffer_pages: config.writeback_buffer_pages,
                 spin_us: config.spin_us,
                 scrub_interval_ms: config.scrub_interval_ms,
+                reserve_on_demand: config.reserve_on_demand,
             },
             stop: AtomicBool::new(false),
             peak_resident: AtomicUsize::new(0),
@@ -251,6 +261,7 @@ impl FarMemory {
             scrub_gate: RwLock::new(()),
             placement: Mutex::new(placement),
             server_ids: Mutex::new(server_ids),
+            rack: rack.clone(),
         });
         let mut region =
             FarMemory { shared: shared.clone(), threads: Vec::new(), self_serving_id: None, rack: rack.clone() };
@@ -400,6 +411,11 @@ impl FarMemory {
         self.shared.counters.reset_latency();
     }
 
+    /// Chunks that hold their slabs (all of them unless [`PagerConfig::reserve_on_demand`]).
+    pub fn reserved_chunks(&self) -> usize {
+        self.shared.layout.stripes.reserved_chunks()
+    }
+
     /// Remote bytes reserved for this region on each server.
     pub fn placement(&self) -> Vec<(SocketAddr, u64)> {
         self.shared.layout.bytes_per_server()
@@ -477,7 +493,8 @@ impl FarMemory {
         self.shared.drain_server(from, targets)
     }
 
-    /// The memory server holding each chunk of the region, in chunk order.
+    /// The memory server holding each chunk of the region, in chunk order (each reserved
+    /// chunk: all of them unless [`PagerConfig::reserve_on_demand`]).
     pub fn chunk_servers(&self) -> Vec<SocketAddr> {
         self.shared.chunk_servers()
     }

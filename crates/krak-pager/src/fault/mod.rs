@@ -5,5 +5,6 @@
 pub(crate) mod discard;
 pub(crate) mod handler;
 pub(crate) mod reclaim;
+pub(crate) mod reserve;
 pub(crate) mod self_serving;
 pub(crate) mod writeback;

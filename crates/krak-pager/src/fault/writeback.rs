@@ -121,25 +121,39 @@ pub(crate) fn run(shared: Arc<RegionShared>) {
 /// Writes the batch taken off the queue, and records what landed.
 fn write_batch(shared: &RegionShared, links: &mut Links, batch: &mut Vec<(usize, Arc<[u8]>)>) {
     {
-        let pages: Vec<(usize, &[u8])> = batch.iter().map(|(p, b)| (*p, &b[..])).collect();
-        let result = links.write(&shared.layout, &pages);
-        let written = pages.len();
+        // A region reserving on demand gets the slabs of chunks written back for the first
+        // time now; pages of chunks that got none are kept, not written.
+        let chunk_pages = shared.layout.chunk_pages;
+        let (unreserved, unreserved_why) = if shared.tuning.reserve_on_demand {
+            let pages: Vec<usize> = batch.iter().map(|(p, _)| *p).collect();
+            crate::fault::reserve::reserve_for(shared, &pages)
+        } else {
+            (Vec::new(), None)
+        };
+        let pages: Vec<(usize, &[u8])> =
+            batch.iter().filter(|(p, _)| !unreserved.contains(&(p / chunk_pages))).map(|(p, b)| (*p, &b[..])).collect();
+        let result = if pages.is_empty() { Ok(()) } else { links.write(&shared.layout, &pages) };
+        let written = batch.len();
+        let mut failed_pages: Vec<usize> =
+            batch.iter().map(|(p, _)| *p).filter(|p| unreserved.contains(&(p / chunk_pages))).collect();
         drop(pages);
         let mut core = shared.core.lock();
         core.wb_batches_done = core.wb_batches_taken;
         Counters::add(&shared.counters.retries, std::mem::take(&mut links.retries));
         // Pages whose write did not land: none, some (those written to fewer fragments
-        // than a read needs, or missing a moving fragment's new slab), or all of them.
-        let failed: Option<(Vec<usize>, Arc<crate::PagerError>)> = match result {
-            Ok(()) => None,
-            Err(e) => {
-                let pages = match &e {
-                    crate::PagerError::Unwritable { pages, .. } => pages.clone(),
-                    _ => batch.iter().map(|(p, _)| *p).collect(),
-                };
-                Some((pages, Arc::new(e)))
+        // than a read needs, or missing a moving fragment's new slab, or of chunks that
+        // could not be reserved), or all of them.
+        let mut why = unreserved_why.map(Arc::new);
+        if let Err(e) = result {
+            match &e {
+                crate::PagerError::Unwritable { pages, .. } => failed_pages.extend(pages),
+                _ => failed_pages
+                    .extend(batch.iter().map(|(p, _)| *p).filter(|p| !unreserved.contains(&(p / chunk_pages)))),
             }
-        };
+            why = Some(Arc::new(e));
+        }
+        let failed: Option<(Vec<usize>, Arc<crate::PagerError>)> =
+            why.filter(|_| !failed_pages.is_empty()).map(|why| (failed_pages, why));
         let mut retry = Vec::new();
         let mut landed = 0;
         for (page, bytes) in batch.drain(..) {

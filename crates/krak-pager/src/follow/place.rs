@@ -197,7 +197,7 @@ pub(crate) fn place_replacement(
 }
 
 /// Registers a region of `region_pages` with the controller at `url`, has it placed, and
-/// allocates and commits every chunk's slab.
+/// allocates and commits every chunk's slab (none yet when `on_demand`).
 pub(crate) fn allocate(
     url: &str,
     owner: &str,
@@ -205,6 +205,7 @@ pub(crate) fn allocate(
     local_budget_bytes: u64,
     connect: ConnectOptions,
     redundancy: Redundancy,
+    on_demand: bool,
 ) -> Result<(RemoteLayout, Vec<Option<Connection>>, ControllerLink), PagerError> {
     let mut client = ControllerClient::new(url, CALL_TIMEOUT)?.with_secret(connect.secret);
     let request = CreateRegionRequest {
@@ -225,6 +226,18 @@ pub(crate) fn allocate(
         epoch: Default::default(),
         ids: Default::default(),
     };
+    if on_demand {
+        // Chunks are placed as they are first written back (`fault/reserve.rs`).
+        let width = redundancy.width();
+        if region.stripe_width as usize != width {
+            release(&link);
+            return Err(BadAnswer::WrongWidth { got: region.stripe_width, want: width as u32 }.into());
+        }
+        let chunk_pages = (region.chunk_bytes / PAGE_SIZE as u64) as usize;
+        let stripes = vec![Vec::new(); region.chunks() as usize];
+        let layout = RemoteLayout::from_stripes(connect, chunk_pages, Vec::new(), &[], redundancy, stripes);
+        return Ok((layout, Vec::new(), link));
+    }
     match place_stripes_and_commit(&link, &region, connect, redundancy) {
         Ok((layout, admin, epoch)) => {
             link.epoch.store(epoch, Ordering::Relaxed);

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::error::{ConfigError, MoveFailure};
+use crate::error::{ConfigError, MoveFailure, MoveRefused};
 use crate::moves::copy::{copy_units, CopySpec};
 use crate::moves::queue::{wait_for_writeback_in_flight, NEXT_MOVE_ID};
 use crate::remote::admin_conn;
@@ -54,11 +54,11 @@ impl RegionShared {
         layout.stripes.all().iter().map(|s| s.iter().map(|f| layout.server_addr(f.server)).collect()).collect()
     }
 
-    /// The memory server of each chunk's first fragment (its one slab without redundancy),
-    /// in chunk order.
+    /// The memory server of each reserved chunk's first fragment (its one slab without
+    /// redundancy), in chunk order.
     pub(crate) fn chunk_servers(&self) -> Vec<SocketAddr> {
         let layout = &self.layout;
-        layout.stripes.all().iter().map(|s| layout.server_addr(s[0].server)).collect()
+        layout.stripes.all().iter().filter_map(|s| s.first().map(|f| layout.server_addr(f.server))).collect()
     }
 
     /// Moves every fragment on `from` to one of `targets`, where the region's list policy
@@ -111,7 +111,9 @@ impl RegionShared {
             return Err(ConfigError::NoSuchFragment { chunk, frag, chunks, width }.into());
         }
         let to_idx = layout.server_index(to);
-        let current = layout.stripes.with(chunk, |s| s[frag]);
+        let Some(current) = layout.stripes.with(chunk, |s| s.get(frag).copied()) else {
+            return Err(PagerError::MoveChunk { chunk, to, source: MoveRefused::Unreserved { chunk }.into() });
+        };
         if current.server == to_idx {
             return Ok(FragmentMoved { slab: current.slab, pages: 0 });
         }

@@ -41,7 +41,8 @@ pub(crate) struct RemoteLayout {
 impl RemoteLayout {
     /// Allocates slabs for a whole region up front, so that a full rack is reported when the
     /// region is made, not when a page is evicted: a stripe of `width` slabs per chunk on
-    /// distinct servers, where `policy` chooses.
+    /// distinct servers, where `policy` chooses. With `on_demand`, none yet: each chunk's
+    /// stripe is allocated at its first write-back (`fault/reserve.rs`).
     pub fn allocate(
         policy: &dyn krak_placement::PlacementPolicy,
         servers: &[SocketAddr],
@@ -49,6 +50,7 @@ impl RemoteLayout {
         region_pages: usize,
         connect: ConnectOptions,
         redundancy: Redundancy,
+        on_demand: bool,
     ) -> Result<(RemoteLayout, Vec<Connection>), PagerError> {
         let mut admin = Vec::with_capacity(servers.len());
         for addr in servers {
@@ -56,8 +58,14 @@ impl RemoteLayout {
         }
         let chunk_pages = admin.iter().map(|c| c.slab_pages() as usize).min().ok_or(PagerError::NoServers)?;
         let n_chunks = region_pages.div_ceil(chunk_pages);
-        let stripes =
-            crate::remote::list_placement::allocate(policy, &mut admin, domains, n_chunks, chunk_pages, redundancy)?;
+        let stripes = if on_demand {
+            if servers.len() < redundancy.width() {
+                return Err(PagerError::TooFewServers { scheme: redundancy, servers: servers.len() });
+            }
+            vec![Vec::new(); n_chunks]
+        } else {
+            crate::remote::list_placement::allocate(policy, &mut admin, domains, n_chunks, chunk_pages, redundancy)?
+        };
         let layout = RemoteLayout::from_stripes(connect, chunk_pages, servers.to_vec(), domains, redundancy, stripes);
         Ok((layout, admin))
     }
@@ -72,7 +80,11 @@ impl RemoteLayout {
         scheme: Redundancy,
         stripes: Vec<Stripe>,
     ) -> RemoteLayout {
-        assert!(stripes.iter().all(|s| s.len() == scheme.width()), "every stripe is {} wide", scheme.width());
+        assert!(
+            stripes.iter().all(|s| s.len() == scheme.width() || s.is_empty()),
+            "every stripe is {} wide, or unreserved",
+            scheme.width()
+        );
         RemoteLayout {
             connect,
             chunk_pages,

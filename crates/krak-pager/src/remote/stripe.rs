@@ -69,7 +69,10 @@ impl Frag {
     }
 }
 
-/// Fragment `i` of a chunk's pages lives in `stripe[i]`.
+/// Fragment `i` of a chunk's pages lives in `stripe[i]`. A chunk of a region that reserves
+/// on demand has an empty stripe until its first write-back reserves it (`fault/reserve.rs`):
+/// no fragment to read or write, so a write to it fails (is kept and tried again) and a read
+/// of it fails, never a page served from nowhere.
 pub(crate) type Stripe = Vec<Frag>;
 
 /// Every chunk's stripe, and the servers lost so far.
@@ -103,6 +106,27 @@ impl StripeTable {
     /// Chunks in the table.
     pub fn len(&self) -> usize {
         self.stripes.read().len()
+    }
+
+    /// Whether `chunk` has its slabs (every chunk of a region reserved up front).
+    pub fn is_reserved(&self, chunk: usize) -> bool {
+        !self.stripes.read()[chunk].is_empty()
+    }
+
+    /// Chunks that have their slabs.
+    pub fn reserved_chunks(&self) -> usize {
+        self.stripes.read().iter().filter(|s| !s.is_empty()).count()
+    }
+
+    /// Gives unreserved `chunk` its stripe; false (nothing changed) if it has one already.
+    pub fn install(&self, chunk: usize, stripe: Stripe) -> bool {
+        assert_eq!(stripe.len(), self.scheme.width(), "a reserved stripe is whole");
+        let mut stripes = self.stripes.write();
+        if !stripes[chunk].is_empty() {
+            return false;
+        }
+        stripes[chunk] = stripe;
+        true
     }
 
     pub fn with_domains(mut self, domains: &[String]) -> StripeTable {
@@ -152,7 +176,7 @@ impl StripeTable {
         }
         let mut stripes = self.stripes.write();
         let stripe = &mut stripes[chunk];
-        let f = stripe[frag];
+        let Some(&f) = stripe.get(frag) else { return Err(MoveRefused::Unreserved { chunk }) };
         if f.state != FragState::Live || f.moving_to.is_some() {
             return Err(MoveRefused::NotLive { chunk, frag });
         }
@@ -237,9 +261,12 @@ impl StripeTable {
         self.lost.lock().iter().map(|(s, _)| *s).collect()
     }
 
-    /// Fewest live fragments of any stripe (the region's worst redundancy).
+    /// Fewest live fragments of any reserved stripe (the region's worst redundancy; its
+    /// width when nothing is reserved).
     pub fn min_live(&self) -> usize {
-        self.stripes.read().iter().map(|s| s.iter().filter(|f| f.is_live()).count()).min().unwrap_or(0)
+        let stripes = self.stripes.read();
+        let reserved = stripes.iter().filter(|s| !s.is_empty());
+        reserved.map(|s| s.iter().filter(|f| f.is_live()).count()).min().unwrap_or(self.scheme.width())
     }
 
     /// Marks `server` lost; true the first time. Never under a scheme that tolerates no

@@ -39,6 +39,8 @@ pub(crate) struct Tuning {
     pub writeback_buffer_pages: usize,
     pub spin_us: u64,
     pub scrub_interval_ms: u64,
+    /// Chunks get their slabs at their first write-back (`fault/reserve.rs`).
+    pub reserve_on_demand: bool,
 }
 
 /// The core lock held.
@@ -60,6 +62,10 @@ pub(crate) struct Core {
     /// Set while write-back keeps failing; faults that need space then fail instead of waiting
     /// once the buffer is full.
     pub failure: Option<Arc<PagerError>>,
+    /// Set while faults go on over the budget because the rack has no room for the chunks
+    /// the pages to evict need (a region reserving on demand); cleared once eviction gets
+    /// back within it.
+    pub over_budget: bool,
     /// Pages whose write-back failed, waiting out a pause before they are tried again (first
     /// in line); they count in `wb_pending` and stay STAGED meanwhile.
     pub wb_parked: Vec<(usize, Arc<[u8]>)>,
@@ -101,6 +107,7 @@ impl Core {
             wb_queue: VecDeque::new(),
             wb_pending: 0,
             failure: None,
+            over_budget: false,
             wb_parked: Vec::new(),
             wb_parked_since: None,
             evict_waiters: Vec::new(),
@@ -169,6 +176,8 @@ pub(crate) struct RegionShared {
     /// The process id (`ServerHello::server_id`) each server of the table had when the
     /// region first heard from it: a different one is a restarted server.
     pub server_ids: Mutex<HashMap<usize, u64>, { level::HELLO_IDS }>,
+    /// The controller that places the region, if one does (else `placement` over its list).
+    pub rack: Option<Arc<crate::follow::link::ControllerLink>>,
 }
 
 impl RegionShared {
@@ -238,6 +247,20 @@ impl RegionShared {
                     && core.wb_queue.is_empty()
                     && !core.wb_parked.is_empty();
                 if let Some(why) = core.failure.as_ref().filter(|_| stuck) {
+                    if why.is_rack_full() {
+                        // No room on the rack for the chunks these pages need: keep pages
+                        // local over the budget rather than fail the program; their
+                        // write-backs are tried again and eviction resumes once there is.
+                        if !core.over_budget {
+                            tracing::warn!(
+                                "over the local budget of {} pages: {why}; pages stay local until the rack has room",
+                                core.budget_pages
+                            );
+                        }
+                        core.over_budget = true;
+                        Counters::add(&self.counters.over_budget_faults, 1);
+                        return Ok(());
+                    }
                     return Err(PagerError::WritebackFailed(Arc::clone(why)));
                 }
                 // The write-back buffer is full, or everything resident is being fetched by
@@ -247,6 +270,10 @@ impl RegionShared {
         }
         // Every frame, mapped or reserved, now fits the budget: a shrink is over.
         core.shrinking_from = None;
+        if core.over_budget {
+            core.over_budget = false;
+            tracing::info!("back within the local budget of {} pages", core.budget_pages);
+        }
         if core.pages.resident() + self.low_watermark(core) > core.budget_pages {
             self.reclaim_wake.notify_one();
         }
@@ -450,10 +477,11 @@ impl RegionShared {
             core.eviction.inserted(page);
         }
         // Every page mapped had its frame covered by a `make_room` that returned: mapped
-        // pages never exceed the budget (during a shrink, the one being left).
+        // pages never exceed the budget (during a shrink, the one being left), unless the
+        // rack had no room for them.
         let mapped = core.pages.mapped();
         debug_assert!(
-            mapped <= core.budget_pages.max(core.shrinking_from.unwrap_or(0)),
+            mapped <= core.budget_pages.max(core.shrinking_from.unwrap_or(0)) || core.over_budget,
             "{mapped} pages mapped over a budget of {}",
             core.budget_pages
         );

@@ -24,6 +24,8 @@ pub(crate) struct Counters {
     pub fragments_moved: AtomicU64,
     pub scrubs: AtomicU64,
     pub remote_discards: AtomicU64,
+    pub chunks_reserved: AtomicU64,
+    pub over_budget_faults: AtomicU64,
     pub degraded_reads: AtomicU64,
     pub corrupt_fragments: AtomicU64,
     pub corrupt_fragments_repaired: AtomicU64,
@@ -55,6 +57,8 @@ impl Counters {
             fragments_moved: z(),
             scrubs: z(),
             remote_discards: z(),
+            chunks_reserved: z(),
+            over_budget_faults: z(),
             degraded_reads: z(),
             corrupt_fragments: z(),
             corrupt_fragments_repaired: z(),
@@ -102,6 +106,8 @@ impl Counters {
             fragments_moved: g(&self.fragments_moved),
             scrubs: g(&self.scrubs),
             remote_discards: g(&self.remote_discards),
+            chunks_reserved: g(&self.chunks_reserved),
+            over_budget_faults: g(&self.over_budget_faults),
             redundancy: crate::Redundancy::None,
             lost_servers: 0,
             degraded_reads: g(&self.degraded_reads),
@@ -162,6 +168,10 @@ pub struct PagerStats {
     pub scrubs: u64,
     /// Units (pages, or fragments) the servers were told to forget after a discard.
     pub remote_discards: u64,
+    /// Chunks reserved as they were first written back (a region reserving on demand).
+    pub chunks_reserved: u64,
+    /// Faults served over the local budget because the rack had no room to write back to.
+    pub over_budget_faults: u64,
     /// The region's redundancy scheme.
     pub redundancy: crate::Redundancy,
     /// Memory servers lost for this region (their fragments are no longer used).

@@ -1,0 +1,185 @@
+//! Reserving rack memory as a region is used ([`crate::PagerConfig::reserve_on_demand`]): a
+//! chunk gets its slabs when its first page is written back. The write-back thread reserves
+//! before it writes a batch, so a fault never waits for the controller (only for write-back
+//! space, as with any slow write). Where the controller places the region, it places the
+//! chunk's fragments (one request, so they land on distinct servers), the slabs are
+//! allocated and the placement committed; over a list of servers, the region's list policy
+//! chooses. A chunk whose reservation fails stays unreserved: the pages bound for it stay
+//! buffered and are tried again (`writeback.rs`), never written nowhere.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use krak_api::messages::{CommitChunk, CommitRequest, PlaceRequest};
+use krak_api::{Api, ServerId};
+
+use crate::error::BadAnswer;
+use crate::follow::link::{parse_addr, ControllerLink};
+use crate::remote::list_placement::{self, NotPlaced};
+use crate::remote::stripe::{Frag, FragState, Stripe};
+use crate::remote::{admin_conn, free_quietly};
+use crate::state::core::RegionShared;
+use crate::state::stats::Counters;
+use crate::PagerError;
+
+/// HTTP status of a placement the rack has no room for.
+const NO_CAPACITY: u16 = 507;
+
+/// Reserves every unreserved chunk among `pages`' chunks. Returns the chunks that could not
+/// be reserved, and the first reason.
+pub(crate) fn reserve_for(shared: &RegionShared, pages: &[usize]) -> (Vec<usize>, Option<PagerError>) {
+    let layout = &shared.layout;
+    let mut chunks: Vec<usize> = pages.iter().map(|p| p / layout.chunk_pages).collect();
+    chunks.sort_unstable();
+    chunks.dedup();
+    let mut failed = Vec::new();
+    let mut why = None;
+    for chunk in chunks.into_iter().filter(|&c| !layout.stripes.is_reserved(c)) {
+        // After one failure (a full rack, a controller away) the others would fail alike.
+        if why.is_some() {
+            failed.push(chunk);
+            continue;
+        }
+        match reserve(shared, chunk) {
+            Ok(()) => Counters::add(&shared.counters.chunks_reserved, 1),
+            Err(e) => {
+                failed.push(chunk);
+                why = Some(e);
+            }
+        }
+    }
+    (failed, why)
+}
+
+/// Gives `chunk` its stripe of slabs.
+fn reserve(shared: &RegionShared, chunk: usize) -> Result<(), PagerError> {
+    let stripe = match &shared.rack {
+        Some(link) => at_controller(shared, link, chunk)?,
+        None => from_list(shared, chunk)?,
+    };
+    let layout = &shared.layout;
+    if !layout.stripes.install(chunk, stripe.clone()) {
+        // Only this thread reserves; were it otherwise, the first stripe wins.
+        let mut admin = shared.admin.lock();
+        for f in &stripe {
+            if let Ok(conn) = admin_conn(&mut admin, layout, f.server) {
+                free_quietly(conn, f.slab);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of one chunk's slabs (every fragment).
+fn chunk_bytes(shared: &RegionShared) -> u64 {
+    let scheme = shared.layout.redundancy();
+    (shared.layout.chunk_pages * scheme.unit_bytes() * scheme.width()) as u64
+}
+
+/// Has the controller place the chunk's fragments, allocates them and commits them.
+fn at_controller(shared: &RegionShared, link: &ControllerLink, chunk: usize) -> Result<Stripe, PagerError> {
+    let layout = &shared.layout;
+    let scheme = layout.redundancy();
+    let width = scheme.width();
+    let slots: Vec<u64> = (0..width).map(|i| (chunk * width + i) as u64).collect();
+    let exclude = link.lost_ids(layout);
+    let reply = link.client.lock().place(link.region, &PlaceRequest { chunks: slots.clone(), exclude }).map_err(
+        |e| match e {
+            e @ krak_api::ApiError::Status { status: NO_CAPACITY, .. } => {
+                PagerError::RackFullAtController { needed_bytes: chunk_bytes(shared), source: e }
+            }
+            e => e.into(),
+        },
+    )?;
+    let mut placed: Vec<Option<(Frag, ServerId, SocketAddr)>> = vec![None; width];
+    let mut allocate = || -> Result<(), PagerError> {
+        for p in &reply.placements {
+            let Some(i) = slots.iter().position(|&s| s == p.chunk) else {
+                return Err(BadAnswer::OutOfRange { what: "slot", index: p.chunk, count: slots.len() as u64 }.into());
+            };
+            let addr = parse_addr(&p.addr)?;
+            let server = layout.server_index(addr);
+            if placed.iter().flatten().any(|(f, _, _)| f.server == server) || layout.stripes.is_lost(server) {
+                return Err(BadAnswer::SameServer { chunk: chunk as u64 }.into());
+            }
+            let mut admin = shared.admin.lock();
+            let conn = admin_conn(&mut admin, layout, server)?;
+            if (conn.slab_pages() as usize) < layout.chunk_pages {
+                return Err(BadAnswer::SlabTooSmall { addr }.into());
+            }
+            let slab = conn.alloc_slab_units(scheme.unit_bytes() as u32)?;
+            if let Some((old, _, _)) = placed[i].replace((Frag::new(server, slab, FragState::Live), p.server, addr)) {
+                free_quietly(conn, old.slab);
+            }
+        }
+        if placed.iter().any(Option::is_none) {
+            return Err(BadAnswer::Unplaced { chunk: chunk as u64 }.into());
+        }
+        let chunks = slots
+            .iter()
+            .zip(placed.iter().flatten())
+            .map(|(&slot, (f, id, _))| CommitChunk { chunk: slot, server: *id, slab: f.slab.0 })
+            .collect();
+        let reply = link.client.lock().commit(link.region, &CommitRequest { chunks })?;
+        link.epoch.fetch_max(reply.epoch, Ordering::Relaxed);
+        Ok(())
+    };
+    match allocate() {
+        Ok(()) => {
+            let mut ids = link.ids.lock();
+            for (_, id, addr) in placed.iter().flatten() {
+                ids.insert(*addr, *id);
+            }
+            drop(ids);
+            Ok(placed.into_iter().flatten().map(|(f, _, _)| f).collect())
+        }
+        Err(e) => {
+            free_all(shared, placed.iter().flatten().map(|(f, _, _)| *f));
+            Err(e)
+        }
+    }
+}
+
+/// Places the chunk's fragments over the region's servers with its list policy.
+fn from_list(shared: &RegionShared, chunk: usize) -> Result<Stripe, PagerError> {
+    let layout = &shared.layout;
+    let scheme = layout.redundancy();
+    let (width, unit) = (scheme.width(), scheme.unit_bytes() as u32);
+    let policy = shared.placement_policy();
+    let exclude = layout.stripes.lost_servers();
+    let mut admin = shared.admin.lock();
+    let mut view = list_placement::current_view(&mut admin, layout);
+    let mut slots: Vec<Option<Frag>> = vec![None; width];
+    for j in 0..width {
+        let taken: Vec<usize> = slots.iter().flatten().map(|f| f.server).collect();
+        let lend = |s: usize| admin_conn(&mut admin, layout, s).and_then(|c| c.alloc_slab_units(unit));
+        match list_placement::place_fragment(&*policy, &mut view, lend, &taken, &exclude) {
+            // The fragment placed first rotates with the chunk, as when reserved up front.
+            Ok((server, slab)) => slots[(chunk + j) % width] = Some(Frag::new(server, slab, FragState::Live)),
+            Err(e) => {
+                drop(admin);
+                free_all(shared, slots.iter().flatten().copied());
+                return Err(match e {
+                    NotPlaced::NoRoom { .. } => PagerError::RackFull {
+                        needed_bytes: chunk_bytes(shared),
+                        got_bytes: 0,
+                        servers: layout.server_count(),
+                    },
+                    NotPlaced::Failed { source, .. } => PagerError::Remote(source),
+                });
+            }
+        }
+    }
+    Ok(slots.into_iter().flatten().collect())
+}
+
+fn free_all(shared: &RegionShared, frags: impl Iterator<Item = Frag>) {
+    let layout = &shared.layout;
+    let mut admin = shared.admin.lock();
+    for f in frags {
+        match admin_conn(&mut admin, layout, f.server) {
+            Ok(conn) => free_quietly(conn, f.slab),
+            Err(e) => tracing::warn!("freeing slab {:#x}: {e}", f.slab.0),
+        }
+    }
+}
