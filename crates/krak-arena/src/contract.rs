@@ -16,7 +16,7 @@ pub const SERVERS: &str = "KRAK_RUN_SERVERS";
 pub const CONTROLLER: &str = "KRAK_RUN_CONTROLLER";
 /// Local budget of the arena, bytes.
 pub const LOCAL_BYTES: &str = "KRAK_RUN_LOCAL_BYTES";
-/// Size of the far-memory arena (address space and remote reservation), bytes.
+/// Size of the far-memory arena, bytes (address space; remote memory too under `up-front`).
 pub const MAX_FAR_BYTES: &str = "KRAK_RUN_MAX_FAR_BYTES";
 /// Allocations of at least this many bytes go to the arena.
 pub const THRESHOLD_BYTES: &str = "KRAK_RUN_THRESHOLD_BYTES";
@@ -35,9 +35,12 @@ pub const ALLOCATOR: &str = "KRAK_RUN_ALLOCATOR";
 /// The pager process's Unix socket (`krak run --pager separate`); unset: the pager runs
 /// inside the program.
 pub const PAGER_SOCKET: &str = "KRAK_RUN_PAGER_SOCKET";
+/// When the arena's rack memory is reserved: `on-demand` (default: a chunk when it first
+/// holds data) or `up-front` (all of `MAX_FAR_BYTES` when the arena is made).
+pub const RESERVE: &str = "KRAK_RUN_RESERVE";
 
 /// Every variable of the contract.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 13] = [
     SERVERS,
     CONTROLLER,
     LOCAL_BYTES,
@@ -50,6 +53,7 @@ pub const ALL: [&str; 12] = [
     REDUNDANCY,
     ALLOCATOR,
     PAGER_SOCKET,
+    RESERVE,
 ];
 
 /// The default threshold: 1 MiB, at and above which allocations live in far memory.
@@ -101,6 +105,28 @@ impl AllocatorChoice {
     }
 }
 
+/// When an arena's rack memory is reserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserve {
+    /// A chunk's slabs when its first page is written back (`PagerConfig::reserve_on_demand`).
+    OnDemand,
+    /// Every chunk's slabs when the arena is made.
+    UpFront,
+}
+
+impl Reserve {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reserve::OnDemand => "on-demand",
+            Reserve::UpFront => "up-front",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reserve> {
+        [Reserve::OnDemand, Reserve::UpFront].into_iter().find(|r| r.as_str() == s)
+    }
+}
+
 /// What `krak run` asks of the arena of each program it starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunConfig {
@@ -114,6 +140,7 @@ pub struct RunConfig {
     pub redundancy: Redundancy,
     pub allocator: AllocatorChoice,
     pub pager_socket: Option<PathBuf>,
+    pub reserve: Reserve,
 }
 
 /// Why the contract's variables do not describe an arena.
@@ -137,6 +164,8 @@ pub enum ContractError {
     Redundancy(#[source] krak_pager::ParseRedundancyError),
     #[error("${ALLOCATOR}: {0:?} is not auto, krak or program")]
     Allocator(String),
+    #[error("${RESERVE}: {0:?} is not on-demand or up-front")]
+    Reserve(String),
     #[error("the local budget ({local_bytes} bytes) is below {min_bytes} bytes or the arena size is 0")]
     TooSmall { local_bytes: u64, min_bytes: u64 },
 }
@@ -191,6 +220,10 @@ impl RunConfig {
             Some(s) => AllocatorChoice::parse(&s).ok_or(ContractError::Allocator(s))?,
             None => AllocatorChoice::Auto,
         };
+        let reserve = match text(RESERVE)? {
+            Some(s) => Reserve::parse(&s).ok_or(ContractError::Reserve(s))?,
+            None => Reserve::OnDemand,
+        };
         let config = RunConfig {
             backing,
             local_bytes,
@@ -202,6 +235,7 @@ impl RunConfig {
             redundancy,
             allocator,
             pager_socket: path(PAGER_SOCKET),
+            reserve,
         };
         let min_bytes = (MIN_BUDGET_PAGES * PAGE_SIZE) as u64;
         if config.local_bytes < min_bytes || config.max_far_bytes == 0 {
@@ -219,6 +253,7 @@ impl RunConfig {
             (THRESHOLD_BYTES, self.threshold_bytes.to_string().into()),
             (REDUNDANCY, self.redundancy.to_string().into()),
             (ALLOCATOR, self.allocator.as_str().into()),
+            (RESERVE, self.reserve.as_str().into()),
         ];
         match &self.backing {
             Backing::Servers(list) => {
@@ -262,6 +297,7 @@ impl RunConfig {
             secret: self.load_secret()?,
             redundancy: self.redundancy,
             fault_mode,
+            reserve_on_demand: self.reserve == Reserve::OnDemand,
             ..PagerConfig::default()
         })
     }
@@ -301,6 +337,7 @@ mod tests {
             redundancy: "ec:4+2".parse().unwrap(),
             allocator: AllocatorChoice::Program,
             pager_socket: Some("/run/krak/p.sock".into()),
+            reserve: Reserve::UpFront,
         };
         let vars: HashMap<&str, OsString> = config.to_vars().into_iter().collect();
         assert!(vars.keys().all(|k| is_contract_var(OsStr::new(k))));
@@ -340,6 +377,8 @@ mod tests {
         assert!(matches!(bad_size_no_secret, Err(ContractError::NotBytes { var: LOCAL_BYTES, .. })));
         assert!(matches!(with(&[(REDUNDANCY, "raid5")]), Err(ContractError::Redundancy(_))));
         assert!(matches!(with(&[(ALLOCATOR, "tcmalloc")]), Err(ContractError::Allocator(_))));
+        assert!(matches!(with(&[(RESERVE, "later")]), Err(ContractError::Reserve(_))));
+        assert_eq!(with(&[]).unwrap().reserve, Reserve::OnDemand);
         let text = with(&[(ALLOCATOR, "tcmalloc")]).unwrap_err().to_string();
         assert!(text.contains(ALLOCATOR), "{text}");
         assert_eq!(with(&[(THRESHOLD_BYTES, "1")]).unwrap().threshold_bytes, PAGE_SIZE as u64);

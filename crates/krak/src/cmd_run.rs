@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use krak_proto::units::ByteSize;
 
-use krak_arena::contract::{AllocatorChoice, Backing, RunConfig, SecretSource};
+use krak_arena::contract::{AllocatorChoice, Backing, Reserve, RunConfig, SecretSource};
 
 use crate::rack::LocalRack;
 
@@ -42,10 +42,19 @@ pub struct RunArgs {
     /// Most of the program's far memory resident on this machine at any moment.
     #[arg(long, value_name = "SIZE", default_value = "512MiB")]
     local: ByteSize,
-    /// Size of the far-memory arena: the most large memory the program can have (address
-    /// space, reserved on the memory servers up front). Larger requests fall back to local memory.
+    /// Size of the far-memory arena: the most large memory the program can have. Address
+    /// space only (with --reserve on-demand, the default): the rack lends memory as the
+    /// program's pages first go to it. Larger requests fall back to local memory.
     #[arg(long, value_name = "SIZE", default_value = "32GiB")]
     max_far: ByteSize,
+    /// When rack memory is reserved for the arena. on-demand: a chunk (one slab per
+    /// fragment) when its first page is written back, so the rack lends about what the
+    /// program uses; if the rack is full then, the pages stay on this machine over the
+    /// budget (logged, counted as over_budget_faults in --stats) until room is found.
+    /// up-front: all of --max-far when the arena is made (the run fails at once, exit 125,
+    /// if the rack cannot hold it).
+    #[arg(long, value_enum, value_name = "WHEN", default_value = "on-demand")]
+    reserve: ReserveArg,
     /// Allocations of at least this size go to far memory.
     #[arg(long, value_name = "SIZE", default_value = "1MiB")]
     threshold: ByteSize,
@@ -100,6 +109,21 @@ pub struct RunArgs {
 enum PagerPlace {
     InProcess,
     Separate,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ReserveArg {
+    OnDemand,
+    UpFront,
+}
+
+impl ReserveArg {
+    fn reserve(self) -> Reserve {
+        match self {
+            ReserveArg::OnDemand => Reserve::OnDemand,
+            ReserveArg::UpFront => Reserve::UpFront,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -246,6 +270,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
             "signal": status.signal(),
             "local_budget_bytes": args.local.0,
             "max_far_bytes": args.max_far.0,
+            "reserve": args.reserve.reserve().as_str(),
             "threshold_bytes": args.threshold.0,
             "allocator": args.allocator.choice().as_str(),
             "pager_place": if args.pager == PagerPlace::Separate { "separate" } else { "in-process" },
@@ -345,6 +370,7 @@ fn run_config(args: &RunArgs, rack: Option<&LocalRack>, stats_base: &std::path::
         redundancy: args.redundancy,
         allocator: args.allocator.choice(),
         pager_socket: None,
+        reserve: args.reserve.reserve(),
     })
 }
 
