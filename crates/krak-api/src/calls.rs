@@ -11,7 +11,7 @@ use crate::client::{ApiError, Client, ControllerClient};
 use crate::messages::{
     BudgetRequest, CommitReply, CommitRequest, CreateRegionRequest, HeartbeatReply, HeartbeatRequest, MapReply,
     MoveStartRequest, PlaceReply, PlaceRequest, PolicyBody, RegionLive, RegionReply, RegisterReply, RegisterRequest,
-    ServersReply, StatusReply,
+    ReleaseRequest, ServersReply, StatusReply,
 };
 use crate::paths;
 use crate::records::{RegionId, ServerId, ServerRecord};
@@ -108,6 +108,11 @@ pub trait Api: Transport {
 
     fn commit(&mut self, region: RegionId, request: &CommitRequest) -> Result<CommitReply, ApiError> {
         self.send("POST", &paths::commit(region), Some(request), Duration::ZERO)
+    }
+
+    /// Takes slots out of the region's map (the pager gave their slabs back).
+    fn release(&mut self, region: RegionId, request: &ReleaseRequest) -> Result<CommitReply, ApiError> {
+        self.send("POST", &paths::release(region), Some(request), Duration::ZERO)
     }
 
     /// The region's whole map.

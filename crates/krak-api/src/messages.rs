@@ -140,6 +140,14 @@ pub struct CommitReply {
     pub epoch: u64,
 }
 
+/// `POST /v1/regions/{id}/release`: slots the pager gave back (their slabs freed, or about
+/// to be); answered with a [`CommitReply`] (the new map epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    pub chunks: Vec<u64>,
+}
+
 /// One placed chunk in a map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MapEntry {

@@ -29,6 +29,10 @@ pub fn commit(region: RegionId) -> String {
     format!("/v1/regions/{region}/commit")
 }
 
+pub fn release(region: RegionId) -> String {
+    format!("/v1/regions/{region}/release")
+}
+
 pub fn budget(region: RegionId) -> String {
     format!("/v1/regions/{region}/budget")
 }

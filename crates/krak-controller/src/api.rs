@@ -13,7 +13,8 @@ use crate::http::{Request, Response};
 use crate::rack::RackError;
 use krak_api::messages::{
     parse_region, parse_server, BudgetRequest, CommitReply, CommitRequest, CreateRegionRequest, HeartbeatRequest,
-    MoveStartRequest, PlaceReply, PlaceRequest, PolicyBody, RegionLive, RegionReply, RegisterRequest, ServersReply,
+    MoveStartRequest, PlaceReply, PlaceRequest, PolicyBody, RegionLive, RegionReply, RegisterRequest, ReleaseRequest,
+    ServersReply,
 };
 use krak_placement::{PlacementError, POLICY_NAMES};
 
@@ -154,6 +155,14 @@ fn route(shared: &ControllerShared, req: &Request) -> Result<Response, RackError
             let body: CommitRequest = decode(&req.body)?;
             let epoch = shared.rack.lock().commit(id, &body.chunks)?;
             shared.metrics.committed();
+            shared.changed.notify_all();
+            Ok(Response::json(200, &CommitReply { epoch }))
+        }
+        ("POST", ["v1", "regions", id, "release"]) => {
+            let id = parse_region(id).ok_or_else(bad_id)?;
+            renew(shared, id);
+            let body: ReleaseRequest = decode(&req.body)?;
+            let epoch = shared.rack.lock().release(id, &body.chunks)?;
             shared.changed.notify_all();
             Ok(Response::json(200, &CommitReply { epoch }))
         }

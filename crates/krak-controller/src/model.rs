@@ -57,6 +57,14 @@ impl ChunkMap {
         old
     }
 
+    /// Takes a chunk's placement out of the map (the chunk is unplaced again).
+    pub fn remove(&mut self, chunk: u64) -> Option<Placement> {
+        let old = self.get(chunk)?;
+        self.slots[chunk as usize] = Slot::default();
+        self.placed -= 1;
+        Some(old)
+    }
+
     /// Chunks placed.
     pub fn placed(&self) -> u64 {
         self.placed
@@ -113,6 +121,8 @@ mod tests {
         assert_eq!(map.set(5, q), Some(p));
         assert_eq!(map.placed(), 1);
         assert_eq!(map.iter().collect::<Vec<_>>(), vec![(5, q)]);
+        assert_eq!(map.remove(5), Some(q));
+        assert_eq!((map.remove(5), map.remove(1 << 40), map.get(5), map.placed()), (None, None, None, 0));
         assert_eq!(std::mem::size_of::<Slot>(), 24);
     }
 }

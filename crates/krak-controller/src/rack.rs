@@ -340,6 +340,37 @@ impl RackState {
         Ok(epoch)
     }
 
+    /// Takes slots out of region `id`'s map: the pager gave their slabs back (a region
+    /// reserving on demand whose chunk's pages were all discarded). Slots not placed are
+    /// ignored (the pager gives back only chunks none of whose fragments moves).
+    pub fn release(&mut self, id: RegionId, chunks: &[u64]) -> Result<u64, RackError> {
+        let entry = self.regions.get(&id).ok_or_else(|| RackError::NotFound(format!("no region {id}")))?;
+        if chunks.len() > MAX_CHUNKS_PER_REQUEST {
+            return Err(RackError::BadRequest(format!("at most {MAX_CHUNKS_PER_REQUEST} chunks per request")));
+        }
+        if let Some(c) = chunks.iter().find(|&&c| c >= entry.record.slots()) {
+            return Err(RackError::BadRequest(format!("chunk {c} is past the region's {}", entry.record.slots())));
+        }
+        let placed: Vec<u64> = chunks.iter().copied().filter(|&c| entry.map.get(c).is_some()).collect();
+        let mut counters = self.counters;
+        counters.map_epoch += 1;
+        let epoch = counters.map_epoch;
+        let ops = placed.iter().map(|&c| persist::delete(persist::slab_key(id, c))).collect();
+        persist::write(&*self.store, ops, &counters)?;
+        self.counters = counters;
+        let entry = self.regions.get_mut(&id).expect("checked above");
+        entry.epoch = epoch;
+        for c in placed {
+            if let Some(old) = entry.map.remove(c) {
+                self.view.remove_slab(id, old.server);
+                if let Some(s) = self.servers.get_mut(&old.server) {
+                    s.free_bytes = self.view.server(old.server).map_or(s.free_bytes, |v| v.free_bytes);
+                }
+            }
+        }
+        Ok(epoch)
+    }
+
     /// Records that a pager started moving a slot of region `id` (see `moves.rs`).
     pub fn start_move(&mut self, id: RegionId, req: &MoveStartRequest) -> Result<(), RackError> {
         let entry = self.regions.get(&id).ok_or_else(|| RackError::NotFound(format!("no region {id}")))?;

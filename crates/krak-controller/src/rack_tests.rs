@@ -62,6 +62,34 @@ fn large_commits_go_out_in_bounded_transactions_and_reload_whole() {
 }
 
 #[test]
+fn released_slots_leave_the_map_the_view_and_the_store() {
+    let store = Arc::new(MemStore::default());
+    let (mut r, id) = setup(&store);
+    let placed = r.place(id, &[0, 1, 2, 3], &[]).unwrap();
+    let commit: Vec<CommitChunk> =
+        placed.iter().map(|p| CommitChunk { chunk: p.chunk, server: p.server, slab: p.chunk + 10 }).collect();
+    let committed = r.commit(id, &commit).unwrap();
+    let free_before: u64 = (1..=3).map(|s| r.view.server(ServerId(s)).unwrap().free_bytes).sum();
+    // A slot never placed is ignored; one past the region is refused and changes nothing.
+    assert!(matches!(r.release(id, &[1, 5000]), Err(RackError::BadRequest(_))));
+    assert_eq!(r.view.region(id).unwrap().slabs, 4);
+    let epoch = r.release(id, &[1, 3, 7]).unwrap();
+    assert!(epoch > committed);
+    let chunks: Vec<u64> = r.map(id, 0).unwrap().entries.iter().map(|e| e.chunk).collect();
+    assert_eq!(chunks, vec![0, 2]);
+    assert_eq!(r.view.region(id).unwrap().slabs, 2);
+    let free_after: u64 = (1..=3).map(|s| r.view.server(ServerId(s)).unwrap().free_bytes).sum();
+    assert_eq!(free_after - free_before, 2 * SLAB);
+    // The store agrees: a reload sees the same map, and a released slot can be placed again.
+    let again = rack(&store);
+    assert_eq!(again.map(id, 0).unwrap(), r.map(id, 0).unwrap());
+    let placed = r.place(id, &[1], &[]).unwrap();
+    r.commit(id, &[CommitChunk { chunk: 1, server: placed[0].server, slab: 99 }]).unwrap();
+    assert_eq!(r.view.region(id).unwrap().slabs, 3);
+    assert!(matches!(r.release(RegionId(999), &[0]), Err(RackError::NotFound(_))));
+}
+
+#[test]
 fn a_failing_store_changes_nothing_in_memory() {
     let store = Arc::new(MemStore::default());
     let (mut r, id) = setup(&store);

@@ -49,7 +49,6 @@ fn write_and_check(region: &FarMemory, shadow: &mut [u64], bytes: usize, seed: u
 
 fn reservation_follows_use(redundancy: Redundancy, servers: usize) {
     let servers = common::servers(servers, 64 << 20);
-    let width = redundancy.width() as u64;
     // More address space than the rack holds: only what is used is reserved.
     let region_bytes = 512u64 << 20;
     let region = Arc::new(on_demand(&servers, region_bytes, 2 << 20, redundancy));
@@ -62,13 +61,11 @@ fn reservation_follows_use(redundancy: Redundancy, servers: usize) {
     assert!(stats.remote_writes > 0 && stats.remote_reads > 0, "pages went remote and came back: {stats:?}");
     assert_eq!(stats.failed_faults, 0);
     let chunks = region.reserved_chunks() as u64;
-    let slab_bytes =
-        SLAB_BYTES / if redundancy.width() > 1 && redundancy.to_string().starts_with("ec") { 2 } else { 1 };
     eprintln!("{redundancy}: {chunks} chunks reserved for {used} bytes used; lent {}", lent(&servers));
     // Only chunks that hold written-back pages: at most the used ones.
     assert!(chunks >= 1 && chunks <= used as u64 / SLAB_BYTES, "{chunks} chunks reserved for {used} bytes");
     assert_eq!(stats.chunks_reserved, chunks);
-    assert_eq!(lent(&servers), chunks * width * slab_bytes, "the servers lend exactly the reserved slabs");
+    assert_eq!(lent(&servers), chunks * lent_per_chunk(redundancy), "the servers lend exactly the reserved slabs");
     // Another area, far off: reserved as it is used, the first pages still right.
     let far = 400 << 20;
     for page in 0..256 {
@@ -95,6 +92,75 @@ fn reservation_grows_with_use_under_replication() {
 #[test]
 fn reservation_grows_with_use_under_erasure_coding() {
     reservation_follows_use("ec:2+1".parse().unwrap(), 3);
+}
+
+/// Discards `[offset, offset + len)` and waits until the write-back thread has told the
+/// servers (and given back the chunks it emptied).
+fn discard(region: &FarMemory, shadow: &mut [u64], offset: usize, len: usize) {
+    let before = region.stats().remote_discards;
+    region.discard(offset, len).unwrap();
+    shadow[offset / 8..(offset + len) / 8].fill(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while region.stats().remote_discards == before {
+        assert!(std::time::Instant::now() < deadline, "the discard was never sent");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn reserved(region: &FarMemory, chunks: std::ops::Range<usize>) -> Vec<usize> {
+    let servers = region.fragment_servers();
+    chunks.filter(|&c| !servers[c].is_empty()).collect()
+}
+
+fn discards_give_back(redundancy: Redundancy) {
+    let servers = common::servers(3, 64 << 20);
+    let (width, chunk) = (redundancy.width() as u64, SLAB_BYTES as usize);
+    let slab_bytes = lent_per_chunk(redundancy) / width;
+    let region_bytes = 64u64 << 20;
+    let region = on_demand(&servers, region_bytes, 2 << 20, redundancy);
+    let mut shadow = vec![0u64; region_bytes as usize / 8];
+    write_and_check(&region, &mut shadow, 12 * chunk, 4);
+    let held = reserved(&region, 0..12);
+    assert!(held.len() >= 8, "most of the 12 chunks written are reserved: {held:?}");
+
+    // Half of chunk 0, then of chunk 1: neither is given back while its other half holds data.
+    discard(&region, &mut shadow, 0, chunk / 2);
+    discard(&region, &mut shadow, chunk + chunk / 2, chunk / 2);
+    assert_eq!(region.stats().chunks_released, 0);
+    assert_eq!(reserved(&region, 0..12), held);
+
+    // The rest of chunks 0 to 3 (a range across four chunks): those four go back.
+    discard(&region, &mut shadow, chunk / 2, 4 * chunk - chunk / 2);
+    let released: Vec<usize> = held.iter().copied().filter(|&c| c < 4).collect();
+    assert_eq!(region.stats().chunks_released, released.len() as u64);
+    let now: Vec<usize> = held.iter().copied().filter(|&c| c >= 4).collect();
+    assert_eq!(reserved(&region, 0..12), now, "chunks 0 to 3 are unreserved, the others kept");
+    assert_eq!(lent(&servers), now.len() as u64 * width * slab_bytes, "the servers lend only what is reserved");
+    assert_eq!(verify_all(&region, &shadow), 0, "discarded pages read zero, the others their data");
+
+    // Used again: reserved again, and every page right.
+    write_and_check(&region, &mut shadow, 12 * chunk, 5);
+    assert!(reserved(&region, 0..4).len() >= 2, "chunks used again are reserved again");
+    assert_eq!(lent(&servers), region.reserved_chunks() as u64 * width * slab_bytes);
+    drop(region);
+    assert_eq!(lent(&servers), 0);
+}
+
+/// Bytes the servers lend for one reserved chunk.
+fn lent_per_chunk(redundancy: Redundancy) -> u64 {
+    let width = redundancy.width() as u64;
+    let ec = redundancy.width() > 1 && redundancy.to_string().starts_with("ec");
+    width * SLAB_BYTES / if ec { 2 } else { 1 }
+}
+
+#[test]
+fn discarded_chunks_give_their_slabs_back_without_redundancy() {
+    discards_give_back(Redundancy::None);
+}
+
+#[test]
+fn discarded_chunks_give_their_slabs_back_under_erasure_coding() {
+    discards_give_back("ec:2+1".parse().unwrap());
 }
 
 #[test]

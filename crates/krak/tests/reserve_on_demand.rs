@@ -1,7 +1,8 @@
 //! Rack memory reserved on demand (issue 12, deliverable 1) on a rack of real processes: a
 //! `krak run` program under the default `--max-far` (32 GiB of address space) on a rack of
 //! 3 GiB runs, the rack lends about what it uses (never more than one chunk per server
-//! beyond it), every byte reads back, and nothing stays reserved once it ends. The same
+//! beyond it), every byte reads back, freeing its memory gives the rack's back while it
+//! runs, and nothing stays reserved once it ends. The same
 //! program with `--reserve up-front` is refused at once, saying why.
 
 mod controller_common;
@@ -13,6 +14,24 @@ use controller_common::*;
 
 /// The tests' memory servers lend 1 MiB slabs: one chunk.
 const CHUNK_BYTES: u64 = 1 << 20;
+
+/// Fills 300 MiB with a pattern, says `ready PID`; at a line on stdin checks it, says
+/// `verified`, frees it and says `freed`; exits at the next line.
+const PROGRAM: &str = r#"
+import os, sys
+n = 300 << 20
+b = bytearray(n)
+pattern = bytes((i * 7 + 3) & 0xff for i in range(4096))
+for off in range(0, n, 4096):
+    b[off:off + 4096] = pattern
+print("ready", os.getpid(), flush=True)
+sys.stdin.readline()
+bad = sum(1 for off in range(0, n, 4096) if b[off:off + 4096] != pattern)
+print("verified" if bad == 0 else f"BAD {bad} pages", flush=True)
+del b
+print("freed", flush=True)
+sys.stdin.readline()
+"#;
 
 fn lent_bytes(status: &serde_json::Value) -> u64 {
     status["servers"].as_array().unwrap().iter().map(|s| s["lent_bytes"].as_u64().unwrap()).sum()
@@ -45,7 +64,7 @@ fn a_program_under_the_default_max_far_holds_what_it_uses() {
 
     // On demand (the default): 300 MiB written through a 128 MiB budget.
     let (mut program, mut lines, pid) =
-        start_program(&["--controller", &url, "--local", "128MiB"], Some(secret_file()), &pattern_program(300));
+        start_program(&["--controller", &url, "--local", "128MiB"], Some(secret_file()), PROGRAM);
     let (region, _) = wait_for(Duration::from_secs(30), "the region's report of its remote pages", || {
         let st = status(&url).ok()?;
         let r = st["regions"].as_array()?.iter().find(|r| r["live"]["pid"] == pid)?.clone();
@@ -68,6 +87,16 @@ fn a_program_under_the_default_max_far_holds_what_it_uses() {
 
     program.0.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     assert_eq!(lines.next().expect("a verdict").expect("readable"), "verified");
+    assert_eq!(lines.next().expect("a line").expect("readable"), "freed");
+    // Freed: its chunks go back to the rack while it runs (what the interpreter's own blocks
+    // of 1 MiB or more hold stays: about 4 MiB).
+    let (lent, took) = wait_for(Duration::from_secs(10), "the rack to take the freed memory back", || {
+        let st = status(&url).ok()?;
+        let live = st["regions"].as_array()?.iter().find(|r| r["live"]["pid"] == pid)?["live"].clone();
+        let lent = lent_bytes(&st);
+        (lent <= 16 * CHUNK_BYTES && live["reserved_bytes"].as_u64()? <= 16 * CHUNK_BYTES).then_some(lent)
+    });
+    eprintln!("after free: {lent} bytes lent, {took:?} after the program said so");
     drop(program.0.stdin.take());
     let exit = program.0.wait().unwrap();
     assert!(exit.success(), "krak run: {exit}");

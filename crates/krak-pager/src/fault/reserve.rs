@@ -6,11 +6,18 @@
 //! allocated and the placement committed; over a list of servers, the region's list policy
 //! chooses. A chunk whose reservation fails stays unreserved: the pages bound for it stay
 //! buffered and are tried again (`writeback.rs`), never written nowhere.
+//!
+//! A chunk is given back ([`release_emptied`]) once a discard leaves none of its pages with
+//! data on the servers: its stripe is taken out of the table, the controller takes its slots
+//! out of the map, and its slabs are freed. Also on the write-back thread, between batches,
+//! so no write of the chunk is in flight, and no page of it can become remote meanwhile.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 
-use krak_api::messages::{CommitChunk, CommitRequest, PlaceRequest};
+use krak_api::limits::MAX_CHUNKS_PER_REQUEST;
+use krak_api::messages::{CommitChunk, CommitRequest, PlaceRequest, ReleaseRequest};
 use krak_api::{Api, ServerId};
 
 use crate::error::BadAnswer;
@@ -171,6 +178,67 @@ fn from_list(shared: &RegionShared, chunk: usize) -> Result<Stripe, PagerError> 
         }
     }
     Ok(slots.into_iter().flatten().collect())
+}
+
+/// Gives back the slabs of every chunk of `ranges` (just discarded) that no longer holds a
+/// page with data on the servers. A chunk whose fragment moves or is being rebuilt keeps
+/// them (a later discard tries again); so does every chunk of a request the controller did
+/// not take (logged).
+pub(crate) fn release_emptied(shared: &RegionShared, ranges: &[Range<usize>]) {
+    let layout = &shared.layout;
+    let chunk_pages = layout.chunk_pages;
+    let mut chunks: Vec<usize> = ranges
+        .iter()
+        .filter(|r| !r.is_empty())
+        .flat_map(|r| r.start / chunk_pages..=(r.end - 1) / chunk_pages)
+        .collect();
+    chunks.sort_unstable();
+    chunks.dedup();
+    let mut released: Vec<(usize, Stripe)> = Vec::new();
+    {
+        let core = shared.core.lock();
+        let pages = core.pages.len();
+        for chunk in chunks {
+            let span = chunk * chunk_pages..((chunk + 1) * chunk_pages).min(pages);
+            if core.pages.remote_in(span).next().is_some() {
+                continue;
+            }
+            if let Some(stripe) = layout.stripes.uninstall(chunk) {
+                released.push((chunk, stripe));
+            }
+        }
+    }
+    if released.is_empty() {
+        return;
+    }
+    if let Some(link) = &shared.rack {
+        let width = layout.redundancy().width();
+        let per_request = (MAX_CHUNKS_PER_REQUEST / width).max(1);
+        let mut kept = Vec::new();
+        for batch in released.chunks(per_request) {
+            let slots = batch.iter().flat_map(|(c, _)| (0..width).map(move |i| (c * width + i) as u64)).collect();
+            match link.client.lock().release(link.region, &ReleaseRequest { chunks: slots }) {
+                Ok(reply) => {
+                    link.epoch.fetch_max(reply.epoch, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!("the controller did not take back {} chunks (kept for now): {e}", batch.len());
+                    kept.extend(batch.iter().map(|(c, _)| *c));
+                }
+            }
+        }
+        released.retain(|(chunk, stripe)| {
+            if !kept.contains(chunk) {
+                return true;
+            }
+            // Only this thread reserves, so the chunk is still unreserved.
+            let back = layout.stripes.install(*chunk, stripe.clone());
+            debug_assert!(back, "chunk {chunk} was reserved while it was being given back");
+            false
+        });
+    }
+    Counters::add(&shared.counters.chunks_released, released.len() as u64);
+    free_all(shared, released.into_iter().flat_map(|(_, stripe)| stripe));
 }
 
 fn free_all(shared: &RegionShared, frags: impl Iterator<Item = Frag>) {

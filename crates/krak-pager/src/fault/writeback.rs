@@ -102,7 +102,12 @@ pub(crate) fn run(shared: Arc<RegionShared>) {
             WbJob::Exit => return,
             WbJob::Discard(ranges) => {
                 drop(core);
+                let emptied = shared.tuning.reserve_on_demand.then(|| ranges.clone());
                 let units = links.discard_remote(&shared.layout, ranges);
+                if let Some(ranges) = emptied {
+                    crate::fault::reserve::release_emptied(&shared, &ranges);
+                }
+                // Counted once the job is whole (the chunks it emptied given back).
                 Counters::add(&shared.counters.remote_discards, units);
             }
             WbJob::Repair(pages) => {

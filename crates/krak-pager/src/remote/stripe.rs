@@ -129,6 +129,17 @@ impl StripeTable {
         true
     }
 
+    /// Takes `chunk`'s stripe away (the chunk unreserved again), if every fragment is live
+    /// and none moves: a move or a rebuild in progress keeps the chunk reserved.
+    pub fn uninstall(&self, chunk: usize) -> Option<Stripe> {
+        let mut stripes = self.stripes.write();
+        let stripe = &mut stripes[chunk];
+        if stripe.is_empty() || stripe.iter().any(|f| !f.is_live() || f.moving_to.is_some()) {
+            return None;
+        }
+        Some(std::mem::take(stripe))
+    }
+
     pub fn with_domains(mut self, domains: &[String]) -> StripeTable {
         self.domains = domains.to_vec();
         self

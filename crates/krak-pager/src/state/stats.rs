@@ -25,6 +25,7 @@ pub(crate) struct Counters {
     pub scrubs: AtomicU64,
     pub remote_discards: AtomicU64,
     pub chunks_reserved: AtomicU64,
+    pub chunks_released: AtomicU64,
     pub over_budget_faults: AtomicU64,
     pub degraded_reads: AtomicU64,
     pub corrupt_fragments: AtomicU64,
@@ -58,6 +59,7 @@ impl Counters {
             scrubs: z(),
             remote_discards: z(),
             chunks_reserved: z(),
+            chunks_released: z(),
             over_budget_faults: z(),
             degraded_reads: z(),
             corrupt_fragments: z(),
@@ -107,6 +109,7 @@ impl Counters {
             scrubs: g(&self.scrubs),
             remote_discards: g(&self.remote_discards),
             chunks_reserved: g(&self.chunks_reserved),
+            chunks_released: g(&self.chunks_released),
             over_budget_faults: g(&self.over_budget_faults),
             redundancy: crate::Redundancy::None,
             lost_servers: 0,
@@ -170,6 +173,9 @@ pub struct PagerStats {
     pub remote_discards: u64,
     /// Chunks reserved as they were first written back (a region reserving on demand).
     pub chunks_reserved: u64,
+    /// Chunks whose slabs were given back once every page of them that held data was
+    /// discarded (a region reserving on demand).
+    pub chunks_released: u64,
     /// Faults served over the local budget because the rack had no room to write back to.
     pub over_budget_faults: u64,
     /// The region's redundancy scheme.
