@@ -15,23 +15,8 @@ use controller_common::*;
 /// The tests' memory servers lend 1 MiB slabs: one chunk.
 const CHUNK_BYTES: u64 = 1 << 20;
 
-/// Fills 300 MiB with a pattern, says `ready PID`; at a line on stdin checks it, says
-/// `verified`, frees it and says `freed`; exits at the next line.
-const PROGRAM: &str = r#"
-import os, sys
-n = 300 << 20
-b = bytearray(n)
-pattern = bytes((i * 7 + 3) & 0xff for i in range(4096))
-for off in range(0, n, 4096):
-    b[off:off + 4096] = pattern
-print("ready", os.getpid(), flush=True)
-sys.stdin.readline()
-bad = sum(1 for off in range(0, n, 4096) if b[off:off + 4096] != pattern)
-print("verified" if bad == 0 else f"BAD {bad} pages", flush=True)
-del b
-print("freed", flush=True)
-sys.stdin.readline()
-"#;
+/// After its check, the program frees its block and says so.
+const FREE_AFTER_CHECK: &str = "del b\nprint(\"freed\", flush=True)";
 
 fn lent_bytes(status: &serde_json::Value) -> u64 {
     status["servers"].as_array().unwrap().iter().map(|s| s["lent_bytes"].as_u64().unwrap()).sum()
@@ -63,8 +48,11 @@ fn a_program_under_the_default_max_far_holds_what_it_uses() {
     assert_eq!(status(&url).unwrap()["regions"].as_array().unwrap().len(), 0);
 
     // On demand (the default): 300 MiB written through a 128 MiB budget.
-    let (mut program, mut lines, pid) =
-        start_program(&["--controller", &url, "--local", "128MiB"], Some(secret_file()), PROGRAM);
+    let (mut program, mut lines, pid) = start_program(
+        &["--controller", &url, "--local", "128MiB"],
+        Some(secret_file()),
+        &pattern_program_then(300, FREE_AFTER_CHECK),
+    );
     let (region, _) = wait_for(Duration::from_secs(30), "the region's report of its remote pages", || {
         let st = status(&url).ok()?;
         let r = st["regions"].as_array()?.iter().find(|r| r["live"]["pid"] == pid)?.clone();

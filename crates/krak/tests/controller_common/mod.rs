@@ -250,6 +250,11 @@ pub fn start_program(
 /// waits for a line on stdin, then checks every byte, says `verified` (or how many pages
 /// were wrong), and exits at the next line (or the end of its stdin).
 pub fn pattern_program(mib: u32) -> String {
+    pattern_program_then(mib, "")
+}
+
+/// [`pattern_program`] that runs the Python statements `after_check` after `verified`.
+pub fn pattern_program_then(mib: u32, after_check: &str) -> String {
     format!(
         r#"
 import os, sys
@@ -262,6 +267,7 @@ print("ready", os.getpid(), flush=True)
 sys.stdin.readline()
 bad = sum(1 for off in range(0, n, 4096) if b[off:off + 4096] != pattern)
 print("verified" if bad == 0 else f"BAD {{bad}} pages", flush=True)
+{after_check}
 sys.stdin.readline()
 "#
     )
