@@ -9,7 +9,8 @@
 //!
 //! A chunk is given back ([`release_emptied`]) once a discard leaves none of its pages with
 //! data on the servers: its stripe is taken out of the table, the controller takes its slots
-//! out of the map, and its slabs are freed. Also on the write-back thread, between batches,
+//! out of the map (asked again at the next release if it did not confirm), and its slabs
+//! are freed. Also on the write-back thread, between batches,
 //! so no write of the chunk is in flight, and no page of it can become remote meanwhile.
 
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use krak_api::messages::{CommitChunk, CommitRequest, PlaceRequest, ReleaseReques
 use krak_api::{Api, ServerId};
 
 use crate::error::BadAnswer;
-use crate::follow::link::{parse_addr, ControllerLink};
+use crate::follow::link::{parse_addr, ControllerLink, MAX_UNRELEASED_SLOTS};
 use crate::remote::list_placement::{self, NotPlaced};
 use crate::remote::stripe::{Frag, FragState, Stripe};
 use crate::remote::{admin_conn, free_quietly};
@@ -89,6 +90,9 @@ fn at_controller(shared: &RegionShared, link: &ControllerLink, chunk: usize) -> 
     let scheme = layout.redundancy();
     let width = scheme.width();
     let slots: Vec<u64> = (0..width).map(|i| (chunk * width + i) as u64).collect();
+    // Reserved again: an unconfirmed release of these slots must not reach the controller
+    // after this commit.
+    link.unreleased.lock().retain(|s| !slots.contains(s));
     let exclude = link.lost_ids(layout);
     let reply = link.client.lock().place(link.region, &PlaceRequest { chunks: slots.clone(), exclude }).map_err(
         |e| match e {
@@ -182,8 +186,7 @@ fn from_list(shared: &RegionShared, chunk: usize) -> Result<Stripe, PagerError> 
 
 /// Gives back the slabs of every chunk of `ranges` (just discarded) that no longer holds a
 /// page with data on the servers. A chunk whose fragment moves or is being rebuilt keeps
-/// them (a later discard tries again); so does every chunk of a request the controller did
-/// not take (logged).
+/// them (a later discard tries again).
 pub(crate) fn release_emptied(shared: &RegionShared, ranges: &[Range<usize>]) {
     let layout = &shared.layout;
     let chunk_pages = layout.chunk_pages;
@@ -212,32 +215,32 @@ pub(crate) fn release_emptied(shared: &RegionShared, ranges: &[Range<usize>]) {
         return;
     }
     if let Some(link) = &shared.rack {
+        // The controller's map first; if it does not answer, the slots are sent again with
+        // the next release (the slabs go now: the pager no longer uses them).
         let width = layout.redundancy().width();
-        let per_request = (MAX_CHUNKS_PER_REQUEST / width).max(1);
-        let mut kept = Vec::new();
-        for batch in released.chunks(per_request) {
-            let slots = batch.iter().flat_map(|(c, _)| (0..width).map(move |i| (c * width + i) as u64)).collect();
-            match link.client.lock().release(link.region, &ReleaseRequest { chunks: slots }) {
+        let mut slots: Vec<u64> = std::mem::take(&mut *link.unreleased.lock());
+        slots.extend(released.iter().flat_map(|(c, _)| (0..width).map(move |i| (c * width + i) as u64)));
+        for batch in slots.chunks(MAX_CHUNKS_PER_REQUEST) {
+            match link.client.lock().release(link.region, &ReleaseRequest { chunks: batch.to_vec() }) {
                 Ok(reply) => {
                     link.epoch.fetch_max(reply.epoch, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    tracing::warn!("the controller did not take back {} chunks (kept for now): {e}", batch.len());
-                    kept.extend(batch.iter().map(|(c, _)| *c));
+                    tracing::warn!(
+                        "the controller did not confirm giving back {} slots (sent again later): {e}",
+                        batch.len()
+                    );
+                    let mut unreleased = link.unreleased.lock();
+                    unreleased.extend_from_slice(batch);
+                    let over = unreleased.len().saturating_sub(MAX_UNRELEASED_SLOTS);
+                    unreleased.drain(..over);
                 }
             }
         }
-        released.retain(|(chunk, stripe)| {
-            if !kept.contains(chunk) {
-                return true;
-            }
-            // Only this thread reserves, so the chunk is still unreserved.
-            let back = layout.stripes.install(*chunk, stripe.clone());
-            debug_assert!(back, "chunk {chunk} was reserved while it was being given back");
-            false
-        });
     }
     Counters::add(&shared.counters.chunks_released, released.len() as u64);
+    // A scrub step that read a stripe before it was taken out finishes first.
+    let _gate = shared.scrub_gate.write();
     free_all(shared, released.into_iter().flat_map(|(_, stripe)| stripe));
 }
 

@@ -37,7 +37,15 @@ pub(crate) struct ControllerLink {
     pub epoch: std::sync::atomic::AtomicU64,
     /// The controller's id of each server the region was placed on.
     pub ids: Mutex<HashMap<SocketAddr, ServerId>, { level::SERVER_IDS }>,
+    /// Slots given back (their slabs freed) that the controller has not confirmed taking
+    /// out of its map: sent again with the next release, dropped when reserved again (both
+    /// only on the write-back thread). At most [`MAX_UNRELEASED_SLOTS`].
+    pub unreleased: Mutex<Vec<u64>, { level::UNRELEASED }>,
 }
+
+/// Bound on [`ControllerLink::unreleased`]: past it the oldest are forgotten (the controller
+/// maps them until the region is deleted, which removes every slot).
+pub(crate) const MAX_UNRELEASED_SLOTS: usize = 1 << 16;
 
 impl ControllerLink {
     /// The controller's ids of the servers the region has lost (those it knows).

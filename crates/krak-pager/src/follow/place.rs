@@ -225,6 +225,7 @@ pub(crate) fn allocate(
         region: region.id,
         epoch: Default::default(),
         ids: Default::default(),
+        unreleased: Default::default(),
     };
     if on_demand {
         // Chunks are placed as they are first written back (`fault/reserve.rs`).

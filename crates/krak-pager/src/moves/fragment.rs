@@ -165,7 +165,10 @@ impl RegionShared {
         let result = match result {
             Err(why) => {
                 layout.stripes.cancel_move(chunk, frag, (to_idx, slab));
-                let switched = layout.stripes.with(chunk, |s| s[frag].server == to_idx && s[frag].slab == slab);
+                // An empty stripe: the move switched and the chunk was given back since (its
+                // new slab freed with it; the old one is this move's to free).
+                let switched =
+                    layout.stripes.with(chunk, |s| s.get(frag).is_none_or(|f| f.server == to_idx && f.slab == slab));
                 if switched {
                     self.core.lock().moves_finished.remove(&id);
                     Ok(0)

@@ -202,6 +202,7 @@ impl StripeTable {
     /// there; returns the fragment as it was (its old slab is the caller's to free).
     pub fn finish_move(&self, chunk: usize, frag: usize, to: (usize, SlabId)) -> Option<Frag> {
         let mut stripes = self.stripes.write();
+        // A chunk moving is never given back (`uninstall`), so its stripe is whole here.
         let f = &mut stripes[chunk][frag];
         if f.moving_to != Some(to) {
             return None;
@@ -214,9 +215,11 @@ impl StripeTable {
     /// Gives up moving fragment `frag` of `chunk` to `to`, if it still moves there.
     pub fn cancel_move(&self, chunk: usize, frag: usize, to: (usize, SlabId)) {
         let mut stripes = self.stripes.write();
-        let f = &mut stripes[chunk][frag];
-        if f.moving_to == Some(to) {
-            f.moving_to = None;
+        // Empty if the move switched and the chunk was given back since.
+        if let Some(f) = stripes[chunk].get_mut(frag) {
+            if f.moving_to == Some(to) {
+                f.moving_to = None;
+            }
         }
     }
 

@@ -22,6 +22,8 @@ pub(crate) mod level {
     pub const CORE: u8 = 40;
     /// The controller ids of the region's servers.
     pub const SERVER_IDS: u8 = 45;
+    /// Slots given back whose release the controller has not confirmed.
+    pub const UNRELEASED: u8 = 46;
     /// Servers the region lost.
     pub const LOST: u8 = 50;
     /// Each chunk's fragments.
