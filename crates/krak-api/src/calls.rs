@@ -83,6 +83,15 @@ pub trait Api: Transport {
         self.send("PUT", paths::POLICY, Some(&body), Duration::ZERO)
     }
 
+    fn broker(&mut self) -> Result<crate::broker::BrokerStatus, ApiError> {
+        self.send::<(), _>("GET", paths::BROKER, None, Duration::ZERO)
+    }
+
+    /// Replaces the broker's configuration (policy, floor, hosts' totals).
+    fn set_broker(&mut self, config: &crate::broker::BrokerConfig) -> Result<crate::broker::BrokerStatus, ApiError> {
+        self.send("PUT", paths::BROKER, Some(config), Duration::ZERO)
+    }
+
     fn create_region(&mut self, request: &CreateRegionRequest) -> Result<RegionReply, ApiError> {
         self.send("POST", paths::REGIONS, Some(request), Duration::ZERO)
     }

@@ -13,6 +13,7 @@
 //! println!("policy {}, {} servers", status.policy, status.servers.len());
 //! ```
 
+pub mod broker;
 pub mod calls;
 pub mod client;
 pub mod limits;

@@ -72,6 +72,14 @@ pub struct RegionLive {
     pub used_bytes: u64,
     /// Faults served per second over the last report's interval.
     pub faults_per_s: f64,
+    /// Bytes of the region's pages that hold data, locally, remotely or both (what more
+    /// budget than this cannot save faults on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_bytes: Option<u64>,
+    /// Memory the host has available (its `MemAvailable`), for a broker that derives the
+    /// host's total from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_available_bytes: Option<u64>,
 }
 
 /// `POST /v1/regions`.

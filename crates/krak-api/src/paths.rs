@@ -7,6 +7,7 @@ pub const STATUS: &str = "/v1/status";
 pub const SERVERS: &str = "/v1/servers";
 pub const REGIONS: &str = "/v1/regions";
 pub const POLICY: &str = "/v1/policy";
+pub const BROKER: &str = "/v1/broker";
 pub const METRICS: &str = "/metrics";
 
 pub fn heartbeat(server: ServerId) -> String {

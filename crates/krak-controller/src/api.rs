@@ -192,8 +192,14 @@ fn route(shared: &ControllerShared, req: &Request) -> Result<Response, RackError
             rack.set_policy(&body.name)?;
             Ok(Response::json(200, &policy_body(rack.policy_name())))
         }
+        ("GET", ["v1", "broker"]) => Ok(Response::json(200, &shared.rack.lock().broker_status())),
+        ("PUT", ["v1", "broker"]) => {
+            let body: krak_api::broker::BrokerConfig = decode(&req.body)?;
+            let status = shared.rack.lock().set_broker(body)?;
+            Ok(Response::json(200, &status))
+        }
         (_, ["metrics"])
-        | (_, ["v1", "status" | "servers" | "regions" | "policy"])
+        | (_, ["v1", "status" | "servers" | "regions" | "policy" | "broker"])
         | (_, ["v1", "servers" | "regions", _, ..]) => {
             Ok(Response::error(405, &format!("{method} is not allowed on {}", req.path)))
         }

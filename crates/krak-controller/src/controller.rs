@@ -104,6 +104,14 @@ fn liveness_loop(shared: &ControllerShared) {
         if !reclaimed.is_empty() {
             shared.changed.notify_all();
         }
+        let budgets = rack.broker_round(Instant::now());
+        for (id, from, to) in &budgets {
+            tracing::info!("broker: region {id} local budget {from} -> {to} bytes");
+            shared.metrics.budget_changed();
+        }
+        if !budgets.is_empty() {
+            shared.changed.notify_all();
+        }
         // the rack lock is released while waiting; shutdown notifies to end the wait
         shared.changed.wait_for(&mut rack, tick);
     }

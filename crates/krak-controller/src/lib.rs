@@ -5,7 +5,7 @@
 //!
 //! Std threads and blocking I/O: a bounded HTTP front end (connections in all and per
 //! client, request deadlines, at most `http_workers` requests answered at once), one
-//! liveness thread, one mutex over the rack state. Placement decisions (`krak-placement`) read
+//! liveness thread (which also runs the memory broker's rounds), one mutex over the rack state. Placement decisions (`krak-placement`) read
 //! incrementally kept aggregates ([`PlacementView`]), never the whole slab map.
 //!
 //! ```no_run
@@ -19,6 +19,7 @@
 
 mod api;
 pub mod auth;
+pub mod broker;
 pub mod config;
 mod controller;
 pub mod election;

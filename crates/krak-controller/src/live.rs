@@ -34,6 +34,7 @@ impl RackState {
         let entry = self.regions.get_mut(&id).expect("present above");
         entry.record = record.clone();
         entry.epoch = counters.map_epoch;
+        self.broker.budget_set(id);
         Ok(record)
     }
 
@@ -43,7 +44,10 @@ impl RackState {
             return Err(RackError::NotFound(format!("no region {id}")));
         }
         crate::rack::validate_name("host", &live.host)?;
-        self.live.insert(id, (live, Instant::now()));
+        let record_budget = self.regions[&id].record.local_budget_bytes;
+        let now = Instant::now();
+        self.broker.report_seen(id, live.local_budget_bytes == krak_broker::pages(record_budget), now);
+        self.live.insert(id, (live, now));
         Ok(())
     }
 

@@ -20,6 +20,7 @@ pub struct Metrics {
     commits: AtomicU64,
     server_failures: AtomicU64,
     regions_reclaimed: AtomicU64,
+    broker_budget_changes: AtomicU64,
     http_requests: AtomicU64,
     http_errors: AtomicU64,
 }
@@ -44,6 +45,9 @@ impl Metrics {
     }
     pub fn region_reclaimed(&self) {
         self.regions_reclaimed.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn budget_changed(&self) {
+        self.broker_budget_changes.fetch_add(1, Ordering::Relaxed);
     }
     pub fn http_request(&self, status: u16) {
         self.http_requests.fetch_add(1, Ordering::Relaxed);
@@ -110,6 +114,17 @@ impl Metrics {
             "krak_regions_reclaimed_total",
             "Regions reclaimed because their pager was silent for the lease.",
             &self.regions_reclaimed,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP krak_broker_policy The memory broker's policy in force.\n# TYPE krak_broker_policy gauge"
+        );
+        let _ = writeln!(out, "krak_broker_policy{{name=\"{}\"}} 1", rack.broker_policy());
+        counter(
+            &mut out,
+            "krak_broker_budget_changes_total",
+            "Local budgets the memory broker changed.",
+            &self.broker_budget_changes,
         );
         counter(&mut out, "krak_placement_failures_total", "Placements refused.", &self.placement_failures);
         counter(&mut out, "krak_commits_total", "Commits of placements.", &self.commits);

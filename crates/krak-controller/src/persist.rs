@@ -6,6 +6,7 @@
 //! | `/krak/regions/<id>` | [`RegionRecord`] |
 //! | `/krak/slabs/<region>/<chunk>` | [`Placement`] (`server`, `slab`, `epoch`) |
 //! | `/krak/policy` | [`PolicyRecord`] (`name`) |
+//! | `/krak/broker` | [`BrokerConfig`] (`policy`, `floor_bytes`, `hosts`, `headroom_bytes`) |
 //! | `/krak/counters` | [`Counters`] (`map_epoch`, `next_server_id`, `next_region_id`) |
 //!
 //! Ids and chunk indices are plain decimal. Writes go out in transactions of at most
@@ -13,6 +14,7 @@
 //! counters, so a crash between two of them leaves every key valid and the counters ahead of
 //! every epoch written.
 
+use krak_api::broker::BrokerConfig;
 use krak_meta::{MetaError, MetaStore, Op};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -23,6 +25,7 @@ pub const SERVERS_PREFIX: &str = "/krak/servers/";
 pub const REGIONS_PREFIX: &str = "/krak/regions/";
 pub const SLABS_PREFIX: &str = "/krak/slabs/";
 pub const POLICY_KEY: &str = "/krak/policy";
+pub const BROKER_KEY: &str = "/krak/broker";
 pub const COUNTERS_KEY: &str = "/krak/counters";
 /// Most operations in one store transaction (one of them is the counters).
 pub const MAX_OPS_PER_TXN: usize = 100;
@@ -73,6 +76,7 @@ pub struct Loaded {
     pub servers: Vec<ServerRecord>,
     pub regions: Vec<(RegionRecord, Vec<(u64, Placement)>)>,
     pub policy: Option<String>,
+    pub broker: Option<BrokerConfig>,
     pub counters: Counters,
 }
 
@@ -96,6 +100,8 @@ pub enum LoadError {
         #[source]
         source: std::num::ParseIntError,
     },
+    #[error("stored key {key} is unreadable: {reason}")]
+    Broker { key: String, reason: String },
     #[error("stored key {key} is unreadable: unknown policy {name:?}")]
     UnknownPolicy { key: String, name: String },
     #[error("stored key {key} is unreadable: chunk {chunk} out of range (the region has {slots} slots)")]
@@ -117,6 +123,9 @@ pub fn load(store: &dyn MetaStore) -> Result<Loaded, LoadError> {
     }
     if let Some(kv) = store.get(POLICY_KEY)? {
         loaded.policy = Some(decode::<PolicyRecord>(&kv.key, &kv.value)?.name);
+    }
+    if let Some(kv) = store.get(BROKER_KEY)? {
+        loaded.broker = Some(decode(&kv.key, &kv.value)?);
     }
     for kv in store.list(SERVERS_PREFIX)? {
         let server: ServerRecord = decode(&kv.key, &kv.value)?;

@@ -77,6 +77,8 @@ pub struct RackState {
     pub(crate) moves: MovesInFlight,
     /// What each region's pager last reported, and when (memory only, `live.rs`).
     pub(crate) live: HashMap<RegionId, (krak_api::messages::RegionLive, Instant)>,
+    /// The memory broker's configuration and last round (`broker.rs`).
+    pub(crate) broker: crate::broker::Broker,
 }
 
 impl std::fmt::Debug for RackState {
@@ -104,6 +106,9 @@ impl RackState {
         let policy_name = loaded.policy.unwrap_or_else(|| config.default_policy.clone());
         let policy = krak_placement::by_name(&policy_name)
             .ok_or_else(|| LoadError::UnknownPolicy { key: persist::POLICY_KEY.into(), name: policy_name.clone() })?;
+        let broker_config = loaded.broker.unwrap_or_default();
+        let broker = crate::broker::Broker::new(broker_config)
+            .map_err(|e| LoadError::Broker { key: persist::BROKER_KEY.into(), reason: e.to_string() })?;
         let mut counters = loaded.counters;
         counters.next_server_id = counters.next_server_id.max(1);
         counters.next_region_id = counters.next_region_id.max(1);
@@ -120,6 +125,7 @@ impl RackState {
             shedding: HashMap::new(),
             moves: MovesInFlight::default(),
             live: HashMap::new(),
+            broker,
         };
         let now = Instant::now();
         for s in loaded.servers {

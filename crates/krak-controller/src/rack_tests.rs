@@ -2,6 +2,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::*;
 use crate::memstore::MemStore;
@@ -261,6 +262,8 @@ fn a_budget_is_stored_wakes_the_region_and_a_report_is_kept_until_the_region_goe
         reserved_bytes: 10 * SLAB,
         used_bytes: 5 << 20,
         faults_per_s: 12.5,
+        data_bytes: None,
+        host_available_bytes: Some(1 << 30),
     };
     assert!(matches!(r.report_live(RegionId(99), live.clone()), Err(RackError::NotFound(_))));
     let bad_host = krak_api::messages::RegionLive { host: "a\nb".into(), ..live.clone() };
@@ -271,4 +274,94 @@ fn a_budget_is_stored_wakes_the_region_and_a_report_is_kept_until_the_region_goe
     assert!(status.regions[0].live_age_ms.is_some_and(|ms| ms < 1_000));
     r.delete_region(id).unwrap();
     assert!(r.live_of(id).is_none(), "a deleted region's report goes with it");
+}
+
+#[test]
+fn the_broker_divides_a_host_by_demand_waits_for_settled_reports_and_is_stored() {
+    use krak_api::broker::BrokerConfig;
+    use krak_api::messages::RegionLive;
+    const MIB: u64 = 1 << 20;
+    let store = Arc::new(MemStore::default());
+    let (mut r, _) = setup(&store);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let req = CreateRegionRequest {
+            owner: "o".into(),
+            size_bytes: 256 * MIB,
+            local_budget_bytes: 128 * MIB,
+            chunk_bytes: Some(SLAB),
+            stripe_width: None,
+            redundancy: None,
+            slot_divisor: None,
+        };
+        ids.push(r.create_region(&req).unwrap().id);
+    }
+    let report = |r: &mut RackState, id: RegionId, faults_per_s: f64| {
+        let budget = r.map(id, 0).unwrap().region.local_budget_bytes;
+        let live = RegionLive {
+            pid: Some(1),
+            host: "h".into(),
+            local_budget_bytes: budget,
+            resident_bytes: budget,
+            reserved_bytes: 0,
+            used_bytes: 200 * MIB - budget.min(200 * MIB),
+            faults_per_s,
+            data_bytes: None,
+            host_available_bytes: Some(1 << 30),
+        };
+        r.report_live(id, live).unwrap();
+    };
+    // A report counts once a second one shows the pager kept the budget for its window.
+    report(&mut r, ids[0], 5_000.0);
+    report(&mut r, ids[1], 0.0);
+    std::thread::sleep(Duration::from_millis(950));
+    report(&mut r, ids[0], 5_000.0);
+    report(&mut r, ids[1], 0.0);
+    let budgets =
+        |r: &RackState| ids.iter().map(|&id| r.map(id, 0).unwrap().region.local_budget_bytes / MIB).collect::<Vec<_>>();
+
+    // Refusals name what is wrong.
+    let bad = BrokerConfig { policy: "greedy".into(), ..Default::default() };
+    assert!(matches!(r.set_broker(bad), Err(RackError::BadRequest(m)) if m.contains("static, demand")));
+    let bad = BrokerConfig { floor_bytes: 4096, ..Default::default() };
+    assert!(matches!(r.set_broker(bad), Err(RackError::BadRequest(_))));
+
+    // Static with the host given: the round sees the host and changes nothing.
+    let mut config = BrokerConfig::default();
+    config.hosts.insert("h".into(), 256 * MIB);
+    r.set_broker(config.clone()).unwrap();
+    let t0 = Instant::now();
+    assert!(r.broker_round(t0).is_empty());
+    let status = r.broker_status();
+    assert_eq!(
+        (status.hosts.len(), status.hosts[0].regions.len(), status.hosts[0].total_from.as_str()),
+        (1, 2, "given")
+    );
+
+    // Demand: the faulting region is given what the quiet one can spare.
+    config.policy = "demand".into();
+    r.set_broker(config).unwrap();
+    let changed = r.broker_round(t0);
+    assert_eq!(changed.len(), 2, "{changed:?}");
+    assert_eq!(budgets(&r), [216, 40], "its footprint and room to grow; the rest stays with the other");
+    // Another round before reports measured under the new budgets: nothing moves, even
+    // though the reports still say the same.
+    report(&mut r, ids[0], 5_000.0);
+    report(&mut r, ids[1], 50_000.0);
+    assert!(r.broker_round(t0 + Duration::from_millis(1_100)).is_empty());
+    assert!(r.broker_status().hosts[0].regions.iter().all(|g| !g.settled));
+    assert_eq!(r.broker_status().budget_changes, 2);
+    // A restarted controller brokers the same way.
+    let again = rack(&store);
+    assert_eq!(again.broker_status().config.policy, "demand");
+    assert_eq!(again.broker_status().config.hosts["h"], 256 * MIB);
+
+    // A host not given is brokered on its available memory once a headroom is set: what
+    // its regions hold resident (216 + 40 MiB, as last reported) plus 1 GiB available,
+    // minus 512 MiB.
+    let derived = BrokerConfig { policy: "static".into(), headroom_bytes: Some(512 * MIB), ..Default::default() };
+    r.set_broker(derived).unwrap();
+    r.broker_round(t0 + Duration::from_secs(5));
+    let host = &r.broker_status().hosts[0];
+    assert_eq!((host.total_from.as_str(), host.total_bytes), ("derived", (216 + 40 + 512) * MIB));
 }

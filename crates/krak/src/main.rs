@@ -1,6 +1,7 @@
 //! The `krak` command: every role of a krak rack in one binary.
 
 mod cmd_bench;
+mod cmd_broker;
 mod cmd_budget;
 mod cmd_controller;
 mod cmd_memserver;
@@ -31,6 +32,7 @@ enum Command {
     Policy(cmd_status::PolicyArgs),
     Drain(cmd_status::DrainArgs),
     Budget(cmd_budget::BudgetArgs),
+    Broker(cmd_broker::BrokerArgs),
     Demo(demo::DemoArgs),
     Bench(cmd_bench::BenchArgs),
     Secret(secret_opts::SecretCmd),
@@ -61,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::Policy(args) => cmd_status::policy(args),
         Command::Drain(args) => cmd_status::drain(args),
         Command::Budget(args) => cmd_budget::budget(args),
+        Command::Broker(args) => cmd_broker::broker(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => cmd_bench::run(args),
         Command::Secret(cmd) => secret_opts::run(cmd),

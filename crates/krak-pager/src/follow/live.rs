@@ -76,9 +76,10 @@ pub(crate) fn report_loop(shared: Arc<RegionShared>, link: Arc<ControllerLink>) 
 
 /// What the region is doing now.
 fn figures(shared: &RegionShared, faults_per_s: f64) -> RegionLive {
-    let (budget_pages, resident_pages, remote_pages) = {
+    let (budget_pages, resident_pages, remote_pages, held_pages) = {
         let core = shared.core.lock();
-        (core.shrinking_from.unwrap_or(core.budget_pages), core.pages.mapped(), core.pages.remote_pages())
+        let budget = core.shrinking_from.unwrap_or(core.budget_pages);
+        (budget, core.pages.mapped(), core.pages.remote_pages(), core.pages.held_pages())
     };
     let pid = match &shared.map {
         RegionMemory::OtherProcess { pid, .. } => u32::try_from(*pid).ok(),
@@ -91,8 +92,18 @@ fn figures(shared: &RegionShared, faults_per_s: f64) -> RegionLive {
         resident_bytes: (resident_pages * PAGE_SIZE) as u64,
         reserved_bytes: shared.layout.bytes_per_server().iter().map(|(_, b)| b).sum(),
         used_bytes: (remote_pages * PAGE_SIZE) as u64,
+        data_bytes: Some((held_pages * PAGE_SIZE) as u64),
         faults_per_s,
+        host_available_bytes: host_available_bytes(),
     }
+}
+
+/// This host's `MemAvailable`, in bytes, or None.
+fn host_available_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// This host's name (the kernel's), or empty.

@@ -128,6 +128,8 @@ pub(crate) struct PageTable {
     fetching: usize,
     /// Pages a server holds a copy of (the `REMOTE` bit).
     remote: usize,
+    /// Pages that hold data anywhere (every state but `Absent`).
+    held: usize,
     /// The bytes of every `Staged` page, and of a `FetchingStaged` one only while its
     /// fetcher holds them (outside this table).
     staged: HashMap<usize, Arc<[u8]>>,
@@ -141,6 +143,7 @@ impl PageTable {
             resident: 0,
             fetching: 0,
             remote: 0,
+            held: 0,
             staged: HashMap::new(),
         }
     }
@@ -164,6 +167,11 @@ impl PageTable {
     /// How many pages a server holds a copy of.
     pub(crate) fn remote_pages(&self) -> usize {
         self.remote
+    }
+
+    /// Pages that hold data, locally, on a server or both: the region's footprint.
+    pub(crate) fn held_pages(&self) -> usize {
+        self.held
     }
 
     /// Pages that count against the budget.
@@ -209,6 +217,8 @@ impl PageTable {
         let fetching = |s: PageState| usize::from(s.kind() == Kind::Fetching);
         self.fetching = self.fetching + fetching(to) - fetching(from);
         self.remote = self.remote + usize::from(to.remote()) - usize::from(from.remote());
+        let held = |s: PageState| usize::from(s != PageState::Absent);
+        self.held = self.held + held(to) - held(from);
         self.states[page] = to;
     }
 

@@ -272,3 +272,49 @@ sys.stdin.readline()
 "#
     )
 }
+
+/// A Python program for [`start_program`] whose hot set changes size over time, for the
+/// memory broker: fills `mib` MiB (page `i` holds `i` over and over), says `ready PID`,
+/// then at a line `go T0 PERIOD_S PHASES` reads random pages of its hot set, checking each,
+/// for PHASES phases of PERIOD_S seconds from the Unix time T0: `hot_mib` MiB in the phases
+/// of parity `hot_parity`, `cold_mib` in the others. It prints `phase K OPS` after each,
+/// checks every page (`verified`, or how many were wrong) and exits at the next line.
+pub fn phased_program(mib: u32, hot_mib: u32, cold_mib: u32, hot_parity: u32) -> String {
+    format!(
+        r#"
+import os, sys, time, random
+pages = {mib} * 256
+b = bytearray(pages * 4096)
+for i in range(pages):
+    b[i * 4096:(i + 1) * 4096] = i.to_bytes(4, "little") * 1024
+print("ready", os.getpid(), flush=True)
+_, t0, period, phases = sys.stdin.readline().split()
+t0, period, phases = float(t0), float(period), int(phases)
+wrong = 0
+while time.time() < t0:
+    time.sleep(0.01)
+for k in range(phases):
+    hot = ({hot_mib} if k % 2 == {hot_parity} else {cold_mib}) * 256
+    end = t0 + (k + 1) * period
+    ops = 0
+    while True:
+        for _ in range(256):
+            i = random.randrange(hot)
+            off = i * 4096 + random.randrange(1024) * 4
+            if b[off:off + 4] != i.to_bytes(4, "little"):
+                wrong += 1
+        ops += 256
+        if time.time() >= end:
+            break
+    print("phase", k, ops, flush=True)
+bad = sum(1 for i in range(pages) if b[i * 4096:(i + 1) * 4096] != i.to_bytes(4, "little") * 1024)
+print("verified" if bad == 0 and wrong == 0 else f"BAD {{bad}} pages, {{wrong}} reads", flush=True)
+sys.stdin.readline()
+"#
+    )
+}
+
+/// This host's name as pagers report it.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string()
+}
