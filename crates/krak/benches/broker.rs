@@ -31,10 +31,7 @@ fn run(policy: &str, period_s: f64, phases: usize) -> Outcome {
     let store = dir.path().join("store");
     let (_ctl, url) = controller("127.0.0.1:0", &["--store", store.to_str().unwrap()]);
     let _servers: Vec<_> = (1..=3).map(|i| memserver(&url, &format!("rack1/host{i}"), "512MiB")).collect();
-    wait_for(Duration::from_secs(10), "3 alive servers", || {
-        let st = status(&url).ok()?;
-        (st["servers"].as_array()?.iter().filter(|s| s["state"] == "alive").count() == 3).then_some(())
-    });
+    wait_alive(&url, 3);
     let host = format!("{}={TOTAL_MIB}MiB", host_name());
     krak_ok(&["broker", "--policy", policy, "--host", &host, "--floor", "16MiB", "--controller", &url]);
     let local = format!("{}MiB", TOTAL_MIB / 2);

@@ -33,10 +33,7 @@ fn demand_moves_budget_between_two_programs_whose_hot_sets_swap() {
     let store = dir.path().join("store");
     let (_ctl, url) = controller("127.0.0.1:0", &["--store", store.to_str().unwrap()]);
     let _servers: Vec<_> = (1..=2).map(|i| memserver(&url, &format!("rack1/host{i}"), "512MiB")).collect();
-    wait_for(Duration::from_secs(10), "2 alive servers", || {
-        let st = status(&url).ok()?;
-        (st["servers"].as_array()?.iter().filter(|s| s["state"] == "alive").count() == 2).then_some(())
-    });
+    wait_alive(&url, 2);
     let host = host_name();
 
     // Clear refusals, and nothing changed by them.

@@ -29,10 +29,7 @@ fn a_running_program_reports_its_region_and_follows_a_new_budget() {
     let store = dir.path().join("store");
     let (_ctl, url) = controller("127.0.0.1:0", &["--store", store.to_str().unwrap()]);
     let _servers: Vec<_> = (1..=2).map(|i| memserver(&url, &format!("rack1/host{i}"), "192MiB")).collect();
-    wait_for(Duration::from_secs(10), "2 alive servers", || {
-        let st = status(&url).ok()?;
-        (st["servers"].as_array()?.iter().filter(|s| s["state"] == "alive").count() == 2).then_some(())
-    });
+    wait_alive(&url, 2);
 
     let args = ["--controller", &url, "--local", "64MiB", "--max-far", "256MiB"];
     let (mut program, mut lines, pid) = start_program(&args, Some(secret_file()), &pattern_program(96));

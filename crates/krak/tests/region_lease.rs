@@ -43,10 +43,7 @@ fn regions_whose_pager_is_gone_are_reclaimed_and_a_live_one_is_kept() {
     let grace = GRACE_MS.to_string();
     let _servers: Vec<_> =
         (1..=2).map(|i| memserver_with(&url, &format!("rack1/host{i}"), "256MiB", &["--grace-ms", &grace])).collect();
-    wait_for(Duration::from_secs(10), "2 alive servers", || {
-        let st = status(&url).ok()?;
-        (st["servers"].as_array()?.iter().filter(|s| s["state"] == "alive").count() == 2).then_some(())
-    });
+    wait_alive(&url, 2);
 
     let run = |extra: &[&str]| {
         let mut args = vec!["--controller", url.as_str(), "--local", "16MiB", "--max-far", "64MiB"];

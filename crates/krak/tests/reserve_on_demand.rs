@@ -28,10 +28,7 @@ fn a_program_under_the_default_max_far_holds_what_it_uses() {
     let store = dir.path().join("store");
     let (_ctl, url) = controller("127.0.0.1:0", &["--store", store.to_str().unwrap()]);
     let _servers: Vec<_> = (1..=3).map(|i| memserver(&url, &format!("rack1/host{i}"), "1GiB")).collect();
-    wait_for(Duration::from_secs(10), "3 alive servers", || {
-        let st = status(&url).ok()?;
-        (st["servers"].as_array()?.iter().filter(|s| s["state"] == "alive").count() == 3).then_some(())
-    });
+    wait_alive(&url, 3);
 
     // Up front, 32 GiB does not fit a 3 GiB rack: refused at the first large allocation
     // (where the arena is made).

@@ -318,3 +318,11 @@ sys.stdin.readline()
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string()
 }
+
+/// Waits (10 s at most) until the controller at `url` counts `n` servers alive.
+pub fn wait_alive(url: &str, n: usize) {
+    wait_for(Duration::from_secs(10), &format!("{n} alive servers"), || {
+        let st = status(url).ok()?;
+        (st["servers"].as_array()?.iter().filter(|s| s["state"] == "alive").count() == n).then_some(())
+    });
+}
