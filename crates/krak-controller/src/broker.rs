@@ -159,13 +159,14 @@ impl RackState {
                     .taken_at
                     .is_some_and(|t| at.saturating_duration_since(t) >= Duration::from_millis(SETTLE_MS));
             let budget = entry.record.local_budget_bytes;
+            // Older pagers report no data_bytes: resident plus remote (clean pages twice).
+            let footprint = live.data_bytes.unwrap_or(live.resident_bytes.saturating_add(live.used_bytes));
             let memory = Duration::from_millis(FAULT_MEMORY_MS);
             tracked.faulted = tracked.faulted.filter(|(_, when)| now.saturating_duration_since(*when) <= memory);
             // Faults with all its data local are first touches or a warm-up, not a lack;
             // and it takes two reports in a row to count as faulting (a hot set coming back
             // in after a phase change faults for a moment only).
-            let faulting =
-                settled && live.faults_per_s >= krak_broker::NOISE_FAULTS_PER_S && demand_lacks(live, budget);
+            let faulting = settled && live.faults_per_s >= krak_broker::NOISE_FAULTS_PER_S && footprint > budget;
             if tracked.counted != Some(*at) {
                 tracked.counted = Some(*at);
                 tracked.faulting_reports = if faulting { tracked.faulting_reports.saturating_add(1) } else { 0 };
@@ -176,7 +177,7 @@ impl RackState {
             let demand = RegionDemand {
                 id: id.0,
                 budget_bytes: budget,
-                footprint_bytes: live.data_bytes.unwrap_or(live.resident_bytes.saturating_add(live.used_bytes)),
+                footprint_bytes: footprint,
                 faults_per_s: live.faults_per_s,
                 settled,
                 faulted_at_bytes: tracked.faulted.map(|(b, _)| b),
@@ -241,11 +242,6 @@ impl RackState {
         let resident = seen.iter().fold(0u64, |a, s| a.saturating_add(s.resident_bytes));
         Some((resident.saturating_add(available).saturating_sub(headroom), "derived"))
     }
-}
-
-/// Whether region data outgrows `budget`, as its pager reports it.
-fn demand_lacks(live: &krak_api::messages::RegionLive, budget: u64) -> bool {
-    live.data_bytes.unwrap_or(live.resident_bytes.saturating_add(live.used_bytes)) > budget
 }
 
 /// One region as a round sees it.
