@@ -28,6 +28,10 @@ pub enum ProgramError {
     Map { len: usize, source: std::io::Error },
     #[error("MADV_DONTFORK on the arena: {0}")]
     ExcludeFromFork(#[source] std::io::Error),
+    #[error("changing the protection of arena pages: {0}")]
+    Protect(#[source] std::io::Error),
+    #[error("mapping the arena back over another mapping: {0}")]
+    Restore(#[source] std::io::Error),
     #[error("userfaultfd: {0}")]
     Uffd(#[from] UffdError),
     #[error("userfaultfd here serves user-mode faults only (run as root)")]
@@ -60,7 +64,7 @@ pub struct Separate {
     map: SharedMapping,
     /// Kept open for the arena's life: with the pager process gone, a fault then waits (and
     /// the watcher stops the program) instead of the kernel filling in zero pages.
-    _uffd: Uffd,
+    uffd: Uffd,
     conn: Arc<SeqPacket>,
     pager_pid: i32,
     /// One request in flight at a time; the buffer its answer lands in.
@@ -99,10 +103,10 @@ impl Separate {
             conn: Arc::new(conn),
             pager_pid: peer.pid,
             map,
-            _uffd: uffd,
+            uffd,
             exchange: Mutex::new(vec![0; MAX_MESSAGE_BYTES]),
         };
-        match sep.ask(&hello, &[sep.map.memfd().as_raw_fd(), sep._uffd.as_raw_fd()])? {
+        match sep.ask(&hello, &[sep.map.memfd().as_raw_fd(), sep.uffd.as_raw_fd()])? {
             Answer::Ready => {}
             Answer::Failed(why) => return Err(ProgramError::Refused(why)),
             answer => return Err(ProgramError::Unexpected { request: "a hello", answer }),
@@ -154,6 +158,21 @@ impl Separate {
             Answer::Failed(why) => Err(ProgramError::Refused(why)),
             answer => Err(ProgramError::Unexpected { request: "a discard", answer }),
         }
+    }
+
+    /// Sets the protection of `[offset, offset+len)` of the arena (page-aligned); contents
+    /// and faults as before (the pager reads through the memfd, not through this mapping).
+    pub fn protect(&self, offset: usize, len: usize, prot: i32) -> Result<(), ProgramError> {
+        self.map.protect(offset, len, prot).map_err(ProgramError::Protect)
+    }
+
+    /// Puts the arena back at `[offset, offset+len)` after another mapping of the program's
+    /// covered it: mapped read-write again and registered with the userfaultfd. The pages
+    /// read as the memfd holds them (the caller discarded them when it gave them up).
+    pub fn restore(&self, offset: usize, len: usize) -> Result<(), ProgramError> {
+        self.map.restore(offset, len).map_err(ProgramError::Restore)?;
+        self.uffd.register(self.map.as_ptr() as usize + offset, len)?;
+        Ok(())
     }
 
     /// The pager's counters for this arena.

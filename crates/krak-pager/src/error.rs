@@ -108,6 +108,14 @@ pub enum InstallError {
     MappingUnstable { copied: usize },
     #[error("pages being discarded stayed in flight")]
     DiscardRaced,
+    /// `[start, start+len)` is not inside one registered mapping: the program changed or
+    /// replaced its mapping there.
+    #[error("[{start:#x}, +{len:#x}) is not inside one registered mapping")]
+    OutsideMapping { start: usize, len: usize },
+    /// A window of pages ran into a part of the region the program mapped otherwise (its
+    /// own protection, another mapping): the pages before it were installed.
+    #[error("installed {copied} bytes of the window before another mapping")]
+    EndOfMapping { copied: usize },
     #[error("fault inside the fault handler")]
     FaultInHandler,
     #[error("the fault handler thread of the measurement panicked")]

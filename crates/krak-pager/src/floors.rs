@@ -42,6 +42,9 @@ pub fn measure_local_fault(pages: usize) -> Result<FaultLatency, PagerError> {
                             Err(CopyError::Exists) => uffd.wake(at, PAGE_SIZE)?,
                             Err(CopyError::Again { .. }) => {}
                             Err(CopyError::Other(e)) => return Err(e.into()),
+                            Err(CopyError::OutsideMapping { start, len }) => {
+                                return Err(InstallError::OutsideMapping { start, len }.into())
+                            }
                         }
                     }
                 }

@@ -74,6 +74,12 @@ unsafe impl GlobalAlloc for LibcHeap {
     }
 }
 
+/// This thread's `errno`, as the last failing system call left it.
+pub fn errno() -> c_int {
+    // SAFETY: errno is this thread's own variable.
+    unsafe { *libc::__errno_location() }
+}
+
 /// Sets this thread's `errno`, as a failing libc call does.
 pub fn set_errno(e: c_int) {
     // SAFETY: errno is this thread's own variable.

@@ -10,6 +10,8 @@ use krak_arena::program::Separate;
 use krak_pager::{FarMemory, FaultMode, UffdMode, PAGE_SIZE};
 use parking_lot::Mutex;
 
+use crate::fallback::{fell_back, Reason};
+use crate::protect::Held;
 use crate::runs::Runs;
 
 /// What `krak run` asked for (`krak_arena::contract`).
@@ -32,7 +34,7 @@ thread_local! {
 }
 
 /// Where the arena's pager runs.
-enum Arena {
+pub(crate) enum Arena {
     /// In this process's threads, over a private anonymous mapping.
     InProcess(FarMemory),
     /// In a pager process, over a memfd mapped shared (`krak_arena::program`).
@@ -40,7 +42,7 @@ enum Arena {
 }
 
 impl Arena {
-    fn as_ptr(&self) -> *mut u8 {
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
         match self {
             Arena::InProcess(r) => r.as_ptr(),
             Arena::Separate(s) => s.as_ptr(),
@@ -56,11 +58,9 @@ impl Arena {
 }
 
 pub struct Far {
-    region: Arena,
-    runs: Mutex<Runs>,
+    pub(crate) region: Arena,
+    pub(crate) runs: Mutex<Held>,
     far_allocations: AtomicU64,
-    /// Large allocations served by glibc because the arena was full.
-    fallbacks: AtomicU64,
 }
 
 /// Prints why the pager cannot run and ends the process: never a silent fallback.
@@ -179,7 +179,7 @@ fn far_over(region: Arena, config: &RunConfig) -> Far {
     ARENA_END.store(start + region.len(), Relaxed);
     ARENA_START.store(start, Relaxed);
     tracing::info!("krak arena: {} bytes at {start:#x}, local budget {} bytes", region.len(), config.local_bytes);
-    Far { region, runs: Mutex::new(runs), far_allocations: AtomicU64::new(0), fallbacks: AtomicU64::new(0) }
+    Far { region, runs: Mutex::new(Held::new(runs)), far_allocations: AtomicU64::new(0) }
 }
 
 fn pages(bytes: usize) -> usize {
@@ -188,7 +188,7 @@ fn pages(bytes: usize) -> usize {
 
 impl Far {
     /// Forgets pages `[first, first+count)` (absolute page numbers) in the pager.
-    fn discard(&self, first: usize, count: usize) {
+    pub(crate) fn discard(&self, first: usize, count: usize) {
         let offset = first * PAGE_SIZE - self.region.as_ptr() as usize;
         let done = guarded(|| match &self.region {
             Arena::InProcess(r) => r.discard(offset, count * PAGE_SIZE).map_err(|e| e.to_string()),
@@ -214,9 +214,7 @@ impl Far {
                 Some((first * PAGE_SIZE) as *mut libc::c_void)
             }
             None => {
-                if self.fallbacks.fetch_add(1, Relaxed) == 0 {
-                    guarded(|| tracing::warn!("far-memory arena full: {bytes} bytes and later ones from local memory"));
-                }
+                fell_back(Reason::ArenaFull, bytes);
                 None
             }
         }
@@ -230,8 +228,8 @@ impl Far {
             Some(run) if addr.is_multiple_of(PAGE_SIZE) => run,
             _ => die(&format!("free({addr:#x}): not an allocation of the far-memory arena")),
         };
-        // Discarded before the pages can be handed out again (the lock is held).
-        self.discard(first, run.reserved);
+        // Given up before the pages can be handed out again (the lock is held).
+        self.forget(&mut runs, first, run.reserved);
         runs.free_run(first);
     }
 
@@ -250,7 +248,7 @@ impl Far {
             _ => die(&format!("realloc({addr:#x}): not an allocation of the far-memory arena")),
         };
         if n < run.pages {
-            self.discard(first + n, run.pages - n);
+            self.forget(&mut runs, first + n, run.pages - n);
         }
         if runs.resize_in_place(first, n) {
             return addr as *mut libc::c_void;
@@ -276,8 +274,8 @@ impl Far {
     pub fn unmap(&self, addr: usize, len: usize) {
         let mut runs = self.runs.lock();
         for (first, count) in runs.release(addr / PAGE_SIZE, pages(len)) {
-            // Still under the lock: nobody is given these pages before they are discarded.
-            self.discard(first, count);
+            // Still under the lock: nobody is given these pages before they are given up.
+            self.forget(&mut runs, first, count);
         }
     }
 
@@ -291,6 +289,7 @@ impl Far {
     }
 
     /// Whether every page of the range is held by the program.
+    #[cfg(test)]
     pub fn in_use(&self, addr: usize, len: usize) -> bool {
         self.runs.lock().all_in_use(addr / PAGE_SIZE, pages(len))
     }
@@ -306,9 +305,13 @@ impl Far {
         }
         if new <= old {
             for (f, count) in runs.release(first + new, old - new) {
-                self.discard(f, count);
+                self.forget(&mut runs, f, count);
             }
             return Ok(addr);
+        }
+        if self.marked(&runs, first, old) {
+            // Protected pages or another mapping inside: neither grown nor copied.
+            return Err(libc::ENOMEM);
         }
         if runs.get(first).is_some_and(|r| r.pages == old) && runs.resize_in_place(first, new) {
             return Ok(addr);
@@ -339,7 +342,8 @@ extern "C" fn write_stats() {
             "local_budget_bytes": region.local_budget_bytes(),
             "peak_resident_bytes": region.peak_resident_bytes(),
             "far_allocations": far.far_allocations.load(Relaxed),
-            "fallback_allocations": far.fallbacks.load(Relaxed),
+            "fallback_allocations": crate::fallback::total(),
+            "fallbacks": crate::fallback::describe(),
             "pager": region.stats(),
             "malloc": crate::forward::describe(),
         }),
@@ -348,11 +352,17 @@ extern "C" fn write_stats() {
             let mut json = sep.stats().unwrap_or_else(|e| serde_json::json!({ "pager_error": e.to_string() }));
             json["pager_started"] = true.into();
             json["far_allocations"] = far.far_allocations.load(Relaxed).into();
-            json["fallback_allocations"] = far.fallbacks.load(Relaxed).into();
+            json["fallback_allocations"] = crate::fallback::total().into();
+            json["fallbacks"] = crate::fallback::describe();
             json["malloc"] = crate::forward::describe();
             json
         }
-        None => serde_json::json!({ "pager_started": false, "malloc": crate::forward::describe() }),
+        None => serde_json::json!({
+            "pager_started": false,
+            "fallback_allocations": crate::fallback::total(),
+            "fallbacks": crate::fallback::describe(),
+            "malloc": crate::forward::describe(),
+        }),
     });
     // One file per process (children run their own pager): suffix all but krak run's child.
     let _ = std::fs::write(format!("{}.{}", path.display(), std::process::id()), json.to_string());
@@ -422,6 +432,6 @@ mod tests {
         assert_eq!(far.remap(d + 1, 1 << 20, 2 << 20, true), Err(libc::EINVAL));
         far.unmap(d, 16 << 20);
         assert!(!far.in_use(d, PAGE_SIZE));
-        assert_eq!(far.fallbacks.load(Relaxed), 0);
+        assert_eq!(crate::fallback::total(), 0);
     }
 }

@@ -222,41 +222,37 @@ pub unsafe extern "C" fn mmap(
     fd: c_int,
     off: off_t,
 ) -> *mut c_void {
-    let anon_private = flags & libc::MAP_ANONYMOUS != 0 && flags & libc::MAP_TYPE == libc::MAP_PRIVATE;
-    let plain = anon_private
-        && prot == libc::PROT_READ | libc::PROT_WRITE
-        && flags
-            & (libc::MAP_FIXED
-                | libc::MAP_FIXED_NOREPLACE
-                | libc::MAP_HUGETLB
-                | libc::MAP_GROWSDOWN
-                | libc::MAP_LOCKED)
-            == 0;
-    if plain && addr.is_null() {
-        if let Some(p) = far_alloc(len, krak_pager::PAGE_SIZE, false) {
+    let anonymous = flags & libc::MAP_ANONYMOUS != 0;
+    let fixed = flags & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) != 0;
+    if anonymous && !fixed && large(len) {
+        // A hint is only a hint (the kernel may put the mapping elsewhere too): reservations
+        // with one (the JVM's heap, V8's cages) are far memory as well.
+        let kernel_paged = flags & (libc::MAP_HUGETLB | libc::MAP_GROWSDOWN | libc::MAP_LOCKED | libc::MAP_32BIT) != 0;
+        if flags & libc::MAP_TYPE != libc::MAP_PRIVATE {
+            crate::fallback::fell_back(crate::fallback::Reason::Shared, len);
+        } else if kernel_paged {
+            crate::fallback::fell_back(crate::fallback::Reason::KernelPaged, len);
+        } else if let Some(p) = far::far().and_then(|far| far.map(len, prot)) {
             return p;
         }
     }
     if flags & libc::MAP_FIXED != 0 && overlaps_arena(addr as usize, len) && !far::forked_child() {
-        // Fresh zero pages over memory the program holds in the arena: discard them there.
-        let far = far::started();
-        if plain_fixed(prot, flags) && far.in_use(addr as usize, len) {
-            far.dont_need(addr as usize, len);
-            return addr;
+        let (a, end) = (addr as usize, (addr as usize).saturating_add(len));
+        if !in_arena(a) || !in_arena(end - 1) {
+            // Half in the arena, half out: not a mapping anyone makes on purpose.
+            set_errno(libc::ENOMEM);
+            return libc::MAP_FAILED;
         }
-        // Another kind of mapping over far memory is not supported: refuse, loudly.
-        set_errno(libc::ENOMEM);
-        return libc::MAP_FAILED;
+        return match far::started().map_fixed(a, len, prot, flags, fd, off) {
+            Ok(p) => p as *mut c_void,
+            Err(e) => {
+                set_errno(e);
+                libc::MAP_FAILED
+            }
+        };
     }
     // SAFETY: the kernel's mmap, as the caller asked.
     unsafe { libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, off) as *mut c_void }
-}
-
-fn plain_fixed(prot: c_int, flags: c_int) -> bool {
-    flags & libc::MAP_ANONYMOUS != 0
-        && flags & libc::MAP_TYPE == libc::MAP_PRIVATE
-        && prot == libc::PROT_READ | libc::PROT_WRITE
-        && flags & (libc::MAP_HUGETLB | libc::MAP_GROWSDOWN | libc::MAP_LOCKED) == 0
 }
 
 /// # Safety
@@ -330,8 +326,8 @@ pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) 
             return -1;
         }
         match advice {
-            libc::MADV_DONTNEED | libc::MADV_FREE | 24 /* MADV_DONTNEED_LOCKED */ => {
-                far::started().dont_need(a, len);
+            libc::MADV_DONTNEED | libc::MADV_FREE | libc::MADV_REMOVE | 24 /* MADV_DONTNEED_LOCKED */ => {
+                far::started().advise_discard(a, len, advice);
                 return 0;
             }
             // Advice that would change how the arena is paged or forked: the pager decides.
@@ -358,10 +354,19 @@ pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) 
 /// As mprotect(2).
 #[no_mangle]
 pub unsafe extern "C" fn mprotect(addr: *mut c_void, len: size_t, prot: c_int) -> c_int {
-    // The pager reads resident pages to evict them: far memory must stay readable.
-    if overlaps_arena(addr as usize, len) && prot & libc::PROT_READ == 0 && !far::forked_child() {
-        set_errno(libc::EACCES);
-        return -1;
+    let a = addr as usize;
+    if overlaps_arena(a, len) && !far::forked_child() {
+        if !in_arena(a) || !in_arena(a.saturating_add(len - 1)) {
+            set_errno(libc::ENOMEM);
+            return -1;
+        }
+        return match far::started().protect(a, len, prot) {
+            Ok(()) => 0,
+            Err(e) => {
+                set_errno(e);
+                -1
+            }
+        };
     }
     // SAFETY: the kernel's mprotect, as the caller asked.
     unsafe { libc::syscall(libc::SYS_mprotect, addr, len, prot) as c_int }

@@ -13,12 +13,17 @@
 #[cfg_attr(test, allow(dead_code))]
 mod alloc;
 #[cfg_attr(test, allow(dead_code))]
+mod fallback;
+#[cfg_attr(test, allow(dead_code))]
 mod far;
 #[cfg_attr(test, allow(dead_code))]
 mod forward;
 #[cfg(not(test))]
 mod interpose;
+#[cfg_attr(test, allow(dead_code))]
+mod protect;
 mod runs;
+mod spans;
 #[cfg(not(test))]
 mod threads;
 

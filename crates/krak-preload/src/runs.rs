@@ -114,6 +114,19 @@ impl Runs {
         released
     }
 
+    /// Makes every free page of `[first, first+pages)` a run of its own (`mmap(MAP_FIXED)`
+    /// at addresses of the arena the program does not hold): the whole range is then held.
+    pub fn claim(&mut self, first: usize, pages: usize) {
+        let end = first + pages;
+        let overlapping: Vec<(usize, usize)> =
+            self.free.range(..end).rev().take_while(|(&s, &l)| s + l > first).map(|(&s, &l)| (s, l)).collect();
+        for (s, l) in overlapping {
+            let (lo, hi) = (s.max(first), (s + l).min(end));
+            self.take(s, lo, hi - lo);
+            self.used.insert(lo, Run { pages: hi - lo, reserved: hi - lo });
+        }
+    }
+
     /// Whether every page of `[first, first+pages)` is held by some run.
     pub fn all_in_use(&self, first: usize, pages: usize) -> bool {
         let mut at = first;
@@ -178,6 +191,20 @@ mod tests {
         assert!(b < a || b >= a + r.get(a).unwrap().reserved);
         assert!(r.resize_in_place(a, 2), "shrinking is always in place");
         assert_eq!(r.get(a).unwrap().pages, 2);
+    }
+
+    #[test]
+    fn claim_holds_the_free_pages_of_a_range() {
+        let mut r = Runs::new(0, 100);
+        let a = r.alloc(10, 10, 1).unwrap();
+        r.claim(5, 20);
+        assert!(r.all_in_use(0, 25) && !r.all_in_use(0, 26));
+        assert_eq!(r.get(10), Some(Run { pages: 15, reserved: 15 }));
+        assert_eq!(r.get(a), Some(Run { pages: 10, reserved: 10 }), "held runs are left as they are");
+        r.claim(0, 25);
+        assert_eq!(r.free_pages(), 75);
+        r.release(0, 100);
+        assert_eq!(r.free_pages(), 100);
     }
 
     #[test]

@@ -93,6 +93,59 @@ impl SharedMapping {
         unsafe { crate::mapping::exclude_range_from_fork(self.ptr, self.len) }
     }
 
+    /// Sets the protection of `[offset, offset+len)` of the mapping (`mprotect(2)`). Pages
+    /// keep their contents and the userfaultfd registration; the pager process never reads
+    /// through this mapping, so pages without `PROT_READ` can still be evicted.
+    pub fn protect(&self, offset: usize, len: usize, prot: libc::c_int) -> io::Result<()> {
+        self.check_range(offset, len)?;
+        // SAFETY: the range is inside our mapping (checked); mprotect changes only access.
+        let rc = unsafe { libc::syscall(libc::SYS_mprotect, self.ptr.as_ptr().add(offset), len, prot) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Maps `[offset, offset+len)` of the memfd back at its place, read-write, over whatever
+    /// another mapping put there (a `MAP_FIXED` mapping of the program's over the arena),
+    /// kept out of fork children as the rest. The caller registers it with the userfaultfd
+    /// again.
+    pub fn restore(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.check_range(offset, len)?;
+        // SAFETY: the range is inside our mapping's addresses (checked), which the caller
+        // gave up to another mapping it now drops; MAP_FIXED replaces only that range.
+        let ptr = unsafe {
+            let at: *mut libc::c_void = self.ptr.as_ptr().add(offset).cast();
+            libc::syscall(
+                libc::SYS_mmap,
+                at,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                self.memfd.as_raw_fd(),
+                offset as libc::off_t,
+            ) as *mut libc::c_void
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the range is the mapping just made; the advice changes only paging and fork.
+        unsafe {
+            if sys_madvise(ptr, len, libc::MADV_NOHUGEPAGE) != 0 || sys_madvise(ptr, len, libc::MADV_DONTFORK) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    fn check_range(&self, offset: usize, len: usize) -> io::Result<()> {
+        let aligned = offset.is_multiple_of(PAGE_SIZE) && len.is_multiple_of(PAGE_SIZE) && len > 0;
+        if !aligned || offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "range outside the mapping"));
+        }
+        Ok(())
+    }
+
     /// In a `fork(2)` child: an inaccessible reservation over the mapping's addresses, as
     /// [`crate::AnonMapping::fence_in_child`]. Async-signal-safe (one mmap).
     pub fn fence_in_child(&self) -> io::Result<()> {

@@ -31,6 +31,10 @@ pub enum CopyError {
     /// The mapping changed under us (e.g. munmap/mremap in flight): retry after the event.
     #[error("mapping changed, retry ({copied} bytes copied)")]
     Again { copied: usize },
+    /// The range is not inside one registered mapping (`ENOENT`): it runs past the end of
+    /// one (`mprotect` splits mappings), or into memory that is not registered.
+    #[error("[{start:#x}, +{len:#x}) is not inside one registered mapping")]
+    OutsideMapping { start: usize, len: usize },
     #[error(transparent)]
     Other(UffdError),
 }
@@ -204,6 +208,7 @@ impl Uffd {
         match err.raw_os_error() {
             Some(libc::EEXIST) => Err(CopyError::Exists),
             Some(libc::EAGAIN) => Err(CopyError::Again { copied: copy.copy.max(0) as usize }),
+            Some(libc::ENOENT) => Err(CopyError::OutsideMapping { start: dst, len: src.len() }),
             _ => Err(CopyError::Other(UffdError::Ioctl { op: "UFFDIO_COPY", start: dst, len: src.len(), source: err })),
         }
     }

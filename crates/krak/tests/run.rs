@@ -269,6 +269,38 @@ fn memory_calls_keep_contents_under_the_pager() {
 }
 
 #[test]
+fn runtime_memory_calls_keep_contents_under_the_pager() {
+    if unprivileged() {
+        return;
+    }
+    let exe = scratch("reserve_checks");
+    let cc =
+        Command::new("cc").args(["-O2", "-Wall", "-Werror", "-o"]).arg(&exe).arg(data("reserve_checks.c")).status();
+    assert!(cc.expect("cc").success(), "compiling reserve_checks.c");
+    let (code, plain, _) = run_measured(&mut Command::new(&exe));
+    assert_eq!(code, Some(0), "plain run: {}", String::from_utf8_lossy(&plain));
+    // The separate pager only: the one in the program refuses pages without PROT_READ.
+    for opts in [&[][..], &["--redundancy", "ec:4+2"][..]] {
+        let (code, out, stats) = krak_run(32 * MIB, opts, &[exe.to_str().unwrap()], None);
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(code, Some(0), "{opts:?}: {out}\n{stats}");
+        for check in ["reserve", "syscalls", "guard", "protect", "exec", "fixed_file", "sparse"] {
+            assert!(out.contains(&format!("{check}: ok")), "{opts:?}: {check} not reported: {out}");
+        }
+        let arena = &stats["arena"];
+        // Everything far but the file mapped over far memory, which the kernel maps.
+        assert_eq!(arena["fallback_allocations"], 1, "{stats}");
+        assert_eq!(arena["fallbacks"]["fixed_over_far"]["count"], 1, "{stats}");
+        assert!(arena["far_allocations"].as_u64().unwrap() >= 10, "{stats}");
+        let pager = &arena["pager"];
+        assert!(pager["remote_reads"].as_u64().unwrap() > 10_000, "{stats}");
+        assert_eq!(pager["failed_faults"], 0, "{stats}");
+        assert!(stats["peak_rss_bytes"].as_u64().unwrap() <= 32 * MIB + OVERHEAD_BYTES, "{stats}");
+    }
+    let _ = std::fs::remove_file(&exe);
+}
+
+#[test]
 fn a_programs_own_allocator_serves_it_from_far_memory() {
     if unprivileged() {
         return;

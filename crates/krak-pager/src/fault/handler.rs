@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use krak_uffd::{Event, PAGE_SIZE};
 
+use crate::error::InstallError;
 use crate::remote::Links;
 use crate::state::core::{Core, RegionShared};
 use crate::state::page_table::{Kind, PageState};
@@ -193,12 +194,19 @@ impl Handler {
                 let installed = shared
                     .make_room(&mut core, 0)
                     .and_then(|()| shared.install(&mut core, page, &ZERO_WINDOW[..n * PAGE_SIZE], write));
-                if let Err(e) = installed {
-                    let window: Vec<usize> = (page..page + n).collect();
-                    self.abandon(&mut core, &window);
-                    return Err(e);
-                }
-                Counters::add(&shared.counters.zero_fills, n as u64);
+                let filled = match installed {
+                    Ok(()) => n,
+                    // The window ran into memory mapped otherwise; the faulting page is in.
+                    Err(PagerError::Install(InstallError::EndOfMapping { copied })) => copied / PAGE_SIZE,
+                    Err(e) => {
+                        let window: Vec<usize> = (page..page + n).collect();
+                        self.abandon(&mut core, &window);
+                        return Err(e);
+                    }
+                };
+                let rest: Vec<usize> = (page + filled..page + n).collect();
+                self.abandon(&mut core, &rest);
+                Counters::add(&shared.counters.zero_fills, filled as u64);
                 Ok(())
             }
             Kind::Absent => {
@@ -276,7 +284,9 @@ impl Handler {
                     Counters::add(&shared.counters.prefetched, prefetch.len() as u64);
                 }
                 Err(e) => {
-                    tracing::warn!("prefetch of {} pages failed: {e}", prefetch.len());
+                    if !matches!(e, PagerError::Install(InstallError::EndOfMapping { .. })) {
+                        tracing::warn!("prefetch of {} pages failed: {e}", prefetch.len());
+                    }
                     // those installed before the error stay; the rest give their frames back
                     self.abandon(&mut core, &prefetch);
                 }

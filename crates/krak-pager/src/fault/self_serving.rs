@@ -124,6 +124,10 @@ fn serve_probe(probe: &Probe, addr: usize) -> Verdict {
     let at = addr & !(PAGE_SIZE - 1);
     match probe.uffd.copy(at, &probe.page, false, true) {
         Ok(_) | Err(krak_uffd::CopyError::Exists) | Err(krak_uffd::CopyError::Again { .. }) => Verdict::Resolved,
+        Err(e @ krak_uffd::CopyError::OutsideMapping { .. }) => {
+            tracing::error!("floor measurement: cannot install page at {at:#x}: {e}");
+            Verdict::NotOurs
+        }
         Err(krak_uffd::CopyError::Other(e)) => {
             tracing::error!("floor measurement: cannot install page at {at:#x}: {e}");
             Verdict::NotOurs

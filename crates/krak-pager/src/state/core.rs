@@ -446,9 +446,25 @@ impl RegionShared {
         let mut again = 0;
         let mut already_present = Vec::new();
         let mut result = Ok(());
+        // One page at a time after a window ran past the end of a mapping (the program's
+        // mprotect splits the region's mapping), until that page is in.
+        let mut single = false;
         while done < bytes.len() {
-            match self.uffd.copy(addr + done, &bytes[done..], !dirty, true) {
-                Ok(n) => done += n,
+            let end = if single { done + PAGE_SIZE } else { bytes.len() };
+            match self.uffd.copy(addr + done, &bytes[done..end], !dirty, true) {
+                Ok(n) => {
+                    done += n;
+                    single = false;
+                }
+                Err(CopyError::OutsideMapping { .. }) if end - done > PAGE_SIZE => single = true,
+                Err(CopyError::OutsideMapping { .. }) if done > 0 => {
+                    result = Err(InstallError::EndOfMapping { copied: done }.into());
+                    break;
+                }
+                Err(CopyError::OutsideMapping { start, len }) => {
+                    result = Err(InstallError::OutsideMapping { start, len }.into());
+                    break;
+                }
                 Err(CopyError::Again { copied }) if again < 8 => {
                     done += copied;
                     again += 1;

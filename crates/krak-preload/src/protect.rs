@@ -1,0 +1,236 @@
+//! What the program holds in the arena besides its runs: pages whose protection is not
+//! read-write (reservations made `PROT_NONE` and committed later, guard pages, JIT code),
+//! and ranges another mapping covers (a file mapped `MAP_FIXED` over far memory). Both are
+//! undone when the pages are given up, so a run handed out again is plain read-write far
+//! memory.
+//!
+//! Protections are the kernel's, on the arena's own mapping: with the pager in a process of
+//! its own, pages without `PROT_READ` are evicted and served like any other (the pager reads
+//! them through the memfd, and installs them with `UFFDIO_COPY`, which ignores the
+//! mapping's protection); a fault on them is the program's `SIGSEGV`, as without krak. With
+//! the pager in the program, which reads pages through the mapping, such pages are refused.
+
+use std::ops::{Deref, DerefMut};
+
+use krak_pager::PAGE_SIZE;
+use libc::c_int;
+
+use crate::fallback::{fell_back, Reason};
+use crate::far::{die, Arena, Far};
+use crate::runs::Runs;
+use crate::spans::Spans;
+
+const RW: c_int = libc::PROT_READ | libc::PROT_WRITE;
+/// Protections a far page may have.
+const SERVABLE_PROT: c_int = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+
+/// The runs, with the marks on their pages; one lock.
+#[derive(Debug)]
+pub struct Held {
+    runs: Runs,
+    /// Pages whose protection is not read-write.
+    prot: Spans<c_int>,
+    /// Pages another mapping covers (the kernel's, not the arena's).
+    foreign: Spans<()>,
+}
+
+impl Held {
+    pub fn new(runs: Runs) -> Held {
+        Held { runs, prot: Spans::new(), foreign: Spans::new() }
+    }
+}
+
+impl Deref for Held {
+    type Target = Runs;
+    fn deref(&self) -> &Runs {
+        &self.runs
+    }
+}
+
+impl DerefMut for Held {
+    fn deref_mut(&mut self) -> &mut Runs {
+        &mut self.runs
+    }
+}
+
+/// Whether a protection can be served from far memory in this mode.
+pub fn servable_prot(prot: c_int, separate: bool) -> bool {
+    prot & !SERVABLE_PROT == 0 && (separate || prot & libc::PROT_READ != 0)
+}
+
+/// The kernel's mprotect, on the caller's range.
+fn sys_mprotect(addr: usize, len: usize, prot: c_int) -> Result<(), c_int> {
+    // SAFETY: mprotect changes only the access to pages the caller holds.
+    if unsafe { libc::syscall(libc::SYS_mprotect, addr, len, prot) } != 0 {
+        return Err(crate::alloc::errno());
+    }
+    Ok(())
+}
+
+impl Far {
+    fn separate(&self) -> bool {
+        matches!(self.region, Arena::Separate(_))
+    }
+
+    fn offset_of(&self, page: usize) -> usize {
+        page * PAGE_SIZE - self.region.as_ptr() as usize
+    }
+
+    /// Sets the protection of held pages `[first, first+n)` and records it.
+    fn set_prot(&self, held: &mut Held, first: usize, n: usize, prot: c_int) -> Result<(), c_int> {
+        match &self.region {
+            Arena::Separate(s) => s.protect(self.offset_of(first), n * PAGE_SIZE, prot).map_err(|e| match e {
+                krak_arena::program::ProgramError::Protect(io) => io.raw_os_error().unwrap_or(libc::ENOMEM),
+                _ => libc::ENOMEM,
+            })?,
+            Arena::InProcess(_) => sys_mprotect(first * PAGE_SIZE, n * PAGE_SIZE, prot)?,
+        }
+        if prot == RW {
+            held.prot.remove(first, n);
+        } else {
+            held.prot.insert(first, n, prot);
+        }
+        Ok(())
+    }
+
+    /// Gives up pages `[first, first+n)` the program held (freed, unmapped, replaced): the
+    /// arena's mapping comes back where another covered them, they are discarded (they read
+    /// as zeros next), and read-write again. The runs' lock is held throughout, so nobody is
+    /// handed them before.
+    pub(crate) fn forget(&self, held: &mut Held, first: usize, n: usize) {
+        for (start, count, ()) in held.foreign.remove(first, n) {
+            let Arena::Separate(s) = &self.region else { unreachable!("foreign ranges need a separate pager") };
+            if let Err(e) = crate::far::guarded(|| s.restore(self.offset_of(start), count * PAGE_SIZE)) {
+                die(&format!("mapping far memory back at {:#x}: {e}", start * PAGE_SIZE));
+            }
+        }
+        self.discard(first, n);
+        for (start, count, _) in held.prot.pieces(first, n) {
+            if let Err(errno) = self.set_prot(held, start, count, RW) {
+                die(&format!("making far memory at {:#x} read-write again: errno {errno}", start * PAGE_SIZE));
+            }
+        }
+    }
+
+    /// A new mapping of `len` bytes with protection `prot` (anonymous, private, no fixed
+    /// address): a run of the arena, or None (the caller maps ordinary memory).
+    pub fn map(&self, len: usize, prot: c_int) -> Option<*mut libc::c_void> {
+        if !servable_prot(prot, self.separate()) {
+            fell_back(Reason::UnreadableInProcess, len);
+            return None;
+        }
+        let p = self.alloc(len, PAGE_SIZE, false)?;
+        if prot != RW {
+            let (first, n) = (p as usize / PAGE_SIZE, len.div_ceil(PAGE_SIZE));
+            let mut held = self.runs.lock();
+            if self.set_prot(&mut held, first, n, prot).is_err() {
+                self.forget(&mut held, first, n);
+                held.free_run(first);
+                return None;
+            }
+        }
+        Some(p)
+    }
+
+    /// `mmap(MAP_FIXED)` over `[addr, addr+len)`, inside the arena: what was there is given
+    /// up; fresh anonymous private memory is far memory with the protection asked; another
+    /// kind of mapping is made by the kernel in its place (ordinary memory, counted) and
+    /// the arena comes back when it is unmapped. Err(errno) as mmap(2) would fail.
+    pub fn map_fixed(
+        &self,
+        addr: usize,
+        len: usize,
+        prot: c_int,
+        flags: c_int,
+        fd: c_int,
+        off: i64,
+    ) -> Result<usize, c_int> {
+        let (first, n) = (addr / PAGE_SIZE, len.div_ceil(PAGE_SIZE));
+        if !addr.is_multiple_of(PAGE_SIZE) || len == 0 {
+            return Err(libc::EINVAL);
+        }
+        let anon_private = flags & libc::MAP_ANONYMOUS != 0 && flags & libc::MAP_TYPE == libc::MAP_PRIVATE;
+        let kernel_paged = flags & (libc::MAP_HUGETLB | libc::MAP_GROWSDOWN | libc::MAP_LOCKED) != 0;
+        let far = anon_private && !kernel_paged && servable_prot(prot, self.separate());
+        if !far && !self.separate() {
+            // Over a private anonymous arena the pager could not take the range back: refused.
+            fell_back(Reason::UnreadableInProcess, len);
+            return Err(libc::ENOMEM);
+        }
+        let mut held = self.runs.lock();
+        held.claim(first, n);
+        self.forget(&mut held, first, n);
+        if far {
+            if prot != RW {
+                self.set_prot(&mut held, first, n, prot)?;
+            }
+            return Ok(addr);
+        }
+        // SAFETY: MAP_FIXED over pages the program holds (claimed above) and has given up.
+        let p = unsafe { libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, off) };
+        if p as usize as *mut libc::c_void == libc::MAP_FAILED {
+            let errno = crate::alloc::errno();
+            // The range may be unmapped now: the arena's mapping goes back, the run too.
+            held.foreign.insert(first, n, ());
+            self.forget(&mut held, first, n);
+            held.release(first, n);
+            return Err(errno);
+        }
+        held.foreign.insert(first, n, ());
+        fell_back(Reason::FixedOverFar, len);
+        Ok(addr)
+    }
+
+    /// `mprotect` of `[addr, addr+len)`, every page held by the program.
+    pub fn protect(&self, addr: usize, len: usize, prot: c_int) -> Result<(), c_int> {
+        if !addr.is_multiple_of(PAGE_SIZE) {
+            return Err(libc::EINVAL);
+        }
+        if prot & !SERVABLE_PROT != 0 {
+            return Err(libc::EINVAL);
+        }
+        if !servable_prot(prot, self.separate()) {
+            // The in-process pager reads pages through this mapping to evict them.
+            return Err(libc::EACCES);
+        }
+        let (first, n) = (addr / PAGE_SIZE, len.div_ceil(PAGE_SIZE));
+        if n == 0 {
+            return Ok(());
+        }
+        let mut held = self.runs.lock();
+        if !held.all_in_use(first, n) {
+            return Err(libc::ENOMEM);
+        }
+        let foreign = held.foreign.pieces(first, n);
+        if foreign.is_empty() {
+            return self.set_prot(&mut held, first, n, prot);
+        }
+        // Other mappings inside: the kernel changes them too; the arena's pieces are recorded.
+        sys_mprotect(addr, n * PAGE_SIZE, prot)?;
+        if prot == RW {
+            held.prot.remove(first, n);
+        } else {
+            held.prot.insert(first, n, prot);
+        }
+        Ok(())
+    }
+
+    /// Whether any page of the range has a protection or another mapping: such ranges are
+    /// not moved by `mremap` (a copy would read what cannot be read).
+    pub fn marked(&self, held: &Held, first: usize, n: usize) -> bool {
+        !held.prot.pieces(first, n).is_empty() || !held.foreign.pieces(first, n).is_empty()
+    }
+
+    /// `madvise` with a discarding advice: the arena's pages are discarded, and the advice
+    /// goes to the kernel for other mappings inside the range.
+    pub fn advise_discard(&self, addr: usize, len: usize, advice: c_int) {
+        let held = self.runs.lock();
+        let foreign = held.foreign.pieces(addr / PAGE_SIZE, len.div_ceil(PAGE_SIZE));
+        drop(held);
+        self.dont_need(addr, len);
+        for (start, count, ()) in foreign {
+            // SAFETY: the kernel's madvise on the program's own mapping, as it asked.
+            unsafe { libc::syscall(libc::SYS_madvise, start * PAGE_SIZE, count * PAGE_SIZE, advice) };
+        }
+    }
+}
