@@ -18,8 +18,10 @@ pub const CONTROLLER: &str = "KRAK_RUN_CONTROLLER";
 pub const LOCAL_BYTES: &str = "KRAK_RUN_LOCAL_BYTES";
 /// Size of the far-memory arena, bytes (address space; remote memory too under `up-front`).
 pub const MAX_FAR_BYTES: &str = "KRAK_RUN_MAX_FAR_BYTES";
-/// Allocations of at least this many bytes go to the arena.
+/// Allocations (the malloc family) of at least this many bytes go to the arena.
 pub const THRESHOLD_BYTES: &str = "KRAK_RUN_THRESHOLD_BYTES";
+/// Anonymous mappings (`mmap`) of at least this many bytes go to the arena.
+pub const MAP_THRESHOLD_BYTES: &str = "KRAK_RUN_MAP_THRESHOLD_BYTES";
 /// Where to write the pager's counters as JSON when the program exits (optional).
 pub const STATS_FILE: &str = "KRAK_RUN_STATS_FILE";
 /// Where the pager logs (optional; without it nothing is logged).
@@ -40,12 +42,13 @@ pub const PAGER_SOCKET: &str = "KRAK_RUN_PAGER_SOCKET";
 pub const RESERVE: &str = "KRAK_RUN_RESERVE";
 
 /// Every variable of the contract.
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 14] = [
     SERVERS,
     CONTROLLER,
     LOCAL_BYTES,
     MAX_FAR_BYTES,
     THRESHOLD_BYTES,
+    MAP_THRESHOLD_BYTES,
     STATS_FILE,
     LOG_FILE,
     SECRET_FILE,
@@ -58,6 +61,9 @@ pub const ALL: [&str; 13] = [
 
 /// The default threshold: 1 MiB, at and above which allocations live in far memory.
 pub const DEFAULT_THRESHOLD_BYTES: u64 = 1 << 20;
+/// The default for mappings: 64 KiB. Mappings are whole pages (nothing is wasted rounding
+/// them), and runtimes map their heaps in pieces well below 1 MiB (V8: 256 KiB pages).
+pub const DEFAULT_MAP_THRESHOLD_BYTES: u64 = 64 << 10;
 /// Exit status when the pager cannot start in the program (as `env(1)` uses for itself).
 pub const EXIT_PAGER_FAILED: i32 = 125;
 
@@ -134,6 +140,7 @@ pub struct RunConfig {
     pub local_bytes: u64,
     pub max_far_bytes: u64,
     pub threshold_bytes: u64,
+    pub map_threshold_bytes: u64,
     pub stats_file: Option<PathBuf>,
     pub log_file: Option<PathBuf>,
     pub secret: SecretSource,
@@ -207,6 +214,7 @@ impl RunConfig {
         let local_bytes = bytes(LOCAL_BYTES, None)?;
         let max_far_bytes = bytes(MAX_FAR_BYTES, None)?;
         let threshold_bytes = bytes(THRESHOLD_BYTES, Some(DEFAULT_THRESHOLD_BYTES))?.max(PAGE_SIZE as u64);
+        let map_threshold_bytes = bytes(MAP_THRESHOLD_BYTES, Some(DEFAULT_MAP_THRESHOLD_BYTES))?.max(PAGE_SIZE as u64);
         let secret = match (path(SECRET_FILE), text(INSECURE)?.as_deref()) {
             (Some(file), _) => SecretSource::File(file),
             (None, Some("1")) => SecretSource::Insecure,
@@ -229,6 +237,7 @@ impl RunConfig {
             local_bytes,
             max_far_bytes,
             threshold_bytes,
+            map_threshold_bytes,
             stats_file: path(STATS_FILE),
             log_file: path(LOG_FILE),
             secret,
@@ -251,6 +260,7 @@ impl RunConfig {
             (LOCAL_BYTES, self.local_bytes.to_string().into()),
             (MAX_FAR_BYTES, self.max_far_bytes.to_string().into()),
             (THRESHOLD_BYTES, self.threshold_bytes.to_string().into()),
+            (MAP_THRESHOLD_BYTES, self.map_threshold_bytes.to_string().into()),
             (REDUNDANCY, self.redundancy.to_string().into()),
             (ALLOCATOR, self.allocator.as_str().into()),
             (RESERVE, self.reserve.as_str().into()),
@@ -331,6 +341,7 @@ mod tests {
             local_bytes: 64 << 20,
             max_far_bytes: 1 << 30,
             threshold_bytes: 4096,
+            map_threshold_bytes: 8192,
             stats_file: Some("/tmp/s".into()),
             log_file: None,
             secret: SecretSource::File("/etc/krak/secret".into()),

@@ -18,6 +18,8 @@ use crate::runs::Runs;
 static CONFIG: OnceLock<RunConfig> = OnceLock::new();
 /// Allocations of at least this many bytes go to the arena (none until configured).
 pub static THRESHOLD: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// Anonymous mappings of at least this many bytes go to the arena (none until configured).
+pub static MAP_THRESHOLD: AtomicUsize = AtomicUsize::new(usize::MAX);
 static ARENA_START: AtomicUsize = AtomicUsize::new(0);
 static ARENA_END: AtomicUsize = AtomicUsize::new(0);
 /// Set in a child made by fork(2): no pager serves it, so the arena is fenced off there.
@@ -76,6 +78,7 @@ pub fn load_config() -> AllocatorChoice {
     let config = RunConfig::from_env().unwrap_or_else(|e| die(&e.to_string()));
     let allocator = config.allocator;
     THRESHOLD.store(config.threshold_bytes as usize, Relaxed);
+    MAP_THRESHOLD.store(config.map_threshold_bytes as usize, Relaxed);
     let wants_stats = config.stats_file.is_some();
     let _ = CONFIG.set(config);
     // SAFETY: registers plain extern "C" functions of this library, which stays loaded.

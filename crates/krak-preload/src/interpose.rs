@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use libc::{c_int, c_void, off_t, size_t};
 
 use crate::alloc::*;
-use crate::far::{self, die, in_arena, THRESHOLD};
+use crate::far::{self, die, in_arena, MAP_THRESHOLD, THRESHOLD};
 use crate::forward::{self, route};
 
 fn large(size: usize) -> bool {
@@ -224,7 +224,7 @@ pub unsafe extern "C" fn mmap(
 ) -> *mut c_void {
     let anonymous = flags & libc::MAP_ANONYMOUS != 0;
     let fixed = flags & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) != 0;
-    if anonymous && !fixed && large(len) {
+    if anonymous && !fixed && len >= MAP_THRESHOLD.load(Relaxed) {
         // A hint is only a hint (the kernel may put the mapping elsewhere too): reservations
         // with one (the JVM's heap, V8's cages) are far memory as well.
         let kernel_paged = flags & (libc::MAP_HUGETLB | libc::MAP_GROWSDOWN | libc::MAP_LOCKED | libc::MAP_32BIT) != 0;

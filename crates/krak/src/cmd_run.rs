@@ -18,8 +18,10 @@ const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, 
 /// Run a program with its large memory on rack memory, within a local budget.
 ///
 /// The program is started with libkrak_preload.so preloaded (LD_PRELOAD): allocations of at
-/// least --threshold bytes (malloc, calloc, realloc, posix_memalign and friends, and
-/// anonymous private mmap) are served from a far-memory arena of --max-far bytes, of which at
+/// least --threshold bytes (malloc, calloc, realloc, posix_memalign and friends) and
+/// anonymous private mappings of at least --map-threshold bytes, whatever their protection
+/// (so QEMU's guest RAM, the JVM's and V8's heaps, JIT code), are served from a far-memory
+/// arena of --max-far bytes, of which at
 /// most --local bytes are resident on this machine; the rest lives on memory servers. The
 /// pager runs in a krak process of its own (or, with --pager in-process, inside the
 /// program's process); the program's code is unchanged. Smaller
@@ -55,9 +57,14 @@ pub struct RunArgs {
     /// if the rack cannot hold it).
     #[arg(long, value_enum, value_name = "WHEN", default_value = "on-demand")]
     reserve: ReserveArg,
-    /// Allocations of at least this size go to far memory.
+    /// Allocations (malloc and friends) of at least this size go to far memory.
     #[arg(long, value_name = "SIZE", default_value = "1MiB")]
     threshold: ByteSize,
+    /// Anonymous private mappings (mmap) of at least this size go to far memory, whatever
+    /// their protection: reservations made PROT_NONE and committed later (QEMU's guest RAM,
+    /// the JVM's heap, V8's 256 KiB heap pages, Go's arenas), JIT code, allocators' extents.
+    #[arg(long, value_name = "SIZE", default_value = "64KiB")]
+    map_threshold: ByteSize,
     /// Who serves malloc and friends. auto: the program's own allocator when malloc resolves
     /// to a library other than glibc (redis-server with libjemalloc), else krak. krak: krak
     /// serves them (large blocks in far memory, the rest from glibc). program: forward them
@@ -272,6 +279,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
             "max_far_bytes": args.max_far.0,
             "reserve": args.reserve.reserve().as_str(),
             "threshold_bytes": args.threshold.0,
+            "map_threshold_bytes": args.map_threshold.0,
             "allocator": args.allocator.choice().as_str(),
             "pager_place": if args.pager == PagerPlace::Separate { "separate" } else { "in-process" },
             "pager_process": pager_process,
@@ -364,6 +372,7 @@ fn run_config(args: &RunArgs, rack: Option<&LocalRack>, stats_base: &std::path::
         local_bytes: args.local.0,
         max_far_bytes: args.max_far.0,
         threshold_bytes: args.threshold.0,
+        map_threshold_bytes: args.map_threshold.0,
         stats_file: Some(stats_base.to_path_buf()),
         log_file: args.log.clone(),
         secret,
