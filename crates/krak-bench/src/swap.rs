@@ -430,3 +430,29 @@ pub fn cleanup_leftovers() {
         crate::cgroup::remove_cgroup(cg);
     }
 }
+
+const ZSWAP_ENABLED: &str = "/sys/module/zswap/parameters/enabled";
+
+/// zswap (a compressed cache in RAM in front of the swap devices) turned on while held, and
+/// put back as it was when dropped. Only with a [`Session`].
+#[derive(Debug)]
+pub struct Zswap {
+    was: String,
+}
+
+impl Zswap {
+    pub fn enable() -> Result<Zswap, BenchError> {
+        let was = std::fs::read_to_string(ZSWAP_ENABLED)
+            .map_err(|e| BenchError::io(format!("read {ZSWAP_ENABLED} (a kernel without zswap?)"), e))?;
+        std::fs::write(ZSWAP_ENABLED, "Y").map_err(|e| BenchError::io(format!("write Y to {ZSWAP_ENABLED}"), e))?;
+        Ok(Zswap { was: was.trim().to_string() })
+    }
+}
+
+impl Drop for Zswap {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(ZSWAP_ENABLED, &self.was) {
+            eprintln!("krak-bench: could not put zswap back to {:?}: {e}", self.was);
+        }
+    }
+}

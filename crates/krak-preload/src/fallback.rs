@@ -18,9 +18,15 @@ pub enum Reason {
     /// A file or shared mapping placed with `MAP_FIXED` over far memory: the kernel maps it
     /// there, and those pages are ordinary memory until it is unmapped.
     FixedOverFar,
+    /// The kernel refused a protection on the arena's memfd (`PROT_EXEC` under
+    /// `vm.memfd_noexec = 2`, or `vm.max_map_count` reached).
+    ProtectionRefused,
+    /// A file or shared `MAP_FIXED` mapping over an arena whose pager is in the program
+    /// (which could not take the range back): refused with `ENOMEM`.
+    FixedRefused,
 }
 
-const REASONS: [(Reason, &str, &str); 5] = [
+const REASONS: [(Reason, &str, &str); 7] = [
     (Reason::ArenaFull, "arena_full", "the far-memory arena is full (raise --max-far)"),
     (Reason::Shared, "shared_anonymous", "MAP_SHARED anonymous memory is shared with fork children"),
     (
@@ -34,10 +40,20 @@ const REASONS: [(Reason, &str, &str); 5] = [
         "memory without PROT_READ cannot be evicted by an in-process pager (use --pager separate)",
     ),
     (Reason::FixedOverFar, "fixed_over_far", "a file or shared MAP_FIXED mapping over far memory is the kernel's"),
+    (
+        Reason::ProtectionRefused,
+        "protection_refused",
+        "the kernel refused the protection on the arena (vm.memfd_noexec = 2, or vm.max_map_count reached)",
+    ),
+    (
+        Reason::FixedRefused,
+        "fixed_refused_in_process",
+        "a file or shared MAP_FIXED mapping over an in-process arena is refused (use --pager separate)",
+    ),
 ];
 
-static COUNTS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
-static BYTES: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+static COUNTS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+static BYTES: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
 
 /// Counts a request of `bytes` that got ordinary memory, and logs the first of each kind
 /// (the log is the arena's, so nothing is written before it started).

@@ -256,6 +256,11 @@ impl Far {
         if runs.resize_in_place(first, n) {
             return addr as *mut libc::c_void;
         }
+        if self.marked(&runs, first, run.pages) {
+            // Protected pages or another mapping inside: a copy would read what cannot be read.
+            crate::alloc::set_errno(libc::ENOMEM);
+            return std::ptr::null_mut();
+        }
         drop(runs);
         let new = match self.alloc(bytes, PAGE_SIZE, true) {
             Some(p) => p,

@@ -21,6 +21,8 @@ use crate::runs::Runs;
 use crate::spans::Spans;
 
 const RW: c_int = libc::PROT_READ | libc::PROT_WRITE;
+/// The mark of pages whose protection a failed mprotect left unknown.
+const UNKNOWN_PROT: c_int = -1;
 /// Protections a far page may have.
 const SERVABLE_PROT: c_int = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
 
@@ -58,6 +60,17 @@ pub fn servable_prot(prot: c_int, separate: bool) -> bool {
     prot & !SERVABLE_PROT == 0 && (separate || prot & libc::PROT_READ != 0)
 }
 
+/// Whether every page of the range is mapped (`mincore` fails with `ENOMEM` otherwise).
+fn range_mapped(addr: usize, len: usize) -> bool {
+    let mut vec = [0u8; 64];
+    (0..len).step_by(64 * PAGE_SIZE).all(|at| {
+        let chunk = (len - at).min(64 * PAGE_SIZE);
+        // SAFETY: mincore only writes one byte per page of the range into `vec`, which has
+        // room for 64 pages; it reads nothing of the range itself.
+        unsafe { libc::mincore((addr + at) as *mut libc::c_void, chunk, vec.as_mut_ptr()) == 0 }
+    })
+}
+
 /// The kernel's mprotect, on the caller's range.
 fn sys_mprotect(addr: usize, len: usize, prot: c_int) -> Result<(), c_int> {
     // SAFETY: mprotect changes only the access to pages the caller holds.
@@ -78,12 +91,18 @@ impl Far {
 
     /// Sets the protection of held pages `[first, first+n)` and records it.
     fn set_prot(&self, held: &mut Held, first: usize, n: usize, prot: c_int) -> Result<(), c_int> {
-        match &self.region {
+        let done = match &self.region {
             Arena::Separate(s) => s.protect(self.offset_of(first), n * PAGE_SIZE, prot).map_err(|e| match e {
                 krak_arena::program::ProgramError::Protect(io) => io.raw_os_error().unwrap_or(libc::ENOMEM),
                 _ => libc::ENOMEM,
-            })?,
-            Arena::InProcess(_) => sys_mprotect(first * PAGE_SIZE, n * PAGE_SIZE, prot)?,
+            }),
+            Arena::InProcess(_) => sys_mprotect(first * PAGE_SIZE, n * PAGE_SIZE, prot),
+        };
+        if let Err(errno) = done {
+            // mprotect may have changed part of the range before it failed (vm.max_map_count):
+            // marked unknown, so that giving the pages up makes them read-write again.
+            held.prot.insert(first, n, UNKNOWN_PROT);
+            return Err(errno);
         }
         if prot == RW {
             held.prot.remove(first, n);
@@ -126,6 +145,8 @@ impl Far {
             if self.set_prot(&mut held, first, n, prot).is_err() {
                 self.forget(&mut held, first, n);
                 held.free_run(first);
+                drop(held);
+                fell_back(Reason::ProtectionRefused, len);
                 return None;
             }
         }
@@ -154,31 +175,52 @@ impl Far {
         let far = anon_private && !kernel_paged && servable_prot(prot, self.separate());
         if !far && !self.separate() {
             // Over a private anonymous arena the pager could not take the range back: refused.
-            fell_back(Reason::UnreadableInProcess, len);
+            fell_back(if anon_private { Reason::UnreadableInProcess } else { Reason::FixedRefused }, len);
             return Err(libc::ENOMEM);
         }
         let mut held = self.runs.lock();
-        held.claim(first, n);
-        self.forget(&mut held, first, n);
+        let claimed = held.claim(first, n);
         if far {
+            self.forget(&mut held, first, n);
             if prot != RW {
-                self.set_prot(&mut held, first, n, prot)?;
+                if let Err(errno) = self.set_prot(&mut held, first, n, prot) {
+                    self.give_back_claimed(&mut held, &claimed);
+                    return Err(errno);
+                }
             }
             return Ok(addr);
         }
-        // SAFETY: MAP_FIXED over pages the program holds (claimed above) and has given up.
+        // The kernel's mapping first: most failures (a bad descriptor, a refused protection)
+        // leave the old mapping as it was, and the program may go on using it.
+        // SAFETY: MAP_FIXED over pages the program holds (claimed above).
         let p = unsafe { libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, off) };
         if p as usize as *mut libc::c_void == libc::MAP_FAILED {
             let errno = crate::alloc::errno();
-            // The range may be unmapped now: the arena's mapping goes back, the run too.
-            held.foreign.insert(first, n, ());
-            self.forget(&mut held, first, n);
-            held.release(first, n);
+            if range_mapped(addr, n * PAGE_SIZE) {
+                self.give_back_claimed(&mut held, &claimed);
+            } else {
+                // The kernel unmapped the range before it failed: the arena's mapping goes
+                // back (its contents are gone, as they would be without krak), the run too.
+                held.foreign.insert(first, n, ());
+                self.forget(&mut held, first, n);
+                held.release(first, n);
+            }
             return Err(errno);
         }
+        // Not registered with the userfaultfd any more: the pager forgets these pages (a
+        // window it installs meanwhile stops at the range: CopyError::OutsideMapping).
+        self.discard(first, n);
+        held.prot.remove(first, n);
         held.foreign.insert(first, n, ());
         fell_back(Reason::FixedOverFar, len);
         Ok(addr)
+    }
+
+    /// Gives back the pages `claim` took from the free ones (they were discarded when freed).
+    fn give_back_claimed(&self, held: &mut Held, claimed: &[(usize, usize)]) {
+        for &(start, count) in claimed {
+            held.release(start, count);
+        }
     }
 
     /// `mprotect` of `[addr, addr+len)`, every page held by the program.
@@ -206,7 +248,10 @@ impl Far {
             return self.set_prot(&mut held, first, n, prot);
         }
         // Other mappings inside: the kernel changes them too; the arena's pieces are recorded.
-        sys_mprotect(addr, n * PAGE_SIZE, prot)?;
+        if let Err(errno) = sys_mprotect(addr, n * PAGE_SIZE, prot) {
+            held.prot.insert(first, n, UNKNOWN_PROT);
+            return Err(errno);
+        }
         if prot == RW {
             held.prot.remove(first, n);
         } else {
@@ -224,13 +269,15 @@ impl Far {
     /// `madvise` with a discarding advice: the arena's pages are discarded, and the advice
     /// goes to the kernel for other mappings inside the range.
     pub fn advise_discard(&self, addr: usize, len: usize, advice: c_int) {
+        // Under the lock throughout: another thread's munmap may not give the pieces back to
+        // the arena (and hand them out) between the look and the madvise.
         let held = self.runs.lock();
         let foreign = held.foreign.pieces(addr / PAGE_SIZE, len.div_ceil(PAGE_SIZE));
-        drop(held);
         self.dont_need(addr, len);
         for (start, count, ()) in foreign {
             // SAFETY: the kernel's madvise on the program's own mapping, as it asked.
             unsafe { libc::syscall(libc::SYS_madvise, start * PAGE_SIZE, count * PAGE_SIZE, advice) };
         }
+        drop(held);
     }
 }

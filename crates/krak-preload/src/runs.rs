@@ -116,15 +116,19 @@ impl Runs {
 
     /// Makes every free page of `[first, first+pages)` a run of its own (`mmap(MAP_FIXED)`
     /// at addresses of the arena the program does not hold): the whole range is then held.
-    pub fn claim(&mut self, first: usize, pages: usize) {
+    /// Returns the pieces that were free, for a caller that gives them back on failure.
+    pub fn claim(&mut self, first: usize, pages: usize) -> Vec<(usize, usize)> {
         let end = first + pages;
         let overlapping: Vec<(usize, usize)> =
             self.free.range(..end).rev().take_while(|(&s, &l)| s + l > first).map(|(&s, &l)| (s, l)).collect();
+        let mut claimed = Vec::with_capacity(overlapping.len());
         for (s, l) in overlapping {
             let (lo, hi) = (s.max(first), (s + l).min(end));
             self.take(s, lo, hi - lo);
             self.used.insert(lo, Run { pages: hi - lo, reserved: hi - lo });
+            claimed.push((lo, hi - lo));
         }
+        claimed
     }
 
     /// Whether every page of `[first, first+pages)` is held by some run.
@@ -197,7 +201,7 @@ mod tests {
     fn claim_holds_the_free_pages_of_a_range() {
         let mut r = Runs::new(0, 100);
         let a = r.alloc(10, 10, 1).unwrap();
-        r.claim(5, 20);
+        assert_eq!(r.claim(5, 20), vec![(10, 15)]);
         assert!(r.all_in_use(0, 25) && !r.all_in_use(0, 26));
         assert_eq!(r.get(10), Some(Run { pages: 15, reserved: 15 }));
         assert_eq!(r.get(a), Some(Run { pages: 10, reserved: 10 }), "held runs are left as they are");

@@ -5,11 +5,15 @@
 //!
 //! redis-server is driven from here over loopback (outside its cgroup): 900k SETs of 1000
 //! bytes with `redis-cli --pipe`, DEBUG DIGEST, then 100k GETs of random keys, each checked;
-//! its "output" is the digest. Each program runs plain (its peak resident set is its footprint F), under `krak run
-//! --local` at 25% and 50% of F (loopback memory servers), and in a memory cgroup limited
-//! to 25% and 50% of F with a swap file on disk as the only swap. Every run's output must
-//! equal the plain run's; the table gives wall-clock slowdowns against the plain run and
-//! the peak resident set under krak next to its budget.
+//! its "output" is the digest. java (a 768 MiB long[] in a 1 GiB heap), node (a 512 MiB
+//! Buffer and 3 million objects) and qemu (tests/vm.rs's 1 GiB guest writing and checking
+//! 600 MiB; its output is the workload's console lines) run where installed. Each program
+//! runs plain (its peak resident set is its footprint F), under `krak run --local` at 25% and
+//! 50% of F (loopback memory servers), and in a memory cgroup holding the same total RSS as
+//! that krak run (its measured peak) with a swap file on disk as the only swap, without and
+//! with zswap in front of it. Every run's output must equal the plain run's; the table gives
+//! wall-clock slowdowns against the plain run and the peak resident set under krak next to
+//! its budget.
 //!
 //!   cargo run --release -p krak --example run_bench pager [python3|sort|...]
 //!
@@ -22,8 +26,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use krak_bench::swap::{MemoryCgroup, Session, SwapFile, DEFAULT_SWAP_FILE};
+use krak_bench::swap::{MemoryCgroup, Session, SwapFile, Zswap, DEFAULT_SWAP_FILE};
 
+#[path = "../tests/common/guest.rs"]
+mod guest;
 #[path = "../tests/common/redis.rs"]
 mod redis;
 
@@ -38,6 +44,16 @@ struct Program {
     stdin: Option<PathBuf>,
     /// krak run options beyond --local.
     krak_opts: Vec<&'static str>,
+    /// The part of the output that must equal the plain run's.
+    checked: fn(&[u8]) -> Vec<u8>,
+}
+
+fn whole(output: &[u8]) -> Vec<u8> {
+    output.to_vec()
+}
+
+fn guest_lines(output: &[u8]) -> Vec<u8> {
+    guest::Guest::checked_lines(&String::from_utf8_lossy(output)).join("\n").into_bytes()
 }
 
 struct Outcome {
@@ -68,16 +84,20 @@ fn run(p: &Program, prefix: &[String], dir: &Path, cgroup: Option<&MemoryCgroup>
     let argv: Vec<String> = prefix.iter().chain(&p.argv).cloned().collect();
     let mut cmd = command(&argv, cgroup);
     cmd.stdout(Stdio::piped());
-    if let Some(input) = &p.stdin {
-        cmd.stdin(std::fs::File::open(input).expect("stdin file"));
-    }
+    match &p.stdin {
+        Some(input) => cmd.stdin(std::fs::File::open(input).expect("stdin file")),
+        None => cmd.stdin(Stdio::null()),
+    };
     let started = Instant::now();
     let mut child = cmd.spawn().expect("run program");
     let mut output = Vec::new();
     std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut output).expect("read stdout");
+    let output = (p.checked)(&output);
     let (status, peak_bytes) = wait_peak(child);
     let seconds = started.elapsed().as_secs_f64();
-    if cgroup.is_some() && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL {
+    if cgroup.is_some() && !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        // The cgroup's OOM killer (SIGKILL), or the program's own out-of-memory error.
+        eprintln!("{argv:?} in a memory cgroup ended with status {status:#x}");
         return None;
     }
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{argv:?} failed: status {status:#x}");
@@ -145,26 +165,32 @@ fn main() -> anyhow::Result<()> {
             argv: vec!["/usr/bin/python3".into(), script.display().to_string(), "768".into(), "4000000".into()],
             stdin: None,
             krak_opts: vec![],
+            checked: whole,
         },
         Program {
             name: "sort -S 1G, 1 GiB of 4000-byte lines",
             argv: vec!["sort".into(), "-S".into(), "1G".into(), sort_input.display().to_string()],
             stdin: None,
             krak_opts: vec![],
+            checked: whole,
         },
         Program {
             name: "sqlite3 :memory:, ~1 GiB table, 64 KiB pages",
             argv: vec!["sqlite3".into(), ":memory:".into()],
             stdin: Some(sql.clone()),
             krak_opts: vec!["--threshold", "64KiB"],
+            checked: whole,
         },
         Program {
             name: "redis-server (jemalloc), 900k SETs of 1000 bytes, DEBUG DIGEST, 100k random GETs",
             argv: vec![],
             stdin: None,
             krak_opts: vec![],
+            checked: whole,
         },
     ];
+    let mut programs = programs;
+    programs.extend(runtimes(&dir));
     if compare_pagers {
         let table = pager_places(&programs, &only, &krak, &dir);
         let _ = std::fs::remove_dir_all(&dir);
@@ -174,7 +200,7 @@ fn main() -> anyhow::Result<()> {
     let _session = Session::begin(5_000)?;
     let _swap = SwapFile::enable(Path::new(DEFAULT_SWAP_FILE), 4 << 30)?;
     let mut table = String::from(
-        "| program | plain | krak 25% | krak 50% | swap-disk 25% | swap-disk 50% | peak RSS under krak 25% (budget) |\n|---|---|---|---|---|---|---|\n",
+        "| program | plain | krak 25% | krak 50% | swap-disk 25% | swap-disk 50% | zswap 25% | zswap 50% | peak RSS under krak 25% (budget) |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for p in &programs {
         if !only.is_empty() && !only.iter().any(|o| p.name.starts_with(o.as_str())) {
@@ -185,6 +211,8 @@ fn main() -> anyhow::Result<()> {
         eprintln!("{}: plain {:.1} s, footprint {} MiB", p.name, plain.seconds, footprint / MIB);
         let mut cells = vec![format!("{:.1} s, {} MiB", plain.seconds, footprint / MIB)];
         let mut krak_peak = String::new();
+        // The RSS each krak run held: the swap runs' cgroups hold the same.
+        let mut held = Vec::new();
         for pct in [25, 50] {
             let budget = footprint * pct / 100;
             let stats = dir.join(format!("stats-{pct}.json"));
@@ -197,20 +225,25 @@ fn main() -> anyhow::Result<()> {
             o.peak_bytes = s["peak_rss_bytes"].as_u64().unwrap_or(0);
             eprintln!("{}: krak {pct}% {:.1} s, peak {} MiB", p.name, o.seconds, o.peak_bytes / MIB);
             cells.push(format!("{:.1} s ({:.2}x)", o.seconds, o.seconds / plain.seconds));
+            held.push(o.peak_bytes);
             if pct == 25 {
                 krak_peak = format!("{} MiB ({} MiB)", o.peak_bytes / MIB, budget / MIB);
             }
         }
-        for pct in [25, 50] {
-            let cg = MemoryCgroup::create(&format!("run-{pct}"), footprint * pct / 100)?;
-            let Some(o) = run(p, &[], &dir, Some(&cg)) else {
-                eprintln!("{}: swap-disk {pct}%: killed by the cgroup's OOM killer", p.name);
-                cells.push("OOM-killed".into());
-                continue;
-            };
-            assert!(o.output == plain.output, "{}: output under swap at {pct}% differs", p.name);
-            eprintln!("{}: swap-disk {pct}% {:.1} s", p.name, o.seconds);
-            cells.push(format!("{:.1} s ({:.2}x)", o.seconds, o.seconds / plain.seconds));
+        for zswap in [false, true] {
+            let _zswap = zswap.then(Zswap::enable).transpose()?;
+            let kind = if zswap { "zswap" } else { "swap-disk" };
+            for (pct, &limit) in [25, 50].iter().zip(&held) {
+                let cg = MemoryCgroup::create(&format!("run-{kind}-{pct}"), limit)?;
+                let Some(o) = run(p, &[], &dir, Some(&cg)) else {
+                    eprintln!("{}: {kind} {pct}%: out of memory (killed or failed)", p.name);
+                    cells.push("out of memory".into());
+                    continue;
+                };
+                assert!(o.output == plain.output, "{}: output under {kind} at {pct}% differs", p.name);
+                eprintln!("{}: {kind} {pct}% ({} MiB) {:.1} s", p.name, limit / MIB, o.seconds);
+                cells.push(format!("{:.1} s ({:.2}x)", o.seconds, o.seconds / plain.seconds));
+            }
         }
         table.push_str(&format!("| {} | {} | {} |\n", p.name, cells.join(" | "), krak_peak));
         std::io::stderr().write_all(table.as_bytes())?;
@@ -219,6 +252,52 @@ fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     print!("{table}");
     Ok(())
+}
+
+/// java, node and the QEMU guest, each where this machine has it (else said and left out).
+fn runtimes(dir: &Path) -> Vec<Program> {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/run");
+    let mut out = Vec::new();
+    let javac = Command::new("javac").arg("-d").arg(dir).arg(data.join("Big.java")).status();
+    if javac.is_ok_and(|s| s.success()) {
+        out.push(Program {
+            name: "java -Xmx1g -Xms1g, a 768 MiB long[]",
+            // G1 named: under a small cgroup limit the JVM would pick SerialGC, whose old
+            // generation cannot hold the array.
+            argv: ["java", "-XX:+UseG1GC", "-Xmx1g", "-Xms1g", "-cp", &dir.display().to_string(), "Big"]
+                .map(String::from)
+                .to_vec(),
+            stdin: None,
+            krak_opts: vec![],
+            checked: whole,
+        });
+    } else {
+        eprintln!("java left out: javac is missing or failed");
+    }
+    if guest::on_path("node").is_some() {
+        out.push(Program {
+            name: "node, a 512 MiB Buffer and 3M objects",
+            argv: vec!["node".into(), data.join("big.js").display().to_string()],
+            stdin: None,
+            krak_opts: vec![],
+            checked: whole,
+        });
+    } else {
+        eprintln!("node left out: not installed");
+    }
+    let guest_dir = dir.join("guest");
+    std::fs::create_dir_all(&guest_dir).expect("guest dir");
+    match guest::build(&guest_dir) {
+        Ok(g) => out.push(Program {
+            name: "qemu (TCG), 1 GiB Linux guest writing and checking 600 MiB",
+            argv: g.qemu_args(),
+            stdin: None,
+            krak_opts: vec![],
+            checked: guest_lines,
+        }),
+        Err(why) => eprintln!("qemu left out: {why}"),
+    }
+    out
 }
 
 /// Each program plain, then under `krak run` at 25% of its footprint with the pager in

@@ -469,7 +469,7 @@ fn the_jvm_heap_is_far_memory_and_prints_the_plain_checksum() {
     // -Xms: the whole 1 GiB heap committed at start, as services run it.
     let stats = matches_plain_run_at_quarter_budget(
         &[],
-        &[java.to_str().unwrap(), "-Xmx1g", "-Xms1g", "-cp", dir.to_str().unwrap(), "Big"],
+        &[java.to_str().unwrap(), "-XX:+UseG1GC", "-Xmx1g", "-Xms1g", "-cp", dir.to_str().unwrap(), "Big"],
         None,
     );
     assert!(stats["arena"]["far_allocations"].as_u64().unwrap() >= 5, "{stats}");

@@ -18,11 +18,13 @@ use serde_json::Value;
 
 #[path = "controller_common/mod.rs"]
 mod common;
+#[path = "common/guest.rs"]
+mod guest;
 
 use common::{secret_file, spawn_and_read_line, Proc, TempDir, KRAK};
+use guest::Guest;
 
 const MIB: u64 = 1 << 20;
-const GUEST_RAM: &str = "1024M";
 const LOCAL_BYTES: u64 = 256 * MIB;
 /// QEMU's own memory besides guest RAM and the TCG code buffer (which are far memory),
 /// and the pager's: docs/design.md ("A Linux VM on rack memory").
@@ -33,92 +35,18 @@ fn preload_lib() -> PathBuf {
     Path::new(KRAK).with_file_name("deps").join("libkrak_preload.so")
 }
 
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
-}
-
-/// The newest kernel in /boot.
-fn kernel() -> Option<PathBuf> {
-    let mut kernels: Vec<PathBuf> = std::fs::read_dir("/boot")
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
-        .collect();
-    kernels.sort();
-    kernels.pop()
-}
-
-/// What the guest needs, or why it cannot run here.
-struct Guest {
-    qemu: PathBuf,
-    kernel: PathBuf,
-    initrd: PathBuf,
-    /// The lines the guest must print, as this host prints them.
-    expected: Vec<String>,
-    _dir: TempDir,
-}
-
-fn sh(dir: &Path, script: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(script).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Whether an ELF-64 executable has no program interpreter (PT_INTERP): it runs alone.
-fn is_static_elf(elf: &[u8]) -> bool {
-    let u = |at: usize, n: usize| elf.get(at..at + n).map(|b| b.iter().rev().fold(0u64, |v, &x| v << 8 | x as u64));
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u(0x20, 8), u(0x36, 2), u(0x38, 2)) else { return false };
-    elf.starts_with(b"\x7fELF")
-        && (0..phnum).all(|i| u((phoff + i * phentsize) as usize, 4).is_some_and(|p_type| p_type != 3))
-}
-
-fn guest() -> Result<Guest, String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("krak run needs a userfaultfd that serves kernel faults: run as root".into());
-    }
-    let qemu = on_path("qemu-system-x86_64").ok_or("qemu-system-x86_64 is not installed (qemu-system-x86)")?;
-    let kernel = kernel().ok_or("no kernel in /boot (linux-image-cloud-amd64)")?;
-    let busybox = Path::new("/bin/busybox");
-    if !std::fs::read(busybox).is_ok_and(|elf| is_static_elf(&elf)) {
-        return Err("no static /bin/busybox (busybox-static)".into());
-    }
-    on_path("cpio").ok_or("cpio is not installed")?;
-    let dir = TempDir::new("vm");
-    let root = dir.path().join("root");
-    for d in ["bin", "dev", "proc", "tmp"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm");
-    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
-    std::fs::copy(data.join("init"), root.join("init")).unwrap();
-    let memcheck = root.join("bin/memcheck");
-    let cc = Command::new("cc")
-        .args(["-O2", "-static", "-o"])
-        .arg(&memcheck)
-        .arg(data.join("memcheck.c"))
-        .output()
-        .map_err(|e| format!("cc: {e}"))?;
-    if !cc.status.success() {
-        return Err(format!("cc -static failed: {}", String::from_utf8_lossy(&cc.stderr)));
-    }
-    sh(&root, "chmod 755 init && find . | cpio -o -H newc --quiet > ../initrd");
-    // The guest's lines, as this host prints them for the same programs and data.
-    let mut expected = Vec::new();
-    expected.push(sh(dir.path(), "root/bin/memcheck 400").trim().to_string());
-    let md5 = sh(dir.path(), "head -c 209715200 /dev/zero | tr '\\000' k | md5sum");
-    expected.push(format!("{}  /tmp/f", md5.split_whitespace().next().unwrap()));
-    expected.push(sh(dir.path(), "root/bin/memcheck 64").trim().to_string());
-    expected.push("krak-guest: done".into());
-    Ok(Guest { qemu, kernel, initrd: dir.path().join("initrd"), expected, _dir: dir })
-}
-
 /// The guest, or None (the reason printed) where it cannot run; under CI (which installs
 /// everything it needs) a missing part is a failure, never a skip.
-fn guest_or_skip() -> Option<Guest> {
-    match guest() {
-        Ok(g) => Some(g),
+fn guest_or_skip() -> Option<Vm> {
+    let dir = TempDir::new("vm");
+    // SAFETY: geteuid has no preconditions.
+    let built = if unsafe { libc::geteuid() } != 0 {
+        Err("krak run needs a userfaultfd that serves kernel faults: run as root".into())
+    } else {
+        guest::build(dir.path())
+    };
+    match built {
+        Ok(guest) => Some(Vm { guest, dir }),
         Err(why) if std::env::var_os("CI").is_some() => panic!("{why} (.ci/run installs it)"),
         Err(why) => {
             eprintln!("skipped: {why}");
@@ -127,34 +55,24 @@ fn guest_or_skip() -> Option<Guest> {
     }
 }
 
-impl Guest {
-    fn qemu_args(&self) -> Vec<String> {
-        let mut args = vec![self.qemu.to_string_lossy().into_owned()];
-        for a in ["-accel", "tcg", "-m", GUEST_RAM, "-nodefaults", "-no-user-config", "-display", "none"] {
-            args.push(a.into());
-        }
-        for a in ["-serial", "stdio", "-monitor", "none", "-no-reboot", "-kernel"] {
-            args.push(a.into());
-        }
-        args.push(self.kernel.to_string_lossy().into_owned());
-        args.push("-initrd".into());
-        args.push(self.initrd.to_string_lossy().into_owned());
-        args.push("-append".into());
-        args.push("console=ttyS0 quiet panic=-1".into());
-        args
-    }
+/// The guest and the directory its initramfs and stats are in.
+struct Vm {
+    guest: Guest,
+    dir: TempDir,
+}
 
+impl Vm {
     /// Boots the guest under `krak run OPTS`; `on_up` runs once the guest says it is up.
     /// Returns krak's exit code, the console's lines and the stats.
     fn boot(&self, opts: &[&str], on_up: impl FnOnce()) -> (Option<i32>, Vec<String>, Value) {
-        let stats = self._dir.path().join(format!("stats-{}.json", opts.len()));
+        let stats = self.dir.path().join(format!("stats-{}.json", opts.len()));
         let local = LOCAL_BYTES.to_string();
         let mut cmd = Command::new(KRAK);
         cmd.env("KRAK_PRELOAD", preload_lib())
             .args(["run", "--local", &local, "--stats", stats.to_str().unwrap()])
             .args(opts)
             .arg("--")
-            .args(self.qemu_args())
+            .args(self.guest.qemu_args())
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
         let started = Instant::now();
@@ -201,7 +119,7 @@ impl Guest {
     /// The guest's checksums are this host's, and its memory was far memory within budget.
     fn check(&self, code: Option<i32>, lines: &[String], stats: &Value) {
         assert_eq!(code, Some(0), "krak run exit status; console: {lines:?}");
-        for want in &self.expected {
+        for want in &self.guest.expected {
             assert!(lines.iter().any(|l| l.ends_with(want.as_str())), "the guest did not print {want:?}: {lines:?}");
         }
         let peak = stats["peak_rss_bytes"].as_u64().unwrap();

@@ -6,6 +6,7 @@
  * memory, and a 16 GiB reservation touched sparsely. Run under `krak run` with a budget well
  * below what it touches. Prints one line per check; exits 1 at the first failure. */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -155,6 +156,17 @@ int main(void) {
     /* A file mapped MAP_FIXED over far memory, then far memory again. */
     char *m = mmap(NULL, 8 * MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     fill(m, 8 * MIB, 6);
+    /* A MAP_FIXED the kernel refuses (a bad descriptor; writing through a read-only one)
+     * leaves far memory as it was. */
+    int rofd = open("/proc/self/exe", O_RDONLY);
+    if (mmap(m + 2 * MIB, 2 * MIB, PROT_READ, MAP_PRIVATE | MAP_FIXED, 1000, 0) != MAP_FAILED || errno != EBADF)
+        FAIL("MAP_FIXED of a bad descriptor");
+    if (mmap(m + 2 * MIB, 2 * MIB, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, rofd, 0) != MAP_FAILED ||
+        errno != EACCES)
+        FAIL("MAP_FIXED shared writable of a read-only descriptor");
+    close(rofd);
+    churn();
+    check(m, 8 * MIB, 6, "far memory after refused MAP_FIXED mappings");
     if (mmap(m + 2 * MIB, 2 * MIB, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0) != m + 2 * MIB) FAIL("MAP_FIXED file");
     churn();
     check(m + 2 * MIB, 2 * MIB, 2, "the file over far memory");
