@@ -95,6 +95,8 @@ pub enum AllocatorChoice {
     Krak,
     /// Forward to whatever `malloc` follows the library, glibc's included.
     Program,
+    /// The library serves the malloc family, every block from the arena, small ones too.
+    Far,
 }
 
 impl AllocatorChoice {
@@ -103,11 +105,14 @@ impl AllocatorChoice {
             AllocatorChoice::Auto => "auto",
             AllocatorChoice::Krak => "krak",
             AllocatorChoice::Program => "program",
+            AllocatorChoice::Far => "far",
         }
     }
 
     pub fn parse(s: &str) -> Option<AllocatorChoice> {
-        [AllocatorChoice::Auto, AllocatorChoice::Krak, AllocatorChoice::Program].into_iter().find(|c| c.as_str() == s)
+        [AllocatorChoice::Auto, AllocatorChoice::Krak, AllocatorChoice::Program, AllocatorChoice::Far]
+            .into_iter()
+            .find(|c| c.as_str() == s)
     }
 }
 

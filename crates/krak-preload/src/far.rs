@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use crate::fallback::{fell_back, Reason};
 use crate::protect::Held;
 use crate::runs::Runs;
+use crate::small::{Small, SPAN_BYTES};
 
 /// What `krak run` asked for (`krak_arena::contract`).
 static CONFIG: OnceLock<RunConfig> = OnceLock::new();
@@ -25,6 +26,8 @@ static ARENA_END: AtomicUsize = AtomicUsize::new(0);
 /// Set in a child made by fork(2): no pager serves it, so the arena is fenced off there.
 static FORKED_CHILD: AtomicBool = AtomicBool::new(false);
 static FAR: OnceLock<Far> = OnceLock::new();
+/// `krak run --allocator far`: small blocks are far memory too (`small.rs`).
+static SMALL_BLOCKS: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     /// Set while this thread runs pager code from an interposed call (or starts the pager),
@@ -63,6 +66,8 @@ pub struct Far {
     pub(crate) region: Arena,
     pub(crate) runs: Mutex<Held>,
     far_allocations: AtomicU64,
+    /// Small blocks' classes, with `--allocator far`.
+    small: Option<Small>,
 }
 
 /// Prints why the pager cannot run and ends the process: never a silent fallback.
@@ -79,6 +84,7 @@ pub fn load_config() -> AllocatorChoice {
     let allocator = config.allocator;
     THRESHOLD.store(config.threshold_bytes as usize, Relaxed);
     MAP_THRESHOLD.store(config.map_threshold_bytes as usize, Relaxed);
+    SMALL_BLOCKS.store(allocator == AllocatorChoice::Far, Relaxed);
     let wants_stats = config.stats_file.is_some();
     let _ = CONFIG.set(config);
     // SAFETY: registers plain extern "C" functions of this library, which stays loaded.
@@ -107,6 +113,11 @@ extern "C" fn in_fork_child() {
 pub fn in_arena(addr: usize) -> bool {
     let start = ARENA_START.load(Relaxed);
     start != 0 && addr >= start && addr < ARENA_END.load(Relaxed)
+}
+
+/// Whether blocks below the threshold are far memory too.
+pub fn small_blocks() -> bool {
+    SMALL_BLOCKS.load(Relaxed)
 }
 
 pub fn forked_child() -> bool {
@@ -182,7 +193,8 @@ fn far_over(region: Arena, config: &RunConfig) -> Far {
     ARENA_END.store(start + region.len(), Relaxed);
     ARENA_START.store(start, Relaxed);
     tracing::info!("krak arena: {} bytes at {start:#x}, local budget {} bytes", region.len(), config.local_bytes);
-    Far { region, runs: Mutex::new(Held::new(runs)), far_allocations: AtomicU64::new(0) }
+    let small = (config.allocator == AllocatorChoice::Far).then(|| Small::new(start, region.len()));
+    Far { region, runs: Mutex::new(Held::new(runs)), far_allocations: AtomicU64::new(0), small }
 }
 
 fn pages(bytes: usize) -> usize {
@@ -223,8 +235,31 @@ impl Far {
         }
     }
 
-    /// `free` of a run's first address.
+    /// A block of any size below the threshold (`--allocator far`): from a size class, or
+    /// a page run above the largest. None when the arena is full.
+    pub fn small_alloc(&self, bytes: usize, align: usize) -> Option<*mut libc::c_void> {
+        let small = self.small.as_ref()?;
+        let span = || self.alloc(SPAN_BYTES, SPAN_BYTES, false).map(|p| p as usize);
+        match small.alloc(bytes, align, span) {
+            Some(block) => Some(block as *mut libc::c_void),
+            None if bytes > crate::small::MAX_SMALL || align > crate::small::MAX_SMALL => {
+                self.alloc(bytes, align.max(PAGE_SIZE), true)
+            }
+            None => None,
+        }
+    }
+
+    /// The size of the small block at `addr`, if it is one.
+    fn small_block(&self, addr: usize) -> Option<(&Small, usize)> {
+        let small = self.small.as_ref()?;
+        Some((small, small.block_size(addr)?))
+    }
+
+    /// `free` of a block: a small one, or a run's first address.
     pub fn free(&self, addr: usize) {
+        if let Some((small, size)) = self.small_block(addr) {
+            return small.free(addr, size);
+        }
         let mut runs = self.runs.lock();
         let first = addr / PAGE_SIZE;
         let run = match runs.get(first) {
@@ -237,12 +272,32 @@ impl Far {
     }
 
     pub fn usable_size(&self, addr: usize) -> usize {
+        if let Some((_, size)) = self.small_block(addr) {
+            return size;
+        }
         self.runs.lock().get(addr / PAGE_SIZE).map_or(0, |r| r.pages * PAGE_SIZE)
     }
 
     /// `realloc` of a run to `bytes` (above 0): in place when it can, else moved (in the
     /// arena, or to glibc when the arena is full). Null when no memory could be had.
     pub fn realloc(&self, addr: usize, bytes: usize) -> *mut libc::c_void {
+        if let Some((_, size)) = self.small_block(addr) {
+            if bytes <= size {
+                return addr as *mut libc::c_void;
+            }
+            let new = match self.small_alloc(bytes, 16) {
+                Some(p) => p,
+                // SAFETY: a plain allocation from glibc's heap.
+                None => unsafe { crate::alloc::__libc_malloc(bytes) },
+            };
+            if !new.is_null() {
+                // SAFETY: the old block is the caller's, `size` bytes; the new one at least
+                // `bytes` > `size`; distinct blocks never overlap.
+                unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, new.cast::<u8>(), size) };
+                self.free(addr);
+            }
+            return new;
+        }
         let first = addr / PAGE_SIZE;
         let n = pages(bytes);
         let mut runs = self.runs.lock();
@@ -337,6 +392,16 @@ impl Far {
     }
 }
 
+impl Far {
+    /// `{spans, blocks}` of small blocks in far memory, or null without `--allocator far`.
+    fn small_stats(&self) -> serde_json::Value {
+        self.small.as_ref().map_or(
+            serde_json::Value::Null,
+            |s| serde_json::json!({ "spans": s.spans.load(Relaxed), "blocks": s.blocks.load(Relaxed) }),
+        )
+    }
+}
+
 /// Writes the pager's counters where `krak run` asked; registered with atexit(3).
 extern "C" fn write_stats() {
     if forked_child() {
@@ -350,6 +415,7 @@ extern "C" fn write_stats() {
             "local_budget_bytes": region.local_budget_bytes(),
             "peak_resident_bytes": region.peak_resident_bytes(),
             "far_allocations": far.far_allocations.load(Relaxed),
+            "small": far.small_stats(),
             "fallback_allocations": crate::fallback::total(),
             "fallbacks": crate::fallback::describe(),
             "pager": region.stats(),
@@ -360,6 +426,7 @@ extern "C" fn write_stats() {
             let mut json = sep.stats().unwrap_or_else(|e| serde_json::json!({ "pager_error": e.to_string() }));
             json["pager_started"] = true.into();
             json["far_allocations"] = far.far_allocations.load(Relaxed).into();
+            json["small"] = far.small_stats();
             json["fallback_allocations"] = crate::fallback::total().into();
             json["fallbacks"] = crate::fallback::describe();
             json["malloc"] = crate::forward::describe();

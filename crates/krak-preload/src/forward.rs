@@ -262,7 +262,7 @@ pub fn resolve(choice: AllocatorChoice) {
     let foreign = next.as_ref().is_some_and(|(_, (base, _))| *base != glibc.0);
     let forward = match choice {
         AllocatorChoice::Auto => foreign,
-        AllocatorChoice::Krak => false,
+        AllocatorChoice::Krak | AllocatorChoice::Far => false,
         AllocatorChoice::Program => true,
     };
     if !forward {

@@ -15,12 +15,16 @@ fn large(size: usize) -> bool {
     size >= THRESHOLD.load(Relaxed)
 }
 
-/// An arena run for a large request, or None (small, a fork child, pager code, arena full).
+/// An arena run for a large request, or a small block with `--allocator far`; None for
+/// glibc (small, a fork child, pager code, arena full).
 fn far_alloc(size: usize, align: usize, growable: bool) -> Option<*mut c_void> {
-    if !large(size) {
-        return None;
+    if large(size) {
+        return far::far()?.alloc(size, align, growable);
     }
-    far::far()?.alloc(size, align, growable)
+    if far::small_blocks() {
+        return far::far()?.small_alloc(size, align.max(16));
+    }
+    None
 }
 
 /// # Safety
@@ -64,9 +68,19 @@ pub unsafe extern "C" fn calloc(n: size_t, size: size_t) -> *mut c_void {
     if let Some(route) = route() {
         return forward::calloc(route, n, size);
     }
-    // Arena runs are handed out discarded: they read as zeros without being touched.
-    // SAFETY: glibc's calloc otherwise.
-    far_alloc(total, 1, true).unwrap_or_else(|| unsafe { __libc_calloc(n, size) })
+    match far_alloc(total, 1, true) {
+        // Arena runs are handed out discarded: they read as zeros without being touched;
+        // small blocks may have been used before.
+        Some(p) => {
+            if !large(total) {
+                // SAFETY: a fresh block of at least `total` bytes.
+                unsafe { std::ptr::write_bytes(p.cast::<u8>(), 0, total) };
+            }
+            p
+        }
+        // SAFETY: glibc's calloc otherwise.
+        None => unsafe { __libc_calloc(n, size) },
+    }
 }
 
 /// # Safety

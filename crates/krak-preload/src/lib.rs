@@ -23,6 +23,7 @@ mod interpose;
 #[cfg_attr(test, allow(dead_code))]
 mod protect;
 mod runs;
+mod small;
 mod spans;
 #[cfg(not(test))]
 mod threads;

@@ -277,7 +277,8 @@ fn runtimes(dir: &Path) -> Vec<Program> {
     if guest::on_path("node").is_some() {
         out.push(Program {
             name: "node, a 512 MiB Buffer and 3M objects",
-            argv: vec!["node".into(), data.join("big.js").display().to_string()],
+            // The heap limit named: under a small cgroup limit V8 would size its heap to it.
+            argv: vec!["node".into(), "--max-old-space-size=4096".into(), data.join("big.js").display().to_string()],
             stdin: None,
             krak_opts: vec![],
             checked: whole,

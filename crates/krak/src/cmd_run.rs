@@ -71,7 +71,10 @@ pub struct RunArgs {
     /// to the program's allocator. When the program's allocator serves them, its own large
     /// mappings (jemalloc's extents) are far memory, so its small blocks are too; a forked
     /// child (without exec) of such a program dies with SIGSEGV when it allocates (its
-    /// allocator's state is far memory, which the child does not have).
+    /// allocator's state is far memory, which the child does not have). far: krak serves
+    /// them all from far memory, small blocks too (size classes in 64 KiB spans of the
+    /// arena), so a program made of small blocks (interpreters, awk) is far memory; a forked
+    /// child (without exec) dies with SIGSEGV as soon as it touches a block its parent made.
     #[arg(long, value_enum, value_name = "WHO", default_value = "auto")]
     allocator: Allocator,
     /// Memory servers to use (HOST:PORT,...), instead of starting some on loopback.
@@ -138,6 +141,7 @@ enum Allocator {
     Auto,
     Krak,
     Program,
+    Far,
 }
 
 impl Allocator {
@@ -146,6 +150,7 @@ impl Allocator {
             Allocator::Auto => AllocatorChoice::Auto,
             Allocator::Krak => AllocatorChoice::Krak,
             Allocator::Program => AllocatorChoice::Program,
+            Allocator::Far => AllocatorChoice::Far,
         }
     }
 }

@@ -254,7 +254,8 @@ fn memory_calls_keep_contents_under_the_pager() {
     // 32 MiB local for ~400 MiB touched: most checks read pages back from the servers; then
     // the same on an erasure-coded arena (7 loopback servers), and with the pager in the
     // program's own threads instead of a process of its own (the default).
-    for opts in [&[][..], &["--redundancy", "ec:4+2"][..], &["--pager", "in-process"][..]] {
+    for opts in [&[][..], &["--redundancy", "ec:4+2"][..], &["--pager", "in-process"][..], &["--allocator", "far"][..]]
+    {
         let (code, out, stats) = krak_run(32 * MIB, opts, &[exe.to_str().unwrap()], None);
         let out = String::from_utf8_lossy(&out);
         assert_eq!(code, Some(0), "{opts:?}: {out}\n{stats}");
@@ -279,6 +280,29 @@ fn memory_calls_keep_contents_under_the_pager() {
         assert!(stats["peak_rss_bytes"].as_u64().unwrap() <= 32 * MIB + OVERHEAD_BYTES, "{stats}");
     }
     let _ = std::fs::remove_file(&exe);
+}
+
+#[test]
+fn small_blocks_are_far_memory_with_allocator_far() {
+    if unprivileged() {
+        return;
+    }
+    // awk's array of 4M elements: every element a few small blocks (about 330 MiB plain).
+    let program = "BEGIN { for (i = 0; i < 4000000; i++) a[i] = \"x\" i; s = 0; \
+                   for (i = 0; i < 4000000; i += 7) s += length(a[i]); print s, length(a) }";
+    let (code, expected, plain_peak) = run_measured(Command::new("awk").arg(program));
+    assert_eq!(code, Some(0));
+    let budget = plain_peak / 4;
+    let (code, got, stats) = krak_run(budget, &["--allocator", "far"], &["awk", program], None);
+    assert_eq!(code, Some(0), "{stats}");
+    assert_eq!(got, expected, "output differs from the plain run");
+    let peak = stats["peak_rss_bytes"].as_u64().unwrap();
+    eprintln!("awk: plain peak {} MiB, budget {} MiB, under krak {} MiB", plain_peak / MIB, budget / MIB, peak / MIB);
+    assert!(peak <= budget + OVERHEAD_BYTES, "{stats}");
+    let arena = &stats["arena"];
+    assert!(arena["small"]["spans"].as_u64().unwrap() > 1000, "awk's blocks are in small spans: {stats}");
+    assert!(arena["pager"]["remote_reads"].as_u64().unwrap() > 10_000, "{stats}");
+    assert_eq!(arena["fallback_allocations"], 0, "{stats}");
 }
 
 #[test]
@@ -484,7 +508,7 @@ fn node_with_its_v8_heap_in_far_memory_prints_the_plain_output() {
     let Some(node) = runtime("node", "nodejs") else { return };
     // A 512 MiB Buffer (one mapping) and 3 million objects on V8's heap (256 KiB pages).
     let script = data("big.js");
-    let program = [node.to_str().unwrap(), script.to_str().unwrap()];
+    let program = [node.to_str().unwrap(), "--max-old-space-size=4096", script.to_str().unwrap()];
     let stats = matches_plain_run_within(&[], &program, None, NODE_OVERHEAD_BYTES);
     assert!(stats["arena"]["far_allocations"].as_u64().unwrap() > 1000, "V8's heap pages are far: {stats}");
 }
