@@ -20,7 +20,7 @@ mod uffd;
 pub use mapping::AnonMapping;
 pub use seqpacket::{PeerCredentials, SeqPacket, SeqPacketListener, MAX_FDS};
 pub use shmem::{MemfdView, SharedMapping};
-pub use uffd::{signal_thread, signal_thread_of, CopyError, Event, OpenMode, Uffd, UffdError};
+pub use uffd::{signal_process, signal_thread, signal_thread_of, CopyError, Event, OpenMode, Uffd, UffdError};
 
 /// The base page size the pager works in.
 pub const PAGE_SIZE: usize = 4096;

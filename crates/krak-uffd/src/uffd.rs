@@ -340,6 +340,15 @@ pub fn signal_thread(thread_id: u32, signal: libc::c_int) -> io::Result<()> {
     signal_thread_of(unsafe { libc::getpid() }, thread_id, signal)
 }
 
+/// Sends `signal` to process `pid` (this one's own pid included).
+pub fn signal_process(pid: i32, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill takes plain integers; it only delivers a signal.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sends `signal` to thread `thread_id` of process `pid` (a program whose arena a pager
 /// process serves).
 pub fn signal_thread_of(pid: i32, thread_id: u32, signal: libc::c_int) -> io::Result<()> {

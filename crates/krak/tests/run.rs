@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[allow(dead_code)]
+#[path = "controller_common/mod.rs"]
+mod rack;
 #[path = "common/redis.rs"]
 mod redis;
 
@@ -303,6 +306,68 @@ fn small_blocks_are_far_memory_with_allocator_far() {
     assert!(arena["small"]["spans"].as_u64().unwrap() > 1000, "awk's blocks are in small spans: {stats}");
     assert!(arena["pager"]["remote_reads"].as_u64().unwrap() > 10_000, "{stats}");
     assert_eq!(arena["fallback_allocations"], 0, "{stats}");
+}
+
+#[test]
+fn a_system_call_on_far_memory_that_cannot_be_served_stops_the_program() {
+    if unprivileged() {
+        return;
+    }
+    // A program with a SIGBUS handler (as QEMU has) writes far memory to a file after its
+    // memory servers are gone: the kernel's access cannot be failed by a signal, so it
+    // would fault for ever; the pager stops the program instead, saying why.
+    let servers: Vec<(rack::Proc, String)> = (0..3)
+        .map(|_| {
+            let (p, line) = rack::spawn_and_read_line(&[
+                "memserver",
+                "--listen",
+                "127.0.0.1:0",
+                "--capacity",
+                "256MiB",
+                "--secret-file",
+                rack::secret_file(),
+            ]);
+            (p, line.split_whitespace().nth(4).unwrap().to_string())
+        })
+        .collect();
+    let list = servers.iter().map(|(_, a)| a.as_str()).collect::<Vec<_>>().join(",");
+    let script = "import os, signal, sys\n\
+                  signal.signal(signal.SIGBUS, lambda *a: None)\n\
+                  b = bytearray(64 << 20)\n\
+                  for i in range(0, len(b), 4096): b[i] = 1\n\
+                  print('ready', flush=True)\n\
+                  sys.stdin.readline()\n\
+                  fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)\n\
+                  os.write(fd, b)\n\
+                  print('written', flush=True)\n";
+    let out_file = scratch("unserved.bin");
+    let log = scratch("unserved.log");
+    let mut child = krak()
+        .args(["run", "--local", "16MiB", "--servers", &list, "--secret-file", rack::secret_file()])
+        .args(["--log", log.to_str().unwrap(), "--", "/usr/bin/python3", "-c", script, out_file.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    for (mut proc, _) in servers {
+        proc.kill();
+    }
+    let started = Instant::now();
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGKILL), "stopped, not finished: {rest:?}");
+    assert!(!rest.contains("written"), "the write cannot have completed: {rest:?}");
+    eprintln!("the program was stopped {:.1} s after its servers were killed", started.elapsed().as_secs_f64());
+    assert!(started.elapsed() < Duration::from_secs(60), "stopped in {:?}", started.elapsed());
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(log.contains("stopping the program"), "the log says why: {log}");
+    let _ = std::fs::remove_file(&out_file);
 }
 
 #[test]

@@ -57,11 +57,17 @@ pub(crate) struct Handler {
     /// thread is fetching the page, wait here until it lands.
     self_serving: bool,
     p: Parts,
+    /// The page whose fault failed last, and how many times in a row.
+    failing: (usize, u32),
 }
+
+/// Failed faults in a row on one page before the program is stopped: a SIGBUS does not end
+/// an access that the kernel makes (a system call's, KVM's), which would fault for ever.
+const MAX_FAILS_IN_A_ROW: u32 = 64;
 
 impl Handler {
     pub fn new(shared: Arc<RegionShared>, self_serving: bool, parts: Parts) -> Handler {
-        Handler { shared, self_serving, p: parts }
+        Handler { shared, self_serving, p: parts, failing: (usize::MAX, 0) }
     }
 
     pub fn into_parts(self) -> Parts {
@@ -107,10 +113,28 @@ impl Handler {
             return;
         }
         let page = (addr - base) / PAGE_SIZE;
-        if let Err(e) = self.serve(page, write || wp, wp) {
+        let served = self.serve(page, write || wp, wp);
+        if served.is_ok() && self.failing.0 == page {
+            self.failing = (usize::MAX, 0);
+        }
+        if let Err(e) = served {
             let counters = &self.shared.counters;
             Counters::add(&counters.failed_faults, 1);
-            tracing::error!("cannot serve page {page} of the region: {e}; failing the access with SIGBUS");
+            self.failing = if self.failing.0 == page { (page, self.failing.1 + 1) } else { (page, 1) };
+            if self.failing.1 >= MAX_FAILS_IN_A_ROW {
+                tracing::error!(
+                    "cannot serve page {page} of the region ({e}) and the access is retried for ever \
+                     (the kernel's, which a SIGBUS does not end): stopping the program"
+                );
+                if let Err(err) = self.shared.map.stop_program() {
+                    tracing::error!("could not stop the program: {err}");
+                }
+                return;
+            }
+            if self.failing.1 == 1 {
+                // Said once; the retries are counted.
+                tracing::error!("cannot serve page {page} of the region: {e}; failing the access with SIGBUS");
+            }
             if let Some(tid) = thread_id {
                 if let Err(err) = self.shared.map.fail_thread(tid) {
                     tracing::error!("could not signal thread {tid}: {err}");

@@ -75,6 +75,15 @@ impl RegionMemory {
         }
     }
 
+    /// Ends the program whose memory this is (SIGKILL): an access it keeps retrying cannot
+    /// be served, and a kernel-mode access (a system call, KVM) cannot be failed otherwise.
+    pub fn stop_program(&self) -> io::Result<()> {
+        match self {
+            RegionMemory::Own(_) => krak_uffd::signal_process(std::process::id() as i32, libc::SIGKILL),
+            RegionMemory::OtherProcess { pid, .. } => krak_uffd::signal_process(*pid, libc::SIGKILL),
+        }
+    }
+
     /// This process's own mapping, for what only it can do (fork exclusion).
     pub fn own(&self) -> io::Result<&AnonMapping> {
         match self {
