@@ -42,6 +42,28 @@ impl Held {
     }
 }
 
+impl Held {
+    /// Records the protection `prot` of `[first, first+n)` after an mprotect that ended
+    /// `done`. One that failed may have changed part of the range (vm.max_map_count): it is
+    /// marked unknown, so that giving the pages up makes them read-write again.
+    fn record_prot(&mut self, first: usize, n: usize, prot: c_int, done: Result<(), c_int>) -> Result<(), c_int> {
+        match done {
+            Err(errno) => {
+                self.prot.insert(first, n, UNKNOWN_PROT);
+                Err(errno)
+            }
+            Ok(()) if prot == RW => {
+                self.prot.remove(first, n);
+                Ok(())
+            }
+            Ok(()) => {
+                self.prot.insert(first, n, prot);
+                Ok(())
+            }
+        }
+    }
+}
+
 impl Deref for Held {
     type Target = Runs;
     fn deref(&self) -> &Runs {
@@ -98,18 +120,7 @@ impl Far {
             }),
             Arena::InProcess(_) => sys_mprotect(first * PAGE_SIZE, n * PAGE_SIZE, prot),
         };
-        if let Err(errno) = done {
-            // mprotect may have changed part of the range before it failed (vm.max_map_count):
-            // marked unknown, so that giving the pages up makes them read-write again.
-            held.prot.insert(first, n, UNKNOWN_PROT);
-            return Err(errno);
-        }
-        if prot == RW {
-            held.prot.remove(first, n);
-        } else {
-            held.prot.insert(first, n, prot);
-        }
-        Ok(())
+        held.record_prot(first, n, prot, done)
     }
 
     /// Gives up pages `[first, first+n)` the program held (freed, unmapped, replaced): the
@@ -248,16 +259,8 @@ impl Far {
             return self.set_prot(&mut held, first, n, prot);
         }
         // Other mappings inside: the kernel changes them too; the arena's pieces are recorded.
-        if let Err(errno) = sys_mprotect(addr, n * PAGE_SIZE, prot) {
-            held.prot.insert(first, n, UNKNOWN_PROT);
-            return Err(errno);
-        }
-        if prot == RW {
-            held.prot.remove(first, n);
-        } else {
-            held.prot.insert(first, n, prot);
-        }
-        Ok(())
+        let done = sys_mprotect(addr, n * PAGE_SIZE, prot);
+        held.record_prot(first, n, prot, done)
     }
 
     /// Whether any page of the range has a protection or another mapping: such ranges are

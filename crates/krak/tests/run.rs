@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-#[allow(dead_code)]
 #[path = "controller_common/mod.rs"]
 mod rack;
 #[path = "common/redis.rs"]
