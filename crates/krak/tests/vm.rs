@@ -1,8 +1,8 @@
 //! A Linux VM on rack memory: an unmodified guest (Debian's cloud kernel, a busybox
 //! initramfs built here) with 1 GiB of RAM boots under QEMU (TCG) in `krak run --local
-//! 256MiB`, writes and checks 400 MiB and a 200 MiB file inside the guest, and prints
-//! checksums on its serial console, which must be those the same programs print on this
-//! host. With `--redundancy ec:4+2`, two of the memory servers are killed while the guest
+//! 256MiB`, writes and checks 400 MiB and a 200 MiB file inside the guest, reads a 64 MiB
+//! virtio disk (QEMU's preadv into far guest RAM), and prints checksums on its serial
+//! console, which must be those the same programs print on this host. With `--redundancy ec:4+2`, two of the memory servers are killed while the guest
 //! runs: it keeps running and its checksums stay right. Peak RSS is checked against the
 //! budget plus the overhead docs/design.md states. Needs root, qemu-system-x86, a kernel
 //! in /boot, busybox-static, cpio and a C compiler with static libc (`.ci/run` installs
