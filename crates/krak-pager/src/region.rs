@@ -235,6 +235,8 @@ impl FarMemory {
         let prefetch: Box<dyn PrefetchPolicy> =
             if config.no_prefetch { Box::new(crate::NoPrefetch) } else { Box::<StrideDetector>::default() };
         let core = Core::new(region_pages, budget_pages(config.local_budget_bytes), eviction, prefetch);
+        // One request waiting at most: the reservation thread is never far behind.
+        let (ahead_tx, ahead_rx) = std::sync::mpsc::sync_channel(1);
         let shared = Arc::new(RegionShared {
             core: Mutex::new(core),
             wb_wake: Condvar::new(),
@@ -262,6 +264,9 @@ impl FarMemory {
             placement: Mutex::new(placement),
             server_ids: Mutex::new(server_ids),
             rack: rack.clone(),
+            reserving: Mutex::new(()),
+            ahead: AtomicUsize::new(usize::MAX),
+            ahead_tx: config.reserve_on_demand.then_some(ahead_tx),
         });
         let mut region =
             FarMemory { shared: shared.clone(), threads: Vec::new(), self_serving_id: None, rack: rack.clone() };
@@ -281,6 +286,13 @@ impl FarMemory {
         let s = shared.clone();
         let t = std::thread::Builder::new().name("krak-reclaim".into()).spawn(move || crate::fault::reclaim::run(s));
         region.threads.push(t.map_err(PagerError::Thread)?);
+        if config.reserve_on_demand {
+            let s = shared.clone();
+            let t = std::thread::Builder::new()
+                .name("krak-reserve".into())
+                .spawn(move || crate::fault::reserve::ahead_loop(s, ahead_rx));
+            region.threads.push(t.map_err(PagerError::Thread)?);
+        }
         // Re-protection (and its scrubs) where a lost server can be survived.
         if config.redundancy.tolerated_losses() > 0 {
             let (s, link) = (shared.clone(), rack.clone());

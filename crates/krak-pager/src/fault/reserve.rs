@@ -1,7 +1,12 @@
 //! Reserving rack memory as a region is used ([`crate::PagerConfig::reserve_on_demand`]): a
 //! chunk gets its slabs when its first page is written back. The write-back thread reserves
 //! before it writes a batch, so a fault never waits for the controller (only for write-back
-//! space, as with any slow write). Where the controller places the region, it places the
+//! space, as with any slow write); and a thread of its own reserves the chunk after the last
+//! one written ahead of need ([`ahead_loop`]), while the write-back thread goes on, so that a
+//! program filling its memory in order finds its next chunk reserved. At most one chunk is
+//! reserved ahead at a time, so the region holds at most one chunk more than it uses. A
+//! reservation and a release hold `RegionShared::reserving` whole: one chunk is never
+//! reserved twice, nor released while it is reserved again. Where the controller places the region, it places the
 //! chunk's fragments (one request, so they land on distinct servers), the slabs are
 //! allocated and the placement committed; over a list of servers, the region's list policy
 //! chooses. A chunk whose reservation fails stays unreserved: the pages bound for it stay
@@ -40,6 +45,16 @@ pub(crate) fn reserve_for(shared: &RegionShared, pages: &[usize]) -> (Vec<usize>
     let mut chunks: Vec<usize> = pages.iter().map(|p| p / layout.chunk_pages).collect();
     chunks.sort_unstable();
     chunks.dedup();
+    let ahead = shared.ahead.load(Ordering::Relaxed);
+    if chunks.contains(&ahead) {
+        // The chunk reserved ahead is written now: the next one may be.
+        shared.ahead.store(NO_CHUNK, Ordering::Relaxed);
+    }
+    if let (Some(tx), Some(&last)) = (&shared.ahead_tx, chunks.last()) {
+        // Never waits: a request already waiting is enough.
+        let _ = tx.try_send(last + 1);
+    }
+    let _reserving = shared.reserving.lock();
     let mut failed = Vec::new();
     let mut why = None;
     for chunk in chunks.into_iter().filter(|&c| !layout.stripes.is_reserved(c)) {
@@ -59,7 +74,37 @@ pub(crate) fn reserve_for(shared: &RegionShared, pages: &[usize]) -> (Vec<usize>
     (failed, why)
 }
 
-/// Gives `chunk` its stripe of slabs.
+/// No chunk reserved ahead.
+const NO_CHUNK: usize = usize::MAX;
+
+/// The reservation thread: reserves the chunk the write-back thread names ahead of its first
+/// write-back, when no chunk reserved ahead is still waiting for its data. Ends with the
+/// region.
+pub(crate) fn ahead_loop(shared: std::sync::Arc<RegionShared>, requests: std::sync::mpsc::Receiver<usize>) {
+    let layout = &shared.layout;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let Ok(chunk) = requests.recv_timeout(std::time::Duration::from_millis(100)) else { continue };
+        let _reserving = shared.reserving.lock();
+        let ahead = shared.ahead.load(Ordering::Relaxed);
+        if (ahead != NO_CHUNK && layout.stripes.is_reserved(ahead))
+            || chunk >= layout.stripes.len()
+            || layout.stripes.is_reserved(chunk)
+        {
+            continue;
+        }
+        match reserve(&shared, chunk) {
+            Ok(()) => {
+                shared.ahead.store(chunk, Ordering::Relaxed);
+                Counters::add(&shared.counters.chunks_reserved, 1);
+                Counters::add(&shared.counters.chunks_reserved_ahead, 1);
+            }
+            // The write-back tries again when the chunk's first page comes.
+            Err(e) => tracing::debug!("reserving chunk {chunk} ahead: {e}"),
+        }
+    }
+}
+
+/// Gives `chunk` its stripe of slabs. The caller holds `reserving`.
 fn reserve(shared: &RegionShared, chunk: usize) -> Result<(), PagerError> {
     let stripe = match &shared.rack {
         Some(link) => at_controller(shared, link, chunk)?,
@@ -197,6 +242,8 @@ pub(crate) fn release_emptied(shared: &RegionShared, ranges: &[Range<usize>]) {
         .collect();
     chunks.sort_unstable();
     chunks.dedup();
+    // Under it until the controller has the release: a reservation of the same chunk waits.
+    let _reserving = shared.reserving.lock();
     let mut released: Vec<(usize, Stripe)> = Vec::new();
     {
         let core = shared.core.lock();

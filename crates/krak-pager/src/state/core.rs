@@ -178,6 +178,12 @@ pub(crate) struct RegionShared {
     pub server_ids: Mutex<HashMap<usize, u64>, { level::HELLO_IDS }>,
     /// The controller that places the region, if one does (else `placement` over its list).
     pub rack: Option<Arc<crate::follow::link::ControllerLink>>,
+    /// Held across a chunk's reservation or release (`fault/reserve.rs`).
+    pub reserving: Mutex<(), { level::RESERVING }>,
+    /// The chunk reserved ahead of need and not written yet (`usize::MAX`: none).
+    pub ahead: AtomicUsize,
+    /// Asks the reservation thread to reserve a chunk ahead (a region reserving on demand).
+    pub ahead_tx: Option<std::sync::mpsc::SyncSender<usize>>,
 }
 
 impl RegionShared {

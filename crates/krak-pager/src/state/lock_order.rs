@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 /// The levels, lowest first.
 pub(crate) mod level {
+    /// A chunk's reservation or release (on demand), whole: controller calls, slab RPCs and
+    /// the stripe table under it, so that two threads never reserve one chunk at once.
+    pub const RESERVING: u8 = 5;
     /// The controller's HTTP client: calls to the controller, with nothing else held.
     pub const CONTROLLER_CLIENT: u8 = 10;
     /// A scrub step (shared) against freeing an old fragment slab (exclusive).

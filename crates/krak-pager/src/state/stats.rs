@@ -25,6 +25,7 @@ pub(crate) struct Counters {
     pub scrubs: AtomicU64,
     pub remote_discards: AtomicU64,
     pub chunks_reserved: AtomicU64,
+    pub chunks_reserved_ahead: AtomicU64,
     pub chunks_released: AtomicU64,
     pub over_budget_faults: AtomicU64,
     pub degraded_reads: AtomicU64,
@@ -59,6 +60,7 @@ impl Counters {
             scrubs: z(),
             remote_discards: z(),
             chunks_reserved: z(),
+            chunks_reserved_ahead: z(),
             chunks_released: z(),
             over_budget_faults: z(),
             degraded_reads: z(),
@@ -109,6 +111,7 @@ impl Counters {
             scrubs: g(&self.scrubs),
             remote_discards: g(&self.remote_discards),
             chunks_reserved: g(&self.chunks_reserved),
+            chunks_reserved_ahead: g(&self.chunks_reserved_ahead),
             chunks_released: g(&self.chunks_released),
             over_budget_faults: g(&self.over_budget_faults),
             redundancy: crate::Redundancy::None,
@@ -173,6 +176,9 @@ pub struct PagerStats {
     pub remote_discards: u64,
     /// Chunks reserved as they were first written back (a region reserving on demand).
     pub chunks_reserved: u64,
+    /// Of those, chunks reserved ahead of their first write-back, by the reservation thread
+    /// (the chunk after the last one written, while the write-back thread goes on).
+    pub chunks_reserved_ahead: u64,
     /// Chunks whose slabs were given back once every page of them that held data was
     /// discarded (a region reserving on demand).
     pub chunks_released: u64,
