@@ -264,6 +264,7 @@ impl FarMemory {
             placement: Mutex::new(placement),
             server_ids: Mutex::new(server_ids),
             rack: rack.clone(),
+            failing: Mutex::new(std::collections::HashMap::new()),
             reserving: Mutex::new(()),
             ahead: AtomicUsize::new(usize::MAX),
             ahead_tx: config.reserve_on_demand.then_some(ahead_tx),

@@ -72,7 +72,7 @@ pub unsafe extern "C" fn calloc(n: size_t, size: size_t) -> *mut c_void {
         // Arena runs are handed out discarded: they read as zeros without being touched;
         // small blocks may have been used before.
         Some(p) => {
-            if !large(total) {
+            if total <= crate::small::MAX_SMALL {
                 // SAFETY: a fresh block of at least `total` bytes.
                 unsafe { std::ptr::write_bytes(p.cast::<u8>(), 0, total) };
             }

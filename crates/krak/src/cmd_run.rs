@@ -74,7 +74,9 @@ pub struct RunArgs {
     /// allocator's state is far memory, which the child does not have). far: krak serves
     /// them all from far memory, small blocks too (size classes in 64 KiB spans of the
     /// arena), so a program made of small blocks (interpreters, awk) is far memory; a forked
-    /// child (without exec) dies with SIGSEGV as soon as it touches a block its parent made.
+    /// child dies with SIGSEGV as soon as it touches a block its parent made, even to exec (its
+    /// environment and arguments are such blocks): programs that fork (shells) do not run
+    /// under it; posix_spawn and vfork work.
     #[arg(long, value_enum, value_name = "WHO", default_value = "auto")]
     allocator: Allocator,
     /// Memory servers to use (HOST:PORT,...), instead of starting some on loopback.

@@ -57,17 +57,21 @@ pub(crate) struct Handler {
     /// thread is fetching the page, wait here until it lands.
     self_serving: bool,
     p: Parts,
-    /// The page whose fault failed last, and how many times in a row.
-    failing: (usize, u32),
 }
 
-/// Failed faults in a row on one page before the program is stopped: a SIGBUS does not end
-/// an access that the kernel makes (a system call's, KVM's), which would fault for ever.
-const MAX_FAILS_IN_A_ROW: u32 = 64;
+/// How long one page's faults fail, with no success between, before the program is stopped:
+/// a SIGBUS does not end an access the kernel makes (a system call's, KVM's), which would
+/// fault for ever. Well above the write-back's pause after a failure and a reconnection.
+const STOP_AFTER_FAILING: Duration = Duration::from_secs(20);
+/// Failures of one page at most this far apart belong to one stretch (the kernel and a
+/// program's SIGBUS handler retry at once; a program that gave up does not come back).
+const FAILING_GAP: Duration = Duration::from_secs(5);
+/// Pages tracked as failing at most (more are failed, not timed).
+const MAX_FAILING_PAGES: usize = 4096;
 
 impl Handler {
     pub fn new(shared: Arc<RegionShared>, self_serving: bool, parts: Parts) -> Handler {
-        Handler { shared, self_serving, p: parts, failing: (usize::MAX, 0) }
+        Handler { shared, self_serving, p: parts }
     }
 
     pub fn into_parts(self) -> Parts {
@@ -113,35 +117,49 @@ impl Handler {
             return;
         }
         let page = (addr - base) / PAGE_SIZE;
-        let served = self.serve(page, write || wp, wp);
-        if served.is_ok() && self.failing.0 == page {
-            self.failing = (usize::MAX, 0);
-        }
-        if let Err(e) = served {
-            let counters = &self.shared.counters;
-            Counters::add(&counters.failed_faults, 1);
-            self.failing = if self.failing.0 == page { (page, self.failing.1 + 1) } else { (page, 1) };
-            if self.failing.1 >= MAX_FAILS_IN_A_ROW {
-                tracing::error!(
-                    "cannot serve page {page} of the region ({e}) and the access is retried for ever \
-                     (the kernel's, which a SIGBUS does not end): stopping the program"
-                );
-                if let Err(err) = self.shared.map.stop_program() {
-                    tracing::error!("could not stop the program: {err}");
+        let shared = self.shared.clone();
+        let Err(e) = self.serve(page, write || wp, wp) else { return };
+        Counters::add(&shared.counters.failed_faults, 1);
+        let now = Instant::now();
+        // Failures of one page less than FAILING_GAP apart are one stretch of failing.
+        let since = {
+            let mut failing = shared.failing.lock();
+            if failing.len() >= MAX_FAILING_PAGES {
+                failing.retain(|_, (_, last)| now.duration_since(*last) < FAILING_GAP);
+            }
+            let full = failing.len() >= MAX_FAILING_PAGES;
+            match failing.get_mut(&page) {
+                Some((first, last)) if now.duration_since(*last) < FAILING_GAP => {
+                    *last = now;
+                    *first
                 }
-                return;
-            }
-            if self.failing.1 == 1 {
-                // Said once; the retries are counted.
-                tracing::error!("cannot serve page {page} of the region: {e}; failing the access with SIGBUS");
-            }
-            if let Some(tid) = thread_id {
-                if let Err(err) = self.shared.map.fail_thread(tid) {
-                    tracing::error!("could not signal thread {tid}: {err}");
+                _ if full => now,
+                _ => {
+                    failing.insert(page, (now, now));
+                    now
                 }
             }
-            let _ = self.shared.uffd.wake(self.shared.addr(page), PAGE_SIZE);
+        };
+        if since == now {
+            tracing::error!("cannot serve page {page} of the region: {e}; failing the access with SIGBUS");
         }
+        if now.duration_since(since) >= STOP_AFTER_FAILING {
+            tracing::error!(
+                "page {page} of the region has not been served for {} s ({e}) and its access is retried \
+                 (the kernel's, which a SIGBUS does not end): stopping the program",
+                STOP_AFTER_FAILING.as_secs()
+            );
+            match shared.map.stop_program() {
+                Ok(()) => return,
+                Err(err) => tracing::error!("could not stop the program: {err}"),
+            }
+        }
+        if let Some(tid) = thread_id {
+            if let Err(err) = shared.map.fail_thread(tid) {
+                tracing::error!("could not signal thread {tid}: {err}");
+            }
+        }
+        let _ = shared.uffd.wake(shared.addr(page), PAGE_SIZE);
     }
 
     pub fn serve(&mut self, page: usize, write: bool, wp: bool) -> Result<(), PagerError> {

@@ -45,31 +45,37 @@ pub(crate) fn reserve_for(shared: &RegionShared, pages: &[usize]) -> (Vec<usize>
     let mut chunks: Vec<usize> = pages.iter().map(|p| p / layout.chunk_pages).collect();
     chunks.sort_unstable();
     chunks.dedup();
-    let ahead = shared.ahead.load(Ordering::Relaxed);
-    if chunks.contains(&ahead) {
+    let mut failed = Vec::new();
+    let mut why = None;
+    // Only a batch with a chunk to reserve waits for the lock (and for a reservation ahead
+    // in progress); the filter looks again under it.
+    let reserving = chunks.iter().any(|&c| !layout.stripes.is_reserved(c)).then(|| shared.reserving.lock());
+    if reserving.is_some() {
+        for chunk in chunks.iter().copied().filter(|&c| !layout.stripes.is_reserved(c)) {
+            // After one failure (a full rack, a controller away) the others would fail alike.
+            if why.is_some() {
+                failed.push(chunk);
+                continue;
+            }
+            match reserve(shared, chunk) {
+                Ok(()) => Counters::add(&shared.counters.chunks_reserved, 1),
+                Err(e) => {
+                    failed.push(chunk);
+                    why = Some(e);
+                }
+            }
+        }
+    }
+    drop(reserving);
+    // After the chunks were seen reserved: the reservation thread marks its chunk before it
+    // installs the stripe, so a batch that found it reserved sees the mark too.
+    if chunks.contains(&shared.ahead.load(Ordering::SeqCst)) {
         // The chunk reserved ahead is written now: the next one may be.
-        shared.ahead.store(NO_CHUNK, Ordering::Relaxed);
+        shared.ahead.store(NO_CHUNK, Ordering::SeqCst);
     }
     if let (Some(tx), Some(&last)) = (&shared.ahead_tx, chunks.last()) {
         // Never waits: a request already waiting is enough.
         let _ = tx.try_send(last + 1);
-    }
-    let _reserving = shared.reserving.lock();
-    let mut failed = Vec::new();
-    let mut why = None;
-    for chunk in chunks.into_iter().filter(|&c| !layout.stripes.is_reserved(c)) {
-        // After one failure (a full rack, a controller away) the others would fail alike.
-        if why.is_some() {
-            failed.push(chunk);
-            continue;
-        }
-        match reserve(shared, chunk) {
-            Ok(()) => Counters::add(&shared.counters.chunks_reserved, 1),
-            Err(e) => {
-                failed.push(chunk);
-                why = Some(e);
-            }
-        }
     }
     (failed, why)
 }
@@ -82,27 +88,42 @@ const NO_CHUNK: usize = usize::MAX;
 /// region.
 pub(crate) fn ahead_loop(shared: std::sync::Arc<RegionShared>, requests: std::sync::mpsc::Receiver<usize>) {
     let layout = &shared.layout;
+    // After a failure (a full rack, a controller away), no try for a while: the write-back
+    // thread must not wait behind reservations that fail.
+    let mut quiet_until = std::time::Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
         let Ok(chunk) = requests.recv_timeout(std::time::Duration::from_millis(100)) else { continue };
+        if std::time::Instant::now() < quiet_until {
+            continue;
+        }
         let _reserving = shared.reserving.lock();
-        let ahead = shared.ahead.load(Ordering::Relaxed);
+        let ahead = shared.ahead.load(Ordering::SeqCst);
         if (ahead != NO_CHUNK && layout.stripes.is_reserved(ahead))
             || chunk >= layout.stripes.len()
             || layout.stripes.is_reserved(chunk)
         {
             continue;
         }
+        // Marked before the stripe is installed (`reserve_for` reads the mark after it sees
+        // the chunk reserved).
+        shared.ahead.store(chunk, Ordering::SeqCst);
         match reserve(&shared, chunk) {
             Ok(()) => {
-                shared.ahead.store(chunk, Ordering::Relaxed);
                 Counters::add(&shared.counters.chunks_reserved, 1);
                 Counters::add(&shared.counters.chunks_reserved_ahead, 1);
             }
-            // The write-back tries again when the chunk's first page comes.
-            Err(e) => tracing::debug!("reserving chunk {chunk} ahead: {e}"),
+            Err(e) => {
+                // The write-back reserves it when the chunk's first page comes.
+                let _ = shared.ahead.compare_exchange(chunk, NO_CHUNK, Ordering::SeqCst, Ordering::SeqCst);
+                tracing::debug!("reserving chunk {chunk} ahead: {e}");
+                quiet_until = std::time::Instant::now() + AHEAD_QUIET_AFTER_FAILURE;
+            }
         }
     }
 }
+
+/// How long the reservation thread keeps quiet after a failed reservation ahead.
+const AHEAD_QUIET_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Gives `chunk` its stripe of slabs. The caller holds `reserving`.
 fn reserve(shared: &RegionShared, chunk: usize) -> Result<(), PagerError> {
@@ -242,6 +263,14 @@ pub(crate) fn release_emptied(shared: &RegionShared, ranges: &[Range<usize>]) {
         .collect();
     chunks.sort_unstable();
     chunks.dedup();
+    let emptied = |c: &usize| {
+        let core = shared.core.lock();
+        let span = c * chunk_pages..((c + 1) * chunk_pages).min(core.pages.len());
+        layout.stripes.is_reserved(*c) && core.pages.remote_in(span).next().is_none()
+    };
+    if !chunks.iter().any(emptied) {
+        return;
+    }
     // Under it until the controller has the release: a reservation of the same chunk waits.
     let _reserving = shared.reserving.lock();
     let mut released: Vec<(usize, Stripe)> = Vec::new();

@@ -178,6 +178,8 @@ pub(crate) struct RegionShared {
     pub server_ids: Mutex<HashMap<usize, u64>, { level::HELLO_IDS }>,
     /// The controller that places the region, if one does (else `placement` over its list).
     pub rack: Option<Arc<crate::follow::link::ControllerLink>>,
+    /// Pages whose faults keep failing: when they began to, and when they last did.
+    pub failing: Mutex<HashMap<usize, (std::time::Instant, std::time::Instant)>, { level::FAILING }>,
     /// Held across a chunk's reservation or release (`fault/reserve.rs`).
     pub reserving: Mutex<(), { level::RESERVING }>,
     /// The chunk reserved ahead of need and not written yet (`usize::MAX`: none).

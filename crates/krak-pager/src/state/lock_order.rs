@@ -40,6 +40,8 @@ pub(crate) mod level {
     pub const PUSH_REFUSED: u8 = 82;
     pub const PLACEMENT: u8 = 84;
     pub const HELLO_IDS: u8 = 86;
+    /// Pages whose faults keep failing, and since when (`fault/handler.rs`).
+    pub const FAILING: u8 = 88;
     /// The process-wide address → region map of self-serving (SIGBUS) regions.
     pub const REGIONS: u8 = 90;
 }
