@@ -2,11 +2,14 @@
 //! program's region reports what it is doing (`krak status`, its JSON, `/metrics`), and
 //! `krak budget pid:N` shrinks its local budget while it runs: its resident set follows
 //! within seconds, and the program still reads back every byte it wrote. Without a
-//! controller, `krak budget pid:N` asks the program's pager process over its socket.
+//! controller, `krak budget pid:N` asks the program's pager process over its socket. A
+//! `krak demo` region on the rack is shrunk and grown the same way while its verified
+//! workload runs.
 
 mod controller_common;
 
 use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use controller_common::*;
@@ -129,4 +132,51 @@ fn without_a_controller_the_program_s_pager_is_asked_directly() {
     program.0.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     assert_eq!(lines.next().expect("a verdict").expect("readable"), "verified");
     assert!(program.0.wait().unwrap().success());
+}
+
+#[test]
+fn a_demo_region_is_shrunk_and_grown_while_its_verified_workload_runs() {
+    let dir = TempDir::new("demo-budget");
+    let store = dir.path().join("store");
+    let (_ctl, url) = controller("127.0.0.1:0", &["--store", store.to_str().unwrap()]);
+    let _servers: Vec<_> = (1..=3).map(|i| memserver(&url, &format!("rack1/host{i}"), "128MiB")).collect();
+    wait_alive(&url, 3);
+    let demo = Command::new(KRAK)
+        .args(["demo", "--controller", &url, "--region", "96MiB", "--local", "48MiB", "--seconds", "8"])
+        .args(["--secret-file", secret_file(), "--no-baseline", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("demo starts (it ends by itself after --seconds)");
+    let pid = demo.id();
+    let (id, _) = wait_for(Duration::from_secs(15), "the demo's region reporting", || {
+        let st = status(&url).ok()?;
+        let r = st["regions"].as_array()?.iter().find(|r| r["live"]["pid"] == pid)?.clone();
+        (r["live"]["resident_bytes"].as_u64()? > 16 << 20).then(|| r["id"].as_u64()).flatten()
+    });
+    let shrunk = krak_ok(&["budget", &id.to_string(), "8MiB", "--json", "--controller", &url]);
+    let shrunk: serde_json::Value = serde_json::from_str(&shrunk).unwrap();
+    assert_eq!(shrunk["confirmed"], true, "{shrunk:#}");
+    wait_for(Duration::from_secs(10), "the demo's resident set under 8 MiB", || {
+        let st = status(&url).ok()?;
+        let r = st["regions"].as_array()?.iter().find(|r| r["id"] == id)?.clone();
+        (r["live"]["resident_bytes"].as_u64()? <= 8 << 20).then_some(())
+    });
+    let grown = krak_ok(&["budget", &id.to_string(), "64MiB", "--json", "--controller", &url]);
+    let grown: serde_json::Value = serde_json::from_str(&grown).unwrap();
+    assert_eq!(
+        (grown["previous_local_budget_bytes"].as_u64(), grown["confirmed"].as_bool()),
+        (Some(8 << 20), Some(true))
+    );
+    wait_for(Duration::from_secs(10), "the demo's region keeping more than 8 MiB again", || {
+        let st = status(&url).ok()?;
+        let r = st["regions"].as_array()?.iter().find(|r| r["id"] == id)?.clone();
+        (r["live"]["resident_bytes"].as_u64()? > 8 << 20).then_some(())
+    });
+    // The demo checks every read and every page at the end: all of it right.
+    let out = demo.wait_with_output().expect("demo ends");
+    assert!(out.status.success(), "demo failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(report["verified"], true, "{report:#}");
+    assert_eq!(report["pages_verified"], 96 * 256, "{report:#}");
 }
