@@ -28,8 +28,6 @@ pub enum ProgramError {
     Map { len: usize, source: std::io::Error },
     #[error("MADV_DONTFORK on the arena: {0}")]
     ExcludeFromFork(#[source] std::io::Error),
-    #[error("changing the protection of arena pages: {0}")]
-    Protect(#[source] std::io::Error),
     #[error("mapping the arena back over another mapping: {0}")]
     Restore(#[source] std::io::Error),
     #[error("userfaultfd: {0}")]
@@ -158,12 +156,6 @@ impl Separate {
             Answer::Failed(why) => Err(ProgramError::Refused(why)),
             answer => Err(ProgramError::Unexpected { request: "a discard", answer }),
         }
-    }
-
-    /// Sets the protection of `[offset, offset+len)` of the arena (page-aligned); contents
-    /// and faults as before (the pager reads through the memfd, not through this mapping).
-    pub fn protect(&self, offset: usize, len: usize, prot: i32) -> Result<(), ProgramError> {
-        self.map.protect(offset, len, prot).map_err(ProgramError::Protect)
     }
 
     /// Puts the arena back at `[offset, offset+len)` after another mapping of the program's

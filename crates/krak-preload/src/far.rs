@@ -311,7 +311,7 @@ impl Far {
         if runs.resize_in_place(first, n) {
             return addr as *mut libc::c_void;
         }
-        if self.marked(&runs, first, run.pages) {
+        if runs.marked(first, run.pages) {
             // Protected pages or another mapping inside: a copy would read what cannot be read.
             crate::alloc::set_errno(libc::ENOMEM);
             return std::ptr::null_mut();
@@ -372,7 +372,7 @@ impl Far {
             }
             return Ok(addr);
         }
-        if self.marked(&runs, first, old) {
+        if runs.marked(first, old) {
             // Protected pages or another mapping inside: neither grown nor copied.
             return Err(libc::ENOMEM);
         }
@@ -390,9 +390,7 @@ impl Far {
         self.unmap(addr, old * PAGE_SIZE);
         Ok(to as usize)
     }
-}
 
-impl Far {
     /// `{spans, blocks}` of small blocks in far memory, or null without `--allocator far`.
     fn small_stats(&self) -> serde_json::Value {
         self.small.as_ref().map_or(

@@ -40,9 +40,13 @@ impl Held {
     pub fn new(runs: Runs) -> Held {
         Held { runs, prot: Spans::new(), foreign: Spans::new() }
     }
-}
 
-impl Held {
+    /// Whether any page of the range has a protection or another mapping: such ranges are
+    /// not moved by `mremap` or `realloc` (a copy would read what cannot be read).
+    pub fn marked(&self, first: usize, n: usize) -> bool {
+        !self.prot.pieces(first, n).is_empty() || !self.foreign.pieces(first, n).is_empty()
+    }
+
     /// Records the protection `prot` of `[first, first+n)` after an mprotect that ended
     /// `done`. One that failed may have changed part of the range (vm.max_map_count): it is
     /// marked unknown, so that giving the pages up makes them read-write again.
@@ -111,15 +115,11 @@ impl Far {
         page * PAGE_SIZE - self.region.as_ptr() as usize
     }
 
-    /// Sets the protection of held pages `[first, first+n)` and records it.
+    /// Sets the protection of held pages `[first, first+n)` and records it. The kernel's
+    /// mprotect on the program's own addresses, whichever the arena: it changes another
+    /// mapping inside the range (a `MAP_FIXED` file) too, as it would without krak.
     fn set_prot(&self, held: &mut Held, first: usize, n: usize, prot: c_int) -> Result<(), c_int> {
-        let done = match &self.region {
-            Arena::Separate(s) => s.protect(self.offset_of(first), n * PAGE_SIZE, prot).map_err(|e| match e {
-                krak_arena::program::ProgramError::Protect(io) => io.raw_os_error().unwrap_or(libc::ENOMEM),
-                _ => libc::ENOMEM,
-            }),
-            Arena::InProcess(_) => sys_mprotect(first * PAGE_SIZE, n * PAGE_SIZE, prot),
-        };
+        let done = sys_mprotect(first * PAGE_SIZE, n * PAGE_SIZE, prot);
         held.record_prot(first, n, prot, done)
     }
 
@@ -254,19 +254,7 @@ impl Far {
         if !held.all_in_use(first, n) {
             return Err(libc::ENOMEM);
         }
-        let foreign = held.foreign.pieces(first, n);
-        if foreign.is_empty() {
-            return self.set_prot(&mut held, first, n, prot);
-        }
-        // Other mappings inside: the kernel changes them too; the arena's pieces are recorded.
-        let done = sys_mprotect(addr, n * PAGE_SIZE, prot);
-        held.record_prot(first, n, prot, done)
-    }
-
-    /// Whether any page of the range has a protection or another mapping: such ranges are
-    /// not moved by `mremap` (a copy would read what cannot be read).
-    pub fn marked(&self, held: &Held, first: usize, n: usize) -> bool {
-        !held.prot.pieces(first, n).is_empty() || !held.foreign.pieces(first, n).is_empty()
+        self.set_prot(&mut held, first, n, prot)
     }
 
     /// `madvise` with a discarding advice: the arena's pages are discarded, and the advice

@@ -93,19 +93,6 @@ impl SharedMapping {
         unsafe { crate::mapping::exclude_range_from_fork(self.ptr, self.len) }
     }
 
-    /// Sets the protection of `[offset, offset+len)` of the mapping (`mprotect(2)`). Pages
-    /// keep their contents and the userfaultfd registration; the pager process never reads
-    /// through this mapping, so pages without `PROT_READ` can still be evicted.
-    pub fn protect(&self, offset: usize, len: usize, prot: libc::c_int) -> io::Result<()> {
-        self.check_range(offset, len)?;
-        // SAFETY: the range is inside our mapping (checked); mprotect changes only access.
-        let rc = unsafe { libc::syscall(libc::SYS_mprotect, self.ptr.as_ptr().add(offset), len, prot) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
     /// Maps `[offset, offset+len)` of the memfd back at its place, read-write, over whatever
     /// another mapping put there (a `MAP_FIXED` mapping of the program's over the arena),
     /// kept out of fork children as the rest. The caller registers it with the userfaultfd
