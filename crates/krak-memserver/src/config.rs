@@ -16,10 +16,12 @@ pub const DEFAULT_IO_TIMEOUT_MS: u64 = 30_000;
 /// Default bound on a connection's whole handshake (hello and proof), however its bytes
 /// are spread.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
-/// How long a connection busy-waits for the next request before it sleeps in a read. A
-/// pager's next request often follows within microseconds, and a sleeping thread's wake-up
-/// costs tens of microseconds on a virtual machine; longer spins buy latency with CPU.
-pub const DEFAULT_SPIN_US: u64 = 50;
+/// How long a connection busy-waits for the next request before it sleeps in a read: by
+/// default not at all. A memory server lends memory because its CPUs are sold out, and a
+/// connection that sleeps on the CPU its requests arrive on (`ServerConfig::follow_cpu`)
+/// is woken there in a few microseconds; spinning as well bought nothing measurable
+/// (BENCHMARKS.md, issue 13) and takes a core from the host's tenants.
+pub const DEFAULT_SPIN_US: u64 = 0;
 /// Longest spin a config may ask for.
 pub const MAX_SPIN_US: u64 = 100_000;
 /// Connections one client id may hold at once (a pager uses one per handler thread and a
@@ -56,6 +58,9 @@ pub struct ServerConfig {
     pub max_bytes_per_client: Option<u64>,
     /// Busy-wait of each connection for its next request (0: sleep at once).
     pub spin_us: u64,
+    /// Before each sleep between requests, move the connection's thread to the CPU its
+    /// requests' packets are processed on, so its wake-up is local (`affinity.rs`).
+    pub follow_cpu: bool,
     /// Serve `PushPages` (copy a client's units to another server). Off for a server that
     /// cannot reach its peers: pushes are then refused and pagers relay the copy.
     pub push: bool,
@@ -77,6 +82,7 @@ impl ServerConfig {
             max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
             max_bytes_per_client: None,
             spin_us: DEFAULT_SPIN_US,
+            follow_cpu: true,
             push: true,
         }
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use krak_client::SocketMode;
 use krak_proto::{encode_error, DecodeError, ErrorCode, Header, HEADER_LEN, MAC_LEN, MAX_BODY_BYTES};
 
+use crate::affinity::FollowCpu;
 use crate::handshake::{self, Outcome};
 use crate::requests::{self, decode_error_code, Next, Session};
 use crate::server::ServerShared;
@@ -48,6 +49,14 @@ pub(crate) fn serve(stream: TcpStream, shared: &ServerShared, peer: SocketAddr, 
     }
     let io_timeout = Duration::from_millis(shared.config.io_timeout_ms);
     let mut conn = Conn::new(&stream, io_timeout, Duration::from_micros(shared.config.spin_us));
+    if shared.config.follow_cpu {
+        match FollowCpu::new() {
+            Ok(f) => conn.follow = Some(f),
+            Err(e) => {
+                tracing::warn!("{peer}: cannot read this thread's CPU affinity ({e}); not following the client's CPU")
+            }
+        }
+    }
     let result = conn.setup().and_then(|()| conn.serve_frames(shared, &mut session));
     match result {
         Ok(End::Closed) => tracing::debug!("{peer}: closed"),
@@ -109,6 +118,9 @@ struct Conn<'s> {
     out: Vec<u8>,
     /// Answers in `out` not yet written.
     pending: usize,
+    /// Moves this thread to the CPU the requests arrive on before each sleep
+    /// (`ServerConfig::follow_cpu`).
+    follow: Option<FollowCpu>,
 }
 
 impl<'s> Conn<'s> {
@@ -123,6 +135,7 @@ impl<'s> Conn<'s> {
             body: Vec::new(),
             out: Vec::with_capacity(64 << 10),
             pending: 0,
+            follow: None,
         }
     }
 
@@ -181,6 +194,7 @@ impl<'s> Conn<'s> {
             self.flush()?;
             // A pager's next request usually follows within microseconds: catch it awake.
             if !self.spin_for_bytes()? {
+                self.follow_cpu();
                 self.mode.set_nonblocking(self.stream, false)?;
                 self.set_idle(true)?;
                 loop {
@@ -245,6 +259,16 @@ impl<'s> Conn<'s> {
         }
         let body_len = u32::from_le_bytes([buf[16], buf[17], buf[18], buf[19]]) as usize;
         buf.len() - HEADER_LEN >= body_len + trailer
+    }
+
+    /// Before a sleep: be woken where the next request's packets are processed.
+    fn follow_cpu(&mut self) {
+        if let Some(follow) = &mut self.follow {
+            if let Err(e) = follow.follow(self.stream) {
+                tracing::warn!("cannot follow the client's CPU ({e}); no longer trying on this connection");
+                self.follow = None;
+            }
+        }
     }
 
     fn set_idle(&mut self, idle: bool) -> io::Result<()> {

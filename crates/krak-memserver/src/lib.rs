@@ -16,6 +16,7 @@
 //! server.shutdown().unwrap();
 //! ```
 
+mod affinity;
 mod config;
 mod connection;
 mod handshake;

@@ -62,10 +62,15 @@ pub struct MemserverArgs {
     #[arg(long, value_name = "MS", default_value_t = krak_memserver::DEFAULT_HANDSHAKE_TIMEOUT_MS)]
     handshake_timeout_ms: u64,
     /// Busy-wait of each connection for the client's next request before sleeping, in
-    /// microseconds (0: sleep at once). Longer spins cut fault latency (a sleeping thread's
-    /// wake-up is slow on virtual machines) at the cost of CPU on this host.
+    /// microseconds (default 0: sleep at once, woken on the CPU the request arrives on).
+    /// Spinning takes CPU from this host's tenants and bought no latency in our benchmarks.
     #[arg(long, value_name = "US", env = "KRAK_MEMSERVER_SPIN_US", default_value_t = krak_memserver::DEFAULT_SPIN_US)]
     spin_us: u64,
+    /// Do not move each connection's thread to the CPU its requests arrive on before it
+    /// sleeps (by default it does: a wake-up on another CPU costs an inter-processor
+    /// interrupt, tens of microseconds of CPU on a virtual machine).
+    #[arg(long, env = "KRAK_MEMSERVER_NO_FOLLOW_CPU")]
+    no_follow_cpu: bool,
     /// Refuse to copy a client's slabs to other memory servers (PushPages), e.g. when this
     /// host cannot reach its peers: a pager moving a chunk off this server then relays the
     /// pages itself.
@@ -112,6 +117,7 @@ pub fn run(args: MemserverArgs) -> anyhow::Result<()> {
         max_connections_per_client: args.max_client_connections,
         max_bytes_per_client: args.max_client_capacity.map(|b| b.0),
         spin_us: args.spin_us,
+        follow_cpu: !args.no_follow_cpu,
         push: !args.no_push,
     };
     let secret = config.secret;
