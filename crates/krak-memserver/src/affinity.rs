@@ -41,11 +41,11 @@ impl FollowCpu {
     /// allowed and not the one the thread is pinned to already. Returns whether it moved.
     pub(crate) fn follow(&mut self, stream: &TcpStream) -> io::Result<bool> {
         let Some(cpu) = incoming_cpu(stream)? else { return Ok(false) };
-        // SAFETY (CPU_ISSET): `cpu` is below CPU_SETSIZE, the set's size, checked first.
-        if self.pinned == Some(cpu)
-            || cpu >= libc::CPU_SETSIZE as usize
-            || !unsafe { libc::CPU_ISSET(cpu, &self.allowed) }
-        {
+        if self.pinned == Some(cpu) || cpu >= libc::CPU_SETSIZE as usize {
+            return Ok(false);
+        }
+        // SAFETY: `cpu` is below CPU_SETSIZE, the set's size, checked above.
+        if !unsafe { libc::CPU_ISSET(cpu, &self.allowed) } {
             return Ok(false);
         }
         // SAFETY: an all-zero cpu_set_t is the empty set; `cpu` is below CPU_SETSIZE.
