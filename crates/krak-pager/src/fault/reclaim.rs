@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use crate::state::core::RegionShared;
 
-/// Pages evicted per lock hold: small, so fault handlers never wait long for the lock.
-const BATCH_PAGES: usize = 8;
+/// Pages evicted per batch. The lock is held only to pick them (the flushes and copies run
+/// without it), and a batch's clean victims share one drop and its TLB flush, an
+/// inter-processor interrupt to every CPU running the program: 64 rather than 8 took a
+/// third less CPU per fault in `krak bench` (BENCHMARKS.md, issue 13).
+const BATCH_PAGES: usize = 64;
 
 pub(crate) fn run(shared: Arc<RegionShared>) {
     let mut core = shared.core.lock();

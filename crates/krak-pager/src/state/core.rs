@@ -28,6 +28,11 @@ pub const MAX_PENDING_DISCARDS: usize = 4096;
 
 /// Most free frames the reclaimer keeps ahead of need.
 const MAX_WATERMARK_PAGES: usize = 256;
+/// Most dirty victims in one batch of the reclaimer: each costs a write protection (a TLB
+/// flush of its own) and a copy before the batch's one drop, and the faults that hit a
+/// victim wait for the whole batch. 16 of 64 cut the reclaimer's CPU by half against one
+/// of 8 in `krak bench` thrash, for a p99 about 10% longer (BENCHMARKS.md, issue 13).
+pub(crate) const MAX_DIRTY_VICTIMS: usize = 16;
 /// How long an evictor waits for the write-back thread before it looks again.
 const SPACE_WAIT_MS: u64 = 20;
 
@@ -337,9 +342,12 @@ impl RegionShared {
     pub fn evict_batch_unlocked(&self, core: &mut CoreGuard<'_>, count: usize) -> Result<usize, PagerError> {
         let mut victims: Vec<Victim> = Vec::with_capacity(count);
         let mut dirty = 0;
-        // At most one dirty victim per batch: each costs a flush of its own (the write
-        // protection), and a long batch delays the faults that wait for its victims.
-        while victims.len() < count && dirty == 0 && core.wb_pending < self.tuning.writeback_buffer_pages {
+        // Dirty victims are bounded apart ([`MAX_DIRTY_VICTIMS`]), and so is the write-back
+        // room they take.
+        while victims.len() < count
+            && dirty < MAX_DIRTY_VICTIMS
+            && core.wb_pending + dirty < self.tuning.writeback_buffer_pages
+        {
             let Some(victim) = core.eviction.pick_victim() else { break };
             match core.pages.kind(victim) {
                 Kind::Clean | Kind::Dirty => {
