@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 
 use crate::fallback::{fell_back, Reason};
 use crate::protect::Held;
+use crate::retained::Retained;
 use crate::runs::Runs;
 use crate::small::{Small, SPAN_BYTES};
 
@@ -66,6 +67,8 @@ pub struct Far {
     pub(crate) region: Arena,
     pub(crate) runs: Mutex<Held>,
     far_allocations: AtomicU64,
+    /// `malloc`s served by a run kept from an earlier `free` (`retained.rs`).
+    reused_allocations: AtomicU64,
     /// Small blocks' classes, with `--allocator far`.
     small: Option<Small>,
 }
@@ -194,7 +197,14 @@ fn far_over(region: Arena, config: &RunConfig) -> Far {
     ARENA_START.store(start, Relaxed);
     tracing::info!("krak arena: {} bytes at {start:#x}, local budget {} bytes", region.len(), config.local_bytes);
     let small = (config.allocator == AllocatorChoice::Far).then(|| Small::new(start, region.len()));
-    Far { region, runs: Mutex::new(Held::new(runs)), far_allocations: AtomicU64::new(0), small }
+    let retained = Retained::new(config.local_bytes as usize / PAGE_SIZE / 16);
+    Far {
+        region,
+        runs: Mutex::new(Held::new(runs, retained)),
+        far_allocations: AtomicU64::new(0),
+        reused_allocations: AtomicU64::new(0),
+        small,
+    }
 }
 
 fn pages(bytes: usize) -> usize {
@@ -235,6 +245,21 @@ impl Far {
         }
     }
 
+    /// A run for `malloc` (contents undefined): a kept one of the same size if there is
+    /// one (`retained.rs`), else a fresh one like [`Far::alloc`].
+    pub fn alloc_reusing(&self, bytes: usize, align: usize, growable: bool) -> Option<*mut libc::c_void> {
+        let n = pages(bytes);
+        let reserved = if growable { n.next_power_of_two() } else { n };
+        let kept = self.runs.lock().take_retained(n, reserved, (align / PAGE_SIZE).max(1));
+        match kept {
+            Some(first) => {
+                self.reused_allocations.fetch_add(1, Relaxed);
+                Some((first * PAGE_SIZE) as *mut libc::c_void)
+            }
+            None => self.alloc(bytes, align, growable),
+        }
+    }
+
     /// A block of any size below the threshold (`--allocator far`): from a size class, or
     /// a page run above the largest. None when the arena is full.
     pub fn small_alloc(&self, bytes: usize, align: usize) -> Option<*mut libc::c_void> {
@@ -266,8 +291,21 @@ impl Far {
             Some(run) if addr.is_multiple_of(PAGE_SIZE) => run,
             _ => die(&format!("free({addr:#x}): not an allocation of the far-memory arena")),
         };
-        // Given up before the pages can be handed out again (the lock is held).
-        self.forget(&mut runs, first, run.reserved);
+        if runs.retained.may_keep(run.pages) && !runs.marked(first, run.reserved) {
+            while let Some(oldest) = runs.retained.must_give_up(run.pages) {
+                self.give_up(&mut runs, oldest);
+            }
+            runs.retained.keep(first, run.pages);
+            return;
+        }
+        self.give_up(&mut runs, first);
+    }
+
+    /// Frees the run at `first`, given up before its pages can be handed out again (the
+    /// lock is held).
+    fn give_up(&self, runs: &mut Held, first: usize) {
+        let run = runs.get(first).expect("a run being freed");
+        self.forget(runs, first, run.reserved);
         runs.free_run(first);
     }
 
@@ -317,7 +355,7 @@ impl Far {
             return std::ptr::null_mut();
         }
         drop(runs);
-        let new = match self.alloc(bytes, PAGE_SIZE, true) {
+        let new = match self.alloc_reusing(bytes, PAGE_SIZE, true) {
             Some(p) => p,
             // SAFETY: a plain allocation from glibc's heap.
             None => unsafe { crate::alloc::__libc_malloc(bytes) },
@@ -413,6 +451,7 @@ extern "C" fn write_stats() {
             "local_budget_bytes": region.local_budget_bytes(),
             "peak_resident_bytes": region.peak_resident_bytes(),
             "far_allocations": far.far_allocations.load(Relaxed),
+            "reused_allocations": far.reused_allocations.load(Relaxed),
             "small": far.small_stats(),
             "fallback_allocations": crate::fallback::total(),
             "fallbacks": crate::fallback::describe(),
@@ -424,6 +463,7 @@ extern "C" fn write_stats() {
             let mut json = sep.stats().unwrap_or_else(|e| serde_json::json!({ "pager_error": e.to_string() }));
             json["pager_started"] = true.into();
             json["far_allocations"] = far.far_allocations.load(Relaxed).into();
+            json["reused_allocations"] = far.reused_allocations.load(Relaxed).into();
             json["small"] = far.small_stats();
             json["fallback_allocations"] = crate::fallback::total().into();
             json["fallbacks"] = crate::fallback::describe();
@@ -505,6 +545,27 @@ mod tests {
         assert_eq!(far.remap(d + 1, 1 << 20, 2 << 20, true), Err(libc::EINVAL));
         far.unmap(d, 16 << 20);
         assert!(!far.in_use(d, PAGE_SIZE));
+        // A freed run of 16 pages (the bound here: a sixteenth of the budget) is kept for
+        // the next malloc of its size, contents and all; calloc's and mmap's are fresh.
+        let run = 64 << 10;
+        let e = far.alloc_reusing(run, PAGE_SIZE, false).expect("room") as usize;
+        fill(e, run, 9);
+        far.free(e);
+        assert!(far.in_use(e, run), "kept");
+        let f = far.alloc(run, PAGE_SIZE, false).expect("room") as usize;
+        assert_ne!(f, e);
+        check(f, run, None);
+        let g = far.alloc_reusing(run, PAGE_SIZE, false).expect("room") as usize;
+        assert_eq!(g, e, "the kept run");
+        check(g, run, Some(9));
+        assert_eq!(far.reused_allocations.load(Relaxed), 1);
+        // One unmapped after its free is never handed out again with its old contents.
+        far.free(g);
+        far.unmap(g, run);
+        assert!(!far.in_use(g, run));
+        let h = far.alloc_reusing(run, PAGE_SIZE, false).expect("room") as usize;
+        check(h, run, None);
+        assert_eq!(far.reused_allocations.load(Relaxed), 1);
         assert_eq!(crate::fallback::total(), 0);
     }
 }

@@ -16,10 +16,12 @@ fn large(size: usize) -> bool {
 }
 
 /// An arena run for a large request, or a small block with `--allocator far`; None for
-/// glibc (small, a fork child, pager code, arena full).
-fn far_alloc(size: usize, align: usize, growable: bool) -> Option<*mut c_void> {
+/// glibc (small, a fork child, pager code, arena full). Only `calloc` asks for `zeroed`:
+/// the others may get a run freed before, with its old contents (`retained.rs`).
+fn far_alloc(size: usize, align: usize, growable: bool, zeroed: bool) -> Option<*mut c_void> {
     if large(size) {
-        return far::far()?.alloc(size, align, growable);
+        let far = far::far()?;
+        return if zeroed { far.alloc(size, align, growable) } else { far.alloc_reusing(size, align, growable) };
     }
     if far::small_blocks() {
         return far::far()?.small_alloc(size, align.max(16));
@@ -35,7 +37,7 @@ pub unsafe extern "C" fn malloc(size: size_t) -> *mut c_void {
         return forward::malloc(route, size);
     }
     // SAFETY: glibc's malloc for everything the arena does not take.
-    far_alloc(size, 1, true).unwrap_or_else(|| unsafe { __libc_malloc(size) })
+    far_alloc(size, 1, true, false).unwrap_or_else(|| unsafe { __libc_malloc(size) })
 }
 
 /// # Safety
@@ -68,7 +70,7 @@ pub unsafe extern "C" fn calloc(n: size_t, size: size_t) -> *mut c_void {
     if let Some(route) = route() {
         return forward::calloc(route, n, size);
     }
-    match far_alloc(total, 1, true) {
+    match far_alloc(total, 1, true, true) {
         // Arena runs are handed out discarded: they read as zeros without being touched;
         // small blocks may have been used before.
         Some(p) => {
@@ -106,7 +108,7 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: size_t) -> *mut c_void 
         }
         return far::started().realloc(ptr as usize, size);
     }
-    if let Some(new) = far_alloc(size, 1, true) {
+    if let Some(new) = far_alloc(size, 1, true, false) {
         // Growing past the threshold: the block moves to the arena.
         let old = glibc_usable_size(ptr);
         // SAFETY: ptr is a live glibc block of `old` usable bytes, new a fresh run of `size`.
@@ -146,7 +148,7 @@ pub unsafe extern "C" fn memalign(align: size_t, size: size_t) -> *mut c_void {
         return forward::memalign(route, align, size);
     }
     // SAFETY: glibc's memalign otherwise.
-    far_alloc(size, align, false).unwrap_or_else(|| unsafe { __libc_memalign(align, size) })
+    far_alloc(size, align, false, false).unwrap_or_else(|| unsafe { __libc_memalign(align, size) })
 }
 
 /// # Safety
@@ -183,7 +185,7 @@ pub unsafe extern "C" fn valloc(size: size_t) -> *mut c_void {
         return forward::memalign(route, krak_pager::PAGE_SIZE, size);
     }
     // SAFETY: glibc's valloc otherwise.
-    far_alloc(size, krak_pager::PAGE_SIZE, false).unwrap_or_else(|| unsafe { __libc_valloc(size) })
+    far_alloc(size, krak_pager::PAGE_SIZE, false, false).unwrap_or_else(|| unsafe { __libc_valloc(size) })
 }
 
 /// # Safety
@@ -198,7 +200,7 @@ pub unsafe extern "C" fn pvalloc(size: size_t) -> *mut c_void {
         return forward::memalign(route, krak_pager::PAGE_SIZE, rounded);
     }
     // SAFETY: glibc's pvalloc otherwise.
-    far_alloc(size, krak_pager::PAGE_SIZE, false).unwrap_or_else(|| unsafe { __libc_pvalloc(size) })
+    far_alloc(size, krak_pager::PAGE_SIZE, false, false).unwrap_or_else(|| unsafe { __libc_pvalloc(size) })
 }
 
 /// # Safety

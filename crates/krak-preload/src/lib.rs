@@ -22,6 +22,8 @@ mod forward;
 mod interpose;
 #[cfg_attr(test, allow(dead_code))]
 mod protect;
+#[cfg_attr(test, allow(dead_code))]
+mod retained;
 mod runs;
 mod small;
 mod spans;

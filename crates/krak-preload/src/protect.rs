@@ -17,6 +17,7 @@ use libc::c_int;
 
 use crate::fallback::{fell_back, Reason};
 use crate::far::{die, Arena, Far};
+use crate::retained::Retained;
 use crate::runs::Runs;
 use crate::spans::Spans;
 
@@ -34,11 +35,31 @@ pub struct Held {
     prot: Spans<c_int>,
     /// Pages another mapping covers (the kernel's, not the arena's).
     foreign: Spans<()>,
+    /// Freed runs kept for the next `malloc` of their size (`retained.rs`): still in
+    /// `runs`, never marked.
+    pub retained: Retained,
 }
 
 impl Held {
-    pub fn new(runs: Runs) -> Held {
-        Held { runs, prot: Spans::new(), foreign: Spans::new() }
+    pub fn new(runs: Runs, retained: Retained) -> Held {
+        Held { runs, prot: Spans::new(), foreign: Spans::new(), retained }
+    }
+
+    /// [`Runs::release`], after which no kept run overlaps the range: a program that
+    /// unmaps what it freed must not get the pieces back from `malloc`.
+    pub fn release(&mut self, first: usize, pages: usize) -> Vec<(usize, usize)> {
+        let runs = &self.runs;
+        self.retained.drop_if(|f| runs.get(f).is_some_and(|r| f < first + pages && f + r.reserved > first));
+        self.runs.release(first, pages)
+    }
+
+    /// A kept run of `pages` in use, with at least `reserved` pages reserved and its start
+    /// a multiple of `align_pages`, taken back out of `retained`.
+    pub fn take_retained(&mut self, pages: usize, reserved: usize, align_pages: usize) -> Option<usize> {
+        let runs = &self.runs;
+        self.retained.take(pages, |first| {
+            first.is_multiple_of(align_pages) && runs.get(first).is_some_and(|r| r.reserved >= reserved)
+        })
     }
 
     /// Whether any page of the range has a protection or another mapping: such ranges are
