@@ -109,8 +109,6 @@ struct Conn<'s> {
     io_timeout: Duration,
     /// Busy-wait for the next request (`ServerConfig::spin_us`).
     spin: Duration,
-    /// Whether the read timeout is off (waiting between frames) rather than `io_timeout`.
-    idle: Option<bool>,
     /// The socket is non-blocking while the connection busy-waits for requests, and stays
     /// so while whole frames arrive in time: no mode switch per request.
     mode: SocketMode,
@@ -130,7 +128,6 @@ impl<'s> Conn<'s> {
             reader: BufReader::with_capacity(READ_BUF_BYTES, stream),
             io_timeout,
             spin,
-            idle: None,
             mode: SocketMode::default(),
             body: Vec::new(),
             out: Vec::with_capacity(64 << 10),
@@ -141,6 +138,7 @@ impl<'s> Conn<'s> {
 
     fn setup(&self) -> io::Result<()> {
         self.stream.set_nodelay(true)?;
+        self.stream.set_read_timeout(Some(self.io_timeout))?;
         self.stream.set_write_timeout(Some(self.io_timeout))
     }
 
@@ -192,15 +190,18 @@ impl<'s> Conn<'s> {
     ) -> io::Result<Option<Result<(Header, [u8; HEADER_LEN]), (DecodeError, [u8; HEADER_LEN])>>> {
         if self.reader.buffer().is_empty() {
             self.flush()?;
-            // A pager's next request usually follows within microseconds: catch it awake.
-            if !self.spin_for_bytes()? {
+            // A pager's next request usually follows within microseconds: catch it awake
+            // if the server spins at all.
+            if self.spin.is_zero() || !self.spin_for_bytes()? {
                 self.follow_cpu();
                 self.mode.set_nonblocking(self.stream, false)?;
-                self.set_idle(true)?;
+                // The read timeout is `io_timeout` throughout (no system call to switch it
+                // per frame): between frames an elapsed one only means an idle peer.
                 loop {
                     match self.reader.fill_buf() {
                         Ok(_) => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
                         Err(e) => return Err(e),
                     }
                 }
@@ -212,9 +213,6 @@ impl<'s> Conn<'s> {
         // The rest of a frame that is not all here yet is read blocking, bounded per read.
         if self.mode.is_nonblocking() && !self.next_frame_buffered(trailer) {
             self.mode.set_nonblocking(self.stream, false)?;
-        }
-        if !self.mode.is_nonblocking() {
-            self.set_idle(false)?;
         }
         let mut head = [0u8; HEADER_LEN];
         self.reader.read_exact(&mut head)?;
@@ -269,14 +267,6 @@ impl<'s> Conn<'s> {
                 self.follow = None;
             }
         }
-    }
-
-    fn set_idle(&mut self, idle: bool) -> io::Result<()> {
-        if self.idle != Some(idle) {
-            self.stream.set_read_timeout(if idle { None } else { Some(self.io_timeout) })?;
-            self.idle = Some(idle);
-        }
-        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
