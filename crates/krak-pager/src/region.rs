@@ -256,6 +256,7 @@ impl FarMemory {
                 spin_us: config.spin_us,
                 scrub_interval_ms: config.scrub_interval_ms,
                 reserve_on_demand: config.reserve_on_demand,
+                reclaim_batch: crate::state::core::ReclaimBatch::for_mode(config.fault_mode),
             },
             stop: AtomicBool::new(false),
             peak_resident: AtomicUsize::new(0),

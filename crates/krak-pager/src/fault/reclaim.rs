@@ -7,12 +7,6 @@ use std::time::Duration;
 
 use crate::state::core::RegionShared;
 
-/// Pages evicted per batch. The lock is held only to pick them (the flushes and copies run
-/// without it), and a batch's clean victims share one drop and its TLB flush, an
-/// inter-processor interrupt to every CPU running the program: 64 rather than 8 took a
-/// third less CPU per fault in `krak bench` (BENCHMARKS.md, issue 13).
-const BATCH_PAGES: usize = 64;
-
 pub(crate) fn run(shared: Arc<RegionShared>) {
     let mut core = shared.core.lock();
     while !shared.stop.load(Ordering::Relaxed) {
@@ -24,7 +18,7 @@ pub(crate) fn run(shared: Arc<RegionShared>) {
         // Evict until twice the low watermark is free, a batch per lock hold.
         let target_free = 2 * low;
         let excess = core.pages.resident() + target_free - core.budget_pages;
-        match shared.evict_batch_unlocked(&mut core, excess.min(BATCH_PAGES)) {
+        match shared.evict_batch_unlocked(&mut core, excess.min(shared.tuning.reclaim_batch.pages)) {
             Ok(0) => {
                 shared.space.wait_for(&mut core, Duration::from_millis(10));
             }

@@ -28,11 +28,28 @@ pub const MAX_PENDING_DISCARDS: usize = 4096;
 
 /// Most free frames the reclaimer keeps ahead of need.
 const MAX_WATERMARK_PAGES: usize = 256;
-/// Most dirty victims in one batch of the reclaimer: each costs a write protection (a TLB
-/// flush of its own) and a copy before the batch's one drop, and the faults that hit a
-/// victim wait for the whole batch. 16 of 64 cut the reclaimer's CPU by half against one
-/// of 8 in `krak bench` thrash, for a p99 about 10% longer (BENCHMARKS.md, issue 13).
-pub(crate) const MAX_DIRTY_VICTIMS: usize = 16;
+/// The reclaimer's batches (`fault/reclaim.rs`): pages picked per batch, and dirty ones
+/// among them. A batch's clean victims share one drop and its TLB flush; each dirty one
+/// costs a write protection (a flush of its own) and a copy; a fault on a victim waits for
+/// the whole batch. Chosen by fault mode from `krak bench` (BENCHMARKS.md, issue 13): with
+/// self-serving threads 64 and 16 took a third less CPU per fault than 8 and 1 in thrash,
+/// for a p99 about 10% longer; with handler threads the p99 doubled for 5-15% less CPU,
+/// so those keep 8 and 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReclaimBatch {
+    pub pages: usize,
+    pub dirty: usize,
+}
+
+impl ReclaimBatch {
+    pub fn for_mode(mode: crate::FaultMode) -> ReclaimBatch {
+        match mode {
+            crate::FaultMode::Sigbus => ReclaimBatch { pages: 64, dirty: 16 },
+            crate::FaultMode::Threads => ReclaimBatch { pages: 8, dirty: 1 },
+        }
+    }
+}
+
 /// How long an evictor waits for the write-back thread before it looks again.
 const SPACE_WAIT_MS: u64 = 20;
 
@@ -46,6 +63,7 @@ pub(crate) struct Tuning {
     pub scrub_interval_ms: u64,
     /// Chunks get their slabs at their first write-back (`fault/reserve.rs`).
     pub reserve_on_demand: bool,
+    pub reclaim_batch: ReclaimBatch,
 }
 
 /// The core lock held.
@@ -342,10 +360,10 @@ impl RegionShared {
     pub fn evict_batch_unlocked(&self, core: &mut CoreGuard<'_>, count: usize) -> Result<usize, PagerError> {
         let mut victims: Vec<Victim> = Vec::with_capacity(count);
         let mut dirty = 0;
-        // Dirty victims are bounded apart ([`MAX_DIRTY_VICTIMS`]), and so is the write-back
-        // room they take.
+        // Dirty victims are bounded apart ([`ReclaimBatch`]), and so is the write-back room
+        // they take.
         while victims.len() < count
-            && dirty < MAX_DIRTY_VICTIMS
+            && dirty < self.tuning.reclaim_batch.dirty
             && core.wb_pending + dirty < self.tuning.writeback_buffer_pages
         {
             let Some(victim) = core.eviction.pick_victim() else { break };
