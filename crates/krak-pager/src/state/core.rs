@@ -33,8 +33,8 @@ const MAX_WATERMARK_PAGES: usize = 256;
 /// costs a write protection (a flush of its own) and a copy; a fault on a victim waits for
 /// the whole batch. Chosen by fault mode from `krak bench` (BENCHMARKS.md, issue 13): with
 /// self-serving threads 64 and 16 took a third less CPU per fault than 8 and 1 in thrash,
-/// for a p99 about 10% longer; with handler threads the p99 doubled for 5-15% less CPU,
-/// so those keep 8 and 1.
+/// for a p99 about 10% longer. With handler threads 64 and 16 doubled the p99; 16 and 4
+/// keep it near 8 and 1's while programs under `krak run` run as fast as with 64 and 16.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ReclaimBatch {
     pub pages: usize,
@@ -45,7 +45,7 @@ impl ReclaimBatch {
     pub fn for_mode(mode: crate::FaultMode) -> ReclaimBatch {
         match mode {
             crate::FaultMode::Sigbus => ReclaimBatch { pages: 64, dirty: 16 },
-            crate::FaultMode::Threads => ReclaimBatch { pages: 8, dirty: 1 },
+            crate::FaultMode::Threads => ReclaimBatch { pages: 16, dirty: 4 },
         }
     }
 }
