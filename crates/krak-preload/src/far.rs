@@ -291,6 +291,10 @@ impl Far {
             Some(run) if addr.is_multiple_of(PAGE_SIZE) => run,
             _ => die(&format!("free({addr:#x}): not an allocation of the far-memory arena")),
         };
+        if runs.retained.contains(first) {
+            // Kept from an earlier free: keeping it twice would hand it out twice.
+            die(&format!("free({addr:#x}): double free of far memory"));
+        }
         if runs.retained.may_keep(run.pages) && !runs.marked(first, run.reserved) {
             while let Some(oldest) = runs.retained.must_give_up(run.pages) {
                 self.give_up(&mut runs, oldest);

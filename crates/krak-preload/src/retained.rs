@@ -64,6 +64,11 @@ impl Retained {
         Some(first)
     }
 
+    /// Whether the run at `first` is kept (freed): a second `free` of it is a double free.
+    pub fn contains(&self, first: usize) -> bool {
+        self.runs.iter().any(|&(f, _)| f == first)
+    }
+
     /// Stops keeping the runs whose start `gone` names (their range is being released).
     pub fn drop_if(&mut self, gone: impl Fn(usize) -> bool) {
         let pages = &mut self.pages;
@@ -95,7 +100,9 @@ mod tests {
             r.keep(first, n);
         }
         assert_eq!(r.pages(), 80);
+        assert!(r.contains(50) && !r.contains(51));
         assert_eq!(r.take(30, |_| true), Some(50), "newest of the size");
+        assert!(!r.contains(50));
         assert_eq!(r.take(30, |f| f != 10), None, "one that does not fit is left");
         assert_eq!(r.take(25, |_| true), None, "exact sizes only");
         r.keep(50, 30);
