@@ -227,10 +227,26 @@ impl Far {
     /// A run of at least `bytes`, aligned to `align` (a power of two). `growable` reserves
     /// address space for `realloc` to grow into. None when the arena is full.
     pub fn alloc(&self, bytes: usize, align: usize, growable: bool) -> Option<*mut libc::c_void> {
+        self.alloc_run(bytes, align, growable, false)
+    }
+
+    /// A run for `malloc` (contents undefined): a kept one of the same size if there is
+    /// one (`retained.rs`), else a fresh one like [`Far::alloc`].
+    pub fn alloc_reusing(&self, bytes: usize, align: usize, growable: bool) -> Option<*mut libc::c_void> {
+        self.alloc_run(bytes, align, growable, true)
+    }
+
+    /// [`Far::alloc`], trying the kept runs first when `reuse` (one lock hold either way).
+    fn alloc_run(&self, bytes: usize, align: usize, growable: bool, reuse: bool) -> Option<*mut libc::c_void> {
         let n = pages(bytes);
         let align_pages = (align / PAGE_SIZE).max(1);
-        let mut runs = self.runs.lock();
         let reserved = if growable { n.next_power_of_two() } else { n };
+        let mut runs = self.runs.lock();
+        if let Some(first) = reuse.then(|| runs.take_retained(n, reserved, align_pages)).flatten() {
+            drop(runs);
+            self.reused_allocations.fetch_add(1, Relaxed);
+            return Some((first * PAGE_SIZE) as *mut libc::c_void);
+        }
         let first = runs.alloc(n, reserved, align_pages).or_else(|| runs.alloc(n, n, align_pages));
         drop(runs);
         match first {
@@ -242,21 +258,6 @@ impl Far {
                 fell_back(Reason::ArenaFull, bytes);
                 None
             }
-        }
-    }
-
-    /// A run for `malloc` (contents undefined): a kept one of the same size if there is
-    /// one (`retained.rs`), else a fresh one like [`Far::alloc`].
-    pub fn alloc_reusing(&self, bytes: usize, align: usize, growable: bool) -> Option<*mut libc::c_void> {
-        let n = pages(bytes);
-        let reserved = if growable { n.next_power_of_two() } else { n };
-        let kept = self.runs.lock().take_retained(n, reserved, (align / PAGE_SIZE).max(1));
-        match kept {
-            Some(first) => {
-                self.reused_allocations.fetch_add(1, Relaxed);
-                Some((first * PAGE_SIZE) as *mut libc::c_void)
-            }
-            None => self.alloc(bytes, align, growable),
         }
     }
 
