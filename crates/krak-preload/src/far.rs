@@ -564,11 +564,15 @@ mod tests {
         assert_eq!(g, e, "the kept run");
         check(g, run, Some(9));
         assert_eq!(far.reused_allocations.load(Relaxed), 1);
-        // One unmapped after its free is never handed out again with its old contents.
+        // One unmapped after its free is no longer kept: once its pages are another live
+        // run, malloc must not hand them out a second time.
         far.free(g);
         far.unmap(g, run);
         assert!(!far.in_use(g, run));
+        let live = far.alloc(run, PAGE_SIZE, false).expect("room") as usize;
+        assert_eq!(live, g, "the lowest free pages again");
         let h = far.alloc_reusing(run, PAGE_SIZE, false).expect("room") as usize;
+        assert_ne!(h, live, "a live run handed out twice");
         check(h, run, None);
         assert_eq!(far.reused_allocations.load(Relaxed), 1);
         assert_eq!(crate::fallback::total(), 0);
