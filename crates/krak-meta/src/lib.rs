@@ -4,10 +4,11 @@
 //! a small transactional key-value store with revisions and leases, the subset of etcd's
 //! model the controller needs. This crate depends on no backend, so the controller can be
 //! built and tested against any of them; backends live in their own crates
-//! (`krak-meta-file`: an embedded file store, the default; `krak-meta-etcd`: a real etcd
-//! cluster, for a highly available rack).
+//! (`krak-meta-redb`: the embedded default, on redb; `krak-meta-file`: the older embedded
+//! log; `krak-meta-etcd`: a real etcd cluster, for a highly available rack).
 
 pub mod conformance;
+pub mod crash;
 mod election;
 mod fence;
 

@@ -1,4 +1,4 @@
-//! `krak controller`: the rack manager, with its state in the embedded file store or etcd,
+//! `krak controller`: the rack manager, with its state in the embedded store (redb) or etcd,
 //! and leader election (`krak_controller::election`) so that of several controllers on one
 //! etcd only one serves. This module only turns flags into a configuration.
 
@@ -16,9 +16,12 @@ use krak_meta::MetaStore;
 /// slab map, an HTTP/JSON API (docs/api.md) and Prometheus metrics at /metrics.
 ///
 /// State lives in a metadata store, so a controller killed and restarted loses nothing:
-/// by default the embedded file store in the directory --store (default
+/// by default the embedded store (redb) in the directory --store (default
 /// $XDG_STATE_HOME/krak/controller, i.e. ~/.local/state/krak/controller; ./krak-controller.db
-/// when neither $XDG_STATE_HOME nor $HOME is set), or an etcd cluster with --etcd.
+/// when neither $XDG_STATE_HOME nor $HOME is set), or an etcd cluster with --etcd. A
+/// damaged store (flipped bytes, a truncated or deleted file) is a refusal to start naming
+/// what is wrong. A directory written by an older krak (files `wal` and `snapshot`) is
+/// converted once at start; the old files are kept in its subdirectory old-log-format/.
 ///
 /// Several controllers may share one etcd: they elect a leader (a key on an etcd lease of
 /// --lease-ms). Only the leader serves the API; a standby binds its --listen address too and
@@ -40,11 +43,11 @@ pub struct ControllerArgs {
     /// Address of the HTTP API, e.g. 0.0.0.0:7080; port 0 picks a free port (printed on start).
     #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
-    /// Directory of the embedded file store (created if missing; one controller at a time).
+    /// Directory of the embedded store (created if missing; one controller at a time).
     #[arg(long, value_name = "PATH", conflicts_with = "etcd")]
     store: Option<PathBuf>,
-    /// Open the store once with a damaged last log record cut off, instead of
-    /// refusing to start. Only after a crash while writing (that write was never
+    /// When converting a store of an older krak: cut off a damaged last log record instead
+    /// of refusing to start. Only after a crash while writing (that write was never
     /// acknowledged): otherwise the record may be a committed change a disk damaged.
     #[arg(long, conflicts_with = "etcd")]
     store_cut_damaged_tail: bool,
@@ -98,7 +101,7 @@ pub struct ControllerArgs {
     http_max_connections_per_client: usize,
 }
 
-/// The default directory of the file store.
+/// The default directory of the embedded store.
 pub fn default_store_path() -> PathBuf {
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(state) = env("XDG_STATE_HOME") {
@@ -116,14 +119,21 @@ fn open_store(args: &ControllerArgs) -> anyhow::Result<(Arc<dyn MetaStore>, Stri
         return Ok((Arc::new(store), format!("etcd {urls}")));
     }
     let path = args.store.clone().unwrap_or_else(default_store_path);
-    let opts = krak_meta_file::FileStoreOptions { cut_damaged_tail: args.store_cut_damaged_tail, ..Default::default() };
-    let store = krak_meta_file::FileStore::open_with(&path, opts)
+    let opts = krak_meta_redb::RedbStoreOptions { cut_damaged_tail: args.store_cut_damaged_tail };
+    let store = krak_meta_redb::RedbStore::open_with(&path, opts)
         .with_context(|| format!("opening the controller's store {}", path.display()))?;
     let r = store.recovery();
-    if r.torn_tail_bytes > 0 {
-        tracing::warn!("store {}: cut {} bytes of a write torn by a crash", path.display(), r.torn_tail_bytes);
+    if let Some(n) = r.conversion.converted_keys {
+        tracing::warn!(
+            "store {}: converted {n} keys from the older log format; the old files are in {}",
+            path.display(),
+            path.join(krak_meta_redb::OLD_FORMAT_DIR).display()
+        );
     }
-    Ok((Arc::new(store), format!("file store {}", path.display())))
+    if r.dropped_leased_keys > 0 {
+        tracing::info!("store {}: dropped {} keys of leases of an earlier run", path.display(), r.dropped_leased_keys);
+    }
+    Ok((Arc::new(store), format!("store {}", path.display())))
 }
 
 fn config(args: &ControllerArgs, listen: SocketAddr) -> anyhow::Result<ControllerConfig> {

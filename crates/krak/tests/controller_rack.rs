@@ -1,4 +1,4 @@
-//! A rack of real processes: `krak controller` on the file store and three
+//! A rack of real processes: `krak controller` on its embedded store and three
 //! `krak memserver --controller`; membership, liveness, policy, drain, and a controller
 //! SIGKILLed and restarted on its store.
 
@@ -127,4 +127,43 @@ fn commands_say_which_rack_is_missing_or_down() {
     let out = krak(&["controller", "--listen", "127.0.0.1:0", "--store", "/nonexistent/x", "--policy", "nope"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown placement policy"), "{out:?}");
+}
+
+/// A store directory written by an older krak (krak-meta-file's log) is converted at start,
+/// once; a damaged store is a refusal to start that names the file and what to do.
+#[test]
+fn an_old_store_is_converted_once_and_a_damaged_one_refused() {
+    use krak_meta::MetaStore;
+    let dir = TempDir::new("ctl-convert");
+    let store = dir.path().join("store");
+    let old = krak_meta_file::FileStore::open(&store).unwrap();
+    old.put("/krak/policy", br#"{"name":"pack"}"#).unwrap();
+    drop(old);
+    let path = store.to_str().unwrap();
+    let (mut ctl, url) = controller("127.0.0.1:0", &["--store", path]);
+    assert_eq!(status(&url).unwrap()["policy"], "pack", "the old store's policy is kept");
+    ctl.kill();
+    assert!(store.join("old-log-format/wal").exists() && !store.join("wal").exists());
+    let (mut ctl, url) = controller("127.0.0.1:0", &["--store", path]);
+    assert_eq!(status(&url).unwrap()["policy"], "pack", "and kept over a restart of the converted store");
+    ctl.kill();
+
+    // a flipped byte in the stored policy (every copy of it in the database's pages)
+    let db = store.join("store.redb");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let needle = br#""pack""#;
+    let at: Vec<usize> = (0..bytes.len() - needle.len()).filter(|&i| &bytes[i..i + needle.len()] == needle).collect();
+    assert!(!at.is_empty(), "the policy is stored in the database file");
+    for i in at {
+        bytes[i + 2] ^= 0x20;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let out = krak(&["controller", "--listen", "127.0.0.1:0", "--store", path]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a damaged store must stop the controller from starting: {err}");
+    assert!(err.contains("store.redb") && err.contains("corrupt") && err.contains("backup"), "{err}");
+    std::fs::remove_file(&db).unwrap();
+    let out = krak(&["controller", "--listen", "127.0.0.1:0", "--store", path]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("deleted"), "a deleted database is a refusal: {err}");
 }
