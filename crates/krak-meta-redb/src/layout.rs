@@ -31,6 +31,18 @@ pub(crate) const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const REVISION: &str = "revision";
 
+/// Most bytes redb caches of the database (its default is 1 GiB): the controller's memory
+/// bound holds whatever the store's size.
+pub const CACHE_BYTES: usize = 64 << 20;
+
+/// A redb builder with the store's settings: a bounded cache, and every page checked at
+/// open (a file altered since redb wrote it is refused instead of trusted).
+pub(crate) fn builder() -> redb::Builder {
+    let mut b = Database::builder();
+    b.set_cache_size(CACHE_BYTES).set_check_integrity_on_open(true);
+    b
+}
+
 pub(crate) fn io_err(what: &str, path: &Path, e: std::io::Error) -> MetaError {
     MetaError::unavailable_by(format!("{what} {}", path.display()), e)
 }
@@ -137,7 +149,7 @@ fn build(tmp: &Path, convert: Option<bool>) -> Result<usize, MetaError> {
             (old.list("")?, old.revision())
         }
     };
-    let db = Database::builder().create(tmp).map_err(|e| db_err(format!("create {}", tmp.display()), e))?;
+    let db = builder().create(tmp).map_err(|e| db_err(format!("create {}", tmp.display()), e))?;
     use std::os::unix::fs::PermissionsExt;
     let owner_only = std::fs::Permissions::from_mode(0o600);
     std::fs::set_permissions(tmp, owner_only).map_err(|e| io_err("chmod", tmp, e))?;
@@ -155,7 +167,7 @@ fn build(tmp: &Path, convert: Option<bool>) -> Result<usize, MetaError> {
     drop(db);
     File::open(tmp).and_then(|f| f.sync_all()).map_err(|e| io_err("fsync", tmp, e))?;
     // Read it back: a conversion is checked before the old files are moved aside.
-    let check = Database::builder().open(tmp).map_err(|e| db_err(format!("reopen {}", tmp.display()), e))?;
+    let check = builder().open(tmp).map_err(|e| db_err(format!("reopen {}", tmp.display()), e))?;
     let r = check.begin_read().map_err(|e| db_err("read back", e))?;
     let kv = r.open_table(KV).map_err(|e| db_err("read back table kv", e))?;
     for e in &entries {

@@ -29,14 +29,15 @@
 //!
 //! Calls are serialized by one mutex (lock order: that mutex, then redb's transactions).
 //! Bounds: [`krak_meta::MAX_KEY_BYTES`], [`krak_meta::MAX_VALUE_BYTES`],
-//! [`krak_meta::MAX_TXN_OPS`], [`MAX_LEASES`] live leases, TTLs of 1 ms to [`MAX_TTL_MS`].
+//! [`krak_meta::MAX_TXN_OPS`], [`MAX_LEASES`] live leases, TTLs of 1 ms to [`MAX_TTL_MS`],
+//! [`CACHE_BYTES`] of redb's cache.
 //! After a failed commit the store refuses further writes until it is reopened.
 
 mod layout;
 mod leases;
 mod record;
 
-pub use layout::{Conversion, OLD_FORMAT_DIR};
+pub use layout::{Conversion, CACHE_BYTES, OLD_FORMAT_DIR};
 pub use leases::{MAX_LEASES, MAX_TTL_MS};
 
 use std::fs::OpenOptions;
@@ -119,8 +120,7 @@ impl RedbStore {
             )));
         }
         let (db_path, conversion) = layout::prepare(&dir, opts.cut_damaged_tail)?;
-        let db = Database::builder()
-            .set_check_integrity_on_open(true)
+        let db = layout::builder()
             .open(&db_path)
             .map_err(|e| db_err(format!("open {} (restore it from a backup)", db_path.display()), e))?;
         let (revision, dropped) = drop_leased_keys(&db)?;
