@@ -21,15 +21,19 @@ use krak_placement::{PlacementError, POLICY_NAMES};
 /// Answers one request: checks its signature first when the controller has a secret
 /// (all but `GET /metrics`, which stays open for scrapers), and signs the answer.
 pub fn handle(shared: &ControllerShared, req: Request) -> Response {
+    let started = Instant::now();
+    let endpoint = crate::metrics::endpoint(&req.method, &req.path);
+    let response = answer(shared, &req);
+    shared.metrics.http_request(endpoint, response.status, started.elapsed());
+    response
+}
+
+fn answer(shared: &ControllerShared, req: &Request) -> Response {
     let Some(secret) = shared.config.secret.as_ref() else {
-        let response = route(shared, &req).unwrap_or_else(|e| error_response(shared, &e));
-        shared.metrics.http_request(response.status);
-        return response;
+        return route(shared, req).unwrap_or_else(|e| error_response(shared, &e));
     };
     if req.method == "GET" && req.path.trim_end_matches('/') == "/metrics" {
-        let response = route(shared, &req).unwrap_or_else(|e| error_response(shared, &e));
-        shared.metrics.http_request(response.status);
-        return response;
+        return route(shared, req).unwrap_or_else(|e| error_response(shared, &e));
     }
     let now = krak_api::signing::now_ms();
     let checked = crate::auth::verify_request(
@@ -42,9 +46,9 @@ pub fn handle(shared: &ControllerShared, req: Request) -> Response {
         &req.body,
         req.authorization.as_deref(),
     );
-    let response = match checked {
+    match checked {
         Ok(Verdict::Serve(nonce)) => {
-            let mut r = route(shared, &req).unwrap_or_else(|e| error_response(shared, &e));
+            let mut r = route(shared, req).unwrap_or_else(|e| error_response(shared, &e));
             r.auth = Some(krak_api::signing::sign_response(secret, &nonce, r.status, &r.body));
             r
         }
@@ -61,9 +65,7 @@ pub fn handle(shared: &ControllerShared, req: Request) -> Response {
             let status = if e == krak_api::signing::AuthError::Busy { 503 } else { 401 };
             Response::error(status, &e.to_string())
         }
-    };
-    shared.metrics.http_request(response.status);
-    response
+    }
 }
 
 fn error_response(shared: &ControllerShared, e: &RackError) -> Response {
@@ -87,9 +89,10 @@ fn route(shared: &ControllerShared, req: &Request) -> Result<Response, RackError
     let bad_id = || RackError::BadRequest(format!("bad id in {}", req.path));
     match (method, parts.as_slice()) {
         ("GET", ["metrics"]) => {
-            let mut text = shared.metrics.render(&shared.rack.lock());
-            shared.http_stats.render(&mut text);
-            Ok(Response::text(text))
+            let mut scrape = crate::metrics::Scrape::default();
+            shared.metrics.register(&mut scrape, &shared.rack.lock());
+            shared.http_stats.register(&mut scrape);
+            Ok(Response::metrics(scrape.encode()))
         }
         ("GET", ["v1", "status"]) => Ok(Response::json(200, &shared.rack.lock().status())),
         ("GET", ["v1", "servers"]) => {

@@ -94,8 +94,9 @@ impl Response {
         Response { status, content_type: "application/json", body, auth: None }
     }
 
-    pub fn text(body: String) -> Response {
-        Response { status: 200, content_type: "text/plain; version=0.0.4", body: body.into_bytes(), auth: None }
+    /// `GET /metrics`'s answer (OpenMetrics text).
+    pub fn metrics(body: String) -> Response {
+        Response { status: 200, content_type: crate::metrics::CONTENT_TYPE, body: body.into_bytes(), auth: None }
     }
 }
 

@@ -10,7 +10,6 @@
 //! flood would have to open as many connections as there are slots within that time.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt::Write as _;
 use std::net::{IpAddr, Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -78,54 +77,26 @@ impl HttpStats {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Appends the counters in the Prometheus text format.
-    pub fn render(&self, out: &mut String) {
+    /// Registers the counters into one scrape.
+    pub fn register(&self, s: &mut crate::metrics::Scrape) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP krak_http_connections_open HTTP connections open.\n# TYPE krak_http_connections_open gauge\n\
-             krak_http_connections_open {}",
-            get(&self.open)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP krak_http_connections_accepted_total HTTP connections admitted.\n\
-             # TYPE krak_http_connections_accepted_total counter\nkrak_http_connections_accepted_total {}",
-            get(&self.accepted)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP krak_http_connections_refused_total HTTP connections refused at once, by bound.\n\
-             # TYPE krak_http_connections_refused_total counter"
-        );
-        for (reason, c) in [
+        s.gauge("krak_http_connections_open", "HTTP connections open.", get(&self.open));
+        s.count("krak_http_connections_accepted", "HTTP connections admitted.", get(&self.accepted));
+        let refused = [
             (Refusal::Total, &self.refused_total),
             (Refusal::PerClient, &self.refused_per_client),
             (Refusal::Closing, &self.refused_closing),
-        ] {
-            let _ = writeln!(out, "krak_http_connections_refused_total{{reason=\"{}\"}} {}", reason.as_str(), get(c));
-        }
-        let _ = writeln!(
-            out,
-            "# HELP krak_http_connections_evicted_total Waiting HTTP connections closed to admit a newcomer.\n\
-             # TYPE krak_http_connections_evicted_total counter\nkrak_http_connections_evicted_total {}",
-            get(&self.evicted)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP krak_http_connections_timed_out_total HTTP connections closed by a timeout, by what was awaited.\n\
-             # TYPE krak_http_connections_timed_out_total counter\n\
-             krak_http_connections_timed_out_total{{phase=\"request\"}} {}\n\
-             krak_http_connections_timed_out_total{{phase=\"idle\"}} {}",
-            get(&self.timed_out_request),
-            get(&self.timed_out_idle)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP krak_http_malformed_total HTTP requests refused before the API (framing, size, unsupported).\n\
-             # TYPE krak_http_malformed_total counter\nkrak_http_malformed_total {}",
-            get(&self.malformed)
-        );
+        ]
+        .map(|(reason, c)| (vec![("reason".to_string(), reason.as_str().to_string())], get(c)));
+        s.counters("krak_http_connections_refused", "HTTP connections refused at once, by bound.", refused);
+        let evicted = "Waiting HTTP connections closed to admit a newcomer.";
+        s.count("krak_http_connections_evicted", evicted, get(&self.evicted));
+        let timed_out = [("request", &self.timed_out_request), ("idle", &self.timed_out_idle)]
+            .map(|(phase, c)| (vec![("phase".to_string(), phase.to_string())], get(c)));
+        let what = "HTTP connections closed by a timeout, by what was awaited.";
+        s.counters("krak_http_connections_timed_out", what, timed_out);
+        let malformed = "HTTP requests refused before the API (framing, size, unsupported).";
+        s.count("krak_http_malformed", malformed, get(&self.malformed));
     }
 }
 
@@ -295,6 +266,12 @@ impl Drop for Admission {
 
 #[cfg(test)]
 mod tests {
+    fn scrape(stats: &super::HttpStats) -> String {
+        let mut s = crate::metrics::Scrape::default();
+        stats.register(&mut s);
+        s.encode()
+    }
+
     use super::*;
     use std::net::TcpListener;
 
@@ -322,8 +299,7 @@ mod tests {
         drop(a1);
         assert_eq!(stats.open(), 2);
         let _a3 = gate.admit(&socks[3].1, a).unwrap();
-        let mut text = String::new();
-        stats.render(&mut text);
+        let text = scrape(&stats);
         assert!(text.contains("krak_http_connections_refused_total{reason=\"per_client\"} 1"), "{text}");
         assert!(text.contains("krak_http_connections_refused_total{reason=\"total\"} 1"), "{text}");
         assert!(text.contains("krak_http_connections_open 3"), "{text}");
@@ -351,8 +327,7 @@ mod tests {
         busy.waiting();
         let _newer = gate.admit(&socks[3].1, ip(4)).unwrap();
         assert_eq!((&socks[2].0).read(&mut buf).unwrap(), 0, "the newcomer had waited longer");
-        let mut text = String::new();
-        stats.render(&mut text);
+        let text = scrape(&stats);
         assert!(text.contains("krak_http_connections_evicted_total 2"), "{text}");
     }
 

@@ -33,13 +33,26 @@ pub struct MoveTotals {
     pub expired: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MovesInFlight {
     moves: HashMap<(RegionId, u64), InFlight>,
     pub totals: MoveTotals,
+    /// How long committed moves took from start to commit (shared with `/metrics`).
+    pub durations: prometheus_client::metrics::histogram::Histogram,
     /// When stale entries were last dropped: a pass over the list at most once a second,
     /// or when it is full.
     expired_at: Option<Instant>,
+}
+
+impl Default for MovesInFlight {
+    fn default() -> Self {
+        MovesInFlight {
+            moves: HashMap::new(),
+            totals: MoveTotals::default(),
+            durations: prometheus_client::metrics::histogram::Histogram::new(crate::metrics::MOVE_BUCKETS_S),
+            expired_at: None,
+        }
+    }
 }
 
 impl MovesInFlight {
@@ -60,8 +73,9 @@ impl MovesInFlight {
 
     /// The slot was committed: its move, if any, is done.
     pub fn committed(&mut self, region: RegionId, slot: u64) {
-        if self.moves.remove(&(region, slot)).is_some() {
+        if let Some(m) = self.moves.remove(&(region, slot)) {
             self.totals.committed += 1;
+            self.durations.observe(m.since.elapsed().as_secs_f64());
         }
     }
 

@@ -212,6 +212,14 @@ fn the_rack_over_http_and_a_restart() {
     ] {
         assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
     }
+    // histograms where a count would hide the shape: moves, requests by endpoint
+    assert!(metrics.lines().any(|l| l == "krak_move_duration_seconds_count 1"), "{metrics}");
+    let status_requests = "krak_http_request_duration_seconds_count{endpoint=\"/v1/status\",code=\"2xx\"} ";
+    let n: u64 = metrics.lines().find_map(|l| l.strip_prefix(status_requests)?.parse().ok()).expect(status_requests);
+    assert!(n >= 3, "{n} status requests counted");
+    let heartbeats = "krak_http_request_duration_seconds_bucket{le=\"+Inf\",endpoint=\"/v1/servers/{id}/heartbeat\"";
+    assert!(metrics.lines().any(|l| l.starts_with(heartbeats)), "{metrics}");
+    assert!(metrics.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
 
     // bad input: JSON errors, never a crash
     for (method, path, body, want) in [

@@ -421,27 +421,9 @@ fn one_process_at_a_time_and_bounds() {
 fn many_threads_write_and_everything_survives() {
     let d = TempDir::new("threads");
     let s = FileStore::open_with(&d.0, FileStoreOptions { compact_wal_bytes: 32 << 10, ..Default::default() }).unwrap();
-    std::thread::scope(|sc| {
-        for t in 0..4 {
-            let s = &s;
-            sc.spawn(move || {
-                for i in 0..200 {
-                    s.put(&format!("/t{t}/{i}"), format!("{t}:{i}").as_bytes()).unwrap();
-                }
-            });
-        }
-    });
-    assert_eq!(s.revision(), 800);
+    conformance::concurrent_writes(&s, "/c/", 4, 200);
     drop(s);
-    let s = FileStore::open(&d.0).unwrap();
-    for t in 0..4 {
-        let l = s.list(&format!("/t{t}/")).unwrap();
-        assert_eq!(l.len(), 200);
-        for kv in l {
-            let i = kv.key.rsplit('/').next().unwrap();
-            assert_eq!(kv.value, format!("{t}:{i}").as_bytes());
-        }
-    }
+    conformance::check_concurrent_writes(&FileStore::open(&d.0).unwrap(), "/c/", 4, 200);
 }
 
 #[test]
