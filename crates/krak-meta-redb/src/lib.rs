@@ -37,6 +37,16 @@ mod layout;
 mod leases;
 mod record;
 
+/// Entry point for the fuzz target (`fuzz/`): the decoder of a stored value, which whoever
+/// can write the store's file controls. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// A stored value as in the database: whether it decodes (refused otherwise, never a panic).
+    pub fn decode_value(data: &[u8]) -> bool {
+        crate::record::decode("fuzz", data).is_ok()
+    }
+}
+
 pub use layout::{Conversion, CACHE_BYTES, OLD_FORMAT_DIR};
 pub use leases::{MAX_LEASES, MAX_TTL_MS};
 
