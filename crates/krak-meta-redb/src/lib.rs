@@ -239,18 +239,19 @@ impl RedbStore {
         Ok(out)
     }
 
-    /// Applies `ops` if every condition holds: `None` when one does not.
+    /// Applies `ops` if every condition holds: `None` when one does not. Returns the
+    /// revision after (unchanged when nothing changed). A failed condition, like a txn
+    /// without a change, commits nothing.
     fn apply(&self, st: &mut State, conditions: &[Condition], ops: &[Op]) -> Result<Option<u64>, MetaError> {
-        let before = st.revision;
-        let mut moved = Vec::new();
-        let applied = self.write(st, |kv, rev| {
+        let (mut held, mut moved) = (true, Vec::new());
+        let changed = self.write(st, |kv, rev| {
             for c in conditions {
                 let Condition::ModRevision { key, equals } = c;
                 if get_record(kv, key)?.map_or(0, |r| r.mod_revision) != *equals {
-                    return Ok(Some(false));
+                    held = false;
+                    return Ok(None);
                 }
             }
-            let mut changed = false;
             for op in ops {
                 match op {
                     Op::Put { key, value, lease } => {
@@ -259,30 +260,26 @@ impl RedbStore {
                         let rec = record::encode(rev, new, value);
                         kv.insert(key.as_str(), rec.as_slice()).map_err(|e| db_err(format!("put {key:?}"), e))?;
                         moved.push((key.clone(), old, new));
-                        changed = true;
                     }
                     Op::Delete { key } => {
                         if let Some(old) = get_record(kv, key)? {
                             kv.remove(key.as_str()).map_err(|e| db_err(format!("delete {key:?}"), e))?;
                             moved.push((key.clone(), old.lease, 0));
-                            changed = true;
                         }
                     }
                 }
             }
-            Ok(changed.then_some(true))
+            Ok((!moved.is_empty()).then_some(()))
         })?;
-        // A failed condition also aborted (nothing changed), like a txn without a change.
-        match applied {
-            Some(false) => Ok(None),
-            Some(true) => {
-                for (key, old, new) in moved {
-                    st.leases.moved(&key, old, new);
-                }
-                Ok(Some(st.revision))
-            }
-            None => Ok(Some(before)),
+        if !held {
+            return Ok(None);
         }
+        if changed.is_some() {
+            for (key, old, new) in moved {
+                st.leases.moved(&key, old, new);
+            }
+        }
+        Ok(Some(st.revision))
     }
 }
 

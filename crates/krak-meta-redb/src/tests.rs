@@ -206,3 +206,18 @@ fn many_threads_write_and_everything_survives() {
     drop(s);
     conformance::check_concurrent_writes(&RedbStore::open(&d.0).unwrap(), "/c/", 4, 100);
 }
+
+#[test]
+fn a_failed_condition_or_an_empty_change_commits_nothing() {
+    let d = TempDir::new("nochange");
+    let s = RedbStore::open(&d.0).unwrap();
+    let rev = s.put("/a", b"1").unwrap();
+    let cond = [Condition::ModRevision { key: "/a".into(), equals: rev + 5 }];
+    assert!(!s.txn(&cond, &[Op::Put { key: "/b".into(), value: b"2".to_vec(), lease: None }]).unwrap());
+    assert!(!s.delete("/absent").unwrap());
+    assert!(s.txn(&[], &[Op::Delete { key: "/absent".into() }]).unwrap(), "an empty change applies");
+    assert_eq!(s.revision(), rev, "none of them moved the revision");
+    assert!(s.get("/b").unwrap().is_none());
+    drop(s);
+    assert_eq!(RedbStore::open(&d.0).unwrap().revision(), rev, "nor was any committed");
+}

@@ -19,7 +19,7 @@ fn a_region_of_more_chunks_than_one_request_carries_is_placed_in_batches() {
     let servers = Arc::new(servers_with(2, CHUNKS * CHUNK_BYTES, |c| c.slab_size_bytes = CHUNK_BYTES));
     let dir = std::env::temp_dir().join(format!("krak-ctl-batches-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let store = Arc::new(krak_meta_file::FileStore::open(&dir).expect("file store"));
+    let store = Arc::new(krak_meta_redb::RedbStore::open(&dir).expect("store"));
     let mut config = ControllerConfig::new("127.0.0.1:0".parse().unwrap());
     config.default_chunk_bytes = CHUNK_BYTES;
     config.heartbeat_interval_ms = 100;

@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 const REGION_BYTES: u64 = 16 << 20;
 const HEADROOM_BYTES: u64 = 1 << 30;
 
-/// A controller (file store in a temp dir) and three memory servers that join it with the
+/// A controller (its default store in a temp dir) and three memory servers that join it with the
 /// membership agent of `krak memserver --controller`; server 0 reports a host short of
 /// `host_short_bytes` below its headroom, plus whatever it has given back since.
 struct Rack {
@@ -39,7 +39,7 @@ impl Rack {
         let servers = Arc::new(servers(3, 64 << 20));
         let dir = std::env::temp_dir().join(format!("krak-ctl-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let store = Arc::new(krak_meta_file::FileStore::open(&dir).expect("file store"));
+        let store = Arc::new(krak_meta_redb::RedbStore::open(&dir).expect("store"));
         let mut config = ControllerConfig::new("127.0.0.1:0".parse().unwrap());
         config.default_chunk_bytes = SLAB_BYTES;
         config.heartbeat_interval_ms = 100;

@@ -1,4 +1,4 @@
-//! Redundant regions placed by a real rack controller (in process, over a file store):
+//! Redundant regions placed by a real rack controller (in process, over its default store):
 //! every fragment of a chunk on its own server and failure domain, as the controller's map
 //! shows; a server killed under a verified workload costs no page; the controller shows the
 //! region's slots on the dead server as degraded until re-protection, whose replacements
@@ -45,7 +45,7 @@ impl Rack {
         let handles = servers(n, SERVER_BYTES);
         let dir = std::env::temp_dir().join(format!("krak-ctl-red-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let store = Arc::new(krak_meta_file::FileStore::open(&dir).expect("file store"));
+        let store = Arc::new(krak_meta_redb::RedbStore::open(&dir).expect("store"));
         let mut config = ControllerConfig::new("127.0.0.1:0".parse().unwrap());
         config.default_chunk_bytes = SLAB_BYTES;
         config.heartbeat_interval_ms = 100;

@@ -1,5 +1,5 @@
 //! An in-memory `MetaStore`: a test double for the controller's tests only (the real
-//! backends are `krak-meta-file` and `krak-meta-etcd`). Leases never expire on their own;
+//! backends are `krak-meta-redb`, `krak-meta-file` and `krak-meta-etcd`). Leases never expire on their own;
 //! `fail` makes every call answer `Unavailable`, to test store errors.
 #![allow(dead_code)]
 
