@@ -115,8 +115,17 @@ pub fn default_store_path() -> PathBuf {
 
 fn open_store(args: &ControllerArgs) -> anyhow::Result<(Arc<dyn MetaStore>, String)> {
     if let Some(urls) = &args.etcd {
-        let store = krak_meta_etcd::EtcdStore::connect(urls).with_context(|| format!("connecting to etcd {urls}"))?;
-        return Ok((Arc::new(store), format!("etcd {urls}")));
+        #[cfg(feature = "etcd")]
+        {
+            let store =
+                krak_meta_etcd::EtcdStore::connect(urls).with_context(|| format!("connecting to etcd {urls}"))?;
+            return Ok((Arc::new(store), format!("etcd {urls}")));
+        }
+        #[cfg(not(feature = "etcd"))]
+        anyhow::bail!(
+            "--etcd {urls}: this krak was built without etcd support; build it with \
+             `cargo build --release -p krak --features etcd` (needs protoc: apt-get install protobuf-compiler)"
+        );
     }
     let path = args.store.clone().unwrap_or_else(default_store_path);
     let opts = krak_meta_redb::RedbStoreOptions { cut_damaged_tail: args.store_cut_damaged_tail };
