@@ -39,8 +39,8 @@ enum Fault {
     Loss(usize, u32),
     /// SIGKILL the controller and start it again on its store after `ms`.
     RestartController(u64),
-    /// SIGKILL the controller, flip a byte of its snapshot: it must refuse to start; the
-    /// snapshot restored, it starts.
+    /// SIGKILL the controller, flip a byte of its store: it must refuse to start; the
+    /// store restored, it starts.
     CorruptStore,
     /// Hold `n` idle connections to the controller for `ms`.
     FloodController(usize, u64),
@@ -114,12 +114,18 @@ fn flood(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
     (0..n).map_while(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(50)).ok()).collect()
 }
 
-/// Flips a byte in the middle of the store's snapshot; returns its old contents.
-fn corrupt_snapshot(store: &std::path::Path) -> Vec<u8> {
-    let path = store.join("snapshot");
-    let good = std::fs::read(&path).expect("the controller keeps a snapshot");
+/// Flips a byte of every copy of a server's key in the store's database (so a page in use
+/// is damaged, not only free space); returns the file's old contents.
+fn corrupt_store(store: &std::path::Path) -> Vec<u8> {
+    let path = store.join("store.redb");
+    let good = std::fs::read(&path).expect("the controller keeps its store");
     let mut bad = good.clone();
-    bad[good.len() / 2] ^= 0x40;
+    let key = b"/krak/servers/";
+    let at: Vec<usize> = (0..bad.len().saturating_sub(key.len())).filter(|&i| &bad[i..i + key.len()] == key).collect();
+    assert!(!at.is_empty(), "the store holds the servers' records");
+    for i in at {
+        bad[i + 6] ^= 0x20;
+    }
     std::fs::write(&path, bad).unwrap();
     good
 }
@@ -197,7 +203,7 @@ fn run(seed: u64) {
             }
             Fault::CorruptStore => {
                 net.kill_controllers();
-                let good = corrupt_snapshot(&store);
+                let good = corrupt_store(&store);
                 let listen = format!("{}", ctl_addr);
                 let refused = Command::new(KRAK)
                     .args(["controller", "--listen", &listen])
@@ -210,7 +216,7 @@ fn run(seed: u64) {
                     !refused.status.success() && err.contains("corrupt"),
                     "seed {seed:#x}: started on a damaged store: {err}"
                 );
-                std::fs::write(store.join("snapshot"), good).unwrap();
+                std::fs::write(store.join("store.redb"), good).unwrap();
                 net.controller_on(port, &ctl_args);
             }
             Fault::FloodController(n, ms) => {
