@@ -23,7 +23,8 @@ const HEADROOM_BYTES: u64 = 1 << 30;
 
 /// A controller (its default store in a temp dir) and three memory servers that join it with the
 /// membership agent of `krak memserver --controller`; server 0 reports a host short of
-/// `host_short_bytes` below its headroom, plus whatever it has given back since.
+/// `host_short_bytes` below its headroom, less what it has given back since it lent
+/// `lent_when_short`.
 struct Rack {
     servers: Arc<Vec<ServerHandle>>,
     ids: Vec<ServerId>,
@@ -32,6 +33,7 @@ struct Rack {
     members: Vec<MemberHandle>,
     dir: std::path::PathBuf,
     host_short_bytes: Arc<AtomicU64>,
+    lent_when_short: Arc<AtomicU64>,
 }
 
 impl Rack {
@@ -46,14 +48,14 @@ impl Rack {
         let controller = Controller::start(config, store).expect("controller starts");
         let url = controller.url();
         let host_short_bytes = Arc::new(AtomicU64::new(0));
-        let lent_at_start = servers[0].stats().lent_bytes;
+        let lent_when_short = Arc::new(AtomicU64::new(0));
         let members: Vec<MemberHandle> = (0..servers.len())
             .map(|i| {
-                let (lenders, short) = (servers.clone(), host_short_bytes.clone());
+                let (lenders, short, lent_then) = (servers.clone(), host_short_bytes.clone(), lent_when_short.clone());
                 let figures = move || {
                     let stats = lenders[i].stats();
-                    // Host 0 is short of memory; what it gives back makes up for it.
-                    let given_back = lent_at_start.saturating_sub(stats.lent_bytes);
+                    // Host 0 is short of memory; what it gave back since makes up for it.
+                    let given_back = lent_then.load(Ordering::Relaxed).saturating_sub(stats.lent_bytes);
                     let short = if i == 0 { short.load(Ordering::Relaxed).saturating_sub(given_back) } else { 0 };
                     Figures { stats, host_free_bytes: Some(HEADROOM_BYTES + 4096 - short.min(HEADROOM_BYTES)) }
                 };
@@ -68,7 +70,7 @@ impl Rack {
             })
             .collect();
         let ids = members.iter().map(|m| m.wait_registered(10_000).expect("server registers")).collect();
-        Rack { servers, ids, controller: Some(controller), url, members, dir, host_short_bytes }
+        Rack { servers, ids, controller: Some(controller), url, members, dir, host_short_bytes, lent_when_short }
     }
 
     fn client(&self) -> Client {
@@ -177,6 +179,7 @@ fn a_host_below_its_headroom_gets_chunks_moved_away_not_dropped() {
     // Host 0 now needs `want` slabs' worth of memory back (placement is random: ask for
     // fewer than it holds, so that it keeps some).
     let want = if before >= 3 { 2 } else { 1 };
+    rack.lent_when_short.store(rack.servers[0].stats().lent_bytes, Ordering::Relaxed);
     rack.host_short_bytes.store(want as u64 * SLAB_BYTES, Ordering::Relaxed);
     wait_until("chunks moved off the host short of memory", Duration::from_secs(30), || {
         chunks_there() <= before - want
