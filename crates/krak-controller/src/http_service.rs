@@ -101,8 +101,7 @@ async fn answer(
             return Ok(encode(Response::error(408, message), false));
         }
     };
-    let request =
-        Request::new(head.method.as_str(), head.uri.path_and_query().map_or("/", |p| p.as_str()), body, &head);
+    let request = Request::new(head.method.as_str(), &target, body, &head);
     let permit = {
         let mut stop = shared.stop.clone();
         tokio::select! {
