@@ -1,13 +1,13 @@
 //! What a controller reads from the network before trusting it: the Authorization header
-//! and every JSON request body of its API, and the HTTP request framing before them (hyper's, and the server's bounds on it); and
-//! what its clients read back: the HTTP answer.
+//! and every JSON request body of its API, and the HTTP request framing before them (hyper's,
+//! and the server's bounds on it); and the raw-answer reader the tests use. (The clients read
+//! answers with ureq, fuzzed upstream.)
 //! Anything may be refused; nothing may panic.
 #![no_main]
 
 use krak_auth::RackSecret;
 use krak_api::signing::parse_header;
 use krak_controller::auth::{verify_request, ReplayGuard};
-use krak_api::client::parse_response;
 use krak_controller::http::answer_raw;
 use krak_api::messages::{
     parse_region, parse_server, CommitRequest, CreateRegionRequest, HeartbeatRequest, MoveStartRequest, PlaceRequest,
@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<CommitRequest>(data);
     let _ = serde_json::from_slice::<MoveStartRequest>(data);
     let _ = serde_json::from_slice::<PolicyBody>(data);
-    let _ = parse_response(data);
+    let _ = krak_controller::http::split_answer(data);
     // hyper's framing and the server's bounds, with a handler that checks what reaches it
     let _ = answer_raw(data, 1 << 10);
     if let Ok(text) = std::str::from_utf8(data) {

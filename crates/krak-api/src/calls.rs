@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::client::{ApiError, Client, ControllerClient};
+use crate::client::{ApiError, Client};
+use crate::controller_client::ControllerClient;
 use crate::messages::{
     BudgetRequest, CommitReply, CommitRequest, CreateRegionRequest, HeartbeatReply, HeartbeatRequest, MapReply,
     MoveStartRequest, PlaceReply, PlaceRequest, PolicyBody, RegionLive, RegionReply, RegisterReply, RegisterRequest,

@@ -16,12 +16,15 @@
 pub mod broker;
 pub mod calls;
 pub mod client;
+pub mod controller_client;
 pub mod limits;
 pub mod messages;
 pub mod paths;
 pub mod records;
 pub mod signing;
+pub mod tls;
 
 pub use calls::{Ack, Api, Transport};
-pub use client::{ApiError, Client, ControllerClient, HttpAnswerError};
+pub use client::{ApiError, Client};
+pub use controller_client::ControllerClient;
 pub use records::{Move, RegionId, RegionRecord, ServerId, ServerRecord, ServerState};

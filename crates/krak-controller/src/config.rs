@@ -51,6 +51,8 @@ pub struct ControllerConfig {
     /// The rack secret every request but `GET /metrics` must be signed with, and every
     /// answer is signed with; `None` answers everyone, unsigned (tests, `--insecure`).
     pub secret: Option<krak_auth::RackSecret>,
+    /// TLS on the API (`crate::tls::server_config`); `None` serves plain HTTP.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl ControllerConfig {
@@ -73,6 +75,7 @@ impl ControllerConfig {
             default_policy: "spread".to_string(),
             default_chunk_bytes: DEFAULT_CHUNK_BYTES,
             secret: None,
+            tls: None,
         }
     }
 

@@ -62,6 +62,7 @@ impl Controller {
         let http = HttpServer::start(
             config.listen,
             config.http_limits(),
+            config.tls.clone(),
             shared.http_stats.clone(),
             Arc::new(move |req| crate::api::handle(&handler_shared, req)),
         )

@@ -60,12 +60,12 @@ pub fn resolve_port(listen: SocketAddr) -> Result<SocketAddr, ElectionError> {
     bound.map_err(|source| ElectionError::Listen { addr: listen, source })
 }
 
-/// The default election name of a controller listening on `listen`: `http://HOST:PORT`
-/// (this host's name for a wildcard address).
-pub fn default_id(listen: SocketAddr) -> String {
+/// The default election name of a controller listening on `listen`: `http://HOST:PORT`, or
+/// `https://` when it serves TLS (this host's name for a wildcard address).
+pub fn default_id(listen: SocketAddr, tls: bool) -> String {
     let host = if listen.ip().is_unspecified() { hostname() } else { listen.ip().to_string() };
     let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host };
-    format!("http://{host}:{}", listen.port())
+    format!("{}://{host}:{}", if tls { "https" } else { "http" }, listen.port())
 }
 
 fn hostname() -> String {
@@ -206,9 +206,9 @@ mod tests {
 
     #[test]
     fn default_ids_name_the_api() {
-        assert_eq!(default_id("10.0.0.7:7080".parse().unwrap()), "http://10.0.0.7:7080");
-        assert_eq!(default_id("[::1]:7080".parse().unwrap()), "http://[::1]:7080");
-        let any = default_id("0.0.0.0:7080".parse().unwrap());
+        assert_eq!(default_id("10.0.0.7:7080".parse().unwrap(), false), "http://10.0.0.7:7080");
+        assert_eq!(default_id("[::1]:7080".parse().unwrap(), true), "https://[::1]:7080");
+        let any = default_id("0.0.0.0:7080".parse().unwrap(), false);
         assert!(any.starts_with("http://") && any.ends_with(":7080") && !any.contains("0.0.0.0"), "{any}");
         let resolved = resolve_port("127.0.0.1:0".parse().unwrap()).unwrap();
         assert_ne!(resolved.port(), 0);

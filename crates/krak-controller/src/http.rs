@@ -11,7 +11,7 @@
 //! stays blocking code.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::http_conn::{raw_answer, ConnState, Timeouts, Watched};
 use crate::http_gate::ConnectionGate;
 pub use crate::http_gate::HttpStats;
-use crate::http_service::{stopped, HandlerCell, Shared};
+use crate::http_service::{stopped, Shared};
 
 /// How long an accept error (out of descriptors and the like) backs off.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -147,19 +147,28 @@ impl std::fmt::Debug for HttpServer {
 }
 
 /// What the acceptor hands each connection.
-#[derive(Debug)]
 struct Acceptor {
     shared: Arc<Shared>,
     gate: Arc<ConnectionGate>,
     refusals: Arc<Semaphore>,
     lingerers: Arc<Semaphore>,
+    /// TLS, when the API is served over it.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Acceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acceptor").field("tls", &self.tls.is_some()).finish_non_exhaustive()
+    }
 }
 
 impl HttpServer {
-    /// Listens on `listen` and answers with `handler` within `limits`, counting in `stats`.
+    /// Listens on `listen` and answers with `handler` within `limits`, over TLS when `tls`
+    /// is given, counting in `stats`.
     pub fn start(
         listen: SocketAddr,
         limits: HttpLimits,
+        tls: Option<Arc<rustls::ServerConfig>>,
         stats: Arc<HttpStats>,
         handler: Handler,
     ) -> Result<HttpServer, std::io::Error> {
@@ -180,19 +189,13 @@ impl HttpServer {
         };
         let gate = ConnectionGate::new(limits.max_connections, limits.max_connections_per_client, stats.clone());
         let (stop, stopped) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            workers: Arc::new(Semaphore::new(limits.workers.max(1))),
-            limits,
-            handler: HandlerCell(handler),
-            stats,
-            stopping: AtomicBool::new(false),
-            stop: stopped,
-        });
+        let shared = Arc::new(Shared::new(limits, handler, stats, stopped));
         let acceptor = Arc::new(Acceptor {
             shared: shared.clone(),
             gate: gate.clone(),
             refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
             lingerers: Arc::new(Semaphore::new(MAX_LINGERING)),
+            tls: tls.map(tokio_rustls::TlsAcceptor::from),
         });
         runtime.spawn(accept_loop(listener, acceptor));
         Ok(HttpServer { addr, runtime: Some(runtime), shared, gate, stop })
@@ -218,7 +221,6 @@ impl HttpServer {
                 tracing::warn!("HTTP connections still open {} s after shutdown", 2 * DRAIN_TIMEOUT.as_secs());
             }
         }
-        self.gate.close_all();
         runtime.shutdown_timeout(Duration::from_secs(1));
     }
 }
@@ -256,6 +258,11 @@ async fn accept_loop(listener: TcpListener, acceptor: Arc<Acceptor>) {
             Ok(a) => a,
             Err(why) => {
                 tracing::debug!("refusing a connection from {peer}: {} bound", why.as_str());
+                // Under TLS a refusal is a close: an answer would cost a handshake, the very
+                // work a flood of connections asks for (the client sees an I/O error).
+                if acceptor.tls.is_some() {
+                    continue;
+                }
                 if let Ok(permit) = acceptor.refusals.clone().try_acquire_owned() {
                     let message = format!("too many connections ({} bound); retry later", why.as_str());
                     tokio::spawn(async move {
@@ -301,9 +308,29 @@ async fn serve_connection(stream: TcpStream, conn: Arc<ConnState>, acceptor: Arc
     let shared = acceptor.shared.clone();
     let _ = stream.set_nodelay(true);
     let timeouts = shared.limits.timeouts();
-    let io = Watched::new(stream, conn.clone(), timeouts, shared.stats.clone(), true, acceptor.lingerers.clone());
+    let plain = acceptor.tls.is_none();
+    let io = Watched::new(stream, conn.clone(), timeouts, shared.stats.clone(), plain, acceptor.lingerers.clone());
+    match &acceptor.tls {
+        None => serve_http(io, conn, shared).await,
+        // the handshake is the connection's first request as far as its deadlines go: it
+        // must be done within the request timeout of the connection's opening
+        Some(tls) => match tls.accept(io).await {
+            Ok(io) => serve_http(io, conn, shared).await,
+            Err(e) => {
+                shared.stats.malformed();
+                tracing::debug!("http connection: TLS handshake: {e}");
+            }
+        },
+    }
+}
+
+/// HTTP/1.1 on one connection, plain or TLS, until it ends or the server stops.
+async fn serve_http<I>(io: I, conn: Arc<ConnState>, shared: Arc<Shared>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = {
-        let (shared, conn) = (shared.clone(), conn.clone());
+        let shared = shared.clone();
         hyper::service::service_fn(move |req| crate::http_service::serve(req, shared.clone(), conn.clone()))
     };
     let served = http1_builder().serve_connection(TokioIo::new(io), service);
@@ -323,6 +350,26 @@ async fn serve_connection(stream: TcpStream, conn: Arc<ConnState>, acceptor: Arc
         }
         tracing::debug!("http connection: {e}");
     }
+}
+
+/// The status, body and `X-Krak-Auth` header of one whole answer as the server wrote it
+/// (what tests that talk raw HTTP read back); `None` if it is not a complete answer with a
+/// `Content-Length` (the server never chunks).
+pub fn split_answer(raw: &[u8]) -> Option<(u16, Vec<u8>, Option<String>)> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut answer = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(head_len) = answer.parse(raw).ok()? else { return None };
+    let header = |name: &str| {
+        answer
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    let length: usize = header("content-length")?.trim().parse().ok()?;
+    let auth = header(krak_api::signing::RESPONSE_HEADER).map(str::to_string);
+    let body = raw.get(head_len..head_len.checked_add(length)?)?;
+    Some((answer.code?, body.to_vec(), auth))
 }
 
 /// What hyper and the service answer to `raw`, sent as a whole connection's input by a
@@ -346,14 +393,7 @@ pub fn answer_raw(raw: &[u8], max_body_bytes: usize) -> Option<Vec<u8>> {
         Response::json(200, &echoed)
     });
     let (_stop, stopped) = watch::channel(false);
-    let shared = Arc::new(Shared {
-        workers: Arc::new(Semaphore::new(1)),
-        limits,
-        handler: HandlerCell(echo),
-        stats: Arc::default(),
-        stopping: AtomicBool::new(false),
-        stop: stopped,
-    });
+    let shared = Arc::new(Shared::new(limits, echo, Arc::default(), stopped));
     let raw = raw.to_vec();
     runtime.block_on(async move {
         let (mut client, server) = tokio::io::duplex(64 << 10);

@@ -29,6 +29,19 @@ pub struct Shared {
     pub stop: watch::Receiver<bool>,
 }
 
+impl Shared {
+    pub fn new(limits: HttpLimits, handler: Handler, stats: Arc<HttpStats>, stop: watch::Receiver<bool>) -> Shared {
+        Shared {
+            workers: Arc::new(Semaphore::new(limits.workers.max(1))),
+            limits,
+            handler: HandlerCell(handler),
+            stats,
+            stopping: AtomicBool::new(false),
+            stop,
+        }
+    }
+}
+
 /// The API's handler (a closure, so `Debug` by hand).
 pub struct HandlerCell(pub Handler);
 

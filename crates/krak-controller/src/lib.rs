@@ -37,6 +37,7 @@ pub mod persist;
 pub mod rack;
 mod standby;
 mod stripe;
+pub mod tls;
 
 use std::net::SocketAddr;
 

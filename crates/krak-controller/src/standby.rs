@@ -58,7 +58,8 @@ impl Standby {
             }
             response
         };
-        let server = HttpServer::start(listen, config.http_limits(), Arc::default(), Arc::new(handler))?;
+        let server =
+            HttpServer::start(listen, config.http_limits(), config.tls.clone(), Arc::default(), Arc::new(handler))?;
         Ok(Standby { addr: server.addr(), leader, server: Some(server) })
     }
 

@@ -9,7 +9,6 @@ use std::net::TcpStream;
 use std::sync::Arc;
 
 use common::memstore::MemStore;
-use krak_api::client::parse_response;
 use krak_api::messages::{PolicyBody, StatusReply};
 use krak_api::signing::{boot_of_refusal, now_ms, sign_request, verify_response, UNKNOWN_BOOT, WINDOW_MS};
 use krak_api::{ApiError, Client};
@@ -42,7 +41,7 @@ fn send(
     s.write_all(body).unwrap();
     let mut answer = Vec::new();
     s.read_to_end(&mut answer).unwrap();
-    parse_response(&answer).unwrap()
+    krak_controller::http::split_answer(&answer).expect("a whole answer")
 }
 
 /// The boot id of the controller run at `url`, as a client learns it: a request signed for

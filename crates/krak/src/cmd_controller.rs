@@ -31,14 +31,19 @@ use krak_meta::MetaStore;
 /// memory servers given every controller's URL (--controller URL1,URL2) follow on their own.
 /// A leader that cannot renew its lease stops serving and becomes a standby.
 ///
-/// On start one line is printed to stdout: `krak controller listening on http://ADDR` (with
-/// the actual port when --listen asked for port 0). SIGINT/SIGTERM stop the controller (a
+/// With --tls-cert and --tls-key the API is served over TLS only (clients use https:// URLs
+/// and trust the CA that signed the certificate: --tls-ca or $KRAK_TLS_CA); requests are
+/// signed with the rack secret either way.
+///
+/// On start one line is printed to stdout: `krak controller listening on http://ADDR` (or
+/// https://; with the actual port when --listen asked for port 0). SIGINT/SIGTERM stop the controller (a
 /// leader resigns, so a standby takes over at once). Logs go to stderr (KRAK_LOG=info shows
 /// state changes of servers).
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  krak controller --listen 0.0.0.0:7080\n  \
                         krak controller --listen 127.0.0.1:7080 --store /var/lib/krak/controller --dead-after-ms 5000\n  \
-                        krak controller --listen 0.0.0.0:7080 --etcd http://10.0.0.1:2379,http://10.0.0.2:2379")]
+                        krak controller --listen 0.0.0.0:7080 --etcd http://10.0.0.1:2379,http://10.0.0.2:2379\n  \
+                        krak controller --listen 0.0.0.0:7443 --tls-cert /etc/krak/ctl.pem --tls-key /etc/krak/ctl.key")]
 pub struct ControllerArgs {
     /// Address of the HTTP API, e.g. 0.0.0.0:7080; port 0 picks a free port (printed on start).
     #[arg(long, value_name = "ADDR")]
@@ -54,6 +59,13 @@ pub struct ControllerArgs {
     /// Keep the state in etcd instead: its client URLs, comma-separated (http://HOST:PORT).
     #[arg(long, value_name = "URL[,URL...]")]
     etcd: Option<String>,
+    /// Serve the API over TLS with this certificate (PEM: the controller's certificate, then
+    /// its chain); needs --tls-key.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Every request but GET /metrics must be signed with it, every answer is signed.
     #[command(flatten)]
     secret: crate::secret_opts::SecretArgs,
@@ -148,6 +160,9 @@ fn open_store(args: &ControllerArgs) -> anyhow::Result<(Arc<dyn MetaStore>, Stri
 fn config(args: &ControllerArgs, listen: SocketAddr) -> anyhow::Result<ControllerConfig> {
     let mut c = ControllerConfig::new(listen);
     c.secret = args.secret.load()?;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        c.tls = Some(krak_controller::tls::server_config(cert, key)?);
+    }
     c.dead_after_ms = args.dead_after_ms;
     c.region_lease_ms = args.region_lease_ms;
     c.suspect_after_ms = args.suspect_after_ms.unwrap_or(args.dead_after_ms * 3 / 10).max(1);
@@ -174,9 +189,9 @@ fn config(args: &ControllerArgs, listen: SocketAddr) -> anyhow::Result<Controlle
 }
 
 /// The line scripts and tests parse the API's address from (printed once).
-fn announce(addr: SocketAddr) -> std::io::Result<()> {
+fn announce(scheme: &str, addr: SocketAddr) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "krak controller listening on http://{addr}")?;
+    writeln!(out, "krak controller listening on {scheme}://{addr}")?;
     out.flush()
 }
 
@@ -187,7 +202,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let listen = resolve_port(args.listen)?;
     config.listen = listen;
     let candidate = Candidate {
-        id: args.id.clone().unwrap_or_else(|| default_id(listen)),
+        id: args.id.clone().unwrap_or_else(|| default_id(listen, config.tls.is_some())),
         lease_ms: args.lease_ms,
         policy: args.policy.clone(),
         announce_terms: args.etcd.is_some(),
@@ -199,5 +214,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
         tracing::warn!("cannot handle SIGINT/SIGTERM ({e}); stop the controller with SIGKILL");
     }
     tracing::info!("controller {}: state in the {store_name}", candidate.id);
-    serve_elected(&config, store, &candidate, &stop, &mut announce).context("running the controller")
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    serve_elected(&config, store, &candidate, &stop, &mut |addr| announce(scheme, addr))
+        .context("running the controller")
 }

@@ -20,6 +20,11 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "krak", version, about, long_about = None)]
 struct Cli {
+    /// The CA that signed the controller's TLS certificate (PEM), for https:// controller
+    /// URLs: this command and every process it starts (memory servers, pagers) trust it.
+    /// Default: $KRAK_TLS_CA, else the public web roots.
+    #[arg(long, value_name = "PATH", env = krak_api::tls::CA_ENV, global = true)]
+    tls_ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,6 +60,15 @@ fn main() -> std::process::ExitCode {
             )
             .with_writer(std::io::stderr)
             .init();
+    }
+    if let Some(ca) = &cli.tls_ca {
+        if let Err(e) = krak_api::tls::load_ca(ca) {
+            eprintln!("krak: error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+        // Every client finds the CA here, in this process and the ones it starts. Set before
+        // any thread exists, so no one reads the environment while it changes.
+        std::env::set_var(krak_api::tls::CA_ENV, ca);
     }
     let result = match cli.command {
         Command::Memserver(args) => cmd_memserver::run(args),

@@ -96,7 +96,7 @@ fn send_raw(url: &str, request: &[u8]) -> (u16, String) {
     s.write_all(request).unwrap();
     let mut answer = Vec::new();
     s.read_to_end(&mut answer).unwrap();
-    let (status, body, _) = krak_api::client::parse_response(&answer).unwrap();
+    let (status, body, _) = krak_controller::http::split_answer(&answer).expect("a whole answer");
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
